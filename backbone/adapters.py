@@ -1,0 +1,92 @@
+"""LoRA adapters (peft) served per request: several resident, least-recently-used unloaded first."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from lodestar.errors import InvalidInput
+
+log = logging.getLogger(__name__)
+
+ADAPTER_FILE = "adapter_config.json"
+
+
+class AdapterRegistry:
+    """Finds adapters by name (subfolders of `search_dirs`) or path and switches them on the model."""
+
+    def __init__(self, model: Any, search_dirs: tuple[Path, ...] = (), max_resident: int = 4) -> None:
+        self._model = model
+        self._search_dirs = tuple(Path(d) for d in search_dirs)
+        self._max_resident = max(1, max_resident)
+        self._peft: Any = None  # PeftModel wrapping `model` once the first adapter loads
+        self._resident: OrderedDict[str, Path] = OrderedDict()  # key -> folder, LRU order
+        self._names: dict[str, str] = {}  # key -> peft adapter name
+        self._lock = threading.RLock()
+
+    def available(self) -> list[str]:
+        """Adapter names offered by the search folders."""
+        names = set()
+        for folder in self._search_dirs:
+            if folder.is_dir():
+                names.update(p.parent.name for p in folder.glob(f"*/{ADAPTER_FILE}"))
+        return sorted(names)
+
+    def resolve(self, name: str) -> tuple[str, Path]:
+        """-> (key, folder). Raises InvalidInput naming the valid adapters when unknown."""
+        for folder in self._search_dirs:
+            if (folder / name / ADAPTER_FILE).is_file():
+                return name, folder / name
+        path = Path(name).expanduser()
+        if (path / ADAPTER_FILE).is_file():
+            return str(path.resolve()), path
+        offered = ", ".join(self.available()) or "none installed"
+        raise InvalidInput(
+            f"unknown adapter {name!r}: valid names are [{offered}], or a path to a peft adapter folder"
+        )
+
+    def _load(self, key: str, path: Path) -> None:
+        from peft import PeftModel
+
+        safe = "".join(c if c.isalnum() else "_" for c in key)[-48:] or "adapter"
+        try:
+            if self._peft is None:
+                self._peft = PeftModel.from_pretrained(self._model, str(path), adapter_name=safe)
+            else:
+                self._peft.load_adapter(str(path), adapter_name=safe)
+        except Exception as exc:  # peft raises many types for a mismatched or broken adapter
+            raise InvalidInput(f"adapter {key!r} cannot be loaded on this model: {exc}") from exc
+        self._peft.eval()
+        self._resident[key] = path
+        self._names[key] = safe
+        while len(self._resident) > self._max_resident:
+            old, _ = self._resident.popitem(last=False)
+            log.info("unloading adapter %s (over %d resident)", old, self._max_resident)
+            self._peft.set_adapter(self._names[key])
+            self._peft.delete_adapter(self._names.pop(old))
+
+    def resident(self) -> list[str]:
+        return list(self._resident)
+
+    @contextlib.contextmanager
+    def use(self, name: str | None) -> Iterator[None]:
+        """Run the block with adapter `name` active, or with every adapter disabled for None."""
+        with self._lock:
+            if not name:
+                if self._peft is None:
+                    yield
+                else:
+                    with self._peft.disable_adapter():
+                        yield
+                return
+            key, path = self.resolve(name)
+            if key not in self._resident:
+                self._load(key, path)
+            self._resident.move_to_end(key)
+            self._peft.set_adapter(self._names[key])
+            yield

@@ -1,0 +1,167 @@
+"""The embedding engine: validates a request, builds inputs, batches forwards, shapes the output.
+
+Plain Python and tensors: no gRPC here. The servicer converts protos to `EmbedOptions` and back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lodestar.backbone import Backbone
+from lodestar.embed.batcher import Batcher
+from lodestar.embed.forward import embed_batch
+from lodestar.embed.modes import MODES, Encoded, ForwardSpec, InputBuilder, TokenPrepend, get_mode
+from lodestar.embed.output import DTYPES, pack, shape_vectors
+from lodestar.embed.types import EmbedOptions, EmbedResult
+from lodestar.errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    default_mode: str = "mean"
+    max_texts_per_request: int = 1024
+    max_tokens: int = 512  # per text, template included; capped by the model's context
+    max_batch_tokens: int = 16384  # padded tokens per forward
+    max_queued_texts: int = 16384  # beyond this, RESOURCE_EXHAUSTED
+    token_prepend: TokenPrepend = field(default_factory=TokenPrepend)
+
+
+@dataclass
+class Prepared:
+    mode: str
+    spec: ForwardSpec
+    items: list[Encoded]
+    options: EmbedOptions
+
+
+class EmbeddingEngine:
+    def __init__(self, backbone: Backbone, config: EngineConfig | None = None) -> None:
+        self.backbone = backbone
+        self.config = config or EngineConfig()
+        get_mode(self.config.default_mode)
+        self.max_tokens = min(self.config.max_tokens, backbone.max_tokens)
+        self.inputs = InputBuilder(backbone.tokenizer)
+        self.batcher = Batcher(
+            self._run,
+            max_batch_tokens=max(self.config.max_batch_tokens, self.max_tokens),
+            max_queued_texts=self.config.max_queued_texts,
+        )
+
+    def _run(self, spec: ForwardSpec, batch: list[Encoded]) -> Any:
+        return embed_batch(self.backbone, batch, spec)
+
+    def close(self) -> None:
+        self.batcher.close()
+
+    # --- validation and input building -------------------------------------------------------
+
+    def _prepend(self, o: EmbedOptions) -> TokenPrepend:
+        base = self.config.token_prepend
+        tp = TokenPrepend(
+            start=base.start if o.start_layer is None else o.start_layer,
+            end=base.end if o.end_layer is None else o.end_layer,
+            output_layer=base.output_layer if o.output_layer is None else o.output_layer,
+        )
+        n = self.backbone.num_layers
+        if not (0 <= tp.start <= tp.end < n):
+            raise InvalidInput(f"token_prepend layers must satisfy 0 <= start_layer <= end_layer < {n}; got {tp.start}..{tp.end}")
+        if not (tp.output_layer == -1 or 0 <= tp.output_layer < n):
+            raise InvalidInput(f"token_prepend output_layer must be -1 (final) or in 0..{n - 1}; got {tp.output_layer}")
+        return tp
+
+    def prepare(self, texts: list[str], options: EmbedOptions) -> Prepared:
+        """Validate everything before any work is queued; raises InvalidInput naming the limit."""
+        limit = self.config.max_texts_per_request
+        if not texts:
+            raise InvalidInput(f"texts is empty: send 1 to {limit} texts")
+        if len(texts) > limit:
+            raise InvalidInput(f"{len(texts)} texts in one request; the limit is max_texts_per_request={limit}")
+        for i, t in enumerate(texts):
+            if not t or not t.strip():
+                raise InvalidInput(f"text {i} is empty")
+        mode = get_mode(options.mode or self.config.default_mode)
+        template = mode.check_prompt(options.prompt)
+        hidden = self.backbone.hidden_size
+        if not 0 <= options.dimensions <= hidden:
+            raise InvalidInput(f"dimensions={options.dimensions} is out of range: use 1..{hidden} (or 0 for all)")
+        if options.dtype not in DTYPES:
+            raise InvalidInput(f"unknown output dtype {options.dtype!r}: valid are {', '.join(DTYPES)}")
+        max_tokens = options.max_tokens or self.max_tokens
+        if max_tokens > self.max_tokens:
+            raise InvalidInput(f"max_tokens={max_tokens} is above the server's limit of {self.max_tokens}")
+        if options.adapter:
+            self.backbone.adapters.resolve(options.adapter)
+        prepend = self._prepend(options) if mode.uses_placeholder else None
+        spec = mode.forward_spec(options.adapter, prepend)
+        items = [
+            self.inputs.build(mode, t, template, options.instruction, max_tokens, options.truncate, index=i)
+            for i, t in enumerate(texts)
+        ]
+        return Prepared(mode=mode.name, spec=spec, items=items, options=options)
+
+    def finish(self, prepared: Prepared, raw: Any) -> EmbedResult:
+        o = prepared.options
+        vectors = shape_vectors(raw.numpy(), o.dimensions or None, o.normalize)
+        return EmbedResult(
+            vectors=vectors,
+            packed=pack(vectors, o.dtype),
+            token_counts=[len(e) for e in prepared.items],
+            truncated=[e.truncated for e in prepared.items],
+            model=self.backbone.model_id,
+            mode=prepared.mode,
+        )
+
+    # --- entry points ------------------------------------------------------------------------
+
+    def embed(self, texts: list[str], options: EmbedOptions | None = None, timeout: float | None = None) -> EmbedResult:
+        """Blocking embed through the shared batcher."""
+        prepared = self.prepare(texts, options or EmbedOptions())
+        raw = self.batcher.submit(prepared.spec, prepared.items, timeout).result()
+        return self.finish(prepared, raw)
+
+    async def embed_async(
+        self, texts: list[str], options: EmbedOptions, timeout: float | None = None
+    ) -> EmbedResult:
+        """Event-loop friendly: tokenising and the forward both run off the loop; a cancelled
+        caller (client gone, deadline passed) takes its queued work out of the batcher."""
+        loop = asyncio.get_running_loop()
+        prepared = await loop.run_in_executor(None, self.prepare, texts, options)
+        future = self.batcher.submit(prepared.spec, prepared.items, timeout)
+        try:
+            raw = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        return self.finish(prepared, raw)
+
+    def embed_direct(self, texts: list[str], options: EmbedOptions | None = None, batch_size: int = 32) -> EmbedResult:
+        """No batcher: fixed-size batches in input order (evaluation, and the benchmark's ceiling)."""
+        prepared = self.prepare(texts, options or EmbedOptions())
+        import torch
+
+        rows = [
+            self._run(prepared.spec, prepared.items[i : i + batch_size])
+            for i in range(0, len(prepared.items), batch_size)
+        ]
+        return self.finish(prepared, torch.cat(rows))
+
+    def info(self) -> dict[str, Any]:
+        bb = self.backbone
+        return {
+            "model": bb.model_id,
+            "dimensions": bb.hidden_size,
+            "max_tokens": self.max_tokens,
+            "max_texts_per_request": self.config.max_texts_per_request,
+            "modes": [(m.name, m.description, m.default_prompt) for m in MODES.values()],
+            "default_mode": self.config.default_mode,
+            "adapters": sorted(set(bb.adapters.available()) | set(bb.adapters.resident())),
+            "dtypes": list(DTYPES),
+            "torch_dtype": str(bb.dtype).replace("torch.", ""),
+            "device": str(bb.device),
+            "num_layers": bb.num_layers,
+        }
+

@@ -1,0 +1,35 @@
+"""Request and result types of the embedding engine (no torch: the client uses them too)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lodestar.embed.output import Packed
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    mode: str = ""  # empty: the engine's default mode
+    prompt: str = ""
+    instruction: str = ""
+    adapter: str = ""
+    dimensions: int = 0  # 0: all
+    normalize: bool = True
+    dtype: str = "float32"
+    truncate: bool = True
+    max_tokens: int = 0  # 0: the engine's limit
+    start_layer: int | None = None  # token_prepend overrides
+    end_layer: int | None = None
+    output_layer: int | None = None
+
+
+@dataclass
+class EmbedResult:
+    vectors: np.ndarray  # (N, D) float32 after prefix/normalisation
+    packed: Packed
+    token_counts: list[int]
+    truncated: list[bool]
+    model: str
+    mode: str

@@ -1,0 +1,89 @@
+"""Generate Python gRPC code from protos/ (grpcio-tools + mypy-protobuf).
+
+Run by setup.py's build step and by `make protos`. A proto package `lodestar.<svc>.v1` lands in the
+folder that holds the Python package `lodestar.<svc>` (see PACKAGE_DIRS), so generated imports such
+as `from lodestar.embed.v1 import embed_pb2` resolve. Generated files are git-ignored.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTO_ROOT = ROOT / "protos"
+
+# Python package -> folder (relative to the repository root). setup.py reads this map too.
+PACKAGE_DIRS: dict[str, str] = {
+    "lodestar": "lodestar",
+    "lodestar.backbone": "backbone",
+    "lodestar.embed": "embed",
+    "lodestar.services": "services",
+    "lodestar.kernels": "kernels",
+}
+
+
+def proto_files() -> list[Path]:
+    return sorted(PROTO_ROOT.rglob("*.proto"))
+
+
+def generated_packages() -> dict[str, str]:
+    """Python packages the protos generate (e.g. lodestar.embed.v1 -> embed/v1)."""
+    out: dict[str, str] = {}
+    for proto in proto_files():
+        rel = proto.parent.relative_to(PROTO_ROOT)  # lodestar/embed/v1
+        package = ".".join(rel.parts)
+        parent, leaf = package.rsplit(".", 1)
+        if parent not in PACKAGE_DIRS:
+            raise SystemExit(f"{proto}: no folder holds Python package {parent!r}; add it to PACKAGE_DIRS")
+        out[package] = f"{PACKAGE_DIRS[parent]}/{leaf}"
+    return out
+
+
+def generate() -> list[Path]:
+    from grpc_tools import protoc  # build-time dependency only
+
+    import grpc_tools
+
+    well_known = Path(grpc_tools.__file__).parent / "_proto"
+    files = [str(p.relative_to(PROTO_ROOT)) for p in proto_files()]
+    written: list[Path] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        args = [
+            "grpc_tools.protoc",
+            f"-I{PROTO_ROOT}",
+            f"-I{well_known}",
+            f"--python_out={tmp}",
+            f"--grpc_python_out={tmp}",
+        ]
+        if shutil.which("protoc-gen-mypy") or _has_mypy_protobuf():
+            args += [f"--mypy_out={tmp}", f"--mypy_grpc_out={tmp}"]
+        if protoc.main(args + files) != 0:
+            raise SystemExit("protoc failed")
+        for package, folder in generated_packages().items():
+            src = Path(tmp, *package.split("."))
+            dst = ROOT / folder
+            dst.mkdir(parents=True, exist_ok=True)
+            (dst / "__init__.py").write_text('"""Generated from protos/; do not edit."""\n')
+            for f in src.iterdir():
+                if f.suffix in {".py", ".pyi"}:
+                    shutil.copyfile(f, dst / f.name)
+                    written.append(dst / f.name)
+    return written
+
+
+def _has_mypy_protobuf() -> bool:
+    try:
+        import mypy_protobuf  # noqa: F401
+    except ImportError:
+        return False
+    # protoc finds plugins on PATH; the venv's bin holds them when mypy-protobuf is installed.
+    bindir = Path(sys.executable).parent
+    return (bindir / "protoc-gen-mypy").exists()
+
+
+if __name__ == "__main__":
+    for path in generate():
+        print(path.relative_to(ROOT))

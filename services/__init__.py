@@ -1,0 +1,1 @@
+"""Processes: gRPC servicers, server factory, interceptor, settings, CLI, client."""

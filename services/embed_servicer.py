@@ -1,0 +1,59 @@
+"""EmbedService: converts, calls the engine, converts back. No model logic here."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+
+import lodestar
+from lodestar.embed.v1 import embed_pb2 as pb
+from lodestar.embed.v1 import embed_pb2_grpc as pb_grpc
+from lodestar.services import convert
+from lodestar.services.runtime import Runtime
+
+STREAM_WINDOW = 8  # requests of one stream in flight at once
+
+
+class EmbedServicer(pb_grpc.EmbedServiceServicer):
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+        engine = self.runtime.embed_engine()
+        result = await engine.embed_async(
+            list(request.texts), convert.embed_options(request), timeout=context.time_remaining()
+        )
+        return convert.embed_response(result, request.request_id)
+
+    async def EmbedStream(
+        self, requests: AsyncIterator[pb.EmbedRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.EmbedResponse]:
+        """Pipelined: up to STREAM_WINDOW requests run at once; responses keep request order."""
+        engine = self.runtime.embed_engine()
+        window: asyncio.Queue[asyncio.Task | None] = asyncio.Queue(maxsize=STREAM_WINDOW)
+
+        async def one(req: pb.EmbedRequest) -> pb.EmbedResponse:
+            result = await engine.embed_async(list(req.texts), convert.embed_options(req), timeout=context.time_remaining())
+            return convert.embed_response(result, req.request_id)
+
+        async def reader() -> None:
+            async for req in requests:
+                await window.put(asyncio.ensure_future(one(req)))
+            await window.put(None)
+
+        feeding = asyncio.ensure_future(reader())
+        try:
+            while (task := await window.get()) is not None:
+                yield await task
+            await feeding
+        finally:
+            feeding.cancel()
+            while not window.empty():
+                pending = window.get_nowait()
+                if pending is not None:
+                    pending.cancel()
+
+    async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.InfoResponse:
+        return convert.info_response(self.runtime.embed_engine().info(), lodestar.__version__)

@@ -1,0 +1,98 @@
+"""What a serving process holds: settings, health, and the engines once the model has loaded."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from grpc_health.v1 import health_pb2
+from grpc_health.v1._async import HealthServicer
+
+from lodestar.errors import Unavailable
+from lodestar.services.settings import Settings
+
+if TYPE_CHECKING:
+    from lodestar.backbone import Backbone
+    from lodestar.embed.engine import EmbeddingEngine
+
+log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class Runtime:
+    def __init__(self, settings: Settings, service_names: list[str]) -> None:
+        self.settings = settings
+        self.service_names = service_names  # fully-qualified gRPC names reported by health
+        self.health = HealthServicer()
+        self._engine: EmbeddingEngine | None = None
+        self._load_error: str | None = None
+        self._shutting_down = False
+        self.loaded = asyncio.Event()
+
+    async def set_health(self, status: int) -> None:
+        for name in ["", *self.service_names]:
+            await self.health.set(name, status)
+
+    def embed_engine(self) -> EmbeddingEngine:
+        if self._shutting_down:
+            raise Unavailable("the server is shutting down; retry on another replica")
+        if self._load_error:
+            raise Unavailable(f"the model failed to load: {self._load_error}")
+        if self._engine is None:
+            raise Unavailable("the model is still loading; grpc.health.v1 reports SERVING once it is ready")
+        return self._engine
+
+    async def load(self, backbone: Backbone | None = None) -> None:
+        """Load the model off the event loop, then report SERVING."""
+        loop = asyncio.get_running_loop()
+        try:
+            self._engine = await loop.run_in_executor(None, self._build_engine, backbone)
+        except Exception as exc:
+            self._load_error = str(exc)
+            log.exception("model load failed")
+            return
+        finally:
+            self.loaded.set()
+        await self.set_health(SERVING)
+        log.info("model %s loaded; serving", self._engine.backbone.model_id)
+
+    def _build_engine(self, backbone: Backbone | None) -> EmbeddingEngine:
+        from lodestar.backbone import BackboneConfig, load_backbone
+        from lodestar.embed.engine import EmbeddingEngine, EngineConfig
+        from lodestar.embed.modes import TokenPrepend
+
+        s = self.settings
+        if backbone is None:
+            backbone = load_backbone(
+                BackboneConfig(
+                    model=s.model,
+                    dtype=s.dtype,
+                    device=s.device,
+                    cache_dir=s.cache_dir,
+                    adapter_dirs=tuple(s.adapter_dirs),
+                    max_resident_adapters=s.max_resident_adapters,
+                )
+            )
+        return EmbeddingEngine(
+            backbone,
+            EngineConfig(
+                default_mode=s.default_mode,
+                max_texts_per_request=s.max_texts_per_request,
+                max_tokens=s.max_tokens,
+                max_batch_tokens=s.max_batch_tokens,
+                max_queued_texts=s.max_queued_texts,
+                token_prepend=TokenPrepend(s.tp_start_layer, s.tp_end_layer, s.tp_output_layer),
+            ),
+        )
+
+    async def begin_shutdown(self) -> None:
+        """Health goes NOT_SERVING for good; new requests get UNAVAILABLE."""
+        await self.health.enter_graceful_shutdown()
+
+    def close(self) -> None:
+        self._shutting_down = True
+        if self._engine is not None:
+            self._engine.close()

@@ -1,0 +1,150 @@
+"""Server factory and process entry point.
+
+`create_server(settings) -> (server, port)` builds a grpc.aio server with every requested service,
+health (NOT_SERVING until the model is loaded, and again during shutdown), reflection, the error
+interceptor, message-size and concurrency caps, and starts loading the model in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+import weakref
+from typing import TYPE_CHECKING
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from lodestar.errors import InvalidInput, Unavailable
+from lodestar.services.interceptor import ErrorInterceptor
+from lodestar.services.runtime import NOT_SERVING, Runtime
+from lodestar.services.settings import SERVICES, Settings
+
+if TYPE_CHECKING:
+    from lodestar.backbone import Backbone
+
+log = logging.getLogger(__name__)
+
+_RUNTIMES: weakref.WeakKeyDictionary[grpc.aio.Server, Runtime] = weakref.WeakKeyDictionary()
+
+
+def runtime_of(server: grpc.aio.Server) -> Runtime:
+    return _RUNTIMES[server]
+
+
+def _register(server: grpc.aio.Server, runtime: Runtime, only: tuple[str, ...]) -> list[str]:
+    """Add the servicers named in `only`; returns their full gRPC service names."""
+    names = []
+    for service in only:
+        if service == "embed":
+            from lodestar.embed.v1 import embed_pb2, embed_pb2_grpc
+            from lodestar.services.embed_servicer import EmbedServicer
+
+            embed_pb2_grpc.add_EmbedServiceServicer_to_server(EmbedServicer(runtime), server)
+            names.append(embed_pb2.DESCRIPTOR.services_by_name["EmbedService"].full_name)
+        else:
+            raise InvalidInput(f"unknown service {service!r}: valid are {', '.join(SERVICES)}")
+    return names
+
+
+async def create_server(settings: Settings, *, backbone: Backbone | None = None) -> tuple[grpc.aio.Server, int]:
+    """Build and bind (not start) the server; the model loads in the background (`backbone` skips that)."""
+    options = [
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(
+        interceptors=[ErrorInterceptor()],
+        options=options,
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+    )
+    runtime = Runtime(settings, [])
+    runtime.service_names = _register(server, runtime, settings.only)
+    health_pb2_grpc.add_HealthServicer_to_server(runtime.health, server)
+    reflection.enable_server_reflection(
+        [*runtime.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    address = f"{settings.host}:{settings.port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise Unavailable(f"cannot bind {address}: {exc}") from exc
+    await runtime.set_health(NOT_SERVING)
+    _RUNTIMES[server] = runtime
+    runtime.load_task = asyncio.ensure_future(runtime.load(backbone))  # type: ignore[attr-defined]
+    return server, port
+
+
+async def shutdown(server: grpc.aio.Server, grace: float) -> None:
+    """Graceful stop: health NOT_SERVING, refuse new RPCs, let in-flight ones finish within `grace`."""
+    runtime = _RUNTIMES.get(server)
+    if runtime is not None:
+        await runtime.begin_shutdown()
+    await server.stop(grace)
+    if runtime is not None:
+        runtime.close()
+
+
+async def serve(settings: Settings, *, backbone: Backbone | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+    server, port = await create_server(settings, backbone=backbone)
+    await server.start()
+    log.info("lodestar serving %s on %s:%d (model loading)", ",".join(settings.only), settings.host, port)
+    print(f"lodestar: listening on {settings.host}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("signal received; draining for up to %.1fs", settings.grace_period_s)
+    await shutdown(server, settings.grace_period_s)
+    log.info("stopped")
+
+
+class BackgroundServer:
+    """A server on its own event-loop thread: for tests and the in-process benchmark."""
+
+    def __init__(self, settings: Settings, backbone: Backbone | None = None) -> None:
+        self.settings = settings
+        self._backbone = backbone
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="lodestar-server", daemon=True)
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+
+    def start(self, wait_loaded: bool = True, timeout: float = 600) -> BackgroundServer:
+        self._thread.start()
+        self.server, self.port = self._call(create_server(self.settings, backbone=self._backbone))
+        self._call(self.server.start())
+        if wait_loaded:
+            self._call(runtime_of(self.server).loaded.wait(), timeout)
+        return self
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def runtime(self) -> Runtime:
+        assert self.server is not None
+        return runtime_of(self.server)
+
+    def _call(self, coro, timeout: float | None = None):  # type: ignore[no-untyped-def]
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def stop(self, grace: float | None = None) -> None:
+        if self.server is not None:
+            self._call(shutdown(self.server, self.settings.grace_period_s if grace is None else grace))
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> BackgroundServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop(grace=0)

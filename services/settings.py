@@ -1,0 +1,66 @@
+"""Every setting Lodestar reads from the environment, declared once (prefix LODESTAR_).
+
+Read at start-up by `Settings()` (the CLI and server factory build one); never at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+SERVICES = ("embed",)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LODESTAR_", env_file=None, extra="ignore")
+
+    # --- network ---
+    host: str = Field("127.0.0.1", description="address the gRPC server binds")
+    port: int = Field(50051, description="gRPC port; 0 picks a free one (tests)")
+    server: str = Field("127.0.0.1:50051", description="HOST:PORT the CLI and client talk to")
+    only: Annotated[tuple[str, ...], NoDecode] = Field(SERVICES, description="services this process serves (comma-separated in env)")
+
+    # --- model ---
+    model: str = Field("bundled", description="'bundled' (SmolLM2-135M-Instruct GGUF), a HF folder, or a .gguf file")
+    dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16 (auto: bf16 only where native)")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    cache_dir: Path = Field(Path.home() / ".cache" / "lodestar", description="dequantised GGUF weights live here")
+    adapter_dirs: Annotated[tuple[Path, ...], NoDecode] = Field((Path("adapters"),), description="folders whose subfolders are adapters offered by name")
+    max_resident_adapters: int = Field(4, ge=1, description="adapters kept loaded at once; LRU unloaded beyond")
+
+    # --- embedding engine limits ---
+    default_mode: str = Field("mean", description="mode used when a request names none")
+    max_texts_per_request: int = Field(1024, ge=1)
+    max_tokens: int = Field(512, ge=8, description="tokens per text, template included")
+    max_batch_tokens: int = Field(16384, ge=64, description="padded tokens per forward")
+    max_queued_texts: int = Field(16384, ge=1, description="texts waiting in the batcher before RESOURCE_EXHAUSTED")
+    tp_start_layer: int = Field(1, description="Token Prepending: first layer")
+    tp_end_layer: int = Field(7, description="Token Prepending: last layer (inclusive)")
+    tp_output_layer: int = Field(-1, description="Token Prepending: output layer (-1 final)")
+
+    # --- server behaviour ---
+    max_concurrent_rpcs: int = Field(256, ge=1, description="RPCs in flight before RESOURCE_EXHAUSTED")
+    max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest gRPC message in either direction")
+    grace_period_s: float = Field(10.0, ge=0, description="how long shutdown waits for in-flight RPCs")
+    data_dir: Path = Field(Path(".lodestar"), description="on-disk state (indexes, jobs)")
+    log_level: str = Field("INFO")
+
+    @field_validator("only", "adapter_dirs", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        """Environment values are comma-separated lists: LODESTAR_ONLY=embed,retrieve."""
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        return value
+
+    @field_validator("only")
+    @classmethod
+    def _known_services(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [v for v in value if v not in SERVICES]
+        if unknown:
+            raise ValueError(f"unknown service(s) {unknown}: valid are {', '.join(SERVICES)}")
+        return value
