@@ -46,7 +46,7 @@ class EmbeddingEngine:
         self.max_tokens = min(self.config.max_tokens, backbone.max_tokens)
         self.inputs = InputBuilder(backbone.tokenizer)
         self.batcher = Batcher(
-            self._run,
+            lambda spec, batch: self._run(spec, batch),  # looked up per call, so it can be wrapped
             max_batch_tokens=max(self.config.max_batch_tokens, self.max_tokens),
             max_queued_texts=self.config.max_queued_texts,
         )
@@ -61,12 +61,14 @@ class EmbeddingEngine:
 
     def _prepend(self, o: EmbedOptions) -> TokenPrepend:
         base = self.config.token_prepend
+        n = self.backbone.num_layers
+        # The server's default range (1..7) is sized for a deep model: clamp it to this model's
+        # layers, so a shallow model's default request is valid. A request's own values are not clamped.
         tp = TokenPrepend(
-            start=base.start if o.start_layer is None else o.start_layer,
-            end=base.end if o.end_layer is None else o.end_layer,
+            start=min(base.start, n - 1) if o.start_layer is None else o.start_layer,
+            end=min(base.end, n - 1) if o.end_layer is None else o.end_layer,
             output_layer=base.output_layer if o.output_layer is None else o.output_layer,
         )
-        n = self.backbone.num_layers
         if not (0 <= tp.start <= tp.end < n):
             raise InvalidInput(f"token_prepend layers must satisfy 0 <= start_layer <= end_layer < {n}; got {tp.start}..{tp.end}")
         if not (tp.output_layer == -1 or 0 <= tp.output_layer < n):

@@ -138,6 +138,9 @@ class BackgroundServer:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     def stop(self, grace: float | None = None) -> None:
+        """Graceful stop (idempotent)."""
+        if not self._loop.is_running():
+            return
         if self.server is not None:
             self._call(shutdown(self.server, self.settings.grace_period_s if grace is None else grace))
         self._loop.call_soon_threadsafe(self._loop.stop)

@@ -1,0 +1,194 @@
+"""EmbedService over real gRPC on loopback: every mode, every bad input, streaming, statuses."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from lodestar.embed.modes import MODES
+from lodestar.embed.types import EmbedOptions
+from lodestar.services.client import Client, ClientError
+
+pytestmark = pytest.mark.slow
+
+TEXTS = ["A man is playing a guitar.", "Someone plays an instrument.", "Stocks fell sharply on Monday."]
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_every_mode_over_grpc(client: Client, mode: str) -> None:
+    res = client.embed(TEXTS, mode=mode)
+    assert res.vectors.shape == (3, 576)
+    assert res.vectors.dtype == np.float32
+    assert res.mode == mode and res.model == "SmolLM2-135M-Instruct"
+    assert np.allclose(np.linalg.norm(res.vectors, axis=1), 1.0, atol=1e-4)
+    assert all(n > 0 for n in res.token_counts) and res.truncated == [False] * 3
+    if mode != "bidirectional":  # without its trained adapter, bidirectional is known to be poor
+        sims = res.vectors @ res.vectors.T
+        assert sims[0, 1] > sims[0, 2], "paraphrase should be closer than an unrelated sentence"
+
+
+def test_output_dtypes_and_dimensions(client: Client) -> None:
+    full = client.embed(TEXTS, mode="prompteol").vectors
+    half = client.embed(TEXTS, mode="prompteol", dtype="float16", dimensions=128).vectors
+    assert half.shape == (3, 128) and half.dtype == np.float16
+    prefix = full[:, :128] / np.linalg.norm(full[:, :128], axis=1, keepdims=True)
+    assert np.allclose(half.astype(np.float32), prefix, atol=2e-3)
+    q = client.embed(TEXTS, mode="prompteol", dtype="int8")
+    assert q.vectors.dtype == np.int8 and np.abs(q.vectors).max() == 127
+    b = client.embed(TEXTS, mode="prompteol", dtype="binary", dimensions=100)
+    assert b.packed.shape == (3, 100) and len(b.packed.data) == 3 * 13
+    assert np.array_equal(b.vectors, (full[:, :100] > 0).astype(np.uint8))
+
+
+def test_info(client: Client) -> None:
+    info = client.info()
+    assert info["model"] == "SmolLM2-135M-Instruct" and info["dimensions"] == 576
+    assert [m["name"] for m in info["modes"]] == list(MODES)
+    assert info["num_layers"] == 30 and "binary" in info["dtypes"]
+
+
+def test_stream_keeps_order(client: Client) -> None:
+    batches = [[t] for t in TEXTS] * 3
+    results = list(client.embed_stream(batches, mode="mean"))
+    assert len(results) == len(batches)
+    alone = client.embed(TEXTS, mode="mean").vectors
+    for i, r in enumerate(results):
+        assert float(r.vectors[0] @ alone[i % 3]) > 0.999
+
+
+def test_concurrent_clients_each_get_their_own_rows(client: Client, server) -> None:  # type: ignore[no-untyped-def]
+    """Requests from many clients are batched together; each gets its own vectors in its order."""
+    alone = {t: v for t, v in zip(TEXTS, client.embed(TEXTS, mode="mean").vectors)}
+    out: dict[int, np.ndarray] = {}
+
+    def worker(i: int) -> None:
+        with Client(server.address) as c:
+            order = TEXTS[i % 3 :] + TEXTS[: i % 3]
+            out[i] = (order, c.embed(order, mode="mean").vectors)  # type: ignore[assignment]
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for order, vecs in out.values():  # type: ignore[misc]
+        for text, v in zip(order, vecs):
+            assert float(v @ alone[text]) > 0.999
+
+
+@pytest.mark.parametrize(
+    "kwargs, texts, needle",
+    [
+        ({}, [], "texts is empty"),
+        ({}, ["ok", "  "], "text 1 is empty"),
+        ({"mode": "nope"}, ["x"], "valid modes are mean, last, prompteol, echo, token_prepend, bidirectional"),
+        ({"dimensions": 577}, ["x"], "use 1..576"),
+        ({"adapter": "no-such-adapter"}, ["x"], "unknown adapter 'no-such-adapter'"),
+        ({"truncate": False}, ["word " * 600], "the limit is max_tokens=512"),
+        ({"max_tokens": 100000}, ["x"], "above the server's limit of 512"),
+        ({"mode": "echo", "prompt": "only {text} once"}, ["x"], "at least 2 time"),
+        ({"mode": "token_prepend", "start_layer": 5, "end_layer": 40}, ["x"], "end_layer < 30"),
+    ],
+)
+def test_bad_input_is_invalid_argument(client: Client, kwargs: dict, texts: list[str], needle: str) -> None:
+    with pytest.raises(ClientError) as err:
+        client.embed(texts, **kwargs)
+    assert err.value.code == "INVALID_ARGUMENT"
+    assert needle in err.value.message
+    assert client.embed(["still serving"]).vectors.shape == (1, 576)
+
+
+def test_too_many_texts(tiny_server) -> None:  # type: ignore[no-untyped-def]
+    srv = tiny_server(max_texts_per_request=4)
+    with Client(srv.address) as c:
+        with pytest.raises(ClientError) as err:
+            c.embed(["a"] * 5)
+        assert err.value.code == "INVALID_ARGUMENT" and "max_texts_per_request=4" in err.value.message
+
+
+def test_truncation_cuts_to_the_limit(client: Client) -> None:
+    res = client.embed(["word " * 600, "short"], max_tokens=64)
+    assert res.truncated == [True, False] and res.token_counts[0] == 64
+
+
+def test_reflection_lists_services(server) -> None:  # type: ignore[no-untyped-def]
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with grpc.insecure_channel(server.address) as ch:
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        resp = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    names = {s.name for s in resp.list_services_response.service}
+    assert {"lodestar.embed.v1.EmbedService", "grpc.health.v1.Health"} <= names
+
+
+def test_unexpected_error_is_internal_with_request_id(tiny_server, caplog) -> None:  # type: ignore[no-untyped-def]
+    srv = tiny_server()
+    engine = srv.runtime.embed_engine()
+    original = engine._run
+    engine._run = lambda spec, batch: (_ for _ in ()).throw(RuntimeError("boom in the forward"))
+    with Client(srv.address) as c:
+        with pytest.raises(ClientError) as err:
+            c.embed(["x"])
+        assert err.value.code == "INTERNAL"
+        assert "request id" in err.value.message and "boom" not in err.value.message
+        engine._run = original
+        assert c.embed(["x"]).vectors.shape == (1, 64)
+
+
+def test_over_capacity_is_resource_exhausted(tiny_server) -> None:  # type: ignore[no-untyped-def]
+    srv = tiny_server(max_queued_texts=8)
+    engine = srv.runtime.embed_engine()
+    gate = threading.Event()
+    original = engine._run
+
+    def slow(spec, batch):  # type: ignore[no-untyped-def]
+        gate.wait(10)
+        return original(spec, batch)
+
+    engine._run = slow
+    with Client(srv.address) as c:
+        first = threading.Thread(target=lambda: c.embed(["x"] * 8))
+        first.start()
+        time.sleep(0.3)  # the first request is running; the queue is empty again
+        second = threading.Thread(target=lambda: c.embed(["y"] * 8))
+        second.start()
+        time.sleep(0.3)  # the second fills the queue
+        with pytest.raises(ClientError) as err:
+            c.embed(["z"])
+        gate.set()
+        first.join()
+        second.join()
+    assert err.value.code == "RESOURCE_EXHAUSTED" and "limit 8" in err.value.message
+
+
+def test_expired_deadline_drops_queued_work(tiny_server) -> None:  # type: ignore[no-untyped-def]
+    srv = tiny_server()
+    engine = srv.runtime.embed_engine()
+    gate = threading.Event()
+    seen: list[list[int]] = []
+    original = engine._run
+
+    def slow(spec, batch):  # type: ignore[no-untyped-def]
+        seen.extend(e.ids for e in batch)
+        gate.wait(10)
+        return original(spec, batch)
+
+    engine._run = slow
+    with Client(srv.address) as c:
+        blocker = threading.Thread(target=lambda: c.embed(["first"]))
+        blocker.start()
+        time.sleep(0.3)
+        with pytest.raises(ClientError) as err:
+            c.embed(["late request"], timeout=0.5)
+        assert err.value.code == "DEADLINE_EXCEEDED"
+        gate.set()
+        blocker.join()
+        time.sleep(0.2)
+        late = engine.prepare(["late request"], EmbedOptions()).items[0].ids
+        assert late not in seen, "the expired request must never reach the model"
+        assert engine.batcher.stats.dropped >= 1
+        assert c.embed(["after"]).vectors.shape == (1, 64)
