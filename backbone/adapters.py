@@ -75,7 +75,8 @@ class AdapterRegistry:
 
     @contextlib.contextmanager
     def use(self, name: str | None) -> Iterator[None]:
-        """Run the block with adapter `name` active, or with every adapter disabled for None."""
+        """Run the block with adapter `name` active, or with every adapter disabled for None.
+        Outside these blocks every adapter is disabled: the model behaves as the base model."""
         with self._lock:
             if not name:
                 if self._peft is None:
@@ -89,4 +90,10 @@ class AdapterRegistry:
                 self._load(key, path)
             self._resident.move_to_end(key)
             self._peft.set_adapter(self._names[key])
-            yield
+            self._peft.base_model.enable_adapter_layers()
+            try:
+                yield
+            finally:
+                # Leave the shared model as the base model: compression and generation call it
+                # directly, not through `use`, and must not inherit the last request's adapter.
+                self._peft.base_model.disable_adapter_layers()

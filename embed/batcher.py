@@ -11,8 +11,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
+
 import torch
 
 from lodestar.embed.modes import Encoded, ForwardSpec
@@ -21,6 +22,18 @@ from lodestar.errors import DeadlineExceeded, Overloaded
 log = logging.getLogger(__name__)
 
 RunBatch = Callable[[ForwardSpec, list[Encoded]], torch.Tensor]
+
+
+def _settle(future: Future, result: object = None, exc: BaseException | None = None) -> None:
+    """Resolve `future` unless its caller cancelled it meanwhile: a cancel can land between our
+    done() check and set_*(), and the InvalidStateError would kill the batcher thread."""
+    try:
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass
 
 
 @dataclass(eq=False)
@@ -102,7 +115,7 @@ class Batcher:
                 self._queued -= len(req.items) - req.cursor
                 self.stats.dropped += 1
                 if not req.future.cancelled():
-                    req.future.set_exception(DeadlineExceeded("deadline passed while the request was queued"))
+                    _settle(req.future, exc=DeadlineExceeded("deadline passed while the request was queued"))
             else:
                 alive.append(req)
         self._pending = alive
@@ -167,7 +180,7 @@ class Batcher:
             log.exception("embedding batch of %d failed", len(items))
             for req in {r for r, _ in chunk}:
                 if not req.future.done():
-                    req.future.set_exception(exc)
+                    _settle(req.future, exc=exc)
             return
         self.stats.batches += 1
         self.stats.texts += len(items)
@@ -177,5 +190,5 @@ class Batcher:
             req.rows[i] = row
             req.done += 1
             if req.done == len(req.items) and not req.future.done():
-                req.future.set_result(torch.stack(req.rows))  # type: ignore[arg-type]
+                _settle(req.future, torch.stack(req.rows))  # type: ignore[arg-type]
 

@@ -154,12 +154,17 @@ class InputBuilder:
         return list(self.tokenizer(s, add_special_tokens=False)["input_ids"])
 
     def _fixed(self, s: str) -> list[int]:
-        """Template pieces repeat across requests: tokenise each once."""
-        if s not in self._cache:
+        """Template pieces repeat across requests: tokenise each once.
+
+        Requests are prepared on several threads at once: never read back after a write, since
+        another thread may clear the cache in between (a KeyError on a valid request)."""
+        ids = self._cache.get(s)
+        if ids is None:
+            ids = self._ids(s)
             if len(self._cache) > 1024:
                 self._cache.clear()
-            self._cache[s] = self._ids(s)
-        return self._cache[s]
+            self._cache[s] = ids
+        return ids
 
     def count(self, text: str) -> int:
         return len(self._ids(text))
@@ -172,9 +177,12 @@ class InputBuilder:
         # A template piece ending in a space hands the space to the text, so the text's first word
         # tokenises as it would mid-sentence.
         lead = ""
-        if fixed[0].endswith(" ") or any(f.endswith(" ") for f in fixed[:-1]):
+        if any(f.endswith(" ") for f in fixed[:-1]):
             lead = " "
             fixed = [f[:-1] if i < slots and f.endswith(" ") else f for i, f in enumerate(fixed)]
+        elif fixed[0] == "" and instruction.endswith(" "):  # "query: " + text, as one sentence would be
+            lead = " "
+            instruction = instruction[:-1]
         text_ids = self._ids(lead + text if lead else text)
         head = self.prefix + (self._fixed(instruction) if instruction else [])
         fixed_ids = [self._fixed(f) for f in fixed]
