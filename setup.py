@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from setuptools import setup
-from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "protos"))
@@ -29,11 +28,8 @@ def packages() -> tuple[list[str], dict[str, str]]:
     return sorted(set(found)), pkg_dirs
 
 
-class BuildWithProtos(build_py):
-    def run(self) -> None:
-        protogen.generate()
-        super().run()
-
-
+# Generated before setup() lists the packages: metadata, editable and wheel builds all need
+# the `lodestar.<svc>.v1` folders to exist (grpcio-tools is a build requirement).
+protogen.generate()
 PACKAGES, PACKAGE_DIR = packages()
-setup(packages=PACKAGES, package_dir=PACKAGE_DIR, cmdclass={"build_py": BuildWithProtos})
+setup(packages=PACKAGES, package_dir=PACKAGE_DIR)

@@ -151,6 +151,11 @@ class EmbeddingEngine:
         ]
         return self.finish(prepared, torch.cat(rows))
 
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        """Character span of each token of `text` (for chunking by tokens)."""
+        enc = self.backbone.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+
     def info(self) -> dict[str, Any]:
         bb = self.backbone
         return {

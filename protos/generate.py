@@ -22,6 +22,7 @@ PACKAGE_DIRS: dict[str, str] = {
     "lodestar.embed": "embed",
     "lodestar.services": "services",
     "lodestar.kernels": "kernels",
+    "lodestar.retrieve": "retrieve",
 }
 
 

@@ -1,0 +1,88 @@
+"""Domain types of the retrieval engine (no torch, no gRPC: the client uses them too)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+SPARSE_KINDS = ("none", "bm25")  # "learned" arrives with the adapters issue
+METRICS = ("cosine", "ip", "l2")
+RETRIEVERS = ("dense", "sparse", "hybrid")
+FUSIONS = ("rrf", "weighted")
+
+
+@dataclass(frozen=True)
+class CollectionConfig:
+    """Fixed at creation; stored with the collection."""
+
+    name: str
+    mode: str = "mean"  # embedding mode (lodestar.embed.modes)
+    query_prompt: str = ""  # prompt template for queries ("" = the mode's default)
+    query_instruction: str = ""
+    doc_prompt: str = ""
+    doc_instruction: str = ""
+    adapter: str = ""
+    dimensions: int = 0  # 0 = the model's full width
+    metric: str = "cosine"
+    index: str = "Flat"  # any FAISS factory string: Flat, HNSW32, IVF{n},Flat, IVF{n},PQ{m}
+    sparse: str = "bm25"  # none | bm25
+    chunk_tokens: int = 256  # 0 = no chunking
+    chunk_overlap: int = 32
+
+
+@dataclass
+class Document:
+    id: str
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Filter:
+    """One condition on a metadata field; a search's filters are AND-ed.
+
+    op: eq | ne | in | nin | gt | gte | lt | lte  (value: a JSON scalar, or a list for in/nin)
+    """
+
+    field: str
+    op: str
+    value: Any
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    queries: list[str]
+    k: int = 10
+    retriever: str = "dense"  # dense | sparse | hybrid
+    fusion: str = "rrf"  # rrf | weighted
+    alpha: float = 0.5  # weighted fusion: alpha * dense + (1 - alpha) * sparse (min-max normalised)
+    rrf_k: int = 60
+    filters: tuple[Filter, ...] = ()
+    include_text: bool = True
+
+
+@dataclass
+class Hit:
+    id: str
+    score: float
+    text: str
+    metadata: dict[str, Any]
+    chunk: int  # which chunk of the document matched best
+    chunk_text: str
+    dense_score: float | None = None
+    sparse_score: float | None = None
+
+
+@dataclass
+class CollectionStats:
+    name: str
+    documents: int
+    chunks: int
+    index: str
+    trained: bool  # IVF/PQ: false until enough vectors exist to train
+    index_vectors: int
+    bytes: int  # on disk: SQLite + snapshot files
+    dimensions: int
+    sparse: str
+    status: str  # "ok", or why the collection is not serving (corrupt snapshot, ...)
+    note: str = ""  # e.g. "IVF1024 trains at 39936 vectors; 1000 so far (searching exactly until then)"
