@@ -59,7 +59,9 @@ def generate() -> list[Path]:
             f"--python_out={tmp}",
             f"--grpc_python_out={tmp}",
         ]
-        if shutil.which("protoc-gen-mypy") or _has_mypy_protobuf():
+        plugins = _mypy_plugins()
+        if plugins:
+            args += [f"--plugin=protoc-gen-{name}={path}" for name, path in plugins.items()]
             args += [f"--mypy_out={tmp}", f"--mypy_grpc_out={tmp}"]
         if protoc.main(args + files) != 0:
             raise SystemExit("protoc failed")
@@ -75,14 +77,15 @@ def generate() -> list[Path]:
     return written
 
 
-def _has_mypy_protobuf() -> bool:
-    try:
-        import mypy_protobuf  # noqa: F401
-    except ImportError:
-        return False
-    # protoc finds plugins on PATH; the venv's bin holds them when mypy-protobuf is installed.
-    bindir = Path(sys.executable).parent
-    return (bindir / "protoc-gen-mypy").exists()
+def _mypy_plugins() -> dict[str, str]:
+    """mypy-protobuf's protoc plugins by absolute path (PATH may not hold the venv's bin)."""
+    found = {}
+    for name in ("mypy", "mypy_grpc"):
+        exe = Path(sys.executable).parent / f"protoc-gen-{name}"
+        path = str(exe) if exe.exists() else shutil.which(f"protoc-gen-{name}")
+        if path:
+            found[name] = path
+    return found if len(found) == 2 else {}
 
 
 if __name__ == "__main__":
