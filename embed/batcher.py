@@ -66,8 +66,14 @@ class Batcher:
         max_batch_tokens: int = 16384,
         max_queued_texts: int = 8192,
         max_round_texts: int = 2048,
+        max_batch_rows: int = 64,
+        min_batch_rows: int = 16,
+        max_padding: float = 1.25,
     ) -> None:
         self._run = run
+        self.max_batch_rows = max_batch_rows
+        self.min_batch_rows = min_batch_rows
+        self.max_padding = max_padding
         self.max_batch_tokens = max_batch_tokens
         self.max_queued_texts = max_queued_texts
         self.max_round_texts = max_round_texts
@@ -138,16 +144,25 @@ class Batcher:
         return taken
 
     def _chunks(self, taken: list[tuple[_Request, int]]) -> list[list[tuple[_Request, int]]]:
-        """Length-sorted batches whose padded size (rows x longest) stays within max_batch_tokens."""
+        """Length-sorted batches: padded size (rows x longest) within max_batch_tokens, at most
+        max_batch_rows rows, and a new batch once padding would exceed max_padding of the real
+        tokens (when the batch already has min_batch_rows rows) -- padding is wasted compute."""
         taken = sorted(taken, key=lambda ri: len(ri[0].items[ri[1]]))
         chunks: list[list[tuple[_Request, int]]] = []
         cur: list[tuple[_Request, int]] = []
+        real = 0
         for ri in taken:
             n = len(ri[0].items[ri[1]])
-            if cur and (len(cur) + 1) * n > self.max_batch_tokens:
+            padded = (len(cur) + 1) * n
+            if cur and (
+                padded > self.max_batch_tokens
+                or len(cur) >= self.max_batch_rows
+                or (len(cur) >= self.min_batch_rows and padded > self.max_padding * (real + n))
+            ):
                 chunks.append(cur)
-                cur = []
+                cur, real = [], 0
             cur.append(ri)
+            real += n
         if cur:
             chunks.append(cur)
         return chunks
