@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Run Lodestar's benchmarks; each writes JSON under bench/results/ (see bench/README.md).
+#
+#   bash bench/run.sh [DATA_DIR]          (make bench)
+#
+# DATA_DIR (or $DATA) defaults to ../shared/data, relative to the repository root.
+# Environment knobs (defaults in brackets):
+#   STEPS         which benchmarks, space-separated [sts embed kernels]
+#   RESULTS       output folder [bench/results]
+#   MODES         STS modes [mean last prompteol echo token_prepend bidirectional]
+#   STS_FILE      STS TSV [$DATA/stsb/dev.tsv]
+#   STS_PAIRS     only the first N pairs (smoke test; 0 = all) [0]
+#   EMBED_TEXTS   distinct STS sentences for the throughput run [512]
+#   CONCURRENCY   client threads for the throughput run [8]
+#   EMBED_BATCH   texts per client request [16]
+#   KERNEL_DEVICE device for bench/kernels.py [cpu]
+#   LODESTAR_*    read by the CLI as usual (e.g. LODESTAR_MODEL, LODESTAR_DTYPE)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+DATA="${1:-${DATA:-../shared/data}}"
+STEPS="${STEPS:-sts embed kernels}"
+RESULTS="${RESULTS:-bench/results}"
+MODES="${MODES:-mean last prompteol echo token_prepend bidirectional}"
+STS_FILE="${STS_FILE:-$DATA/stsb/dev.tsv}"
+STS_PAIRS="${STS_PAIRS:-0}"
+EMBED_TEXTS="${EMBED_TEXTS:-512}"
+CONCURRENCY="${CONCURRENCY:-8}"
+EMBED_BATCH="${EMBED_BATCH:-16}"
+KERNEL_DEVICE="${KERNEL_DEVICE:-cpu}"
+
+if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY="${PY:-python3}"; fi
+LODESTAR=("$PY" -m lodestar.services.cli)
+
+if [[ ! -f "$STS_FILE" ]] && [[ " $STEPS " == *" sts "* || " $STEPS " == *" embed "* ]]; then
+    echo "bench/run.sh: no STS file at $STS_FILE (give the data folder as the first argument or \$DATA)" >&2
+    exit 2
+fi
+
+mkdir -p "$RESULTS"
+TMP="$(mktemp -d)"
+trap 'rm -rf "$TMP"' EXIT
+
+# Write a step's JSON atomically: a failed run never leaves a half-written result behind.
+publish() { mv -f "$1" "$2"; echo "  -> $2"; }
+
+if [[ " $STEPS " == *" sts "* ]]; then
+    sts_input="$STS_FILE"
+    if [[ "$STS_PAIRS" != 0 ]]; then
+        sts_input="$TMP/sts_head.tsv"
+        "$PY" bench/sts_texts.py "$STS_FILE" "$sts_input" --pairs "$STS_PAIRS"
+    fi
+    for mode in $MODES; do
+        echo "== sts $mode ($sts_input)"
+        "${LODESTAR[@]}" eval sts "$sts_input" --mode "$mode" --quiet > "$TMP/sts_$mode.json"
+        publish "$TMP/sts_$mode.json" "$RESULTS/sts_$mode.json"
+    done
+fi
+
+if [[ " $STEPS " == *" embed "* ]]; then
+    echo "== bench embed (mode mean, $EMBED_TEXTS texts, concurrency $CONCURRENCY, $EMBED_BATCH texts/request)"
+    "$PY" bench/sts_texts.py "$STS_FILE" "$TMP/texts.txt" --limit "$EMBED_TEXTS"
+    "${LODESTAR[@]}" bench embed --texts "$TMP/texts.txt" --mode mean --concurrency "$CONCURRENCY" \
+        --batch-size "$EMBED_BATCH" --out "$TMP/embed_throughput.json" > /dev/null
+    publish "$TMP/embed_throughput.json" "$RESULTS/embed_throughput.json"
+fi
+
+if [[ " $STEPS " == *" kernels "* ]]; then
+    echo "== kernels ($KERNEL_DEVICE)"
+    "$PY" bench/kernels.py --device "$KERNEL_DEVICE" --out "$TMP/kernels_$KERNEL_DEVICE.json"
+    publish "$TMP/kernels_$KERNEL_DEVICE.json" "$RESULTS/kernels_$KERNEL_DEVICE.json"
+fi
+
+# Summary of whatever results the folder holds now (this run's and earlier ones).
+"$PY" - "$RESULTS" <<'PY'
+import json
+import sys
+from pathlib import Path
+
+results = Path(sys.argv[1])
+print(f"\n== summary ({results})")
+sts = sorted(results.glob("sts_*.json"))
+if sts:
+    print(f"{'STS mode':16s} {'spearman':>9s} {'pairs':>6s} {'seconds':>8s}  model")
+    for p in sts:
+        r = json.loads(p.read_text().strip().splitlines()[-1])
+        print(f"{r['mode']:16s} {r['spearman']:9.4f} {r['pairs']:6d} {r['seconds']:8.1f}  {r['model']} ({r['torch_dtype']})")
+tp = results / "embed_throughput.json"
+if tp.exists():
+    r = json.loads(tp.read_text())
+    s, c, b = r["served"], r["in_process"], r["batcher"]
+    print(f"\nembed throughput: {r['model']} {r['torch_dtype']} on {r['device']}, mode {r['mode']}, "
+          f"{r['texts']} texts, {r['concurrency']} clients x {r['batch_size']} texts/request")
+    print(f"  served      {s['tokens_per_s']:9.1f} tok/s {s['texts_per_s']:8.1f} texts/s   p50 {s['p50_ms']:.0f} ms  p99 {s['p99_ms']:.0f} ms")
+    print(f"  in-process  {c['tokens_per_s']:9.1f} tok/s {c['texts_per_s']:8.1f} texts/s   (batch {c['batch_size']}, length-sorted)")
+    verdict = "meets" if r["served_over_ceiling"] >= r.get("target", 0.85) else "BELOW"
+    print(f"  served/ceiling {r['served_over_ceiling']:.1%} ({verdict} target {r.get('target', 0.85):.0%}); "
+          f"batcher {b['batches']} batches, {b['mean_batch_texts']} texts/batch, padding {b['padding_ratio']:.1%}")
+for p in sorted(results.glob("kernels_*.json")):
+    r = json.loads(p.read_text())
+    print(f"\nkernels on {r['device']} ({r['device_name']}):")
+    for row in r["results"]:
+        tri = "" if row["triton_ms"] is None else f"  triton {row['triton_ms']:.3f} ms  x{row['speedup']}"
+        print(f"  {row['op']:17s} {'x'.join(map(str, row['shape'])):>14s} {row['dtype']:5s} torch {row['torch_ms']:.3f} ms{tri}")
+PY

@@ -1,0 +1,244 @@
+"""Speed benchmarks behind `lodestar bench ...`.
+
+`bench_embed` measures served embedding throughput (a real gRPC server in this process, N client
+threads over loopback, the dynamic batcher merging their requests) against the ceiling: a plain
+in-process forward of the same model and dtype over the same texts, length-sorted, at the best
+batch size of a small sweep. The ratio of the two is what the serving stack costs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+CEILING_BATCH_SIZES = (16, 32, 64, 128)  # swept for the in-process ceiling; the best one is reported
+TARGET_RATIO = 0.85  # served throughput / in-process ceiling, 8 concurrent clients
+
+
+def _bar(total: int, desc: str, progress: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="text", file=sys.stderr, disable=not progress, leave=False)
+
+
+def _sorted_by_length(engine: Any, texts: list[str], options: Any) -> tuple[list[str], list[int]]:
+    """Texts ordered by token count (so a fixed-size batch pads little) and their token counts."""
+    prepared = engine.prepare(texts, options)
+    order = sorted(range(len(texts)), key=lambda i: len(prepared.items[i]))
+    return [texts[i] for i in order], [len(prepared.items[i]) for i in order]
+
+
+def _padding_ratio(sorted_lengths: list[int], batch_size: int) -> float:
+    """Share of padding in the tokens run when sorted texts go in fixed-size batches."""
+    padded = sum(
+        len(sorted_lengths[i : i + batch_size]) * sorted_lengths[min(i + batch_size, len(sorted_lengths)) - 1]
+        for i in range(0, len(sorted_lengths), batch_size)
+    )
+    return round(1 - sum(sorted_lengths) / padded, 4)
+
+
+def _direct_pass(engine: Any, ordered: list[str], options: Any, batch_size: int, bar: Any) -> float:
+    """One plain `embed_direct` pass; returns its wall time in seconds."""
+    start = time.perf_counter()
+    step = batch_size * max(1, 256 // batch_size)  # whole batches per call; calls only feed the progress bar
+    for i in range(0, len(ordered), step):
+        engine.embed_direct(ordered[i : i + step], options, batch_size=batch_size)
+        bar.update(len(ordered[i : i + step]))
+    return time.perf_counter() - start
+
+
+class _Clients:
+    """`concurrency` threads, each with its own Client, send `batch_size`-text requests round-robin."""
+
+    def __init__(self, address: str, options: dict[str, Any], concurrency: int, warm_texts: list[str]) -> None:
+        from lodestar.services.client import Client
+
+        self.options = options
+        self.clients = [Client(address, timeout=600) for _ in range(concurrency)]
+        for c in self.clients:  # connect and warm every channel before any clock starts
+            c.wait_ready(timeout=60)
+            c.embed(warm_texts, **options)
+
+    def close(self) -> None:
+        for c in self.clients:
+            c.close()
+
+    def run(self, texts: list[str], batch_size: int, bar: Any) -> dict[str, Any]:
+        n = len(self.clients)
+        requests = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+        shares = [requests[k::n] for k in range(n)]
+        latencies: list[list[float]] = [[] for _ in range(n)]
+        tokens = [0] * n
+        errors: list[BaseException] = []
+        gate = threading.Barrier(n + 1)
+        lock = threading.Lock()
+
+        def work(k: int) -> None:
+            gate.wait()
+            try:
+                for batch in shares[k]:
+                    t0 = time.perf_counter()
+                    res = self.clients[k].embed(batch, **self.options)
+                    latencies[k].append(time.perf_counter() - t0)
+                    tokens[k] += sum(res.token_counts)
+                    with lock:
+                        bar.update(len(batch))
+            except BaseException as exc:  # reported after the run; one failure voids the figures
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(k,), name=f"bench-client-{k}") for k in range(n)]
+        for t in threads:
+            t.start()
+        gate.wait()
+        start = time.perf_counter()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - start
+        if errors:
+            raise RuntimeError(f"{len(errors)} client(s) failed during the benchmark: {errors[0]!r}") from errors[0]
+        return {
+            "wall_s": wall,
+            "tokens": sum(tokens),
+            "requests": len(requests),
+            "latencies_ms": [x * 1000.0 for per in latencies for x in per],
+        }
+
+
+def _batcher_stats(d: dict[str, int]) -> dict[str, Any]:
+    """Summary of the server batcher's counters over the timed served runs (warm-up excluded)."""
+    return {
+        "batches": d["batches"],
+        "mean_batch_texts": round(d["texts"] / d["batches"], 2) if d["batches"] else 0.0,
+        # share of the tokens run that were padding: (padded - real) / padded
+        "padding_ratio": round(1 - d["tokens"] / d["padded_tokens"], 4) if d["padded_tokens"] else 0.0,
+        "tokens": d["tokens"],
+        "padded_tokens": d["padded_tokens"],
+        "dropped": d["dropped"],
+    }
+
+
+def bench_embed(
+    texts: list[str],
+    options: dict[str, Any],
+    concurrency: int = 8,
+    batch_size: int = 16,
+    model: str | None = None,
+    *,
+    ceiling_batch_sizes: tuple[int, ...] = CEILING_BATCH_SIZES,
+    repeats: int = 3,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Served throughput (gRPC, `concurrency` clients) vs the in-process ceiling; a JSON-able dict."""
+    import torch
+
+    from lodestar.embed.types import EmbedOptions
+    from lodestar.services.runtime import Runtime
+    from lodestar.services.server import BackgroundServer
+    from lodestar.services.settings import Settings
+
+    if not texts:
+        raise ValueError("bench_embed needs at least one text")
+    if concurrency < 1 or batch_size < 1:
+        raise ValueError(f"concurrency and batch_size must be >= 1; got {concurrency}, {batch_size}")
+    if repeats < 1 or not ceiling_batch_sizes:
+        raise ValueError("repeats must be >= 1 and ceiling_batch_sizes non-empty")
+    overrides = {"model": model} if model else {}
+    settings = Settings(**overrides)
+    opts = EmbedOptions(**options)
+
+    # The model loads once: the ceiling's engine and the server's engine share this backbone
+    # (and its lock, so the two never run forwards at the same time).
+    direct = Runtime(settings, [])._build_engine(None)
+    # Only the embedding service: nothing else loads or competes for the cores.
+    server_settings = Settings(**overrides, host="127.0.0.1", port=0, only=("embed",))
+    server = BackgroundServer(server_settings, backbone=direct.backbone)
+    clients: _Clients | None = None
+    try:
+        server.start(wait_loaded=True)
+        engine = server.runtime.embed_engine()
+        info = engine.info()
+        ordered, lengths = _sorted_by_length(direct, texts, opts)
+        tokens = sum(lengths)
+        sizes = tuple(ceiling_batch_sizes)
+        direct.embed_direct(ordered[-max(sizes) :], opts, batch_size=max(sizes))  # warm-up, longest texts
+        clients = _Clients(server.address, options, concurrency, texts[:2])
+
+        # 1) pick the ceiling's batch size: one pass per candidate, fastest wins
+        bar = _bar(len(texts) * len(sizes), "ceiling sweep", progress)
+        sweep = {bs: _direct_pass(direct, ordered, opts, bs, bar) for bs in sizes}
+        bar.close()
+        best_bs = min(sweep, key=lambda bs: sweep[bs])
+
+        # 2) alternate ceiling and served passes so drift on a shared machine hits both alike
+        direct_walls: list[float] = []
+        served_runs: list[dict[str, Any]] = []
+        before = asdict(engine.batcher.stats)
+        stats_delta = {k: 0 for k in before}
+        bar = _bar(len(texts) * repeats * 2, f"repeats (ceiling bs={best_bs} / served x{concurrency})", progress)
+        for _ in range(repeats):
+            direct_walls.append(_direct_pass(direct, ordered, opts, best_bs, bar))
+            before = asdict(engine.batcher.stats)
+            served_runs.append(clients.run(texts, batch_size, bar))
+            after = asdict(engine.batcher.stats)
+            stats_delta = {k: stats_delta[k] + after[k] - before[k] for k in after}
+        bar.close()
+    finally:
+        if clients is not None:
+            clients.close()
+        server.stop(grace=1)
+        direct.close()
+
+    direct_wall = float(np.median(direct_walls))
+    ceiling = {
+        "tokens_per_s": round(tokens / direct_wall, 1),
+        "texts_per_s": round(len(texts) / direct_wall, 1),
+        "wall_s": round(direct_wall, 3),
+        "batch_size": best_bs,
+        "tokens": tokens,
+        "sorted_by_length": True,
+        "padding_ratio": _padding_ratio(lengths, best_bs),
+        "runs_wall_s": [round(w, 3) for w in direct_walls],
+        "sweep_tokens_per_s": {str(bs): round(tokens / w, 1) for bs, w in sweep.items()},
+    }
+    served_wall = float(np.median([r["wall_s"] for r in served_runs]))
+    lat = np.array([x for r in served_runs for x in r["latencies_ms"]])
+    served = {
+        "tokens_per_s": round(served_runs[0]["tokens"] / served_wall, 1),
+        "texts_per_s": round(len(texts) / served_wall, 1),
+        "p50_ms": round(float(np.percentile(lat, 50)), 2),
+        "p99_ms": round(float(np.percentile(lat, 99)), 2),
+        "wall_s": round(served_wall, 3),
+        "requests": served_runs[0]["requests"],
+        "tokens": served_runs[0]["tokens"],
+        "runs_wall_s": [round(r["wall_s"], 3) for r in served_runs],
+    }
+    batcher = _batcher_stats(stats_delta)
+    ratio = served["tokens_per_s"] / ceiling["tokens_per_s"]
+    return {
+        "model": info["model"],
+        "torch_dtype": info["torch_dtype"],
+        "device": info["device"],
+        "mode": opts.mode or info["default_mode"],
+        "concurrency": concurrency,
+        "batch_size": batch_size,
+        "texts": len(texts),
+        "repeats": repeats,
+        "served": served,
+        "in_process": ceiling,
+        "served_over_ceiling": round(ratio, 4),
+        "target": TARGET_RATIO,
+        "meets_target": ratio >= TARGET_RATIO,
+        "batcher": batcher,
+        "host": {
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+        },
+    }
