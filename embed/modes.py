@@ -23,7 +23,7 @@ class TokenPrepend:
     hidden state is overwritten with the previous layer's last-token state; `output_layer` is the
     layer whose last-token output is the embedding (-1: the final, normed output)."""
 
-    start: int = 1
+    start: int = 2
     end: int = 7
     output_layer: int = -1
 

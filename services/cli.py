@@ -87,7 +87,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from lodestar.services.server import serve
 
     only = tuple(args.only.split(",")) if args.only else None
-    settings = _settings(port=args.port, host=args.host, only=only, model=args.model)
+    settings = _settings(port=args.port, host=args.host, only=only, model=args.model, data_dir=args.data_dir)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(serve(settings))
     return 0
@@ -199,6 +199,171 @@ def cmd_bench_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- retrieval -----------------------------------------------------------------------------------
+
+
+def _print(obj: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(obj))
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            print(f"{key:14} {value}")
+    else:
+        print(obj)
+
+
+def cmd_collection(args: argparse.Namespace) -> int:
+    from lodestar.services.client import Client
+
+    with Client(args.server) as c:
+        if args.action == "create":
+            config = {
+                "mode": args.mode or "", "index": args.index or "", "sparse": args.sparse or "",
+                "metric": args.metric or "", "dimensions": args.dimensions, "adapter": args.adapter or "",
+                "query_instruction": args.query_instruction or "", "doc_instruction": args.doc_instruction or "",
+                "query_prompt": args.query_prompt or "", "doc_prompt": args.doc_prompt or "",
+            }
+            if args.chunk_tokens is not None:
+                config["chunk_tokens"] = args.chunk_tokens
+            if args.chunk_overlap is not None:
+                config["chunk_overlap"] = args.chunk_overlap
+            _print(c.create_collection(args.name, **config), args.json)
+        elif args.action == "drop":
+            c.drop_collection(args.name)
+            _print({"dropped": args.name}, args.json)
+        elif args.action == "list":
+            cols = c.list_collections()
+            if args.json:
+                print(json.dumps(cols))
+            else:
+                for s in cols:
+                    print(f"{s['name']:20} {s['documents']:>9} docs {s['chunks']:>9} chunks  {s['index']:14} {s['status']}")
+        elif args.action == "stats":
+            _print(c.stats(args.name), args.json)
+        elif args.action == "snapshot":
+            _print(c.snapshot(args.name), args.json)
+        elif args.action == "restore":
+            _print(c.restore(args.name, args.path), args.json)
+        elif args.action == "rebuild":
+            _print(c.rebuild(args.name), args.json)
+    return 0
+
+
+def read_documents(path: Path, start: int = 0):  # type: ignore[no-untyped-def]
+    """Yield (line_number, document dict) from jsonl ({id|_id, text, title?, metadata?})."""
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if n <= start or not line.strip():
+                continue
+            try:
+                o = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise LodestarError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+            doc_id = o.get("id", o.get("_id"))
+            title, text = (o.get("title") or "").strip(), (o.get("text") or "").strip()
+            body = f"{title}. {text}" if title and text else (title or text)
+            meta = o.get("metadata") or {k: v for k, v in o.items() if k not in ("id", "_id", "text", "title")}
+            yield n, {"id": str(doc_id) if doc_id is not None else "", "text": body, "metadata": meta}
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    """Upsert a jsonl file in batches; progress is kept in FILE.<collection>.progress so a rerun resumes."""
+    from tqdm import tqdm
+
+    from lodestar.services.client import Client
+
+    path = Path(args.file)
+    if path.is_dir():
+        path = path / "corpus.jsonl"
+    if not path.is_file():
+        raise LodestarError(f"{path} does not exist (give a jsonl file or a BEIR folder)")
+    state_file = path.with_name(f"{path.name}.{args.collection}.progress")
+    st = path.stat()
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    fingerprint = {"size": st.st_size, "mtime": int(st.st_mtime)}
+    start = state.get("line", 0) if state.get("file") == fingerprint else 0
+    total = sum(1 for _ in open(path, encoding="utf-8"))
+    docs = chunks = 0
+    with Client(args.server, timeout=600) as c:
+        bar = tqdm(total=total, initial=start, unit="line", desc=f"index {args.collection}", disable=args.quiet)
+        batch: list[dict] = []
+        last = start
+
+        def flush() -> None:
+            nonlocal docs, chunks, batch
+            if batch:
+                d, ch = c.upsert(args.collection, batch)
+                docs, chunks = docs + d, chunks + ch
+                batch = []
+            state_file.write_text(json.dumps({"file": fingerprint, "line": last}))
+
+        for n, doc in read_documents(path, start):
+            batch.append(doc)
+            if len(batch) >= args.batch_size:
+                last = n
+                flush()
+                bar.update(n - bar.n)
+        last = total
+        flush()
+        bar.update(total - bar.n)
+        bar.close()
+    state_file.unlink(missing_ok=True)
+    _print({"collection": args.collection, "documents": docs, "chunks": chunks, "resumed_from_line": start}, args.json)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from lodestar.services.client import Client
+
+    filters = [parse_filter(f) for f in args.filter or []]
+    with Client(args.server) as c:
+        results = c.search(args.collection, args.queries, k=args.k, retriever=args.retriever, fusion=args.fusion, alpha=args.alpha, filters=filters)
+    if args.json:
+        print(json.dumps([[{"id": h.id, "score": h.score, "chunk": h.chunk, "text": h.text, "metadata": h.metadata} for h in hits] for hits in results]))
+        return 0
+    for q, hits in zip(args.queries, results):
+        print(f"# {q}")
+        for rank, h in enumerate(hits, 1):
+            print(f"{rank:3d}. {h.score:8.4f}  {h.id:20} {h.chunk_text[:80]!r}")
+    return 0
+
+
+FILTER_OPS = [(">=", "gte"), ("<=", "lte"), ("!=", "ne"), ("=", "eq"), (">", "gt"), ("<", "lt"), (" nin ", "nin"), (" in ", "in")]
+
+
+def parse_filter(text: str) -> tuple[str, str, Any]:
+    """'year>=2000', 'lang=en', 'tag in ["a","b"]' -> (field, op, value); values are JSON when they parse."""
+    for symbol, op in FILTER_OPS:
+        if symbol in text:
+            field, raw = text.split(symbol, 1)
+            try:
+                value = json.loads(raw.strip())
+            except json.JSONDecodeError:
+                value = raw.strip()
+            return field.strip(), op, value
+    raise LodestarError(f"cannot parse filter {text!r}: use FIELD=VALUE, FIELD>=N, FIELD in [..] (ops: = != > >= < <= in nin)")
+
+
+def cmd_eval_beir(args: argparse.Namespace) -> int:
+    from lodestar.retrieve.evaluate import eval_beir
+    from lodestar.retrieve.types import CollectionConfig
+
+    engine = _local_engine(args)
+    config = CollectionConfig(
+        name="eval", mode=args.mode or "mean", adapter=args.adapter or "", index=args.index or "Flat",
+        query_instruction=args.query_instruction or "", query_prompt=args.query_prompt or "",
+        doc_prompt=args.doc_prompt or "", sparse="bm25",
+        chunk_tokens=args.chunk_tokens if args.chunk_tokens is not None else 256,
+    )
+    try:
+        results = eval_beir(engine, Path(args.dir), retrievers=tuple(args.retriever.split(",")), config=config, fusion=args.fusion, progress=not args.quiet)
+    finally:
+        engine.close()
+    for r in results:
+        print(json.dumps(r))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lodestar.services.settings import Settings
 
@@ -210,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the gRPC server (all services, bundled model by default)")
     s.add_argument("--port", type=int)
     s.add_argument("--host")
-    s.add_argument("--only", help="comma-separated services to serve (embed)")
+    s.add_argument("--only", help="comma-separated services to serve (embed,retrieve)")
+    s.add_argument("--data-dir", help="where collections live (default ./.lodestar)")
     s.add_argument("--model", help="bundled | HF folder | .gguf file")
     s.set_defaults(func=cmd_serve)
 
@@ -237,6 +403,68 @@ def build_parser() -> argparse.ArgumentParser:
     _add_embed_options(sts)
     sts.set_defaults(func=cmd_eval_sts)
 
+    col = sub.add_parser("collection", help="manage retrieval collections")
+    col_sub = col.add_subparsers(dest="action", required=True)
+    cc = col_sub.add_parser("create", help="create a collection (config is fixed at creation)")
+    cc.add_argument("name")
+    cc.add_argument("--mode", help="embedding mode (default mean)")
+    cc.add_argument("--index", help="FAISS factory string: Flat, HNSW32, IVF1024,Flat, IVF1024,PQ16")
+    cc.add_argument("--sparse", help="none | bm25 (default bm25)")
+    cc.add_argument("--metric", help="cosine | ip | l2")
+    cc.add_argument("--dimensions", type=int, default=0)
+    cc.add_argument("--adapter")
+    cc.add_argument("--query-instruction")
+    cc.add_argument("--doc-instruction")
+    cc.add_argument("--query-prompt")
+    cc.add_argument("--doc-prompt")
+    cc.add_argument("--chunk-tokens", type=int)
+    cc.add_argument("--chunk-overlap", type=int)
+    for action, helptext in (("drop", "delete a collection and its files"), ("stats", "documents, chunks, index, bytes, status"),
+                             ("snapshot", "write the indexes to disk now"), ("rebuild", "rebuild indexes from the document store")):
+        a = col_sub.add_parser(action, help=helptext)
+        a.add_argument("name")
+    rs = col_sub.add_parser("restore", help="load a snapshot folder (on the server) into a collection")
+    rs.add_argument("name")
+    rs.add_argument("path")
+    col_sub.add_parser("list", help="all collections")
+    for a in col_sub.choices.values():
+        a.add_argument("--json", action="store_true")
+    col.set_defaults(func=cmd_collection)
+
+    ix = sub.add_parser("index", help="upsert a jsonl file or BEIR corpus into a collection (resumable)")
+    ix.add_argument("file", help="jsonl ({id|_id, text, title?, metadata?}) or a BEIR folder")
+    ix.add_argument("--collection", "-c", required=True)
+    ix.add_argument("--batch-size", type=int, default=64)
+    ix.add_argument("--json", action="store_true")
+    ix.add_argument("--quiet", action="store_true")
+    ix.set_defaults(func=cmd_index)
+
+    se = sub.add_parser("search", help="search a collection")
+    se.add_argument("queries", nargs="+")
+    se.add_argument("--collection", "-c", required=True)
+    se.add_argument("-k", type=int, default=10)
+    se.add_argument("--retriever", default="dense", help="dense | sparse | hybrid")
+    se.add_argument("--fusion", default="rrf", help="rrf | weighted")
+    se.add_argument("--alpha", type=float, help="weighted fusion: weight of dense (0..1)")
+    se.add_argument("--filter", action="append", help="FIELD=VALUE, FIELD>=N, FIELD in [..]; repeatable (AND)")
+    se.add_argument("--json", action="store_true")
+    se.set_defaults(func=cmd_search)
+
+    bq = ev.add_parser("beir", help="nDCG@10 and recall@100 on a BEIR folder (in-process)")
+    bq.add_argument("dir")
+    bq.add_argument("--retriever", default="dense", help="dense | bm25 | sparse | hybrid, or several comma-separated")
+    bq.add_argument("--mode")
+    bq.add_argument("--adapter")
+    bq.add_argument("--index", help="FAISS factory string (default Flat)")
+    bq.add_argument("--fusion", default="rrf")
+    bq.add_argument("--query-instruction")
+    bq.add_argument("--query-prompt")
+    bq.add_argument("--doc-prompt")
+    bq.add_argument("--chunk-tokens", type=int)
+    bq.add_argument("--model")
+    bq.add_argument("--quiet", action="store_true")
+    bq.set_defaults(func=cmd_eval_beir)
+
     bn = sub.add_parser("bench", help="speed benchmarks").add_subparsers(dest="bench", required=True)
     be = bn.add_parser("embed", help="served throughput vs the in-process ceiling")
     be.add_argument("--texts", required=True, help="jsonl with 'text' or one text per line")
@@ -251,6 +479,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
+    # FAISS's OpenMP threads spin while waiting; beside torch and gRPC threads on a small machine
+    # that made index builds ~40x slower. Passive waiting must be set before FAISS loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from lodestar.services.client import ClientError
 
     args = build_parser().parse_args(argv)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -16,6 +17,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from lodestar.embed.types import EmbedOptions, EmbedResult
 from lodestar.embed.v1 import embed_pb2 as pb
 from lodestar.embed.v1 import embed_pb2_grpc as pb_grpc
+from lodestar.retrieve import types as rt
+from lodestar.retrieve.v1 import retrieve_pb2 as rpb
+from lodestar.retrieve.v1 import retrieve_pb2_grpc as rpb_grpc
 from lodestar.services import convert
 
 
@@ -45,6 +49,13 @@ class Client:
         )
         self._embed = pb_grpc.EmbedServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._retrieve = rpb_grpc.RetrieveServiceStub(self._channel)
+
+    def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+        try:
+            return method(request, timeout=timeout or self.timeout)
+        except grpc.RpcError as exc:
+            raise _raise(exc) from None
 
     # --- embeddings ---------------------------------------------------------------------------
 
@@ -75,6 +86,78 @@ class Client:
             return convert.info_dict(self._embed.Info(pb.InfoRequest(), timeout=self.timeout))
         except grpc.RpcError as exc:
             raise _raise(exc) from None
+
+    # --- retrieval ----------------------------------------------------------------------------
+
+    def create_collection(self, name: str, **config: Any) -> dict[str, Any]:
+        """Config keys: mode, query_prompt, query_instruction, doc_prompt, doc_instruction, adapter,
+        dimensions, metric (cosine|ip|l2), index (FAISS factory string), sparse (none|bm25),
+        chunk_tokens, chunk_overlap."""
+        req = rpb.CreateCollectionRequest(config=rpb.CollectionConfig(name=name, **config))
+        return convert.stats_dict(self._call(self._retrieve.CreateCollection, req))
+
+    def drop_collection(self, name: str) -> None:
+        self._call(self._retrieve.DropCollection, rpb.DropCollectionRequest(name=name))
+
+    def list_collections(self) -> list[dict[str, Any]]:
+        resp = self._call(self._retrieve.ListCollections, rpb.ListCollectionsRequest())
+        return [convert.stats_dict(s) for s in resp.collections]
+
+    def upsert(self, collection: str, documents: Iterable[dict[str, Any] | rt.Document], timeout: float | None = None) -> tuple[int, int]:
+        """Insert or replace documents ({"id", "text", "metadata"}); returns (documents, chunks)."""
+        docs = [d if isinstance(d, rt.Document) else rt.Document(d["id"], d["text"], d.get("metadata") or {}) for d in documents]
+        req = rpb.UpsertRequest(collection=collection, documents=[convert.document_pb(d) for d in docs])
+        resp = self._call(self._retrieve.Upsert, req, timeout)
+        return resp.documents, resp.chunks
+
+    def delete(self, collection: str, ids: list[str]) -> int:
+        return self._call(self._retrieve.Delete, rpb.DeleteRequest(collection=collection, ids=ids)).deleted
+
+    def get(self, collection: str, ids: list[str]) -> list[rt.Document | None]:
+        resp = self._call(self._retrieve.Get, rpb.GetRequest(collection=collection, ids=ids))
+        return [
+            rt.Document(d.id, d.text, json.loads(d.metadata_json or "{}")) if found else None
+            for d, found in zip(resp.documents, resp.found)
+        ]
+
+    def search(
+        self,
+        collection: str,
+        queries: str | list[str],
+        *,
+        k: int = 10,
+        retriever: str = "dense",
+        fusion: str = "rrf",
+        alpha: float | None = None,
+        rrf_k: int | None = None,
+        filters: Iterable[tuple[str, str, Any] | dict[str, Any]] = (),
+        include_text: bool = True,
+        timeout: float | None = None,
+    ) -> list[list[rt.Hit]]:
+        """Search one query (str) or a batch; filters are (field, op, value) with op in
+        eq ne in nin gt gte lt lte, AND-ed and applied before ranking."""
+        qs = [queries] if isinstance(queries, str) else list(queries)
+        fs = []
+        for f in filters:
+            field, op, value = (f["field"], f["op"], f["value"]) if isinstance(f, dict) else f
+            fs.append(rpb.Filter(field=field, op=op, value_json=json.dumps(value)))
+        req = rpb.SearchRequest(
+            collection=collection, queries=qs, k=k, retriever=retriever, fusion=fusion, alpha=alpha,
+            rrf_k=rrf_k, filters=fs, include_text=include_text,
+        )
+        return convert.hits(self._call(self._retrieve.Search, req, timeout))
+
+    def snapshot(self, collection: str) -> dict[str, Any]:
+        return json.loads(self._call(self._retrieve.Snapshot, rpb.SnapshotRequest(collection=collection)).manifest_json)
+
+    def restore(self, collection: str, path: str) -> dict[str, Any]:
+        return convert.stats_dict(self._call(self._retrieve.Restore, rpb.RestoreRequest(collection=collection, path=path)))
+
+    def rebuild(self, collection: str) -> dict[str, Any]:
+        return convert.stats_dict(self._call(self._retrieve.Rebuild, rpb.RebuildRequest(collection=collection), None))
+
+    def stats(self, collection: str) -> dict[str, Any]:
+        return convert.stats_dict(self._call(self._retrieve.Stats, rpb.StatsRequest(collection=collection)))
 
     # --- health -------------------------------------------------------------------------------
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 from lodestar.embed.output import Packed, unpack
 from lodestar.embed.types import EmbedOptions, EmbedResult
 from lodestar.embed.v1 import embed_pb2 as pb
+from lodestar.errors import InvalidInput
+from lodestar.retrieve import types as rt
+from lodestar.retrieve.v1 import retrieve_pb2 as rpb
 
 DTYPE_TO_NAME = {
     pb.DTYPE_UNSPECIFIED: "float32",
@@ -119,3 +124,123 @@ def info_dict(resp: pb.InfoResponse) -> dict:
         "num_layers": resp.num_layers,
         "version": resp.version,
     }
+
+
+# --- retrieval --------------------------------------------------------------------------------
+
+def _json_object(text: str, what: str) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{what} is not valid JSON: {exc.msg} at char {exc.pos}") from None
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def collection_config(c: rpb.CollectionConfig) -> rt.CollectionConfig:
+    d = rt.CollectionConfig(name=c.name)
+    return rt.CollectionConfig(
+        name=c.name,
+        mode=c.mode or d.mode,
+        query_prompt=c.query_prompt,
+        query_instruction=c.query_instruction,
+        doc_prompt=c.doc_prompt,
+        doc_instruction=c.doc_instruction,
+        adapter=c.adapter,
+        dimensions=c.dimensions,
+        metric=c.metric or d.metric,
+        index=c.index or d.index,
+        sparse=c.sparse or d.sparse,
+        chunk_tokens=c.chunk_tokens if c.HasField("chunk_tokens") else d.chunk_tokens,
+        chunk_overlap=c.chunk_overlap if c.HasField("chunk_overlap") else d.chunk_overlap,
+    )
+
+
+def collection_config_pb(c: rt.CollectionConfig) -> rpb.CollectionConfig:
+    return rpb.CollectionConfig(
+        name=c.name, mode=c.mode, query_prompt=c.query_prompt, query_instruction=c.query_instruction,
+        doc_prompt=c.doc_prompt, doc_instruction=c.doc_instruction, adapter=c.adapter,
+        dimensions=c.dimensions, metric=c.metric, index=c.index, sparse=c.sparse,
+        chunk_tokens=c.chunk_tokens, chunk_overlap=c.chunk_overlap,
+    )
+
+
+def documents(docs: list[rpb.Document]) -> list[rt.Document]:
+    return [
+        rt.Document(id=d.id, text=d.text, metadata=_json_object(d.metadata_json, f"document {i} ({d.id!r}) metadata"))
+        for i, d in enumerate(docs)
+    ]
+
+
+def document_pb(d: rt.Document | None) -> rpb.Document:
+    if d is None:
+        return rpb.Document()
+    return rpb.Document(id=d.id, text=d.text, metadata_json=json.dumps(d.metadata, ensure_ascii=False))
+
+
+def search_request(r: rpb.SearchRequest) -> rt.SearchRequest:
+    filters = []
+    for i, f in enumerate(r.filters):
+        try:
+            value = json.loads(f.value_json) if f.value_json else None
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"filter {i} on {f.field!r}: value_json is not valid JSON ({exc.msg})") from None
+        filters.append(rt.Filter(field=f.field, op=f.op, value=value))
+    return rt.SearchRequest(
+        queries=list(r.queries),
+        k=r.k if r.HasField("k") else 10,
+        retriever=r.retriever or "dense",
+        fusion=r.fusion or "rrf",
+        alpha=r.alpha if r.HasField("alpha") else 0.5,
+        rrf_k=r.rrf_k if r.HasField("rrf_k") else 60,
+        filters=tuple(filters),
+        include_text=r.include_text if r.HasField("include_text") else True,
+    )
+
+
+def hit_pb(h: rt.Hit) -> rpb.Hit:
+    return rpb.Hit(
+        id=h.id, score=h.score, text=h.text, metadata_json=json.dumps(h.metadata, ensure_ascii=False),
+        chunk=h.chunk, chunk_text=h.chunk_text, dense_score=h.dense_score, sparse_score=h.sparse_score,
+    )
+
+
+def search_response(results: list[list[rt.Hit]]) -> rpb.SearchResponse:
+    return rpb.SearchResponse(results=[rpb.QueryResult(hits=[hit_pb(h) for h in hits]) for hits in results])
+
+
+def stats_pb(s: rt.CollectionStats, config: rt.CollectionConfig | None = None) -> rpb.CollectionStats:
+    return rpb.CollectionStats(
+        name=s.name, documents=s.documents, chunks=s.chunks, index=s.index, trained=s.trained,
+        index_vectors=s.index_vectors, bytes=s.bytes, dimensions=s.dimensions, sparse=s.sparse,
+        status=s.status, note=s.note, config=collection_config_pb(config) if config else None,
+    )
+
+
+# client side
+
+
+def stats_dict(s: rpb.CollectionStats) -> dict:
+    return {
+        "name": s.name, "documents": s.documents, "chunks": s.chunks, "index": s.index, "trained": s.trained,
+        "index_vectors": s.index_vectors, "bytes": s.bytes, "dimensions": s.dimensions, "sparse": s.sparse,
+        "status": s.status, "note": s.note,
+    }
+
+
+def hits(resp: rpb.SearchResponse) -> list[list[rt.Hit]]:
+    return [
+        [
+            rt.Hit(
+                id=h.id, score=h.score, text=h.text, metadata=json.loads(h.metadata_json or "{}"), chunk=h.chunk,
+                chunk_text=h.chunk_text,
+                dense_score=h.dense_score if h.HasField("dense_score") else None,
+                sparse_score=h.sparse_score if h.HasField("sparse_score") else None,
+            )
+            for h in q.hits
+        ]
+        for q in resp.results
+    ]

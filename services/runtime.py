@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from grpc_health.v1 import health_pb2
@@ -15,6 +16,9 @@ from lodestar.services.settings import Settings
 if TYPE_CHECKING:
     from lodestar.backbone import Backbone
     from lodestar.embed.engine import EmbeddingEngine
+    from lodestar.retrieve.engine import RetrievalEngine
+
+RETRIEVE_SERVICE = "lodestar.retrieve.v1.RetrieveService"
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +32,8 @@ class Runtime:
         self.service_names = service_names  # fully-qualified gRPC names reported by health
         self.health = HealthServicer()
         self._engine: EmbeddingEngine | None = None
+        self._retrieval: RetrievalEngine | None = None
+        self.serves_retrieval = False  # set by the server factory when RetrieveService is registered
         self._load_error: str | None = None
         self._shutting_down = False
         self.loaded = asyncio.Event()
@@ -36,20 +42,39 @@ class Runtime:
         for name in ["", *self.service_names]:
             await self.health.set(name, status)
 
-    def embed_engine(self) -> EmbeddingEngine:
+    def _check_ready(self) -> None:
         if self._shutting_down:
             raise Unavailable("the server is shutting down; retry on another replica")
         if self._load_error:
             raise Unavailable(f"the model failed to load: {self._load_error}")
         if self._engine is None:
             raise Unavailable("the model is still loading; grpc.health.v1 reports SERVING once it is ready")
+
+    def embed_engine(self) -> EmbeddingEngine:
+        self._check_ready()
+        assert self._engine is not None
         return self._engine
+
+    def retrieve_engine(self) -> RetrievalEngine:
+        self._check_ready()
+        assert self._retrieval is not None
+        return self._retrieval
+
+    async def refresh_collection_health(self) -> None:
+        """Per-collection health (`lodestar.retrieve.v1.RetrieveService/<name>`): NOT_SERVING for a
+        collection whose snapshot failed verification, so a balancer can route around it."""
+        if self._retrieval is None:
+            return
+        for name, status in self._retrieval.status().items():
+            await self.health.set(f"{RETRIEVE_SERVICE}/{name}", SERVING if status == "ok" else NOT_SERVING)
 
     async def load(self, backbone: Backbone | None = None) -> None:
         """Load the model off the event loop, then report SERVING."""
         loop = asyncio.get_running_loop()
         try:
             self._engine = await loop.run_in_executor(None, self._build_engine, backbone)
+            if self.serves_retrieval:
+                self._retrieval = await loop.run_in_executor(None, self._build_retrieval, self._engine)
         except Exception as exc:
             self._load_error = str(exc)
             log.exception("model load failed")
@@ -57,6 +82,7 @@ class Runtime:
         finally:
             self.loaded.set()
         await self.set_health(SERVING)
+        await self.refresh_collection_health()
         log.info("model %s loaded; serving", self._engine.backbone.model_id)
 
     def _build_engine(self, backbone: Backbone | None) -> EmbeddingEngine:
@@ -88,11 +114,18 @@ class Runtime:
             ),
         )
 
+    def _build_retrieval(self, engine: EmbeddingEngine) -> RetrievalEngine:
+        from lodestar.retrieve.engine import RetrievalEngine
+
+        return RetrievalEngine(Path(self.settings.data_dir) / "collections", engine)
+
     async def begin_shutdown(self) -> None:
         """Health goes NOT_SERVING for good; new requests get UNAVAILABLE."""
         await self.health.enter_graceful_shutdown()
 
     def close(self) -> None:
         self._shutting_down = True
+        if self._retrieval is not None:
+            self._retrieval.close()
         if self._engine is not None:
             self._engine.close()

@@ -45,6 +45,13 @@ def _register(server: grpc.aio.Server, runtime: Runtime, only: tuple[str, ...]) 
 
             embed_pb2_grpc.add_EmbedServiceServicer_to_server(EmbedServicer(runtime), server)
             names.append(embed_pb2.DESCRIPTOR.services_by_name["EmbedService"].full_name)
+        elif service == "retrieve":
+            from lodestar.retrieve.v1 import retrieve_pb2, retrieve_pb2_grpc
+            from lodestar.services.retrieve_servicer import RetrieveServicer
+
+            retrieve_pb2_grpc.add_RetrieveServiceServicer_to_server(RetrieveServicer(runtime), server)
+            names.append(retrieve_pb2.DESCRIPTOR.services_by_name["RetrieveService"].full_name)
+            runtime.serves_retrieval = True
         else:
             raise InvalidInput(f"unknown service {service!r}: valid are {', '.join(SERVICES)}")
     return names

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-SERVICES = ("embed",)
+SERVICES = ("embed", "retrieve")
 
 
 class Settings(BaseSettings):
@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     max_tokens: int = Field(512, ge=8, description="tokens per text, template included")
     max_batch_tokens: int = Field(16384, ge=64, description="padded tokens per forward")
     max_queued_texts: int = Field(16384, ge=1, description="texts waiting in the batcher before RESOURCE_EXHAUSTED")
-    tp_start_layer: int = Field(1, description="Token Prepending: first layer")
+    tp_start_layer: int = Field(2, description="Token Prepending: first layer (2..7 chosen on STS-B train)")
     tp_end_layer: int = Field(7, description="Token Prepending: last layer (inclusive)")
     tp_output_layer: int = Field(-1, description="Token Prepending: output layer (-1 final)")
 

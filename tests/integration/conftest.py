@@ -14,9 +14,10 @@ from lodestar.services.settings import Settings
 
 
 @pytest.fixture(scope="session")
-def server(backbone: Backbone) -> Iterator[BackgroundServer]:
-    """The real bundled model behind a real gRPC server on a free port."""
-    srv = BackgroundServer(Settings(port=0, grace_period_s=5), backbone=backbone).start()
+def server(backbone: Backbone, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundServer]:
+    """The real bundled model behind a real gRPC server on a free port (collections in a temp dir)."""
+    data = tmp_path_factory.mktemp("lodestar-data")
+    srv = BackgroundServer(Settings(port=0, grace_period_s=5, data_dir=data), backbone=backbone).start()
     yield srv
     srv.stop(grace=0)
 
@@ -28,11 +29,12 @@ def client(server: BackgroundServer) -> Iterator[Client]:
 
 
 @pytest.fixture
-def tiny_server(tiny_backbone: Backbone) -> Iterator[Any]:
+def tiny_server(tiny_backbone: Backbone, tmp_path: Any) -> Iterator[Any]:
     """Factory: a tiny-model server with the given settings; stopped after the test."""
     started: list[BackgroundServer] = []
 
     def make(wait_loaded: bool = True, **settings: Any) -> BackgroundServer:
+        settings.setdefault("data_dir", tmp_path / f"data{len(started)}")
         srv = BackgroundServer(Settings(port=0, **settings), backbone=tiny_backbone).start(wait_loaded=wait_loaded)
         started.append(srv)
         return srv

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_health_not_serving_until_loaded_then_serving_then_not_serving_on_shutdown(
-    tiny_backbone: Backbone, monkeypatch: pytest.MonkeyPatch
+    tiny_backbone: Backbone, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     release = threading.Event()
     original = Runtime._build_engine
@@ -34,7 +34,7 @@ def test_health_not_serving_until_loaded_then_serving_then_not_serving_on_shutdo
         return original(self, backbone)
 
     monkeypatch.setattr(Runtime, "_build_engine", slow_build)
-    srv = BackgroundServer(Settings(port=0), backbone=tiny_backbone).start(wait_loaded=False)
+    srv = BackgroundServer(Settings(port=0, data_dir=tmp_path), backbone=tiny_backbone).start(wait_loaded=False)
     try:
         with Client(srv.address) as c:
             assert c.health() == "NOT_SERVING"
@@ -97,7 +97,7 @@ def test_serve_process_drains_on_sigterm(tmp_path: Path, tiny_backbone: Backbone
     tiny_backbone.model.save_pretrained(folder)
     tiny_backbone.tokenizer.save_pretrained(folder)
     port = _free_port()
-    env = {**os.environ, "LODESTAR_MODEL": str(folder), "LODESTAR_DTYPE": "float32", "LODESTAR_GRACE_PERIOD_S": "60"}
+    env = {**os.environ, "LODESTAR_MODEL": str(folder), "LODESTAR_DATA_DIR": str(tmp_path / "data"), "LODESTAR_DTYPE": "float32", "LODESTAR_GRACE_PERIOD_S": "60"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "lodestar.services.cli", "serve", "--port", str(port)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -1,0 +1,122 @@
+"""BEIR-style evaluation: index a corpus into a throwaway collection, search every judged query,
+report nDCG@10 (linear graded gains, as trec_eval) and recall@100."""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from lodestar.errors import InvalidInput
+from lodestar.retrieve.types import CollectionConfig, Document, SearchRequest
+
+
+def read_beir(folder: Path, split: str = "test") -> tuple[list[Document], dict[str, str], dict[str, dict[str, int]]]:
+    """-> (corpus documents (title + text), queries {id: text}, qrels {qid: {doc_id: gain}})."""
+    corpus_file, queries_file, qrels_file = folder / "corpus.jsonl", folder / "queries.jsonl", folder / "qrels" / f"{split}.tsv"
+    for f in (corpus_file, queries_file, qrels_file):
+        if not f.is_file():
+            raise InvalidInput(f"{folder} is not a BEIR folder: {f.relative_to(folder)} is missing")
+    docs = []
+    with open(corpus_file, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                o = json.loads(line)
+                title = (o.get("title") or "").strip()
+                text = (o.get("text") or "").strip()
+                body = f"{title}. {text}" if title and text else (title or text)
+                if body:
+                    docs.append(Document(id=str(o["_id"]), text=body, metadata={}))
+    queries = {}
+    with open(queries_file, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                o = json.loads(line)
+                queries[str(o["_id"])] = o["text"]
+    qrels: dict[str, dict[str, int]] = {}
+    with open(qrels_file, encoding="utf-8") as f:
+        next(f)  # header: query-id corpus-id score
+        for line in f:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) >= 3 and int(parts[2]) > 0:
+                qrels.setdefault(parts[0], {})[parts[1]] = int(parts[2])
+    return docs, queries, qrels
+
+
+def ndcg_at(ranked: list[str], gains: dict[str, int], k: int = 10) -> float:
+    dcg = sum(gains.get(d, 0) / math.log2(i + 2) for i, d in enumerate(ranked[:k]))
+    ideal = sorted(gains.values(), reverse=True)[:k]
+    idcg = sum(g / math.log2(i + 2) for i, g in enumerate(ideal))
+    return dcg / idcg if idcg > 0 else 0.0
+
+
+def recall_at(ranked: list[str], gains: dict[str, int], k: int = 100) -> float:
+    return len(set(ranked[:k]) & set(gains)) / len(gains) if gains else 0.0
+
+
+def eval_beir(
+    embedder: Any,
+    folder: Path,
+    *,
+    retrievers: tuple[str, ...] = ("dense",),
+    config: CollectionConfig | None = None,
+    fusion: str = "rrf",
+    batch_docs: int = 64,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Index `folder`'s corpus once with `config`, then search with each retriever
+    (dense | bm25 | sparse | hybrid); one result dict per retriever."""
+    from lodestar.retrieve.engine import RetrievalEngine
+
+    docs, queries, qrels = read_beir(folder)
+    judged = [q for q in queries if q in qrels]
+    config = config or CollectionConfig(name="eval")
+    kinds = {"dense": "dense", "bm25": "sparse", "sparse": "sparse", "hybrid": "hybrid"}
+    for r in retrievers:
+        if r not in kinds:
+            raise InvalidInput(f"unknown retriever {r!r}: valid are {', '.join(kinds)}")
+    with tempfile.TemporaryDirectory(prefix="lodestar-eval-") as tmp:
+        engine = RetrievalEngine(Path(tmp), embedder)
+        try:
+            engine.create(config)
+            bar = None
+            if progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=len(docs), desc=f"index {folder.name}", unit="doc")
+            t0 = time.perf_counter()
+            for i in range(0, len(docs), batch_docs):
+                engine.upsert(config.name, docs[i : i + batch_docs])
+                if bar:
+                    bar.update(len(docs[i : i + batch_docs]))
+            if bar:
+                bar.close()
+            index_s = time.perf_counter() - t0
+            out = []
+            for retriever in retrievers:
+                t0 = time.perf_counter()
+                request = SearchRequest(queries=[queries[q] for q in judged], k=100, retriever=kinds[retriever], fusion=fusion)
+                results = engine.search(config.name, request)
+                search_s = time.perf_counter() - t0
+                ndcg = [ndcg_at([h.id for h in hits], qrels[q]) for q, hits in zip(judged, results)]
+                recall = [recall_at([h.id for h in hits], qrels[q]) for q, hits in zip(judged, results)]
+                out.append({
+                    "dataset": folder.name if folder.name != "beir" else folder.parent.name,
+                    "retriever": retriever,
+                    "mode": config.mode,
+                    "index": config.index,
+                    "fusion": fusion if retriever == "hybrid" else None,
+                    "ndcg@10": round(sum(ndcg) / len(ndcg), 4),
+                    "recall@100": round(sum(recall) / len(recall), 4),
+                    "queries": len(judged),
+                    "documents": len(docs),
+                    "index_s": round(index_s, 2),
+                    "search_s": round(search_s, 3),
+                    "per_query_ms": round(1000 * search_s / max(1, len(judged)), 2),
+                })
+        finally:
+            engine.close()
+    return out

@@ -1,0 +1,410 @@
+"""BM25 sparse retrieval: a text analyzer and an incremental inverted index scored with numpy.
+
+The index is a small log-structured merge of immutable CSR segments (term -> postings of
+(slot, tf)): each `add` writes one segment and equal-sized neighbours are merged, so there are
+O(log N) segments and every posting is rewritten O(log N) times. A removed document only flips its
+slot's live bit; merges drop its postings, and a full compaction renumbers slots once dead slots
+outnumber live ones. A query touches only the postings of its own terms (no loop over documents).
+
+Scoring is Lucene's BM25: idf = ln(1 + (N - df + 0.5) / (df + 0.5)) and
+tf * (k1 + 1) / (tf + k1 * (1 - b + b * len / avglen)), with N, df and avglen over live documents.
+A term repeated in the query counts once per occurrence (as rank_bm25 and bm25s do).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lodestar.errors import InvalidInput
+
+# Common English function words (articles, pronouns, auxiliaries, prepositions, conjunctions).
+STOPWORDS = frozenset(
+    """
+    a about above after again against all am an and any are as at be because been before being below
+    between both but by can could did do does doing down during each few for from further had has
+    have having he her here hers herself him himself his how i if in into is it its itself just me
+    more most my myself no nor not now of off on once only or other our ours ourselves out over own
+    same she should so some such than that the their theirs them themselves then there these they
+    this those through to too under until up very was we were what when where which while who whom
+    why will with would you your yours yourself yourselves s t don shall may might must also yet
+    ever us let upon whether either neither via per within without across onto among although
+    though unless since
+    """.split()
+)
+
+_TOKEN = re.compile(r"[^\W_]+")  # runs of letters/digits in any script; "_" separates like punctuation
+_MAGIC = b"LSBM25\x00\x01"
+_FORMAT = 1
+
+
+def stem(word: str) -> str:
+    """A light plural stripper: books->book, queries->query, boxes->box, caches/cache->cach.
+
+    Deliberately modest (no derivational suffixes); queries and documents go through the same
+    function, so an odd stem ("cach") still matches both forms of its word.
+    """
+    if len(word) <= 3:
+        return word
+    if word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        if word.endswith("ies") and len(word) > 4 and not word.endswith(("eies", "aies")):
+            return word[:-3] + "y"
+        if word.endswith(("sses", "ches", "shes", "xes")):
+            return word[:-2]
+        word = word[:-1]
+    if word.endswith(("che", "she", "xe")):  # cache/caches, niche/niches: meet at "cach", "nich"
+        return word[:-1]
+    return word
+
+
+_cache: dict[str, str | None] = {}
+
+
+def _term(token: str) -> str | None:
+    """Stem of a lowercased token, None for a stopword (memoised: vocabularies are small)."""
+    found = _cache.get(token, "")
+    if found != "":
+        return found
+    value = None if token in STOPWORDS else stem(token)
+    if len(_cache) < 1_000_000:
+        _cache[token] = value
+    return value
+
+
+def analyze(text: str) -> list[str]:
+    """Lowercase, split on non-alphanumerics, drop English stopwords, strip plurals (see `stem`)."""
+    out: list[str] = []
+    for token in _TOKEN.findall(text.lower()):
+        term = _term(token)
+        if term is not None:
+            out.append(term)
+    return out
+
+
+@dataclass
+class _Segment:
+    """Immutable postings in CSR form: postings of terms[i] are slots/tfs[starts[i]:starts[i+1]]."""
+
+    terms: np.ndarray  # (T,) int32, sorted unique term ids
+    starts: np.ndarray  # (T + 1,) int64
+    slots: np.ndarray  # (P,) int32, ascending within a term
+    tfs: np.ndarray  # (P,) float32
+
+    @property
+    def size(self) -> int:
+        """Postings held."""
+        return int(self.slots.size)
+
+    def postings(self, term: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(slots, tfs) of one term, or None when absent."""
+        i = int(np.searchsorted(self.terms, term))
+        if i == self.terms.size or self.terms[i] != term:
+            return None
+        lo, hi = self.starts[i], self.starts[i + 1]
+        return self.slots[lo:hi], self.tfs[lo:hi]
+
+
+def _csr(terms: np.ndarray, slots: np.ndarray, tfs: np.ndarray) -> _Segment:
+    """Segment from postings already sorted by (term, slot)."""
+    uniq, first = np.unique(terms, return_index=True)
+    starts = np.append(first, terms.size).astype(np.int64)
+    return _Segment(uniq.astype(np.int32), starts, slots.astype(np.int32), tfs.astype(np.float32))
+
+
+def _check_ids(ids: Any) -> np.ndarray:
+    """Any integer sequence as a contiguous (N,) int64 array."""
+    arr = np.asarray(ids)
+    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+        raise InvalidInput(f"ids must be a 1-D array of integers; got shape {arr.shape}, dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _member(sorted_keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """(N,) bool: which of `ids` are in `sorted_keys`."""
+    if sorted_keys.size == 0 or ids.size == 0:
+        return np.zeros(ids.shape, dtype=bool)
+    where = np.searchsorted(sorted_keys, ids)
+    where[where == sorted_keys.size] = 0
+    return sorted_keys[where] == ids
+
+
+class BM25Index:
+    """Incremental BM25 over int64 ids; filters restrict scoring to allowed ids before ranking."""
+
+    def __init__(self, k1: float = 1.5, b: float = 0.75) -> None:
+        if not (isinstance(k1, (int, float)) and k1 >= 0):
+            raise InvalidInput(f"BM25 k1 must be a number >= 0; got {k1!r}")
+        if not (isinstance(b, (int, float)) and 0 <= b <= 1):
+            raise InvalidInput(f"BM25 b must be between 0 and 1; got {b!r}")
+        self.k1 = float(k1)
+        self.b = float(b)
+        self._vocab: dict[str, int] = {}
+        self._segments: list[_Segment] = []
+        self._slot_ids = np.empty(0, dtype=np.int64)  # (S,) slot -> id
+        self._slot_len = np.empty(0, dtype=np.int32)  # (S,) analysed tokens per document
+        self._live = np.empty(0, dtype=bool)  # (S,)
+        self._nslots = 0
+        self._keys = np.empty(0, dtype=np.int64)  # (N,) sorted live ids
+        self._key_slots = np.empty(0, dtype=np.int64)  # (N,) slot of each key
+        self._total_len = 0  # tokens over live documents
+
+    @property
+    def count(self) -> int:
+        """Live documents."""
+        return int(self._keys.size)
+
+    def ids(self) -> np.ndarray:
+        """(N,) sorted live ids."""
+        return self._keys.copy()
+
+    # ------------------------------------------------------------------ writes
+
+    def add(self, ids: np.ndarray, texts: list[str]) -> None:
+        """Index texts under new ids; an id already present must be removed first."""
+        ids = _check_ids(ids)
+        if len(texts) != ids.size:
+            raise InvalidInput(f"got {ids.size} ids for {len(texts)} texts; they must match")
+        if not all(isinstance(text, str) for text in texts):
+            raise InvalidInput("texts must be strings")
+        if ids.size == 0:
+            return
+        if np.unique(ids).size != ids.size:
+            raise InvalidInput("ids repeat within one add; each id may appear once")
+        present = _member(self._keys, ids)
+        if present.any():
+            raise InvalidInput(f"id {int(ids[present][0])} is already in the index; remove it before adding it again")
+        vocab = self._vocab
+        docs = [[vocab.setdefault(t, len(vocab)) for t in analyze(text)] for text in texts]
+        lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))  # (B,)
+        flat = np.fromiter((t for d in docs for t in d), dtype=np.int64, count=int(lengths.sum()))  # (T,)
+        base = self._nslots
+        self._grow(base + ids.size)
+        self._slot_ids[base : base + ids.size] = ids
+        self._slot_len[base : base + ids.size] = lengths
+        self._live[base : base + ids.size] = True
+        self._nslots = base + ids.size
+        self._total_len += int(lengths.sum())
+        order = np.argsort(ids, kind="stable")
+        where = np.searchsorted(self._keys, ids[order])
+        self._keys = np.insert(self._keys, where, ids[order])
+        self._key_slots = np.insert(self._key_slots, where, base + order)
+        if flat.size:
+            width = max(len(vocab), 1)
+            doc = np.repeat(np.arange(ids.size, dtype=np.int64), lengths)  # (T,)
+            pairs, tf = np.unique(doc * width + flat, return_counts=True)  # sorted by (doc, term)
+            terms, slots = pairs % width, base + pairs // width
+            by_term = np.argsort(terms, kind="stable")  # slots stay ascending within a term
+            self._segments.append(_csr(terms[by_term], slots[by_term], tf[by_term]))
+            self._merge_tail()
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Delete ids (unknown ones are ignored); returns how many were live."""
+        ids = np.unique(_check_ids(ids))
+        hit = ids[_member(self._keys, ids)]
+        if hit.size == 0:
+            return 0
+        where = np.searchsorted(self._keys, hit)
+        slots = self._key_slots[where]
+        self._live[slots] = False
+        self._total_len -= int(self._slot_len[slots].sum())
+        self._keys = np.delete(self._keys, where)
+        self._key_slots = np.delete(self._key_slots, where)
+        dead = self._nslots - self.count
+        if dead > max(1024, self.count):
+            self._compact()
+        return int(hit.size)
+
+    # ------------------------------------------------------------------ search
+
+    def search(self, queries: list[str], k: int, allowed: np.ndarray | None = None) -> list[list[tuple[int, float]]]:
+        """Per query, up to k (id, score) best first (ties by smaller id); only `allowed` ids are scored."""
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise InvalidInput(f"k must be a positive integer; got {k!r}")
+        if isinstance(queries, str):
+            raise InvalidInput("queries must be a list of strings, not one string")
+        mask = None
+        if allowed is not None:
+            allowed = np.unique(_check_ids(allowed))
+            mask = np.zeros(self._nslots, dtype=bool)  # (S,)
+            mask[self._key_slots[np.searchsorted(self._keys, allowed[_member(self._keys, allowed)])]] = True
+        return [self._search_one(query, int(k), mask) for query in queries]
+
+    def _search_one(self, query: str, k: int, mask: np.ndarray | None) -> list[tuple[int, float]]:
+        """BM25 over the postings of the query's terms only."""
+        n = self.count
+        if n == 0:
+            return []
+        counts: dict[int, int] = {}
+        for term in analyze(query):
+            tid = self._vocab.get(term)
+            if tid is not None:
+                counts[tid] = counts.get(tid, 0) + 1
+        avg = self._total_len / n if self._total_len else 1.0
+        all_slots, all_scores = [], []
+        for tid, qtf in counts.items():
+            found = [p for p in (seg.postings(tid) for seg in self._segments) if p is not None]
+            if not found:
+                continue
+            slots = np.concatenate([p[0] for p in found])  # (P,)
+            tfs = np.concatenate([p[1] for p in found])
+            live = self._live[slots]
+            df = int(live.sum())
+            if df == 0:
+                continue
+            keep = live & mask[slots] if mask is not None else live
+            slots, tfs = slots[keep], tfs[keep]
+            if slots.size == 0:
+                continue
+            idf = np.log1p((n - df + 0.5) / (df + 0.5))
+            norm = self.k1 * (1.0 - self.b + self.b * self._slot_len[slots] / avg)  # (P,)
+            all_slots.append(slots)
+            all_scores.append(qtf * idf * tfs * (self.k1 + 1.0) / (tfs + norm))
+        if not all_slots:
+            return []
+        slots = np.concatenate(all_slots)  # (P,) a slot repeats once per matching query term
+        weights = np.concatenate(all_scores).astype(np.float64)
+        if 8 * slots.size > self._nslots:  # many postings: a dense accumulator beats sorting them
+            dense = np.bincount(slots, weights=weights, minlength=self._nslots)  # (S,)
+            cand = np.flatnonzero(dense)  # every contribution is > 0 (idf > 0, tf > 0)
+            scores = dense[cand]
+        else:
+            cand, inverse = np.unique(slots, return_inverse=True)  # (C,)
+            scores = np.bincount(inverse, weights=weights)  # (C,)
+        ids = self._slot_ids[cand]
+        if k < cand.size:
+            kth = np.partition(scores, cand.size - k)[cand.size - k]
+            top = np.flatnonzero(scores >= kth)  # ties with the k-th all survive the cut
+            ids, scores = ids[top], scores[top]
+        order = np.lexsort((ids, -scores))[:k]
+        return [(int(i), float(s)) for i, s in zip(ids[order], scores[order])]
+
+    # ------------------------------------------------------------------ segment maintenance
+
+    def _grow(self, size: int) -> None:
+        """Make room for `size` slots (amortised doubling)."""
+        if size <= self._slot_ids.size:
+            return
+        cap = max(size, 2 * self._slot_ids.size, 1024)
+        for name, dtype in (("_slot_ids", np.int64), ("_slot_len", np.int32), ("_live", bool)):
+            old = getattr(self, name)
+            new = np.zeros(cap, dtype=dtype)
+            new[: old.size] = old
+            setattr(self, name, new)
+
+    def _merge_tail(self) -> None:
+        """Merge the newest segments while the newer one is at least half the older (log-many remain)."""
+        while len(self._segments) > 1 and 2 * self._segments[-1].size >= self._segments[-2].size:
+            newer = self._segments.pop()
+            older = self._segments.pop()
+            self._segments.append(self._merge([older, newer]))
+
+    def _merge(self, segments: list[_Segment], remap: np.ndarray | None = None) -> _Segment:
+        """One segment from several (oldest first), without dead postings; `remap` renumbers slots."""
+        terms = np.concatenate([np.repeat(s.terms, np.diff(s.starts)) for s in segments])  # (P,)
+        slots = np.concatenate([s.slots for s in segments])
+        tfs = np.concatenate([s.tfs for s in segments])
+        keep = self._live[slots]
+        terms, slots, tfs = terms[keep], slots[keep], tfs[keep]
+        if remap is not None:
+            slots = remap[slots]
+        order = np.argsort(terms, kind="stable")  # older segments hold smaller slots: stays sorted
+        return _csr(terms[order], slots[order], tfs[order])
+
+    def _compact(self) -> None:
+        """One segment, live slots renumbered 0..N-1 in their old order, unused terms dropped."""
+        live_slots = np.flatnonzero(self._live[: self._nslots])  # (N,)
+        remap = np.full(max(self._nslots, 1), -1, dtype=np.int64)
+        remap[live_slots] = np.arange(live_slots.size)
+        merged = self._merge(self._segments, remap) if self._segments else _csr(*(np.empty(0),) * 3)
+        used = merged.terms  # (T,) ids still referenced, ascending
+        words = self._words()
+        self._vocab = {words[t]: i for i, t in enumerate(used.tolist())}
+        self._segments = [] if merged.size == 0 else [
+            _Segment(np.arange(used.size, dtype=np.int32), merged.starts, merged.slots, merged.tfs)
+        ]
+        self._slot_ids = self._slot_ids[live_slots].copy()
+        self._slot_len = self._slot_len[live_slots].copy()
+        self._live = np.ones(live_slots.size, dtype=bool)
+        self._nslots = int(live_slots.size)
+        order = np.argsort(self._slot_ids, kind="stable")
+        self._keys = self._slot_ids[order]
+        self._key_slots = order.astype(np.int64)
+
+    def _words(self) -> list[str]:
+        """Vocabulary in term-id order."""
+        words = [""] * len(self._vocab)
+        for word, tid in self._vocab.items():
+            words[tid] = word
+        return words
+
+    # ------------------------------------------------------------------ snapshots
+
+    def to_bytes(self) -> bytes:
+        """Compacted snapshot: JSON header, then raw little-endian arrays and the vocabulary."""
+        self._compact()
+        seg = self._segments[0] if self._segments else _csr(*(np.empty(0),) * 3)
+        arrays = {
+            "slot_ids": self._slot_ids.astype("<i8"),
+            "slot_len": self._slot_len.astype("<i4"),
+            "starts": seg.starts.astype("<i8"),
+            "slots": seg.slots.astype("<i4"),
+            "tfs": seg.tfs.astype("<f4"),
+        }
+        vocab = "\n".join(self._words()).encode()  # terms never contain whitespace
+        layout, offset = {}, 0
+        for name, arr in arrays.items():
+            layout[name] = [arr.dtype.str, int(arr.size), offset]
+            offset += arr.nbytes
+        header = json.dumps(
+            {"format": _FORMAT, "k1": self.k1, "b": self.b, "arrays": layout, "vocab": [offset, len(vocab)],
+             "terms": len(self._vocab)},
+            sort_keys=True,
+        ).encode()
+        body = b"".join(arr.tobytes() for arr in arrays.values()) + vocab
+        return _MAGIC + struct.pack("<I", len(header)) + header + body
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> BM25Index:
+        """Restore an index written by to_bytes; ValueError if the bytes are not one."""
+        view = memoryview(data)
+        if len(view) < len(_MAGIC) + 4 or bytes(view[: len(_MAGIC)]) != _MAGIC:
+            raise ValueError("not a BM25Index snapshot (bad magic)")
+        (hlen,) = struct.unpack_from("<I", view, len(_MAGIC))
+        start = len(_MAGIC) + 4
+        try:
+            head = json.loads(bytes(view[start : start + hlen]))
+            if head.get("format") != _FORMAT:
+                raise ValueError(f"format {head.get('format')!r} is not {_FORMAT}")
+            body = view[start + hlen :]
+            arrays = {}
+            for name, (dtype, size, offset) in head["arrays"].items():
+                arr = np.frombuffer(body, dtype=np.dtype(dtype), count=size, offset=offset)
+                arrays[name] = arr.astype(arr.dtype.newbyteorder("="))
+            v_off, v_len = head["vocab"]
+            if v_off + v_len != len(body):
+                raise ValueError("truncated or has trailing bytes")
+            words = bytes(body[v_off : v_off + v_len]).decode().split("\n") if head["terms"] else []
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"BM25Index snapshot is corrupt: {exc}") from None
+        self = cls(head["k1"], head["b"])
+        self._vocab = {w: i for i, w in enumerate(words)}
+        n = arrays["slot_ids"].size
+        self._slot_ids = arrays["slot_ids"].astype(np.int64)
+        self._slot_len = arrays["slot_len"].astype(np.int32)
+        self._live = np.ones(n, dtype=bool)
+        self._nslots = n
+        self._total_len = int(self._slot_len.sum())
+        if arrays["slots"].size:
+            self._segments = [
+                _Segment(np.arange(len(words), dtype=np.int32), arrays["starts"].astype(np.int64),
+                         arrays["slots"].astype(np.int32), arrays["tfs"].astype(np.float32))
+            ]
+        order = np.argsort(self._slot_ids, kind="stable")
+        self._keys = self._slot_ids[order]
+        self._key_slots = order.astype(np.int64)
+        return self

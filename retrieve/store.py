@@ -1,0 +1,509 @@
+"""Durable document store of one collection: one SQLite database (WAL, synchronous=FULL, foreign keys).
+
+The store is the source of truth. The in-memory indexes (FAISS, BM25) and their snapshots are
+caches that can always be rebuilt from it without re-embedding, because every chunk's vector is
+kept here as a float32 blob.
+
+Tables:
+    config   one row: the collection's CollectionConfig as JSON
+    meta     key/value: schema_version, store_id (uuid, ties snapshots to this database), dim, model,
+             pruned_through (changes up to this seq were deleted after a snapshot covered them)
+    docs     id TEXT PRIMARY KEY, text, metadata (JSON object; filters use json_extract on it)
+    chunks   chunk_id INTEGER PRIMARY KEY AUTOINCREMENT (the FAISS/BM25 int64 id, never reused),
+             doc_id -> docs(id) ON DELETE CASCADE, idx, char_start, char_end, vector BLOB (<f4)
+    changes  seq INTEGER PRIMARY KEY AUTOINCREMENT, op 'upsert'|'delete', doc_id,
+             chunk_ids (JSON list added), removed_ids (JSON list of chunk ids the change removed)
+
+A write (a whole upsert or delete batch) is one `BEGIN IMMEDIATE ... COMMIT` on the writer
+connection; with WAL and synchronous=FULL the commit is on disk when it returns. Callers serialise
+writes (the engine's per-collection lock); reads use one connection per thread.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lodestar.errors import InvalidInput
+from lodestar.retrieve.types import Document, Filter
+
+DB_NAME = "store.sqlite3"
+SCHEMA_VERSION = 1
+FILTER_OPS = ("eq", "ne", "in", "nin", "gt", "gte", "lt", "lte")
+MAX_FILTER_VALUES = 1024  # values in one in/nin list
+MAX_FIELD_CHARS = 256
+_INT64 = (-(2**63), 2**63 - 1)
+
+_SCHEMA = """
+CREATE TABLE config (id INTEGER PRIMARY KEY CHECK (id = 1), json TEXT NOT NULL);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE docs (
+    id TEXT PRIMARY KEY,
+    text TEXT NOT NULL,
+    metadata TEXT NOT NULL CHECK (json_valid(metadata))
+);
+CREATE TABLE chunks (
+    chunk_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    doc_id TEXT NOT NULL REFERENCES docs(id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    char_start INTEGER NOT NULL,
+    char_end INTEGER NOT NULL,
+    vector BLOB NOT NULL
+);
+CREATE INDEX chunks_by_doc ON chunks(doc_id);
+CREATE TABLE changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    op TEXT NOT NULL CHECK (op IN ('upsert', 'delete')),
+    doc_id TEXT NOT NULL,
+    chunk_ids TEXT NOT NULL,
+    removed_ids TEXT NOT NULL
+);
+"""
+
+
+class StoreError(Exception):
+    """The database is missing, unreadable or of another schema (the engine marks the collection)."""
+
+
+@dataclass
+class DocWrite:
+    """One document ready to be written: its chunks' spans and vectors."""
+
+    id: str
+    text: str
+    metadata_json: str  # a JSON object, already validated and serialised
+    spans: list[tuple[int, int]]  # (char_start, char_end) per chunk
+    vectors: np.ndarray  # (C, D) float32, C == len(spans)
+
+
+@dataclass
+class WriteResult:
+    """What a committed write changed: the engine applies exactly this to its indexes."""
+
+    seq: int  # the last change seq after the commit
+    count: int  # documents written or deleted
+    added: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # (A,) new chunk ids, batch order
+    removed: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # (R,) chunk ids now gone
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    """Where a chunk lives in its document."""
+
+    doc_id: str
+    idx: int
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class CompiledFilter:
+    """A validated AND of metadata conditions as SQL over `d.metadata` (d = docs)."""
+
+    sql: str
+    params: tuple[Any, ...]
+
+
+# --- filters -----------------------------------------------------------------------------------
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_scalar(v: Any, where: str) -> None:
+    if v is None or isinstance(v, (bool, str)):
+        return
+    if isinstance(v, int):
+        if not _INT64[0] <= v <= _INT64[1]:
+            raise InvalidInput(f"{where}: integer {v} is outside the 64-bit range")
+        return
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise InvalidInput(f"{where}: {v} is not a finite number")
+        return
+    raise InvalidInput(f"{where}: value of type {type(v).__name__} is not allowed: use a string, number, boolean or null")
+
+
+def _eq_sql(path: str, v: Any) -> tuple[str, list[Any]]:
+    """A 0/1 predicate: the field equals `v` with JSON type respected (1 never equals true)."""
+    if v is None:  # null matches an explicit null or a missing field
+        return "COALESCE(json_type(d.metadata, ?), 'null') = 'null'", [path]
+    if isinstance(v, bool):
+        return "COALESCE(json_type(d.metadata, ?) = ?, 0)", [path, "true" if v else "false"]
+    if _is_number(v):
+        return "COALESCE(json_type(d.metadata, ?) IN ('integer', 'real') AND json_extract(d.metadata, ?) = ?, 0)", [path, path, v]
+    return "COALESCE(json_type(d.metadata, ?) = 'text' AND json_extract(d.metadata, ?) = ?, 0)", [path, path, v]
+
+
+def _in_sql(path: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+    """A 0/1 predicate: the field equals one of `values` (grouped by JSON type, one json_each each)."""
+    parts: list[str] = []
+    params: list[Any] = []
+    strings = [v for v in values if isinstance(v, str)]
+    numbers = [v for v in values if _is_number(v)]
+    bools = sorted({"true" if v else "false" for v in values if isinstance(v, bool)})
+    if strings:
+        parts.append("COALESCE(json_type(d.metadata, ?) = 'text' AND json_extract(d.metadata, ?) IN (SELECT value FROM json_each(?)), 0)")
+        params += [path, path, json.dumps(strings)]
+    if numbers:
+        parts.append(
+            "COALESCE(json_type(d.metadata, ?) IN ('integer', 'real') AND json_extract(d.metadata, ?) IN (SELECT value FROM json_each(?)), 0)"
+        )
+        params += [path, path, json.dumps(numbers)]
+    if bools:
+        parts.append(f"COALESCE(json_type(d.metadata, ?) IN ({', '.join('?' * len(bools))}), 0)")
+        params += [path, *bools]
+    if any(v is None for v in values):
+        sql, p = _eq_sql(path, None)
+        parts.append(sql)
+        params += p
+    return ("(" + " OR ".join(parts) + ")") if parts else "0", params
+
+
+_RANGE = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+
+
+def compile_filters(filters: Sequence[Filter]) -> CompiledFilter | None:
+    """Validate `filters` and turn their AND into SQL; None when there are none.
+
+    eq/ne compare a top-level metadata value with its JSON type respected; eq null matches a null or
+    missing field; ne/nin also match documents without the field. Range ops compare numbers with
+    numbers and strings with strings (ISO dates order correctly); other types never match.
+    """
+    if not filters:
+        return None
+    clauses: list[str] = []
+    params: list[Any] = []
+    for i, f in enumerate(filters):
+        name = getattr(f, "field", None)
+        where = f"filter {i} ({name!r} {getattr(f, 'op', None)!r})"
+        if not isinstance(name, str) or not name:
+            raise InvalidInput(f"filter {i}: field is empty: name a top-level metadata key")
+        if len(name) > MAX_FIELD_CHARS or '"' in name or any(ord(c) < 32 for c in name):
+            raise InvalidInput(
+                f"{where}: field must be at most {MAX_FIELD_CHARS} characters with no double quote or control characters"
+            )
+        op = getattr(f, "op", None)
+        if op not in FILTER_OPS:
+            raise InvalidInput(f"{where}: unknown op {op!r}: valid ops are {', '.join(FILTER_OPS)}")
+        value = f.value
+        path = f'$."{name}"'
+        if op in ("in", "nin"):
+            if not isinstance(value, (list, tuple)):
+                raise InvalidInput(f"{where}: op {op!r} needs a list of values, got {type(value).__name__}")
+            if len(value) > MAX_FILTER_VALUES:
+                raise InvalidInput(f"{where}: {len(value)} values; the limit is {MAX_FILTER_VALUES}")
+            for v in value:
+                _check_scalar(v, where)
+            sql, p = _in_sql(path, value)
+            clauses.append(sql if op == "in" else f"NOT {sql}")
+        elif op in _RANGE:
+            if not (_is_number(value) or isinstance(value, str)):
+                raise InvalidInput(f"{where}: op {op!r} needs a number or a string, got {type(value).__name__}")
+            _check_scalar(value, where)
+            types = "IN ('integer', 'real')" if _is_number(value) else "= 'text'"
+            sql = f"COALESCE(json_type(d.metadata, ?) {types} AND json_extract(d.metadata, ?) {_RANGE[op]} ?, 0)"
+            p = [path, path, value]
+            clauses.append(sql)
+        else:
+            if isinstance(value, (list, tuple, dict)):
+                raise InvalidInput(f"{where}: op {op!r} needs a single value; use 'in'/'nin' for a list")
+            _check_scalar(value, where)
+            sql, p = _eq_sql(path, value)
+            clauses.append(sql if op == "eq" else f"NOT {sql}")
+        params += p
+    return CompiledFilter(" AND ".join(f"({c})" for c in clauses), tuple(params))
+
+
+# --- the store ---------------------------------------------------------------------------------
+
+
+def _ids_param(ids: Sequence[Any]) -> str:
+    """A JSON array for `IN (SELECT value FROM json_each(?))` (one parameter whatever the count)."""
+    return json.dumps([int(i) if isinstance(i, (int, np.integer)) else i for i in ids])
+
+
+def _as_ids(values: Sequence[int]) -> np.ndarray:
+    return np.asarray(list(values), dtype=np.int64).reshape(-1)
+
+
+class Store:
+    """One collection's SQLite database. Writes must be serialised by the caller."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / DB_NAME
+        if not self.path.is_file():
+            raise StoreError(f"{self.path} does not exist")
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._local = threading.local()
+        self._closed = False
+        try:
+            self._writer = self._connect()
+            version = self._meta_value(self._writer, "schema_version")
+            if version != str(SCHEMA_VERSION):
+                raise StoreError(f"{self.path} has schema_version {version!r}; this build reads {SCHEMA_VERSION}")
+            row = self._writer.execute("SELECT json FROM config WHERE id = 1").fetchone()
+            if row is None:
+                raise StoreError(f"{self.path} holds no collection config")
+            self.config: dict[str, Any] = json.loads(row[0])
+            self.meta: dict[str, str] = dict(self._writer.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path} cannot be read: {e}") from None
+
+    @staticmethod
+    def initialise(directory: Path, config: dict[str, Any], meta: dict[str, str]) -> str:
+        """Create the database in `directory` (which must not hold one); returns the new store_id."""
+        path = Path(directory) / DB_NAME
+        if path.exists():
+            raise FileExistsError(path)
+        store_id = uuid.uuid4().hex
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("BEGIN IMMEDIATE")
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            conn.execute("INSERT INTO config (id, json) VALUES (1, ?)", (json.dumps(config, sort_keys=True),))
+            rows = {"schema_version": str(SCHEMA_VERSION), "store_id": store_id, "pruned_through": "0", **meta}
+            conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", list(rows.items()))
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        return store_id
+
+    def _connect(self) -> sqlite3.Connection:
+        uri = self.path.resolve().as_uri() + "?mode=rw"  # never create an empty database by accident
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30.0)
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA synchronous=FULL")
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            conn.close()
+            raise StoreError(f"{self.path}: journal_mode is {mode!r}, expected 'wal'")
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read connection (WAL readers never block the writer)."""
+        if self._closed:
+            raise StoreError(f"{self.path} is closed")
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    @staticmethod
+    def _meta_value(conn: sqlite3.Connection, key: str) -> str | None:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Durably set one meta value."""
+        self._writer.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+        self.meta[key] = value
+
+    def close(self) -> None:
+        """Close every connection (checkpointing the WAL when this is the last one)."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for conn in readers:
+            conn.close()
+        self._writer.close()
+
+    # --- writes (caller holds the collection's write lock) ----------------------------------
+
+    def last_seq(self) -> int:
+        """The seq of the last committed change (0 when none); survives pruning."""
+        row = self._writer.execute("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def write_docs(self, docs: Sequence[DocWrite]) -> WriteResult:
+        """Insert or replace `docs` with their chunks and a change row each, in one durable transaction."""
+        conn = self._writer
+        added: list[int] = []
+        removed: list[int] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for doc in docs:
+                old = [r[0] for r in conn.execute("SELECT chunk_id FROM chunks WHERE doc_id = ?", (doc.id,))]
+                conn.execute("DELETE FROM chunks WHERE doc_id = ?", (doc.id,))
+                conn.execute(
+                    "INSERT INTO docs (id, text, metadata) VALUES (?, ?, ?) "
+                    "ON CONFLICT(id) DO UPDATE SET text = excluded.text, metadata = excluded.metadata",
+                    (doc.id, doc.text, doc.metadata_json),
+                )
+                vectors = np.ascontiguousarray(doc.vectors, dtype="<f4")  # (C, D)
+                new: list[int] = []
+                for i, (start, end) in enumerate(doc.spans):
+                    cur = conn.execute(
+                        "INSERT INTO chunks (doc_id, idx, char_start, char_end, vector) VALUES (?, ?, ?, ?, ?)",
+                        (doc.id, i, int(start), int(end), vectors[i].tobytes()),
+                    )
+                    new.append(int(cur.lastrowid))  # type: ignore[arg-type]
+                conn.execute(
+                    "INSERT INTO changes (op, doc_id, chunk_ids, removed_ids) VALUES ('upsert', ?, ?, ?)",
+                    (doc.id, json.dumps(new), json.dumps(old)),
+                )
+                added += new
+                removed += old
+            seq = self.last_seq()
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return WriteResult(seq=seq, count=len(docs), added=_as_ids(added), removed=_as_ids(removed))
+
+    def delete_docs(self, ids: Sequence[str]) -> WriteResult:
+        """Delete the documents that exist among `ids` (others are ignored), in one durable transaction."""
+        conn = self._writer
+        removed: list[int] = []
+        count = 0
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for doc_id in dict.fromkeys(ids):
+                if conn.execute("SELECT 1 FROM docs WHERE id = ?", (doc_id,)).fetchone() is None:
+                    continue
+                old = [r[0] for r in conn.execute("SELECT chunk_id FROM chunks WHERE doc_id = ?", (doc_id,))]
+                conn.execute("DELETE FROM docs WHERE id = ?", (doc_id,))  # chunks go by ON DELETE CASCADE
+                conn.execute(
+                    "INSERT INTO changes (op, doc_id, chunk_ids, removed_ids) VALUES ('delete', ?, '[]', ?)",
+                    (doc_id, json.dumps(old)),
+                )
+                removed += old
+                count += 1
+            seq = self.last_seq()
+            if count:
+                conn.execute("COMMIT")
+            else:
+                conn.execute("ROLLBACK")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return WriteResult(seq=seq, count=count, removed=_as_ids(removed))
+
+    def prune_changes(self, through: int) -> None:
+        """Forget changes up to `through` (a durable snapshot covers them)."""
+        conn = self._writer
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("DELETE FROM changes WHERE seq <= ?", (through,))
+            prev = int(self._meta_value(conn, "pruned_through") or 0)
+            value = str(max(prev, through))
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'pruned_through'", (value,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self.meta["pruned_through"] = value
+
+    # --- replay and rebuild -------------------------------------------------------------------
+
+    def pruned_through(self) -> int:
+        """Changes with seq <= this are gone from the log."""
+        return int(self._meta_value(self._writer, "pruned_through") or 0)
+
+    def touched_since(self, seq: int) -> np.ndarray:
+        """(T,) int64 every chunk id added or removed by a change after `seq` (the set replay must redo)."""
+        touched: set[int] = set()
+        for added, removed in self._writer.execute("SELECT chunk_ids, removed_ids FROM changes WHERE seq > ?", (seq,)):
+            touched.update(json.loads(added))
+            touched.update(json.loads(removed))
+        return np.asarray(sorted(touched), dtype=np.int64)
+
+    def _chunk_payload(self, rows: list[tuple[Any, ...]], dim: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        ids = np.asarray([r[0] for r in rows], dtype=np.int64)  # (N,)
+        vectors = np.empty((len(rows), dim), dtype=np.float32)  # (N, D)
+        texts: list[str] = []
+        for j, (_, start, end, blob, text) in enumerate(rows):
+            vectors[j] = np.frombuffer(blob, dtype="<f4")
+            texts.append(text[start:end])
+        return ids, vectors, texts
+
+    def chunks_payload(self, chunk_ids: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """(ids (N,), vectors (N, D), texts) of those `chunk_ids` that still exist, in id order."""
+        rows = self._writer.execute(
+            "SELECT c.chunk_id, c.char_start, c.char_end, c.vector, d.text FROM chunks c JOIN docs d ON d.id = c.doc_id "
+            "WHERE c.chunk_id IN (SELECT value FROM json_each(?)) ORDER BY c.chunk_id",
+            (_ids_param(chunk_ids.tolist()),),
+        ).fetchall()
+        return self._chunk_payload(rows, dim)
+
+    def iter_chunks(self, dim: int, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
+        """Every chunk as (ids (N,), vectors (N, D), texts) batches in id order (for rebuilds)."""
+        last = -1
+        while True:
+            rows = self._writer.execute(
+                "SELECT c.chunk_id, c.char_start, c.char_end, c.vector, d.text FROM chunks c JOIN docs d ON d.id = c.doc_id "
+                "WHERE c.chunk_id > ? ORDER BY c.chunk_id LIMIT ?",
+                (last, batch),
+            ).fetchall()
+            if not rows:
+                return
+            last = int(rows[-1][0])
+            yield self._chunk_payload(rows, dim)
+
+    # --- reads (any thread) -------------------------------------------------------------------
+
+    def get_docs(self, ids: Sequence[str]) -> list[Document | None]:
+        """The documents for `ids` in order; None where absent."""
+        rows = self.doc_rows(ids)
+        return [Document(id=i, text=rows[i][0], metadata=rows[i][1]) if i in rows else None for i in ids]
+
+    def doc_rows(self, ids: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+        """id -> (text, metadata) for the `ids` that exist."""
+        if not ids:
+            return {}
+        rows = self._reader().execute(
+            "SELECT id, text, metadata FROM docs WHERE id IN (SELECT value FROM json_each(?))", (_ids_param(list(ids)),)
+        )
+        return {r[0]: (r[1], json.loads(r[2])) for r in rows}
+
+    def chunk_refs(self, chunk_ids: Sequence[int]) -> dict[int, ChunkRef]:
+        """chunk_id -> where it lives, for the ids that exist."""
+        if not len(chunk_ids):
+            return {}
+        rows = self._reader().execute(
+            "SELECT chunk_id, doc_id, idx, char_start, char_end FROM chunks WHERE chunk_id IN (SELECT value FROM json_each(?))",
+            (_ids_param(list(chunk_ids)),),
+        )
+        return {int(r[0]): ChunkRef(r[1], int(r[2]), int(r[3]), int(r[4])) for r in rows}
+
+    def allowed_chunk_ids(self, where: CompiledFilter) -> np.ndarray:
+        """(A,) int64 ids of the chunks whose documents satisfy `where` (one SQL query)."""
+        rows = self._reader().execute(
+            f"SELECT c.chunk_id FROM chunks c JOIN docs d ON d.id = c.doc_id WHERE {where.sql}", where.params
+        )
+        return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
+    def counts(self) -> tuple[int, int]:
+        """(documents, chunks)."""
+        row = self._reader().execute("SELECT (SELECT COUNT(*) FROM docs), (SELECT COUNT(*) FROM chunks)").fetchone()
+        return int(row[0]), int(row[1])  # one statement: one consistent read
+
+    def disk_bytes(self) -> int:
+        """Bytes of the database and its WAL/shared-memory files."""
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            p = self.path.with_name(self.path.name + suffix)
+            if p.exists():
+                total += p.stat().st_size
+        return total

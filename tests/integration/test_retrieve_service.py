@@ -1,0 +1,252 @@
+"""RetrieveService over real gRPC: collections, upsert/delete/get, filters, hybrid, bad input,
+crash safety of a `lodestar serve` process under SIGKILL, and corrupt-snapshot detection."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from lodestar.backbone import Backbone
+from lodestar.services.client import Client, ClientError
+
+pytestmark = pytest.mark.slow
+
+CORPUS = [
+    {"id": "guitar", "text": "A man plays an acoustic guitar on a small stage.", "metadata": {"topic": "music", "year": 2001}},
+    {"id": "piano", "text": "The pianist performed a Chopin nocturne at the concert hall.", "metadata": {"topic": "music", "year": 2015}},
+    {"id": "stocks", "text": "Stock markets fell sharply after the central bank raised rates.", "metadata": {"topic": "finance", "year": 2015}},
+    {"id": "bonds", "text": "Government bond yields climbed to their highest level in a decade.", "metadata": {"topic": "finance", "year": 2020}},
+    {"id": "soccer", "text": "The football team won the championship after a penalty shootout.", "metadata": {"topic": "sport", "year": 2020}},
+]
+
+
+@pytest.fixture
+def collection(client: Client, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    name = "t_" + re.sub(r"[^A-Za-z0-9_]", "_", request.node.name)[:50]
+    client.create_collection(name, mode="prompteol", sparse="bm25", chunk_tokens=64, chunk_overlap=8)
+    client.upsert(name, CORPUS)
+    yield name
+    client.drop_collection(name)
+
+
+def test_dense_sparse_hybrid_search(client: Client, collection: str) -> None:
+    dense = client.search(collection, "someone playing music on a guitar", k=3)[0]
+    assert dense[0].id == "guitar" and len(dense) == 3
+    sparse = client.search(collection, "bond yields", retriever="sparse", k=2)[0]
+    assert sparse[0].id == "bonds"
+    for fusion in ("rrf", "weighted"):
+        hybrid = client.search(collection, "central bank rates and stock markets", retriever="hybrid", fusion=fusion, k=3)[0]
+        assert hybrid[0].id == "stocks"
+        assert hybrid[0].dense_score is not None and hybrid[0].sparse_score is not None
+
+
+def test_batch_search_and_hit_fields(client: Client, collection: str) -> None:
+    results = client.search(collection, ["penalty shootout football", "Chopin piano concert"], k=1)
+    assert [r[0].id for r in results] == ["soccer", "piano"]
+    hit = results[0][0]
+    assert hit.metadata == {"topic": "sport", "year": 2020} and hit.chunk == 0 and "football" in hit.chunk_text
+
+
+def test_filters_apply_before_ranking(client: Client, collection: str) -> None:
+    # The only finance document from 2020 is ranked low for a music query, yet k=1 returns it.
+    hits = client.search(collection, "guitar music", k=1, filters=[("topic", "eq", "finance"), ("year", "gte", 2016)])[0]
+    assert [h.id for h in hits] == ["bonds"]
+    hits = client.search(collection, "guitar music", k=5, retriever="hybrid", filters=[("topic", "in", ["sport", "finance"])])[0]
+    assert {h.id for h in hits} == {"stocks", "bonds", "soccer"}
+
+
+def test_upsert_replaces_and_delete_removes(client: Client, collection: str) -> None:
+    client.upsert(collection, [{"id": "guitar", "text": "A recipe for lemon cake with butter and sugar.", "metadata": {"topic": "food"}}])
+    (doc,) = client.get(collection, ["guitar"])
+    assert doc is not None and "lemon" in doc.text and doc.metadata == {"topic": "food"}
+    hits = client.search(collection, "baking a cake", k=1)[0]
+    assert hits[0].id == "guitar"
+    assert client.delete(collection, ["guitar", "no-such-id"]) == 1
+    assert client.get(collection, ["guitar", "piano"])[0] is None
+    for retriever in ("dense", "sparse", "hybrid"):
+        ids = {h.id for h in client.search(collection, "lemon cake guitar", k=10, retriever=retriever)[0]}
+        assert "guitar" not in ids
+    stats = client.stats(collection)
+    assert stats["documents"] == 4 and stats["chunks"] >= 4 and stats["bytes"] > 0 and stats["index"] == "Flat"
+
+
+@pytest.mark.parametrize(
+    "call, code, needle",
+    [
+        (lambda c, n: c.search("no_such_collection", "x"), "NOT_FOUND", "no_such_collection"),
+        (lambda c, n: c.create_collection(n), "ALREADY_EXISTS", "exists"),
+        (lambda c, n: c.search(n, "x", k=0), "INVALID_ARGUMENT", "k"),
+        (lambda c, n: c.search(n, "x", k=100000), "INVALID_ARGUMENT", "k"),
+        (lambda c, n: c.search(n, "x", retriever="magic"), "INVALID_ARGUMENT", "dense"),
+        (lambda c, n: c.search(n, "x", filters=[("year", "between", 3)]), "INVALID_ARGUMENT", "gte"),
+        (lambda c, n: c.upsert(n, [{"id": "x" * 600, "text": "long id"}]), "INVALID_ARGUMENT", "512"),
+        (lambda c, n: c.upsert(n, [{"id": "", "text": "no id"}]), "INVALID_ARGUMENT", "id"),
+        (lambda c, n: c.create_collection("bad_index", index="NotAnIndex"), "INVALID_ARGUMENT", "HNSW32"),
+        (lambda c, n: c.create_collection("bad_mode", mode="nope"), "INVALID_ARGUMENT", "prompteol"),
+    ],
+)
+def test_bad_input(client: Client, collection: str, call, code: str, needle: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ClientError) as err:
+        call(client, collection)
+    assert err.value.code == code
+    assert needle in err.value.message
+    assert client.search(collection, "guitar", k=1)[0][0].id == "guitar", "still serving, nothing lost"
+
+
+def test_metadata_must_be_a_json_object_and_rejected_batch_changes_nothing(client: Client, collection: str) -> None:
+    from lodestar.retrieve.v1 import retrieve_pb2 as rpb
+
+    bad = rpb.UpsertRequest(collection=collection, documents=[
+        rpb.Document(id="new1", text="fine document"),
+        rpb.Document(id="new2", text="bad metadata", metadata_json="[1, 2]"),
+    ])
+    with pytest.raises(Exception) as err:
+        client._retrieve.Upsert(bad)
+    assert "must be a JSON object" in str(err.value)
+    with pytest.raises(ClientError):
+        client.upsert(collection, [{"id": "new3", "text": "good"}, {"id": "new3", "text": "duplicate id in batch"}])
+    assert client.get(collection, ["new1", "new3"]) == [None, None]
+    assert client.stats(collection)["documents"] == len(CORPUS)
+
+
+def test_collection_cli(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": d["id"], "title": "", "text": d["text"]}) + "\n" for d in CORPUS))
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "lodestar.services.cli", "--server", server.address, *args],
+                              capture_output=True, text=True, timeout=600)
+
+    assert run("collection", "create", "cli_col", "--mode", "mean", "--index", "HNSW32", "--sparse", "bm25").returncode == 0
+    out = run("index", str(corpus), "--collection", "cli_col", "--json", "--batch-size", "2")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["documents"] == 5
+    stats = json.loads(run("collection", "stats", "cli_col", "--json").stdout)
+    assert stats["documents"] == 5 and stats["index"] == "HNSW32" and {"chunks", "bytes"} <= set(stats)
+    hits = json.loads(run("search", "bond yields", "-c", "cli_col", "--retriever", "hybrid", "-k", "2", "--json").stdout)
+    assert hits[0][0]["id"] == "bonds"
+    listed = run("collection", "list", "--json")
+    assert "cli_col" in {c["name"] for c in json.loads(listed.stdout)}
+    missing = run("collection", "stats", "nope")
+    assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+    assert run("collection", "drop", "cli_col").returncode == 0
+
+
+# --- crash safety ---------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(folder: Path, data: Path, port: int) -> subprocess.Popen:
+    env = {**os.environ, "LODESTAR_MODEL": str(folder), "LODESTAR_DTYPE": "float32", "LODESTAR_DATA_DIR": str(data)}
+    return subprocess.Popen([sys.executable, "-m", "lodestar.services.cli", "serve", "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def tiny_folder(tmp_path: Path, tiny_backbone: Backbone) -> Path:
+    folder = tmp_path / "tiny"
+    tiny_backbone.model.save_pretrained(folder)
+    tiny_backbone.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_sigkill_mid_upserts_loses_no_acknowledged_document(tmp_path: Path, tiny_folder: Path) -> None:
+    data, port = tmp_path / "data", _free_port()
+    proc = _start(tiny_folder, data, port)
+    acked: dict[str, str] = {}
+    try:
+        with Client(f"127.0.0.1:{port}", timeout=60) as c:
+            c.wait_ready(120)
+            c.create_collection("crash", index="HNSW32", sparse="bm25")
+            stop = threading.Event()
+
+            def writer() -> None:
+                i = 0
+                while not stop.is_set():
+                    batch = [{"id": f"d{i}-{j}", "text": f"document {i} part {j} about topic {j % 7}"} for j in range(20)]
+                    try:
+                        c.upsert("crash", batch)
+                    except ClientError:
+                        return
+                    acked.update({d["id"]: d["text"] for d in batch})
+                    i += 1
+
+            t = threading.Thread(target=writer)
+            t.start()
+            while len(acked) < 200:
+                t.join(0.05)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+            stop.set()
+            t.join(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    proc = _start(tiny_folder, data, port)
+    try:
+        with Client(f"127.0.0.1:{port}", timeout=60) as c:
+            c.wait_ready(120)
+            ids = sorted(acked)
+            docs = c.get("crash", ids)
+            assert all(d is not None and d.text == acked[d.id] for d in docs), "an acknowledged document was lost"
+            stats = c.stats("crash")
+            assert stats["status"] == "ok"
+            assert stats["documents"] >= len(acked) and stats["documents"] % 20 == 0, "a half-written batch"
+            hits = c.search("crash", "document 3 part 5 about topic 5", k=stats["documents"], retriever="sparse")[0]
+            assert len({h.id for h in hits}) == len(hits)
+            dense = c.search("crash", "document 1 part 2", k=50)[0]
+            assert len(dense) == 50 and all(h.id in acked or h.id.startswith("d") for h in dense)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+
+
+def test_flipped_byte_in_snapshot_is_detected(tmp_path: Path, tiny_folder: Path) -> None:
+    data, port = tmp_path / "data", _free_port()
+    proc = _start(tiny_folder, data, port)
+    try:
+        with Client(f"127.0.0.1:{port}", timeout=60) as c:
+            c.wait_ready(120)
+            for name in ("good", "victim"):
+                c.create_collection(name)
+                c.upsert(name, CORPUS)
+                manifest = c.snapshot(name)
+                assert manifest["files"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    files = [p for p in (data / "collections" / "victim").rglob("*") if p.is_file() and p.parent.name == "snapshot" and p.name != "manifest.json"]
+    target = max(files, key=lambda p: p.stat().st_size)
+    raw = bytearray(target.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    target.write_bytes(bytes(raw))
+    proc = _start(tiny_folder, data, port)
+    try:
+        with Client(f"127.0.0.1:{port}", timeout=60) as c:
+            c.wait_ready(120)
+            assert c.health("lodestar.retrieve.v1.RetrieveService/victim") == "NOT_SERVING"
+            assert c.health("lodestar.retrieve.v1.RetrieveService/good") == "SERVING"
+            with pytest.raises(ClientError) as err:
+                c.search("victim", "guitar")
+            assert err.value.code == "UNAVAILABLE" and "rebuild" in err.value.message
+            assert c.search("good", "guitar", k=1, retriever="sparse")[0][0].id == "guitar"
+            c.rebuild("victim")
+            assert c.health("lodestar.retrieve.v1.RetrieveService/victim") == "SERVING"
+            assert len(c.search("victim", "guitar", k=5)[0]) == 5
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)

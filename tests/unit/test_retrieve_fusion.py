@@ -1,0 +1,59 @@
+"""Hybrid fusion: reciprocal rank fusion and min-max weighting on examples worked out by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from lodestar.errors import InvalidInput
+from lodestar.retrieve.fusion import rrf, weighted
+
+
+def test_rrf_by_hand() -> None:
+    dense = [(1, 0.9), (2, 0.8), (3, 0.1)]
+    sparse = [(3, 12.0), (1, 7.0), (4, 1.0)]
+    fused = rrf([dense, sparse], k=60)
+    want = {1: 1 / 61 + 1 / 62, 2: 1 / 62, 3: 1 / 63 + 1 / 61, 4: 1 / 63}
+    assert [i for i, _ in fused] == [1, 3, 2, 4]
+    assert dict(fused) == pytest.approx(want)
+
+
+def test_rrf_ties_by_id_and_k_zero() -> None:
+    # 7 and 5 each hold rank 1 in one list and nothing else: equal scores, smaller id first
+    assert rrf([[(7, 1.0)], [(5, 1.0)]], k=0) == [(5, 1.0), (7, 1.0)]
+    assert rrf([]) == [] and rrf([[], []]) == []
+
+
+def test_rrf_skips_padding_and_repeats() -> None:
+    fused = rrf([[(-1, float("-inf")), (8, 2.0), (8, 1.0), (9, 0.5)]], k=1)
+    assert fused == [(8, pytest.approx(1 / 2)), (9, pytest.approx(1 / 3))]  # padding takes no rank
+    with pytest.raises(InvalidInput, match="rrf k must be an integer >= 0"):
+        rrf([[(1, 1.0)]], k=-1)
+
+
+def test_weighted_by_hand() -> None:
+    dense = [(1, 0.9), (2, 0.7), (3, 0.5)]  # -> 1.0, 0.5, 0.0
+    sparse = [(3, 10.0), (4, 6.0), (1, 2.0)]  # -> 1.0, 0.5, 0.0
+    fused = weighted(dense, sparse, alpha=0.5)
+    assert [i for i, _ in fused] == [1, 3, 2, 4]  # 1/3 and 2/4 tie: smaller id first
+    assert [s for _, s in fused] == pytest.approx([0.5, 0.5, 0.25, 0.25])
+    only_dense = weighted(dense, sparse, alpha=1.0)
+    assert [i for i, _ in only_dense][:2] == [1, 2] and dict(only_dense)[4] == 0.0
+    fused = weighted(dense, sparse, alpha=0.8)
+    assert dict(fused) == pytest.approx({1: 0.8, 2: 0.4, 3: 0.2, 4: 0.1})
+
+
+def test_string_ids() -> None:
+    """The engine fuses per document, whose ids are strings."""
+    fused = rrf([[("b", 3.0), ("a", 2.0)], [("a", 9.0), ("c", 1.0)]], k=0)
+    assert fused == [("a", pytest.approx(1.5)), ("b", 1.0), ("c", 0.5)]
+    assert weighted([("x", 2.0), ("y", 1.0)], [("y", 5.0)], alpha=0.5) == [("x", 0.5), ("y", 0.5)]
+
+
+def test_weighted_edges() -> None:
+    assert weighted([(5, 0.3)], []) == [(5, 0.5)]  # a single hit is its list's best: 1.0 * alpha
+    assert weighted([(2, 1.0), (1, 1.0)], [], alpha=1.0) == [(1, 1.0), (2, 1.0)]  # equal scores -> 1, ties by id
+    assert weighted([], []) == []
+    assert weighted([(1, 0.5), (-1, float("-inf"))], [(1, 3.0)]) == [(1, 1.0)]
+    for alpha in (-0.1, 1.5):
+        with pytest.raises(InvalidInput, match="alpha must be between 0 and 1"):
+            weighted([], [], alpha=alpha)

@@ -1,0 +1,202 @@
+"""BM25: the analyzer, rankings known by hand, scores against a direct implementation of the formula,
+filters, deletes, segment merges and snapshots."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from lodestar.errors import InvalidInput
+from lodestar.retrieve.sparse import STOPWORDS, BM25Index, analyze, stem
+
+CORPUS = {
+    1: "The cat sat on the mat.",
+    2: "Dogs and cats living together",
+    3: "the quick brown fox",
+    4: "cat cat cat",
+}
+
+
+def reference_scores(docs: dict[int, str], query: str, k1: float = 1.5, b: float = 0.75) -> dict[int, float]:
+    """BM25 written straight from the formula, one document at a time (the slow, obvious way)."""
+    bags = {i: Counter(analyze(t)) for i, t in docs.items()}
+    lengths = {i: sum(bag.values()) for i, bag in bags.items()}
+    n = len(docs)
+    avg = sum(lengths.values()) / n
+    out: dict[int, float] = {}
+    for term in analyze(query):
+        df = sum(1 for bag in bags.values() if term in bag)
+        if df == 0:
+            continue
+        idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
+        for i, bag in bags.items():
+            tf = bag.get(term, 0)
+            if tf:
+                out[i] = out.get(i, 0.0) + idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * lengths[i] / avg))
+    return out
+
+
+def ranked(scores: dict[int, float], k: int) -> list[int]:
+    """Ids best first, ties by id."""
+    return [i for i, _ in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:k]]
+
+
+def small() -> BM25Index:
+    index = BM25Index()
+    index.add(np.array(list(CORPUS)), list(CORPUS.values()))
+    return index
+
+
+def test_analyze() -> None:
+    assert analyze("The Cat's QUERIES, about FAISS-indexes_and caches!") == ["cat", "query", "faiss", "index", "cach"]
+    assert analyze("Über große Straße 3.14") == ["über", "große", "straße", "3", "14"]
+    assert analyze("the and of to") == [] and analyze("") == []
+    assert {"the", "and", "of", "is", "which", "would"} <= STOPWORDS and 120 <= len(STOPWORDS) <= 200
+    pairs = {"books": "book", "queries": "query", "boxes": "box", "classes": "class", "status": "status",
+             "analysis": "analysis", "sizes": "size", "matches": "match", "cache": "cach", "bus": "bus"}
+    assert {w: stem(w) for w in pairs} == pairs
+
+
+def test_known_ranking_and_hand_computed_scores() -> None:
+    index = small()
+    assert index.count == 4
+    (cat,) = index.search(["cat"], 10)
+    assert [i for i, _ in cat] == [4, 1, 2]  # three hits beat one; a shorter document beats a longer one
+    # by hand: N=4, df(cat)=3, lengths 3,4,3,3 -> avg 3.25, idf = ln(1 + 1.5/3.5)
+    idf = math.log(1 + 1.5 / 3.5)
+    want4 = idf * 3 * 2.5 / (3 + 1.5 * (0.25 + 0.75 * 3 / 3.25))
+    want1 = idf * 1 * 2.5 / (1 + 1.5 * (0.25 + 0.75 * 3 / 3.25))
+    want2 = idf * 1 * 2.5 / (1 + 1.5 * (0.25 + 0.75 * 4 / 3.25))
+    assert [s for _, s in cat] == pytest.approx([want4, want1, want2], rel=1e-9)
+    (fox_dog,) = index.search(["fox and dogs"], 10)
+    assert [i for i, _ in fox_dog] == [3, 2]
+    assert fox_dog[0][1] == pytest.approx(math.log(1 + 3.5 / 1.5) * 2.5 / (1 + 1.5 * (0.25 + 0.75 * 3 / 3.25)))
+    assert index.search(["the of", "zebra", ""], 5) == [[], [], []]
+
+
+def test_matches_reference_formula_on_a_bigger_corpus() -> None:
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(60)]
+    docs = {int(i): " ".join(rng.choice(words, size=int(rng.integers(1, 40)))) for i in range(300)}
+    index = BM25Index(k1=1.2, b=0.6)
+    ids = list(docs)
+    for lo in range(0, 300, 17):  # many small adds: exercises segment merges
+        index.add(np.array(ids[lo : lo + 17]), [docs[i] for i in ids[lo : lo + 17]])
+    assert len(index._segments) <= 1 + math.ceil(math.log2(300 / 17)) + 1
+    queries = ["w1 w2", "w3 w3 w40", "w59", "w7 w8 w9 w10 w11"]
+
+    def check() -> None:
+        for query, got in zip(queries, index.search(queries, 25)):
+            want = reference_scores(docs, query, 1.2, 0.6)
+            assert [i for i, _ in got] == ranked(want, 25)
+            assert [s for _, s in got] == pytest.approx([want[i] for i, _ in got], rel=1e-6)
+
+    check()
+    gone = ids[::3]
+    assert index.remove(np.array(gone + [10_000])) == len(gone)
+    for i in gone:
+        del docs[i]
+    check()  # N, df and the average length follow the deletes
+    docs.update({i: "w1 w1 w2 fresh" for i in gone[:5]})
+    index.add(np.array(gone[:5]), ["w1 w1 w2 fresh"] * 5)  # re-adding removed ids
+    check()
+
+
+def test_allowed_restricts_before_ranking() -> None:
+    rng = np.random.default_rng(1)
+    words = [f"t{i}" for i in range(30)]
+    texts = [" ".join(rng.choice(words, size=20)) for _ in range(500)]
+    index = BM25Index()
+    index.add(np.arange(500) + 1000, texts)
+    allowed = np.array([1003, 1077, 1250, 1499, 1400])
+    full = index.search(["t1 t2 t3"], 500)[0]
+    (got,) = index.search(["t1 t2 t3"], 3, allowed=np.concatenate([allowed, [7, 1003]]))
+    assert [h for h in full if h[0] in set(allowed)][:3] == got  # same scores: the filter does not change idf
+    assert index.search(["t1"], 3, allowed=np.array([], dtype=np.int64)) == [[]]
+    index.remove(np.array([1003]))
+    assert 1003 not in {i for i, _ in index.search(["t1 t2 t3"], 10, allowed=allowed)[0]}
+
+
+def test_remove_and_re_add() -> None:
+    index = small()
+    assert index.remove(np.array([4, 4, 99])) == 1
+    assert index.remove(np.array([4])) == 0
+    assert index.count == 3
+    (cat,) = index.search(["cat"], 10)
+    assert [i for i, _ in cat] == [1, 2]
+    assert cat[0][1] == pytest.approx(reference_scores({i: CORPUS[i] for i in (1, 2, 3)}, "cat")[1])
+    index.add(np.array([4]), ["a brown dog"])
+    assert [i for i, _ in index.search(["brown dog"], 10)[0]] == [4, 3, 2]
+    with pytest.raises(InvalidInput, match="already in the index"):
+        index.add(np.array([1]), ["again"])
+
+
+def test_compaction_after_many_removes() -> None:
+    index = BM25Index()
+    docs = {i: f"alpha beta{i % 7} gamma{i % 3}" for i in range(3000)}
+    index.add(np.arange(3000), list(docs.values()))
+    index.remove(np.arange(0, 2900))  # dead slots outnumber live ones: slots renumbered
+    assert index._nslots == 100 and index.count == 100
+    for i in range(2900):
+        del docs[i]
+    (got,) = index.search(["beta3 gamma1"], 10)
+    want = reference_scores(docs, "beta3 gamma1")
+    assert [i for i, _ in got] == ranked(want, 10)
+    assert [s for _, s in got] == pytest.approx([want[i] for i, _ in got])
+
+
+def test_round_trip() -> None:
+    index = small()
+    index.add(np.array([7, 8]), ["brown cats everywhere", "nothing relevant"])
+    index.remove(np.array([2]))
+    queries = ["cat", "brown fox", "relevant"]
+    before = index.search(queries, 5)
+    blob = index.to_bytes()
+    assert blob == index.to_bytes()  # deterministic
+    again = BM25Index.from_bytes(blob)
+    assert again.count == index.count == 5 and (again.k1, again.b) == (1.5, 0.75)
+    assert again.search(queries, 5) == before
+    assert again.search(queries, 5, allowed=np.array([1, 7])) == index.search(queries, 5, allowed=np.array([1, 7]))
+    again.add(np.array([2]), ["cat"])  # keeps working after a restore
+    docs = {1: CORPUS[1], 3: CORPUS[3], 4: CORPUS[4], 7: "brown cats everywhere", 8: "nothing relevant", 2: "cat"}
+    want = reference_scores(docs, "cat")
+    assert again.search(["cat"], 10)[0] == [(i, pytest.approx(want[i])) for i in ranked(want, 10)]
+    empty = BM25Index.from_bytes(BM25Index().to_bytes())
+    assert empty.count == 0 and empty.search(["cat"], 3) == [[]]
+    with pytest.raises(ValueError):
+        BM25Index.from_bytes(b"garbage")
+    with pytest.raises(ValueError):
+        BM25Index.from_bytes(blob[:-3])
+
+
+def test_ties_and_limits() -> None:
+    index = BM25Index()
+    index.add(np.array([30, 10, 20]), ["same text", "same text", "same text"])
+    assert [i for i, _ in index.search(["text"], 2)[0]] == [10, 20]
+    index.add(np.array([40]), [""])  # no tokens: counted, never matched
+    assert index.count == 4 and len(index.search(["text"], 10)[0]) == 3
+    with pytest.raises(InvalidInput, match="k must be"):
+        index.search(["text"], 0)
+    with pytest.raises(InvalidInput, match="repeat"):
+        index.add(np.array([1, 1]), ["a", "b"])
+    with pytest.raises(InvalidInput, match="must match"):
+        index.add(np.array([1]), ["a", "b"])
+    with pytest.raises(InvalidInput, match="texts must be strings"):
+        index.add(np.array([1]), [None])  # type: ignore[list-item]
+    with pytest.raises(InvalidInput, match="b must be between 0 and 1"):
+        BM25Index(b=2.0)
+
+
+def test_rare_terms_in_a_large_corpus() -> None:
+    """Few postings against many documents: scored by sorting the candidates, not a dense accumulator."""
+    docs = {i: f"filler text number{i % 50}" for i in range(2000)}
+    docs.update({5000: "a rare rare word", 5001: "rare", 5002: "word rare filler"})
+    index = BM25Index()
+    index.add(np.array(list(docs)), list(docs.values()))
+    (got,) = index.search(["rare word"], 10)
+    want = reference_scores(docs, "rare word")
+    assert [i for i, _ in got] == ranked(want, 10) and len(got) == 3
+    assert [s for _, s in got] == pytest.approx([want[i] for i, _ in got])
