@@ -3,7 +3,6 @@ code (with the bundled tokenizer) for fast shape and edge-case tests."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,8 +12,7 @@ import torch
 from lodestar.backbone import Backbone, BackboneConfig, load_backbone
 from lodestar.backbone.loader import bundled_gguf, dequantised_cache
 
-FIXTURES = Path(__file__).parent / "fixtures"
-CACHE_DIR = Path(os.environ.get("LODESTAR_CACHE_DIR", Path.home() / ".cache" / "lodestar"))
+from tinymodel import CACHE_DIR, FIXTURES, build_tiny  # noqa: E402  (tests/ is on sys.path)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -37,27 +35,6 @@ def tokenizer(bundled_folder: Path):  # type: ignore[no-untyped-def]
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(bundled_folder)
-
-
-def build_tiny(tokenizer, layers: int = 4, seed: int = 0) -> Backbone:  # type: ignore[no-untyped-def]
-    """A randomly initialised Llama small enough to run in milliseconds."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-        attn_implementation="sdpa",
-    )
-    model = LlamaForCausalLM(config).float().eval()
-    return Backbone.from_model(model, tokenizer, "tiny-llama", BackboneConfig(model="tiny", cache_dir=CACHE_DIR))
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import build_tiny
+from tinymodel import build_tiny
 from lodestar.backbone import Backbone, BackboneConfig
 from lodestar.embed.engine import EmbeddingEngine
 from lodestar.embed.modes import Encoded, ForwardSpec

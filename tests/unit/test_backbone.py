@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CACHE_DIR, build_tiny
+from tinymodel import CACHE_DIR, build_tiny
 from lodestar.backbone import Backbone, BackboneConfig, load_backbone, resolve_device, resolve_dtype
 from lodestar.backbone import devices
 from lodestar.backbone.loader import BUNDLED_ID, bundled_gguf, dequantised_cache, resolve_source
