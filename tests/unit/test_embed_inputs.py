@@ -211,10 +211,10 @@ def test_token_prepend_layer_range_invalid(
 
 
 def test_token_prepend_default_range_fits_a_shallow_model(small_engine: EmbeddingEngine) -> None:
-    """The server default (1..7) is for deep models; on a 4-layer model it is clamped, not refused."""
+    """The server default (2..7) is for deep models; on a 4-layer model it is clamped, not refused."""
     p = small_engine.prepare(["a"], EmbedOptions(mode="token_prepend"))
     assert p.spec.prepend is not None
-    assert (p.spec.prepend.start, p.spec.prepend.end) == (1, 3)
+    assert (p.spec.prepend.start, p.spec.prepend.end) == (2, 3)
     explicit = small_engine.prepare(["a"], EmbedOptions(mode="token_prepend", start_layer=0, end_layer=2, output_layer=1))
     assert explicit.spec.prepend is not None
     assert (explicit.spec.prepend.start, explicit.spec.prepend.end, explicit.spec.output_layer) == (0, 2, 1)
