@@ -34,6 +34,7 @@ import faiss
 import numpy as np
 
 from lodestar.errors import InvalidInput
+from lodestar.retrieve.ids import as_ids, member
 from lodestar.retrieve.types import METRICS
 
 SPEC_EXAMPLES = "Flat, HNSW32, IVF1024,Flat, IVF1024,PQ16"
@@ -136,25 +137,6 @@ def _build(dim: int, spec: str, metric: str) -> Any:
             # codes we never search with Hamming filtering.
             faiss.downcast_index(part).do_polysemous_training = False
     return index
-
-
-def _as_ids(ids: Any, what: str = "ids") -> np.ndarray:
-    """Any integer sequence as a contiguous (N,) int64 array."""
-    arr = np.asarray(ids)
-    if arr.ndim != 1:
-        raise InvalidInput(f"{what} must be a 1-D array of integers; got shape {arr.shape}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        raise InvalidInput(f"{what} must be integers; got dtype {arr.dtype}")
-    return np.ascontiguousarray(arr, dtype=np.int64)
-
-
-def _member(sorted_keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """(N,) bool: which of `ids` are in `sorted_keys` (binary search, no full scan)."""
-    if sorted_keys.size == 0 or ids.size == 0:
-        return np.zeros(ids.shape, dtype=bool)
-    where = np.searchsorted(sorted_keys, ids)
-    where[where == sorted_keys.size] = 0
-    return sorted_keys[where] == ids
 
 
 def _topk_rows(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -270,7 +252,7 @@ class DenseIndex:
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Insert vectors under new ids; an id already present must be removed first."""
-        ids = _as_ids(ids)
+        ids = as_ids(ids)
         x = np.array(vectors, dtype=np.float32, copy=True, order="C")  # (N, D), ours to normalise
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise InvalidInput(f"vectors must have shape (N, {self.dim}); got {x.shape}")
@@ -285,7 +267,7 @@ class DenseIndex:
         uniq = np.unique(ids)
         if uniq.size != ids.size:
             raise InvalidInput("ids repeat within one add; each id may appear once")
-        present = _member(self._keys, ids)
+        present = member(self._keys, ids)
         if present.any():
             raise InvalidInput(f"id {int(ids[present][0])} is already in the index; remove it before adding it again")
         if self.metric == "cosine":
@@ -307,8 +289,8 @@ class DenseIndex:
 
     def remove(self, ids: np.ndarray) -> int:
         """Delete ids (unknown ones are ignored); returns how many were live."""
-        ids = np.unique(_as_ids(ids))
-        hit = ids[_member(self._keys, ids)]  # (R,)
+        ids = np.unique(as_ids(ids))
+        hit = ids[member(self._keys, ids)]  # (R,)
         if hit.size == 0:
             return 0
         where = np.searchsorted(self._keys, hit)
@@ -366,8 +348,8 @@ class DenseIndex:
         if q.shape[0] == 0:
             return empty
         if allowed is not None:
-            allowed = np.unique(_as_ids(allowed, "allowed"))
-            allowed = allowed[_member(self._keys, allowed)]  # (A,) live allowed ids only
+            allowed = np.unique(as_ids(allowed, "allowed"))
+            allowed = allowed[member(self._keys, allowed)]  # (A,) live allowed ids only
             if allowed.size == 0:
                 return empty
         if self.count == 0:

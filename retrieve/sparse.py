@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from lodestar.errors import InvalidInput
+from lodestar.retrieve.ids import as_ids, member
 
 # Common English function words (articles, pronouns, auxiliaries, prepositions, conjunctions).
 STOPWORDS = frozenset(
@@ -116,23 +117,6 @@ def _csr(terms: np.ndarray, slots: np.ndarray, tfs: np.ndarray) -> _Segment:
     return _Segment(uniq.astype(np.int32), starts, slots.astype(np.int32), tfs.astype(np.float32))
 
 
-def _check_ids(ids: Any) -> np.ndarray:
-    """Any integer sequence as a contiguous (N,) int64 array."""
-    arr = np.asarray(ids)
-    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
-        raise InvalidInput(f"ids must be a 1-D array of integers; got shape {arr.shape}, dtype {arr.dtype}")
-    return np.ascontiguousarray(arr, dtype=np.int64)
-
-
-def _member(sorted_keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """(N,) bool: which of `ids` are in `sorted_keys`."""
-    if sorted_keys.size == 0 or ids.size == 0:
-        return np.zeros(ids.shape, dtype=bool)
-    where = np.searchsorted(sorted_keys, ids)
-    where[where == sorted_keys.size] = 0
-    return sorted_keys[where] == ids
-
-
 class BM25Index:
     """Incremental BM25 over int64 ids; filters restrict scoring to allowed ids before ranking."""
 
@@ -166,7 +150,7 @@ class BM25Index:
 
     def add(self, ids: np.ndarray, texts: list[str]) -> None:
         """Index texts under new ids; an id already present must be removed first."""
-        ids = _check_ids(ids)
+        ids = as_ids(ids)
         if len(texts) != ids.size:
             raise InvalidInput(f"got {ids.size} ids for {len(texts)} texts; they must match")
         if not all(isinstance(text, str) for text in texts):
@@ -175,7 +159,7 @@ class BM25Index:
             return
         if np.unique(ids).size != ids.size:
             raise InvalidInput("ids repeat within one add; each id may appear once")
-        present = _member(self._keys, ids)
+        present = member(self._keys, ids)
         if present.any():
             raise InvalidInput(f"id {int(ids[present][0])} is already in the index; remove it before adding it again")
         vocab = self._vocab
@@ -204,8 +188,8 @@ class BM25Index:
 
     def remove(self, ids: np.ndarray) -> int:
         """Delete ids (unknown ones are ignored); returns how many were live."""
-        ids = np.unique(_check_ids(ids))
-        hit = ids[_member(self._keys, ids)]
+        ids = np.unique(as_ids(ids))
+        hit = ids[member(self._keys, ids)]
         if hit.size == 0:
             return 0
         where = np.searchsorted(self._keys, hit)
@@ -229,9 +213,9 @@ class BM25Index:
             raise InvalidInput("queries must be a list of strings, not one string")
         mask = None
         if allowed is not None:
-            allowed = np.unique(_check_ids(allowed))
+            allowed = np.unique(as_ids(allowed))
             mask = np.zeros(self._nslots, dtype=bool)  # (S,)
-            mask[self._key_slots[np.searchsorted(self._keys, allowed[_member(self._keys, allowed)])]] = True
+            mask[self._key_slots[np.searchsorted(self._keys, allowed[member(self._keys, allowed)])]] = True
         return [self._search_one(query, int(k), mask) for query in queries]
 
     def _search_one(self, query: str, k: int, mask: np.ndarray | None) -> list[tuple[int, float]]:
