@@ -96,15 +96,20 @@ def _remove_unreferenced(directory: Path, manifest: dict[str, Any]) -> None:
             p.unlink(missing_ok=True)
 
 
+def _read(path: Path, what: str, missing: str = "is missing") -> bytes:
+    """The bytes of `path`; CorruptSnapshot naming `what` when it is missing or unreadable."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise CorruptSnapshot(f"{what} {missing}") from None
+    except OSError as e:
+        raise CorruptSnapshot(f"{what} cannot be read: {e}") from None
+
+
 def read_manifest(directory: Path) -> dict[str, Any]:
     """The parsed manifest of `directory`; CorruptSnapshot if it is missing, unreadable or of another format."""
     path = Path(directory) / MANIFEST
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise CorruptSnapshot(f"snapshot manifest {path} is missing") from None
-    except OSError as e:
-        raise CorruptSnapshot(f"snapshot manifest {path} cannot be read: {e}") from None
+    raw = _read(path, f"snapshot manifest {path}")
     try:
         manifest = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -135,12 +140,7 @@ def read_snapshot(directory: Path) -> tuple[dict[str, bytes], dict[str, Any]]:
         if "/" in fname or fname.startswith("."):
             raise CorruptSnapshot(f"snapshot manifest in {directory} names a file outside the folder: {fname!r}")
         path = directory / fname
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise CorruptSnapshot(f"snapshot file {path} ({name}) named by the manifest is missing") from None
-        except OSError as e:
-            raise CorruptSnapshot(f"snapshot file {path} ({name}) cannot be read: {e}") from None
+        data = _read(path, f"snapshot file {path} ({name})", "named by the manifest is missing")
         if len(data) != entry["bytes"]:
             raise CorruptSnapshot(
                 f"snapshot file {path} ({name}) is {len(data)} bytes; the manifest expects {entry['bytes']}"

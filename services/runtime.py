@@ -37,6 +37,7 @@ class Runtime:
         self._load_error: str | None = None
         self._shutting_down = False
         self.loaded = asyncio.Event()
+        self.load_task: asyncio.Future | None = None  # the background model load (kept referenced)
 
     async def set_health(self, status: int) -> None:
         for name in ["", *self.service_names]:

@@ -83,7 +83,7 @@ async def create_server(settings: Settings, *, backbone: Backbone | None = None)
         raise Unavailable(f"cannot bind {address}: {exc}") from exc
     await runtime.set_health(NOT_SERVING)
     _RUNTIMES[server] = runtime
-    runtime.load_task = asyncio.ensure_future(runtime.load(backbone))  # type: ignore[attr-defined]
+    runtime.load_task = asyncio.ensure_future(runtime.load(backbone))
     return server, port
 
 
