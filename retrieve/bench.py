@@ -1,7 +1,10 @@
 """Index benchmark: QPS and recall@10 against exact search for each FAISS index type.
 
-Data: 100k random vectors drawn around 1,000 random centres (clustered, as real embeddings are;
-uniform noise in high dimensions has no neighbours worth finding). Each index type is searched at a
+Data: 100k synthetic unit vectors shaped like sentence embeddings: a 32-dimensional latent with a
+decaying spectrum, mapped into `dim` dimensions plus a little isotropic noise. Real embeddings
+occupy a low-dimensional part of their space; isotropic noise, or tight clusters of it, makes every
+neighbour nearly equidistant, a worst case on which graph indexes lose recall that no real corpus
+shows (measured: HNSW32 at efSearch 256 reached 0.60 recall@10 on 1,000 clusters of noise). Each index type is searched at a
 few settings (HNSW efSearch, IVF nprobe); the cheapest setting that reaches the recall target is
 reported beside the full sweep.
 """
@@ -15,25 +18,41 @@ import numpy as np
 
 from lodestar.retrieve.dense import DenseIndex
 
-SPECS = ("Flat", "HNSW32", "IVF1024,Flat", "IVF1024,PQ32")
-SWEEPS: dict[str, tuple[str, tuple[int, ...]]] = {
-    "HNSW32": ("ef_search", (32, 64, 128, 256)),
-    "IVF1024,Flat": ("nprobe", (8, 16, 32, 64)),
-    "IVF1024,PQ32": ("nprobe", (8, 16, 32, 64)),
-}
+SPECS = ("Flat", "HNSW32", "IVF1024,Flat", "IVF4096,Flat", "IVF1024,SQ8", "IVF1024,PQ32")
 
 
-def clustered(n: int, dim: int, centres: int, rng: np.random.Generator) -> np.ndarray:
-    """(n, dim) float32 unit vectors around `centres` random centres."""
-    c = rng.standard_normal((centres, dim)).astype(np.float32)
-    x = c[rng.integers(0, centres, n)] + 0.35 * rng.standard_normal((n, dim)).astype(np.float32)
+def sweep_for(spec: str) -> tuple[str, tuple[int, ...]]:
+    """The search-time knob of an index type and the values swept; ("", (0,)) when it has none."""
+    if spec.startswith("HNSW"):
+        return "ef_search", (32, 64, 128, 256)
+    if spec.startswith("IVF"):
+        return "nprobe", (4, 8, 16, 32, 64, 128, 256)
+    return "", (0,)
+
+
+LATENT = 32
+
+
+def embedding_like(n: int, dim: int, rng: np.random.Generator, latent: int = LATENT, noise: float = 0.05) -> np.ndarray:
+    """(n, dim) float32 unit vectors: z @ W + noise, z ~ N(0, diag(1/i)) in `latent` dims, W fixed."""
+    w = np.random.default_rng(12345).standard_normal((latent, dim)).astype(np.float32)  # same map for base and queries
+    z = rng.standard_normal((n, latent)).astype(np.float32) / np.sqrt(np.arange(1, latent + 1, dtype=np.float32))
+    x = z @ w + noise * rng.standard_normal((n, dim)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def _timed_search(index: DenseIndex, q: np.ndarray, k: int) -> tuple[np.ndarray, float]:
-    start = time.perf_counter()
-    _, ids = index.search(q, k)
-    return ids, time.perf_counter() - start
+def _timed_search(index: DenseIndex, q: np.ndarray, k: int, batch: int) -> tuple[np.ndarray, float]:
+    """Search `q` in calls of `batch` queries, as a service receives them; the best of 3 passes (a
+    shared machine's noise only ever adds time)."""
+    best = float("inf")
+    found: list[np.ndarray] = []
+    for _ in range(3):
+        found = []
+        start = time.perf_counter()
+        for i in range(0, len(q), batch):
+            found.append(index.search(q[i : i + batch], k)[1])
+        best = min(best, time.perf_counter() - start)
+    return np.concatenate(found), best
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
@@ -42,11 +61,16 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
 
 def bench_indexes(
     n: int = 100_000, dim: int = 128, queries: int = 1000, k: int = 10, specs: tuple[str, ...] = SPECS,
-    target: float = 0.95, seed: int = 0, progress: bool = True,
+    target: float = 0.95, seed: int = 0, batch: int = 1, threads: int = 1, progress: bool = True,
 ) -> dict[str, Any]:
+    """QPS of one search thread answering `batch` queries per call (1: what a service sees; large
+    batches favour exact search, which turns into one matrix product), and recall@k vs exact."""
+    import faiss
+
+    faiss.omp_set_num_threads(threads)
     rng = np.random.default_rng(seed)
-    base = clustered(n, dim, 1000, rng)
-    q = clustered(queries, dim, 1000, np.random.default_rng(seed + 1))
+    base = embedding_like(n, dim, rng)
+    q = embedding_like(queries, dim, np.random.default_rng(seed + 1))
     ids = np.arange(n, dtype=np.int64)
     results: list[dict[str, Any]] = []
     truth: np.ndarray | None = None
@@ -56,12 +80,12 @@ def bench_indexes(
         index = DenseIndex(dim, spec, "cosine", train_size=min(n, 100_000))
         index.add(ids, base)
         build_s = time.perf_counter() - t0
-        knob, values = SWEEPS.get(spec, ("", (0,)))
+        knob, values = sweep_for(spec)
         sweep = []
         for value in values:
             if knob:
                 setattr(index, knob, value)
-            found, secs = _timed_search(index, q, k)
+            found, secs = _timed_search(index, q, k, batch)
             if truth is None:
                 truth = found  # Flat runs first: exact neighbours
             qps = queries / secs
@@ -77,5 +101,5 @@ def bench_indexes(
             "speedup_vs_exact": round(best["qps"] / exact_qps, 2) if exact_qps else None,
             "meets_target": best["recall@10"] >= target and (spec == "Flat" or best["qps"] >= 5 * (exact_qps or 0)),
         })
-    return {"vectors": n, "dim": dim, "queries": queries, "k": k, "data": "clustered random (1000 centres)",
+    return {"vectors": n, "dim": dim, "queries": queries, "k": k, "queries_per_call": batch, "threads": threads, "data": f"synthetic embedding-like ({LATENT}-d latent, decaying spectrum, 0.05 noise)",
             "target": {"recall@10": target, "speedup_vs_exact": 5}, "indexes": results}

@@ -63,12 +63,13 @@ def eval_beir(
     *,
     retrievers: tuple[str, ...] = ("dense",),
     config: CollectionConfig | None = None,
-    fusion: str = "rrf",
+    fusions: tuple[str, ...] = ("rrf",),
+    alpha: float = 0.5,
     batch_docs: int = 64,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Index `folder`'s corpus once with `config`, then search with each retriever
-    (dense | bm25 | sparse | hybrid); one result dict per retriever."""
+    (dense | bm25 | sparse | hybrid); one result dict per retriever, and per fusion for hybrid."""
     from lodestar.retrieve.engine import RetrievalEngine
 
     docs, queries, qrels = read_beir(folder)
@@ -96,9 +97,12 @@ def eval_beir(
                 bar.close()
             index_s = time.perf_counter() - t0
             out = []
-            for retriever in retrievers:
+            runs = [(r, f) for r in retrievers for f in (fusions if r == "hybrid" else ("",))]
+            for retriever, fusion in runs:
                 t0 = time.perf_counter()
-                request = SearchRequest(queries=[queries[q] for q in judged], k=100, retriever=kinds[retriever], fusion=fusion)
+                request = SearchRequest(
+                    queries=[queries[q] for q in judged], k=100, retriever=kinds[retriever], fusion=fusion or "rrf", alpha=alpha
+                )
                 results = engine.search(config.name, request)
                 search_s = time.perf_counter() - t0
                 ndcg = [ndcg_at([h.id for h in hits], qrels[q]) for q, hits in zip(judged, results)]
@@ -108,7 +112,8 @@ def eval_beir(
                     "retriever": retriever,
                     "mode": config.mode,
                     "index": config.index,
-                    "fusion": fusion if retriever == "hybrid" else None,
+                    "fusion": fusion or None,
+                    "alpha": alpha if fusion == "weighted" else None,
                     "ndcg@10": round(sum(ndcg) / len(ndcg), 4),
                     "recall@100": round(sum(recall) / len(recall), 4),
                     "queries": len(judged),

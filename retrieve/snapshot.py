@@ -13,13 +13,12 @@ its (already durable) files, so a crash never looks like corruption; a flipped b
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import secrets
 from pathlib import Path
 from typing import Any
 
+from lodestar.durable import fsync_dir, sha256, write_atomic
 from lodestar.errors import Unavailable
 
 FORMAT_VERSION = 1
@@ -29,34 +28,6 @@ _RESERVED = ("format_version", "files")
 
 class CorruptSnapshot(Unavailable):
     """A snapshot failed verification (missing file, size or SHA-256 mismatch, unknown format)."""
-
-
-def sha256(data: bytes) -> str:
-    """Hex SHA-256 of `data`."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def fsync_dir(path: Path) -> None:
-    """Make renames and creations inside `path` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temp file, fsync and os.replace (the caller fsyncs the folder)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def has_snapshot(directory: Path) -> bool:

@@ -242,3 +242,58 @@ def bench_embed(
             "python": sys.version.split()[0],
         },
     }
+
+
+def _percentiles(latencies_s: list[float]) -> dict[str, float]:
+    ms = np.asarray(latencies_s) * 1000.0
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
+            "mean_ms": round(float(ms.mean()), 2)}
+
+
+def bench_search_latency(
+    corpus: Any,
+    queries: list[str],
+    *,
+    mode: str = "token_prepend",
+    index: str = "HNSW32",
+    retrievers: tuple[str, ...] = ("dense", "sparse", "hybrid"),
+    k: int = 10,
+    model: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Search latency through gRPC: a real server in this process (its own temp data dir), one
+    collection holding `corpus` (Documents), one query per call sent sequentially over loopback,
+    for each retriever. Dense and hybrid latencies include embedding the query."""
+    import tempfile
+
+    from lodestar.services.client import Client
+    from lodestar.services.server import BackgroundServer
+    from lodestar.services.settings import Settings
+
+    if not corpus or not queries:
+        raise ValueError("bench_search_latency needs documents and queries")
+    overrides = {"model": model} if model else {}
+    with tempfile.TemporaryDirectory(prefix="lodestar-bench-") as tmp:
+        settings = Settings(**overrides, host="127.0.0.1", port=0, data_dir=tmp)
+        with BackgroundServer(settings) as server, Client(server.address, timeout=600) as client:
+            client.create_collection("bench", mode=mode, index=index, sparse="bm25")
+            bar = _bar(len(corpus), "index", progress)
+            for i in range(0, len(corpus), 32):
+                client.upsert("bench", corpus[i : i + 32])
+                bar.update(len(corpus[i : i + 32]))
+            bar.close()
+            out: dict[str, Any] = {"documents": len(corpus), "queries": len(queries), "k": k, "mode": mode,
+                                   "index": index, "transport": "gRPC over loopback, one query per call"}
+            for retriever in retrievers:
+                for q in queries[:3]:  # warm-up
+                    client.search("bench", q, k=k, retriever=retriever)
+                lat = []
+                bar = _bar(len(queries), f"search {retriever}", progress)
+                for q in queries:
+                    t0 = time.perf_counter()
+                    client.search("bench", q, k=k, retriever=retriever)
+                    lat.append(time.perf_counter() - t0)
+                    bar.update(1)
+                bar.close()
+                out[retriever] = _percentiles(lat)
+    return out

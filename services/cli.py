@@ -191,11 +191,7 @@ def cmd_bench_embed(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         model=args.model,
     )
-    line = json.dumps(result)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(line)
+    _write_result(result, args.out)
     return 0
 
 
@@ -356,12 +352,44 @@ def cmd_eval_beir(args: argparse.Namespace) -> int:
         chunk_tokens=args.chunk_tokens if args.chunk_tokens is not None else 256,
     )
     try:
-        results = eval_beir(engine, Path(args.dir), retrievers=tuple(args.retriever.split(",")), config=config, fusion=args.fusion, progress=not args.quiet)
+        results = eval_beir(
+            engine, Path(args.dir), retrievers=tuple(args.retriever.split(",")), config=config,
+            fusions=tuple(args.fusion.split(",")), alpha=args.alpha, progress=not args.quiet,
+        )
     finally:
         engine.close()
     for r in results:
         print(json.dumps(r))
     return 0
+
+
+def cmd_bench_retrieve(args: argparse.Namespace) -> int:
+    from lodestar.retrieve.bench import SPECS, bench_indexes
+
+    result: dict[str, Any] = {"indexes": bench_indexes(
+        n=args.vectors, dim=args.dim, queries=args.queries, batch=args.batch, threads=args.threads, specs=tuple(args.index) if args.index else SPECS,
+        progress=not args.quiet,
+    )}
+    if args.corpus:
+        from lodestar.retrieve.evaluate import read_beir
+        from lodestar.services.benchmarks import bench_search_latency
+
+        docs, queries, _ = read_beir(Path(args.corpus))
+        result["grpc_latency"] = bench_search_latency(
+            docs[: args.docs], list(queries.values())[: args.latency_queries], mode=args.mode or "token_prepend",
+            model=args.model, progress=not args.quiet,
+        )
+        result["grpc_latency"]["corpus"] = str(args.corpus)
+    _write_result(result, args.out)
+    return 0
+
+
+def _write_result(result: dict[str, Any], out: str | None) -> None:
+    """Print one JSON line; with `out`, also write it indented there."""
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -456,7 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     bq.add_argument("--mode")
     bq.add_argument("--adapter")
     bq.add_argument("--index", help="FAISS factory string (default Flat)")
-    bq.add_argument("--fusion", default="rrf")
+    bq.add_argument("--fusion", default="rrf", help="rrf | weighted, or both comma-separated (hybrid only)")
+    bq.add_argument("--alpha", type=float, default=0.5, help="weighted fusion: alpha * dense + (1 - alpha) * sparse")
     bq.add_argument("--query-instruction")
     bq.add_argument("--query-prompt")
     bq.add_argument("--doc-prompt")
@@ -475,6 +504,23 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--out", help="also write the JSON here")
     _add_embed_options(be)
     be.set_defaults(func=cmd_bench_embed)
+
+    br = bn.add_parser("retrieve", help="QPS and recall@10 vs exact per index type; gRPC search latency")
+    br.add_argument("--vectors", type=int, default=100_000)
+    br.add_argument("--dim", type=int, default=128)
+    br.add_argument("--queries", type=int, default=1000)
+    br.add_argument("--batch", type=int, default=1, help="queries per search call (1: as a service receives them)")
+    br.add_argument("--threads", type=int, default=1, help="FAISS OpenMP threads")
+    br.add_argument("--index", action="append", help="FAISS factory string, repeatable; Flat (exact) must come first "
+                    "(default: Flat, HNSW32, IVF1024,Flat, IVF4096,Flat, IVF1024,SQ8, IVF1024,PQ32)")
+    br.add_argument("--corpus", help="BEIR folder: also measure gRPC search latency on its documents and queries")
+    br.add_argument("--docs", type=int, default=300, help="documents of --corpus to index for the latency part")
+    br.add_argument("--latency-queries", type=int, default=200)
+    br.add_argument("--mode")
+    br.add_argument("--model")
+    br.add_argument("--out", help="also write the JSON here")
+    br.add_argument("--quiet", action="store_true")
+    br.set_defaults(func=cmd_bench_retrieve)
     return p
 
 
