@@ -23,6 +23,8 @@ PACKAGE_DIRS: dict[str, str] = {
     "lodestar.services": "services",
     "lodestar.kernels": "kernels",
     "lodestar.retrieve": "retrieve",
+    "lodestar.compress_ctx": "compress_ctx",
+    "lodestar.generate": "generate",
 }
 
 

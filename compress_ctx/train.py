@@ -1,0 +1,404 @@
+"""Train the extractive compressor (`lodestar train compressor --kind extractive`), RECOMP-style.
+
+Labels: for each (question, gold answer, top-k retrieved passages), the candidate sentences are
+those the zero-shot scorer would consider (best lexical coverage); the positive is the sentence
+that, prepended as the context, most raises the reader LM's log-likelihood of the gold answer, and
+the others are negatives. Labelling is the expensive part, so labels are appended to
+`labels.jsonl` as they are made and reused on a rerun.
+
+Model: a peft LoRA adapter on the embedding backbone, trained with InfoNCE (query vs its positive,
+its own negatives and the other queries' positives in the batch), pooled exactly as the embedding
+engine pools the chosen mode, so the saved folder works as `EmbedOptions(adapter=...)`.
+
+Checkpoints (adapter + optimiser + step + RNG) are written atomically every `checkpoint_every`
+steps and resumed from; the best adapter on the dev split is kept in `adapter/`; training stops
+early after `patience` evaluations without a better dev loss. A card (card.json, README.md)
+records the base model, data, settings, steps and dev figures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lodestar.backbone import Backbone
+from lodestar.compress_ctx.evaluate import read_qa, retrieve, split_questions
+from lodestar.compress_ctx.lexical import coverage_scores
+from lodestar.compress_ctx.reader import Reader
+from lodestar.compress_ctx.sentences import split_sentences
+from lodestar.embed.modes import InputBuilder, get_mode
+from lodestar.errors import InvalidInput
+
+TRAINABLE_MODES = ("mean", "last", "prompteol", "echo")  # no hooks, causal attention
+KINDS = ("extractive",)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    qa_file: Path
+    corpus: Path  # BEIR folder the passages are retrieved from
+    out_dir: Path
+    kind: str = "extractive"
+    questions: int = 200  # labelled questions in all (train + dev)
+    dev_fraction: float = 0.2
+    k: int = 5
+    max_candidates: int = 8  # sentences labelled per question (best lexical coverage first)
+    mode: str = "prompteol"
+    prompt: str = ""
+    instruction: str = ""
+    max_tokens: int = 128  # per embedded text while training
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    lr: float = 2e-4
+    epochs: int = 3
+    batch_questions: int = 4
+    temperature: float = 0.05
+    eval_every: int = 10  # steps
+    checkpoint_every: int = 10
+    patience: int = 3  # evaluations without a better dev loss
+    seed: int = 0
+    resume: bool = True
+    progress: bool = True
+
+
+@dataclass
+class Example:
+    question: str
+    answer: str
+    positive: str
+    negatives: list[str]
+    gain: float  # positive's answer log-likelihood minus the closed-book one (per token)
+
+
+@dataclass
+class _State:
+    step: int = 0
+    epoch: int = 0
+    best_dev: float = math.inf
+    bad_evals: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+# --- labels -------------------------------------------------------------------------------------
+
+
+def label_examples(
+    backbone: Backbone, config: TrainConfig, path: Path | None = None, progress: bool = True
+) -> list[Example]:
+    """RECOMP labels for `config.questions` questions; appended to (and resumed from) `path`."""
+    done: dict[str, Example] = {}
+    if path is not None and path.is_file():
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    o = json.loads(line)
+                    key = o.pop("id")
+                    done[key] = Example(**o)
+    items, _ = split_questions(read_qa(config.qa_file), config.questions, 0, config.seed)
+    todo = [q for q in items if q.id not in done]
+    if todo:
+        passages = retrieve(None, config.corpus, [q.question for q in todo], config.k, "bm25", config.mode)
+        reader = Reader(backbone)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(todo), desc="label sentences", unit="q")
+        out = open(path, "a", encoding="utf-8") if path is not None else None
+        try:
+            for q, ps in zip(todo, passages):
+                sents = list(dict.fromkeys(s.text for p in ps for s in split_sentences(p)))
+                if len(sents) >= 2:
+                    lex = coverage_scores(q.question, sents)
+                    cands = [sents[i] for i in np.argsort(-lex, kind="stable")[: config.max_candidates]]
+                    answer = q.answers[0]
+                    scores = reader.answer_logprob(q.question, ["", *cands], answer)  # closed book first
+                    best = int(np.argmax(scores[1:]))
+                    ex = Example(q.question, answer, cands[best], [c for i, c in enumerate(cands) if i != best],
+                                 float(scores[1 + best] - scores[0]))
+                    done[q.id] = ex
+                    if out is not None:
+                        out.write(json.dumps({"id": q.id, **asdict(ex)}, ensure_ascii=False) + "\n")
+                        out.flush()
+                if bar:
+                    bar.update(1)
+        finally:
+            if out is not None:
+                out.close()
+            if bar:
+                bar.close()
+    return [done[q.id] for q in items if q.id in done]
+
+
+# --- differentiable embedding (the engine's pooling, with gradients) ---------------------------
+
+
+class Encoder:
+    """Embeds texts like EmbeddingEngine does for `mode`, but with autograd through LoRA weights."""
+
+    def __init__(self, model: Any, tokenizer: Any, mode: str, prompt: str, instruction: str, max_tokens: int) -> None:
+        if mode not in TRAINABLE_MODES:
+            raise InvalidInput(f"mode {mode!r} cannot be trained here: valid are {', '.join(TRAINABLE_MODES)}")
+        self.model = model
+        self.mode = get_mode(mode)
+        self.template = self.mode.check_prompt(prompt)
+        self.instruction = instruction
+        self.max_tokens = max_tokens
+        self.builder = InputBuilder(tokenizer)
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        """(N, H) unit vectors."""
+        items = [self.builder.build(self.mode, t, self.template, self.instruction, self.max_tokens, True) for t in texts]
+        B, T = len(items), max(len(e) for e in items)
+        device = next(self.model.parameters()).device
+        ids = torch.full((B, T), self.pad, dtype=torch.long)  # (B, T) right-padded
+        mask = torch.zeros((B, T), dtype=torch.long)
+        pool = torch.zeros((B, T), dtype=torch.float32)  # (B, T) pooling weights
+        for i, e in enumerate(items):
+            ids[i, : len(e)] = torch.tensor(e.ids)
+            mask[i, : len(e)] = 1
+            pool[i, e.pool_start : e.pool_end] = 1.0 / (e.pool_end - e.pool_start)
+        positions = torch.arange(T)[None, :].expand(B, T)
+        decoder = self.model.get_decoder()
+        hidden = decoder(
+            input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device), use_cache=False
+        ).last_hidden_state.float()  # (B, T, H)
+        vec = (hidden * pool.to(device)[:, :, None]).sum(1)  # (B, H)
+        return torch.nn.functional.normalize(vec, dim=-1)
+
+
+def info_nce(encoder: Encoder, batch: list[Example], temperature: float) -> tuple[torch.Tensor, float]:
+    """Mean InfoNCE over the batch, and the share of queries whose positive ranks first."""
+    texts: list[str] = []
+    owners: list[tuple[int, int]] = []  # per example: (index of its positive, end of its negatives)
+    for ex in batch:
+        start = len(texts)
+        texts += [ex.positive, *ex.negatives]
+        owners.append((start, len(texts)))
+    cand = encoder(texts)  # (C, H)
+    queries = encoder([ex.question for ex in batch])  # (B, H)
+    positives = torch.tensor([s for s, _ in owners])
+    losses, hits = [], 0
+    for b, (s, e) in enumerate(owners):
+        others = positives[positives != s]  # the other queries' positives: in-batch negatives
+        idx = torch.cat([torch.arange(s, e), others])  # own positive first
+        logits = cand[idx] @ queries[b] / temperature  # (n,)
+        losses.append(torch.nn.functional.cross_entropy(logits[None, :], torch.zeros(1, dtype=torch.long)))
+        hits += int(int(logits.argmax()) == 0)
+    return torch.stack(losses).mean(), hits / len(batch)
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+
+def _atomic_dir(target: Path, write: Any) -> None:
+    """Write a folder through `write(tmp)` then swap it in, so a crash never leaves half a folder."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        write(tmp)
+        old = target.with_name(f".{target.name}.old")
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _save_checkpoint(peft_model: Any, optimizer: Any, state: _State, folder: Path) -> None:
+    def write(tmp: Path) -> None:
+        peft_model.save_pretrained(tmp / "adapter")
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "state": asdict(state),
+                "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
+            },
+            tmp / "state.pt",
+        )
+
+    _atomic_dir(folder, write)
+
+
+def _load_checkpoint(peft_model: Any, optimizer: Any, folder: Path) -> _State:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(peft_model, load_file(str(folder / "adapter" / "adapter_model.safetensors")))
+    saved = torch.load(folder / "state.pt", weights_only=False)
+    optimizer.load_state_dict(saved["optimizer"])
+    torch.set_rng_state(saved["rng"]["torch"])
+    random.setstate(saved["rng"]["python"])
+    np.random.set_state(saved["rng"]["numpy"])
+    return _State(**saved["state"])
+
+
+# --- training ----------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def _dev(encoder: Encoder, dev: list[Example], config: TrainConfig) -> tuple[float, float]:
+    losses, accs = [], []
+    for i in range(0, len(dev), config.batch_questions):
+        loss, acc = info_nce(encoder, dev[i : i + config.batch_questions], config.temperature)
+        losses.append(float(loss))
+        accs.append(acc)
+    return float(np.mean(losses)), float(np.mean(accs))
+
+
+def train_compressor(backbone: Backbone, config: TrainConfig) -> dict[str, Any]:
+    """Label, train, keep the best adapter on dev, write the card; returns the card.
+
+    `backbone` should be loaded for training alone (fp32 preferred): LoRA layers are injected into
+    its model, which then serves nothing else."""
+    if config.kind not in KINDS:
+        raise InvalidInput(f"unknown compressor kind {config.kind!r}: valid are {', '.join(KINDS)}")
+    if not 0.0 < config.dev_fraction < 1.0:
+        raise InvalidInput(f"dev_fraction must be in (0, 1); got {config.dev_fraction}")
+    from peft import LoraConfig, get_peft_model
+
+    t0 = time.perf_counter()
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+
+    examples = label_examples(backbone, config, out / "labels.jsonl", config.progress)
+    if len(examples) < 4:
+        raise InvalidInput(f"only {len(examples)} questions could be labelled; need at least 4 (raise questions)")
+    order = list(range(len(examples)))
+    random.Random(config.seed).shuffle(order)
+    n_dev = max(1, int(round(config.dev_fraction * len(examples))))
+    dev = [examples[i] for i in order[:n_dev]]
+    train = [examples[i] for i in order[n_dev:]]
+
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=list(config.target_modules))
+    peft_model = get_peft_model(backbone.model, lora)
+    for p in peft_model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()  # LoRA weights train in fp32 whatever the base dtype
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=config.lr)
+    encoder = Encoder(peft_model.base_model.model, backbone.tokenizer, config.mode, config.prompt,
+                      config.instruction, config.max_tokens)
+
+    state = _State()
+    ckpt = out / "checkpoint"
+    if config.resume and (ckpt / "state.pt").is_file():
+        state = _load_checkpoint(peft_model, optimizer, ckpt)
+    resumed_from = state.step
+
+    peft_model.eval()
+    dev_before = _dev(encoder, dev, config) if state.step == 0 else None
+    if dev_before is not None:
+        state.history.append({"step": 0, "dev_loss": dev_before[0], "dev_acc": dev_before[1]})
+        if not (out / "adapter").exists():
+            _atomic_dir(out / "adapter", lambda tmp: peft_model.save_pretrained(tmp))
+        state.best_dev = dev_before[0]
+
+    steps_per_epoch = math.ceil(len(train) / config.batch_questions)
+    total = steps_per_epoch * config.epochs
+    bar = None
+    if config.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=state.step, desc="train compressor", unit="step")
+    stopped_early = False
+    try:
+        while state.step < total and not stopped_early:
+            epoch = state.step // steps_per_epoch
+            perm = list(range(len(train)))
+            random.Random(config.seed + epoch).shuffle(perm)  # an epoch's order survives a resume
+            i = state.step % steps_per_epoch
+            batch = [train[j] for j in perm[i * config.batch_questions : (i + 1) * config.batch_questions]]
+            peft_model.train()
+            loss, acc = info_nce(encoder, batch, config.temperature)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            state.step += 1
+            state.epoch = epoch
+            state.history.append({"step": state.step, "train_loss": loss.item(), "train_acc": acc})
+            if bar:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+            if state.step % config.eval_every == 0 or state.step == total:
+                peft_model.eval()
+                dev_loss, dev_acc = _dev(encoder, dev, config)
+                state.history.append({"step": state.step, "dev_loss": dev_loss, "dev_acc": dev_acc})
+                if dev_loss < state.best_dev - 1e-6:
+                    state.best_dev, state.bad_evals = dev_loss, 0
+                    _atomic_dir(out / "adapter", lambda tmp: peft_model.save_pretrained(tmp))
+                else:
+                    state.bad_evals += 1
+                    stopped_early = state.bad_evals >= config.patience
+            if state.step % config.checkpoint_every == 0 or state.step == total or stopped_early:
+                _save_checkpoint(peft_model, optimizer, state, ckpt)
+    finally:
+        if bar:
+            bar.close()
+
+    devs = [h for h in state.history if "dev_loss" in h]
+    trains = [h["train_loss"] for h in state.history if "train_loss" in h]
+    window = max(1, min(steps_per_epoch, len(trains) // 2))
+    card = {
+        "kind": config.kind,
+        "base_model": backbone.model_id,
+        "torch_dtype": str(backbone.dtype).replace("torch.", ""),
+        "objective": "RECOMP extractive: positive = sentence that most raises the reader's gold-answer "
+        "log-likelihood; InfoNCE with own and in-batch negatives",
+        "data": {"qa_file": str(config.qa_file), "corpus": str(config.corpus), "train_questions": len(train),
+                 "dev_questions": len(dev), "k": config.k, "candidates_per_question": config.max_candidates,
+                 "mean_positive_gain": round(float(np.mean([e.gain for e in examples])), 4)},
+        "embedding": {"mode": config.mode, "prompt": config.prompt, "instruction": config.instruction},
+        "lora": {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
+                 "target_modules": list(config.target_modules)},
+        "training": {"steps": state.step, "planned_steps": total, "epochs": config.epochs, "lr": config.lr,
+                     "batch_questions": config.batch_questions, "temperature": config.temperature,
+                     "seed": config.seed, "stopped_early": stopped_early, "resumed_from_step": resumed_from,
+                     "train_loss_first": round(float(np.mean(trains[:window])), 4) if trains else None,
+                     "train_loss_last": round(float(np.mean(trains[-window:])), 4) if trains else None},
+        "dev": {"loss_before": devs[0]["dev_loss"] if devs else None, "acc_before": devs[0]["dev_acc"] if devs else None,
+                "best_loss": state.best_dev, "acc_at_best": next((h["dev_acc"] for h in devs if h["dev_loss"] == state.best_dev), None)},
+        "adapter": str(out / "adapter"),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    (out / "README.md").write_text(_card_markdown(card))
+    return card
+
+
+def _card_markdown(card: dict[str, Any]) -> str:
+    d, t, dev = card["data"], card["training"], card["dev"]
+    fmt = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
+    return (
+        f"# Extractive compressor adapter\n\n"
+        f"LoRA adapter for `{card['base_model']}` ({card['torch_dtype']}), embedding mode "
+        f"`{card['embedding']['mode']}`. Use it as `EmbedOptions(mode='{card['embedding']['mode']}', adapter=<this folder>/adapter)`.\n\n"
+        f"Objective: {card['objective']}.\n\n"
+        f"| data | value |\n|---|---|\n| QA file | `{d['qa_file']}` |\n| corpus | `{d['corpus']}` |\n"
+        f"| train / dev questions | {d['train_questions']} / {d['dev_questions']} |\n"
+        f"| candidates per question | {d['candidates_per_question']} (top-{d['k']} BM25 passages) |\n\n"
+        f"| training | value |\n|---|---|\n| steps | {t['steps']} of {t['planned_steps']} (early stop: {t['stopped_early']}) |\n"
+        f"| lr, batch, temperature | {t['lr']}, {t['batch_questions']} questions, {t['temperature']} |\n| seed | {t['seed']} |\n\n"
+        f"| dev | before | best |\n|---|---|---|\n| InfoNCE loss | {fmt(dev['loss_before'])} | {fmt(dev['best_loss'])} |\n"
+        f"| positive ranked first | {fmt(dev['acc_before'])} | {fmt(dev['acc_at_best'])} |\n"
+    )
