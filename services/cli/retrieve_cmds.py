@@ -1,0 +1,271 @@
+"""Commands of the retrieval side: collection, index, search, eval beir, bench retrieve."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from lodestar.errors import LodestarError
+from lodestar.services.cli.common import local_engine, print_obj, write_result
+
+
+def cmd_collection(args: argparse.Namespace) -> int:
+    from lodestar.services.client import Client
+
+    with Client(args.server) as c:
+        if args.action == "create":
+            config = {
+                "mode": args.mode or "", "index": args.index or "", "sparse": args.sparse or "",
+                "metric": args.metric or "", "dimensions": args.dimensions, "adapter": args.adapter or "",
+                "query_instruction": args.query_instruction or "", "doc_instruction": args.doc_instruction or "",
+                "query_prompt": args.query_prompt or "", "doc_prompt": args.doc_prompt or "",
+            }
+            if args.chunk_tokens is not None:
+                config["chunk_tokens"] = args.chunk_tokens
+            if args.chunk_overlap is not None:
+                config["chunk_overlap"] = args.chunk_overlap
+            print_obj(c.create_collection(args.name, **config), args.json)
+        elif args.action == "drop":
+            c.drop_collection(args.name)
+            print_obj({"dropped": args.name}, args.json)
+        elif args.action == "list":
+            cols = c.list_collections()
+            if args.json:
+                print(json.dumps(cols))
+            else:
+                for s in cols:
+                    print(f"{s['name']:20} {s['documents']:>9} docs {s['chunks']:>9} chunks  {s['index']:14} {s['status']}")
+        elif args.action == "stats":
+            print_obj(c.stats(args.name), args.json)
+        elif args.action == "snapshot":
+            print_obj(c.snapshot(args.name), args.json)
+        elif args.action == "restore":
+            print_obj(c.restore(args.name, args.path), args.json)
+        elif args.action == "rebuild":
+            print_obj(c.rebuild(args.name), args.json)
+    return 0
+
+
+def read_documents(path: Path, start: int = 0):  # type: ignore[no-untyped-def]
+    """Yield (line_number, document dict) from jsonl ({id|_id, text, title?, metadata?})."""
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if n <= start or not line.strip():
+                continue
+            try:
+                o = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise LodestarError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+            doc_id = o.get("id", o.get("_id"))
+            title, text = (o.get("title") or "").strip(), (o.get("text") or "").strip()
+            body = f"{title}. {text}" if title and text else (title or text)
+            meta = o.get("metadata") or {k: v for k, v in o.items() if k not in ("id", "_id", "text", "title")}
+            yield n, {"id": str(doc_id) if doc_id is not None else "", "text": body, "metadata": meta}
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    """Upsert a jsonl file in batches; progress is kept in FILE.<collection>.progress so a rerun resumes."""
+    from tqdm import tqdm
+
+    from lodestar.services.client import Client
+
+    path = Path(args.file)
+    if path.is_dir():
+        path = path / "corpus.jsonl"
+    if not path.is_file():
+        raise LodestarError(f"{path} does not exist (give a jsonl file or a BEIR folder)")
+    state_file = path.with_name(f"{path.name}.{args.collection}.progress")
+    st = path.stat()
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    fingerprint = {"size": st.st_size, "mtime": int(st.st_mtime)}
+    start = state.get("line", 0) if state.get("file") == fingerprint else 0
+    total = sum(1 for _ in open(path, encoding="utf-8"))
+    docs = chunks = 0
+    with Client(args.server, timeout=600) as c:
+        bar = tqdm(total=total, initial=start, unit="line", desc=f"index {args.collection}", disable=args.quiet)
+        batch: list[dict] = []
+        last = start
+
+        def flush() -> None:
+            nonlocal docs, chunks, batch
+            if batch:
+                d, ch = c.upsert(args.collection, batch)
+                docs, chunks = docs + d, chunks + ch
+                batch = []
+            state_file.write_text(json.dumps({"file": fingerprint, "line": last}))
+
+        for n, doc in read_documents(path, start):
+            batch.append(doc)
+            if len(batch) >= args.batch_size:
+                last = n
+                flush()
+                bar.update(n - bar.n)
+        last = total
+        flush()
+        bar.update(total - bar.n)
+        bar.close()
+    state_file.unlink(missing_ok=True)
+    print_obj({"collection": args.collection, "documents": docs, "chunks": chunks, "resumed_from_line": start}, args.json)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from lodestar.services.client import Client
+
+    filters = [parse_filter(f) for f in args.filter or []]
+    with Client(args.server) as c:
+        results = c.search(args.collection, args.queries, k=args.k, retriever=args.retriever, fusion=args.fusion, alpha=args.alpha, filters=filters)
+    if args.json:
+        print(json.dumps([[{"id": h.id, "score": h.score, "chunk": h.chunk, "text": h.text, "metadata": h.metadata} for h in hits] for hits in results]))
+        return 0
+    for q, hits in zip(args.queries, results):
+        print(f"# {q}")
+        for rank, h in enumerate(hits, 1):
+            print(f"{rank:3d}. {h.score:8.4f}  {h.id:20} {h.chunk_text[:80]!r}")
+    return 0
+
+
+FILTER_OPS = [(">=", "gte"), ("<=", "lte"), ("!=", "ne"), ("=", "eq"), (">", "gt"), ("<", "lt"), (" nin ", "nin"), (" in ", "in")]
+
+
+def parse_filter(text: str) -> tuple[str, str, Any]:
+    """'year>=2000', 'lang=en', 'tag in ["a","b"]' -> (field, op, value); values are JSON when they parse."""
+    for symbol, op in FILTER_OPS:
+        if symbol in text:
+            field, raw = text.split(symbol, 1)
+            try:
+                value = json.loads(raw.strip())
+            except json.JSONDecodeError:
+                value = raw.strip()
+            return field.strip(), op, value
+    raise LodestarError(f"cannot parse filter {text!r}: use FIELD=VALUE, FIELD>=N, FIELD in [..] (ops: = != > >= < <= in nin)")
+
+
+def cmd_eval_beir(args: argparse.Namespace) -> int:
+    from lodestar.retrieve.evaluate import eval_beir
+    from lodestar.retrieve.types import CollectionConfig
+
+    engine = local_engine(args)
+    config = CollectionConfig(
+        name="eval", mode=args.mode or "mean", adapter=args.adapter or "", index=args.index or "Flat",
+        query_instruction=args.query_instruction or "", query_prompt=args.query_prompt or "",
+        doc_prompt=args.doc_prompt or "", sparse="bm25",
+        chunk_tokens=args.chunk_tokens if args.chunk_tokens is not None else 256,
+    )
+    try:
+        results = eval_beir(
+            engine, Path(args.dir), retrievers=tuple(args.retriever.split(",")), config=config,
+            fusions=tuple(args.fusion.split(",")), alpha=args.alpha, progress=not args.quiet,
+        )
+    finally:
+        engine.close()
+    for r in results:
+        print(json.dumps(r))
+    return 0
+
+
+def cmd_bench_retrieve(args: argparse.Namespace) -> int:
+    from lodestar.retrieve.bench import SPECS, bench_indexes
+
+    result: dict[str, Any] = {"indexes": bench_indexes(
+        n=args.vectors, dim=args.dim, queries=args.queries, batch=args.batch, threads=args.threads, specs=tuple(args.index) if args.index else SPECS,
+        progress=not args.quiet,
+    )}
+    if args.corpus:
+        from lodestar.retrieve.evaluate import read_beir
+        from lodestar.services.benchmarks import bench_search_latency
+
+        docs, queries, _ = read_beir(Path(args.corpus))
+        result["grpc_latency"] = bench_search_latency(
+            docs[: args.docs], list(queries.values())[: args.latency_queries], mode=args.mode or "token_prepend",
+            model=args.model, progress=not args.quiet,
+        )
+        result["grpc_latency"]["corpus"] = str(args.corpus)
+    write_result(result, args.out)
+    return 0
+
+
+def register(sub: Any, ev: Any, bn: Any) -> None:
+    """Add this module's commands: `sub` top level, `ev` under `eval`, `bn` under `bench`."""
+    col = sub.add_parser("collection", help="manage retrieval collections")
+    col_sub = col.add_subparsers(dest="action", required=True)
+    cc = col_sub.add_parser("create", help="create a collection (config is fixed at creation)")
+    cc.add_argument("name")
+    cc.add_argument("--mode", help="embedding mode (default mean)")
+    cc.add_argument("--index", help="FAISS factory string: Flat, HNSW32, IVF1024,Flat, IVF1024,PQ16")
+    cc.add_argument("--sparse", help="none | bm25 (default bm25)")
+    cc.add_argument("--metric", help="cosine | ip | l2")
+    cc.add_argument("--dimensions", type=int, default=0)
+    cc.add_argument("--adapter")
+    cc.add_argument("--query-instruction")
+    cc.add_argument("--doc-instruction")
+    cc.add_argument("--query-prompt")
+    cc.add_argument("--doc-prompt")
+    cc.add_argument("--chunk-tokens", type=int)
+    cc.add_argument("--chunk-overlap", type=int)
+    for action, helptext in (("drop", "delete a collection and its files"), ("stats", "documents, chunks, index, bytes, status"),
+                             ("snapshot", "write the indexes to disk now"), ("rebuild", "rebuild indexes from the document store")):
+        a = col_sub.add_parser(action, help=helptext)
+        a.add_argument("name")
+    rs = col_sub.add_parser("restore", help="load a snapshot folder (on the server) into a collection")
+    rs.add_argument("name")
+    rs.add_argument("path")
+    col_sub.add_parser("list", help="all collections")
+    for a in col_sub.choices.values():
+        a.add_argument("--json", action="store_true")
+    col.set_defaults(func=cmd_collection)
+
+    ix = sub.add_parser("index", help="upsert a jsonl file or BEIR corpus into a collection (resumable)")
+    ix.add_argument("file", help="jsonl ({id|_id, text, title?, metadata?}) or a BEIR folder")
+    ix.add_argument("--collection", "-c", required=True)
+    ix.add_argument("--batch-size", type=int, default=64)
+    ix.add_argument("--json", action="store_true")
+    ix.add_argument("--quiet", action="store_true")
+    ix.set_defaults(func=cmd_index)
+
+    se = sub.add_parser("search", help="search a collection")
+    se.add_argument("queries", nargs="+")
+    se.add_argument("--collection", "-c", required=True)
+    se.add_argument("-k", type=int, default=10)
+    se.add_argument("--retriever", default="dense", help="dense | sparse | hybrid")
+    se.add_argument("--fusion", default="rrf", help="rrf | weighted")
+    se.add_argument("--alpha", type=float, help="weighted fusion: weight of dense (0..1)")
+    se.add_argument("--filter", action="append", help="FIELD=VALUE, FIELD>=N, FIELD in [..]; repeatable (AND)")
+    se.add_argument("--json", action="store_true")
+    se.set_defaults(func=cmd_search)
+
+    bq = ev.add_parser("beir", help="nDCG@10 and recall@100 on a BEIR folder (in-process)")
+    bq.add_argument("dir")
+    bq.add_argument("--retriever", default="dense", help="dense | bm25 | sparse | hybrid, or several comma-separated")
+    bq.add_argument("--mode")
+    bq.add_argument("--adapter")
+    bq.add_argument("--index", help="FAISS factory string (default Flat)")
+    bq.add_argument("--fusion", default="rrf", help="rrf | weighted, or both comma-separated (hybrid only)")
+    bq.add_argument("--alpha", type=float, default=0.5, help="weighted fusion: alpha * dense + (1 - alpha) * sparse")
+    bq.add_argument("--query-instruction")
+    bq.add_argument("--query-prompt")
+    bq.add_argument("--doc-prompt")
+    bq.add_argument("--chunk-tokens", type=int)
+    bq.add_argument("--model")
+    bq.add_argument("--quiet", action="store_true")
+    bq.set_defaults(func=cmd_eval_beir)
+
+    br = bn.add_parser("retrieve", help="QPS and recall@10 vs exact per index type; gRPC search latency")
+    br.add_argument("--vectors", type=int, default=100_000)
+    br.add_argument("--dim", type=int, default=128)
+    br.add_argument("--queries", type=int, default=1000)
+    br.add_argument("--batch", type=int, default=1, help="queries per search call (1: as a service receives them)")
+    br.add_argument("--threads", type=int, default=1, help="FAISS OpenMP threads")
+    br.add_argument("--index", action="append", help="FAISS factory string, repeatable; Flat (exact) must come first "
+                    "(default: Flat, HNSW32, IVF1024,Flat, IVF4096,Flat, IVF1024,SQ8, IVF1024,PQ32)")
+    br.add_argument("--corpus", help="BEIR folder: also measure gRPC search latency on its documents and queries")
+    br.add_argument("--docs", type=int, default=300, help="documents of --corpus to index for the latency part")
+    br.add_argument("--latency-queries", type=int, default=200)
+    br.add_argument("--mode")
+    br.add_argument("--model")
+    br.add_argument("--out", help="also write the JSON here")
+    br.add_argument("--quiet", action="store_true")
+    br.set_defaults(func=cmd_bench_retrieve)
+
