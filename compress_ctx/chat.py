@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from lodestar.backbone.compat import cache_kwargs, output_cache
 from lodestar.backbone import Backbone
 
 Message = dict[str, str]
@@ -82,10 +83,10 @@ def greedy_batch(backbone: Backbone, prompts: list[list[int]], max_new_tokens: i
         # The lock per forward, not per call: embedding requests interleave with a long generation.
         with backbone.lock, backbone.adapters.use(None):
             out = backbone.model(
-                input_ids=step_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                input_ids=step_ids, attention_mask=mask, position_ids=positions, **cache_kwargs(backbone.model, cache),
                 use_cache=True, logits_to_keep=1,
             )
-        cache = out.past_key_values
+        cache = output_cache(out)
         nxt = out.logits[:, -1, :].argmax(-1)  # (B,)
         for i in range(B):
             if not done[i]:

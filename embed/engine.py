@@ -9,7 +9,6 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 
 from lodestar.backbone import Backbone
 from lodestar.embed.batcher import Batcher

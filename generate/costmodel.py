@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from lodestar.backbone.compat import cache_kwargs, output_cache
+
 # Measured on the 2-core development CPU (1 intra-op thread), SmolLM2-135M fp32, 300 cached tokens;
 # index i = cost of a forward of i + 1 tokens relative to one token. Replace with `measure()`.
 DEFAULT_TABLE: tuple[float, ...] = (
@@ -69,7 +71,7 @@ def measure(backbone: Any, max_len: int = 32, reps: int = 5, prefix_len: int = 2
     order = list(range(1, max_len + 1))
     rng = random.Random(seed)
     with backbone.lock, torch.inference_mode():
-        cache = model(input_ids=ids, use_cache=True).past_key_values
+        cache = output_cache(model(input_ids=ids, use_cache=True))
         for _ in range(reps + 1):  # the first round warms kernels up and is dropped
             rng.shuffle(order)
             for n in order:
@@ -80,9 +82,9 @@ def measure(backbone: Any, max_len: int = 32, reps: int = 5, prefix_len: int = 2
                     torch.full((n, n), torch.finfo(backbone.dtype).min, dtype=backbone.dtype, device=dev), 1)
                 t = time.perf_counter()
                 if n == 1:
-                    model(input_ids=x, past_key_values=cache, use_cache=True)
+                    model(input_ids=x, **cache_kwargs(model, cache), use_cache=True)
                 else:
-                    model(input_ids=x, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+                    model(input_ids=x, attention_mask=mask, position_ids=pos, **cache_kwargs(model, cache), use_cache=True)
                 times[n].append(time.perf_counter() - t)
                 cache.crop(-n)
     base = statistics.median(times[1][1:])

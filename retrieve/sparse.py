@@ -17,7 +17,6 @@ import json
 import re
 import struct
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 

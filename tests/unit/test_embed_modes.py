@@ -29,13 +29,19 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
+def invariance_floor(engine) -> float:  # type: ignore[no-untyped-def]
+    """Cosine a text's vector keeps across batches: 0.999 in fp32; bf16 (auto on CPUs with
+    AVX512-BF16) rounds padded and unpadded forwards differently at its ~3 significant digits."""
+    return 0.999 if engine.backbone.dtype == torch.float32 else 0.995
+
+
 def check_batch_invariance(engine, mode: str, texts: list[str], alone_idx: list[int]) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """Embed `texts` as one padded batch and some of them alone; cosine must be >= 0.999."""
+    """Embed `texts` as one padded batch and some of them alone; cosine must be >= the floor."""
     opts = EmbedOptions(mode=mode)
     mixed = engine.embed_direct(texts, opts, batch_size=len(texts)).vectors  # one forward, padded
     alone = np.stack([engine.embed_direct([texts[i]], opts).vectors[0] for i in alone_idx])
     cos = cosines(mixed[alone_idx], alone)
-    assert (cos >= 0.999).all(), f"{mode}: vector depends on its batch (cosines {cos})"
+    assert (cos >= invariance_floor(engine)).all(), f"{mode}: vector depends on its batch (cosines {cos})"
     return mixed
 
 
