@@ -6,6 +6,7 @@ mtime), so later starts load in about a second instead of dequantising again.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import logging
@@ -74,6 +75,16 @@ class Backbone:
     @property
     def max_tokens(self) -> int:
         return int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
+
+    def with_dtype(self, dtype: torch.dtype) -> Backbone:
+        """This backbone in another dtype: itself when it already is, else a copy of the weights
+        (base model, no adapters) with its own lock, so its forwards never wait on this one's."""
+        if dtype == self.dtype:
+            return self
+        with self.lock, self.adapters.use(None):
+            model = copy.deepcopy(self.model)
+        model.to(dtype=dtype)
+        return Backbone.from_model(model, self.tokenizer, self.model_id)
 
     @classmethod
     def from_model(

@@ -33,6 +33,9 @@ DEFAULT_OPTIONS = EmbedOptions(mode="prompteol")
 DEFAULT_LEXICAL_WEIGHT = 0.3
 DEFAULT_PASSAGE_WEIGHT = 0.1
 DEFAULT_MAX_CANDIDATES = 10
+# A budget given as a ratio never drops below this many tokens: 15% of two short passages is a
+# handful of tokens, too few for any sentence, and the compressor would keep a short irrelevant one.
+MIN_RATIO_BUDGET = 32
 
 
 def sentence_units(passage: str, max_chars: int = 1000, min_words: int = 0) -> list[tuple[int, int]]:
@@ -248,15 +251,15 @@ class ExtractiveCompressor:
         options: EmbedOptions | None = None,
         query_options: EmbedOptions | None = None,
     ) -> CompressResult:
-        """Keep the best sentences within min(budget_tokens, budget_ratio * tokens before) and top_n
-        (0 = no such limit); `threshold` set: skip all context when the best score is below it."""
+        """Keep the best sentences within min(budget_tokens, max(MIN_RATIO_BUDGET, budget_ratio * tokens
+        before)) and top_n (0 = no such limit); `threshold` set: skip all context when the best score is below it."""
         if order not in ORDERS:
             raise InvalidInput(f"unknown order {order!r}: valid are {', '.join(ORDERS)}")
         t0 = time.perf_counter()
         before = self.count_tokens(join_passages(passages))
         budget = budget_tokens
         if budget_ratio > 0:
-            by_ratio = max(1, int(budget_ratio * before))
+            by_ratio = max(min(MIN_RATIO_BUDGET, before), int(budget_ratio * before))
             budget = min(budget, by_ratio) if budget else by_ratio
         cands, total = self.candidates(query, passages, options, query_options)
         ranked = sorted(cands, key=lambda c: -c.score)

@@ -1,26 +1,11 @@
-"""Retrieval-augmented speculative decoding: token datastore, draft trees, lossless verification."""
+"""Retrieval-augmented speculative decoding: token datastore, draft trees, lossless verification.
 
-from __future__ import annotations
+engine.GenerationEngine     what a server holds: one decoder, named datastores, a concurrency cap
+decoder.SpeculativeDecoder  plain and speculative decoding (greedy lossless, exact speculative sampling)
+datastore.Datastore         suffix-array token datastore on disk (memory-mapped, verified, incremental)
+drafter / tree / ngram      draft sources fused into one token tree, pruned by expected acceptance
+evaluate / workloads        `lodestar eval specdec` and the benchmark workloads
+types                       request/result dataclasses (no torch: the client uses them too)
 
-from lodestar.generate.costmodel import CostModel, OnlineCost
-from lodestar.generate.datastore import CorruptDatastore, Datastore, LookupConfig, TokenizerIdentity
-from lodestar.generate.decoder import DecoderConfig, SpeculativeDecoder
-from lodestar.generate.drafter import DraftConfig, Drafter
-from lodestar.generate.types import DecodeStats, GenerationChunk, GenerationParams, GenerationResult
-
-__all__ = [
-    "CorruptDatastore",
-    "CostModel",
-    "Datastore",
-    "DecodeStats",
-    "DecoderConfig",
-    "DraftConfig",
-    "Drafter",
-    "GenerationChunk",
-    "GenerationParams",
-    "GenerationResult",
-    "LookupConfig",
-    "OnlineCost",
-    "SpeculativeDecoder",
-    "TokenizerIdentity",
-]
+Submodules are imported where used, so the client's `lodestar.generate.types` pulls in no torch.
+"""

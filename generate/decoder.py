@@ -19,6 +19,7 @@ from typing import Any, Union
 import numpy as np
 import torch
 
+from lodestar.backbone.compat import cache_kwargs, output_cache
 from lodestar.backbone import Backbone
 from lodestar.errors import InvalidInput
 from lodestar.generate.datastore import Datastore
@@ -132,24 +133,27 @@ class SpeculativeDecoder:
     # --- public entry points ---------------------------------------------------------------------
 
     def stream(self, prompt: str | Sequence[int], params: GenerationParams | None = None,
-               passages: Sequence[str] | None = None, cancel: Cancel = None) -> Iterator[GenerationChunk]:
+               passages: Sequence[str] | None = None, cancel: Cancel = None,
+               datastore: Datastore | None | bool = True) -> Iterator[GenerationChunk]:
         """Validate now, then yield one chunk per decode step (the last one has finish_reason and stats).
 
         `passages` only feed the drafts (a per-request datastore); put them in the prompt yourself.
+        `datastore`: the global datastore to draft from (True: the decoder's own; None: none).
         `cancel` (an Event or a callable) is checked between steps.
         """
         params = params or GenerationParams()
         ids = self.encode_prompt(prompt, params.chat)
         self.validate(ids, params, passages)
-        return self._run(ids, params, passages, cancel)
+        return self._run(ids, params, passages, cancel, datastore)
 
     def generate(self, prompt: str | Sequence[int], params: GenerationParams | None = None,
-                 passages: Sequence[str] | None = None, cancel: Cancel = None) -> GenerationResult:
+                 passages: Sequence[str] | None = None, cancel: Cancel = None,
+                 datastore: Datastore | None | bool = True) -> GenerationResult:
         """Run to completion; -> text, token ids, finish reason, stats."""
         text: list[str] = []
         token_ids: list[int] = []
         last: GenerationChunk | None = None
-        for chunk in self.stream(prompt, params, passages, cancel):
+        for chunk in self.stream(prompt, params, passages, cancel, datastore):
             text.append(chunk.text)
             token_ids.extend(chunk.token_ids)
             last = chunk
@@ -169,7 +173,7 @@ class SpeculativeDecoder:
         x = torch.tensor([[token]], device=self.backbone.device)  # (1, 1)
         with self.backbone.lock, torch.inference_mode():
             t = time.perf_counter()
-            out = self.backbone.model(input_ids=x, past_key_values=cache, use_cache=True)
+            out = self.backbone.model(input_ids=x, **cache_kwargs(self.backbone.model, cache), use_cache=True)
             self._observe_cost(1, time.perf_counter() - t)
         return out.logits[0, -1]  # (V,)
 
@@ -178,7 +182,7 @@ class SpeculativeDecoder:
         if observe is not None:
             observe(length, seconds)
 
-    def _forward_tree(self, tree: FlatTree, cache: Any, prefix_len: int) -> torch.Tensor:
+    def _forward_tree(self, tree: FlatTree, cache: Any, prefix_len: int, cost: Any = None) -> torch.Tensor:
         """Verification step: all tree nodes at once with the tree mask -> (N, V) logits.
 
         The batch is padded to the cost model's cheapest length >= N; a padding row sees only
@@ -186,7 +190,7 @@ class SpeculativeDecoder:
         """
         dev = self.backbone.device
         n = tree.size
-        length = self.drafter.cost.padded_length(n)
+        length = (cost or self.drafter.cost).padded_length(n)
         tokens = np.full(length, tree.tokens[0], dtype=np.int64)  # (L,)
         tokens[:n] = tree.tokens
         positions = np.full(length, prefix_len, dtype=np.int64)  # (L,)
@@ -202,7 +206,7 @@ class SpeculativeDecoder:
         with self.backbone.lock, torch.inference_mode():
             t = time.perf_counter()
             out = self.backbone.model(input_ids=x, attention_mask=mask, position_ids=pos,
-                                      past_key_values=cache, use_cache=True)
+                                      **cache_kwargs(self.backbone.model, cache), use_cache=True)
             self._observe_cost(length, time.perf_counter() - t)
         return out.logits[0, :n]  # (N, V)
 
@@ -232,7 +236,7 @@ class SpeculativeDecoder:
             path.append(node)
 
     def _run(self, ids: list[int], params: GenerationParams, passages: Sequence[str] | None,
-             cancel: Cancel) -> Iterator[GenerationChunk]:
+             cancel: Cancel, datastore: Datastore | None | bool = True) -> Iterator[GenerationChunk]:
         bb = self.backbone
         stats = DecodeStats(prompt_tokens=len(ids))
         rng: torch.Generator | None = None
@@ -273,7 +277,7 @@ class SpeculativeDecoder:
         x = torch.tensor([ids], device=bb.device)  # (1, T)
         with bb.lock, torch.inference_mode():
             out = bb.model(input_ids=x, use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
+        cache = output_cache(out)
         first = self._choose(out.logits[0, -1], params, rng)
         stats.prefill_s = time.perf_counter() - t0
         taken, delta = emit([first])
@@ -284,7 +288,7 @@ class SpeculativeDecoder:
 
         t = time.perf_counter()
         store = Datastore.from_texts(passages, bb.tokenizer) if params.speculative and passages else None
-        state = self.drafter.start(store)
+        state = self.drafter.start(store, datastore, reproducible=rng is not None and params.seed is not None)
         stats.draft_s += time.perf_counter() - t
         context = np.asarray(ids + generated, dtype=np.int64)  # (T,) drafting context, pending token last
         t_decode = time.perf_counter()
@@ -306,7 +310,7 @@ class SpeculativeDecoder:
             if tree is None or tree.size == 1:
                 new = [self._choose(self._forward_one(pending, cache), params, rng)]
             else:
-                logits = self._forward_tree(tree, cache, prefix_len)  # (N, V)
+                logits = self._forward_tree(tree, cache, prefix_len, state.cost)  # (N, V)
                 path, nxt = self._walk(tree, logits, params, rng)
                 with bb.lock, torch.inference_mode():
                     keep_path(cache, prefix_len, path)

@@ -78,6 +78,8 @@ class DraftState:
 
     passages: Datastore | None
     trust: SourceTrust
+    datastore: Datastore | None = None  # the global datastore this request drafts from
+    cost: CostModel | OnlineCost | None = None  # sizes and pads this request's trees
     probes: list[Probe] = field(default_factory=list)
     expected: float = 0.0  # decayed sum of expected accepted draft tokens over verified trees
     accepted: float = 0.0  # decayed sum of accepted draft tokens over the same trees
@@ -95,10 +97,17 @@ class Drafter:
         self.datastore = datastore
         self.cost: CostModel | OnlineCost = OnlineCost(self.config.cost) if self.config.learn_cost else self.config.cost
 
-    def start(self, passages: Datastore | None = None) -> DraftState:
+    def start(self, passages: Datastore | None = None, datastore: Datastore | None | bool = True,
+              reproducible: bool = False) -> DraftState:
+        """State of one request: `passages` its own datastore; `datastore` the global one to draft
+        from (True: the drafter's own, None/False: none). `reproducible`: size trees with the fixed
+        cost table, not the one learned from timings, so that a seeded sampling request draws the
+        same tokens on every run (tree shapes decide which random numbers are used)."""
         cfg = self.config
         priors = {"context": cfg.context_prior, "passages": cfg.passages_prior, "datastore": cfg.datastore_prior}
-        return DraftState(passages, SourceTrust(priors, cfg.prior_strength))
+        store = self.datastore if datastore is True else (datastore or None)
+        cost = cfg.cost if reproducible else self.cost
+        return DraftState(passages, SourceTrust(priors, cfg.prior_strength), store, cost=cost)
 
     def _add(self, tree: DraftTree, state: DraftState, found: Candidates | None, depth: int) -> None:
         if found is None:
@@ -127,9 +136,9 @@ class Drafter:
             ctx = context.tolist()
             if state.passages is not None:
                 self._add(tree, state, state.passages.lookup(ctx, cfg.passages, source="passages"), depth)
-            if self.datastore is not None:
-                self._add(tree, state, self.datastore.lookup(ctx, cfg.datastore, source="datastore"), depth)
-        return tree.prune(budget, cfg.min_score, depth, self.cost, state.gain_scale(cfg.calibration_strength))
+            if state.datastore is not None:
+                self._add(tree, state, state.datastore.lookup(ctx, cfg.datastore, source="datastore"), depth)
+        return tree.prune(budget, cfg.min_score, depth, state.cost or self.cost, state.gain_scale(cfg.calibration_strength))
 
     def observe(self, state: DraftState, next_token: int, tree: FlatTree | None = None, accepted: int = 0) -> None:
         """After a step: score the probes against the token the model produced right after the root,

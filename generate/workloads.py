@@ -20,13 +20,10 @@ from typing import Any
 
 from lodestar.errors import InvalidInput, NotFound
 from lodestar.generate.corpus import iter_texts
+from lodestar.generate.prompts import rag_prompt
 
 CODE_EXCLUDE = ("test", "tests", "idle_test", "site-packages", "__pycache__")
 HELD_OUT_PACKAGES = ("requests", "flask", "werkzeug", "click", "jinja2")
-RAG_INSTRUCTION = (
-    "Answer the question using the passage below. Reply with one complete sentence that reuses "
-    "the passage's wording."
-)
 
 
 @dataclass
@@ -130,10 +127,6 @@ def read_squad(path: str | Path) -> list[dict[str, Any]]:
 def rag_corpus(path: str | Path) -> list[str]:
     """The distinct SQuAD paragraphs: the corpus a retriever would serve these questions from."""
     return list(dict.fromkeys(r["context"] for r in read_squad(path)))
-
-
-def rag_prompt(question: str, passage: str) -> str:
-    return f"{RAG_INSTRUCTION}\n\nPassage: {passage}\n\nQuestion: {question}"
 
 
 def rag_workload(path: str | Path, n: int = 16, seed: int = 0, max_new_tokens: int = 64) -> Workload:

@@ -28,15 +28,30 @@ PACKAGE_DIRS: dict[str, str] = {
 }
 
 
+# Proto folders generated under another Python package (the proto package, i.e. the wire name,
+# stays as written): lodestar/compress/v1 becomes lodestar.compress_ctx.v1, because the engine
+# folder is compress_ctx/. protoc is told the file's virtual path with `-I<virtual>=<folder>`.
+PYTHON_ALIASES: dict[str, str] = {"lodestar/compress": "lodestar/compress_ctx"}
+
+
 def proto_files() -> list[Path]:
     return sorted(PROTO_ROOT.rglob("*.proto"))
+
+
+def import_path(proto: Path) -> str:
+    """The path protoc knows `proto` by, which decides the generated module's package."""
+    rel = proto.relative_to(PROTO_ROOT).as_posix()
+    for src, dst in PYTHON_ALIASES.items():
+        if rel.startswith(src + "/"):
+            return dst + rel[len(src) :]
+    return rel
 
 
 def generated_packages() -> dict[str, str]:
     """Python packages the protos generate (e.g. lodestar.embed.v1 -> embed/v1)."""
     out: dict[str, str] = {}
     for proto in proto_files():
-        rel = proto.parent.relative_to(PROTO_ROOT)  # lodestar/embed/v1
+        rel = Path(import_path(proto)).parent  # lodestar/embed/v1
         package = ".".join(rel.parts)
         parent, leaf = package.rsplit(".", 1)
         if parent not in PACKAGE_DIRS:
@@ -51,11 +66,12 @@ def generate() -> list[Path]:
     import grpc_tools
 
     well_known = Path(grpc_tools.__file__).parent / "_proto"
-    files = [str(p.relative_to(PROTO_ROOT)) for p in proto_files()]
+    files = [import_path(p) for p in proto_files()]
     written: list[Path] = []
     with tempfile.TemporaryDirectory() as tmp:
         args = [
             "grpc_tools.protoc",
+            *(f"-I{dst}={PROTO_ROOT / src}" for src, dst in PYTHON_ALIASES.items()),
             f"-I{PROTO_ROOT}",
             f"-I{well_known}",
             f"--python_out={tmp}",

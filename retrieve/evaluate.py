@@ -64,12 +64,13 @@ def eval_beir(
     retrievers: tuple[str, ...] = ("dense",),
     config: CollectionConfig | None = None,
     fusions: tuple[str, ...] = ("rrf",),
-    alpha: float = 0.5,
+    alphas: tuple[float, ...] = (0.5,),
     batch_docs: int = 64,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Index `folder`'s corpus once with `config`, then search with each retriever
-    (dense | bm25 | sparse | hybrid); one result dict per retriever, and per fusion for hybrid."""
+    (dense | bm25 | sparse | hybrid); one result dict per retriever, and for hybrid per fusion (and
+    per alpha of weighted fusion)."""
     from lodestar.retrieve.engine import RetrievalEngine
 
     docs, queries, qrels = read_beir(folder)
@@ -97,8 +98,13 @@ def eval_beir(
                 bar.close()
             index_s = time.perf_counter() - t0
             out = []
-            runs = [(r, f) for r in retrievers for f in (fusions if r == "hybrid" else ("",))]
-            for retriever, fusion in runs:
+            runs = [
+                (r, f, a)
+                for r in retrievers
+                for f in (fusions if r == "hybrid" else ("",))
+                for a in (alphas if f == "weighted" else (0.5,))
+            ]
+            for retriever, fusion, alpha in runs:
                 t0 = time.perf_counter()
                 request = SearchRequest(
                     queries=[queries[q] for q in judged], k=100, retriever=kinds[retriever], fusion=fusion or "rrf", alpha=alpha

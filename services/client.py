@@ -9,14 +9,20 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from lodestar.compress_ctx.types import CompressResult
+from lodestar.compress_ctx.v1 import compress_pb2 as cpb
+from lodestar.compress_ctx.v1 import compress_pb2_grpc as cpb_grpc
 from lodestar.embed.types import EmbedOptions, EmbedResult
 from lodestar.embed.v1 import embed_pb2 as pb
 from lodestar.embed.v1 import embed_pb2_grpc as pb_grpc
+from lodestar.generate.v1 import generate_pb2 as gpb
+from lodestar.generate.v1 import generate_pb2_grpc as gpb_grpc
 from lodestar.retrieve import types as rt
 from lodestar.retrieve.v1 import retrieve_pb2 as rpb
 from lodestar.retrieve.v1 import retrieve_pb2_grpc as rpb_grpc
@@ -36,6 +42,37 @@ def _raise(exc: grpc.RpcError) -> ClientError:
     return ClientError(exc.code().name, exc.details() or "")  # type: ignore[attr-defined]
 
 
+@dataclass
+class Chunk:
+    """One streamed piece of a generation; the last has finish_reason (length|eos|stop|cancelled) and stats."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str = ""
+    stats: dict[str, Any] | None = None
+
+
+@dataclass
+class AnswerContext:
+    """First message of an Answer stream: what was retrieved and what the model reads."""
+
+    sources: list[rt.Hit]
+    context: str  # "" = closed-book (nothing retrieved, or selective augmentation skipped it)
+    decision: str  # augment | skip
+    context_tokens: int
+    passage_tokens: int
+
+
+@dataclass
+class Generated:
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    stats: dict[str, Any]
+    context: AnswerContext | None = None  # Answer only
+    chunks: int = 0  # streamed messages
+
+
 class Client:
     def __init__(self, address: str = "127.0.0.1:50051", timeout: float | None = 60.0, max_message_bytes: int = 64 << 20) -> None:
         self.address = address
@@ -50,6 +87,8 @@ class Client:
         self._embed = pb_grpc.EmbedServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._retrieve = rpb_grpc.RetrieveServiceStub(self._channel)
+        self._compress = cpb_grpc.CompressServiceStub(self._channel)
+        self._generate = gpb_grpc.GenerateServiceStub(self._channel)
 
     def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
         try:
@@ -137,10 +176,7 @@ class Client:
         """Search one query (str) or a batch; filters are (field, op, value) with op in
         eq ne in nin gt gte lt lte, AND-ed and applied before ranking."""
         qs = [queries] if isinstance(queries, str) else list(queries)
-        fs = []
-        for f in filters:
-            field, op, value = (f["field"], f["op"], f["value"]) if isinstance(f, dict) else f
-            fs.append(rpb.Filter(field=field, op=op, value_json=json.dumps(value)))
+        fs = _filters_pb(filters)
         req = rpb.SearchRequest(
             collection=collection, queries=qs, k=k, retriever=retriever, fusion=fusion, alpha=alpha,
             rrf_k=rrf_k, filters=fs, include_text=include_text,
@@ -158,6 +194,109 @@ class Client:
 
     def stats(self, collection: str) -> dict[str, Any]:
         return convert.stats_dict(self._call(self._retrieve.Stats, rpb.StatsRequest(collection=collection)))
+
+    # --- compression --------------------------------------------------------------------------
+
+    def compress(self, query: str, passages: list[str], *, timeout: float | None = None, **options: Any) -> CompressResult:
+        """Compress passages for a query. Options: method (extractive|abstractive), budget_tokens,
+        budget_ratio, top_n, order (original|score), selective, threshold, max_new_tokens,
+        sentence_options / query_options ({mode, prompt, instruction, adapter})."""
+        req = convert.compress_request(query, list(passages), **options)
+        return convert.compress_result(self._call(self._compress.Compress, req, timeout))
+
+    def compress_info(self) -> dict[str, Any]:
+        from google.protobuf.json_format import MessageToDict
+
+        return MessageToDict(self._call(self._compress.Info, cpb.CompressInfoRequest()), preserving_proto_field_name=True)
+
+    # --- generation ---------------------------------------------------------------------------
+
+    def _stream(self, method: Any, request: Any, timeout: float | None) -> Iterator[Any]:
+        """Iterate a server stream; leaving the loop early cancels the call (the server stops)."""
+        call = method(request, timeout=timeout)
+        try:
+            yield from call
+        except grpc.RpcError as exc:
+            raise _raise(exc) from None
+        finally:
+            call.cancel()
+
+    @staticmethod
+    def _chunk(text: str, token_ids: Iterable[int], finish_reason: str, stats: Any) -> Chunk:
+        return Chunk(text, list(token_ids), finish_reason, convert.stats_from_pb(stats) if finish_reason else None)
+
+    def generate_stream(
+        self, prompt: str | list[int], *, passages: list[str] | None = None, chat: bool = False,
+        timeout: float | None = None, **decoding: Any,
+    ) -> Iterator[Chunk]:
+        """Stream a continuation. Decoding options: max_new_tokens, stop, temperature, top_p, seed,
+        speculative, datastore. `passages` feed the drafts only (they are not put in the prompt)."""
+        req = gpb.GenerateRequest(
+            prompt=prompt if isinstance(prompt, str) else "", prompt_token_ids=[] if isinstance(prompt, str) else prompt,
+            options=convert.decoding_options(**decoding), passages=passages or [], chat=chat,
+        )
+        for c in self._stream(self._generate.Generate, req, timeout):
+            yield self._chunk(c.text, c.token_ids, c.finish_reason, c.stats)
+
+    def generate(self, prompt: str | list[int], **kwargs: Any) -> Generated:
+        """Run a generation to the end (same arguments as generate_stream)."""
+        return _collect(self.generate_stream(prompt, **kwargs))
+
+    def answer_stream(
+        self, question: str, collection: str, *, k: int | None = None, retriever: str = "",
+        filters: Iterable[tuple[str, str, Any] | dict[str, Any]] = (), compression: str = "",
+        budget_tokens: int | None = None, selective: bool = False, timeout: float | None = None, **decoding: Any,
+    ) -> Iterator[AnswerContext | Chunk]:
+        """Retrieve -> compress -> generate; the first item is the AnswerContext, then text Chunks."""
+        req = gpb.AnswerRequest(
+            question=question, collection=collection, k=k, retriever=retriever, filters=_filters_pb(filters),
+            compression=compression, budget_tokens=budget_tokens, selective=selective,
+            options=convert.decoding_options(**decoding),
+        )
+        first = True
+        for c in self._stream(self._generate.Answer, req, timeout):
+            if first:
+                first = False
+                hits = convert.hits(rpb.SearchResponse(results=[rpb.QueryResult(hits=[
+                    rpb.Hit(id=s.id, score=s.score, chunk=s.chunk, text=s.text, chunk_text=s.text, metadata_json=s.metadata_json)
+                    for s in c.sources
+                ])]))[0]
+                yield AnswerContext(hits, c.context, c.decision, c.context_tokens, c.passage_tokens)
+            if c.text or c.finish_reason:
+                yield self._chunk(c.text, (), c.finish_reason, c.stats)
+
+    def answer(self, question: str, collection: str, **kwargs: Any) -> Generated:
+        """Run Answer to the end (same arguments as answer_stream)."""
+        items = iter(self.answer_stream(question, collection, **kwargs))
+        context = next(items)
+        assert isinstance(context, AnswerContext)
+        out = _collect(items)  # type: ignore[arg-type]
+        out.context = context
+        return out
+
+    def list_datastores(self) -> list[dict[str, Any]]:
+        resp = self._call(self._generate.ListDatastores, gpb.ListDatastoresRequest())
+        return [convert.datastore_dict(d) for d in resp.datastores]
+
+    def add_to_datastore(self, name: str, texts: Iterable[str], *, batch: int = 256, compact: bool = False,
+                         timeout: float | None = None) -> dict[str, Any]:
+        """Create datastore `name` on the server or append `texts` to it (streamed in batches)."""
+        def requests() -> Iterator[gpb.AddToDatastoreRequest]:
+            buf: list[str] = []
+            sent = False
+            for t in texts:
+                buf.append(t)
+                if len(buf) >= batch:
+                    yield gpb.AddToDatastoreRequest(name=name, texts=buf, compact=compact)
+                    buf, sent = [], True
+            if buf or not sent:
+                yield gpb.AddToDatastoreRequest(name=name, texts=buf, compact=compact)
+
+        try:
+            resp = self._generate.AddToDatastore(requests(), timeout=timeout or self.timeout)
+        except grpc.RpcError as exc:
+            raise _raise(exc) from None
+        return convert.datastore_dict(resp)
 
     # --- health -------------------------------------------------------------------------------
 
@@ -185,3 +324,24 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _filters_pb(filters: Iterable[tuple[str, str, Any] | dict[str, Any]]) -> list[rpb.Filter]:
+    out = []
+    for f in filters:
+        name, op, value = (f["field"], f["op"], f["value"]) if isinstance(f, dict) else f
+        out.append(rpb.Filter(field=name, op=op, value_json=json.dumps(value)))
+    return out
+
+
+def _collect(chunks: Iterable[Chunk]) -> Generated:
+    text: list[str] = []
+    ids: list[int] = []
+    last = Chunk("", [])
+    n = 0
+    for c in chunks:
+        text.append(c.text)
+        ids.extend(c.token_ids)
+        last = c
+        n += 1
+    return Generated("".join(text), ids, last.finish_reason, last.stats or {}, chunks=n)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
+from lodestar.compress_ctx import types as ct
+from lodestar.compress_ctx.v1 import compress_pb2 as cpb
 from lodestar.embed.output import Packed, unpack
 from lodestar.embed.types import EmbedOptions, EmbedResult
 from lodestar.embed.v1 import embed_pb2 as pb
 from lodestar.errors import InvalidInput
+from lodestar.generate import types as gt
+from lodestar.generate.v1 import generate_pb2 as gpb
 from lodestar.retrieve import types as rt
 from lodestar.retrieve.v1 import retrieve_pb2 as rpb
 
@@ -244,3 +249,193 @@ def hits(resp: rpb.SearchResponse) -> list[list[rt.Hit]]:
         ]
         for q in resp.results
     ]
+
+
+# --- compression ------------------------------------------------------------------------------
+
+
+def scorer_options(o: cpb.ScorerOptions) -> EmbedOptions | None:
+    """Scorer options of a request; None (the compressor's default) when none is set."""
+    if not (o.mode or o.prompt or o.instruction or o.adapter):
+        return None
+    return EmbedOptions(mode=o.mode, prompt=o.prompt, instruction=o.instruction, adapter=o.adapter)
+
+
+def compress_kwargs(r: cpb.CompressRequest) -> dict[str, Any]:
+    """Keyword arguments of CompressionEngine.compress (besides query and passages)."""
+    sentence = scorer_options(r.sentence_options)
+    query = scorer_options(r.query_options) if r.HasField("query_options") else None
+    return {
+        "method": r.method or "extractive",
+        "budget_tokens": r.budget_tokens if r.HasField("budget_tokens") else None,
+        "budget_ratio": r.budget_ratio if r.HasField("budget_ratio") else None,
+        "top_n": r.top_n if r.HasField("top_n") else None,
+        "order": r.order or "original",
+        "selective": r.selective,
+        "threshold": r.threshold if r.HasField("threshold") else None,
+        "max_new_tokens": r.max_new_tokens if r.HasField("max_new_tokens") else None,
+        "options": sentence,
+        "query_options": query if query is not None else sentence,
+    }
+
+
+def compress_response(res: ct.CompressResult) -> cpb.CompressResponse:
+    f = res.faithfulness
+    return cpb.CompressResponse(
+        text=res.text,
+        spans=[cpb.Span(passage=s.passage, start=s.start, end=s.end, score=s.score) for s in res.spans],
+        tokens_before=res.tokens_before,
+        tokens_after=res.tokens_after,
+        empty=res.decision == ct.SKIP,
+        decision=res.decision,
+        score=res.score,
+        threshold=res.threshold,
+        reason=res.reason,
+        method=res.method,
+        compression_rate=res.compression_rate,
+        faithfulness=cpb.Faithfulness(
+            content_words=f.content_words, unsupported_words=f.unsupported_words, unsupported=f.unsupported,
+            supported_ratio=f.supported_ratio,
+        ) if f is not None else None,
+        seconds=res.seconds,
+    )
+
+
+def compress_info(info: dict[str, Any], default_budget_ratio: float) -> cpb.CompressInfo:
+    return cpb.CompressInfo(
+        methods=info["methods"], orders=info["orders"], default_mode=info["default_options"]["mode"],
+        threshold=info["threshold"], max_passages=info["max_passages"], max_input_tokens=info["max_input_tokens"],
+        max_abstractive_input_tokens=info["max_abstractive_input_tokens"],
+        max_summary_tokens=info["max_summary_tokens"], default_budget_ratio=default_budget_ratio,
+    )
+
+
+# client side
+
+
+def compress_request(query: str, passages: list[str], **kw: Any) -> cpb.CompressRequest:
+    def scorer(o: dict[str, str] | None) -> cpb.ScorerOptions | None:
+        return cpb.ScorerOptions(**o) if o else None
+
+    return cpb.CompressRequest(
+        query=query, passages=passages, method=kw.get("method") or "", budget_tokens=kw.get("budget_tokens"),
+        budget_ratio=kw.get("budget_ratio"), top_n=kw.get("top_n"), order=kw.get("order") or "",
+        selective=bool(kw.get("selective")), threshold=kw.get("threshold"), max_new_tokens=kw.get("max_new_tokens"),
+        sentence_options=scorer(kw.get("sentence_options")), query_options=scorer(kw.get("query_options")),
+    )
+
+
+def compress_result(r: cpb.CompressResponse) -> ct.CompressResult:
+    f = r.faithfulness if r.HasField("faithfulness") else None
+    return ct.CompressResult(
+        method=r.method, text=r.text,
+        spans=[ct.Span(s.passage, s.start, s.end, s.score) for s in r.spans],
+        tokens_before=r.tokens_before, tokens_after=r.tokens_after, decision=r.decision,
+        score=r.score if r.HasField("score") else None, threshold=r.threshold if r.HasField("threshold") else None,
+        reason=r.reason, seconds=r.seconds,
+        faithfulness=ct.Faithfulness(f.content_words, f.unsupported_words, list(f.unsupported)) if f is not None else None,
+    )
+
+
+# --- generation -------------------------------------------------------------------------------
+
+
+def generation_params(o: gpb.DecodingOptions, default_max_new_tokens: int = 128, chat: bool = False) -> tuple[gt.GenerationParams, str]:
+    """(params, datastore name) of a request's decoding options."""
+    params = gt.GenerationParams(
+        max_new_tokens=o.max_new_tokens if o.HasField("max_new_tokens") else default_max_new_tokens,
+        temperature=o.temperature if o.HasField("temperature") else 0.0,
+        top_p=o.top_p if o.HasField("top_p") else 1.0,
+        seed=o.seed if o.HasField("seed") else None,
+        stop=tuple(o.stop),
+        speculative=o.speculative if o.HasField("speculative") else True,
+        chat=chat,
+    )
+    return params, o.datastore
+
+
+def generate_args(r: gpb.GenerateRequest) -> dict[str, Any]:
+    """Keyword arguments of GenerationEngine.stream."""
+    if r.prompt and r.prompt_token_ids:
+        raise InvalidInput("give prompt or prompt_token_ids, not both")
+    params, datastore = generation_params(r.options, chat=r.chat)
+    return {
+        "prompt": list(r.prompt_token_ids) if r.prompt_token_ids else r.prompt,
+        "params": params,
+        "passages": list(r.passages) or None,
+        "datastore": datastore,
+    }
+
+
+def decode_stats_pb(s: gt.DecodeStats) -> gpb.DecodeStats:
+    d = s.as_dict()
+    return gpb.DecodeStats(
+        prompt_tokens=s.prompt_tokens, generated_tokens=s.generated_tokens, steps=s.steps,
+        draft_tokens=s.draft_tokens, accepted_draft_tokens=s.accepted_draft_tokens,
+        mean_accepted_tokens=s.mean_accepted_tokens, prefill_s=s.prefill_s, decode_s=s.decode_s,
+        tokens_per_s=d["tokens_per_s"],
+    )
+
+
+def generate_chunk_pb(c: gt.GenerationChunk) -> gpb.GenerateChunk:
+    return gpb.GenerateChunk(
+        text=c.text, token_ids=c.token_ids, finish_reason=c.finish_reason or "",
+        stats=decode_stats_pb(c.stats) if c.finish_reason and c.stats is not None else None,
+    )
+
+
+def answer_request(r: gpb.AnswerRequest) -> Any:
+    from lodestar.services.answer import DEFAULT_MAX_NEW_TOKENS, AnswerRequest
+
+    params, datastore = generation_params(r.options, DEFAULT_MAX_NEW_TOKENS)
+    return AnswerRequest(
+        question=r.question, collection=r.collection, k=r.k if r.HasField("k") else 5, retriever=r.retriever,
+        filters=search_request(rpb.SearchRequest(filters=list(r.filters))).filters,
+        compression=r.compression or "extractive",
+        budget_tokens=r.budget_tokens if r.HasField("budget_tokens") else None,
+        selective=r.selective, params=params, datastore=datastore,
+    )
+
+
+def answer_chunk_pb(item: Any) -> gpb.AnswerChunk:
+    """AnswerStart -> the first message (sources, context); GenerationChunk -> a text message."""
+    if isinstance(item, gt.GenerationChunk):
+        g = generate_chunk_pb(item)
+        return gpb.AnswerChunk(text=g.text, finish_reason=g.finish_reason, stats=g.stats if g.HasField("stats") else None)
+    return gpb.AnswerChunk(
+        sources=[gpb.Source(id=h.id, score=h.score, chunk=h.chunk, text=h.chunk_text or h.text,
+                            metadata_json=json.dumps(h.metadata, ensure_ascii=False)) for h in item.sources],
+        context=item.context, decision=item.decision, context_tokens=item.context_tokens,
+        passage_tokens=item.passage_tokens,
+    )
+
+
+def datastore_info_pb(d: Any) -> gpb.DatastoreInfo:
+    return gpb.DatastoreInfo(name=d.name, tokens=d.tokens, documents=d.documents, segments=d.segments, path=d.path,
+                             is_default=d.is_default)
+
+
+# client side
+
+
+def decoding_options(**kw: Any) -> gpb.DecodingOptions:
+    """max_new_tokens, stop, temperature, top_p, seed, speculative, datastore -> DecodingOptions."""
+    unknown = set(kw) - {"max_new_tokens", "stop", "temperature", "top_p", "seed", "speculative", "datastore"}
+    if unknown:
+        raise TypeError(f"unknown decoding option(s) {sorted(unknown)}")
+    stop = kw.pop("stop", None)
+    return gpb.DecodingOptions(stop=[stop] if isinstance(stop, str) else list(stop or ()), **kw)
+
+
+def stats_from_pb(s: gpb.DecodeStats) -> dict[str, Any]:
+    return {
+        "prompt_tokens": s.prompt_tokens, "generated_tokens": s.generated_tokens, "steps": s.steps,
+        "draft_tokens": s.draft_tokens, "accepted_draft_tokens": s.accepted_draft_tokens,
+        "mean_accepted_tokens": round(s.mean_accepted_tokens, 4), "prefill_s": round(s.prefill_s, 4),
+        "decode_s": round(s.decode_s, 4), "tokens_per_s": round(s.tokens_per_s, 3),
+    }
+
+
+def datastore_dict(d: gpb.DatastoreInfo) -> dict[str, Any]:
+    return {"name": d.name, "tokens": d.tokens, "documents": d.documents, "segments": d.segments, "path": d.path,
+            "is_default": d.is_default}

@@ -15,8 +15,11 @@ from lodestar.services.settings import Settings
 
 if TYPE_CHECKING:
     from lodestar.backbone import Backbone
+    from lodestar.compress_ctx.engine import CompressionEngine
     from lodestar.embed.engine import EmbeddingEngine
+    from lodestar.generate.engine import GenerationEngine
     from lodestar.retrieve.engine import RetrievalEngine
+    from lodestar.services.answer import AnswerPipeline
 
 RETRIEVE_SERVICE = "lodestar.retrieve.v1.RetrieveService"
 
@@ -33,7 +36,9 @@ class Runtime:
         self.health = HealthServicer()
         self._engine: EmbeddingEngine | None = None
         self._retrieval: RetrievalEngine | None = None
-        self.serves_retrieval = False  # set by the server factory when RetrieveService is registered
+        self._compression: CompressionEngine | None = None
+        self._generation: GenerationEngine | None = None
+        self.serves: set[str] = set()  # short names (embed, retrieve, ...) the server factory registered
         self._load_error: str | None = None
         self._shutting_down = False
         self.loaded = asyncio.Event()
@@ -61,6 +66,29 @@ class Runtime:
         assert self._retrieval is not None
         return self._retrieval
 
+    def compress_engine(self) -> CompressionEngine:
+        self._check_ready()
+        assert self._compression is not None
+        return self._compression
+
+    def generate_engine(self) -> GenerationEngine:
+        self._check_ready()
+        assert self._generation is not None
+        return self._generation
+
+    def answer_pipeline(self) -> AnswerPipeline:
+        """Answer composes the retrieval, compression and generation engines of this process."""
+        from lodestar.services.answer import AnswerPipeline
+
+        self._check_ready()
+        missing = [name for name in ("retrieve", "generate") if name not in self.serves]
+        if missing or self._retrieval is None or self._compression is None or self._generation is None:
+            raise Unavailable(
+                f"Answer needs the retrieve, compress and generate services in one process; this one serves "
+                f"{', '.join(sorted(self.serves))} (start it with --only retrieve,compress,generate or without --only)"
+            )
+        return AnswerPipeline(self._retrieval, self._compression, self._generation)
+
     async def refresh_collection_health(self) -> None:
         """Per-collection health (`lodestar.retrieve.v1.RetrieveService/<name>`): NOT_SERVING for a
         collection whose snapshot failed verification, so a balancer can route around it."""
@@ -74,8 +102,12 @@ class Runtime:
         loop = asyncio.get_running_loop()
         try:
             self._engine = await loop.run_in_executor(None, self._build_engine, backbone)
-            if self.serves_retrieval:
+            if "retrieve" in self.serves:
                 self._retrieval = await loop.run_in_executor(None, self._build_retrieval, self._engine)
+            if self.serves & {"compress", "generate"}:
+                self._compression = await loop.run_in_executor(None, self._build_compression, self._engine)
+            if "generate" in self.serves:
+                self._generation = await loop.run_in_executor(None, self._build_generation, self._engine)
         except Exception as exc:
             self._load_error = str(exc)
             log.exception("model load failed")
@@ -119,6 +151,28 @@ class Runtime:
         from lodestar.retrieve.engine import RetrievalEngine
 
         return RetrievalEngine(Path(self.settings.data_dir) / "collections", engine)
+
+    def _build_compression(self, engine: EmbeddingEngine) -> CompressionEngine:
+        from lodestar.compress_ctx.engine import CompressionEngine
+
+        return CompressionEngine(engine.backbone, engine)
+
+    def _build_generation(self, engine: EmbeddingEngine) -> GenerationEngine:
+        from lodestar.generate.decoder import DecoderConfig
+        from lodestar.generate.engine import GenerateConfig, GenerationEngine
+
+        s = self.settings
+        return GenerationEngine(
+            engine.backbone,
+            GenerateConfig(
+                writable_dir=Path(s.data_dir) / "datastores",
+                datastore_dirs=tuple(s.datastore_dirs),
+                default_datastore=s.default_datastore,
+                max_concurrent=s.max_concurrent_generations,
+                dtype=s.generate_dtype,
+                decoder=DecoderConfig(max_new_tokens=s.max_new_tokens),
+            ),
+        )
 
     async def begin_shutdown(self) -> None:
         """Health goes NOT_SERVING for good; new requests get UNAVAILABLE."""

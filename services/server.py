@@ -38,6 +38,7 @@ def runtime_of(server: grpc.aio.Server) -> Runtime:
 def _register(server: grpc.aio.Server, runtime: Runtime, only: tuple[str, ...]) -> list[str]:
     """Add the servicers named in `only`; returns their full gRPC service names."""
     names = []
+    runtime.serves = set(only)
     for service in only:
         if service == "embed":
             from lodestar.embed.v1 import embed_pb2, embed_pb2_grpc
@@ -51,7 +52,18 @@ def _register(server: grpc.aio.Server, runtime: Runtime, only: tuple[str, ...]) 
 
             retrieve_pb2_grpc.add_RetrieveServiceServicer_to_server(RetrieveServicer(runtime), server)
             names.append(retrieve_pb2.DESCRIPTOR.services_by_name["RetrieveService"].full_name)
-            runtime.serves_retrieval = True
+        elif service == "compress":
+            from lodestar.compress_ctx.v1 import compress_pb2, compress_pb2_grpc
+            from lodestar.services.compress_servicer import CompressServicer
+
+            compress_pb2_grpc.add_CompressServiceServicer_to_server(CompressServicer(runtime), server)
+            names.append(compress_pb2.DESCRIPTOR.services_by_name["CompressService"].full_name)
+        elif service == "generate":
+            from lodestar.generate.v1 import generate_pb2, generate_pb2_grpc
+            from lodestar.services.generate_servicer import GenerateServicer
+
+            generate_pb2_grpc.add_GenerateServiceServicer_to_server(GenerateServicer(runtime), server)
+            names.append(generate_pb2.DESCRIPTOR.services_by_name["GenerateService"].full_name)
         else:
             raise InvalidInput(f"unknown service {service!r}: valid are {', '.join(SERVICES)}")
     return names

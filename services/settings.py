@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-SERVICES = ("embed", "retrieve")
+SERVICES = ("embed", "retrieve", "compress", "generate")
 
 
 class Settings(BaseSettings):
@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     tp_end_layer: int = Field(7, description="Token Prepending: last layer (inclusive)")
     tp_output_layer: int = Field(-1, description="Token Prepending: output layer (-1 final)")
 
+    # --- generation ---
+    datastore_dirs: Annotated[tuple[Path, ...], NoDecode] = Field((), description="folders whose subfolders are datastores offered by name (read-only); <data_dir>/datastores is always searched and holds the ones AddToDatastore creates")
+    default_datastore: str = Field("", description="datastore drafts come from when a request names none: a name or a datastore folder; empty = none")
+    max_new_tokens: int = Field(2048, ge=1, description="largest max_new_tokens a generation may ask for")
+    max_concurrent_generations: int = Field(4, ge=1, description="generations in flight before RESOURCE_EXHAUSTED")
+    generate_dtype: str = Field("float32", description="dtype generation runs in: float32 keeps speculative greedy identical to plain greedy (bf16 logits tie and round differently per path); auto = the model's dtype")
+
     # --- server behaviour ---
     max_concurrent_rpcs: int = Field(256, ge=1, description="RPCs in flight before RESOURCE_EXHAUSTED")
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest gRPC message in either direction")
@@ -49,7 +56,7 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path(".lodestar"), description="on-disk state (indexes, jobs)")
     log_level: str = Field("INFO")
 
-    @field_validator("only", "adapter_dirs", mode="before")
+    @field_validator("only", "adapter_dirs", "datastore_dirs", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         """Environment values are comma-separated lists: LODESTAR_ONLY=embed,retrieve."""

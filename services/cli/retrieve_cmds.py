@@ -157,7 +157,7 @@ def cmd_eval_beir(args: argparse.Namespace) -> int:
     try:
         results = eval_beir(
             engine, Path(args.dir), retrievers=tuple(args.retriever.split(",")), config=config,
-            fusions=tuple(args.fusion.split(",")), alpha=args.alpha, progress=not args.quiet,
+            fusions=tuple(args.fusion.split(",")), alphas=tuple(float(a) for a in str(args.alpha).split(",")), progress=not args.quiet,
         )
     finally:
         engine.close()
@@ -243,7 +243,7 @@ def register(sub: Any, ev: Any, bn: Any) -> None:
     bq.add_argument("--adapter")
     bq.add_argument("--index", help="FAISS factory string (default Flat)")
     bq.add_argument("--fusion", default="rrf", help="rrf | weighted, or both comma-separated (hybrid only)")
-    bq.add_argument("--alpha", type=float, default=0.5, help="weighted fusion: alpha * dense + (1 - alpha) * sparse")
+    bq.add_argument("--alpha", default="0.5", help="weighted fusion: alpha * dense + (1 - alpha) * sparse; several comma-separated")
     bq.add_argument("--query-instruction")
     bq.add_argument("--query-prompt")
     bq.add_argument("--doc-prompt")

@@ -1,0 +1,99 @@
+"""The Answer pipeline: retrieve from a collection -> compress -> generate, drafting from the passages.
+
+Plain Python over three engines (no gRPC): the servicer converts the request, iterates this, and
+converts each item. The first item is an `AnswerStart` (sources and the context the model reads);
+the rest are the generation's chunks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from lodestar.compress_ctx.engine import CompressionEngine
+from lodestar.compress_ctx.types import AUGMENT, SKIP, join_passages
+from lodestar.errors import InvalidInput
+from lodestar.generate.decoder import Cancel
+from lodestar.generate.engine import GenerationEngine
+from lodestar.generate.prompts import rag_prompt
+from lodestar.generate.types import GenerationChunk, GenerationParams
+from lodestar.retrieve.engine import RetrievalEngine
+from lodestar.retrieve.types import Filter, Hit, SearchRequest
+
+COMPRESSIONS = ("extractive", "abstractive", "none")
+MAX_K = 50
+DEFAULT_MAX_NEW_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class AnswerRequest:
+    question: str
+    collection: str
+    k: int = 5
+    retriever: str = ""  # "" = hybrid when the collection keeps a sparse side, else dense
+    filters: tuple[Filter, ...] = ()
+    compression: str = "extractive"
+    budget_tokens: int | None = None
+    selective: bool = False
+    params: GenerationParams = field(default_factory=lambda: GenerationParams(max_new_tokens=DEFAULT_MAX_NEW_TOKENS))
+    datastore: str = ""
+
+
+@dataclass(frozen=True)
+class AnswerStart:
+    sources: list[Hit]
+    context: str  # what the model reads; "" = closed-book (nothing retrieved, or selective skip)
+    decision: str  # augment | skip
+    context_tokens: int
+    passage_tokens: int
+
+
+class AnswerPipeline:
+    def __init__(self, retrieval: RetrievalEngine, compression: CompressionEngine, generation: GenerationEngine) -> None:
+        self.retrieval = retrieval
+        self.compression = compression
+        self.generation = generation
+
+    def _validate(self, r: AnswerRequest) -> None:
+        if not r.question.strip():
+            raise InvalidInput("question is empty")
+        if not 1 <= r.k <= MAX_K:
+            raise InvalidInput(f"k must be in 1..{MAX_K}; got {r.k}")
+        if r.compression not in COMPRESSIONS:
+            raise InvalidInput(f"unknown compression {r.compression!r}: valid are {', '.join(COMPRESSIONS)}")
+
+    def answer(self, r: AnswerRequest, cancel: Cancel = None) -> Iterator[AnswerStart | GenerationChunk]:
+        """Validate, retrieve and compress now; -> an iterator whose first item is the AnswerStart."""
+        self._validate(r)
+        retriever = r.retriever or ("dense" if self.retrieval.config(r.collection).sparse == "none" else "hybrid")
+        hits = self.retrieval.search(r.collection, SearchRequest([r.question], k=r.k, retriever=retriever, filters=r.filters))[0]
+        passages = [h.chunk_text or h.text for h in hits]
+        passages = [p for p in passages if p.strip()]
+        start = self._context(r, hits, passages)
+        params = replace(r.params, chat=True)
+        chunks = self.generation.stream(rag_prompt(r.question, start.context), params, passages or None, r.datastore, cancel)
+        return self._chain(start, chunks)
+
+    def _context(self, r: AnswerRequest, hits: list[Hit], passages: list[str]) -> AnswerStart:
+        if not passages:
+            return AnswerStart(hits, "", SKIP, 0, 0)
+        if r.compression == "none":
+            text = join_passages(passages)
+            n = self.compression.count_tokens(text)
+            return AnswerStart(hits, text, AUGMENT, n, n)
+        kwargs: dict[str, Any] = {"selective": r.selective} if r.compression == "extractive" else {}
+        if r.budget_tokens is not None:
+            kwargs["budget_tokens"] = r.budget_tokens
+        result = self.compression.compress(r.question, passages, r.compression, **kwargs)
+        return AnswerStart(hits, result.text, result.decision, result.tokens_after, result.tokens_before)
+
+    @staticmethod
+    def _chain(start: AnswerStart, chunks: Iterator[GenerationChunk]) -> Iterator[AnswerStart | GenerationChunk]:
+        try:
+            yield start
+            yield from chunks
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()

@@ -1,0 +1,61 @@
+"""Run a blocking iterator (a generation) on a worker thread and consume it from the event loop.
+
+The gRPC handler iterates the async side; when the client goes away (or the deadline passes) the
+handler is cancelled, the `finally` below sets the cancel event, and the worker stops at its next
+step: no forward runs for a caller that is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Executor
+from typing import TypeVar
+
+T = TypeVar("T")
+_END = object()
+
+
+async def iterate_in_thread(make: Callable[[threading.Event], Iterator[T]], executor: Executor | None = None) -> AsyncIterator[T]:
+    """Yield what `make(cancel)` yields, computed on `executor`; errors (validation included) re-raise here."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[object, BaseException | None]] = asyncio.Queue()
+    cancel = threading.Event()
+
+    def put(item: object, exc: BaseException | None = None) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, (item, exc))
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            cancel.set()
+
+    def work() -> None:
+        it: Iterator[T] | None = None
+        try:
+            it = make(cancel)
+            for item in it:
+                put(item)
+                if cancel.is_set():
+                    break
+        except BaseException as exc:  # handed to the event loop, raised there
+            put(_END, exc)
+            return
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+        put(_END)
+
+    future = loop.run_in_executor(executor, work)
+    try:
+        while True:
+            item, exc = await queue.get()
+            if item is _END:
+                if exc is not None:
+                    raise exc
+                return
+            yield item  # type: ignore[misc]
+    finally:
+        cancel.set()
+        if future.done():
+            future.result()

@@ -1,0 +1,154 @@
+"""GenerateService over real gRPC: streaming, lossless speculative greedy on the bundled model,
+datastores by name, stop strings, seeded sampling, cancellation, capacity, Answer, bad input."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from lodestar.backbone import Backbone
+from lodestar.services.client import AnswerContext, Chunk, Client, ClientError
+from lodestar.services.server import BackgroundServer
+
+pytestmark = pytest.mark.slow
+
+PASSAGE = (
+    "The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, a region in "
+    "France. They were descended from Norse raiders and pirates from Denmark, Iceland and Norway who, under their "
+    "leader Rollo, agreed to swear fealty to King Charles III of West Francia."
+)
+COPY_PROMPT = f"Repeat the following text exactly.\n\n{PASSAGE}"
+
+
+def test_stream_and_lossless_speculative_greedy(client: Client) -> None:
+    chunks = list(client.generate_stream(COPY_PROMPT, chat=True, passages=[PASSAGE], max_new_tokens=48))
+    assert len(chunks) > 1 and all(isinstance(c, Chunk) for c in chunks)
+    last = chunks[-1]
+    assert last.finish_reason in ("length", "eos") and last.stats is not None
+    assert all(c.finish_reason == "" and c.stats is None for c in chunks[:-1])
+    spec_ids = [t for c in chunks for t in c.token_ids]
+    plain = client.generate(COPY_PROMPT, chat=True, max_new_tokens=48, speculative=False)
+    assert spec_ids == plain.token_ids  # greedy speculative decoding is lossless
+    assert "".join(c.text for c in chunks) == plain.text
+    assert last.stats["accepted_draft_tokens"] > 0  # the passage was drafted from and accepted
+    assert last.stats["steps"] < last.stats["generated_tokens"]
+    assert plain.stats["mean_accepted_tokens"] == pytest.approx(1.0)
+
+
+def test_datastore_by_name(client: Client) -> None:
+    info = client.add_to_datastore("normans", [PASSAGE, "Rollo was the first ruler of Normandy."])
+    assert info["name"] == "normans" and info["documents"] == 2 and info["tokens"] > 40
+    again = client.add_to_datastore("normans", ["William the Conqueror was a Norman."], compact=True)
+    assert again["documents"] == 3 and again["segments"] == 1
+    assert "normans" in [d["name"] for d in client.list_datastores()]
+    prompt = "The Normans were the people who in the 10th and 11th centuries"
+    spec = client.generate(prompt, max_new_tokens=24, datastore="normans")
+    plain = client.generate(prompt, max_new_tokens=24, speculative=False)
+    assert spec.token_ids == plain.token_ids
+    with pytest.raises(ClientError) as err:
+        client.generate(prompt, datastore="missing")
+    assert err.value.code == "NOT_FOUND" and "normans" in err.value.message
+    with pytest.raises(ClientError) as err:
+        client.add_to_datastore("bad name!", ["x"])
+    assert err.value.code == "INVALID_ARGUMENT" and "must match" in err.value.message
+
+
+def test_stop_strings_and_token_prompt(client: Client, backbone: Backbone) -> None:
+    out = client.generate("Count: one, two, three,", max_new_tokens=40, stop=[" six"])
+    assert out.finish_reason == "stop" and " six" not in out.text
+    ids = backbone.tokenizer("Count: one, two, three,")["input_ids"]
+    by_ids = client.generate(ids, max_new_tokens=8, speculative=False)
+    by_text = client.generate("Count: one, two, three,", max_new_tokens=8, speculative=False)
+    assert by_ids.token_ids == by_text.token_ids
+
+
+def test_seeded_sampling_is_reproducible(client: Client) -> None:
+    a = client.generate("Write a word:", max_new_tokens=12, temperature=0.9, top_p=0.95, seed=7)
+    b = client.generate("Write a word:", max_new_tokens=12, temperature=0.9, top_p=0.95, seed=7)
+    assert a.token_ids == b.token_ids and a.finish_reason in ("length", "eos")
+
+
+def test_client_cancel_stops_generation(client: Client, server: BackgroundServer) -> None:
+    engine = server.runtime.generate_engine()
+    stream = client.generate_stream("Count from 1 to 1000, separated by commas.", chat=True, max_new_tokens=1500,
+                                    speculative=False)
+    got = [next(stream), next(stream)]
+    assert engine.in_flight == 1 and all(c.finish_reason == "" for c in got)
+    stream.close()  # leaves the loop early: the call is cancelled
+    deadline = time.monotonic() + 30
+    while engine.in_flight and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.in_flight == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"max_new_tokens": 0}, "max_new_tokens must be in 1..2048"),
+        ({"max_new_tokens": 5000}, "max_new_tokens must be in 1..2048"),
+        ({"temperature": -1.0}, "temperature must be in"),
+        ({"top_p": 0.0}, "top_p must be in (0, 1]"),
+        ({"stop": [""]}, "stop strings must have 1.."),
+        ({"prompt": ""}, "the prompt is empty"),
+        ({"prompt": [10**9]}, "prompt token ids must be in"),
+        ({"passages": ["x"] * 65}, "at most 64 passages"),
+    ],
+)
+def test_bad_input_is_invalid_argument(client: Client, kwargs: dict, words: str) -> None:
+    prompt = kwargs.pop("prompt", "Hello")
+    with pytest.raises(ClientError) as err:
+        client.generate(prompt, **kwargs)
+    assert err.value.code == "INVALID_ARGUMENT" and words in err.value.message
+    assert client.generate("Hello", max_new_tokens=2).finish_reason  # still serving
+
+
+def test_answer_retrieves_compresses_and_cites(client: Client) -> None:
+    docs = [
+        {"id": "normans", "text": PASSAGE},
+        {"id": "paris", "text": "Paris is the capital and most populous city of France."},
+        {"id": "bonds", "text": "Government bond yields climbed to their highest level in a decade."},
+    ]
+    client.create_collection("answer_docs", mode="prompteol", sparse="bm25")
+    try:
+        client.upsert("answer_docs", docs)
+        items = list(client.answer_stream("Who gave their name to Normandy?", "answer_docs", k=2, max_new_tokens=32))
+        head = items[0]
+        assert isinstance(head, AnswerContext) and head.decision == "augment"
+        assert head.sources[0].id == "normans" and len(head.sources) == 2
+        assert "Normans" in head.context and head.context_tokens <= head.passage_tokens
+        assert items[-1].finish_reason in ("length", "eos") and items[-1].stats["generated_tokens"] > 0
+        answer = "".join(c.text for c in items[1:])
+        assert answer.strip()
+        full = client.answer("Who gave their name to Normandy?", "answer_docs", k=2, compression="none", max_new_tokens=8)
+        assert full.context is not None and PASSAGE in full.context.context
+        skipped = client.answer("Who gave their name to Normandy?", "answer_docs", selective=True, budget_tokens=64,
+                                max_new_tokens=8, k=1, retriever="sparse")
+        assert skipped.context is not None and skipped.context.decision in ("augment", "skip")
+        for kwargs, code, words in (
+            ({"k": 0}, "INVALID_ARGUMENT", "k must be in 1..50"),
+            ({"compression": "zip"}, "INVALID_ARGUMENT", "valid are extractive, abstractive, none"),
+            ({"retriever": "psychic"}, "INVALID_ARGUMENT", "psychic"),
+        ):
+            with pytest.raises(ClientError) as err:
+                client.answer("Who?", "answer_docs", **kwargs)
+            assert err.value.code == code and words in err.value.message
+        with pytest.raises(ClientError) as err:
+            client.answer("Who?", "no_such_collection")
+        assert err.value.code == "NOT_FOUND"
+    finally:
+        client.drop_collection("answer_docs")
+
+
+def test_capacity_and_answer_needs_retrieval(tiny_server) -> None:  # type: ignore[no-untyped-def]
+    srv = tiny_server(max_concurrent_generations=1, only=("embed", "generate"))
+    with Client(srv.address, timeout=60) as c:
+        stream = c.generate_stream("a", max_new_tokens=450, speculative=False)
+        next(stream)
+        with pytest.raises(ClientError) as err:
+            c.generate("b", max_new_tokens=4)
+        assert err.value.code == "RESOURCE_EXHAUSTED" and "max_concurrent_generations=1" in err.value.message
+        stream.close()
+        with pytest.raises(ClientError) as err:
+            c.answer("Who?", "docs")
+        assert err.value.code == "UNAVAILABLE" and "retrieve" in err.value.message
