@@ -186,14 +186,26 @@ def dequantised_cache(gguf: Path, cache_dir: Path) -> Path:
     return target
 
 
+def model_folder(config: BackboneConfig) -> tuple[Path, str]:
+    """-> (Hugging Face folder, model id) of `config.model` (a GGUF is dequantised once first)."""
+    kind, path, model_id = resolve_source(config.model)
+    return (dequantised_cache(path, Path(config.cache_dir)) if kind == "gguf" else path), model_id
+
+
+def load_tokenizer(config: BackboneConfig) -> Any:
+    """The model's tokenizer alone (building a datastore needs no weights)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_folder(config)[0])
+
+
 def load_backbone(config: BackboneConfig) -> Backbone:
     """Load model + tokenizer per `config`; GGUF goes through the dequantised safetensors cache."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kind, path, model_id = resolve_source(config.model)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
-    folder = dequantised_cache(path, Path(config.cache_dir)) if kind == "gguf" else path
+    folder, model_id = model_folder(config)
     log.info("loading %s from %s (%s on %s)", model_id, folder, dtype, device)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     try:

@@ -10,9 +10,9 @@ import argparse
 import sys
 
 from lodestar.errors import LodestarError
-from lodestar.services.cli import embed_cmds, retrieve_cmds
+from lodestar.services.cli import compress_cmds, embed_cmds, generate_cmds, retrieve_cmds
 
-MODULES = (embed_cmds, retrieve_cmds)
+MODULES = (embed_cmds, retrieve_cmds, compress_cmds, generate_cmds)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,10 +22,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lodestar", description="Lodestar retrieval-and-embedding stack")
     p.add_argument("--server", default=default_server, help=f"HOST:PORT of a running server (default {default_server})")
     sub = p.add_subparsers(dest="command", required=True)
-    ev = sub.add_parser("eval", help="quality evaluations").add_subparsers(dest="eval", required=True)
-    bn = sub.add_parser("bench", help="speed benchmarks").add_subparsers(dest="bench", required=True)
+    groups = {
+        "eval": sub.add_parser("eval", help="quality evaluations").add_subparsers(dest="eval", required=True),
+        "bench": sub.add_parser("bench", help="speed benchmarks").add_subparsers(dest="bench", required=True),
+        "train": sub.add_parser("train", help="train LoRA adapters (peft)").add_subparsers(dest="train", required=True),
+    }
     for module in MODULES:
-        module.register(sub, ev, bn)
+        module.register(sub, groups)
     return p
 
 

@@ -118,8 +118,9 @@ def cmd_bench_embed(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: Any, ev: Any, bn: Any) -> None:
-    """Add this module's commands: `sub` top level, `ev` under `eval`, `bn` under `bench`."""
+def register(sub: Any, groups: dict[str, Any]) -> None:
+    """Add this module's commands: `sub` top level, groups["eval" | "bench" | "train"] below those."""
+    ev, bn = groups["eval"], groups["bench"]
     s = sub.add_parser("serve", help="run the gRPC server (all services, bundled model by default)")
     s.add_argument("--port", type=int)
     s.add_argument("--host")

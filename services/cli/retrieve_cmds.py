@@ -187,8 +187,9 @@ def cmd_bench_retrieve(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: Any, ev: Any, bn: Any) -> None:
-    """Add this module's commands: `sub` top level, `ev` under `eval`, `bn` under `bench`."""
+def register(sub: Any, groups: dict[str, Any]) -> None:
+    """Add this module's commands: `sub` top level, groups["eval" | "bench" | "train"] below those."""
+    ev, bn = groups["eval"], groups["bench"]
     col = sub.add_parser("collection", help="manage retrieval collections")
     col_sub = col.add_subparsers(dest="action", required=True)
     cc = col_sub.add_parser("create", help="create a collection (config is fixed at creation)")

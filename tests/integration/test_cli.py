@@ -74,3 +74,89 @@ def test_eval_sts_prints_one_json_line() -> None:
     result = json.loads(lines[0])
     assert result["mode"] == "prompteol" and result["pairs"] == 40
     assert 0.3 < result["spearman"] <= 1.0
+
+
+PASSAGE = ("The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, a region "
+           "in France. They were descended from Norse raiders and pirates from Denmark, Iceland and Norway.")
+
+
+def test_compress_prints_context_and_json(server) -> None:  # type: ignore[no-untyped-def]
+    args = ["--server", server.address, "compress", "Who gave their name to Normandy?", "-p", PASSAGE,
+            "-p", "Paris is the capital of France.", "--top-n", "1"]
+    run = lodestar(*args)
+    assert run.returncode == 0, run.stderr
+    assert "gave their name to Normandy" in run.stdout and "extractive, augment" in run.stdout
+    res = json.loads(lodestar(*args, "--json").stdout)
+    assert res["decision"] == "augment" and res["spans"][0]["passage"] == 0
+    bad = lodestar("--server", server.address, "compress", "q", "-p", "text", "--budget-tokens", "0")
+    assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr and "budget_tokens must be > 0" in bad.stderr
+
+
+def test_datastore_build_add_upload_and_generate(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.py").write_text("def add(a, b):\n    return a + b\n")
+    (src / "notes.jsonl").write_text(json.dumps({"text": PASSAGE}) + "\n")
+    store = tmp_path / "store"
+    built = lodestar("datastore", "build", "--input", str(src), "--out", str(store), "--json", "--quiet")
+    assert built.returncode == 0, built.stderr
+    info = json.loads(built.stdout)
+    assert info["documents"] == 2 and info["segments"] == 1 and not (tmp_path / "store.progress").exists()
+    again = lodestar("datastore", "build", "--input", str(src), "--out", str(store))
+    assert again.returncode == 2 and "datastore add" in again.stderr
+    added = json.loads(lodestar("datastore", "add", "--input", str(src / "a.py"), "--out", str(store), "--json", "--quiet").stdout)
+    assert added["documents"] == 3 and added["segments"] == 2
+    up = lodestar("--server", server.address, "datastore", "build", "--input", str(src), "--name", "cli_store", "--json", "--quiet")
+    assert up.returncode == 0, up.stderr
+    assert json.loads(up.stdout)["documents"] == 2
+    listed = json.loads(lodestar("--server", server.address, "datastore", "list", "--json").stdout)
+    assert "cli_store" in [d["name"] for d in listed]
+    gen = lodestar("--server", server.address, "generate", "The Normans were the people who", "--datastore", "cli_store",
+                   "--max-new-tokens", "12", "--json")
+    assert gen.returncode == 0, gen.stderr
+    res = json.loads(gen.stdout)
+    assert res["finish_reason"] == "length" and res["stats"]["generated_tokens"] == 12 and res["text"]
+    streamed = lodestar("--server", server.address, "generate", "Hello", "--max-new-tokens", "4")
+    assert streamed.returncode == 0 and streamed.stdout.strip() and "4 tokens" in streamed.stderr
+
+
+def test_answer_streams_with_sources(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    corpus = FIXTURES / "compress" / "beir"
+    assert lodestar("--server", server.address, "collection", "create", "cli_answer", "--mode", "prompteol").returncode == 0
+    try:
+        assert lodestar("--server", server.address, "index", str(corpus), "-c", "cli_answer", "--quiet").returncode == 0
+        run = lodestar("--server", server.address, "answer", "Who were the Normans descended from?", "-c", "cli_answer",
+                       "-k", "2", "--max-new-tokens", "16", "--json")
+        assert run.returncode == 0, run.stderr
+        res = json.loads(run.stdout)
+        assert len(res["sources"]) == 2 and res["decision"] == "augment" and "Norse" in res["context"]
+        assert res["text"] and res["finish_reason"] in ("length", "eos")
+    finally:
+        lodestar("--server", server.address, "collection", "drop", "cli_answer")
+
+
+def test_eval_specdec_reports_identical_and_speedup(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    src = tmp_path / "corpus.jsonl"
+    src.write_text(json.dumps({"text": PASSAGE}) + "\n")
+    assert lodestar("datastore", "build", "--input", str(src), "--out", str(store), "--quiet").returncode == 0
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "The Normans were the people who"}) + "\n"
+                       + json.dumps({"question": "Where is Normandy?", "passages": [PASSAGE]}) + "\n")
+    run = lodestar("eval", "specdec", "--prompts", str(prompts), "--datastore", str(store), "--max-new-tokens", "12",
+                   "--quiet")
+    assert run.returncode == 0, run.stderr
+    res = json.loads(run.stdout.strip().splitlines()[-1])
+    assert res["n"] == 2 and res["identical"] is True and res["speedup"] > 0 and res["mean_accepted_tokens"] >= 1.0
+
+
+def test_eval_compress_prints_one_json_line(tmp_path: Path) -> None:
+    out = tmp_path / "compress.json"
+    run = lodestar("eval", "compress", "--qa", str(FIXTURES / "compress" / "qa.jsonl"), "--corpus",
+                   str(FIXTURES / "compress" / "beir"), "--n", "3", "--calibration", "0", "--k", "2", "--quiet",
+                   "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    res = json.loads(run.stdout.strip().splitlines()[-1])
+    assert res["method"] == "extractive" and res["questions"] == 3
+    assert 0 < res["compression_rate"] < 1 and {"em", "f1", "answer_in_context"} <= set(res["compressed"])
+    assert json.loads(out.read_text())["questions"] == 3
