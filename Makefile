@@ -27,7 +27,11 @@ protos: install
 run: install
 	$(BIN)/lodestar serve --host 127.0.0.1 --port 50051
 
+# The job tests start their own redis-server (Debian's package) on a free port and restart it
+# mid-job; install it when the machine lacks it.
 test: install
+	@command -v redis-server >/dev/null || { echo "installing redis-server (Debian)"; \
+	  (apt-get update -q && apt-get install -y -q redis-server || sudo apt-get install -y -q redis-server) >/dev/null; }
 	$(BIN)/python -m pytest -m "not gpu" -ra
 
 test-gpu: install

@@ -30,8 +30,9 @@ PACKAGE_DIRS: dict[str, str] = {
 
 # Proto folders generated under another Python package (the proto package, i.e. the wire name,
 # stays as written): lodestar/compress/v1 becomes lodestar.compress_ctx.v1, because the engine
-# folder is compress_ctx/. protoc is told the file's virtual path with `-I<virtual>=<folder>`.
-PYTHON_ALIASES: dict[str, str] = {"lodestar/compress": "lodestar/compress_ctx"}
+# folder is compress_ctx/; lodestar/index/v1 becomes lodestar.retrieve.v1 (jobs live in retrieve/).
+# protoc is told the file's virtual path with `-I<virtual>=<folder>`.
+PYTHON_ALIASES: dict[str, str] = {"lodestar/compress": "lodestar/compress_ctx", "lodestar/index": "lodestar/retrieve"}
 
 
 def proto_files() -> list[Path]:

@@ -14,7 +14,6 @@ that collection "corrupt: ..." until `rebuild` or `restore`.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -33,9 +32,9 @@ import numpy as np
 from lodestar.embed.modes import get_mode
 from lodestar.embed.types import EmbedOptions, EmbedResult
 from lodestar.errors import AlreadyExists, InvalidInput, NotFound, Unavailable
-from lodestar.retrieve.chunking import chunk_spans
 from lodestar.retrieve.dense import DenseIndex
 from lodestar.retrieve.fusion import rrf, weighted
+from lodestar.retrieve.prepare import DocLimits, Prepared, check_finite, embed_options, embed_texts, prepare, validate_document
 from lodestar.retrieve.snapshot import (
     CorruptSnapshot,
     fsync_dir,
@@ -67,7 +66,6 @@ MAX_QUERIES = 10000  # queries in one search request
 MAX_CHUNK_TOKENS = 8192
 CANDIDATE_FACTOR = 4  # chunk candidates fetched per wanted document (chunks aggregate to documents)
 HYBRID_DEPTH = 100  # each retriever's document ranking depth before fusion: max(k, this)
-EMBED_BATCH = 256  # texts per embed call when the embedder does not say its own limit
 REPLAY_BATCH = 4096
 
 
@@ -182,6 +180,7 @@ class RetrievalEngine:
         self.max_id_bytes = max_id_bytes
         self.max_docs_per_upsert = max_docs_per_upsert
         self.max_text_chars = max_text_chars
+        self.limits = DocLimits(max_id_bytes=max_id_bytes, max_text_chars=max_text_chars)
         self._lock = threading.Lock()  # the registry: create, drop, list, close
         self._closed = False
         self._collections: dict[str, _Collection] = {}
@@ -205,39 +204,10 @@ class RetrievalEngine:
         """The embedding model's full dimension."""
         return int(self.embedder.backbone.hidden_size)
 
-    def _embed_limit(self) -> int:
-        cfg = getattr(self.embedder, "config", None)
-        limit = getattr(cfg, "max_texts_per_request", None)
-        return int(limit) if isinstance(limit, int) and limit > 0 else EMBED_BATCH
-
-    def _options(self, cfg: CollectionConfig, query: bool) -> EmbedOptions:
-        return EmbedOptions(
-            mode=cfg.mode,
-            prompt=cfg.query_prompt if query else cfg.doc_prompt,
-            instruction=cfg.query_instruction if query else cfg.doc_instruction,
-            adapter=cfg.adapter,
-            dimensions=cfg.dimensions,
-            normalize=cfg.metric == "cosine",
-        )
-
     def _embed(self, c: _Collection, texts: list[str], query: bool) -> np.ndarray:
         """(N, D) float32 vectors of `texts` with the collection's doc or query options."""
         assert c.config is not None
-        options = self._options(c.config, query)
-        step = self._embed_limit()
-        out = np.empty((len(texts), c.dim), dtype=np.float32)  # (N, D)
-        for i in range(0, len(texts), step):
-            vectors = np.asarray(self.embedder.embed(texts[i : i + step], options).vectors, dtype=np.float32)
-            if vectors.shape != (len(texts[i : i + step]), c.dim):
-                raise Unavailable(
-                    f"collection {c.name!r} holds {c.dim}-dim vectors but the embedder returned shape {vectors.shape}"
-                )
-            out[i : i + step] = vectors
-        bad = ~np.isfinite(out).all(axis=1)  # (N,)
-        if bad.any():  # never write a vector that would poison every later rebuild
-            j = int(np.flatnonzero(bad)[0])
-            raise InvalidInput(f"the embedding of {'query' if query else 'chunk'} {j} ({texts[j][:60]!r}) is not finite; nothing was written")
-        return out
+        return embed_texts(self.embedder, c.config, texts, c.dim, query)
 
     def _get(self, name: str) -> _Collection:
         if self._closed:
@@ -513,46 +483,12 @@ class RetrievalEngine:
         seen: dict[str, int] = {}
         out: list[str] = []
         for i, doc in enumerate(docs):
-            doc_id = getattr(doc, "id", None)
-            if not isinstance(doc_id, str) or not doc_id:
-                raise InvalidInput(f"document {i}: id is empty: give every document a non-empty string id")
-            where = f"document {i} (id {doc_id[:80]!r})"
-            try:
-                size = len(doc_id.encode("utf-8"))
-            except UnicodeEncodeError:
-                raise InvalidInput(f"{where}: id is not valid Unicode (lone surrogate)") from None
-            if size > self.max_id_bytes:
-                raise InvalidInput(f"{where}: id is {size} UTF-8 bytes; the limit is max_id_bytes={self.max_id_bytes}")
-            if doc_id in seen:
-                raise InvalidInput(f"{where}: id repeats document {seen[doc_id]} of this batch; ids must be unique within a batch")
-            seen[doc_id] = i
-            text = getattr(doc, "text", None)
-            if not isinstance(text, str) or not text.strip():
-                raise InvalidInput(f"{where}: text is empty")
-            if len(text) > self.max_text_chars:
-                raise InvalidInput(f"{where}: text is {len(text)} characters; the limit is max_text_chars={self.max_text_chars}")
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                raise InvalidInput(f"{where}: text is not valid Unicode (lone surrogate)") from None
-            if "\x00" in text:
-                raise InvalidInput(f"{where}: text contains a NUL character")
-            metadata = getattr(doc, "metadata", None)
-            if metadata is None:
-                metadata = {}
-            if not isinstance(metadata, dict):
-                raise InvalidInput(f"{where}: metadata must be an object (dict), got {type(metadata).__name__}")
-            for key in metadata:
-                if not isinstance(key, str):
-                    raise InvalidInput(f"{where}: metadata key {key!r} is not a string")
-            try:
-                encoded = json.dumps(metadata, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-                encoded.encode("utf-8")
-            except (TypeError, ValueError, UnicodeEncodeError) as e:
-                raise InvalidInput(f"{where}: metadata is not JSON-serialisable ({e}); use strings, finite numbers, booleans, null, lists and objects") from None
-            if len(encoded) > self.max_text_chars:
-                raise InvalidInput(f"{where}: metadata is {len(encoded)} characters as JSON; the limit is max_text_chars={self.max_text_chars}")
-            out.append(encoded)
+            out.append(validate_document(doc, self.limits, f"document {i}"))
+            if doc.id in seen:
+                raise InvalidInput(
+                    f"document {i} (id {doc.id[:80]!r}): id repeats document {seen[doc.id]} of this batch; ids must be unique within a batch"
+                )
+            seen[doc.id] = i
         return out
 
     def _validate_ids(self, ids: list[str], what: str) -> list[str]:
@@ -604,7 +540,7 @@ class RetrievalEngine:
         if config.name in self._collections:
             raise AlreadyExists(f"collection {config.name!r} already exists")
         for query in (False, True):  # the embedder checks what only it knows (adapter, prompts) and the width
-            vectors = self.embedder.embed(["probe"], self._options(config, query)).vectors
+            vectors = self.embedder.embed(["probe"], embed_options(config, query)).vectors
             if np.asarray(vectors).shape != (1, dim):
                 raise InvalidInput(f"the embedder returned shape {np.asarray(vectors).shape} for dimensions={config.dimensions}; expected (1, {dim})")
         with self._lock:
@@ -667,27 +603,48 @@ class RetrievalEngine:
 
     # --- documents ---------------------------------------------------------------------------
 
-    def _chunk(self, cfg: CollectionConfig, text: str) -> list[tuple[int, int]]:
-        """Character spans of a document's chunks (by tokens); whitespace-only chunks are skipped."""
-        if cfg.chunk_tokens == 0:
-            return [(0, len(text))]
-        spans = chunk_spans(self.embedder.token_offsets(text), cfg.chunk_tokens, cfg.chunk_overlap)
-        out = [(0, len(text)) if (s, e) == (0, 0) else (int(s), int(e)) for s, e in spans]
-        out = [(s, e) for s, e in out if text[s:e].strip()]
-        return out or [(0, len(text))]
-
     def upsert(self, name: str, docs: list[Document]) -> tuple[int, int]:
         """Insert or replace documents; returns (documents, chunks) written. Durable on return."""
         c = self._get(name)
         metadata = self._validate_docs(docs)
         self._check_serving(c)
         assert c.config is not None
-        spans = [self._chunk(c.config, d.text) for d in docs]
-        texts = [d.text[s:e] for d, sp in zip(docs, spans) for s, e in sp]
-        vectors = self._embed(c, texts, query=False)  # (C, D), no lock held while the model runs
+        prepared = prepare(self.embedder, c.config, c.dim, docs)  # no lock held while the model runs
+        return self._write(c, prepared, metadata)
+
+    def target(self, name: str) -> tuple[CollectionConfig, int, str]:
+        """(config, vector width, model id) a worker must prepare documents for."""
+        c = self._get(name)
+        self._check_serving(c)
+        assert c.config is not None
+        return c.config, c.dim, self._model_id()
+
+    def upsert_prepared(self, name: str, prepared: Prepared, model: str = "") -> tuple[int, int]:
+        """Write documents a worker chunked and embedded (see prepare.py): the spans and vectors are
+        checked against the documents and the collection first; a rejected batch writes nothing."""
+        c = self._get(name)
+        metadata = self._validate_docs(prepared.docs)
+        self._check_serving(c)
+        if model and model != self._model_id():
+            raise InvalidInput(f"vectors were made by model {model!r}; collection {name!r} is embedded with {self._model_id()!r}")
+        if len(prepared.spans) != len(prepared.docs):
+            raise InvalidInput(f"{len(prepared.spans)} span lists for {len(prepared.docs)} documents")
+        for i, (d, sp) in enumerate(zip(prepared.docs, prepared.spans)):
+            if not sp or any(not 0 <= a < b <= len(d.text) for a, b in sp):
+                raise InvalidInput(f"document {i} ({d.id[:80]!r}): chunk spans {sp[:4]} are empty or outside its {len(d.text)} characters")
+        chunks = sum(len(sp) for sp in prepared.spans)
+        if prepared.vectors.shape != (chunks, c.dim):
+            raise InvalidInput(f"vectors have shape {tuple(prepared.vectors.shape)}; {chunks} chunks of collection {name!r} need ({chunks}, {c.dim})")
+        prepared.vectors = np.ascontiguousarray(prepared.vectors, dtype=np.float32)
+        check_finite(prepared.vectors, prepared.chunk_texts, "chunk")
+        return self._write(c, prepared, metadata)
+
+    def _write(self, c: _Collection, prepared: Prepared, metadata: list[str]) -> tuple[int, int]:
         writes: list[DocWrite] = []
         at = 0
-        for d, sp, meta in zip(docs, spans, metadata):
+        vectors = prepared.vectors  # (C, D)
+        texts = prepared.chunk_texts
+        for d, sp, meta in zip(prepared.docs, prepared.spans, metadata):
             writes.append(DocWrite(id=d.id, text=d.text, metadata_json=meta, spans=sp, vectors=vectors[at : at + len(sp)]))
             at += len(sp)
         with c.lock.write():
@@ -696,7 +653,7 @@ class RetrievalEngine:
             result = c.store.write_docs(writes)  # committed: acknowledged = durable
             self._apply(c, result, vectors, texts)
         self._maybe_snapshot(c)
-        return len(docs), len(texts)
+        return len(prepared.docs), len(texts)
 
     def delete(self, name: str, ids: list[str]) -> int:
         """Delete documents by id (unknown ids are ignored); returns how many were deleted."""

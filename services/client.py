@@ -24,6 +24,8 @@ from lodestar.embed.v1 import embed_pb2_grpc as pb_grpc
 from lodestar.generate.v1 import generate_pb2 as gpb
 from lodestar.generate.v1 import generate_pb2_grpc as gpb_grpc
 from lodestar.retrieve import types as rt
+from lodestar.retrieve.v1 import index_pb2 as ipb
+from lodestar.retrieve.v1 import index_pb2_grpc as ipb_grpc
 from lodestar.retrieve.v1 import retrieve_pb2 as rpb
 from lodestar.retrieve.v1 import retrieve_pb2_grpc as rpb_grpc
 from lodestar.services import convert
@@ -89,6 +91,7 @@ class Client:
         self._retrieve = rpb_grpc.RetrieveServiceStub(self._channel)
         self._compress = cpb_grpc.CompressServiceStub(self._channel)
         self._generate = gpb_grpc.GenerateServiceStub(self._channel)
+        self._index = ipb_grpc.IndexServiceStub(self._channel)
 
     def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
         try:
@@ -297,6 +300,57 @@ class Client:
         except grpc.RpcError as exc:
             raise _raise(exc) from None
         return convert.datastore_dict(resp)
+
+    # --- batch indexing jobs ---------------------------------------------------------------
+
+    def submit_job(self, collection: str, lines: Iterable[tuple[int, bytes]], *, source: str = "",
+                   chunk_docs: int = 0, batch: int = 256, timeout: float | None = None) -> dict[str, Any]:
+        """Upload (line number, raw jsonl line) pairs as one job; it starts when the upload ends.
+        Lines the server cannot use are listed in the job's errors, with their numbers."""
+        def requests() -> Iterator[ipb.SubmitJobRequest]:
+            yield ipb.SubmitJobRequest(collection=collection, source=source, chunk_docs=chunk_docs)
+            buf: list[ipb.Line] = []
+            for number, data in lines:
+                buf.append(ipb.Line(number=number, data=data))
+                if len(buf) >= batch:
+                    yield ipb.SubmitJobRequest(lines=buf)
+                    buf = []
+            if buf:
+                yield ipb.SubmitJobRequest(lines=buf)
+
+        try:
+            return convert.job_dict(self._index.SubmitJob(requests(), timeout=timeout))
+        except grpc.RpcError as exc:
+            raise _raise(exc) from None
+
+    def get_job(self, job_id: str, max_errors: int | None = None) -> dict[str, Any]:
+        return convert.job_dict(self._call(self._index.GetJob, ipb.GetJobRequest(id=job_id, max_errors=max_errors)))
+
+    def watch_job(self, job_id: str, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """The job's state now and at every change, until it ends."""
+        for j in self._stream(self._index.WatchJob, ipb.GetJobRequest(id=job_id), timeout):
+            yield convert.job_dict(j)
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return convert.job_dict(self._call(self._index.CancelJob, ipb.JobRequest(id=job_id)))
+
+    def resume_job(self, job_id: str) -> dict[str, Any]:
+        return convert.job_dict(self._call(self._index.ResumeJob, ipb.JobRequest(id=job_id)))
+
+    def list_jobs(self, limit: int | None = None) -> list[dict[str, Any]]:
+        return [convert.job_dict(j) for j in self._call(self._index.ListJobs, ipb.ListJobsRequest(limit=limit)).jobs]
+
+    # worker side
+
+    def fetch_chunk(self, job_id: str, idx: int) -> Any:
+        return convert.chunk_work(self._call(self._index.FetchChunk, ipb.ChunkRequest(job_id=job_id, chunk=idx)), job_id, idx)
+
+    def commit_chunk(self, commit: Any) -> None:
+        self._call(self._index.CommitChunk, convert.commit_request(commit))
+
+    def fail_chunk(self, job_id: str, idx: int, message: str, worker: str, final: bool) -> None:
+        req = ipb.FailChunkRequest(job_id=job_id, chunk=idx, message=message, worker=worker, final=final)
+        self._call(self._index.FailChunk, req)
 
     # --- health -------------------------------------------------------------------------------
 

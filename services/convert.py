@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from lodestar.compress_ctx import types as ct
@@ -14,6 +15,7 @@ from lodestar.errors import InvalidInput
 from lodestar.generate import types as gt
 from lodestar.generate.v1 import generate_pb2 as gpb
 from lodestar.retrieve import types as rt
+from lodestar.retrieve.v1 import index_pb2 as ipb
 from lodestar.retrieve.v1 import retrieve_pb2 as rpb
 
 DTYPE_TO_NAME = {
@@ -439,3 +441,91 @@ def stats_from_pb(s: gpb.DecodeStats) -> dict[str, Any]:
 def datastore_dict(d: gpb.DatastoreInfo) -> dict[str, Any]:
     return {"name": d.name, "tokens": d.tokens, "documents": d.documents, "segments": d.segments, "path": d.path,
             "is_default": d.is_default}
+
+
+# --- indexing jobs -----------------------------------------------------------------------------
+
+
+def job_pb(info: Any, errors: Sequence[Any] = (), mode: str = "") -> ipb.Job:
+    return ipb.Job(
+        id=info.id, collection=info.collection, source=info.source, state=info.state, lines=info.lines,
+        documents=info.documents, chunks=info.chunks, chunks_done=info.chunks_done, chunks_failed=info.chunks_failed,
+        written=info.written, errors_count=info.errors,
+        errors=[ipb.JobError(line=e.line, doc_id=e.doc_id, message=e.message) for e in errors],
+        created_at=info.created_at, updated_at=info.updated_at, finished_at=info.finished_at or 0.0,
+        message=info.message, workers=info.workers, mode=mode, processed=info.processed,
+    )
+
+
+def chunk_work_pb(w: Any) -> ipb.ChunkWork:
+    if w.skip:
+        return ipb.ChunkWork(skip=w.skip)
+    return ipb.ChunkWork(
+        collection=w.collection, config=collection_config_pb(w.config), dimensions=w.dim, model=w.model,
+        documents=[document_pb(d) for d in w.docs], lines=w.lines,
+    )
+
+
+def commit(r: ipb.CommitChunkRequest) -> Any:
+    """A worker's CommitChunk -> indexing.Commit, checking the flattened spans and vectors add up."""
+    import numpy as np
+
+    from lodestar.retrieve.indexing import Commit
+    from lodestar.retrieve.jobs import JobError
+    from lodestar.retrieve.prepare import Prepared
+
+    docs = documents(list(r.documents))
+    if len(r.span_counts) != len(docs) or len(r.lines) != len(docs):
+        raise InvalidInput(f"{len(docs)} documents need as many span_counts and lines; got {len(r.span_counts)} and {len(r.lines)}")
+    chunks = sum(r.span_counts)
+    if len(r.spans) != 2 * chunks:
+        raise InvalidInput(f"{chunks} chunks need {2 * chunks} span offsets; got {len(r.spans)}")
+    if r.dimensions == 0 or len(r.vectors) != 4 * chunks * r.dimensions:
+        raise InvalidInput(f"vectors hold {len(r.vectors)} bytes; {chunks} chunks x {r.dimensions} float32 need {4 * chunks * r.dimensions}")
+    flat = list(r.spans)
+    spans, at = [], 0
+    for n in r.span_counts:
+        spans.append([(flat[2 * i], flat[2 * i + 1]) for i in range(at, at + n)])
+        at += n
+    vectors = np.frombuffer(r.vectors, dtype="<f4").reshape(chunks, r.dimensions).astype(np.float32)
+    return Commit(
+        job_id=r.job_id, idx=r.chunk, prepared=Prepared(docs, spans, vectors), lines=list(r.lines),
+        errors=[JobError(e.line, e.doc_id, e.message) for e in r.errors], worker=r.worker, model=r.model,
+    )
+
+
+# client (worker) side
+
+
+def chunk_work(resp: ipb.ChunkWork, job_id: str, idx: int) -> Any:
+    from lodestar.retrieve.indexing import ChunkWork
+
+    if resp.skip:
+        return ChunkWork(job_id, idx, skip=resp.skip)
+    return ChunkWork(
+        job_id, idx, resp.collection, collection_config(resp.config), resp.dimensions, resp.model,
+        documents(list(resp.documents)), list(resp.lines),
+    )
+
+
+def commit_request(c: Any) -> ipb.CommitChunkRequest:
+    import numpy as np
+
+    p = c.prepared
+    return ipb.CommitChunkRequest(
+        job_id=c.job_id, chunk=c.idx, worker=c.worker, model=c.model, documents=[document_pb(d) for d in p.docs],
+        lines=c.lines, span_counts=[len(s) for s in p.spans], spans=[x for s in p.spans for ab in s for x in ab],
+        vectors=np.ascontiguousarray(p.vectors, dtype="<f4").tobytes(), dimensions=int(p.vectors.shape[1]),
+        errors=[ipb.JobError(line=e.line, doc_id=e.doc_id, message=e.message) for e in c.errors],
+    )
+
+
+def job_dict(j: ipb.Job) -> dict[str, Any]:
+    return {
+        "id": j.id, "collection": j.collection, "source": j.source, "state": j.state, "lines": j.lines,
+        "documents": j.documents, "chunks": j.chunks, "chunks_done": j.chunks_done, "chunks_failed": j.chunks_failed,
+        "written": j.written, "errors_count": j.errors_count,
+        "errors": [{"line": e.line, "doc_id": e.doc_id, "message": e.message} for e in j.errors],
+        "created_at": j.created_at, "updated_at": j.updated_at, "finished_at": j.finished_at or None,
+        "message": j.message, "workers": dict(j.workers), "mode": j.mode, "processed": j.processed,
+    }

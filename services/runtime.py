@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from lodestar.generate.engine import GenerationEngine
     from lodestar.retrieve.engine import RetrievalEngine
     from lodestar.services.answer import AnswerPipeline
+    from lodestar.services.jobs import JobManager
 
 RETRIEVE_SERVICE = "lodestar.retrieve.v1.RetrieveService"
 
@@ -38,6 +39,8 @@ class Runtime:
         self._retrieval: RetrievalEngine | None = None
         self._compression: CompressionEngine | None = None
         self._generation: GenerationEngine | None = None
+        self._jobs: JobManager | None = None
+        self._watchdog: asyncio.Task | None = None
         self.serves: set[str] = set()  # short names (embed, retrieve, ...) the server factory registered
         self._load_error: str | None = None
         self._shutting_down = False
@@ -76,6 +79,11 @@ class Runtime:
         assert self._generation is not None
         return self._generation
 
+    def job_manager(self) -> JobManager:
+        self._check_ready()
+        assert self._jobs is not None
+        return self._jobs
+
     def answer_pipeline(self) -> AnswerPipeline:
         """Answer composes the retrieval, compression and generation engines of this process."""
         from lodestar.services.answer import AnswerPipeline
@@ -102,8 +110,11 @@ class Runtime:
         loop = asyncio.get_running_loop()
         try:
             self._engine = await loop.run_in_executor(None, self._build_engine, backbone)
-            if "retrieve" in self.serves:
+            if self.serves & {"retrieve", "index"}:
                 self._retrieval = await loop.run_in_executor(None, self._build_retrieval, self._engine)
+            if "index" in self.serves:
+                self._jobs = await loop.run_in_executor(None, self._build_jobs, self._retrieval, self._engine)
+                self._watchdog = asyncio.ensure_future(self._watch_jobs())
             if self.serves & {"compress", "generate"}:
                 self._compression = await loop.run_in_executor(None, self._build_compression, self._engine)
             if "generate" in self.serves:
@@ -152,6 +163,28 @@ class Runtime:
 
         return RetrievalEngine(Path(self.settings.data_dir) / "collections", engine)
 
+    def _build_jobs(self, retrieval: RetrievalEngine, engine: EmbeddingEngine) -> JobManager:
+        from lodestar.services.jobs import JobManager, JobsConfig
+
+        s = self.settings
+        return JobManager(retrieval, engine, JobsConfig(
+            data_dir=Path(s.data_dir), chunk_docs=s.job_chunk_docs, requeue_after_s=s.job_requeue_after_s,
+            broker_url=s.broker_url, result_backend=s.result_backend, visibility_timeout_s=s.broker_visibility_timeout_s,
+        ))
+
+    async def _watch_jobs(self) -> None:
+        """Re-dispatch what needs it: chunks left pending (broker was down) and chunks whose
+        message or worker was lost (queued longer than job_requeue_after_s)."""
+        interval = min(5.0, self.settings.job_requeue_after_s / 4)
+        loop = asyncio.get_running_loop()
+        while not self._shutting_down:
+            await asyncio.sleep(interval)
+            if self._jobs is not None:
+                try:
+                    await loop.run_in_executor(None, self._jobs.dispatch_due)
+                except Exception:
+                    log.exception("job dispatch round failed")
+
     def _build_compression(self, engine: EmbeddingEngine) -> CompressionEngine:
         from lodestar.compress_ctx.engine import CompressionEngine
 
@@ -180,6 +213,10 @@ class Runtime:
 
     def close(self) -> None:
         self._shutting_down = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if self._jobs is not None:
+            self._jobs.close()
         if self._retrieval is not None:
             self._retrieval.close()
         if self._engine is not None:

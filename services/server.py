@@ -52,6 +52,12 @@ def _register(server: grpc.aio.Server, runtime: Runtime, only: tuple[str, ...]) 
 
             retrieve_pb2_grpc.add_RetrieveServiceServicer_to_server(RetrieveServicer(runtime), server)
             names.append(retrieve_pb2.DESCRIPTOR.services_by_name["RetrieveService"].full_name)
+        elif service == "index":
+            from lodestar.retrieve.v1 import index_pb2, index_pb2_grpc
+            from lodestar.services.index_servicer import IndexServicer
+
+            index_pb2_grpc.add_IndexServiceServicer_to_server(IndexServicer(runtime), server)
+            names.append(index_pb2.DESCRIPTOR.services_by_name["IndexService"].full_name)
         elif service == "compress":
             from lodestar.compress_ctx.v1 import compress_pb2, compress_pb2_grpc
             from lodestar.services.compress_servicer import CompressServicer

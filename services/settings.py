@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-SERVICES = ("embed", "retrieve", "compress", "generate")
+SERVICES = ("embed", "retrieve", "index", "compress", "generate")
 
 
 class Settings(BaseSettings):
@@ -48,6 +48,14 @@ class Settings(BaseSettings):
     max_new_tokens: int = Field(2048, ge=1, description="largest max_new_tokens a generation may ask for")
     max_concurrent_generations: int = Field(4, ge=1, description="generations in flight before RESOURCE_EXHAUSTED")
     generate_dtype: str = Field("float32", description="dtype generation runs in: float32 keeps speculative greedy identical to plain greedy (bf16 logits tie and round differently per path); auto = the model's dtype")
+
+    # --- batch indexing (jobs) ---
+    broker_url: str = Field("", description="Celery broker, e.g. redis://127.0.0.1:6379/0; empty = jobs run inside the server")
+    result_backend: str = Field("", description="Celery result backend; empty = the broker")
+    job_chunk_docs: int = Field(64, ge=1, le=10000, description="documents per chunk (one task)")
+    job_requeue_after_s: float = Field(600.0, gt=0, description="a dispatched chunk not done by then is dispatched again (lost message, dead worker); keep it above the slowest chunk")
+    broker_visibility_timeout_s: int = Field(3600, ge=1, description="the broker redelivers an unacknowledged task after this long; keep it above the slowest chunk")
+    worker_concurrency: int = Field(1, ge=1, description="`lodestar worker`: tasks run at once (each process loads the model)")
 
     # --- server behaviour ---
     max_concurrent_rpcs: int = Field(256, ge=1, description="RPCs in flight before RESOURCE_EXHAUSTED")

@@ -1,4 +1,4 @@
-"""Commands of the retrieval side: collection, index, search, eval beir, bench retrieve."""
+"""Commands of the retrieval side: collection, search, eval beir, bench retrieve."""
 
 from __future__ import annotations
 
@@ -45,69 +45,6 @@ def cmd_collection(args: argparse.Namespace) -> int:
             print_obj(c.restore(args.name, args.path), args.json)
         elif args.action == "rebuild":
             print_obj(c.rebuild(args.name), args.json)
-    return 0
-
-
-def read_documents(path: Path, start: int = 0):  # type: ignore[no-untyped-def]
-    """Yield (line_number, document dict) from jsonl ({id|_id, text, title?, metadata?})."""
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if n <= start or not line.strip():
-                continue
-            try:
-                o = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise LodestarError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-            doc_id = o.get("id", o.get("_id"))
-            title, text = (o.get("title") or "").strip(), (o.get("text") or "").strip()
-            body = f"{title}. {text}" if title and text else (title or text)
-            meta = o.get("metadata") or {k: v for k, v in o.items() if k not in ("id", "_id", "text", "title")}
-            yield n, {"id": str(doc_id) if doc_id is not None else "", "text": body, "metadata": meta}
-
-
-def cmd_index(args: argparse.Namespace) -> int:
-    """Upsert a jsonl file in batches; progress is kept in FILE.<collection>.progress so a rerun resumes."""
-    from tqdm import tqdm
-
-    from lodestar.services.client import Client
-
-    path = Path(args.file)
-    if path.is_dir():
-        path = path / "corpus.jsonl"
-    if not path.is_file():
-        raise LodestarError(f"{path} does not exist (give a jsonl file or a BEIR folder)")
-    state_file = path.with_name(f"{path.name}.{args.collection}.progress")
-    st = path.stat()
-    state = json.loads(state_file.read_text()) if state_file.exists() else {}
-    fingerprint = {"size": st.st_size, "mtime": int(st.st_mtime)}
-    start = state.get("line", 0) if state.get("file") == fingerprint else 0
-    total = sum(1 for _ in open(path, encoding="utf-8"))
-    docs = chunks = 0
-    with Client(args.server, timeout=600) as c:
-        bar = tqdm(total=total, initial=start, unit="line", desc=f"index {args.collection}", disable=args.quiet)
-        batch: list[dict] = []
-        last = start
-
-        def flush() -> None:
-            nonlocal docs, chunks, batch
-            if batch:
-                d, ch = c.upsert(args.collection, batch)
-                docs, chunks = docs + d, chunks + ch
-                batch = []
-            state_file.write_text(json.dumps({"file": fingerprint, "line": last}))
-
-        for n, doc in read_documents(path, start):
-            batch.append(doc)
-            if len(batch) >= args.batch_size:
-                last = n
-                flush()
-                bar.update(n - bar.n)
-        last = total
-        flush()
-        bar.update(total - bar.n)
-        bar.close()
-    state_file.unlink(missing_ok=True)
-    print_obj({"collection": args.collection, "documents": docs, "chunks": chunks, "resumed_from_line": start}, args.json)
     return 0
 
 
@@ -217,14 +154,6 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     for a in col_sub.choices.values():
         a.add_argument("--json", action="store_true")
     col.set_defaults(func=cmd_collection)
-
-    ix = sub.add_parser("index", help="upsert a jsonl file or BEIR corpus into a collection (resumable)")
-    ix.add_argument("file", help="jsonl ({id|_id, text, title?, metadata?}) or a BEIR folder")
-    ix.add_argument("--collection", "-c", required=True)
-    ix.add_argument("--batch-size", type=int, default=64)
-    ix.add_argument("--json", action="store_true")
-    ix.add_argument("--quiet", action="store_true")
-    ix.set_defaults(func=cmd_index)
 
     se = sub.add_parser("search", help="search a collection")
     se.add_argument("queries", nargs="+")

@@ -124,7 +124,8 @@ def test_answer_streams_with_sources(server, tmp_path: Path) -> None:  # type: i
     corpus = FIXTURES / "compress" / "beir"
     assert lodestar("--server", server.address, "collection", "create", "cli_answer", "--mode", "prompteol").returncode == 0
     try:
-        assert lodestar("--server", server.address, "index", str(corpus), "-c", "cli_answer", "--quiet").returncode == 0
+        assert lodestar("--server", server.address, "index", str(corpus), "-c", "cli_answer", "--wait",
+                        "--quiet").returncode == 0
         run = lodestar("--server", server.address, "answer", "Who were the Normans descended from?", "-c", "cli_answer",
                        "-k", "2", "--max-new-tokens", "16", "--json")
         assert run.returncode == 0, run.stderr
@@ -160,3 +161,25 @@ def test_eval_compress_prints_one_json_line(tmp_path: Path) -> None:
     assert res["method"] == "extractive" and res["questions"] == 3
     assert 0 < res["compression_rate"] < 1 and {"em", "f1", "answer_in_context"} <= set(res["compressed"])
     assert json.loads(out.read_text())["questions"] == 3
+
+
+def test_index_job_then_jobs_commands(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps({"id": f"j{i}", "text": f"job document {i}"}) + "\n" for i in range(5)) + "not json\n")
+    assert lodestar("--server", server.address, "collection", "create", "cli_jobs", "--mode", "mean").returncode == 0
+    try:
+        sub = lodestar("--server", server.address, "index", str(src), "-c", "cli_jobs", "--json", "--quiet")
+        assert sub.returncode == 0, sub.stderr
+        job_id = json.loads(sub.stdout)["id"]
+        watched = lodestar("--server", server.address, "jobs", "watch", job_id, "--json", "--quiet")
+        assert watched.returncode == 0, watched.stderr
+        job = json.loads(watched.stdout)
+        assert job["state"] == "done" and job["written"] == 5 and job["errors"][0]["line"] == 6
+        listed = lodestar("--server", server.address, "jobs")
+        assert job_id in listed.stdout and "done" in listed.stdout
+        shown = lodestar("--server", server.address, "jobs", "show", job_id)
+        assert "line 6: not valid JSON" in shown.stdout
+        missing = lodestar("--server", server.address, "jobs", "show", "nope")
+        assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+    finally:
+        lodestar("--server", server.address, "collection", "drop", "cli_jobs")

@@ -127,9 +127,10 @@ def test_collection_cli(server, tmp_path: Path) -> None:  # type: ignore[no-unty
                               capture_output=True, text=True, timeout=600)
 
     assert run("collection", "create", "cli_col", "--mode", "mean", "--index", "HNSW32", "--sparse", "bm25").returncode == 0
-    out = run("index", str(corpus), "--collection", "cli_col", "--json", "--batch-size", "2")
+    out = run("index", str(corpus), "--collection", "cli_col", "--json", "--wait", "--chunk-docs", "2")
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["documents"] == 5
+    job = json.loads(out.stdout)
+    assert job["state"] == "done" and job["documents"] == 5 and job["written"] == 5 and job["chunks"] == 3
     stats = json.loads(run("collection", "stats", "cli_col", "--json").stdout)
     assert stats["documents"] == 5 and stats["index"] == "HNSW32" and {"chunks", "bytes"} <= set(stats)
     hits = json.loads(run("search", "bond yields", "-c", "cli_col", "--retriever", "hybrid", "-k", "2", "--json").stdout)

@@ -1,0 +1,143 @@
+"""Turning documents into what a collection stores: validated metadata, chunk spans, chunk vectors.
+
+Kept apart from the engine because batch-indexing workers run it in their own processes (the
+embedding is the expensive part) and send the server only spans and vectors; the server checks
+them against the collection and writes. Engine and workers share these functions, so a document
+indexed by a worker is chunked and embedded exactly as one upserted directly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lodestar.embed.types import EmbedOptions
+from lodestar.errors import InvalidInput, Unavailable
+from lodestar.retrieve.chunking import chunk_spans
+from lodestar.retrieve.types import CollectionConfig, Document
+
+EMBED_BATCH = 256  # texts per embed call when the embedder does not say its own limit
+
+
+@dataclass(frozen=True)
+class DocLimits:
+    max_id_bytes: int = 512
+    max_text_chars: int = 1_000_000
+
+
+@dataclass
+class Prepared:
+    """Documents ready to be written: per document its chunk spans; (C, D) vectors, chunks in order."""
+
+    docs: list[Document]
+    spans: list[list[tuple[int, int]]]
+    vectors: np.ndarray
+
+    @property
+    def chunk_texts(self) -> list[str]:
+        return [d.text[s:e] for d, sp in zip(self.docs, self.spans) for s, e in sp]
+
+
+def validate_document(doc: Document, limits: DocLimits, where: str) -> str:
+    """Check one document; -> its metadata as compact JSON. Raises InvalidInput saying what is wrong."""
+    doc_id = getattr(doc, "id", None)
+    if not isinstance(doc_id, str) or not doc_id:
+        raise InvalidInput(f"{where}: id is empty: give every document a non-empty string id")
+    where = f"{where} (id {doc_id[:80]!r})"
+    try:
+        size = len(doc_id.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{where}: id is not valid Unicode (lone surrogate)") from None
+    if size > limits.max_id_bytes:
+        raise InvalidInput(f"{where}: id is {size} UTF-8 bytes; the limit is max_id_bytes={limits.max_id_bytes}")
+    text = getattr(doc, "text", None)
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidInput(f"{where}: text is empty")
+    if len(text) > limits.max_text_chars:
+        raise InvalidInput(f"{where}: text is {len(text)} characters; the limit is max_text_chars={limits.max_text_chars}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{where}: text is not valid Unicode (lone surrogate)") from None
+    if "\x00" in text:
+        raise InvalidInput(f"{where}: text contains a NUL character")
+    metadata = getattr(doc, "metadata", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict):
+        raise InvalidInput(f"{where}: metadata must be an object (dict), got {type(metadata).__name__}")
+    for key in metadata:
+        if not isinstance(key, str):
+            raise InvalidInput(f"{where}: metadata key {key!r} is not a string")
+    try:
+        encoded = json.dumps(metadata, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        encoded.encode("utf-8")
+    except (TypeError, ValueError, UnicodeEncodeError) as e:
+        raise InvalidInput(
+            f"{where}: metadata is not JSON-serialisable ({e}); use strings, finite numbers, booleans, null, lists and objects"
+        ) from None
+    if len(encoded) > limits.max_text_chars:
+        raise InvalidInput(f"{where}: metadata is {len(encoded)} characters as JSON; the limit is max_text_chars={limits.max_text_chars}")
+    return encoded
+
+
+def embed_options(cfg: CollectionConfig, query: bool) -> EmbedOptions:
+    """How a collection embeds its documents (query=False) or its queries."""
+    return EmbedOptions(
+        mode=cfg.mode,
+        prompt=cfg.query_prompt if query else cfg.doc_prompt,
+        instruction=cfg.query_instruction if query else cfg.doc_instruction,
+        adapter=cfg.adapter,
+        dimensions=cfg.dimensions,
+        normalize=cfg.metric == "cosine",
+    )
+
+
+def embed_limit(embedder: Any) -> int:
+    """Texts per embed call: the embedder's own request limit, or EMBED_BATCH."""
+    cfg = getattr(embedder, "config", None)
+    limit = getattr(cfg, "max_texts_per_request", None)
+    return int(limit) if isinstance(limit, int) and limit > 0 else EMBED_BATCH
+
+
+def chunk_document(embedder: Any, cfg: CollectionConfig, text: str) -> list[tuple[int, int]]:
+    """Character spans of a document's chunks (by tokens); whitespace-only chunks are skipped."""
+    if cfg.chunk_tokens == 0:
+        return [(0, len(text))]
+    spans = chunk_spans(embedder.token_offsets(text), cfg.chunk_tokens, cfg.chunk_overlap)
+    out = [(0, len(text)) if (s, e) == (0, 0) else (int(s), int(e)) for s, e in spans]
+    out = [(s, e) for s, e in out if text[s:e].strip()]
+    return out or [(0, len(text))]
+
+
+def embed_texts(embedder: Any, cfg: CollectionConfig, texts: list[str], dim: int, query: bool) -> np.ndarray:
+    """(N, dim) float32 vectors of `texts` with the collection's doc or query options; refuses a
+    wrong width or a non-finite vector (it would poison every later rebuild)."""
+    options = embed_options(cfg, query)
+    step = embed_limit(embedder)
+    out = np.empty((len(texts), dim), dtype=np.float32)  # (N, D)
+    for i in range(0, len(texts), step):
+        vectors = np.asarray(embedder.embed(texts[i : i + step], options).vectors, dtype=np.float32)
+        if vectors.shape != (len(texts[i : i + step]), dim):
+            raise Unavailable(f"collection {cfg.name!r} holds {dim}-dim vectors but the embedder returned shape {vectors.shape}")
+        out[i : i + step] = vectors
+    check_finite(out, texts, "query" if query else "chunk")
+    return out
+
+
+def check_finite(vectors: np.ndarray, texts: list[str], what: str) -> None:
+    bad = ~np.isfinite(vectors).all(axis=1)  # (N,)
+    if bad.any():
+        j = int(np.flatnonzero(bad)[0])
+        raise InvalidInput(f"the embedding of {what} {j} ({texts[j][:60]!r}) is not finite; nothing was written")
+
+
+def prepare(embedder: Any, cfg: CollectionConfig, dim: int, docs: list[Document]) -> Prepared:
+    """Chunk and embed documents (already validated) for a collection with `cfg` and width `dim`."""
+    spans = [chunk_document(embedder, cfg, d.text) for d in docs]
+    prepared = Prepared(docs, spans, np.empty((0, dim), dtype=np.float32))
+    prepared.vectors = embed_texts(embedder, cfg, prepared.chunk_texts, dim, query=False)
+    return prepared

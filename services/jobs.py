@@ -1,0 +1,208 @@
+"""Batch-indexing jobs in a server: submission, dispatch (in-process or Celery), commits, control.
+
+Plain Python over the job store and the retrieval engine (no gRPC): the IndexService servicer and
+the in-process dispatcher call it. Dispatch is at-least-once and completion exactly-once: a chunk
+whose message was lost (broker restart) or whose worker died is dispatched again after
+`requeue_after_s`; a chunk already done is skipped; writes are upserts by id.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lodestar.errors import InvalidInput, LodestarError
+from lodestar.retrieve.engine import RetrievalEngine
+from lodestar.retrieve.indexing import ChunkWork, Commit, run_chunk, split
+from lodestar.retrieve.jobs import DB_NAME, JobError, JobInfo, JobStore
+
+log = logging.getLogger(__name__)
+
+IN_PROCESS = "in-process"
+
+
+@dataclass(frozen=True)
+class JobsConfig:
+    data_dir: Path
+    chunk_docs: int = 64  # documents per chunk (one task)
+    requeue_after_s: float = 600.0  # a queued chunk not done by then is dispatched again (Celery)
+    max_attempts: int = 5  # in-process: dispatches of a failing chunk before it is marked failed
+    broker_url: str = ""  # empty: jobs run in this process
+    result_backend: str = ""
+    visibility_timeout_s: int = 3600
+
+
+class InProcessDispatcher:
+    """One background thread runs chunks with this process's embedder (the embedded default)."""
+
+    stale_after_s = math.inf  # its queue never loses a chunk while the process lives
+
+    def __init__(self, manager: JobManager, embedder: Any) -> None:
+        self.manager = manager
+        self.embedder = embedder
+        self._queue: queue.Queue[tuple[str, int] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="lodestar-jobs", daemon=True)
+        self._thread.start()
+
+    def send(self, job_id: str, idxs: list[int]) -> None:
+        for idx in idxs:
+            self._queue.put((job_id, idx))
+
+    def _loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            job_id, idx = item
+            try:
+                run_chunk(self.manager, self.embedder, job_id, idx, IN_PROCESS)
+            except Exception as exc:
+                self.manager.chunk_failed(job_id, idx, exc, IN_PROCESS)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+
+class CeleryDispatcher:
+    """Sends one Celery task per chunk; workers embed and commit through the IndexService."""
+
+    def __init__(self, config: JobsConfig) -> None:
+        from lodestar.services.worker import make_app
+
+        self.stale_after_s = config.requeue_after_s
+        self.app = make_app(config.broker_url, config.result_backend, config.visibility_timeout_s)
+
+    def send(self, job_id: str, idxs: list[int]) -> None:
+        # Fail fast when the broker is down: the chunks stay pending and the next round retries.
+        policy = {"max_retries": 1, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0}
+        from lodestar.services.worker import TASK_NAME
+
+        for idx in idxs:
+            self.app.send_task(TASK_NAME, args=(job_id, idx), retry=True, retry_policy=policy)
+
+    def close(self) -> None:
+        self.app.close()
+
+
+class JobManager:
+    def __init__(self, retrieval: RetrievalEngine, embedder: Any, config: JobsConfig) -> None:
+        self.retrieval = retrieval
+        self.config = config
+        self.store = JobStore(Path(config.data_dir) / DB_NAME, retrieval.limits)
+        self._dispatch_lock = threading.Lock()
+        if config.broker_url:
+            self.dispatcher: InProcessDispatcher | CeleryDispatcher = CeleryDispatcher(config)
+        else:
+            self.store.requeue_all()  # what a previous process had queued died with it
+            self.dispatcher = InProcessDispatcher(self, embedder)
+        self.dispatch_due()  # jobs left running by a previous process go on
+
+    @property
+    def mode(self) -> str:
+        return "celery" if self.config.broker_url else IN_PROCESS
+
+    # --- submission ----------------------------------------------------------------------------
+
+    def open(self, collection: str, source: str, chunk_docs: int = 0) -> str:
+        self.retrieval.target(collection)  # NotFound / not serving: refuse before the upload
+        limit = self.retrieval.max_docs_per_upsert
+        n = chunk_docs or self.config.chunk_docs
+        if not 1 <= n <= limit:
+            raise InvalidInput(f"chunk_docs must be in 1..{limit} (max_docs_per_upsert); got {n}")
+        return self.store.create(collection, source or "-", n)
+
+    def stage(self, job_id: str, lines: Iterable[tuple[int, bytes]]) -> None:
+        self.store.stage(job_id, lines)
+
+    def seal(self, job_id: str) -> JobInfo:
+        info = self.store.seal(job_id)
+        self.dispatch_due(job_id)
+        return self.store.get(job_id) if info.chunks else info
+
+    def discard(self, job_id: str) -> None:
+        self.store.discard(job_id)
+
+    # --- dispatch ------------------------------------------------------------------------------
+
+    def dispatch_due(self, job_id: str | None = None) -> int:
+        """Dispatch pending chunks (and stale queued ones); -> how many were sent."""
+        sent = 0
+        with self._dispatch_lock:
+            for jid, idxs in self.store.due(self.dispatcher.stale_after_s, job_id).items():
+                self.store.mark_queued(jid, idxs)
+                try:
+                    self.dispatcher.send(jid, idxs)
+                    sent += len(idxs)
+                except Exception as exc:  # broker down: they stay pending for the next round
+                    log.warning("dispatching %d chunk(s) of job %s failed (%s); retrying later", len(idxs), jid, exc)
+                    self.store.mark_pending(jid, idxs)
+        return sent
+
+    # --- the ChunkSource side (in-process runs, and the worker RPCs) ----------------------------
+
+    def fetch(self, job_id: str, idx: int) -> ChunkWork:
+        staged = self.store.chunk(job_id, idx)
+        if staged.job_state != "running":
+            return ChunkWork(job_id, idx, skip=f"job is {staged.job_state}")
+        if staged.state == "done":
+            return ChunkWork(job_id, idx, skip="chunk already done")
+        config, dim, model = self.retrieval.target(staged.collection)
+        return ChunkWork(job_id, idx, staged.collection, config, dim, model, staged.docs, staged.lines)
+
+    def commit(self, c: Commit) -> None:
+        """Write a prepared chunk and record it done; a document the collection refuses is
+        isolated (written one by one) and reported with its line."""
+        staged = self.store.chunk(c.job_id, c.idx)
+        if staged.job_state != "running" or staged.state == "done":
+            return  # cancelled meanwhile, or a duplicate delivery: nothing to record
+        errors = list(c.errors)
+        written = 0
+        if c.prepared.docs:
+            try:
+                written = self.retrieval.upsert_prepared(staged.collection, c.prepared, c.model)[0]
+            except InvalidInput:
+                for line, one in zip(c.lines, split(c.prepared)):
+                    try:
+                        written += self.retrieval.upsert_prepared(staged.collection, one, c.model)[0]
+                    except InvalidInput as exc:
+                        errors.append(JobError(line, one.docs[0].id, str(exc)))
+        self.store.complete(c.job_id, c.idx, written, errors, c.worker)
+
+    def chunk_failed(self, job_id: str, idx: int, exc: BaseException | str, worker: str, final: bool = False) -> None:
+        """A run of a chunk raised: retried by a later dispatch round, failed for good after max_attempts."""
+        message = str(exc) if isinstance(exc, (str, LodestarError)) else f"{type(exc).__name__}: {exc}"
+        staged = self.store.chunk(job_id, idx)
+        attempts = self.store.attempts(job_id, idx)
+        if final or attempts >= self.config.max_attempts:
+            log.error("job %s chunk %d failed for good after %d attempt(s): %s", job_id, idx, attempts, message)
+            self.store.fail_chunk(job_id, idx, message, worker)
+        elif staged.state != "done":
+            log.warning("job %s chunk %d failed (attempt %d): %s", job_id, idx, attempts, message)
+            self.store.mark_pending(job_id, [idx])
+
+    # --- control -------------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> JobInfo:
+        return self.store.get(job_id)
+
+    def list(self, limit: int = 100) -> list[JobInfo]:
+        return self.store.list(limit)
+
+    def errors(self, job_id: str, limit: int = 1000) -> list[JobError]:
+        return self.store.errors(job_id, limit)
+
+    def cancel(self, job_id: str) -> JobInfo:
+        return self.store.cancel(job_id)
+
+    def resume(self, job_id: str) -> JobInfo:
+        info = self.store.resume(job_id)
+        self.dispatch_due(job_id)
+        return self.store.get(job_id) if info.chunks else info
+
+    def close(self) -> None:
+        self.dispatcher.close()
+        self.store.close()

@@ -1,0 +1,137 @@
+"""Celery workers for batch indexing (Redis broker): `lodestar worker` runs one.
+
+The task is thin: it runs `retrieve.indexing.run_chunk` with this process's embedding engine and a
+`RemoteSource` that fetches the chunk's documents from the server and commits spans and vectors
+back over gRPC. Delivery is at-least-once and safe to repeat (a done chunk is skipped, writes are
+upserts by id): tasks are acknowledged late and rejected (redelivered) when their worker dies, and
+transient failures retry with exponential backoff and jitter. JSON only: no pickle on the wire.
+
+The app is configured from Settings when a worker or a dispatcher starts, never at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import Celery, Task
+
+from lodestar.errors import InvalidInput, NotFound
+from lodestar.retrieve.indexing import ChunkWork, Commit, run_chunk
+
+log = logging.getLogger(__name__)
+
+TASK_NAME = "lodestar.index_chunk"
+MAX_RETRIES = 8
+
+app = Celery("lodestar")
+
+
+def configure(celery: Celery, broker_url: str, result_backend: str = "", visibility_timeout_s: int = 3600) -> Celery:
+    celery.conf.update(
+        broker_url=broker_url,
+        result_backend=result_backend or broker_url,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_acks_late=True,  # acknowledged after the chunk is committed, not when received
+        task_reject_on_worker_lost=True,  # a killed worker's task goes back to the queue
+        worker_prefetch_multiplier=1,  # a worker holds one chunk at a time (the others stay available)
+        task_ignore_result=True,  # progress lives in the server's job store
+        broker_transport_options={"visibility_timeout": visibility_timeout_s},
+        result_backend_transport_options={"visibility_timeout": visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,  # ride out a broker restart
+        worker_hijack_root_logger=False,
+    )
+    return celery
+
+
+def make_app(broker_url: str, result_backend: str = "", visibility_timeout_s: int = 3600) -> Celery:
+    """A producer app for the server's dispatcher (it sends tasks by name; no task code needed)."""
+    return configure(Celery("lodestar-dispatch"), broker_url, result_backend, visibility_timeout_s)
+
+
+class RemoteSource:
+    """The ChunkSource of a worker: the server's IndexService over gRPC."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def fetch(self, job_id: str, idx: int) -> ChunkWork:
+        return self._call(self.client.fetch_chunk, job_id, idx)
+
+    def commit(self, commit: Commit) -> None:
+        self._call(self.client.commit_chunk, commit)
+
+    @staticmethod
+    def _call(fn: Any, *args: Any) -> Any:
+        """The server's refusals become the domain errors a task does not retry."""
+        from lodestar.services.client import ClientError
+
+        try:
+            return fn(*args)
+        except ClientError as exc:
+            if exc.code == "INVALID_ARGUMENT":
+                raise InvalidInput(exc.message) from None
+            if exc.code == "NOT_FOUND":
+                raise NotFound(exc.message) from None
+            raise
+
+
+class _Process:
+    """What one worker process builds once: its settings, embedding engine and server client."""
+
+    lock = threading.Lock()
+    settings: Any = None
+    embedder: Any = None
+    client: Any = None
+
+    @classmethod
+    def get(cls) -> tuple[Any, Any]:
+        with cls.lock:
+            if cls.embedder is None:
+                from lodestar.services.client import Client
+                from lodestar.services.runtime import Runtime
+                from lodestar.services.settings import Settings
+
+                cls.settings = cls.settings or Settings()
+                cls.embedder = Runtime(cls.settings, [])._build_engine(None)
+                cls.client = Client(cls.settings.server, timeout=600)
+            return cls.embedder, cls.client
+
+
+class ChunkTask(Task):
+    """Reports a chunk that exhausted its retries to the server, which marks it failed."""
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        try:
+            _, client = _Process.get()
+            job_id, idx = args[0], args[1]
+            client.fail_chunk(job_id, idx, f"{type(exc).__name__}: {exc}", self.request.hostname or "", True)
+        except Exception:
+            log.exception("could not report the failed chunk %s to the server", args)
+
+
+@app.task(
+    name=TASK_NAME, bind=True, base=ChunkTask, acks_late=True, reject_on_worker_lost=True,
+    autoretry_for=(Exception,), dont_autoretry_for=(InvalidInput, NotFound),
+    retry_backoff=2, retry_backoff_max=60, retry_jitter=True, max_retries=MAX_RETRIES,
+)
+def index_chunk(self: Task, job_id: str, idx: int) -> dict[str, Any]:
+    """Embed and commit chunk `idx` of job `job_id` (see retrieve/indexing.py)."""
+    embedder, client = _Process.get()
+    return run_chunk(RemoteSource(client), embedder, job_id, idx, self.request.hostname or "worker")
+
+
+def main(settings: Any, extra: list[str] | None = None) -> None:
+    """Run a worker in this process (blocks): `lodestar worker`."""
+    if not settings.broker_url:
+        raise InvalidInput("no broker configured: set LODESTAR_BROKER_URL (e.g. redis://127.0.0.1:6379/0)")
+    configure(app, settings.broker_url, settings.result_backend, settings.broker_visibility_timeout_s)
+    _Process.settings = settings
+    pool = "solo" if settings.worker_concurrency == 1 else "prefork"
+    app.worker_main(["worker", "--loglevel", settings.log_level, "--pool", pool,
+                     "--concurrency", str(settings.worker_concurrency), "--without-gossip", "--without-mingle",
+                     *(extra or [])])
