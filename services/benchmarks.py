@@ -297,3 +297,90 @@ def bench_search_latency(
                 bar.close()
                 out[retriever] = _percentiles(lat)
     return out
+
+
+def _wait_job(client: Any, job_id: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get_job(job_id, max_errors=0)
+        if job["state"] in ("done", "failed", "cancelled"):
+            return job
+        time.sleep(0.1)
+    raise TimeoutError(f"job {job_id} not finished after {timeout:.0f}s")
+
+
+def _run_job(address: str, lines: list[tuple[int, bytes]], mode: str, chunk_docs: int, name: str) -> dict[str, Any]:
+    """Create a collection, submit the lines as one job, time it from submission to done."""
+    from lodestar.services.client import Client
+
+    with Client(address, timeout=3600) as c:
+        c.wait_ready()
+        c.create_collection(name, mode=mode, sparse="bm25")
+        t0 = time.perf_counter()
+        job = c.submit_job(name, lines, source="bench", chunk_docs=chunk_docs)
+        job = _wait_job(c, job["id"], 7200)
+        seconds = time.perf_counter() - t0
+        stats = c.stats(name)
+    if job["state"] != "done" or stats["documents"] != job["documents"]:
+        raise RuntimeError(f"benchmark job did not finish cleanly: {job}")
+    return {"documents": job["written"], "chunks": stats["chunks"], "seconds": round(seconds, 2),
+            "docs_per_s": round(job["written"] / seconds, 2), "workers_used": job["workers"]}
+
+
+def bench_index(
+    lines: list[tuple[int, bytes]],
+    *,
+    mode: str = "mean",
+    worker_counts: tuple[int, ...] = (1, 2),
+    chunk_docs: int = 32,
+    model: str | None = None,
+    broker_url: str = "",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Docs/s of one indexing job: in-process (no broker), then with N `lodestar worker` processes
+    on a Redis broker (a private redis-server unless `broker_url` is given). Each worker gets
+    cores / N torch threads, so runs compare the same hardware split differently."""
+    import tempfile
+    from pathlib import Path
+
+    from lodestar.services.localprocs import RedisProcess, WorkerProcess
+    from lodestar.services.server import BackgroundServer
+    from lodestar.services.settings import Settings
+
+    cores = os.cpu_count() or 1
+    overrides = {"model": model} if model else {}
+    out: dict[str, Any] = {"documents": len(lines), "mode": mode, "chunk_docs": chunk_docs, "cores": cores}
+    with tempfile.TemporaryDirectory(prefix="lodestar-bench-index-") as tmp:
+        root = Path(tmp)
+        settings = Settings(**overrides, host="127.0.0.1", port=0, data_dir=root / "inproc")
+        with BackgroundServer(settings) as server:
+            if progress:
+                print("== in-process", file=sys.stderr, flush=True)
+            out["in_process"] = _run_job(server.address, lines, mode, chunk_docs, "bench")
+        redis = None
+        if not broker_url:
+            redis = RedisProcess(root).start()
+            broker_url = redis.url
+        try:
+            out["celery"] = {}
+            for n in worker_counts:
+                data = root / f"celery{n}"
+                settings = Settings(**overrides, host="127.0.0.1", port=0, data_dir=data, broker_url=broker_url,
+                                    torch_threads=1)  # the server only writes; the workers embed
+                with BackgroundServer(settings) as server:
+                    env = {"LODESTAR_TORCH_THREADS": str(max(1, cores // n)), **({"LODESTAR_MODEL": model} if model else {})}
+                    workers = [WorkerProcess(f"bench{i}", broker_url, server.address, root / f"w{n}-{i}.log", env)
+                               for i in range(n)]
+                    try:
+                        for w in workers:
+                            w.wait_ready()
+                        if progress:
+                            print(f"== celery, {n} worker process(es)", file=sys.stderr, flush=True)
+                        out["celery"][str(n)] = _run_job(server.address, lines, mode, chunk_docs, "bench")
+                    finally:
+                        for w in workers:
+                            w.stop()
+        finally:
+            if redis is not None:
+                redis.stop()
+    return out

@@ -135,6 +135,10 @@ class Runtime:
         from lodestar.embed.modes import TokenPrepend
 
         s = self.settings
+        if s.torch_threads:
+            import torch
+
+            torch.set_num_threads(s.torch_threads)
         if backbone is None:
             backbone = load_backbone(
                 BackboneConfig(

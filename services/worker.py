@@ -132,6 +132,12 @@ def main(settings: Any, extra: list[str] | None = None) -> None:
     configure(app, settings.broker_url, settings.result_backend, settings.broker_visibility_timeout_s)
     _Process.settings = settings
     pool = "solo" if settings.worker_concurrency == 1 else "prefork"
+    if pool == "solo":
+        _Process.get()  # load the model before the worker says it is ready
+    else:  # each forked child loads its own (torch does not survive fork with threads started)
+        from celery.signals import worker_process_init
+
+        worker_process_init.connect(lambda **_: _Process.get(), weak=False)
     app.worker_main(["worker", "--loglevel", settings.log_level, "--pool", pool,
                      "--concurrency", str(settings.worker_concurrency), "--without-gossip", "--without-mingle",
                      *(extra or [])])

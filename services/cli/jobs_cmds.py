@@ -121,6 +121,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_index(args: argparse.Namespace) -> int:
+    from lodestar.services.benchmarks import bench_index
+    from lodestar.services.cli.common import write_result
+
+    path = _source(args.corpus)
+    lines = [(n, data) for n, data in read_lines(path) if data.strip()][: args.docs or None]
+    result = bench_index(lines, mode=args.mode, worker_counts=tuple(int(w) for w in args.workers.split(",")),
+                         chunk_docs=args.chunk_docs, model=args.model, broker_url=args.broker or "",
+                         progress=not args.quiet)
+    result["corpus"] = str(path)
+    write_result(result, args.out)
+    return 0
+
+
 def register(sub: Any, groups: dict[str, Any]) -> None:
     """Add this module's commands: `sub` top level, groups["eval" | "bench" | "train"] below those."""
     ix = sub.add_parser("index", help="index a jsonl file or BEIR corpus into a collection as a batch job")
@@ -148,6 +162,18 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
         p.add_argument("--limit", type=int, default=50)
         p.add_argument("--json", action="store_true")
     jb.set_defaults(func=cmd_jobs)
+
+    bi = groups["bench"].add_parser("index", help="docs/s of an indexing job: in-process vs 1, 2 Celery worker processes")
+    bi.add_argument("--corpus", required=True, help="BEIR folder or jsonl")
+    bi.add_argument("--docs", type=int, default=0, help="only the first N documents")
+    bi.add_argument("--workers", default="1,2", help="worker process counts, comma-separated")
+    bi.add_argument("--chunk-docs", type=int, default=32)
+    bi.add_argument("--mode", default="mean")
+    bi.add_argument("--broker", help="use this Redis instead of starting a private redis-server")
+    bi.add_argument("--model")
+    bi.add_argument("--out", help="also write the JSON here")
+    bi.add_argument("--quiet", action="store_true")
+    bi.set_defaults(func=cmd_bench_index)
 
     w = sub.add_parser("worker", help="run a Celery indexing worker (needs LODESTAR_BROKER_URL and LODESTAR_SERVER)")
     w.add_argument("--broker", help="broker URL (default LODESTAR_BROKER_URL)")
