@@ -1,4 +1,5 @@
-"""Abstractive compression (RECOMP's abstractive compressor, zero-shot): the backbone writes a short
+"""Abstractive compression (RECOMP's abstractive compressor, zero-shot or with an adapter trained by
+train_abstractive.py): the backbone writes a short
 query-focused summary of the passages, or says that nothing in them is relevant.
 
 Greedy through the chat template, output bounded by `max_new_tokens`; a reply that starts with the
@@ -72,8 +73,10 @@ class AbstractiveCompressor:
         views: list[list[str]] | None = None,
         max_new_tokens: int = 0,
         batch_size: int = 4,
+        adapter: str | None = None,
     ) -> list[CompressResult]:
-        """Summaries for several (query, passages) at once: one batched greedy generation.
+        """Summaries for several (query, passages) at once: one batched greedy generation, with a
+        LoRA `adapter` (`lodestar train compressor --kind abstractive`) or the base model.
 
         `views`: what the model reads instead of the passages (e.g. an extractive pre-selection);
         token counts and the faithfulness check still refer to the passages."""
@@ -89,7 +92,7 @@ class AbstractiveCompressor:
                     f"request {i}: passages and prompt take {len(p)} tokens; the abstractive compressor's "
                     f"limit is max_input_tokens={self.max_input_tokens} (send fewer or shorter passages)"
                 )
-        outs = generate(self.backbone, prompts, limit, batch_size=batch_size)
+        outs = generate(self.backbone, prompts, limit, batch_size=batch_size, adapter=adapter or None)
         per = (time.perf_counter() - t0) / max(1, len(prompts))
         results = []
         for g, ps in zip(outs, passage_lists):
@@ -118,7 +121,8 @@ class AbstractiveCompressor:
         return results
 
     def compress(
-        self, query: str, passages: list[str], *, view: list[str] | None = None, max_new_tokens: int = 0
+        self, query: str, passages: list[str], *, view: list[str] | None = None, max_new_tokens: int = 0,
+        adapter: str | None = None,
     ) -> CompressResult:
         views = [view] if view is not None else None
-        return self.compress_many([query], [passages], views=views, max_new_tokens=max_new_tokens)[0]
+        return self.compress_many([query], [passages], views=views, max_new_tokens=max_new_tokens, adapter=adapter)[0]

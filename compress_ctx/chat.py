@@ -65,8 +65,10 @@ def _pad_left(rows: list[list[int]], pad: int, device: torch.device) -> tuple[to
 
 
 @torch.inference_mode()
-def greedy_batch(backbone: Backbone, prompts: list[list[int]], max_new_tokens: int, stops: set[int]) -> list[Generated]:
-    """Greedy continuation of each prompt (token ids) until a stop token or `max_new_tokens`."""
+def greedy_batch(backbone: Backbone, prompts: list[list[int]], max_new_tokens: int, stops: set[int],
+                 adapter: str | None = None) -> list[Generated]:
+    """Greedy continuation of each prompt (token ids) until a stop token or `max_new_tokens`, with
+    LoRA `adapter` active (None: the base model)."""
     from transformers import DynamicCache
 
     tok = backbone.tokenizer
@@ -81,7 +83,7 @@ def greedy_batch(backbone: Backbone, prompts: list[list[int]], max_new_tokens: i
     step_ids = ids
     for _ in range(max_new_tokens):
         # The lock per forward, not per call: embedding requests interleave with a long generation.
-        with backbone.lock, backbone.adapters.use(None):
+        with backbone.lock, backbone.adapters.use(adapter):
             out = backbone.model(
                 input_ids=step_ids, attention_mask=mask, position_ids=positions, **cache_kwargs(backbone.model, cache),
                 use_cache=True, logits_to_keep=1,
@@ -112,6 +114,7 @@ def generate(
     *,
     newline_stops: bool = False,
     batch_size: int = 8,
+    adapter: str | None = None,
 ) -> list[Generated]:
     """Greedy generation for many prompts: length-sorted batches (little padding), input order kept."""
     stops = stop_ids(backbone, newline_stops)
@@ -119,6 +122,6 @@ def generate(
     out: list[Generated | None] = [None] * len(prompts)
     for s in range(0, len(order), max(1, batch_size)):
         chunk = order[s : s + batch_size]
-        for i, g in zip(chunk, greedy_batch(backbone, [prompts[i] for i in chunk], max_new_tokens, stops)):
+        for i, g in zip(chunk, greedy_batch(backbone, [prompts[i] for i in chunk], max_new_tokens, stops, adapter)):
             out[i] = g
     return [g for g in out if g is not None]

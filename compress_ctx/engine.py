@@ -146,20 +146,27 @@ class CompressionEngine:
         max_new_tokens: int | None = None,
         options: EmbedOptions | None = None,
         query_options: EmbedOptions | None = None,
+        adapter: str = "",
     ) -> CompressResult:
         """Compress `passages` for `query`.
 
         extractive: best sentences within min(budget_tokens, budget_ratio x input tokens) and top_n
         (none set: budget_ratio = config.default_budget_ratio), in `order`; `options` / `query_options`
         pick the embedding mode/prompt/instruction/adapter for sentences / the query.
-        abstractive: a summary of at most max_new_tokens tokens, or SKIP when the model finds nothing.
+        abstractive: a summary of at most max_new_tokens tokens, or SKIP when the model finds nothing;
+        `adapter` names a LoRA summariser (`lodestar train compressor --kind abstractive`).
         selective: SKIP (empty context) when the best sentence score is below `threshold` (default:
         the calibrated one for the default options). Abstractive always decides on its own: SKIP when
         the model says nothing is relevant or its summary is unsupported (config.min_support).
         """
         self._validate(query, passages, method, budget_tokens, budget_ratio, top_n, order, max_new_tokens)
+        if adapter and method != "abstractive":
+            raise InvalidInput("adapter is the abstractive summariser's; an extractive scorer's adapter goes in the "
+                               "sentence/query embedding options")
         if method == "abstractive":
-            return self.abstractive_many([query], [passages], max_new_tokens=max_new_tokens)[0]
+            if adapter:
+                self.backbone.adapters.resolve(adapter)  # unknown -> InvalidInput naming the valid ones
+            return self.abstractive_many([query], [passages], max_new_tokens=max_new_tokens, adapter=adapter)[0]
         if budget_tokens is None and budget_ratio is None and top_n is None:
             budget_ratio = self.config.default_budget_ratio
         cut = self._threshold(threshold, options, query_options) if selective else None
@@ -176,7 +183,8 @@ class CompressionEngine:
         )
 
     def abstractive_many(
-        self, queries: list[str], passage_lists: list[list[str]], *, max_new_tokens: int | None = None, batch_size: int = 4
+        self, queries: list[str], passage_lists: list[list[str]], *, max_new_tokens: int | None = None, batch_size: int = 4,
+        adapter: str = "",
     ) -> list[CompressResult]:
         """Abstractive summaries for several validated requests in one batched generation, each
         reading its extractive pre-selection when config.preselect_tokens is set."""
@@ -189,7 +197,8 @@ class CompressionEngine:
                 views.append([pre.text] if pre.text else ps)
                 pre_s += pre.seconds
         results = self.abstractive.compress_many(
-            queries, passage_lists, views=views, max_new_tokens=max_new_tokens or 0, batch_size=batch_size
+            queries, passage_lists, views=views, max_new_tokens=max_new_tokens or 0, batch_size=batch_size,
+            adapter=adapter or None,
         )
         for r in results:
             r.seconds += pre_s / len(results)

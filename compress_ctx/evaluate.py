@@ -112,7 +112,7 @@ def _compress_all(
         step = 4
         for i in range(0, len(questions), step):
             out += engine.abstractive_many(questions[i : i + step], passages[i : i + step],
-                                           max_new_tokens=kwargs.get("max_new_tokens"))
+                                           max_new_tokens=kwargs.get("max_new_tokens"), adapter=kwargs.get("adapter", ""))
             if bar:
                 bar.update(len(questions[i : i + step]))
         if bar:
@@ -166,6 +166,7 @@ def eval_compress(
     options: EmbedOptions | None = None,
     query_options: EmbedOptions | None = None,
     engine: CompressionEngine | None = None,
+    adapter: str = "",
     reader_batch: int = 8,
     cold_questions: int = 10,
     progress: bool = True,
@@ -190,7 +191,7 @@ def eval_compress(
         "options": options, "query_options": query_options,
     }
     if method == "abstractive":
-        kwargs = {"max_new_tokens": max_new_tokens, "preselect_tokens": engine.config.preselect_tokens,
+        kwargs = {"max_new_tokens": max_new_tokens, "adapter": adapter, "preselect_tokens": engine.config.preselect_tokens,
                   "min_support": engine.config.min_support}
 
     t0 = time.perf_counter()

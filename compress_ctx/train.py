@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import shutil
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +30,7 @@ import numpy as np
 import torch
 
 from lodestar.backbone import Backbone
+from lodestar.backbone.training import LoopConfig, fit, lora_model, seed_everything
 from lodestar.compress_ctx.evaluate import read_qa, retrieve, split_questions
 from lodestar.compress_ctx.lexical import coverage_scores
 from lodestar.compress_ctx.reader import Reader
@@ -41,7 +39,7 @@ from lodestar.embed.modes import InputBuilder, get_mode
 from lodestar.errors import InvalidInput
 
 TRAINABLE_MODES = ("mean", "last", "prompteol", "echo")  # no hooks, causal attention
-KINDS = ("extractive",)
+KINDS = ("extractive", "abstractive")
 
 
 @dataclass(frozen=True)
@@ -49,7 +47,7 @@ class TrainConfig:
     qa_file: Path
     corpus: Path  # BEIR folder the passages are retrieved from
     out_dir: Path
-    kind: str = "extractive"
+    kind: str = "extractive"  # extractive (scorer adapter) | abstractive (summariser adapter)
     questions: int = 200  # labelled questions in all (train + dev)
     dev_fraction: float = 0.2
     k: int = 5
@@ -72,6 +70,8 @@ class TrainConfig:
     seed: int = 0
     resume: bool = True
     progress: bool = True
+    summary_tokens: int = 64  # abstractive: summary length bound while labelling
+    min_gain: float = 0.1  # abstractive: a target must beat closed-book by this (log-likelihood per token)
 
 
 @dataclass
@@ -81,15 +81,6 @@ class Example:
     positive: str
     negatives: list[str]
     gain: float  # positive's answer log-likelihood minus the closed-book one (per token)
-
-
-@dataclass
-class _State:
-    step: int = 0
-    epoch: int = 0
-    best_dev: float = math.inf
-    bad_evals: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
 
 
 # --- labels -------------------------------------------------------------------------------------
@@ -202,54 +193,6 @@ def info_nce(encoder: Encoder, batch: list[Example], temperature: float) -> tupl
     return torch.stack(losses).mean(), hits / len(batch)
 
 
-# --- checkpoints -------------------------------------------------------------------------------
-
-
-def _atomic_dir(target: Path, write: Any) -> None:
-    """Write a folder through `write(tmp)` then swap it in, so a crash never leaves half a folder."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        write(tmp)
-        old = target.with_name(f".{target.name}.old")
-        if target.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _save_checkpoint(peft_model: Any, optimizer: Any, state: _State, folder: Path) -> None:
-    def write(tmp: Path) -> None:
-        peft_model.save_pretrained(tmp / "adapter")
-        torch.save(
-            {
-                "optimizer": optimizer.state_dict(),
-                "state": asdict(state),
-                "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
-            },
-            tmp / "state.pt",
-        )
-
-    _atomic_dir(folder, write)
-
-
-def _load_checkpoint(peft_model: Any, optimizer: Any, folder: Path) -> _State:
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    set_peft_model_state_dict(peft_model, load_file(str(folder / "adapter" / "adapter_model.safetensors")))
-    saved = torch.load(folder / "state.pt", weights_only=False)
-    optimizer.load_state_dict(saved["optimizer"])
-    torch.set_rng_state(saved["rng"]["torch"])
-    random.setstate(saved["rng"]["python"])
-    np.random.set_state(saved["rng"]["numpy"])
-    return _State(**saved["state"])
-
-
 # --- training ----------------------------------------------------------------------------------
 
 
@@ -272,14 +215,14 @@ def train_compressor(backbone: Backbone, config: TrainConfig) -> dict[str, Any]:
         raise InvalidInput(f"unknown compressor kind {config.kind!r}: valid are {', '.join(KINDS)}")
     if not 0.0 < config.dev_fraction < 1.0:
         raise InvalidInput(f"dev_fraction must be in (0, 1); got {config.dev_fraction}")
-    from peft import LoraConfig, get_peft_model
+    if config.kind == "abstractive":
+        from lodestar.compress_ctx.train_abstractive import train_abstractive
 
+        return train_abstractive(backbone, config)
     t0 = time.perf_counter()
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    random.seed(config.seed)
-    np.random.seed(config.seed)
-    torch.manual_seed(config.seed)
+    seed_everything(config.seed)
 
     examples = label_examples(backbone, config, out / "labels.jsonl", config.progress)
     if len(examples) < 4:
@@ -290,71 +233,31 @@ def train_compressor(backbone: Backbone, config: TrainConfig) -> dict[str, Any]:
     dev = [examples[i] for i in order[:n_dev]]
     train = [examples[i] for i in order[n_dev:]]
 
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=list(config.target_modules))
-    peft_model = get_peft_model(backbone.model, lora)
-    for p in peft_model.parameters():
-        if p.requires_grad:
-            p.data = p.data.float()  # LoRA weights train in fp32 whatever the base dtype
+    peft_model = lora_model(backbone.model, config.lora_r, config.lora_alpha, config.lora_dropout, config.target_modules)
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=config.lr)
     encoder = Encoder(peft_model.base_model.model, backbone.tokenizer, config.mode, config.prompt,
                       config.instruction, config.max_tokens)
-
-    state = _State()
-    ckpt = out / "checkpoint"
-    if config.resume and (ckpt / "state.pt").is_file():
-        state = _load_checkpoint(peft_model, optimizer, ckpt)
-    resumed_from = state.step
-
-    peft_model.eval()
-    dev_before = _dev(encoder, dev, config) if state.step == 0 else None
-    if dev_before is not None:
-        state.history.append({"step": 0, "dev_loss": dev_before[0], "dev_acc": dev_before[1]})
-        if not (out / "adapter").exists():
-            _atomic_dir(out / "adapter", lambda tmp: peft_model.save_pretrained(tmp))
-        state.best_dev = dev_before[0]
-
     steps_per_epoch = math.ceil(len(train) / config.batch_questions)
     total = steps_per_epoch * config.epochs
-    bar = None
-    if config.progress:
-        from tqdm import tqdm
 
-        bar = tqdm(total=total, initial=state.step, desc="train compressor", unit="step")
-    stopped_early = False
-    try:
-        while state.step < total and not stopped_early:
-            epoch = state.step // steps_per_epoch
-            perm = list(range(len(train)))
-            random.Random(config.seed + epoch).shuffle(perm)  # an epoch's order survives a resume
-            i = state.step % steps_per_epoch
-            batch = [train[j] for j in perm[i * config.batch_questions : (i + 1) * config.batch_questions]]
-            peft_model.train()
-            loss, acc = info_nce(encoder, batch, config.temperature)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            state.step += 1
-            state.epoch = epoch
-            state.history.append({"step": state.step, "train_loss": loss.item(), "train_acc": acc})
-            if bar:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-            if state.step % config.eval_every == 0 or state.step == total:
-                peft_model.eval()
-                dev_loss, dev_acc = _dev(encoder, dev, config)
-                state.history.append({"step": state.step, "dev_loss": dev_loss, "dev_acc": dev_acc})
-                if dev_loss < state.best_dev - 1e-6:
-                    state.best_dev, state.bad_evals = dev_loss, 0
-                    _atomic_dir(out / "adapter", lambda tmp: peft_model.save_pretrained(tmp))
-                else:
-                    state.bad_evals += 1
-                    stopped_early = state.bad_evals >= config.patience
-            if state.step % config.checkpoint_every == 0 or state.step == total or stopped_early:
-                _save_checkpoint(peft_model, optimizer, state, ckpt)
-    finally:
-        if bar:
-            bar.close()
+    def step_loss(step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        epoch, i = divmod(step, steps_per_epoch)
+        perm = list(range(len(train)))
+        random.Random(config.seed + epoch).shuffle(perm)  # an epoch's order survives a resume
+        batch = [train[j] for j in perm[i * config.batch_questions : (i + 1) * config.batch_questions]]
+        loss, acc = info_nce(encoder, batch, config.temperature)
+        return loss, {"train_acc": acc}
+
+    def dev_loss() -> dict[str, float]:
+        loss, acc = _dev(encoder, dev, config)
+        return {"loss": loss, "acc": acc}
+
+    result = fit(peft_model, optimizer, step_loss, dev_loss, LoopConfig(
+        out_dir=out, steps=total, eval_every=config.eval_every, checkpoint_every=config.checkpoint_every,
+        patience=config.patience, resume=config.resume, progress=config.progress, desc="train compressor",
+        max_grad_norm=0.0,
+    ))
+    state, stopped_early, resumed_from = result.state, result.stopped_early, result.resumed_from
 
     devs = [h for h in state.history if "dev_loss" in h]
     trains = [h["train_loss"] for h in state.history if "train_loss" in h]

@@ -203,7 +203,7 @@ class Client:
     def compress(self, query: str, passages: list[str], *, timeout: float | None = None, **options: Any) -> CompressResult:
         """Compress passages for a query. Options: method (extractive|abstractive), budget_tokens,
         budget_ratio, top_n, order (original|score), selective, threshold, max_new_tokens,
-        sentence_options / query_options ({mode, prompt, instruction, adapter})."""
+        sentence_options / query_options ({mode, prompt, instruction, adapter}), adapter (abstractive)."""
         req = convert.compress_request(query, list(passages), **options)
         return convert.compress_result(self._call(self._compress.Compress, req, timeout))
 

@@ -278,6 +278,7 @@ def compress_kwargs(r: cpb.CompressRequest) -> dict[str, Any]:
         "max_new_tokens": r.max_new_tokens if r.HasField("max_new_tokens") else None,
         "options": sentence,
         "query_options": query if query is not None else sentence,
+        "adapter": r.adapter,
     }
 
 
@@ -324,6 +325,7 @@ def compress_request(query: str, passages: list[str], **kw: Any) -> cpb.Compress
         budget_ratio=kw.get("budget_ratio"), top_n=kw.get("top_n"), order=kw.get("order") or "",
         selective=bool(kw.get("selective")), threshold=kw.get("threshold"), max_new_tokens=kw.get("max_new_tokens"),
         sentence_options=scorer(kw.get("sentence_options")), query_options=scorer(kw.get("query_options")),
+        adapter=kw.get("adapter") or "",
     )
 
 

@@ -29,12 +29,15 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     from lodestar.services.client import Client
 
-    scorer = {k: v for k, v in (("mode", args.mode), ("adapter", args.adapter), ("instruction", args.instruction)) if v}
+    abstractive = args.method == "abstractive"
+    scorer_adapter = None if abstractive else args.adapter
+    scorer = {k: v for k, v in (("mode", args.mode), ("adapter", scorer_adapter), ("instruction", args.instruction)) if v}
     with Client(args.server, timeout=600) as c:
         res = c.compress(
             args.query, _passages(args), method=args.method, budget_tokens=args.budget_tokens,
             budget_ratio=args.budget_ratio, top_n=args.top_n, order=args.order, selective=args.selective,
             threshold=args.threshold, max_new_tokens=args.max_new_tokens, sentence_options=scorer or None,
+            adapter=args.adapter if abstractive else None,
         )
     if args.json:
         print(json.dumps(asdict(res) | {"compression_rate": res.compression_rate}))
@@ -54,6 +57,7 @@ def _backbone_and_embedder(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def cmd_eval_compress(args: argparse.Namespace) -> int:
     from lodestar.compress_ctx.evaluate import eval_compress
+    from lodestar.embed.types import EmbedOptions
 
     backbone, embedder = _backbone_and_embedder(args)
     try:
@@ -61,7 +65,8 @@ def cmd_eval_compress(args: argparse.Namespace) -> int:
             backbone, embedder, Path(args.qa), Path(args.corpus), k=args.k, method=args.method, n=args.n,
             calibration=args.calibration, seed=args.seed, retriever=args.retriever, budget_ratio=args.budget_ratio,
             budget_tokens=args.budget_tokens, threshold=args.threshold, max_new_tokens=args.max_new_tokens,
-            progress=not args.quiet,
+            adapter=args.adapter or "", progress=not args.quiet,
+            options=EmbedOptions(mode="prompteol", adapter=args.scorer_adapter) if args.scorer_adapter else None,
         )
     finally:
         embedder.close()
@@ -85,7 +90,7 @@ def cmd_train_compressor(args: argparse.Namespace) -> int:
         qa_file=Path(args.qa), corpus=Path(args.corpus), out_dir=Path(args.out), kind=args.kind,
         questions=args.questions, k=args.k, mode=args.mode, epochs=args.epochs, lr=args.lr, seed=args.seed,
         lora_r=args.lora_r, batch_questions=args.batch_questions, patience=args.patience,
-        resume=not args.restart, progress=not args.quiet,
+        resume=not args.restart, progress=not args.quiet, summary_tokens=args.summary_tokens, min_gain=args.min_gain,
     )
     card = train_compressor(backbone, config)
     print_obj(card, True)
@@ -108,7 +113,8 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     cp.add_argument("--threshold", type=float, help="selective: score cut (default: the server's calibrated one)")
     cp.add_argument("--max-new-tokens", type=int, help="abstractive: summary length bound")
     cp.add_argument("--mode", help="extractive scorer: embedding mode (default prompteol)")
-    cp.add_argument("--adapter", help="extractive scorer: adapter (e.g. one trained by `lodestar train compressor`)")
+    cp.add_argument("--adapter", help="LoRA adapter trained by `lodestar train compressor`: the extractive scorer's, or "
+                    "with --method abstractive the summariser's")
     cp.add_argument("--instruction", help="extractive scorer: instruction")
     cp.add_argument("--json", action="store_true")
     cp.set_defaults(func=cmd_compress)
@@ -126,13 +132,17 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     ec.add_argument("--budget-tokens", type=int)
     ec.add_argument("--threshold", type=float, help="selective threshold (skips calibration)")
     ec.add_argument("--max-new-tokens", type=int, help="abstractive summary bound")
+    ec.add_argument("--adapter", help="abstractive: summariser adapter (`lodestar train compressor --kind abstractive`)")
+    ec.add_argument("--scorer-adapter", help="extractive: scorer adapter (`lodestar train compressor`), prompteol mode")
     ec.add_argument("--model")
     ec.add_argument("--out", help="also write the JSON here")
     ec.add_argument("--quiet", action="store_true")
     ec.set_defaults(func=cmd_eval_compress)
 
     tc = tsub.add_parser("compressor", help="RECOMP extractive scorer: label by reader gain, LoRA InfoNCE (resumable)")
-    tc.add_argument("--kind", default="extractive", help="extractive")
+    tc.add_argument("--kind", default="extractive", help="extractive (sentence scorer) | abstractive (summariser)")
+    tc.add_argument("--summary-tokens", type=int, default=64, help="abstractive: summary length while labelling")
+    tc.add_argument("--min-gain", type=float, default=0.1, help="abstractive: a summary is kept when it beats closed-book by this")
     tc.add_argument("--qa", required=True)
     tc.add_argument("--corpus", required=True)
     tc.add_argument("--out", required=True, help="output folder: adapter/, checkpoints, labels.jsonl, card")

@@ -73,6 +73,8 @@ def test_abstractive_summary_is_bounded_and_checked(client: Client) -> None:
         ({"query": ""}, "query is empty"),
         ({"method": "abstractive", "max_new_tokens": 1000}, "max_new_tokens must be in 1..256"),
         ({"sentence_options": {"mode": "bogus"}}, "bogus"),
+        ({"method": "abstractive", "adapter": "no-such-adapter"}, "unknown adapter 'no-such-adapter'"),
+        ({"adapter": "some-adapter"}, "abstractive summariser's"),
     ],
 )
 def test_bad_input_is_invalid_argument(client: Client, kwargs: dict, words: str) -> None:
