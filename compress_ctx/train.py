@@ -35,10 +35,10 @@ from lodestar.compress_ctx.evaluate import read_qa, retrieve, split_questions
 from lodestar.compress_ctx.lexical import coverage_scores
 from lodestar.compress_ctx.reader import Reader
 from lodestar.compress_ctx.sentences import split_sentences
-from lodestar.embed.modes import InputBuilder, get_mode
+from lodestar.embed.train.encoder import TrainEncoder
 from lodestar.errors import InvalidInput
 
-TRAINABLE_MODES = ("mean", "last", "prompteol", "echo")  # no hooks, causal attention
+TRAINABLE_MODES = ("mean", "last", "prompteol", "echo")  # causal: the scorer serves in these modes
 KINDS = ("extractive", "abstractive")
 
 
@@ -134,45 +134,7 @@ def label_examples(
     return [done[q.id] for q in items if q.id in done]
 
 
-# --- differentiable embedding (the engine's pooling, with gradients) ---------------------------
-
-
-class Encoder:
-    """Embeds texts like EmbeddingEngine does for `mode`, but with autograd through LoRA weights."""
-
-    def __init__(self, model: Any, tokenizer: Any, mode: str, prompt: str, instruction: str, max_tokens: int) -> None:
-        if mode not in TRAINABLE_MODES:
-            raise InvalidInput(f"mode {mode!r} cannot be trained here: valid are {', '.join(TRAINABLE_MODES)}")
-        self.model = model
-        self.mode = get_mode(mode)
-        self.template = self.mode.check_prompt(prompt)
-        self.instruction = instruction
-        self.max_tokens = max_tokens
-        self.builder = InputBuilder(tokenizer)
-        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-    def __call__(self, texts: list[str]) -> torch.Tensor:
-        """(N, H) unit vectors."""
-        items = [self.builder.build(self.mode, t, self.template, self.instruction, self.max_tokens, True) for t in texts]
-        B, T = len(items), max(len(e) for e in items)
-        device = next(self.model.parameters()).device
-        ids = torch.full((B, T), self.pad, dtype=torch.long)  # (B, T) right-padded
-        mask = torch.zeros((B, T), dtype=torch.long)
-        pool = torch.zeros((B, T), dtype=torch.float32)  # (B, T) pooling weights
-        for i, e in enumerate(items):
-            ids[i, : len(e)] = torch.tensor(e.ids)
-            mask[i, : len(e)] = 1
-            pool[i, e.pool_start : e.pool_end] = 1.0 / (e.pool_end - e.pool_start)
-        positions = torch.arange(T)[None, :].expand(B, T)
-        decoder = self.model.get_decoder()
-        hidden = decoder(
-            input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device), use_cache=False
-        ).last_hidden_state.float()  # (B, T, H)
-        vec = (hidden * pool.to(device)[:, :, None]).sum(1)  # (B, H)
-        return torch.nn.functional.normalize(vec, dim=-1)
-
-
-def info_nce(encoder: Encoder, batch: list[Example], temperature: float) -> tuple[torch.Tensor, float]:
+def info_nce(encoder: TrainEncoder, batch: list[Example], temperature: float) -> tuple[torch.Tensor, float]:
     """Mean InfoNCE over the batch, and the share of queries whose positive ranks first."""
     texts: list[str] = []
     owners: list[tuple[int, int]] = []  # per example: (index of its positive, end of its negatives)
@@ -180,8 +142,8 @@ def info_nce(encoder: Encoder, batch: list[Example], temperature: float) -> tupl
         start = len(texts)
         texts += [ex.positive, *ex.negatives]
         owners.append((start, len(texts)))
-    cand = encoder(texts)  # (C, H)
-    queries = encoder([ex.question for ex in batch])  # (B, H)
+    cand = encoder.dense(texts)  # (C, H)
+    queries = encoder.dense([ex.question for ex in batch])  # (B, H)
     positives = torch.tensor([s for s, _ in owners])
     losses, hits = [], 0
     for b, (s, e) in enumerate(owners):
@@ -197,7 +159,7 @@ def info_nce(encoder: Encoder, batch: list[Example], temperature: float) -> tupl
 
 
 @torch.no_grad()
-def _dev(encoder: Encoder, dev: list[Example], config: TrainConfig) -> tuple[float, float]:
+def _dev(encoder: TrainEncoder, dev: list[Example], config: TrainConfig) -> tuple[float, float]:
     losses, accs = [], []
     for i in range(0, len(dev), config.batch_questions):
         loss, acc = info_nce(encoder, dev[i : i + config.batch_questions], config.temperature)
@@ -235,8 +197,10 @@ def train_compressor(backbone: Backbone, config: TrainConfig) -> dict[str, Any]:
 
     peft_model = lora_model(backbone.model, config.lora_r, config.lora_alpha, config.lora_dropout, config.target_modules)
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=config.lr)
-    encoder = Encoder(peft_model.base_model.model, backbone.tokenizer, config.mode, config.prompt,
-                      config.instruction, config.max_tokens)
+    if config.mode not in TRAINABLE_MODES:
+        raise InvalidInput(f"mode {config.mode!r} cannot be trained here: valid are {', '.join(TRAINABLE_MODES)}")
+    encoder = TrainEncoder(peft_model.base_model.model, backbone.tokenizer, config.mode, config.prompt,
+                           config.instruction, config.max_tokens)
     steps_per_epoch = math.ceil(len(train) / config.batch_questions)
     total = steps_per_epoch * config.epochs
 

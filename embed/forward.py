@@ -93,3 +93,14 @@ def embed_batch(backbone: Backbone, batch: list[Encoded], spec: ForwardSpec) -> 
     hidden, _ = hidden_states(backbone, batch, spec)
     weights = pool_weights(batch, hidden.shape[1], hidden.device)
     return masked_mean_pool(hidden, weights).float().cpu()  # (B, H)
+
+
+def vocab_weights(lm_head: Any, hidden: torch.Tensor, batch: list[Encoded]) -> torch.Tensor:
+    """Learned-sparse (SPLADE) weights (B, V): log(1 + relu(LM-head logits)) max-pooled over each
+    row's pooled span (echo: the second copy, which has seen the whole text). The LM head runs on
+    the pooled positions only: full (B, T, V) logits would cost more than the decoder."""
+    rows = []
+    for i, e in enumerate(batch):
+        logits = lm_head(hidden[i, e.pool_start : e.pool_end]).float()  # (n, V)
+        rows.append(torch.log1p(torch.relu(logits)).amax(dim=0))  # (V,)
+    return torch.stack(rows)  # (B, V)

@@ -116,25 +116,18 @@ def _csr(terms: np.ndarray, slots: np.ndarray, tfs: np.ndarray) -> _Segment:
     return _Segment(uniq.astype(np.int32), starts, slots.astype(np.int32), tfs.astype(np.float32))
 
 
-class BM25Index:
-    """Incremental BM25 over int64 ids; filters restrict scoring to allowed ids before ranking."""
+class _Postings:
+    """The inverted-index machinery shared by BM25 and learned-sparse (impact) indexes: slots for
+    int64 ids, live bits, log-structured CSR segments of (slot, weight) postings per term."""
 
-    def __init__(self, k1: float = 1.5, b: float = 0.75) -> None:
-        if not (isinstance(k1, (int, float)) and k1 >= 0):
-            raise InvalidInput(f"BM25 k1 must be a number >= 0; got {k1!r}")
-        if not (isinstance(b, (int, float)) and 0 <= b <= 1):
-            raise InvalidInput(f"BM25 b must be between 0 and 1; got {b!r}")
-        self.k1 = float(k1)
-        self.b = float(b)
-        self._vocab: dict[str, int] = {}
+    def __init__(self) -> None:
         self._segments: list[_Segment] = []
         self._slot_ids = np.empty(0, dtype=np.int64)  # (S,) slot -> id
-        self._slot_len = np.empty(0, dtype=np.int32)  # (S,) analysed tokens per document
+        self._slot_len = np.empty(0, dtype=np.int32)  # (S,) per-document length (BM25: analysed tokens)
         self._live = np.empty(0, dtype=bool)  # (S,)
         self._nslots = 0
         self._keys = np.empty(0, dtype=np.int64)  # (N,) sorted live ids
         self._key_slots = np.empty(0, dtype=np.int64)  # (N,) slot of each key
-        self._total_len = 0  # tokens over live documents
 
     @property
     def count(self) -> int:
@@ -145,126 +138,101 @@ class BM25Index:
         """(N,) sorted live ids."""
         return self._keys.copy()
 
-    # ------------------------------------------------------------------ writes
-
-    def add(self, ids: np.ndarray, texts: list[str]) -> None:
-        """Index texts under new ids; an id already present must be removed first."""
-        ids = as_ids(ids)
-        if len(texts) != ids.size:
-            raise InvalidInput(f"got {ids.size} ids for {len(texts)} texts; they must match")
-        if not all(isinstance(text, str) for text in texts):
-            raise InvalidInput("texts must be strings")
-        if ids.size == 0:
-            return
+    def _check_new(self, ids: np.ndarray, n: int, what: str) -> None:
+        if n != ids.size:
+            raise InvalidInput(f"got {ids.size} ids for {n} {what}; they must match")
         if np.unique(ids).size != ids.size:
             raise InvalidInput("ids repeat within one add; each id may appear once")
         present = member(self._keys, ids)
         if present.any():
             raise InvalidInput(f"id {int(ids[present][0])} is already in the index; remove it before adding it again")
-        vocab = self._vocab
-        docs = [[vocab.setdefault(t, len(vocab)) for t in analyze(text)] for text in texts]
-        lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))  # (B,)
-        flat = np.fromiter((t for d in docs for t in d), dtype=np.int64, count=int(lengths.sum()))  # (T,)
+
+    def _add_postings(self, ids: np.ndarray, lengths: np.ndarray, doc: np.ndarray, terms: np.ndarray,
+                      weights: np.ndarray) -> None:
+        """New slots for `ids`; postings (doc index into ids, term, weight), one per (doc, term)."""
         base = self._nslots
         self._grow(base + ids.size)
         self._slot_ids[base : base + ids.size] = ids
         self._slot_len[base : base + ids.size] = lengths
         self._live[base : base + ids.size] = True
         self._nslots = base + ids.size
-        self._total_len += int(lengths.sum())
         order = np.argsort(ids, kind="stable")
         where = np.searchsorted(self._keys, ids[order])
         self._keys = np.insert(self._keys, where, ids[order])
         self._key_slots = np.insert(self._key_slots, where, base + order)
-        if flat.size:
-            width = max(len(vocab), 1)
-            doc = np.repeat(np.arange(ids.size, dtype=np.int64), lengths)  # (T,)
-            pairs, tf = np.unique(doc * width + flat, return_counts=True)  # sorted by (doc, term)
-            terms, slots = pairs % width, base + pairs // width
-            by_term = np.argsort(terms, kind="stable")  # slots stay ascending within a term
-            self._segments.append(_csr(terms[by_term], slots[by_term], tf[by_term]))
+        if terms.size:
+            by = np.lexsort((doc, terms))  # by term, then slot ascending
+            self._segments.append(_csr(terms[by], base + doc[by], weights[by]))
             self._merge_tail()
 
-    def remove(self, ids: np.ndarray) -> int:
-        """Delete ids (unknown ones are ignored); returns how many were live."""
+    def _kill(self, ids: np.ndarray) -> np.ndarray:
+        """Mark ids dead (unknown ones ignored); -> their slots."""
         ids = np.unique(as_ids(ids))
         hit = ids[member(self._keys, ids)]
         if hit.size == 0:
-            return 0
+            return np.empty(0, dtype=np.int64)
         where = np.searchsorted(self._keys, hit)
         slots = self._key_slots[where]
         self._live[slots] = False
-        self._total_len -= int(self._slot_len[slots].sum())
         self._keys = np.delete(self._keys, where)
         self._key_slots = np.delete(self._key_slots, where)
+        return slots
+
+    def _forget(self, slots: np.ndarray) -> None:
+        """Subclass hook: `slots` just died (BM25 keeps its total length)."""
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Delete ids (unknown ones are ignored); returns how many were live."""
+        slots = self._kill(ids)
+        self._forget(slots)
         dead = self._nslots - self.count
         if dead > max(1024, self.count):
             self._compact()
-        return int(hit.size)
+        return int(slots.size)
 
-    # ------------------------------------------------------------------ search
+    def _mask(self, allowed: np.ndarray | None) -> np.ndarray | None:
+        """(S,) bool of the allowed live slots, or None for no filter."""
+        if allowed is None:
+            return None
+        allowed = np.unique(as_ids(allowed))
+        mask = np.zeros(self._nslots, dtype=bool)  # (S,)
+        mask[self._key_slots[np.searchsorted(self._keys, allowed[member(self._keys, allowed)])]] = True
+        return mask
 
-    def search(self, queries: list[str], k: int, allowed: np.ndarray | None = None) -> list[list[tuple[int, float]]]:
-        """Per query, up to k (id, score) best first (ties by smaller id); only `allowed` ids are scored."""
-        if not isinstance(k, (int, np.integer)) or k < 1:
-            raise InvalidInput(f"k must be a positive integer; got {k!r}")
-        if isinstance(queries, str):
-            raise InvalidInput("queries must be a list of strings, not one string")
-        mask = None
-        if allowed is not None:
-            allowed = np.unique(as_ids(allowed))
-            mask = np.zeros(self._nslots, dtype=bool)  # (S,)
-            mask[self._key_slots[np.searchsorted(self._keys, allowed[member(self._keys, allowed)])]] = True
-        return [self._search_one(query, int(k), mask) for query in queries]
+    def _gather(self, term: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, int]:
+        """(slots, weights) of one term's live (and allowed) postings, and its live document frequency."""
+        found = [p for p in (seg.postings(term) for seg in self._segments) if p is not None]
+        if not found:
+            return np.empty(0, dtype=np.int32), np.empty(0, dtype=np.float32), 0
+        slots = np.concatenate([p[0] for p in found])  # (P,)
+        weights = np.concatenate([p[1] for p in found])
+        live = self._live[slots]
+        df = int(live.sum())
+        keep = live & mask[slots] if mask is not None else live
+        return slots[keep], weights[keep], df
 
-    def _search_one(self, query: str, k: int, mask: np.ndarray | None) -> list[tuple[int, float]]:
-        """BM25 over the postings of the query's terms only."""
-        n = self.count
-        if n == 0:
+    def _top(self, slots: list[np.ndarray], scores: list[np.ndarray], k: int) -> list[tuple[int, float]]:
+        """Sum per slot the contributions (slots, scores) and keep the k best (ties by smaller id)."""
+        if not slots:
             return []
-        counts: dict[int, int] = {}
-        for term in analyze(query):
-            tid = self._vocab.get(term)
-            if tid is not None:
-                counts[tid] = counts.get(tid, 0) + 1
-        avg = self._total_len / n if self._total_len else 1.0
-        all_slots, all_scores = [], []
-        for tid, qtf in counts.items():
-            found = [p for p in (seg.postings(tid) for seg in self._segments) if p is not None]
-            if not found:
-                continue
-            slots = np.concatenate([p[0] for p in found])  # (P,)
-            tfs = np.concatenate([p[1] for p in found])
-            live = self._live[slots]
-            df = int(live.sum())
-            if df == 0:
-                continue
-            keep = live & mask[slots] if mask is not None else live
-            slots, tfs = slots[keep], tfs[keep]
-            if slots.size == 0:
-                continue
-            idf = np.log1p((n - df + 0.5) / (df + 0.5))
-            norm = self.k1 * (1.0 - self.b + self.b * self._slot_len[slots] / avg)  # (P,)
-            all_slots.append(slots)
-            all_scores.append(qtf * idf * tfs * (self.k1 + 1.0) / (tfs + norm))
-        if not all_slots:
-            return []
-        slots = np.concatenate(all_slots)  # (P,) a slot repeats once per matching query term
-        weights = np.concatenate(all_scores).astype(np.float64)
-        if 8 * slots.size > self._nslots:  # many postings: a dense accumulator beats sorting them
-            dense = np.bincount(slots, weights=weights, minlength=self._nslots)  # (S,)
-            cand = np.flatnonzero(dense)  # every contribution is > 0 (idf > 0, tf > 0)
-            scores = dense[cand]
+        flat = np.concatenate(slots)  # (P,) a slot repeats once per matching term
+        weights = np.concatenate(scores).astype(np.float64)
+        if 8 * flat.size > self._nslots:  # many postings: a dense accumulator beats sorting them
+            dense = np.bincount(flat, weights=weights, minlength=self._nslots)  # (S,)
+            touched = np.zeros(self._nslots, dtype=bool)
+            touched[flat] = True
+            cand = np.flatnonzero(touched)
+            totals = dense[cand]
         else:
-            cand, inverse = np.unique(slots, return_inverse=True)  # (C,)
-            scores = np.bincount(inverse, weights=weights)  # (C,)
+            cand, inverse = np.unique(flat, return_inverse=True)  # (C,)
+            totals = np.bincount(inverse, weights=weights)  # (C,)
         ids = self._slot_ids[cand]
         if k < cand.size:
-            kth = np.partition(scores, cand.size - k)[cand.size - k]
-            top = np.flatnonzero(scores >= kth)  # ties with the k-th all survive the cut
-            ids, scores = ids[top], scores[top]
-        order = np.lexsort((ids, -scores))[:k]
-        return [(int(i), float(s)) for i, s in zip(ids[order], scores[order])]
+            kth = np.partition(totals, cand.size - k)[cand.size - k]
+            top = np.flatnonzero(totals >= kth)  # ties with the k-th all survive the cut
+            ids, totals = ids[top], totals[top]
+        order = np.lexsort((ids, -totals))[:k]
+        return [(int(i), float(s)) for i, s in zip(ids[order], totals[order])]
 
     # ------------------------------------------------------------------ segment maintenance
 
@@ -298,18 +266,13 @@ class BM25Index:
         order = np.argsort(terms, kind="stable")  # older segments hold smaller slots: stays sorted
         return _csr(terms[order], slots[order], tfs[order])
 
-    def _compact(self) -> None:
-        """One segment, live slots renumbered 0..N-1 in their old order, unused terms dropped."""
+    def _compact_slots(self) -> _Segment:
+        """Renumber live slots 0..N-1 in their old order; -> all postings merged into one segment
+        (which the caller installs)."""
         live_slots = np.flatnonzero(self._live[: self._nslots])  # (N,)
         remap = np.full(max(self._nslots, 1), -1, dtype=np.int64)
         remap[live_slots] = np.arange(live_slots.size)
         merged = self._merge(self._segments, remap) if self._segments else _csr(*(np.empty(0),) * 3)
-        used = merged.terms  # (T,) ids still referenced, ascending
-        words = self._words()
-        self._vocab = {words[t]: i for i, t in enumerate(used.tolist())}
-        self._segments = [] if merged.size == 0 else [
-            _Segment(np.arange(used.size, dtype=np.int32), merged.starts, merged.slots, merged.tfs)
-        ]
         self._slot_ids = self._slot_ids[live_slots].copy()
         self._slot_len = self._slot_len[live_slots].copy()
         self._live = np.ones(live_slots.size, dtype=bool)
@@ -317,6 +280,92 @@ class BM25Index:
         order = np.argsort(self._slot_ids, kind="stable")
         self._keys = self._slot_ids[order]
         self._key_slots = order.astype(np.int64)
+        return merged
+
+    def _compact(self) -> None:
+        merged = self._compact_slots()
+        self._segments = [merged] if merged.size else []
+
+
+class BM25Index(_Postings):
+    """Incremental BM25 over int64 ids; filters restrict scoring to allowed ids before ranking."""
+
+    def __init__(self, k1: float = 1.5, b: float = 0.75) -> None:
+        if not (isinstance(k1, (int, float)) and k1 >= 0):
+            raise InvalidInput(f"BM25 k1 must be a number >= 0; got {k1!r}")
+        if not (isinstance(b, (int, float)) and 0 <= b <= 1):
+            raise InvalidInput(f"BM25 b must be between 0 and 1; got {b!r}")
+        super().__init__()
+        self.k1 = float(k1)
+        self.b = float(b)
+        self._vocab: dict[str, int] = {}
+        self._total_len = 0  # tokens over live documents
+
+    # ------------------------------------------------------------------ writes
+
+    def add(self, ids: np.ndarray, texts: list[str]) -> None:
+        """Index texts under new ids; an id already present must be removed first."""
+        ids = as_ids(ids)
+        if not all(isinstance(text, str) for text in texts):
+            raise InvalidInput("texts must be strings")
+        self._check_new(ids, len(texts), "texts")
+        if ids.size == 0:
+            return
+        vocab = self._vocab
+        docs = [[vocab.setdefault(t, len(vocab)) for t in analyze(text)] for text in texts]
+        lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))  # (B,)
+        flat = np.fromiter((t for d in docs for t in d), dtype=np.int64, count=int(lengths.sum()))  # (T,)
+        self._total_len += int(lengths.sum())
+        width = max(len(vocab), 1)
+        doc = np.repeat(np.arange(ids.size, dtype=np.int64), lengths)  # (T,)
+        pairs, tf = np.unique(doc * width + flat, return_counts=True)  # one posting per (doc, term)
+        self._add_postings(ids, lengths, pairs // width, pairs % width, tf.astype(np.float32))
+
+    def _forget(self, slots: np.ndarray) -> None:
+        self._total_len -= int(self._slot_len[slots].sum())
+
+    # ------------------------------------------------------------------ search
+
+    def search(self, queries: list[str], k: int, allowed: np.ndarray | None = None) -> list[list[tuple[int, float]]]:
+        """Per query, up to k (id, score) best first (ties by smaller id); only `allowed` ids are scored."""
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise InvalidInput(f"k must be a positive integer; got {k!r}")
+        if isinstance(queries, str):
+            raise InvalidInput("queries must be a list of strings, not one string")
+        mask = self._mask(allowed)
+        return [self._search_one(query, int(k), mask) for query in queries]
+
+    def _search_one(self, query: str, k: int, mask: np.ndarray | None) -> list[tuple[int, float]]:
+        """BM25 over the postings of the query's terms only."""
+        n = self.count
+        if n == 0:
+            return []
+        counts: dict[int, int] = {}
+        for term in analyze(query):
+            tid = self._vocab.get(term)
+            if tid is not None:
+                counts[tid] = counts.get(tid, 0) + 1
+        avg = self._total_len / n if self._total_len else 1.0
+        all_slots, all_scores = [], []
+        for tid, qtf in counts.items():
+            slots, tfs, df = self._gather(tid, mask)
+            if df == 0 or slots.size == 0:
+                continue
+            idf = np.log1p((n - df + 0.5) / (df + 0.5))
+            norm = self.k1 * (1.0 - self.b + self.b * self._slot_len[slots] / avg)  # (P,)
+            all_slots.append(slots)
+            all_scores.append(qtf * idf * tfs * (self.k1 + 1.0) / (tfs + norm))
+        return self._top(all_slots, all_scores, k)
+
+    def _compact(self) -> None:
+        """One segment, live slots renumbered 0..N-1 in their old order, unused terms dropped."""
+        merged = self._compact_slots()
+        used = merged.terms  # (T,) ids still referenced, ascending
+        words = self._words()
+        self._vocab = {words[t]: i for i, t in enumerate(used.tolist())}
+        self._segments = [] if merged.size == 0 else [
+            _Segment(np.arange(used.size, dtype=np.int32), merged.starts, merged.slots, merged.tfs)
+        ]
 
     def _words(self) -> list[str]:
         """Vocabulary in term-id order."""
@@ -387,6 +436,105 @@ class BM25Index:
                 _Segment(np.arange(len(words), dtype=np.int32), arrays["starts"].astype(np.int64),
                          arrays["slots"].astype(np.int32), arrays["tfs"].astype(np.float32))
             ]
+        order = np.argsort(self._slot_ids, kind="stable")
+        self._keys = self._slot_ids[order]
+        self._key_slots = order.astype(np.int64)
+        return self
+
+
+_IMPACT_MAGIC = b"LSIMPx\x00\x01"
+
+
+class ImpactIndex(_Postings):
+    """Learned-sparse (SPLADE) retrieval: documents and queries are (term ids, weights) over the
+    model's vocabulary; a document's score is the dot product sum_t q_t * d_t, accumulated from
+    the query terms' postings (plain accumulation; see the README for the measured latency)."""
+
+    def add(self, ids: np.ndarray, vectors: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Index sparse vectors (term ids, weights > 0) under new ids."""
+        ids = as_ids(ids)
+        self._check_new(ids, len(vectors), "vectors")
+        if ids.size == 0:
+            return
+        terms, weights, lengths = [], [], []
+        for t, w in vectors:
+            t = np.asarray(t, dtype=np.int64)
+            w = np.asarray(w, dtype=np.float32)
+            if t.shape != w.shape or t.ndim != 1:
+                raise InvalidInput("a sparse vector needs term ids and weights of the same length")
+            keep = w > 0
+            t, w = t[keep], w[keep]
+            if np.unique(t).size != t.size:
+                raise InvalidInput("a sparse vector repeats a term id")
+            terms.append(t)
+            weights.append(w)
+            lengths.append(t.size)
+        lens = np.asarray(lengths, dtype=np.int64)
+        doc = np.repeat(np.arange(ids.size, dtype=np.int64), lens)
+        self._add_postings(ids, lens, doc, np.concatenate(terms) if terms else np.empty(0, np.int64),
+                           np.concatenate(weights) if weights else np.empty(0, np.float32))
+
+    def search(self, queries: list[tuple[np.ndarray, np.ndarray]], k: int, allowed: np.ndarray | None = None
+               ) -> list[list[tuple[int, float]]]:
+        """Per query vector, up to k (id, score) best first; only `allowed` ids are scored."""
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise InvalidInput(f"k must be a positive integer; got {k!r}")
+        mask = self._mask(allowed)
+        out = []
+        for terms, weights in queries:
+            slots_all, scores_all = [], []
+            for t, qw in zip(np.asarray(terms).tolist(), np.asarray(weights, dtype=np.float64).tolist()):
+                if qw <= 0:
+                    continue
+                slots, dw, _ = self._gather(int(t), mask)
+                if slots.size:
+                    slots_all.append(slots)
+                    scores_all.append(qw * dw)
+            out.append(self._top(slots_all, scores_all, int(k)) if self.count else [])
+        return out
+
+    def to_bytes(self) -> bytes:
+        """Compacted snapshot: JSON header, then raw little-endian arrays."""
+        self._compact()
+        seg = self._segments[0] if self._segments else _csr(*(np.empty(0),) * 3)
+        arrays = {"slot_ids": self._slot_ids.astype("<i8"), "slot_len": self._slot_len.astype("<i4"),
+                  "terms": seg.terms.astype("<i4"), "starts": seg.starts.astype("<i8"), "slots": seg.slots.astype("<i4"),
+                  "weights": seg.tfs.astype("<f4")}
+        layout, offset = {}, 0
+        for name, arr in arrays.items():
+            layout[name] = [arr.dtype.str, int(arr.size), offset]
+            offset += arr.nbytes
+        header = json.dumps({"format": _FORMAT, "arrays": layout, "bytes": offset}, sort_keys=True).encode()
+        return _IMPACT_MAGIC + struct.pack("<I", len(header)) + header + b"".join(a.tobytes() for a in arrays.values())
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ImpactIndex:
+        """Restore an index written by to_bytes; ValueError if the bytes are not one."""
+        view = memoryview(data)
+        if len(view) < len(_IMPACT_MAGIC) + 4 or bytes(view[: len(_IMPACT_MAGIC)]) != _IMPACT_MAGIC:
+            raise ValueError("not an ImpactIndex snapshot (bad magic)")
+        (hlen,) = struct.unpack_from("<I", view, len(_IMPACT_MAGIC))
+        start = len(_IMPACT_MAGIC) + 4
+        try:
+            head = json.loads(bytes(view[start : start + hlen]))
+            if head.get("format") != _FORMAT:
+                raise ValueError(f"format {head.get('format')!r} is not {_FORMAT}")
+            body = view[start + hlen :]
+            if head["bytes"] != len(body):
+                raise ValueError("truncated or has trailing bytes")
+            arrays = {name: np.frombuffer(body, dtype=np.dtype(dt), count=size, offset=off).astype(np.dtype(dt).newbyteorder("="))
+                      for name, (dt, size, off) in head["arrays"].items()}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"ImpactIndex snapshot is corrupt: {exc}") from None
+        self = cls()
+        n = arrays["slot_ids"].size
+        self._slot_ids = arrays["slot_ids"].astype(np.int64)
+        self._slot_len = arrays["slot_len"].astype(np.int32)
+        self._live = np.ones(n, dtype=bool)
+        self._nslots = n
+        if arrays["slots"].size:
+            self._segments = [_Segment(arrays["terms"].astype(np.int32), arrays["starts"].astype(np.int64),
+                                       arrays["slots"].astype(np.int32), arrays["weights"].astype(np.float32))]
         order = np.argsort(self._slot_ids, kind="stable")
         self._keys = self._slot_ids[order]
         self._key_slots = order.astype(np.int64)

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lodestar.compress_ctx.train import Encoder, TrainConfig, train_compressor
+from lodestar.compress_ctx.train import TrainConfig, train_compressor
 from lodestar.embed.engine import EmbeddingEngine
+from lodestar.embed.train.encoder import TrainEncoder
 from lodestar.embed.types import EmbedOptions
 
 from tinymodel import build_tiny  # noqa: E402  (tests/ is on sys.path)
@@ -23,10 +24,10 @@ def test_encoder_pools_like_the_engine(tokenizer) -> None:  # type: ignore[no-un
     bb = build_tiny(tokenizer)
     engine = EmbeddingEngine(bb)
     try:
-        for mode in ("mean", "prompteol"):
+        for mode in ("mean", "prompteol", "echo", "bidirectional"):
             served = engine.embed(TEXTS, EmbedOptions(mode=mode)).vectors
             with torch.no_grad():
-                trained = Encoder(bb.model, tokenizer, mode, "", "", 128)(TEXTS).numpy()
+                trained = TrainEncoder(bb.model, tokenizer, mode, "", "", 128).dense(TEXTS).numpy()
             assert np.allclose((served * trained).sum(1), 1.0, atol=1e-4)
     finally:
         engine.close()

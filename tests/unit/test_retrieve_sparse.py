@@ -200,3 +200,43 @@ def test_rare_terms_in_a_large_corpus() -> None:
     want = reference_scores(docs, "rare word")
     assert [i for i, _ in got] == ranked(want, 10) and len(got) == 3
     assert [s for _, s in got] == pytest.approx([want[i] for i, _ in got])
+
+
+def test_impact_index_dot_products_filters_removal_and_snapshots() -> None:
+    from lodestar.retrieve.sparse import ImpactIndex
+
+    index = ImpactIndex()
+    docs = {
+        10: (np.array([1, 5, 9]), np.array([1.0, 2.0, 0.5])),
+        11: (np.array([5, 7]), np.array([0.5, 3.0])),
+        12: (np.array([2, 0]), np.array([0.0, 1.0])),  # a zero weight is not indexed
+    }
+    index.add(np.array(list(docs)), list(docs.values()))
+    q = (np.array([5, 7]), np.array([1.0, 1.0]))
+    assert index.search([q], 3) == [[(11, 3.5), (10, 2.0)]]
+    assert index.search([q], 3, allowed=np.array([10, 12])) == [[(10, 2.0)]]
+    assert index.search([(np.array([2]), np.array([1.0]))], 3) == [[]]
+    assert index.remove(np.array([11, 99])) == 1
+    assert index.search([q], 3) == [[(10, 2.0)]]
+    again = ImpactIndex.from_bytes(index.to_bytes())
+    assert again.search([q], 3) == [[(10, 2.0)]] and again.count == 2
+    with pytest.raises(InvalidInput):
+        index.add(np.array([10]), [docs[10]])  # already present
+    with pytest.raises(InvalidInput):
+        index.add(np.array([20]), [(np.array([1, 1]), np.array([1.0, 1.0]))])
+    with pytest.raises(ValueError):
+        ImpactIndex.from_bytes(index.to_bytes()[:-2])
+    # many documents: the dense accumulator path agrees with a brute-force dot product
+    rng = np.random.default_rng(0)
+    big = ImpactIndex()
+    vecs = []
+    for _ in range(300):
+        t = rng.choice(50, size=8, replace=False)
+        vecs.append((t, rng.random(8).astype(np.float32) + 0.01))
+    big.add(np.arange(300), vecs)
+    qt, qw = np.arange(50), np.ones(50)
+    dense = np.zeros((300, 50))
+    for i, (t, w) in enumerate(vecs):
+        dense[i, t] = w
+    want = np.argsort(-dense.sum(1), kind="stable")[:5]
+    assert [i for i, _ in big.search([(qt, qw)], 5)[0]] == want.tolist()
