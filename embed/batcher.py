@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -201,9 +202,15 @@ class Batcher:
         self.stats.texts += len(items)
         self.stats.tokens += sum(len(e) for e in items)
         self.stats.padded_tokens += len(items) * max(len(e) for e in items)
-        for row, (req, i) in zip(out, chunk):
-            req.rows[i] = row
+        # `out` is a (B, ...) tensor, or a tuple of them (dense vectors with sparse ids and weights).
+        parts = out if isinstance(out, tuple) else None
+        for b, (req, i) in enumerate(chunk):
+            req.rows[i] = tuple(p[b] for p in parts) if parts is not None else out[b]
             req.done += 1
             if req.done == len(req.items) and not req.future.done():
-                _settle(req.future, torch.stack(req.rows))  # type: ignore[arg-type]
+                if parts is not None:
+                    result: Any = tuple(torch.stack(col) for col in zip(*req.rows))
+                else:
+                    result = torch.stack(req.rows)  # type: ignore[arg-type]
+                _settle(req.future, result)
 

@@ -6,17 +6,32 @@ Plain Python and tensors: no gRPC here. The servicer converts protos to `EmbedOp
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 
 from lodestar.backbone import Backbone
 from lodestar.embed.batcher import Batcher
-from lodestar.embed.forward import embed_batch
+from lodestar.embed.forward import SPARSE_CAP, embed_batch
 from lodestar.embed.modes import MODES, Encoded, ForwardSpec, InputBuilder, TokenPrepend, get_mode
 from lodestar.embed.output import DTYPES, pack, shape_vectors
 from lodestar.embed.types import EmbedOptions, EmbedResult
 from lodestar.errors import InvalidInput
+
+
+DEFAULT_SPARSE_TOP_K = 256
+
+
+def sparse_rows(ids: Any, weights: Any, o: EmbedOptions) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per text (token ids, weights) by decreasing weight: the request's top_k, above its threshold."""
+    k = o.sparse_top_k or DEFAULT_SPARSE_TOP_K
+    out = []
+    for row_ids, row_w in zip(ids.numpy(), weights.numpy()):
+        row_ids, row_w = row_ids[:k], row_w[:k]
+        keep = row_w > o.sparse_threshold
+        out.append((row_ids[keep].astype(np.int64), row_w[keep].astype(np.float32)))
+    return out
 
 
 @dataclass(frozen=True)
@@ -98,6 +113,14 @@ class EmbeddingEngine:
             self.backbone.adapters.resolve(options.adapter)
         prepend = self._prepend(options) if mode.uses_placeholder else None
         spec = mode.forward_spec(options.adapter, prepend)
+        if options.sparse:
+            if spec.output_layer != -1:
+                raise InvalidInput("sparse output reads the LM head of the final layer: leave output_layer at -1")
+            if not 0 <= options.sparse_top_k <= SPARSE_CAP:
+                raise InvalidInput(f"sparse top_k must be in 0..{SPARSE_CAP} (0 = {DEFAULT_SPARSE_TOP_K}); got {options.sparse_top_k}")
+            if not options.sparse_threshold >= 0:
+                raise InvalidInput(f"sparse threshold must be >= 0; got {options.sparse_threshold}")
+            spec = replace(spec, sparse=True)
         items = [
             self.inputs.build(mode, t, template, options.instruction, max_tokens, options.truncate, index=i)
             for i, t in enumerate(texts)
@@ -106,7 +129,8 @@ class EmbeddingEngine:
 
     def finish(self, prepared: Prepared, raw: Any) -> EmbedResult:
         o = prepared.options
-        vectors = shape_vectors(raw.numpy(), o.dimensions or None, o.normalize)
+        dense, sparse = (raw[0], sparse_rows(raw[1], raw[2], o)) if isinstance(raw, tuple) else (raw, None)
+        vectors = shape_vectors(dense.numpy(), o.dimensions or None, o.normalize)
         return EmbedResult(
             vectors=vectors,
             packed=pack(vectors, o.dtype),
@@ -114,6 +138,8 @@ class EmbeddingEngine:
             truncated=[e.truncated for e in prepared.items],
             model=self.backbone.model_id,
             mode=prepared.mode,
+            sparse=sparse,
+            has_dense=not o.sparse or o.with_dense,
         )
 
     # --- entry points ------------------------------------------------------------------------
@@ -148,6 +174,8 @@ class EmbeddingEngine:
             self._run(prepared.spec, prepared.items[i : i + batch_size])
             for i in range(0, len(prepared.items), batch_size)
         ]
+        if isinstance(rows[0], tuple):
+            return self.finish(prepared, tuple(torch.cat(col) for col in zip(*rows)))
         return self.finish(prepared, torch.cat(rows))
 
     def token_offsets(self, text: str) -> list[tuple[int, int]]:

@@ -88,11 +88,21 @@ def pool_weights(batch: list[Encoded], T: int, device: torch.device) -> torch.Te
     return w.to(device)
 
 
-def embed_batch(backbone: Backbone, batch: list[Encoded], spec: ForwardSpec) -> torch.Tensor:
-    """Pooled float32 embeddings (B, H) for one batch that shares `spec`."""
+SPARSE_CAP = 1024  # weights kept per text by the forward; a request's top_k cuts further
+
+
+def embed_batch(backbone: Backbone, batch: list[Encoded], spec: ForwardSpec) -> Any:
+    """Pooled float32 embeddings (B, H) for one batch that shares `spec`; with spec.sparse, also
+    the SPARSE_CAP largest vocabulary weights per text -> (dense, ids (B, K), weights (B, K))."""
     hidden, _ = hidden_states(backbone, batch, spec)
     weights = pool_weights(batch, hidden.shape[1], hidden.device)
-    return masked_mean_pool(hidden, weights).float().cpu()  # (B, H)
+    dense = masked_mean_pool(hidden, weights).float().cpu()  # (B, H)
+    if not spec.sparse:
+        return dense
+    with backbone.lock, backbone.adapters.use(spec.adapter), torch.inference_mode():
+        vocab = vocab_weights(backbone.model.get_output_embeddings(), hidden, batch)  # (B, V)
+    top = torch.topk(vocab, min(SPARSE_CAP, vocab.shape[1]), dim=1)
+    return dense, top.indices.cpu(), top.values.float().cpu()
 
 
 def vocab_weights(lm_head: Any, hidden: torch.Tensor, batch: list[Encoded]) -> torch.Tensor:

@@ -36,6 +36,7 @@ class ForwardSpec:
     adapter: str | None = None
     prepend: TokenPrepend | None = None
     output_layer: int = -1
+    sparse: bool = False  # also compute SPLADE vocabulary weights from the LM head
 
 
 @dataclass

@@ -23,6 +23,10 @@ class EmbedOptions:
     start_layer: int | None = None  # token_prepend overrides
     end_layer: int | None = None
     output_layer: int | None = None
+    sparse: bool = False  # learned-sparse output (SPLADE weights from the LM head)
+    sparse_top_k: int = 0  # 0 = DEFAULT_SPARSE_TOP_K
+    sparse_threshold: float = 0.0
+    with_dense: bool = True  # with sparse: also return the dense vectors
 
 
 @dataclass
@@ -33,3 +37,5 @@ class EmbedResult:
     truncated: list[bool]
     model: str
     mode: str
+    sparse: list[tuple[np.ndarray, np.ndarray]] | None = None  # per text (token ids, weights), by weight
+    has_dense: bool = True

@@ -43,6 +43,10 @@ def embed_options(req: pb.EmbedRequest) -> EmbedOptions:
         start_layer=tp.start_layer if tp.HasField("start_layer") else None,
         end_layer=tp.end_layer if tp.HasField("end_layer") else None,
         output_layer=tp.output_layer if tp.HasField("output_layer") else None,
+        sparse=req.sparse.enabled,
+        sparse_top_k=req.sparse.top_k,
+        sparse_threshold=req.sparse.threshold,
+        with_dense=req.sparse.with_dense or not req.sparse.enabled,
     )
 
 
@@ -50,7 +54,8 @@ def embed_response(result: EmbedResult, request_id: str = "") -> pb.EmbedRespons
     return pb.EmbedResponse(
         embeddings=pb.Embeddings(
             data=result.packed.data, shape=list(result.packed.shape), dtype=NAME_TO_DTYPE[result.packed.dtype]
-        ),
+        ) if result.has_dense else None,
+        sparse=[pb.SparseVector(ids=i.tolist(), weights=w.tolist()) for i, w in result.sparse or ()],
         token_counts=result.token_counts,
         truncated=result.truncated,
         model=result.model,
@@ -98,11 +103,22 @@ def embed_request(texts: list[str], options: EmbedOptions, request_id: str = "")
         max_tokens=options.max_tokens,
         token_prepend=tp,
         request_id=request_id,
+        sparse=pb.SparseOptions(enabled=True, top_k=options.sparse_top_k, threshold=options.sparse_threshold,
+                                with_dense=options.with_dense) if options.sparse else None,
     )
 
 
 def embed_result(resp: pb.EmbedResponse) -> EmbedResult:
-    """Decode a response; `vectors` holds the array in its wire dtype (binary: 0/1 per dimension)."""
+    """Decode a response; `vectors` holds the array in its wire dtype (binary: 0/1 per dimension);
+    without dense output it is an empty (N, 0) array."""
+    import numpy as np
+
+    sparse = [(np.asarray(v.ids, dtype=np.int64), np.asarray(v.weights, dtype=np.float32)) for v in resp.sparse] or None
+    if not resp.HasField("embeddings"):
+        n = len(resp.token_counts)
+        empty = np.zeros((n, 0), dtype=np.float32)
+        return EmbedResult(vectors=empty, packed=Packed(b"", (n, 0), "float32"), token_counts=list(resp.token_counts),
+                           truncated=list(resp.truncated), model=resp.model, mode=resp.mode, sparse=sparse, has_dense=False)
     e = resp.embeddings
     shape = (int(e.shape[0]), int(e.shape[1]))
     dtype = DTYPE_TO_NAME[e.dtype]
@@ -113,6 +129,7 @@ def embed_result(resp: pb.EmbedResponse) -> EmbedResult:
         truncated=list(resp.truncated),
         model=resp.model,
         mode=resp.mode,
+        sparse=sparse,
     )
 
 

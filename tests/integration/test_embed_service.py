@@ -192,3 +192,15 @@ def test_expired_deadline_drops_queued_work(tiny_server) -> None:  # type: ignor
         assert late not in seen, "the expired request must never reach the model"
         assert engine.batcher.stats.dropped >= 1
         assert c.embed(["after"]).vectors.shape == (1, 64)
+
+
+def test_sparse_output_over_grpc(client) -> None:  # type: ignore[no-untyped-def]
+    both = client.embed(["A man plays a guitar.", "Markets fell."], mode="echo", sparse=True, sparse_top_k=32)
+    assert both.vectors.shape == (2, 576) and both.sparse is not None and len(both.sparse) == 2
+    ids, weights = both.sparse[0]
+    assert 0 < len(ids) <= 32 and (weights > 0).all() and list(weights) == sorted(weights, reverse=True)
+    only = client.embed(["A man plays a guitar."], mode="echo", sparse=True, sparse_top_k=32, with_dense=False)
+    assert only.vectors.shape == (1, 0) and list(only.sparse[0][0]) == list(ids)
+    with pytest.raises(ClientError) as err:
+        client.embed(["x"], mode="echo", sparse=True, sparse_top_k=99999)
+    assert err.value.code == "INVALID_ARGUMENT" and "top_k must be in 0..1024" in err.value.message

@@ -14,6 +14,7 @@ from lodestar.embed.engine import EmbeddingEngine
 from lodestar.embed.train.bidirectional import BidirectionalConfig, mask_token_id, train_bidirectional
 from lodestar.embed.train.common import LoraSettings, RunSettings
 from lodestar.embed.train.data import read_pairs, read_sentences, split
+from lodestar.embed.train.encoder import TrainEncoder
 from lodestar.embed.train.losses import cosent, flops, info_nce
 from lodestar.embed.types import EmbedOptions
 from lodestar.errors import InvalidInput
@@ -79,3 +80,24 @@ def test_bidirectional_refuses_missing_data(tokenizer, tmp_path: Path) -> None: 
     with pytest.raises(InvalidInput, match="need --corpus"):
         train_bidirectional(build_tiny(tokenizer), BidirectionalConfig(run=run, pairs=STS, stages=("mntp",)))
     assert mask_token_id(tokenizer) >= 0
+
+
+def test_sparse_output_matches_the_trainer_and_respects_top_k(tiny_engine, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    texts = ["A man is playing a guitar.", "Stocks fell.", "The quick brown fox jumps over the lazy dog."]
+    res = tiny_engine.embed(texts, EmbedOptions(mode="echo", sparse=True, sparse_top_k=16))
+    dense_only = tiny_engine.embed(texts, EmbedOptions(mode="echo")).vectors
+    assert np.allclose(res.vectors, dense_only, atol=1e-5)  # one forward gives both
+    assert res.sparse is not None and len(res.sparse) == 3
+    enc = TrainEncoder(tiny_engine.backbone.model, tokenizer, "echo")
+    with torch.no_grad():
+        full = enc.sparse(texts).numpy()  # (B, V)
+    for (ids, w), row in zip(res.sparse, full):
+        assert 0 < len(ids) <= 16 and np.all(np.diff(w) <= 1e-6)  # by decreasing weight
+        assert np.allclose(row[ids], w, atol=1e-4)
+        assert np.isclose(w[0], row.max(), atol=1e-4)
+    cut = tiny_engine.embed(texts[:1], EmbedOptions(mode="echo", sparse=True, sparse_threshold=float(res.sparse[0][1][3])))
+    assert len(cut.sparse[0][0]) == 3  # strictly above the 4th weight
+    alone = tiny_engine.embed(texts[1:2], EmbedOptions(mode="echo", sparse=True, sparse_top_k=16)).sparse[0]
+    assert list(alone[0]) == list(res.sparse[1][0])  # independent of the batch
+    with pytest.raises(InvalidInput, match="top_k must be in 0..1024"):
+        tiny_engine.embed(texts, EmbedOptions(mode="echo", sparse=True, sparse_top_k=5000))
