@@ -13,10 +13,10 @@ import numpy as np
 
 from lodestar.backbone import Backbone
 from lodestar.embed.batcher import Batcher
-from lodestar.embed.forward import SPARSE_CAP, embed_batch
+from lodestar.embed.forward import embed_batch
 from lodestar.embed.modes import MODES, Encoded, ForwardSpec, InputBuilder, TokenPrepend, get_mode
 from lodestar.embed.output import DTYPES, pack, shape_vectors
-from lodestar.embed.types import EmbedOptions, EmbedResult
+from lodestar.embed.types import SPARSE_CAP, EmbedOptions, EmbedResult
 from lodestar.errors import InvalidInput
 
 

@@ -12,6 +12,7 @@ import torch
 
 from lodestar.backbone import Backbone
 from lodestar.embed.modes import Encoded, ForwardSpec
+from lodestar.embed.types import SPARSE_CAP
 from lodestar.kernels import masked_mean_pool
 
 
@@ -86,9 +87,6 @@ def pool_weights(batch: list[Encoded], T: int, device: torch.device) -> torch.Te
     for i, e in enumerate(batch):
         w[i, e.pool_start : e.pool_end] = 1.0
     return w.to(device)
-
-
-SPARSE_CAP = 1024  # weights kept per text by the forward; a request's top_k cuts further
 
 
 def embed_batch(backbone: Backbone, batch: list[Encoded], spec: ForwardSpec) -> Any:

@@ -9,6 +9,9 @@ import numpy as np
 from lodestar.embed.output import Packed
 
 
+SPARSE_CAP = 1024  # sparse weights kept per text by the forward; a request's top_k cuts further
+
+
 @dataclass(frozen=True)
 class EmbedOptions:
     mode: str = ""  # empty: the engine's default mode

@@ -30,11 +30,21 @@ from typing import Any, Protocol
 import numpy as np
 
 from lodestar.embed.modes import get_mode
-from lodestar.embed.types import EmbedOptions, EmbedResult
+from lodestar.embed.types import SPARSE_CAP, EmbedOptions, EmbedResult
 from lodestar.errors import AlreadyExists, InvalidInput, NotFound, Unavailable
 from lodestar.retrieve.dense import DenseIndex
 from lodestar.retrieve.fusion import rrf, weighted
-from lodestar.retrieve.prepare import DocLimits, Prepared, check_finite, embed_options, embed_texts, prepare, validate_document
+from lodestar.retrieve.prepare import (
+    DocLimits,
+    Prepared,
+    SparseVec,
+    check_finite,
+    embed_options,
+    embed_sparse,
+    embed_texts,
+    prepare,
+    validate_document,
+)
 from lodestar.retrieve.snapshot import (
     CorruptSnapshot,
     fsync_dir,
@@ -43,7 +53,7 @@ from lodestar.retrieve.snapshot import (
     snapshot_bytes,
     write_snapshot,
 )
-from lodestar.retrieve.sparse import BM25Index
+from lodestar.retrieve.sparse import BM25Index, ImpactIndex
 from lodestar.retrieve.store import ChunkRef, CompiledFilter, DocWrite, Store, StoreError, WriteResult, compile_filters
 from lodestar.retrieve.types import (
     FUSIONS,
@@ -273,9 +283,9 @@ class RetrievalEngine:
         assert c.config is not None
         return DenseIndex(c.dim, spec=c.config.index, metric=c.config.metric)
 
-    def _new_sparse(self, c: _Collection) -> BM25Index | None:
+    def _new_sparse(self, c: _Collection) -> BM25Index | ImpactIndex | None:
         assert c.config is not None
-        return BM25Index() if c.config.sparse == "bm25" else None
+        return {"bm25": BM25Index, "learned": ImpactIndex}.get(c.config.sparse, lambda: None)()
 
     def _read_indexes(
         self, c: _Collection, snapshot: tuple[dict[str, bytes], dict[str, Any]] | None = None
@@ -286,7 +296,8 @@ class RetrievalEngine:
         self._check_manifest(c, manifest, c.store.last_seq())
         try:
             dense = DenseIndex.from_bytes(files["dense"])
-            sparse = BM25Index.from_bytes(files["sparse"]) if c.config.sparse == "bm25" else None
+            kind = {"bm25": BM25Index, "learned": ImpactIndex}.get(c.config.sparse)
+            sparse = kind.from_bytes(files["sparse"]) if kind is not None else None
         except Exception as e:  # verified bytes that do not parse: written by a broken or other build
             raise CorruptSnapshot(f"snapshot files of {c.snapshot_dir} verify but do not load: {e}") from None
         return dense, sparse, int(manifest["seq"])
@@ -341,7 +352,7 @@ class RetrievalEngine:
             raise CorruptSnapshot(f"{where} has no valid seq")
         if seq > last_seq:
             raise CorruptSnapshot(f"{where} is at change {seq} but the document store's log ends at change {last_seq}")
-        needed = {"dense"} | ({"sparse"} if c.config.sparse == "bm25" else set())
+        needed = {"dense"} | ({"sparse"} if c.config.sparse != "none" else set())
         missing = needed - set(manifest.get("files", {}))
         if missing:
             raise CorruptSnapshot(f"{where} lacks {', '.join(sorted(missing))}")
@@ -367,15 +378,21 @@ class RetrievalEngine:
         for ids, vectors, texts in c.store.iter_chunks(c.dim):
             self._add(c, ids, vectors, texts)
 
-    def _add(self, c: _Collection, ids: np.ndarray, vectors: np.ndarray, texts: list[str]) -> None:
+    def _add(self, c: _Collection, ids: np.ndarray, vectors: np.ndarray, texts: list[str],
+             sparse: list[SparseVec] | None = None) -> None:
+        """Add chunks to the indexes; a learned-sparse index takes `sparse` (read from the store when None)."""
         assert c.dense is not None
         if not len(ids):
             return
         c.dense.add(ids, vectors)
-        if c.sparse is not None:
+        if isinstance(c.sparse, ImpactIndex):
+            assert c.store is not None
+            c.sparse.add(ids, sparse if sparse is not None else c.store.chunk_sparse(ids))
+        elif c.sparse is not None:
             c.sparse.add(ids, texts)
 
-    def _apply(self, c: _Collection, result: WriteResult, vectors: np.ndarray | None, texts: list[str]) -> None:
+    def _apply(self, c: _Collection, result: WriteResult, vectors: np.ndarray | None, texts: list[str],
+               sparse: list[SparseVec] | None = None) -> None:
         """Apply a committed write to the indexes; if that fails, rebuild them from the store."""
         assert c.dense is not None
         try:
@@ -384,7 +401,7 @@ class RetrievalEngine:
                 if c.sparse is not None:
                     c.sparse.remove(result.removed)
             if vectors is not None:
-                self._add(c, result.added, vectors, texts)
+                self._add(c, result.added, vectors, texts, sparse)
         except Exception:
             log.exception("collection %r: applying change %d to the indexes failed; rebuilding them from the store", c.name, result.seq)
             try:
@@ -455,6 +472,12 @@ class RetrievalEngine:
             raise InvalidInput(f"unknown metric {config.metric!r}: valid metrics are {', '.join(METRICS)}")
         if config.sparse not in SPARSE_KINDS:
             raise InvalidInput(f"unknown sparse kind {config.sparse!r}: valid kinds are {', '.join(SPARSE_KINDS)}")
+        if config.sparse == "learned":
+            get_mode(config.sparse_mode)
+            for key in ("sparse_top_k", "query_top_k"):
+                value = getattr(config, key)
+                if not isinstance(value, int) or not 1 <= value <= SPARSE_CAP:
+                    raise InvalidInput(f"{key}={value} is out of range: use 1..{SPARSE_CAP}")
         hidden = self.hidden_size
         if not isinstance(config.dimensions, int) or not 0 <= config.dimensions <= hidden:
             raise InvalidInput(f"dimensions={config.dimensions} is out of range: use 1..{hidden} (or 0 for all {hidden})")
@@ -543,6 +566,11 @@ class RetrievalEngine:
             vectors = self.embedder.embed(["probe"], embed_options(config, query)).vectors
             if np.asarray(vectors).shape != (1, dim):
                 raise InvalidInput(f"the embedder returned shape {np.asarray(vectors).shape} for dimensions={config.dimensions}; expected (1, {dim})")
+            if config.sparse == "learned":
+                try:
+                    embed_sparse(self.embedder, config, ["probe"], query)
+                except InvalidInput as e:
+                    raise InvalidInput(f"sparse encoder (sparse_mode={config.sparse_mode!r}, sparse_adapter={config.sparse_adapter!r}): {e}") from None
         with self._lock:
             if self._closed:
                 raise Unavailable("the retrieval engine is closed")
@@ -637,6 +665,12 @@ class RetrievalEngine:
             raise InvalidInput(f"vectors have shape {tuple(prepared.vectors.shape)}; {chunks} chunks of collection {name!r} need ({chunks}, {c.dim})")
         prepared.vectors = np.ascontiguousarray(prepared.vectors, dtype=np.float32)
         check_finite(prepared.vectors, prepared.chunk_texts, "chunk")
+        assert c.config is not None
+        if (c.config.sparse == "learned") != (prepared.sparse is not None):
+            raise InvalidInput(f"collection {name!r} has sparse={c.config.sparse!r}: learned-sparse vectors are "
+                               f"{'needed' if c.config.sparse == 'learned' else 'not expected'}")
+        if prepared.sparse is not None and len(prepared.sparse) != chunks:
+            raise InvalidInput(f"{len(prepared.sparse)} sparse vectors for {chunks} chunks")
         return self._write(c, prepared, metadata)
 
     def _write(self, c: _Collection, prepared: Prepared, metadata: list[str]) -> tuple[int, int]:
@@ -644,14 +678,16 @@ class RetrievalEngine:
         at = 0
         vectors = prepared.vectors  # (C, D)
         texts = prepared.chunk_texts
+        sparse = prepared.sparse
         for d, sp, meta in zip(prepared.docs, prepared.spans, metadata):
-            writes.append(DocWrite(id=d.id, text=d.text, metadata_json=meta, spans=sp, vectors=vectors[at : at + len(sp)]))
+            writes.append(DocWrite(id=d.id, text=d.text, metadata_json=meta, spans=sp, vectors=vectors[at : at + len(sp)],
+                                   sparse=sparse[at : at + len(sp)] if sparse is not None else None))
             at += len(sp)
         with c.lock.write():
             self._check_serving(c)
             assert c.store is not None
             result = c.store.write_docs(writes)  # committed: acknowledged = durable
-            self._apply(c, result, vectors, texts)
+            self._apply(c, result, vectors, texts, sparse)
         self._maybe_snapshot(c)
         return len(prepared.docs), len(texts)
 
@@ -725,9 +761,14 @@ class RetrievalEngine:
         return run
 
     def _sparse_fn(self, c: _Collection, queries: list[str], allowed: np.ndarray | None) -> Callable[[int], list[list[tuple[int, float]]]]:
+        encoded: list[Any] = list(queries)
+        if isinstance(c.sparse, ImpactIndex):  # encode once; the ranking may ask for more candidates
+            assert c.config is not None
+            encoded = embed_sparse(self.embedder, c.config, queries, query=True)
+
         def run(n: int) -> list[list[tuple[int, float]]]:
             assert c.sparse is not None
-            return [[(int(i), float(s)) for i, s in row] for row in c.sparse.search(queries, n, allowed)]
+            return [[(int(i), float(s)) for i, s in row] for row in c.sparse.search(encoded, n, allowed)]
 
         return run
 

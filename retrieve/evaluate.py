@@ -77,6 +77,8 @@ def eval_beir(
     judged = [q for q in queries if q in qrels]
     config = config or CollectionConfig(name="eval")
     kinds = {"dense": "dense", "bm25": "sparse", "sparse": "sparse", "hybrid": "hybrid"}
+    if "bm25" in retrievers and config.sparse != "bm25":
+        raise InvalidInput(f"retriever bm25 needs the collection's sparse side to be bm25 (it is {config.sparse!r}); use 'sparse'")
     for r in retrievers:
         if r not in kinds:
             raise InvalidInput(f"unknown retriever {r!r}: valid are {', '.join(kinds)}")
@@ -117,6 +119,9 @@ def eval_beir(
                     "dataset": folder.name if folder.name != "beir" else folder.parent.name,
                     "retriever": retriever,
                     "mode": config.mode,
+                    "sparse": config.sparse if retriever in ("sparse", "bm25", "hybrid") else None,
+                    "sparse_adapter": config.sparse_adapter or None,
+                    "adapter": config.adapter or None,
                     "index": config.index,
                     "fusion": fusion or None,
                     "alpha": alpha if fusion == "weighted" else None,

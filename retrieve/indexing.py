@@ -58,10 +58,12 @@ def merge(parts: list[Prepared], dim: int) -> Prepared:
     """One Prepared of several (documents and chunk vectors in order)."""
     if not parts:
         return Prepared([], [], np.empty((0, dim), dtype=np.float32))
+    sparse = [v for p in parts for v in p.sparse or ()] if parts[0].sparse is not None else None
     return Prepared(
         [d for p in parts for d in p.docs],
         [s for p in parts for s in p.spans],
-        np.concatenate([p.vectors for p in parts]) if parts else np.empty((0, dim), dtype=np.float32),
+        np.concatenate([p.vectors for p in parts]),
+        sparse,
     )
 
 
@@ -103,6 +105,7 @@ def split(prepared: Prepared) -> list[Prepared]:
     out = []
     at = 0
     for doc, spans in zip(prepared.docs, prepared.spans):
-        out.append(Prepared([doc], [spans], prepared.vectors[at : at + len(spans)]))
+        sparse = prepared.sparse[at : at + len(spans)] if prepared.sparse is not None else None
+        out.append(Prepared([doc], [spans], prepared.vectors[at : at + len(spans)], sparse))
         at += len(spans)
     return out

@@ -28,13 +28,18 @@ class DocLimits:
     max_text_chars: int = 1_000_000
 
 
+SparseVec = tuple[np.ndarray, np.ndarray]  # (term ids, weights)
+
+
 @dataclass
 class Prepared:
-    """Documents ready to be written: per document its chunk spans; (C, D) vectors, chunks in order."""
+    """Documents ready to be written: per document its chunk spans; (C, D) vectors, chunks in order;
+    for learned-sparse collections also each chunk's sparse vector."""
 
     docs: list[Document]
     spans: list[list[tuple[int, int]]]
     vectors: np.ndarray
+    sparse: list[SparseVec] | None = None
 
     @property
     def chunk_texts(self) -> list[str]:
@@ -96,6 +101,25 @@ def embed_options(cfg: CollectionConfig, query: bool) -> EmbedOptions:
     )
 
 
+def sparse_options(cfg: CollectionConfig, query: bool) -> EmbedOptions:
+    """How a learned-sparse collection encodes its chunks or its queries (SPLADE weights only)."""
+    return EmbedOptions(mode=cfg.sparse_mode, adapter=cfg.sparse_adapter, sparse=True, with_dense=False,
+                        sparse_top_k=cfg.query_top_k if query else cfg.sparse_top_k)
+
+
+def embed_sparse(embedder: Any, cfg: CollectionConfig, texts: list[str], query: bool) -> list[SparseVec]:
+    """Learned-sparse vectors of `texts` (chunks, or queries with query=True)."""
+    options = sparse_options(cfg, query)
+    step = embed_limit(embedder)
+    out: list[SparseVec] = []
+    for i in range(0, len(texts), step):
+        res = embedder.embed(texts[i : i + step], options)
+        if res.sparse is None or len(res.sparse) != len(texts[i : i + step]):
+            raise Unavailable("the embedder returned no sparse vectors for a learned-sparse collection")
+        out += [(np.asarray(t, dtype=np.int64), np.asarray(w, dtype=np.float32)) for t, w in res.sparse]
+    return out
+
+
 def embed_limit(embedder: Any) -> int:
     """Texts per embed call: the embedder's own request limit, or EMBED_BATCH."""
     cfg = getattr(embedder, "config", None)
@@ -139,5 +163,8 @@ def prepare(embedder: Any, cfg: CollectionConfig, dim: int, docs: list[Document]
     """Chunk and embed documents (already validated) for a collection with `cfg` and width `dim`."""
     spans = [chunk_document(embedder, cfg, d.text) for d in docs]
     prepared = Prepared(docs, spans, np.empty((0, dim), dtype=np.float32))
-    prepared.vectors = embed_texts(embedder, cfg, prepared.chunk_texts, dim, query=False)
+    texts = prepared.chunk_texts
+    prepared.vectors = embed_texts(embedder, cfg, texts, dim, query=False)
+    if cfg.sparse == "learned":
+        prepared.sparse = embed_sparse(embedder, cfg, texts, query=False)
     return prepared

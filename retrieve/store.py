@@ -60,6 +60,11 @@ CREATE TABLE chunks (
     vector BLOB NOT NULL
 );
 CREATE INDEX chunks_by_doc ON chunks(doc_id);
+CREATE TABLE IF NOT EXISTS sparse_chunks (
+    chunk_id INTEGER PRIMARY KEY REFERENCES chunks(chunk_id) ON DELETE CASCADE,
+    terms BLOB NOT NULL,
+    weights BLOB NOT NULL
+);
 CREATE TABLE changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     op TEXT NOT NULL CHECK (op IN ('upsert', 'delete')),
@@ -83,6 +88,7 @@ class DocWrite:
     metadata_json: str  # a JSON object, already validated and serialised
     spans: list[tuple[int, int]]  # (char_start, char_end) per chunk
     vectors: np.ndarray  # (C, D) float32, C == len(spans)
+    sparse: list[tuple[np.ndarray, np.ndarray]] | None = None  # learned sparse: (term ids, weights) per chunk
 
 
 @dataclass
@@ -251,6 +257,8 @@ class Store:
         self._closed = False
         try:
             self._writer = self._connect()
+            # Stores created before learned-sparse collections lack this table (same schema otherwise).
+            self._writer.execute(_SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS sparse_chunks") :].split(";")[0])
             version = self._meta_value(self._writer, "schema_version")
             if version != str(SCHEMA_VERSION):
                 raise StoreError(f"{self.path} has schema_version {version!r}; this build reads {SCHEMA_VERSION}")
@@ -359,6 +367,10 @@ class Store:
                         (doc.id, i, int(start), int(end), vectors[i].tobytes()),
                     )
                     new.append(int(cur.lastrowid))  # type: ignore[arg-type]
+                    if doc.sparse is not None:
+                        terms, weights = doc.sparse[i]
+                        conn.execute("INSERT INTO sparse_chunks (chunk_id, terms, weights) VALUES (?, ?, ?)", (
+                            new[-1], np.asarray(terms, dtype="<u4").tobytes(), np.asarray(weights, dtype="<f4").tobytes()))
                 conn.execute(
                     "INSERT INTO changes (op, doc_id, chunk_ids, removed_ids) VALUES ('upsert', ?, ?, ?)",
                     (doc.id, json.dumps(new), json.dumps(old)),
@@ -446,6 +458,15 @@ class Store:
             (_ids_param(chunk_ids.tolist()),),
         ).fetchall()
         return self._chunk_payload(rows, dim)
+
+    def chunk_sparse(self, chunk_ids: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Learned-sparse vectors (term ids, weights) of `chunk_ids`, in that order (empty where none)."""
+        rows = dict((int(r[0]), (r[1], r[2])) for r in self._writer.execute(
+            "SELECT chunk_id, terms, weights FROM sparse_chunks WHERE chunk_id IN (SELECT value FROM json_each(?))",
+            (_ids_param(np.asarray(chunk_ids).tolist()),)))
+        empty = (np.empty(0, np.int64), np.empty(0, np.float32))
+        return [(np.frombuffer(rows[i][0], "<u4").astype(np.int64), np.frombuffer(rows[i][1], "<f4").astype(np.float32))
+                if i in rows else empty for i in np.asarray(chunk_ids).tolist()]
 
     def iter_chunks(self, dim: int, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
         """Every chunk as (ids (N,), vectors (N, D), texts) batches in id order (for rebuilds)."""

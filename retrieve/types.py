@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-SPARSE_KINDS = ("none", "bm25")  # "learned" arrives with the adapters issue
+SPARSE_KINDS = ("none", "bm25", "learned")  # learned: SPLADE weights from the LM head (an adapter of `lodestar train sparse`)
 METRICS = ("cosine", "ip", "l2")
 RETRIEVERS = ("dense", "sparse", "hybrid")
 FUSIONS = ("rrf", "weighted")
@@ -25,9 +25,13 @@ class CollectionConfig:
     dimensions: int = 0  # 0 = the model's full width
     metric: str = "cosine"
     index: str = "Flat"  # any FAISS factory string: Flat, HNSW32, IVF{n},Flat, IVF{n},PQ{m}
-    sparse: str = "bm25"  # none | bm25
+    sparse: str = "bm25"  # none | bm25 | learned
     chunk_tokens: int = 256  # 0 = no chunking
     chunk_overlap: int = 32
+    sparse_mode: str = "echo"  # learned: the embedding mode whose pooled span the SPLADE weights max-pool
+    sparse_adapter: str = ""  # learned: LoRA adapter of the sparse encoder ("" = the base model's LM head)
+    sparse_top_k: int = 256  # learned: weights kept per chunk
+    query_top_k: int = 64  # learned: weights kept per query
 
 
 @dataclass

@@ -180,6 +180,10 @@ def collection_config(c: rpb.CollectionConfig) -> rt.CollectionConfig:
         sparse=c.sparse or d.sparse,
         chunk_tokens=c.chunk_tokens if c.HasField("chunk_tokens") else d.chunk_tokens,
         chunk_overlap=c.chunk_overlap if c.HasField("chunk_overlap") else d.chunk_overlap,
+        sparse_mode=c.sparse_mode or d.sparse_mode,
+        sparse_adapter=c.sparse_adapter,
+        sparse_top_k=c.sparse_top_k if c.HasField("sparse_top_k") else d.sparse_top_k,
+        query_top_k=c.query_top_k if c.HasField("query_top_k") else d.query_top_k,
     )
 
 
@@ -188,7 +192,8 @@ def collection_config_pb(c: rt.CollectionConfig) -> rpb.CollectionConfig:
         name=c.name, mode=c.mode, query_prompt=c.query_prompt, query_instruction=c.query_instruction,
         doc_prompt=c.doc_prompt, doc_instruction=c.doc_instruction, adapter=c.adapter,
         dimensions=c.dimensions, metric=c.metric, index=c.index, sparse=c.sparse,
-        chunk_tokens=c.chunk_tokens, chunk_overlap=c.chunk_overlap,
+        chunk_tokens=c.chunk_tokens, chunk_overlap=c.chunk_overlap, sparse_mode=c.sparse_mode,
+        sparse_adapter=c.sparse_adapter, sparse_top_k=c.sparse_top_k, query_top_k=c.query_top_k,
     )
 
 
@@ -507,8 +512,9 @@ def commit(r: ipb.CommitChunkRequest) -> Any:
         spans.append([(flat[2 * i], flat[2 * i + 1]) for i in range(at, at + n)])
         at += n
     vectors = np.frombuffer(r.vectors, dtype="<f4").reshape(chunks, r.dimensions).astype(np.float32)
+    sparse = [(np.asarray(v.ids, dtype=np.int64), np.asarray(v.weights, dtype=np.float32)) for v in r.sparse] or None
     return Commit(
-        job_id=r.job_id, idx=r.chunk, prepared=Prepared(docs, spans, vectors), lines=list(r.lines),
+        job_id=r.job_id, idx=r.chunk, prepared=Prepared(docs, spans, vectors, sparse), lines=list(r.lines),
         errors=[JobError(e.line, e.doc_id, e.message) for e in r.errors], worker=r.worker, model=r.model,
     )
 
@@ -536,6 +542,7 @@ def commit_request(c: Any) -> ipb.CommitChunkRequest:
         lines=c.lines, span_counts=[len(s) for s in p.spans], spans=[x for s in p.spans for ab in s for x in ab],
         vectors=np.ascontiguousarray(p.vectors, dtype="<f4").tobytes(), dimensions=int(p.vectors.shape[1]),
         errors=[ipb.JobError(line=e.line, doc_id=e.doc_id, message=e.message) for e in c.errors],
+        sparse=[pb.SparseVector(ids=t.tolist(), weights=w.tolist()) for t, w in p.sparse or ()],
     )
 
 
