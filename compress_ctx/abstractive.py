@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from lodestar.compress_ctx.chat import Message, chat_ids, generate
+from lodestar.backbone.chat import Message, chat_ids, generate
 from lodestar.compress_ctx.faithfulness import faithfulness
 from lodestar.compress_ctx.metrics import normalize_answer
 from lodestar.compress_ctx.sentences import split_sentences

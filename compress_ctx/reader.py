@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from lodestar.backbone import Backbone
-from lodestar.compress_ctx.chat import Generated, Message, chat_ids, generate
+from lodestar.backbone.chat import Generated, Message, chat_ids, generate
 
 # Worked examples (made up, not from any evaluation set) showing the answer form: a short span.
 # Measured on SQuAD dev with SmolLM2-135M: three shots and a "Short answer:" cue turn rambling

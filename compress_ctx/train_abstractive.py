@@ -29,7 +29,7 @@ import torch
 from lodestar.backbone import Backbone
 from lodestar.backbone.training import LoopConfig, fit, lora_model, seed_everything
 from lodestar.compress_ctx.abstractive import NOTHING, messages
-from lodestar.compress_ctx.chat import chat_ids, stop_ids
+from lodestar.backbone.chat import chat_ids, stop_ids
 from lodestar.compress_ctx.evaluate import read_qa, retrieve, split_questions
 from lodestar.compress_ctx.reader import Reader
 from lodestar.errors import InvalidInput

@@ -61,6 +61,7 @@ class BidirectionalConfig:
     supervised_lr: float = 1e-4
     temperature: float = 0.05
     cosent_scale: float = 20.0
+    init_adapter: Path | None = None  # start from this adapter (e.g. continue an earlier run)
 
     def planned(self) -> tuple[str, ...]:
         if self.stages:
@@ -151,6 +152,8 @@ def train_bidirectional(backbone: Backbone, cfg: BidirectionalConfig, command: s
         pairs, dev_pairs = split(pairs, cfg.dev_fraction, run.seed)
     triplets = read_triplets(cfg.triplets) if cfg.triplets else []
     stages = Stages(backbone, run)
+    if cfg.init_adapter is not None:
+        stages.last_adapter = Path(cfg.init_adapter)
     tok = backbone.tokenizer
     mask_id = mask_token_id(tok)
 

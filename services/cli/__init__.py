@@ -10,9 +10,9 @@ import argparse
 import sys
 
 from lodestar.errors import LodestarError
-from lodestar.services.cli import compress_cmds, embed_cmds, generate_cmds, jobs_cmds, retrieve_cmds
+from lodestar.services.cli import compress_cmds, embed_cmds, generate_cmds, jobs_cmds, retrieve_cmds, train_cmds
 
-MODULES = (embed_cmds, retrieve_cmds, jobs_cmds, compress_cmds, generate_cmds)
+MODULES = (embed_cmds, retrieve_cmds, jobs_cmds, compress_cmds, generate_cmds, train_cmds)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lodestar.compress_ctx.abstractive import AbstractiveCompressor, is_nothing, tidy
-from lodestar.compress_ctx.chat import chat_ids, generate
+from lodestar.backbone.chat import chat_ids, generate
 from lodestar.compress_ctx.types import AUGMENT, SKIP
 from lodestar.errors import InvalidInput
 

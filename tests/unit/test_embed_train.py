@@ -101,3 +101,80 @@ def test_sparse_output_matches_the_trainer_and_respects_top_k(tiny_engine, token
     assert list(alone[0]) == list(res.sparse[1][0])  # independent of the batch
     with pytest.raises(InvalidInput, match="top_k must be in 0..1024"):
         tiny_engine.embed(texts, EmbedOptions(mode="echo", sparse=True, sparse_top_k=5000))
+
+
+def triplets_file(tmp_path: Path) -> Path:
+    rows = [{"query": q, "positive": p, "negatives": [n]} for q, p, n in [
+        ("who plays guitar", "A man plays an acoustic guitar on stage.", "Bond yields climbed."),
+        ("bond yields", "Government bond yields climbed to a decade high.", "The team won a penalty shootout."),
+        ("football final", "The football team won the championship.", "A man plays the guitar."),
+        ("central bank", "The central bank raised interest rates again.", "A cat sleeps on the sofa."),
+        ("cat sofa", "A cat sleeps on the sofa all afternoon.", "Rates went up."),
+        ("piano concert", "The pianist performed Chopin at the concert hall.", "Stocks fell sharply."),
+        ("stock market", "Stocks fell sharply after the announcement.", "The pianist bowed."),
+        ("rainy weather", "It rained all day in the city.", "The orchestra tuned up."),
+    ]]
+    path = tmp_path / "triplets.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_sparse_training_lowers_the_loss_and_serves(tokenizer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from lodestar.embed.train.sparse import SparseConfig, train_sparse
+
+    out = tmp_path / "sparse"
+    run = RunSettings(out_dir=out, eval_every=3, patience=100, progress=False, lora=LoraSettings(r=4, alpha=8))
+    cfg = SparseConfig(run=run, triplets=triplets_file(tmp_path), steps=6, batch=4, lr=5e-3, flops_warmup=2,
+                       dev_fraction=0.25, max_tokens=32)
+    card = train_sparse(build_tiny(tokenizer), cfg)
+    stage = card["stages"][0]
+    assert stage["stage"] == "sparse" and stage["steps"] == 6 and stage["train_loss_last"] < stage["train_loss_first"]
+    assert stage["dev"]["dev_d_nnz"] > 0  # sparsity is reported
+    engine = EmbeddingEngine(build_tiny(tokenizer))
+    try:
+        opts = dict(mode="echo", sparse=True, sparse_top_k=8)
+        base = engine.embed(TEXTS, EmbedOptions(**opts)).sparse
+        tuned = engine.embed(TEXTS, EmbedOptions(**opts, adapter=str(out / "sparse" / "checkpoint" / "adapter"))).sparse
+        assert any(not np.allclose(a[1], b[1]) for a, b in zip(base, tuned))
+    finally:
+        engine.close()
+
+
+def test_adapt_resumes_synthetic_queries_and_trains_both(tokenizer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from lodestar.embed.train.adapt import AdaptConfig, adapt, clip, read_corpus
+
+    corpus = tmp_path / "corpus.jsonl"
+    sentences = read_sentences([STS], seed=0)[:24]
+    corpus.write_text("".join(json.dumps({"_id": f"d{i}", "text": s}) + "\n" for i, s in enumerate(sentences)))
+    out = tmp_path / "adapt"
+    out.mkdir()
+    # A previous run wrote 20 of the 24 queries (the tiny random model cannot write questions itself).
+    docs = read_corpus(corpus)
+    (out / "synthetic.jsonl").write_text("".join(
+        json.dumps({"id": i, "passage": clip(tokenizer, t, 32), "query": f"what about the {' and '.join(t.split()[1:4])}?"}) + "\n"
+        for i, t in docs[:20]))
+    run = RunSettings(out_dir=out, eval_every=2, patience=100, progress=False, lora=LoraSettings(r=4, alpha=8))
+    cfg = AdaptConfig(run=run, corpus=corpus, passages=24, question_tokens=8, steps=2, batch=2, lr=5e-3,
+                      max_passage_tokens=32)
+    card = adapt(lambda: build_tiny(tokenizer), cfg, command="lodestar adapt ...")
+    assert card["triplets"] >= 20 and len((out / "synthetic.jsonl").read_text().splitlines()) == 24  # 4 new
+    triplets = [json.loads(line) for line in (out / "triplets.jsonl").read_text().splitlines()]
+    with_negative = [t for t in triplets if t["negatives"]]
+    assert with_negative and all(t["negatives"][0] != t["positive"] for t in with_negative)  # BM25 hard negatives
+    for kind in ("dense", "sparse"):
+        assert (out / kind / "adapter" / "adapter_config.json").is_file()
+    assert json.loads((out / "card.json").read_text())["kinds"] == ["dense", "sparse"]
+
+
+@pytest.mark.slow
+def test_synthetic_queries_from_the_real_model(backbone, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from lodestar.embed.train.adapt import AdaptConfig, synthetic_queries
+
+    docs = [(f"d{i}", t) for i, t in enumerate([
+        "The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, a region in France.",
+        "Computational complexity theory classifies computational problems according to their inherent difficulty.",
+        "The Huguenots were French Protestants who followed the teachings of John Calvin.",
+    ])]
+    cfg = AdaptConfig(run=RunSettings(out_dir=tmp_path, progress=False), corpus=tmp_path, passages=3, question_tokens=32)
+    rows = synthetic_queries(backbone, docs, cfg, tmp_path / "synthetic.jsonl")
+    assert len(rows) >= 2 and all(len(r["query"].split()) >= 3 for r in rows)

@@ -3,7 +3,7 @@
 A small loop of our own instead of `model.generate`: explicit position ids (a left-padded row's
 first real token is position 0, so a row's answer does not depend on its batch neighbours), a stop
 set per call (end-of-turn, newline for short answers), and the backbone lock held per forward.
-Shared by the abstractive compressor, the evaluation reader and the trainer.
+Shared by the abstractive compressor, the evaluation reader, the trainers and `lodestar adapt`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,169 @@
+"""`lodestar adapt --corpus DIR`: unsupervised domain adaptation of the embedding adapters.
+
+No labels: the backbone itself writes one question for each sampled passage of the user's corpus
+(synthetic queries), BM25 over the corpus picks a hard negative for each (the best-ranked passage
+that is not the source), and those triplets train a dense (bidirectional) and/or a sparse (SPLADE)
+adapter, optionally continuing adapters trained elsewhere. Generated queries are appended to
+`<out>/synthetic.jsonl` as they are written, so an interrupted run resumes without regenerating.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lodestar.backbone import Backbone
+from lodestar.backbone.chat import chat_ids, generate
+from lodestar.embed.train.bidirectional import BidirectionalConfig, train_bidirectional
+from lodestar.embed.train.common import RunSettings
+from lodestar.embed.train.data import Triplet
+from lodestar.embed.train.sparse import SparseConfig, train_sparse
+from lodestar.errors import InvalidInput, NotFound
+
+KINDS = ("dense", "sparse")
+QUESTION_PROMPT = ("Passage: {passage}\n\nWrite one short question that the passage above answers. "
+                   "Reply with the question only.")
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    run: RunSettings
+    corpus: Path  # BEIR folder or jsonl {id|_id, title?, text}
+    kinds: tuple[str, ...] = KINDS
+    passages: int = 800  # sampled passages (one synthetic query each)
+    max_passage_tokens: int = 192
+    question_tokens: int = 40
+    dense_mode: str = "bidirectional"
+    dense_init: Path | None = None  # e.g. adapters/bidirectional-stsb/adapter
+    sparse_init: Path | None = None
+    sparse_mode: str = "echo"
+    steps: int = 200
+    batch: int = 8
+    lr: float = 1e-4
+
+
+def read_corpus(path: Path) -> list[tuple[str, str]]:
+    """(id, text) of a BEIR corpus.jsonl (title + text) or any jsonl with id/_id and text."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "corpus.jsonl"
+    if not path.is_file():
+        raise NotFound(f"no corpus at {path} (give a BEIR folder or a .jsonl file)")
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                o = json.loads(line)
+                title, text = (o.get("title") or "").strip(), (o.get("text") or "").strip()
+                body = f"{title}. {text}" if title and text else (title or text)
+                if body:
+                    out.append((str(o.get("id", o.get("_id", n))), body))
+    if not out:
+        raise InvalidInput(f"{path} holds no document text")
+    return out
+
+
+def clip(tokenizer: Any, text: str, max_tokens: int) -> str:
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = enc["offset_mapping"]
+    return text if len(offsets) <= max_tokens else text[: offsets[max_tokens - 1][1]]
+
+
+def clean_question(text: str) -> str | None:
+    q = " ".join(text.replace("Question:", " ").split()).strip(' "')
+    return q if len(q.split()) >= 3 and len(q) <= 300 else None
+
+
+def synthetic_queries(backbone: Backbone, docs: list[tuple[str, str]], cfg: AdaptConfig, path: Path) -> list[dict[str, Any]]:
+    """One generated question per sampled passage; resumable through `path` (jsonl)."""
+    done: dict[str, dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                done[row["id"]] = row
+    picked = random.Random(cfg.run.seed).sample(docs, min(cfg.passages, len(docs)))
+    todo = [(i, clip(backbone.tokenizer, t, cfg.max_passage_tokens)) for i, t in picked if i not in done]
+    bar = None
+    if cfg.run.progress and todo:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc="synthetic queries", unit="passage")
+    with open(path, "a", encoding="utf-8") as out:
+        for s in range(0, len(todo), 8):
+            chunk = todo[s : s + 8]
+            prompts = [chat_ids(backbone, [{"role": "user", "content": QUESTION_PROMPT.format(passage=p)}]) for _, p in chunk]
+            for (doc_id, passage), g in zip(chunk, generate(backbone, prompts, cfg.question_tokens, newline_stops=True)):
+                row = {"id": doc_id, "passage": passage, "query": clean_question(g.text)}
+                done[doc_id] = row
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+            out.flush()
+            if bar:
+                bar.update(len(chunk))
+    if bar:
+        bar.close()
+    return [done[i] for i, _ in picked if i in done and done[i]["query"]]
+
+
+def with_hard_negatives(rows: list[dict[str, Any]], docs: list[tuple[str, str]], tokenizer: Any, cfg: AdaptConfig) -> list[Triplet]:
+    """(query, source passage, best BM25 passage that is not the source)."""
+    from lodestar.retrieve.sparse import BM25Index
+
+    index = BM25Index()
+    index.add(np.arange(len(docs), dtype=np.int64), [t for _, t in docs])
+    position = {d: i for i, (d, _) in enumerate(docs)}
+    out = []
+    for row, hits in zip(rows, index.search([r["query"] for r in rows], 4)):
+        source = position[row["id"]]
+        negatives = [clip(tokenizer, docs[i][1], cfg.max_passage_tokens) for i, _ in hits if i != source][:1]
+        out.append(Triplet(row["query"], row["passage"], tuple(negatives)))
+    return out
+
+
+def adapt(load: Callable[[], Backbone], cfg: AdaptConfig, command: str = "") -> dict[str, Any]:
+    """Generate the synthetic triplets, then train each kind in `cfg.kinds` on a fresh backbone."""
+    bad = [k for k in cfg.kinds if k not in KINDS]
+    if bad or not cfg.kinds:
+        raise InvalidInput(f"unknown adapter kind(s) {bad or cfg.kinds}: valid are {', '.join(KINDS)}")
+    t0 = time.perf_counter()
+    out = Path(cfg.run.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    docs = read_corpus(cfg.corpus)
+    backbone = load()
+    rows = synthetic_queries(backbone, docs, cfg, out / "synthetic.jsonl")
+    triplets = with_hard_negatives(rows, docs, backbone.tokenizer, cfg)
+    if len(triplets) < 8:
+        raise InvalidInput(f"only {len(triplets)} usable synthetic queries; give a larger corpus or raise --passages")
+    path = out / "triplets.jsonl"
+    path.write_text("".join(json.dumps({"query": t.query, "positive": t.positive, "negatives": list(t.negatives)},
+                                       ensure_ascii=False) + "\n" for t in triplets))
+    cards: dict[str, Any] = {}
+    for kind in cfg.kinds:
+        run = replace(cfg.run, out_dir=out / kind)
+        bb = backbone if not cards else load()  # each kind trains its own LoRA on a clean model
+        if kind == "dense":
+            cards[kind] = train_bidirectional(bb, BidirectionalConfig(
+                run=run, triplets=path, stages=("supervised",), mode=cfg.dense_mode, supervised_steps=cfg.steps,
+                supervised_batch=cfg.batch * 4, supervised_lr=cfg.lr, init_adapter=cfg.dense_init, max_tokens=cfg.max_passage_tokens,
+            ), command)
+        else:
+            cards[kind] = train_sparse(bb, SparseConfig(
+                run=run, mode=cfg.sparse_mode, steps=cfg.steps, batch=cfg.batch, lr=cfg.lr, init_adapter=cfg.sparse_init,
+                max_tokens=cfg.max_passage_tokens,
+            ), triplets, command)
+    card = {
+        "kind": "adapt", "corpus": str(cfg.corpus), "passages_sampled": min(cfg.passages, len(docs)),
+        "synthetic_queries": len(rows), "triplets": len(triplets), "kinds": list(cfg.kinds),
+        "adapters": {k: str(out / k / "adapter") for k in cfg.kinds}, "command": command,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "note": "no labels used: queries are written by the backbone for the corpus's own passages",
+    }
+    (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    return card
