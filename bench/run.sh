@@ -5,7 +5,8 @@
 #
 # DATA_DIR (or $DATA) defaults to ../shared/data, relative to the repository root.
 # Environment knobs (defaults in brackets):
-#   STEPS         which benchmarks, space-separated [sts embed kernels]
+#   STEPS         which benchmarks, space-separated [sts embed kernels]; also: beir retrieve index
+#                 compress specdec (the slow ones: run them by name)
 #   RESULTS       output folder [bench/results]
 #   MODES         STS modes [mean last prompteol echo token_prepend bidirectional]
 #   STS_FILE      STS TSV [$DATA/stsb/dev.tsv]
@@ -14,6 +15,9 @@
 #   CONCURRENCY   client threads for the throughput run [8]
 #   EMBED_BATCH   texts per client request [16]
 #   KERNEL_DEVICE device for bench/kernels.py [cpu]
+#   BEIR_SETS     BEIR folders under $DATA for the beir step [cranfield cisi]
+#   BEIR_MODES    dense modes of the beir step [prompteol token_prepend]
+#   ALPHAS        weighted-fusion alphas of the beir step [0.1,0.15,0.2,0.3,0.5]
 #   LODESTAR_*    read by the CLI as usual (e.g. LODESTAR_MODEL, LODESTAR_DTYPE)
 set -euo pipefail
 
@@ -30,6 +34,9 @@ EMBED_TEXTS="${EMBED_TEXTS:-512}"
 CONCURRENCY="${CONCURRENCY:-8}"
 EMBED_BATCH="${EMBED_BATCH:-16}"
 KERNEL_DEVICE="${KERNEL_DEVICE:-cpu}"
+BEIR_SETS="${BEIR_SETS:-cranfield cisi}"
+BEIR_MODES="${BEIR_MODES:-prompteol token_prepend}"
+ALPHAS="${ALPHAS:-0.1,0.15,0.2,0.3,0.5}"
 
 if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY="${PY:-python3}"; fi
 LODESTAR=("$PY" -m lodestar.services.cli)
@@ -71,6 +78,40 @@ if [[ " $STEPS " == *" kernels "* ]]; then
     echo "== kernels ($KERNEL_DEVICE)"
     "$PY" bench/kernels.py --device "$KERNEL_DEVICE" --out "$TMP/kernels_$KERNEL_DEVICE.json"
     publish "$TMP/kernels_$KERNEL_DEVICE.json" "$RESULTS/kernels_$KERNEL_DEVICE.json"
+fi
+
+if [[ " $STEPS " == *" beir "* ]]; then
+    for set in $BEIR_SETS; do
+        : > "$TMP/beir_$set.jsonl"
+        for mode in $BEIR_MODES; do
+            echo "== beir $set ($mode)"
+            "${LODESTAR[@]}" eval beir "$DATA/$set/beir" --retriever dense,bm25,hybrid --fusion rrf,weighted \
+                --alpha "$ALPHAS" --mode "$mode" --quiet >> "$TMP/beir_$set.jsonl"
+        done
+        publish "$TMP/beir_$set.jsonl" "$RESULTS/beir_$set.jsonl"
+    done
+fi
+
+if [[ " $STEPS " == *" retrieve "* ]]; then
+    echo "== bench retrieve (100k vectors per index type; gRPC latency on cranfield)"
+    "${LODESTAR[@]}" bench retrieve --corpus "$DATA/cranfield/beir" --quiet --out "$TMP/retrieve.json" > /dev/null
+    publish "$TMP/retrieve.json" "$RESULTS/retrieve.json"
+fi
+
+if [[ " $STEPS " == *" index "* ]]; then
+    echo "== bench index (cranfield corpus; in-process vs 1, 2 Celery workers)"
+    "${LODESTAR[@]}" bench index --corpus "$DATA/cranfield/beir" --workers 1,2 --quiet --out "$TMP/index.json" > /dev/null
+    publish "$TMP/index.json" "$RESULTS/index.json"
+fi
+
+if [[ " $STEPS " == *" compress "* ]]; then
+    echo "== compress (SQuAD: extractive, abstractive)"
+    "$PY" bench/compress/run.py --qa "$DATA/squad/qa.jsonl" --corpus "$DATA/squad/beir" --results "$RESULTS" --quiet
+fi
+
+if [[ " $STEPS " == *" specdec "* ]]; then
+    echo "== specdec (code completion from the stdlib datastore; SQuAD RAG from the passages)"
+    "$PY" bench/specdec/run.py --squad "$DATA/squad/qa.jsonl" --results "$RESULTS" --quiet
 fi
 
 # Summary of whatever results the folder holds now (this run's and earlier ones).

@@ -119,3 +119,15 @@ def test_serve_process_drains_on_sigterm(tmp_path: Path, tiny_backbone: Backbone
             proc.kill()
         out = proc.stdout.read() if proc.stdout else ""
     assert "listening on" in out
+
+
+def test_every_service_reports_health_and_reflection_lists_them(tiny_server) -> None:  # type: ignore[no-untyped-def]
+    from lodestar.services.settings import SERVICES
+
+    srv = tiny_server()
+    names = ["lodestar.embed.v1.EmbedService", "lodestar.retrieve.v1.RetrieveService", "lodestar.index.v1.IndexService",
+             "lodestar.compress.v1.CompressService", "lodestar.generate.v1.GenerateService"]
+    assert len(names) == len(SERVICES)
+    with Client(srv.address) as c:
+        assert [c.health(n) for n in names] == ["SERVING"] * len(names)
+    assert sorted(srv.runtime.service_names) == sorted(names)
