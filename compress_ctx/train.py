@@ -28,14 +28,15 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from lodestar.backbone import Backbone
 from lodestar.backbone.training import LoopConfig, fit, lora_model, seed_everything
 from lodestar.compress_ctx.evaluate import read_qa, retrieve, split_questions
 from lodestar.compress_ctx.lexical import coverage_scores
 from lodestar.compress_ctx.reader import Reader
 from lodestar.compress_ctx.sentences import split_sentences
+from lodestar.embed.train.data import split
 from lodestar.embed.train.encoder import TrainEncoder
+
 from lodestar.errors import InvalidInput
 
 TRAINABLE_MODES = ("mean", "last", "prompteol", "echo")  # causal: the scorer serves in these modes
@@ -189,11 +190,7 @@ def train_compressor(backbone: Backbone, config: TrainConfig) -> dict[str, Any]:
     examples = label_examples(backbone, config, out / "labels.jsonl", config.progress)
     if len(examples) < 4:
         raise InvalidInput(f"only {len(examples)} questions could be labelled; need at least 4 (raise questions)")
-    order = list(range(len(examples)))
-    random.Random(config.seed).shuffle(order)
-    n_dev = max(1, int(round(config.dev_fraction * len(examples))))
-    dev = [examples[i] for i in order[:n_dev]]
-    train = [examples[i] for i in order[n_dev:]]
+    train, dev = split(examples, config.dev_fraction, config.seed, max_dev=len(examples))
 
     peft_model = lora_model(backbone.model, config.lora_r, config.lora_alpha, config.lora_dropout, config.target_modules)
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=config.lr)

@@ -25,13 +25,14 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from lodestar.backbone import Backbone
+from lodestar.backbone.chat import chat_ids, stop_ids
 from lodestar.backbone.training import LoopConfig, fit, lora_model, seed_everything
 from lodestar.compress_ctx.abstractive import NOTHING, messages
-from lodestar.backbone.chat import chat_ids, stop_ids
 from lodestar.compress_ctx.evaluate import read_qa, retrieve, split_questions
 from lodestar.compress_ctx.reader import Reader
+from lodestar.embed.train.data import split
+
 from lodestar.errors import InvalidInput
 
 
@@ -141,11 +142,7 @@ def train_abstractive(backbone: Backbone, config: Any) -> dict[str, Any]:
     examples = label_summaries(backbone, config, out / "summaries.jsonl", config.progress)
     if len(examples) < 4:
         raise InvalidInput(f"only {len(examples)} questions could be labelled; need at least 4 (raise questions)")
-    order = list(range(len(examples)))
-    random.Random(config.seed).shuffle(order)
-    n_dev = max(1, int(round(config.dev_fraction * len(examples))))
-    dev = [examples[i] for i in order[:n_dev]]
-    train = [examples[i] for i in order[n_dev:]]
+    train, dev = split(examples, config.dev_fraction, config.seed, max_dev=len(examples))
 
     peft_model = lora_model(backbone.model, config.lora_r, config.lora_alpha, config.lora_dropout, config.target_modules)
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=config.lr)

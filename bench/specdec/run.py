@@ -81,35 +81,29 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__, "draft_config": asdict(draft),
     }
 
+    def run(name: str, folder: Path, source: Path, store: Datastore, built_s: float, work: Any, target: float) -> None:
+        print(f"== {name}: {len(work.prompts)} prompts, datastore {store}", file=sys.stderr)
+        res = eval_specdec(backbone, work.prompts, store, work.passages, work.max_new_tokens, work.chat, config,
+                           progress=not args.quiet)
+        res.update(env, workload=name, datastore={"path": str(folder), "tokens": store.num_tokens,
+                   "docs": store.num_docs, "source": str(source), "build_s": round(built_s, 2)},
+                   prompts=work.info, target_speedup=target)
+        write_json(args.results / f"specdec_{name}.json", res)
+        print(json.dumps({k: res[k] for k in ("speedup", "decode_speedup", "identical", "mean_accepted_tokens",
+                                             "plain_tokens_per_s", "spec_tokens_per_s")}))
+
     if "code" in args.workloads:
         folder = args.datastore_dir / "code-stdlib"
         store, built_s = open_or_build(folder, lambda: code_corpus(args.stdlib), backbone.tokenizer)
         corpus_text = "\n".join(code_corpus(args.stdlib))
         work = code_workload(args.code_src, n=args.n_code, max_new_tokens=args.code_tokens, corpus_text=corpus_text)
         del corpus_text
-        print(f"== code: {len(work.prompts)} prompts from {work.info['sources']}, datastore {store}", file=sys.stderr)
-        res = eval_specdec(backbone, work.prompts, store, None, work.max_new_tokens, work.chat, config,
-                           progress=not args.quiet)
-        res.update(env, workload="code", datastore={"path": str(folder), "tokens": store.num_tokens,
-                   "docs": store.num_docs, "source": str(args.stdlib), "build_s": round(built_s, 2)},
-                   prompts=work.info, target_speedup=2.0)
-        write_json(args.results / "specdec_code.json", res)
-        print(json.dumps({k: res[k] for k in ("speedup", "decode_speedup", "identical", "mean_accepted_tokens",
-                                             "plain_tokens_per_s", "spec_tokens_per_s")}))
+        run("code", folder, args.stdlib, store, built_s, work, 2.0)
 
     if "rag" in args.workloads:
         folder = args.datastore_dir / "rag-squad"
         store, built_s = open_or_build(folder, lambda: rag_corpus(args.squad), backbone.tokenizer)
-        work = rag_workload(args.squad, n=args.n_rag, max_new_tokens=args.rag_tokens)
-        print(f"== rag: {len(work.prompts)} SQuAD questions, datastore {store}", file=sys.stderr)
-        res = eval_specdec(backbone, work.prompts, store, work.passages, work.max_new_tokens, work.chat, config,
-                           progress=not args.quiet)
-        res.update(env, workload="rag", datastore={"path": str(folder), "tokens": store.num_tokens,
-                   "docs": store.num_docs, "source": str(args.squad), "build_s": round(built_s, 2)},
-                   prompts=work.info, target_speedup=1.5)
-        write_json(args.results / "specdec_rag.json", res)
-        print(json.dumps({k: res[k] for k in ("speedup", "decode_speedup", "identical", "mean_accepted_tokens",
-                                             "plain_tokens_per_s", "spec_tokens_per_s")}))
+        run("rag", folder, args.squad, store, built_s, rag_workload(args.squad, n=args.n_rag, max_new_tokens=args.rag_tokens), 1.5)
     return 0
 
 
