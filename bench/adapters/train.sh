@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Reproduce the adapters shipped under adapters/ (each card repeats its exact command).
+#
+#   bash bench/adapters/train.sh [DATA_DIR] [WORK_DIR]
+#
+# DATA_DIR defaults to ../shared/data; WORK_DIR (checkpoints, labels) to .lodestar/adapters-work.
+# Runs resume from their checkpoints; finished stages are skipped. Then copy WORK/<name>/adapter,
+# card.json and README.md into adapters/<name>/ (what `lodestar serve` offers by name).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+DATA="${1:-../shared/data}"
+WORK="${2:-.lodestar/adapters-work}"
+if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY="${PY:-python3}"; fi
+LODESTAR=("$PY" -m lodestar.services.cli)
+mkdir -p "$WORK"
+STSB_LICENCE="STS Benchmark (Cer et al. 2017): scores CC BY-SA 4.0, sentences under each source's licence"
+SQUAD_LICENCE="SQuAD 2.0 (Rajpurkar et al. 2018), Wikipedia text: CC BY-SA 4.0"
+
+# LLM2Vec on STS-B train: MNTP and SimCSE on its sentences, then CoSENT on its scored pairs
+# (10% of train held out for early stopping; STS-B dev is only used by the benchmark).
+"${LODESTAR[@]}" train bidirectional --corpus "$DATA/stsb/train.tsv" --pairs "$DATA/stsb/train.tsv" \
+    --out "$WORK/bidirectional-stsb" --mntp-steps 200 --simcse-steps 200 --supervised-steps 400 \
+    --lora-r 8 --lora-alpha 16 --data-licence "$STSB_LICENCE" --seed 0
+
+# Decoder SPLADE on SQuAD questions -> paragraphs with BM25 hard negatives.
+"$PY" bench/adapters/squad_triplets.py "$DATA/squad/qa.jsonl" "$WORK/squad_triplets.jsonl"
+"${LODESTAR[@]}" train sparse --triplets "$WORK/squad_triplets.jsonl" --out "$WORK/sparse-squad" \
+    --steps 300 --batch 8 --max-tokens 160 --lora-r 8 --lora-alpha 16 --data-licence "$SQUAD_LICENCE" --seed 0
