@@ -183,3 +183,32 @@ def test_index_job_then_jobs_commands(server, tmp_path: Path) -> None:  # type: 
         assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
     finally:
         lodestar("--server", server.address, "collection", "drop", "cli_jobs")
+
+
+def test_train_commands_with_config_and_resume(tiny_backbone, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model = tmp_path / "tiny"
+    tiny_backbone.model.save_pretrained(model)
+    tiny_backbone.tokenizer.save_pretrained(model)
+    sts = FIXTURES / "stsb_dev_head.tsv"
+    config = tmp_path / "bidi.json"
+    config.write_text(json.dumps({"mntp_steps": 2, "simcse_steps": 2, "supervised_steps": 2, "eval_every": 1,
+                                  "lora_r": 2, "lora_alpha": 4, "max_tokens": 24}))
+    out = tmp_path / "bidi"
+    args = ["train", "bidirectional", "--model", str(model), "--corpus", str(sts), "--pairs", str(sts),
+            "--out", str(out), "--config", str(config), "--simcse-steps", "3", "--quiet"]
+    run = lodestar(*args)
+    assert run.returncode == 0, run.stderr
+    card = json.loads(run.stdout)
+    assert [s["steps"] for s in card["stages"]] == [2, 3, 2]  # the flag beat the config file
+    assert "train bidirectional" in card["command"] and (out / "adapter" / "adapter_config.json").is_file()
+    again = lodestar(*args)
+    assert again.returncode == 0 and json.loads(again.stdout)["stages"] == card["stages"]  # all stages done: reused
+    triplets = tmp_path / "t.jsonl"
+    triplets.write_text("".join(json.dumps({"query": f"q{i} about music", "positive": f"doc {i} on music",
+                                            "negatives": [f"doc {i} on finance"]}) + "\n" for i in range(8)))
+    sparse = lodestar("train", "sparse", "--model", str(model), "--triplets", str(triplets), "--out",
+                      str(tmp_path / "sparse"), "--steps", "2", "--eval-every", "1", "--lora-r", "2", "--quiet")
+    assert sparse.returncode == 0, sparse.stderr
+    assert json.loads(sparse.stdout)["stages"][0]["stage"] == "sparse"
+    bad = lodestar("train", "sparse", "--model", str(model), "--out", str(tmp_path / "x"))
+    assert bad.returncode == 2 and "--triplets" in bad.stderr
