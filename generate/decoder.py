@@ -13,7 +13,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Union
 
 import numpy as np
@@ -22,6 +22,7 @@ import torch
 from lodestar.backbone.compat import cache_kwargs, output_cache
 from lodestar.backbone import Backbone
 from lodestar.errors import InvalidInput
+from lodestar.generate.costmodel import measure
 from lodestar.generate.datastore import Datastore
 from lodestar.generate.drafter import DraftConfig, Drafter
 from lodestar.generate.kvcache import cache_length, keep_path
@@ -44,6 +45,10 @@ class DecoderConfig:
     max_passages: int = 64
     max_passage_chars: int = 200_000  # all passages of one request together
     max_temperature: float = 100.0
+    # Measure this machine's forward-cost curve when the decoder is built (a few seconds) and size
+    # trees against it, instead of the prior table: on the development CPUs the curve moved from
+    # 3.2x (32 tokens, 1 thread) to 2.2x (2 threads), and RAG speed-up went from 1.44x to 1.58x.
+    calibrate_cost: bool = True
 
 
 def _cancelled(cancel: Cancel) -> bool:
@@ -73,7 +78,10 @@ class SpeculativeDecoder:
                  config: DecoderConfig | None = None) -> None:
         self.backbone = backbone
         self.config = config or DecoderConfig()
-        self.drafter = Drafter(self.config.draft, datastore)
+        draft = self.config.draft
+        if self.config.calibrate_cost:
+            draft = replace(draft, cost=measure(backbone, max_len=draft.cost.max_len, reps=3))
+        self.drafter = Drafter(draft, datastore)
         self.eos_ids = _eos_ids(backbone)
         self.max_positions = backbone.max_tokens
 

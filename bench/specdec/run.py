@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--code-tokens", type=int, default=128)
     ap.add_argument("--rag-tokens", type=int, default=64)
     ap.add_argument("--max-nodes", type=int, default=None, help="draft tree budget (default: DraftConfig's)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch intra-op threads; 1 (default) keeps timings steady on a shared 2-core CPU, 0 = torch's default")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch intra-op threads; 0 (default) = torch's default (one per core)")
     ap.add_argument("--model", default="bundled")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--results", type=Path, default=ROOT / "bench/results")

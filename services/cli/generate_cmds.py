@@ -300,7 +300,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     es.add_argument("--n", type=int, default=0, help="only the first N prompts")
     es.add_argument("--chat", action="store_true", help="wrap prompts with the chat template")
     es.add_argument("--dtype", default="float32", help="float32 keeps greedy speculative output identical")
-    es.add_argument("--threads", type=int, default=1, help="torch threads (1: steady timings on a shared CPU)")
+    es.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, one per core)")
     es.add_argument("--model")
     es.add_argument("--per-prompt", action="store_true", help="include every prompt's figures")
     es.add_argument("--out", help="also write the JSON here")
