@@ -20,10 +20,13 @@ ADAPTER_FILE = "adapter_config.json"
 class AdapterRegistry:
     """Finds adapters by name (subfolders of `search_dirs`) or path and switches them on the model."""
 
-    def __init__(self, model: Any, search_dirs: tuple[Path, ...] = (), max_resident: int = 4) -> None:
+    def __init__(self, model: Any, search_dirs: tuple[Path, ...] = (), max_resident: int = 4,
+                 max_bytes: int = 0) -> None:
         self._model = model
         self._search_dirs = tuple(Path(d) for d in search_dirs)
         self._max_resident = max(1, max_resident)
+        self._max_bytes = max_bytes  # 0 = no memory cap; the most recent adapter always stays
+        self._bytes: dict[str, int] = {}  # key -> weight bytes on disk (what loading it costs in memory)
         self._peft: Any = None  # PeftModel wrapping `model` once the first adapter loads
         self._resident: OrderedDict[str, Path] = OrderedDict()  # key -> folder, LRU order
         self._names: dict[str, str] = {}  # key -> peft adapter name
@@ -64,14 +67,23 @@ class AdapterRegistry:
         self._peft.eval()
         self._resident[key] = path
         self._names[key] = safe
-        while len(self._resident) > self._max_resident:
+        self._bytes[key] = sum(f.stat().st_size for f in path.glob("adapter_model.*"))
+        while len(self._resident) > 1 and (
+            len(self._resident) > self._max_resident or (self._max_bytes and self.resident_bytes > self._max_bytes)
+        ):
             old, _ = self._resident.popitem(last=False)
-            log.info("unloading adapter %s (over %d resident)", old, self._max_resident)
+            log.info("unloading adapter %s (over %d resident or %d bytes)", old, self._max_resident, self._max_bytes)
+            self._bytes.pop(old, None)
             self._peft.set_adapter(self._names[key])
             self._peft.delete_adapter(self._names.pop(old))
 
     def resident(self) -> list[str]:
         return list(self._resident)
+
+    @property
+    def resident_bytes(self) -> int:
+        """Weight bytes of the adapters loaded now."""
+        return sum(self._bytes.get(k, 0) for k in self._resident)
 
     @contextlib.contextmanager
     def use(self, name: str | None) -> Iterator[None]:

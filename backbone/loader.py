@@ -40,6 +40,7 @@ class BackboneConfig:
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "lodestar")
     adapter_dirs: tuple[Path, ...] = ()  # folders whose subfolders are adapters offered by name
     max_resident_adapters: int = 4
+    max_adapter_bytes: int = 0  # memory cap over resident adapters' weights; 0 = count cap only
 
 
 @dataclass
@@ -100,7 +101,7 @@ class Backbone:
             model_id=model_id,
             device=param.device,
             dtype=param.dtype,
-            adapters=AdapterRegistry(model, config.adapter_dirs, config.max_resident_adapters),
+            adapters=AdapterRegistry(model, config.adapter_dirs, config.max_resident_adapters, config.max_adapter_bytes),
         )
 
 

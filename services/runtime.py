@@ -148,6 +148,7 @@ class Runtime:
                     cache_dir=s.cache_dir,
                     adapter_dirs=tuple(s.adapter_dirs),
                     max_resident_adapters=s.max_resident_adapters,
+                    max_adapter_bytes=s.max_adapter_bytes,
                 )
             )
         return EmbeddingEngine(

@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(Path.home() / ".cache" / "lodestar", description="dequantised GGUF weights live here")
     adapter_dirs: Annotated[tuple[Path, ...], NoDecode] = Field((Path("adapters"),), description="folders whose subfolders are adapters offered by name")
     max_resident_adapters: int = Field(4, ge=1, description="adapters kept loaded at once; LRU unloaded beyond")
+    max_adapter_bytes: int = Field(512 * 1024 * 1024, ge=0, description="memory cap over loaded adapters' weights (LRU unloaded beyond; 0 = none)")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads of this process; 0 = torch's default (one per core)")
 
     # --- embedding engine limits ---

@@ -187,3 +187,16 @@ def test_model_is_left_without_adapter_outside_requests(eng: EmbeddingEngine, bb
     torch.testing.assert_close(after, before, atol=1e-6, rtol=1e-5)
     with bb.adapters.use("alpha"), torch.inference_mode():
         assert not torch.allclose(bb.model(input_ids=ids).logits, before, atol=1e-4)
+
+
+def test_memory_cap_unloads_least_recently_used(tokenizer, adapter_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    one = sum(f.stat().st_size for f in (adapter_dir / "alpha").glob("adapter_model.*"))
+    cfg = BackboneConfig(model="tiny", adapter_dirs=(adapter_dir,), max_resident_adapters=10, max_adapter_bytes=int(one * 1.5))
+    bb = Backbone.from_model(build_tiny(tokenizer, seed=0).model, tokenizer, "tiny-llama", cfg)
+    eng = EmbeddingEngine(bb)
+    try:
+        vecs(eng, "alpha")
+        vecs(eng, "beta")  # two would pass the cap: alpha goes
+        assert bb.adapters.resident() == ["beta"] and bb.adapters.resident_bytes == one
+    finally:
+        eng.close()
