@@ -20,7 +20,7 @@ SQUAD_LICENCE="SQuAD 2.0 (Rajpurkar et al. 2018), Wikipedia text: CC BY-SA 4.0"
 # LLM2Vec on STS-B train: MNTP and SimCSE on its sentences, then CoSENT on its scored pairs
 # (10% of train held out for early stopping; STS-B dev is only used by the benchmark).
 "${LODESTAR[@]}" train bidirectional --corpus "$DATA/stsb/train.tsv" --pairs "$DATA/stsb/train.tsv" \
-    --out "$WORK/bidirectional-stsb" --mntp-steps 200 --simcse-steps 200 --supervised-steps 400 \
+    --out "$WORK/bidirectional-stsb" --mntp-steps 200 --simcse-steps 100 --supervised-steps 250 --simcse-dropout 0.2 \
     --lora-r 8 --lora-alpha 16 --data-licence "$STSB_LICENCE" --seed 0
 
 # Decoder SPLADE on SQuAD questions -> paragraphs with BM25 hard negatives.

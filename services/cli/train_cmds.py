@@ -69,6 +69,7 @@ def cmd_train_bidirectional(args: argparse.Namespace) -> int:
         supervised_steps=args.supervised_steps, mntp_batch=args.mntp_batch, simcse_batch=args.simcse_batch,
         supervised_batch=args.supervised_batch, mntp_lr=args.mntp_lr, simcse_lr=args.simcse_lr,
         supervised_lr=args.supervised_lr, init_adapter=Path(args.init_adapter) if args.init_adapter else None,
+        simcse_dropout=args.simcse_dropout,
     )
     print_obj(train_bidirectional(_backbone(args), cfg, _command()), True)
     return 0
@@ -141,6 +142,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     b.add_argument("--mntp-lr", type=float, default=2e-4)
     b.add_argument("--simcse-lr", type=float, default=1e-4)
     b.add_argument("--supervised-lr", type=float, default=1e-4)
+    b.add_argument("--simcse-dropout", type=float, default=0.1, help="attention dropout that makes SimCSE's two views differ")
     b.add_argument("--init-adapter", help="start from this adapter folder")
     b.set_defaults(func=cmd_train_bidirectional)
 
