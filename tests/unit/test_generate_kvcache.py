@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lodestar.backbone import Backbone
+from lodestar.backbone.compat import cache_kwargs, output_cache
 from lodestar.generate.decoder import SpeculativeDecoder
 from lodestar.generate.kvcache import cache_length, keep_path
 from lodestar.generate.tree import flatten
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def prefill(bb: Backbone, ids: list[int]):  # type: ignore[no-untyped-def]
     with torch.inference_mode():
         out = bb.model(input_ids=torch.tensor([ids]), use_cache=True)
-    return out.past_key_values, out.logits[0]
+    return output_cache(out), out.logits[0]
 
 
 def test_tree_forward_and_rollback_match_feeding_the_path(tiny_backbone: Backbone) -> None:
@@ -45,7 +46,7 @@ def test_tree_forward_and_rollback_match_feeding_the_path(tiny_backbone: Backbon
     # Decoding goes on from the rolled-back cache as from the reference one.
     nxt = dec._forward_one(123, cache)
     with torch.inference_mode():
-        ref_next = bb.model(input_ids=torch.tensor([[123]]), past_key_values=ref_cache, use_cache=True).logits[0, -1]
+        ref_next = bb.model(input_ids=torch.tensor([[123]]), **cache_kwargs(bb.model, ref_cache), use_cache=True).logits[0, -1]
     torch.testing.assert_close(nxt, ref_next, atol=1e-4, rtol=1e-4)
 
 
@@ -53,7 +54,7 @@ def test_chain_path_is_a_crop(tiny_backbone: Backbone) -> None:
     cache, _ = prefill(tiny_backbone, [1, 2, 3, 4])
     before = [layer.keys.clone() for layer in cache.layers]
     with torch.inference_mode():
-        tiny_backbone.model(input_ids=torch.tensor([[5, 6, 7]]), past_key_values=cache, use_cache=True)
+        tiny_backbone.model(input_ids=torch.tensor([[5, 6, 7]]), **cache_kwargs(tiny_backbone.model, cache), use_cache=True)
         keep_path(cache, 4, [0, 1])
     assert cache_length(cache) == 6
     for layer, old in zip(cache.layers, before):
