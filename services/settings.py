@@ -13,6 +13,16 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 SERVICES = ("embed", "retrieve", "index", "compress", "generate")
+# The adapters this project ships (adapters/ beside the source tree), offered by name wherever the
+# server is started from; ./adapters first, so a deployment's own folder wins on a name clash.
+SHIPPED_ADAPTERS = Path(__file__).resolve().parents[1] / "adapters"
+
+
+def _default_adapter_dirs() -> tuple[Path, ...]:
+    dirs = [Path("adapters")]
+    if SHIPPED_ADAPTERS.is_dir() and SHIPPED_ADAPTERS != Path("adapters").resolve():
+        dirs.append(SHIPPED_ADAPTERS)
+    return tuple(dirs)
 
 
 class Settings(BaseSettings):
@@ -29,7 +39,7 @@ class Settings(BaseSettings):
     dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16 (auto: bf16 only where native)")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     cache_dir: Path = Field(Path.home() / ".cache" / "lodestar", description="dequantised GGUF weights live here")
-    adapter_dirs: Annotated[tuple[Path, ...], NoDecode] = Field((Path("adapters"),), description="folders whose subfolders are adapters offered by name")
+    adapter_dirs: Annotated[tuple[Path, ...], NoDecode] = Field(default_factory=_default_adapter_dirs, description="folders whose subfolders are adapters offered by name (default ./adapters, then the ones this project ships)")
     max_resident_adapters: int = Field(4, ge=1, description="adapters kept loaded at once; LRU unloaded beyond")
     max_adapter_bytes: int = Field(512 * 1024 * 1024, ge=0, description="memory cap over loaded adapters' weights (LRU unloaded beyond; 0 = none)")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads of this process; 0 = torch's default (one per core)")
