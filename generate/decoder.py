@@ -1,6 +1,7 @@
 """Plain and retrieval-augmented speculative decoding over a Backbone's causal LM, one request at a time.
 
-Speculative step: draft a token tree (datastore, request passages, the context's own n-grams), run ONE
+Speculative step: draft a token tree (datastore, request passages, the context's own n-grams, and on
+request an early-exit chain from the backbone's first layers, see selfdraft.py), run ONE
 forward over [pending token + tree] with a tree attention mask and tree position ids on top of the
 KV cache, walk the tree with the target model's choices, keep only the accepted path in the cache.
 Greedy output equals plain greedy decoding; sampling keeps the target distribution exactly
@@ -26,10 +27,11 @@ from lodestar.generate.costmodel import measure
 from lodestar.generate.datastore import Datastore
 from lodestar.generate.drafter import DraftConfig, Drafter
 from lodestar.generate.kvcache import cache_length, keep_path
+from lodestar.generate.selfdraft import early_exit_chain
 from lodestar.generate.sampling import sample, target_probs, verify_children
 from lodestar.generate.textstream import TextStream
 from lodestar.generate.tree import FlatTree
-from lodestar.generate.types import DecodeStats, GenerationChunk, GenerationParams, GenerationResult
+from lodestar.generate.types import Candidates, DecodeStats, GenerationChunk, GenerationParams, GenerationResult
 
 Cancel = Union[threading.Event, Callable[[], bool], None]
 
@@ -124,6 +126,11 @@ class SpeculativeDecoder:
             )
         if not 0.0 <= params.temperature <= c.max_temperature:
             raise InvalidInput(f"temperature must be in [0, {c.max_temperature}] (0 = greedy); got {params.temperature}")
+        if not 0 <= params.self_draft_layers < self.backbone.num_layers:
+            raise InvalidInput(
+                f"self_draft_layers must be in 0..{self.backbone.num_layers - 1} (0 = off; the model has "
+                f"{self.backbone.num_layers} layers); got {params.self_draft_layers}"
+            )
         if not 0.0 < params.top_p <= 1.0:
             raise InvalidInput(f"top_p must be in (0, 1]; got {params.top_p}")
         if len(params.stop) > c.max_stop_strings:
@@ -313,7 +320,12 @@ class SpeculativeDecoder:
             if params.speculative:
                 t = time.perf_counter()
                 depth = min(remaining - 1, self.max_positions - prefix_len - 1)
-                tree = self.drafter.draft(context, state, max_depth=depth)
+                extra = []
+                if params.self_draft_layers and depth > 0 and self.drafter.wants_self(state):
+                    n = min(depth, self.drafter.config.self_tokens)
+                    chain = early_exit_chain(bb, cache, pending, prefix_len, params.self_draft_layers, n)
+                    extra.append(Candidates("self", 0, [(tuple(chain), 1.0)], 1))
+                tree = self.drafter.draft(context, state, max_depth=depth, extra=extra)
                 stats.draft_s += time.perf_counter() - t
             if tree is None or tree.size == 1:
                 new = [self._choose(self._forward_one(pending, cache), params, rng)]

@@ -8,6 +8,7 @@ context or the passages; this learns that within a few steps instead of hard-cod
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,6 +40,9 @@ class DraftConfig:
                                                                           max_continuation=16))
     passages: LookupConfig = field(default_factory=lambda: LookupConfig(max_match=16, min_match=1,
                                                                          max_continuation=16))
+    self_prior: float = 0.5  # early-exit self-drafting (a request's self_draft_layers > 0)
+    self_tokens: int = 4  # chain length the early exit writes per step
+    self_min_trust: float = 0.15  # below this trust ratio a request stops paying for self-drafts
     context_max_n: int = 8
     context_min_n: int = 1
     context_matches: int = 8
@@ -104,15 +108,21 @@ class Drafter:
         cost table, not the one learned from timings, so that a seeded sampling request draws the
         same tokens on every run (tree shapes decide which random numbers are used)."""
         cfg = self.config
-        priors = {"context": cfg.context_prior, "passages": cfg.passages_prior, "datastore": cfg.datastore_prior}
+        priors = {"context": cfg.context_prior, "passages": cfg.passages_prior, "datastore": cfg.datastore_prior,
+                  "self": cfg.self_prior}
         store = self.datastore if datastore is True else (datastore or None)
         cost = cfg.cost if reproducible else self.cost
         return DraftState(passages, SourceTrust(priors, cfg.prior_strength), store, cost=cost)
 
+    def wants_self(self, state: DraftState) -> bool:
+        """Whether this step should pay for an early-exit chain: its trust has not fallen too low."""
+        return state.trust.ratio("self") >= self.config.self_min_trust
+
     def _add(self, tree: DraftTree, state: DraftState, found: Candidates | None, depth: int) -> None:
         if found is None:
             return
-        shape = match_confidence(1.0, found.match_len, self.config.half_life)
+        # A model-written chain has no context match: its trust ratio alone says how far to follow it.
+        shape = 1.0 if found.source == "self" else match_confidence(1.0, found.match_len, self.config.half_life)
         conf = min(0.99, state.trust.ratio(found.source) * shape)
         tree.add(found, conf, depth)
         first: dict[int, float] = {}
@@ -122,8 +132,9 @@ class Drafter:
         state.probes.append(Probe(found.source, token, shape * share / sum(first.values())))
 
     def draft(self, context: np.ndarray, state: DraftState | None = None, max_nodes: int | None = None,
-              max_depth: int | None = None) -> FlatTree:
-        """Tree rooted at context[-1] (the pending token); an empty draft is a lone root."""
+              max_depth: int | None = None, extra: Sequence[Candidates] = ()) -> FlatTree:
+        """Tree rooted at context[-1] (the pending token); an empty draft is a lone root.
+        `extra`: candidates from sources outside the drafter (the early-exit chain)."""
         cfg = self.config
         state = state or self.start()
         state.probes = []
@@ -138,6 +149,8 @@ class Drafter:
                 self._add(tree, state, state.passages.lookup(ctx, cfg.passages, source="passages"), depth)
             if state.datastore is not None:
                 self._add(tree, state, state.datastore.lookup(ctx, cfg.datastore, source="datastore"), depth)
+            for found in extra:
+                self._add(tree, state, found, depth)
         return tree.prune(budget, cfg.min_score, depth, state.cost or self.cost, state.gain_scale(cfg.calibration_strength))
 
     def observe(self, state: DraftState, next_token: int, tree: FlatTree | None = None, accepted: int = 0) -> None:

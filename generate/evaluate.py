@@ -7,6 +7,7 @@ hits both alike; the speedup is the ratio of summed wall times, prefill included
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,17 +37,19 @@ def eval_specdec(
     config: DecoderConfig | None = None,
     warmup: bool = True,
     progress: bool = False,
+    self_draft_layers: int = 0,
 ) -> dict[str, Any]:
-    """Greedy plain vs speculative decoding per prompt -> speedup, identical, mean accepted tokens, tokens/s."""
+    """Greedy plain vs speculative decoding per prompt -> speedup, identical, mean accepted tokens, tokens/s.
+    `self_draft_layers` > 0 adds early-exit self-drafts from that many layers to the speculative runs."""
     if passages is not None and len(passages) != len(prompts):
         raise ValueError(f"passages must have one entry per prompt ({len(prompts)}); got {len(passages)}")
     decoder = SpeculativeDecoder(backbone, datastore, config)
     plain = GenerationParams(max_new_tokens=max_new_tokens, speculative=False, chat=chat)
-    spec = GenerationParams(max_new_tokens=max_new_tokens, speculative=True, chat=chat)
+    spec = GenerationParams(max_new_tokens=max_new_tokens, speculative=True, chat=chat, self_draft_layers=self_draft_layers)
     if warmup and prompts:  # first forwards allocate and pick kernels: keep them out of the timing
         p0 = passages[0] if passages else None
         decoder.generate(prompts[0], GenerationParams(max_new_tokens=4, speculative=False, chat=chat))
-        decoder.generate(prompts[0], GenerationParams(max_new_tokens=4, speculative=True, chat=chat), p0)
+        decoder.generate(prompts[0], replace(spec, max_new_tokens=4), p0)
     rows: list[dict[str, Any]] = []
     bar = None
     if progress:
@@ -103,5 +106,6 @@ def eval_specdec(
         "spec_s": round(spec_s, 3),
         "draft_s": round(sum(r["draft_s"] for r in rows), 3),
         "max_new_tokens": max_new_tokens,
+        "self_draft_layers": self_draft_layers,
         "per_prompt": rows,
     }

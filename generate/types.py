@@ -16,7 +16,7 @@ class Candidates:
     `seqs` holds distinct continuations with their (possibly sampled, rescaled) occurrence counts.
     """
 
-    source: str  # "datastore" | "passages" | "context"
+    source: str  # "datastore" | "passages" | "context" | "self" (early exit)
     match_len: int  # tokens of context suffix that matched
     seqs: list[tuple[tuple[int, ...], float]]
     occurrences: int  # how often the matched suffix occurs (before sampling)
@@ -32,6 +32,7 @@ class GenerationParams:
     seed: int | None = None  # sampling only; None = fresh randomness
     stop: tuple[str, ...] = ()  # generation ends before the first occurrence of any of these
     speculative: bool = True  # False = plain decoding, one token per forward
+    self_draft_layers: int = 0  # > 0: also draft a chain from the backbone's first N layers (early exit)
     chat: bool = False  # wrap a text prompt as one user message with the model's chat template
     skip_special_tokens: bool = True
 

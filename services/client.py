@@ -233,7 +233,8 @@ class Client:
         timeout: float | None = None, **decoding: Any,
     ) -> Iterator[Chunk]:
         """Stream a continuation. Decoding options: max_new_tokens, stop, temperature, top_p, seed,
-        speculative, datastore. `passages` feed the drafts only (they are not put in the prompt)."""
+        speculative, datastore, self_draft_layers. `passages` feed the drafts only (they are not put in the
+        prompt)."""
         req = gpb.GenerateRequest(
             prompt=prompt if isinstance(prompt, str) else "", prompt_token_ids=[] if isinstance(prompt, str) else prompt,
             options=convert.decoding_options(**decoding), passages=passages or [], chat=chat,

@@ -375,6 +375,7 @@ def generation_params(o: gpb.DecodingOptions, default_max_new_tokens: int = 128,
         seed=o.seed if o.HasField("seed") else None,
         stop=tuple(o.stop),
         speculative=o.speculative if o.HasField("speculative") else True,
+        self_draft_layers=o.self_draft_layers if o.HasField("self_draft_layers") else 0,
         chat=chat,
     )
     return params, o.datastore
@@ -445,8 +446,9 @@ def datastore_info_pb(d: Any) -> gpb.DatastoreInfo:
 
 
 def decoding_options(**kw: Any) -> gpb.DecodingOptions:
-    """max_new_tokens, stop, temperature, top_p, seed, speculative, datastore -> DecodingOptions."""
-    unknown = set(kw) - {"max_new_tokens", "stop", "temperature", "top_p", "seed", "speculative", "datastore"}
+    """max_new_tokens, stop, temperature, top_p, seed, speculative, datastore, self_draft_layers -> DecodingOptions."""
+    unknown = set(kw) - {"max_new_tokens", "stop", "temperature", "top_p", "seed", "speculative", "datastore",
+                         "self_draft_layers"}
     if unknown:
         raise TypeError(f"unknown decoding option(s) {sorted(unknown)}")
     stop = kw.pop("stop", None)

@@ -20,6 +20,8 @@ def _decoding(args: argparse.Namespace) -> dict[str, Any]:
                            "seed": args.seed, "stop": args.stop or (), "datastore": args.datastore or ""}
     if args.no_speculative:
         out["speculative"] = False
+    if args.self_draft_layers:
+        out["self_draft_layers"] = args.self_draft_layers
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -32,6 +34,8 @@ def _add_decoding(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--datastore", help="server datastore to draft from (default: the server's default)")
     g.add_argument("--no-speculative", action="store_true", help="plain decoding, one token per forward")
+    g.add_argument("--self-draft-layers", type=int, default=0,
+                   help="also draft from the model's first N layers (early exit); 0 = off")
     g.add_argument("--json", action="store_true", help="print one JSON object at the end instead of streaming text")
 
 
@@ -240,7 +244,7 @@ def cmd_eval_specdec(args: argparse.Namespace) -> int:
             prompts.append(rag_prompt(row["question"], "\n\n".join(ps or [])))
             chat = True
     res = eval_specdec(backbone, prompts, store, passages if any(passages) else None, args.max_new_tokens, chat,
-                       progress=not args.quiet)
+                       progress=not args.quiet, self_draft_layers=args.self_draft_layers)
     res.update(model=backbone.model_id, torch_dtype=str(backbone.dtype).removeprefix("torch."),
                threads=torch.get_num_threads(), datastore=str(args.datastore or ""),
                passages_from=str(args.passages_from or ""))
@@ -301,6 +305,8 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     es.add_argument("--chat", action="store_true", help="wrap prompts with the chat template")
     es.add_argument("--dtype", default="float32", help="float32 keeps greedy speculative output identical")
     es.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, one per core)")
+    es.add_argument("--self-draft-layers", type=int, default=0,
+                    help="speculative runs also draft from the model's first N layers (early exit); 0 = off")
     es.add_argument("--model")
     es.add_argument("--per-prompt", action="store_true", help="include every prompt's figures")
     es.add_argument("--out", help="also write the JSON here")

@@ -46,6 +46,8 @@ def test_datastore_by_name(client: Client) -> None:
     spec = client.generate(prompt, max_new_tokens=24, datastore="normans")
     plain = client.generate(prompt, max_new_tokens=24, speculative=False)
     assert spec.token_ids == plain.token_ids
+    early = client.generate(prompt, max_new_tokens=24, datastore="normans", self_draft_layers=20)
+    assert early.token_ids == plain.token_ids  # early-exit drafts are verified like the others
     with pytest.raises(ClientError) as err:
         client.generate(prompt, datastore="missing")
     assert err.value.code == "NOT_FOUND" and "normans" in err.value.message
@@ -93,6 +95,7 @@ def test_client_cancel_stops_generation(client: Client, server: BackgroundServer
         ({"prompt": ""}, "the prompt is empty"),
         ({"prompt": [10**9]}, "prompt token ids must be in"),
         ({"passages": ["x"] * 65}, "at most 64 passages"),
+        ({"self_draft_layers": 30}, "self_draft_layers must be in 0..29"),
     ],
 )
 def test_bad_input_is_invalid_argument(client: Client, kwargs: dict, words: str) -> None:
