@@ -169,6 +169,21 @@ def _dev(encoder: TrainEncoder, dev: list[Example], config: TrainConfig) -> tupl
     return float(np.mean(losses)), float(np.mean(accs))
 
 
+def start_run(backbone: Backbone, config: Any, label: Any, labels_file: str) -> tuple[Path, list[Any], list[Any], Any, Any]:
+    """What both compressor trainers begin with: the out folder, the seed, labelled examples (cached in
+    `labels_file`, resumable), the train/dev split, a LoRA model and its optimizer."""
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(config.seed)
+    examples = label(backbone, config, out / labels_file, config.progress)
+    if len(examples) < 4:
+        raise InvalidInput(f"only {len(examples)} questions could be labelled; need at least 4 (raise questions)")
+    train, dev = split(examples, config.dev_fraction, config.seed, max_dev=len(examples))
+    peft_model = lora_model(backbone.model, config.lora_r, config.lora_alpha, config.lora_dropout, config.target_modules)
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=config.lr)
+    return out, train, dev, peft_model, optimizer
+
+
 def train_compressor(backbone: Backbone, config: TrainConfig) -> dict[str, Any]:
     """Label, train, keep the best adapter on dev, write the card; returns the card.
 
@@ -183,17 +198,7 @@ def train_compressor(backbone: Backbone, config: TrainConfig) -> dict[str, Any]:
 
         return train_abstractive(backbone, config)
     t0 = time.perf_counter()
-    out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    seed_everything(config.seed)
-
-    examples = label_examples(backbone, config, out / "labels.jsonl", config.progress)
-    if len(examples) < 4:
-        raise InvalidInput(f"only {len(examples)} questions could be labelled; need at least 4 (raise questions)")
-    train, dev = split(examples, config.dev_fraction, config.seed, max_dev=len(examples))
-
-    peft_model = lora_model(backbone.model, config.lora_r, config.lora_alpha, config.lora_dropout, config.target_modules)
-    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=config.lr)
+    out, train, dev, peft_model, optimizer = start_run(backbone, config, label_examples, "labels.jsonl")
     if config.mode not in TRAINABLE_MODES:
         raise InvalidInput(f"mode {config.mode!r} cannot be trained here: valid are {', '.join(TRAINABLE_MODES)}")
     encoder = TrainEncoder(peft_model.base_model.model, backbone.tokenizer, config.mode, config.prompt,
@@ -231,7 +236,7 @@ def train_compressor(backbone: Backbone, config: TrainConfig) -> dict[str, Any]:
         "log-likelihood; InfoNCE with own and in-batch negatives",
         "data": {"qa_file": str(config.qa_file), "corpus": str(config.corpus), "train_questions": len(train),
                  "dev_questions": len(dev), "k": config.k, "candidates_per_question": config.max_candidates,
-                 "mean_positive_gain": round(float(np.mean([e.gain for e in examples])), 4)},
+                 "mean_positive_gain": round(float(np.mean([e.gain for e in train + dev])), 4)},
         "embedding": {"mode": config.mode, "prompt": config.prompt, "instruction": config.instruction},
         "lora": {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
                  "target_modules": list(config.target_modules)},

@@ -27,13 +27,11 @@ import numpy as np
 import torch
 from lodestar.backbone import Backbone
 from lodestar.backbone.chat import chat_ids, stop_ids
-from lodestar.backbone.training import LoopConfig, fit, lora_model, seed_everything
+from lodestar.backbone.training import LoopConfig, fit
 from lodestar.compress_ctx.abstractive import NOTHING, messages
 from lodestar.compress_ctx.evaluate import read_qa, retrieve, split_questions
 from lodestar.compress_ctx.reader import Reader
-from lodestar.embed.train.data import split
 
-from lodestar.errors import InvalidInput
 
 
 @dataclass
@@ -136,16 +134,9 @@ def lm_loss(model: Any, tokenizer: Any, batch: list[SummaryExample], backbone: B
 def train_abstractive(backbone: Backbone, config: Any) -> dict[str, Any]:
     """Label, train, keep the best adapter on dev, write the card; returns the card."""
     t0 = time.perf_counter()
-    out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    seed_everything(config.seed)
-    examples = label_summaries(backbone, config, out / "summaries.jsonl", config.progress)
-    if len(examples) < 4:
-        raise InvalidInput(f"only {len(examples)} questions could be labelled; need at least 4 (raise questions)")
-    train, dev = split(examples, config.dev_fraction, config.seed, max_dev=len(examples))
+    from lodestar.compress_ctx.train import start_run
 
-    peft_model = lora_model(backbone.model, config.lora_r, config.lora_alpha, config.lora_dropout, config.target_modules)
-    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=config.lr)
+    out, train, dev, peft_model, optimizer = start_run(backbone, config, label_summaries, "summaries.jsonl")
     model = peft_model.base_model.model
     steps_per_epoch = math.ceil(len(train) / config.batch_questions)
     total = steps_per_epoch * config.epochs
@@ -166,7 +157,7 @@ def train_abstractive(backbone: Backbone, config: Any) -> dict[str, Any]:
         out_dir=out, steps=total, eval_every=config.eval_every, checkpoint_every=config.checkpoint_every,
         patience=config.patience, resume=config.resume, progress=config.progress, desc="train abstractive",
     ))
-    sources = {s: sum(e.source == s for e in examples) for s in ("zero-shot", "extractive", "nothing")}
+    sources = {s: sum(e.source == s for e in train + dev) for s in ("zero-shot", "extractive", "nothing")}
     card = {
         "kind": "abstractive",
         "base_model": backbone.model_id,

@@ -8,6 +8,7 @@ interceptor, message-size and concurrency caps, and starts loading the model in 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import signal
 import threading
@@ -35,43 +36,32 @@ def runtime_of(server: grpc.aio.Server) -> Runtime:
     return _RUNTIMES[server]
 
 
+# service -> (generated module prefix, servicer module, gRPC service name, servicer class)
+_SERVICERS = {
+    "embed": ("lodestar.embed.v1.embed", "lodestar.services.embed_servicer", "EmbedService", "EmbedServicer"),
+    "retrieve": ("lodestar.retrieve.v1.retrieve", "lodestar.services.retrieve_servicer", "RetrieveService",
+                 "RetrieveServicer"),
+    "index": ("lodestar.retrieve.v1.index", "lodestar.services.index_servicer", "IndexService", "IndexServicer"),
+    "compress": ("lodestar.compress_ctx.v1.compress", "lodestar.services.compress_servicer", "CompressService",
+                 "CompressServicer"),
+    "generate": ("lodestar.generate.v1.generate", "lodestar.services.generate_servicer", "GenerateService",
+                 "GenerateServicer"),
+}
+
+
 def _register(server: grpc.aio.Server, runtime: Runtime, only: tuple[str, ...]) -> list[str]:
-    """Add the servicers named in `only`; returns their full gRPC service names."""
+    """Add the servicers named in `only` (imported on demand); returns their full gRPC service names."""
     names = []
     runtime.serves = set(only)
     for service in only:
-        if service == "embed":
-            from lodestar.embed.v1 import embed_pb2, embed_pb2_grpc
-            from lodestar.services.embed_servicer import EmbedServicer
-
-            embed_pb2_grpc.add_EmbedServiceServicer_to_server(EmbedServicer(runtime), server)
-            names.append(embed_pb2.DESCRIPTOR.services_by_name["EmbedService"].full_name)
-        elif service == "retrieve":
-            from lodestar.retrieve.v1 import retrieve_pb2, retrieve_pb2_grpc
-            from lodestar.services.retrieve_servicer import RetrieveServicer
-
-            retrieve_pb2_grpc.add_RetrieveServiceServicer_to_server(RetrieveServicer(runtime), server)
-            names.append(retrieve_pb2.DESCRIPTOR.services_by_name["RetrieveService"].full_name)
-        elif service == "index":
-            from lodestar.retrieve.v1 import index_pb2, index_pb2_grpc
-            from lodestar.services.index_servicer import IndexServicer
-
-            index_pb2_grpc.add_IndexServiceServicer_to_server(IndexServicer(runtime), server)
-            names.append(index_pb2.DESCRIPTOR.services_by_name["IndexService"].full_name)
-        elif service == "compress":
-            from lodestar.compress_ctx.v1 import compress_pb2, compress_pb2_grpc
-            from lodestar.services.compress_servicer import CompressServicer
-
-            compress_pb2_grpc.add_CompressServiceServicer_to_server(CompressServicer(runtime), server)
-            names.append(compress_pb2.DESCRIPTOR.services_by_name["CompressService"].full_name)
-        elif service == "generate":
-            from lodestar.generate.v1 import generate_pb2, generate_pb2_grpc
-            from lodestar.services.generate_servicer import GenerateServicer
-
-            generate_pb2_grpc.add_GenerateServiceServicer_to_server(GenerateServicer(runtime), server)
-            names.append(generate_pb2.DESCRIPTOR.services_by_name["GenerateService"].full_name)
-        else:
+        if service not in _SERVICERS:
             raise InvalidInput(f"unknown service {service!r}: valid are {', '.join(SERVICES)}")
+        generated, servicer_module, grpc_name, servicer_class = _SERVICERS[service]
+        pb2 = importlib.import_module(generated + "_pb2")
+        pb2_grpc = importlib.import_module(generated + "_pb2_grpc")
+        servicer = getattr(importlib.import_module(servicer_module), servicer_class)(runtime)
+        getattr(pb2_grpc, f"add_{grpc_name}Servicer_to_server")(servicer, server)
+        names.append(pb2.DESCRIPTOR.services_by_name[grpc_name].full_name)
     return names
 
 
