@@ -9,7 +9,6 @@ takes on the uncompressed context. With no threshold given, one is calibrated on
 
 from __future__ import annotations
 
-import json
 import random
 import tempfile
 import time
@@ -26,6 +25,7 @@ from lodestar.compress_ctx.selective import calibrate_threshold
 from lodestar.compress_ctx.types import AUGMENT, METHODS, CompressResult, join_passages
 from lodestar.embed.types import EmbedOptions
 from lodestar.errors import InvalidInput
+from lodestar.jsonl import read_jsonl
 from lodestar.retrieve.evaluate import read_beir
 
 RETRIEVERS = ("bm25", "dense", "hybrid")
@@ -40,19 +40,13 @@ class QA:
 
 def read_qa(path: Path) -> list[QA]:
     """JSONL lines {id, question, answers[, title, context]}; questions without answers are skipped."""
-    if not Path(path).is_file():
-        raise InvalidInput(f"QA file {str(path)!r} does not exist")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            o = json.loads(line)
-            if "question" not in o or "answers" not in o:
-                raise InvalidInput(f"{path}:{n}: each line needs 'question' and 'answers'")
-            answers = [a for a in o["answers"] if isinstance(a, str) and a.strip()]
-            if answers:
-                out.append(QA(str(o.get("id", n)), o["question"], answers))
+    for n, o in read_jsonl(path):
+        if not isinstance(o, dict) or "question" not in o or "answers" not in o:
+            raise InvalidInput(f"{path}:{n}: each line needs 'question' and 'answers'")
+        answers = [a for a in o["answers"] if isinstance(a, str) and a.strip()]
+        if answers:
+            out.append(QA(str(o.get("id", n)), o["question"], answers))
     if not out:
         raise InvalidInput(f"{path} holds no answerable question")
     return out

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from lodestar.embed.evaluate import read_sts
 from lodestar.errors import InvalidInput, NotFound
+from lodestar.jsonl import read_jsonl
 
 _SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 
@@ -81,14 +82,10 @@ def read_pairs(path: Path) -> list[Pair]:
 def read_triplets(path: Path) -> list[Triplet]:
     """jsonl {query, positive, negatives?}."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            o = json.loads(line)
-            if not isinstance(o.get("query"), str) or not isinstance(o.get("positive"), str):
-                raise InvalidInput(f"{path}:{n}: each line needs string 'query' and 'positive' (and optional 'negatives')")
-            out.append(Triplet(o["query"], o["positive"], tuple(o.get("negatives") or ())))
+    for n, o in read_jsonl(path):
+        if not isinstance(o, dict) or not isinstance(o.get("query"), str) or not isinstance(o.get("positive"), str):
+            raise InvalidInput(f"{path}:{n}: each line needs string 'query' and 'positive' (and optional 'negatives')")
+        out.append(Triplet(o["query"], o["positive"], tuple(o.get("negatives") or ())))
     if not out:
         raise InvalidInput(f"{path} holds no triplet")
     return out

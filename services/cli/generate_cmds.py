@@ -201,15 +201,13 @@ def _local_datastore(args: argparse.Namespace) -> int:
 
 def read_prompts(path: Path) -> list[dict[str, Any]]:
     """jsonl rows with `prompt` (and optional `passages`), or `question` (a RAG prompt is built)."""
+    from lodestar.jsonl import read_jsonl
+
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if not isinstance(row, dict) or not isinstance(row.get("prompt", row.get("question")), str):
-                raise LodestarError(f"{path}:{n}: each line needs a string 'prompt' (or 'question')")
-            rows.append(row)
+    for n, row in read_jsonl(path):
+        if not isinstance(row, dict) or not isinstance(row.get("prompt", row.get("question")), str):
+            raise LodestarError(f"{path}:{n}: each line needs a string 'prompt' (or 'question')")
+        rows.append(row)
     if not rows:
         raise LodestarError(f"{path} holds no prompt")
     return rows
