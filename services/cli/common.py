@@ -26,6 +26,14 @@ def print_obj(obj: Any, as_json: bool) -> None:
         print(obj)
 
 
+def add_result_args(p: argparse.ArgumentParser, model: bool = True) -> None:
+    """Options of the commands that run locally and print a JSON result: --model, --out, --quiet."""
+    if model:
+        p.add_argument("--model", help="model to load (default: the bundled one)")
+    p.add_argument("--out", help="also write the JSON here")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def write_result(result: dict[str, Any], out: str | None) -> None:
     """Print one JSON line; with `out`, also write it indented there."""
     if out:

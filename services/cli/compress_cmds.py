@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lodestar.errors import LodestarError
-from lodestar.services.cli.common import print_obj, settings
+from lodestar.services.cli.common import add_result_args, print_obj, settings
 
 
 def _passages(args: argparse.Namespace) -> list[str]:
@@ -134,9 +134,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     ec.add_argument("--max-new-tokens", type=int, help="abstractive summary bound")
     ec.add_argument("--adapter", help="abstractive: summariser adapter (`lodestar train compressor --kind abstractive`)")
     ec.add_argument("--scorer-adapter", help="extractive: scorer adapter (`lodestar train compressor`), prompteol mode")
-    ec.add_argument("--model")
-    ec.add_argument("--out", help="also write the JSON here")
-    ec.add_argument("--quiet", action="store_true")
+    add_result_args(ec)
     ec.set_defaults(func=cmd_eval_compress)
 
     tc = tsub.add_parser("compressor", help="RECOMP extractive scorer: label by reader gain, LoRA InfoNCE (resumable)")

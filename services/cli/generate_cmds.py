@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lodestar.errors import LodestarError
-from lodestar.services.cli.common import print_obj, settings, write_result
+from lodestar.services.cli.common import add_result_args, print_obj, settings, write_result
 
 
 def _decoding(args: argparse.Namespace) -> dict[str, Any]:
@@ -307,6 +307,5 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
                     help="speculative runs also draft from the model's first N layers (early exit); 0 = off")
     es.add_argument("--model")
     es.add_argument("--per-prompt", action="store_true", help="include every prompt's figures")
-    es.add_argument("--out", help="also write the JSON here")
-    es.add_argument("--quiet", action="store_true")
+    add_result_args(es, model=False)
     es.set_defaults(func=cmd_eval_specdec)

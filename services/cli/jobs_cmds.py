@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lodestar.errors import LodestarError
-from lodestar.services.cli.common import print_obj, settings
+from lodestar.services.cli.common import add_result_args, print_obj, settings
 
 
 def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -170,9 +170,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     bi.add_argument("--chunk-docs", type=int, default=32)
     bi.add_argument("--mode", default="mean")
     bi.add_argument("--broker", help="use this Redis instead of starting a private redis-server")
-    bi.add_argument("--model")
-    bi.add_argument("--out", help="also write the JSON here")
-    bi.add_argument("--quiet", action="store_true")
+    add_result_args(bi)
     bi.set_defaults(func=cmd_bench_index)
 
     w = sub.add_parser("worker", help="run a Celery indexing worker (needs LODESTAR_BROKER_URL and LODESTAR_SERVER)")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lodestar.errors import LodestarError
-from lodestar.services.cli.common import local_engine, print_obj, write_result
+from lodestar.services.cli.common import add_result_args, local_engine, print_obj, write_result
 
 
 def cmd_collection(args: argparse.Namespace) -> int:
@@ -204,8 +204,6 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     br.add_argument("--docs", type=int, default=300, help="documents of --corpus to index for the latency part")
     br.add_argument("--latency-queries", type=int, default=200)
     br.add_argument("--mode")
-    br.add_argument("--model")
-    br.add_argument("--out", help="also write the JSON here")
-    br.add_argument("--quiet", action="store_true")
+    add_result_args(br)
     br.set_defaults(func=cmd_bench_retrieve)
 
