@@ -31,12 +31,20 @@ def main() -> int:
     weights = load_file(str(src / "adapter_model.safetensors"))
     save_file({k: v.half().contiguous() for k, v in weights.items()}, str(args.dest / "adapter_model.safetensors"))
     card = json.loads((args.run / "card.json").read_text())
+    stage = Path(args.adapter_dir).parent.name  # "simcse/adapter" -> simcse; "adapter" -> the whole run
+    names = [s.get("stage") for s in card.get("stages", [])]
+    if stage and stage in names:  # an intermediate stage: its card lists the stages up to it
+        card["stages"] = card["stages"][: names.index(stage) + 1]
+        card["shipped_stage"] = stage
     card.update(json.loads(args.extra))
     card["adapter"] = str(args.dest)
     card["weights_dtype"] = "float16"
     card["reproduce"] = "bash bench/adapters/train.sh ../shared/data  # then this script"
     (args.dest / "card.json").write_text(json.dumps(card, indent=2, default=str) + "\n")
     readme = (args.run / "README.md").read_text() if (args.run / "README.md").exists() else ""
+    readme = readme.replace("<this folder>/adapter", f"{args.dest.name} (by name) or this folder")
+    if card.get("shipped_stage"):
+        readme += f"\nThese are the weights after the `{card['shipped_stage']}` stage; later stages are not in them.\n"
     (args.dest / "README.md").write_text(readme + "\nShipped from `" + str(args.run / args.adapter_dir) + "` (weights in float16).\n")
     size = (args.dest / "adapter_model.safetensors").stat().st_size
     print(f"{args.dest}: {size / 1e6:.1f} MB")

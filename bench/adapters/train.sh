@@ -4,8 +4,8 @@
 #   bash bench/adapters/train.sh [DATA_DIR] [WORK_DIR]
 #
 # DATA_DIR defaults to ../shared/data; WORK_DIR (checkpoints, labels) to .lodestar/adapters-work.
-# Runs resume from their checkpoints; finished stages are skipped. Then copy WORK/<name>/adapter,
-# card.json and README.md into adapters/<name>/ (what `lodestar serve` offers by name).
+# Runs resume from their checkpoints; finished stages are skipped. The last lines copy each adapter
+# (float16 weights, card, README) into adapters/<name>/, what `lodestar serve` offers by name.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
@@ -20,10 +20,15 @@ SQUAD_LICENCE="SQuAD 2.0 (Rajpurkar et al. 2018), Wikipedia text: CC BY-SA 4.0"
 # LLM2Vec on STS-B train: MNTP and SimCSE on its sentences, then CoSENT on its scored pairs
 # (10% of train held out for early stopping; STS-B dev is only used by the benchmark).
 "${LODESTAR[@]}" train bidirectional --corpus "$DATA/stsb/train.tsv" --pairs "$DATA/stsb/train.tsv" \
-    --out "$WORK/bidirectional-stsb" --mntp-steps 200 --simcse-steps 100 --supervised-steps 250 --simcse-dropout 0.2 \
+    --out "$WORK/bidirectional-stsb" --mntp-steps 120 --simcse-steps 80 --supervised-steps 200 --simcse-dropout 0.2 \
     --lora-r 8 --lora-alpha 16 --data-licence "$STSB_LICENCE" --seed 0
 
 # Decoder SPLADE on SQuAD questions -> paragraphs with BM25 hard negatives.
 "$PY" bench/adapters/squad_triplets.py "$DATA/squad/qa.jsonl" "$WORK/squad_triplets.jsonl"
 "${LODESTAR[@]}" train sparse --triplets "$WORK/squad_triplets.jsonl" --out "$WORK/sparse-squad" \
-    --steps 300 --batch 8 --max-tokens 160 --lora-r 8 --lora-alpha 16 --data-licence "$SQUAD_LICENCE" --seed 0
+    --steps 200 --batch 8 --max-tokens 128 --lora-r 8 --lora-alpha 16 --data-licence "$SQUAD_LICENCE" --seed 0
+
+"$PY" bench/adapters/ship.py "$WORK/bidirectional-stsb" adapters/bidirectional-stsb
+"$PY" bench/adapters/ship.py "$WORK/bidirectional-stsb" adapters/bidirectional-stsb-unsup --adapter-dir simcse/adapter \
+    --extra '{"stage": "simcse (MNTP then unsupervised SimCSE; no labels)"}'
+"$PY" bench/adapters/ship.py "$WORK/sparse-squad" adapters/sparse-squad
