@@ -23,12 +23,14 @@ SQUAD_LICENCE="SQuAD 2.0 (Rajpurkar et al. 2018), Wikipedia text: CC BY-SA 4.0"
     --out "$WORK/bidirectional-stsb" --mntp-steps 120 --simcse-steps 80 --supervised-steps 200 --simcse-dropout 0.2 \
     --lora-r 8 --lora-alpha 16 --data-licence "$STSB_LICENCE" --seed 0
 
-# Decoder SPLADE on SQuAD questions -> paragraphs with BM25 hard negatives.
+# Decoder SPLADE on SQuAD questions -> paragraphs with BM25 hard negatives (100 steps, about 25 min here).
 "$PY" bench/adapters/squad_triplets.py "$DATA/squad/qa.jsonl" "$WORK/squad_triplets.jsonl"
 "${LODESTAR[@]}" train sparse --triplets "$WORK/squad_triplets.jsonl" --out "$WORK/sparse-squad" \
-    --steps 200 --batch 8 --max-tokens 128 --lora-r 8 --lora-alpha 16 --data-licence "$SQUAD_LICENCE" --seed 0
+    --steps 100 --batch 8 --max-tokens 128 --lora-r 8 --lora-alpha 16 --data-licence "$SQUAD_LICENCE" --seed 0
 
 "$PY" bench/adapters/ship.py "$WORK/bidirectional-stsb" adapters/bidirectional-stsb
 "$PY" bench/adapters/ship.py "$WORK/bidirectional-stsb" adapters/bidirectional-stsb-unsup --adapter-dir simcse/adapter \
     --extra '{"stage": "simcse (MNTP then unsupervised SimCSE; no labels)"}'
-"$PY" bench/adapters/ship.py "$WORK/sparse-squad" adapters/sparse-squad
+# Not shipped: after these 100 steps the SPLADE vectors are still dense and dev accuracy at chance
+# (see the README's adapters section); ship it like the others once a run gets there:
+#   "$PY" bench/adapters/ship.py "$WORK/sparse-squad" adapters/sparse-squad
