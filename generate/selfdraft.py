@@ -16,6 +16,7 @@ import torch
 
 from lodestar.backbone import Backbone
 from lodestar.backbone.compat import cache_kwargs
+from lodestar.generate.kvcache import crop
 
 
 @contextmanager
@@ -27,14 +28,6 @@ def truncated(decoder: Any, layers: int) -> Iterator[None]:
         yield
     finally:
         decoder.layers = full
-
-
-def crop_layers(cache: Any, layers: int, length: int) -> None:
-    """Cut the first `layers` cache layers back to `length` positions."""
-    for layer in list(cache.layers)[:layers]:
-        if layer.keys is not None and layer.keys.numel():
-            layer.keys = layer.keys[:, :, :length]
-            layer.values = layer.values[:, :, :length]
 
 
 def early_exit_chain(backbone: Backbone, cache: Any, pending: int, prefix_len: int, layers: int,
@@ -59,5 +52,5 @@ def early_exit_chain(backbone: Backbone, cache: Any, pending: int, prefix_len: i
                 tok = int(torch.argmax(head(out.last_hidden_state[0, -1])).item())
                 chain.append(tok)
         finally:
-            crop_layers(cache, layers, prefix_len)
+            crop(cache, prefix_len, layers)
     return chain

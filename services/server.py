@@ -36,16 +36,14 @@ def runtime_of(server: grpc.aio.Server) -> Runtime:
     return _RUNTIMES[server]
 
 
-# service -> (generated module prefix, servicer module, gRPC service name, servicer class)
+# service -> (generated module prefix, gRPC service name); the servicer is
+# lodestar.services.<service>_servicer.<gRPC service name>r (EmbedService -> EmbedServicer)
 _SERVICERS = {
-    "embed": ("lodestar.embed.v1.embed", "lodestar.services.embed_servicer", "EmbedService", "EmbedServicer"),
-    "retrieve": ("lodestar.retrieve.v1.retrieve", "lodestar.services.retrieve_servicer", "RetrieveService",
-                 "RetrieveServicer"),
-    "index": ("lodestar.retrieve.v1.index", "lodestar.services.index_servicer", "IndexService", "IndexServicer"),
-    "compress": ("lodestar.compress_ctx.v1.compress", "lodestar.services.compress_servicer", "CompressService",
-                 "CompressServicer"),
-    "generate": ("lodestar.generate.v1.generate", "lodestar.services.generate_servicer", "GenerateService",
-                 "GenerateServicer"),
+    "embed": ("lodestar.embed.v1.embed", "EmbedService"),
+    "retrieve": ("lodestar.retrieve.v1.retrieve", "RetrieveService"),
+    "index": ("lodestar.retrieve.v1.index", "IndexService"),
+    "compress": ("lodestar.compress_ctx.v1.compress", "CompressService"),
+    "generate": ("lodestar.generate.v1.generate", "GenerateService"),
 }
 
 
@@ -56,11 +54,11 @@ def _register(server: grpc.aio.Server, runtime: Runtime, only: tuple[str, ...]) 
     for service in only:
         if service not in _SERVICERS:
             raise InvalidInput(f"unknown service {service!r}: valid are {', '.join(SERVICES)}")
-        generated, servicer_module, grpc_name, servicer_class = _SERVICERS[service]
+        generated, grpc_name = _SERVICERS[service]
         pb2 = importlib.import_module(generated + "_pb2")
         pb2_grpc = importlib.import_module(generated + "_pb2_grpc")
-        servicer = getattr(importlib.import_module(servicer_module), servicer_class)(runtime)
-        getattr(pb2_grpc, f"add_{grpc_name}Servicer_to_server")(servicer, server)
+        servicer_class = getattr(importlib.import_module(f"lodestar.services.{service}_servicer"), grpc_name + "r")
+        getattr(pb2_grpc, f"add_{grpc_name}Servicer_to_server")(servicer_class(runtime), server)
         names.append(pb2.DESCRIPTOR.services_by_name[grpc_name].full_name)
     return names
 
