@@ -6,7 +6,7 @@
 # DATA_DIR (or $DATA) defaults to ../shared/data, relative to the repository root.
 # Environment knobs (defaults in brackets):
 #   STEPS         which benchmarks, space-separated [sts embed kernels]; also: beir retrieve index
-#                 compress specdec (the slow ones: run them by name)
+#                 compress specdec adapters (the slow ones: run them by name)
 #   RESULTS       output folder [bench/results]
 #   MODES         STS modes [mean last prompteol echo token_prepend bidirectional]
 #   STS_FILE      STS TSV [$DATA/stsb/dev.tsv]
@@ -18,6 +18,9 @@
 #   BEIR_SETS     BEIR folders under $DATA for the beir step [cranfield cisi]
 #   BEIR_MODES    dense modes of the beir step [prompteol token_prepend]
 #   ALPHAS        weighted-fusion alphas of the beir step [0.1,0.15,0.2,0.3,0.5]
+#   DENSE_ADAPTER  the adapters step: bidirectional dense adapter [adapters/bidirectional-stsb]
+#   SPARSE_ADAPTER the adapters step: learned-sparse (echo) adapter [adapters/sparse-squad]
+#   ADAPTER_ALPHAS weighted-fusion alphas of the adapters step [0.3,0.5,0.7]
 #   LODESTAR_*    read by the CLI as usual (e.g. LODESTAR_MODEL, LODESTAR_DTYPE)
 set -euo pipefail
 
@@ -37,6 +40,9 @@ KERNEL_DEVICE="${KERNEL_DEVICE:-cpu}"
 BEIR_SETS="${BEIR_SETS:-cranfield cisi}"
 BEIR_MODES="${BEIR_MODES:-prompteol token_prepend}"
 ALPHAS="${ALPHAS:-0.1,0.15,0.2,0.3,0.5}"
+DENSE_ADAPTER="${DENSE_ADAPTER:-adapters/bidirectional-stsb}"
+SPARSE_ADAPTER="${SPARSE_ADAPTER:-adapters/sparse-squad}"
+ADAPTER_ALPHAS="${ADAPTER_ALPHAS:-0.3,0.5,0.7}"
 
 if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY="${PY:-python3}"; fi
 LODESTAR=("$PY" -m lodestar.services.cli)
@@ -89,6 +95,18 @@ if [[ " $STEPS " == *" beir "* ]]; then
                 --alpha "$ALPHAS" --mode "$mode" --quiet >> "$TMP/beir_$set.jsonl"
         done
         publish "$TMP/beir_$set.jsonl" "$RESULTS/beir_$set.jsonl"
+    done
+fi
+
+# The trained adapters on BEIR: learned sparse alone, and hybrid with the bidirectional dense adapter
+# (BM25 on the same sets: beir_<set>.jsonl). One collection per set holds both sides.
+if [[ " $STEPS " == *" adapters "* ]]; then
+    for set in $BEIR_SETS; do
+        echo "== beir $set (bidirectional + $DENSE_ADAPTER, learned sparse $SPARSE_ADAPTER)"
+        "${LODESTAR[@]}" eval beir "$DATA/$set/beir" --retriever dense,sparse,hybrid --fusion rrf,weighted \
+            --alpha "$ADAPTER_ALPHAS" --mode bidirectional --adapter "$DENSE_ADAPTER" --sparse learned \
+            --sparse-adapter "$SPARSE_ADAPTER" --quiet > "$TMP/beir_${set}_adapters.jsonl"
+        publish "$TMP/beir_${set}_adapters.jsonl" "$RESULTS/beir_${set}_adapters.jsonl"
     done
 fi
 

@@ -12,7 +12,7 @@ import torch
 
 from lodestar.backbone import Backbone
 from lodestar.embed.modes import Encoded, ForwardSpec
-from lodestar.embed.types import SPARSE_CAP
+from lodestar.embed.types import SPARSE_CAP, SPARSE_SHIFT
 from lodestar.kernels import masked_mean_pool
 
 
@@ -103,12 +103,19 @@ def embed_batch(backbone: Backbone, batch: list[Encoded], spec: ForwardSpec) -> 
     return dense, top.indices.cpu(), top.values.float().cpu()
 
 
+def splade_weights(logits: torch.Tensor) -> torch.Tensor:
+    """(n, V) LM-head logits of one text's pooled positions -> (V,) SPLADE weights:
+    log(1 + relu(z - SPARSE_SHIFT)) max-pooled over positions, z the logits standardised per position.
+    A decoder's softmax ignores where its logits sit (SmolLM2's are positive for ~90% of the
+    vocabulary at every position), so raw log(1 + relu(logits)) would be dense from the start;
+    standardised and shifted, a text starts with its own tokens (which the echo copy predicts at
+    z ~ 6) plus a few hundred expansions, and training moves the weights from there."""
+    z = (logits - logits.mean(-1, keepdim=True)) / logits.std(-1, keepdim=True).clamp_min(1e-6)
+    return torch.log1p(torch.relu(z - SPARSE_SHIFT)).amax(dim=0)
+
+
 def vocab_weights(lm_head: Any, hidden: torch.Tensor, batch: list[Encoded]) -> torch.Tensor:
-    """Learned-sparse (SPLADE) weights (B, V): log(1 + relu(LM-head logits)) max-pooled over each
-    row's pooled span (echo: the second copy, which has seen the whole text). The LM head runs on
-    the pooled positions only: full (B, T, V) logits would cost more than the decoder."""
-    rows = []
-    for i, e in enumerate(batch):
-        logits = lm_head(hidden[i, e.pool_start : e.pool_end]).float()  # (n, V)
-        rows.append(torch.log1p(torch.relu(logits)).amax(dim=0))  # (V,)
-    return torch.stack(rows)  # (B, V)
+    """Learned-sparse (SPLADE) weights (B, V) of each row's pooled span (echo: the second copy,
+    which has seen the whole text; see splade_weights). The LM head runs on the pooled positions
+    only: full (B, T, V) logits would cost more than the decoder."""
+    return torch.stack([splade_weights(lm_head(hidden[i, e.pool_start : e.pool_end]).float()) for i, e in enumerate(batch)])

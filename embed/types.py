@@ -10,6 +10,7 @@ from lodestar.embed.output import Packed
 
 
 SPARSE_CAP = 1024  # sparse weights kept per text by the forward; a request's top_k cuts further
+SPARSE_SHIFT = 4.0  # learned sparse: a vocabulary entry counts once its logit is this many standard deviations above the mean
 
 
 @dataclass(frozen=True)

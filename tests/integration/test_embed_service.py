@@ -204,3 +204,15 @@ def test_sparse_output_over_grpc(client) -> None:  # type: ignore[no-untyped-def
     with pytest.raises(ClientError) as err:
         client.embed(["x"], mode="echo", sparse=True, sparse_top_k=99999)
     assert err.value.code == "INVALID_ARGUMENT" and "top_k must be in 0..1024" in err.value.message
+
+
+def test_sparse_vectors_of_the_bundled_model_start_sparse_and_lexical(client, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """Without an adapter the echo copy predicts the text's own tokens; standardised, only those
+    and a few hundred expansions clear the shift (raw log1p(relu(logits)) was non-zero almost
+    everywhere), so the cap of 1024 weights per text is not reached."""
+    text = "The pianist played Chopin at the concert hall."
+    ids, weights = client.embed([text], mode="echo", sparse=True, sparse_top_k=1024, with_dense=False).sparse[0]
+    assert 0 < len(ids) < 1024 and (weights > 0).all()
+    own = tokenizer(text, add_special_tokens=False)["input_ids"]
+    # the copy's positions predict each next token; its first one is predicted before the span
+    assert set(own[1:]) <= {int(i) for i in ids}, "every later token of the text is in its vector"

@@ -82,6 +82,20 @@ def test_bidirectional_refuses_missing_data(tokenizer, tmp_path: Path) -> None: 
     assert mask_token_id(tokenizer) >= 0
 
 
+def test_splade_weights_are_standardised_logits_above_the_shift() -> None:
+    from lodestar.embed.forward import splade_weights
+    from lodestar.embed.types import SPARSE_SHIFT
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 1000, generator=g) + 8.0  # a decoder's logits: positive almost everywhere
+    logits[0, 7] = logits[3, 9] = 40.0  # two tokens the positions predict with confidence
+    w = splade_weights(logits)
+    assert set(torch.nonzero(w).flatten().tolist()) == {7, 9}  # not the ~all of raw log1p(relu(logits))
+    assert torch.allclose(splade_weights(logits * 3.0 - 11.0), w, atol=1e-5)  # softmax-invariant shifts and scales
+    z = (logits[0] - logits[0].mean()) / logits[0].std()
+    assert torch.isclose(w[7], torch.log1p(z[7] - SPARSE_SHIFT))
+
+
 def test_sparse_output_matches_the_trainer_and_respects_top_k(tiny_engine, tokenizer) -> None:  # type: ignore[no-untyped-def]
     texts = ["A man is playing a guitar.", "Stocks fell.", "The quick brown fox jumps over the lazy dog."]
     res = tiny_engine.embed(texts, EmbedOptions(mode="echo", sparse=True, sparse_top_k=16))
