@@ -28,8 +28,25 @@ from lodestar.embed.train.sparse import SparseConfig, train_sparse
 from lodestar.errors import InvalidInput, NotFound
 
 KINDS = ("dense", "sparse")
-QUESTION_PROMPT = ("Passage: {passage}\n\nWrite one short question that the passage above answers. "
-                   "Reply with the question only.")
+QUERY_PROMPT = "Write a search query for this passage.\n\n{passage}"
+# Two worked examples ahead of each passage (made up for this prompt, unrelated to any corpus): asked
+# zero-shot, SmolLM2-135M mostly answers "What is the answer to this question?"; with them it writes
+# topical queries in the passage's own words ("how does a algorithm for variable-length proper name
+# compression work").
+QUERY_SHOTS = (
+    ("Effects of drought on wheat yields. Field trials over three seasons show that yields fell by 30% when "
+     "rainfall was below 200 mm, with late-sown varieties hit hardest.", "how does drought affect wheat yields"),
+    ("Lithium-ion battery ageing at high temperature. Cells cycled at 45 C lost capacity twice as fast as cells "
+     "at 25 C, mainly through growth of the solid electrolyte interphase.", "why do lithium-ion batteries age faster when hot"),
+)
+
+
+def query_messages(passage: str) -> list[dict[str, str]]:
+    """The few-shot chat that asks the backbone for one search query for `passage`."""
+    messages = []
+    for shot, query in QUERY_SHOTS:
+        messages += [{"role": "user", "content": QUERY_PROMPT.format(passage=shot)}, {"role": "assistant", "content": query}]
+    return messages + [{"role": "user", "content": QUERY_PROMPT.format(passage=passage)}]
 
 
 @dataclass(frozen=True)
@@ -77,8 +94,12 @@ def clip(tokenizer: Any, text: str, max_tokens: int) -> str:
 
 
 def clean_question(text: str) -> str | None:
+    """The generated query, or None when it is too short, too long or degenerate (one word repeated)."""
     q = " ".join(text.replace("Question:", " ").split()).strip(' "')
-    return q if len(q.split()) >= 3 and len(q) <= 300 else None
+    words = q.lower().split()
+    if len(words) < 3 or len(q) > 300:
+        return None
+    return None if max(words.count(w) for w in words) > max(2, len(words) // 3) else q
 
 
 def synthetic_queries(backbone: Backbone, docs: list[tuple[str, str]], cfg: AdaptConfig, path: Path) -> list[dict[str, Any]]:
@@ -99,7 +120,7 @@ def synthetic_queries(backbone: Backbone, docs: list[tuple[str, str]], cfg: Adap
     with open(path, "a", encoding="utf-8") as out:
         for s in range(0, len(todo), 8):
             chunk = todo[s : s + 8]
-            prompts = [chat_ids(backbone, [{"role": "user", "content": QUESTION_PROMPT.format(passage=p)}]) for _, p in chunk]
+            prompts = [chat_ids(backbone, query_messages(p)) for _, p in chunk]
             for (doc_id, passage), g in zip(chunk, generate(backbone, prompts, cfg.question_tokens, newline_stops=True)):
                 row = {"id": doc_id, "passage": passage, "query": clean_question(g.text)}
                 done[doc_id] = row

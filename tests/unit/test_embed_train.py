@@ -192,3 +192,17 @@ def test_synthetic_queries_from_the_real_model(backbone, tmp_path: Path) -> None
     cfg = AdaptConfig(run=RunSettings(out_dir=tmp_path, progress=False), corpus=tmp_path, passages=3, question_tokens=32)
     rows = synthetic_queries(backbone, docs, cfg, tmp_path / "synthetic.jsonl")
     assert len(rows) >= 2 and all(len(r["query"].split()) >= 3 for r in rows)
+
+    def content(text: str) -> set[str]:
+        return {w.strip(".,?").lower() for w in text.split() if len(w.strip(".,?")) > 4}
+
+    # topical, not "What is the answer to this question?" (what the zero-shot prompt got)
+    assert sum(bool(content(r["query"]) & content(r["passage"])) for r in rows) >= 2, rows
+
+
+def test_clean_question_drops_degenerate_generations() -> None:
+    from lodestar.embed.train.adapt import clean_question
+
+    assert clean_question(' "how does drought affect wheat yields" ') == "how does drought affect wheat yields"
+    assert clean_question("how does bias bias bias bias bias bias bias bias") is None
+    assert clean_question("why?") is None
