@@ -11,7 +11,7 @@ import pytest
 
 from lodestar.services.settings import SHIPPED_ADAPTERS
 
-SHIPPED = ("bidirectional-stsb", "bidirectional-stsb-unsup")
+SHIPPED = ("bidirectional-stsb", "bidirectional-stsb-unsup", "sparse-squad")
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -45,5 +45,18 @@ def test_served_by_name_and_change_the_embeddings(tmp_path: Path) -> None:
         pair = engine.embed(["A man is playing a guitar.", "A man plays the guitar.", "The stock market fell."],
                             EmbedOptions(mode="bidirectional", adapter="bidirectional-stsb")).vectors
         assert pair[0] @ pair[1] > pair[0] @ pair[2]
+        # The SPLADE adapter: sparser than the base LM head, and a query meets its passage's terms.
+        docs = ["The pianist performed Chopin nocturnes at the concert hall.", "Stocks fell sharply after the announcement."]
+        opts = dict(mode="echo", sparse=True, sparse_top_k=1024, with_dense=False)
+        base_rows = engine.embed(docs, EmbedOptions(**opts)).sparse
+        rows = engine.embed(docs, EmbedOptions(**opts, adapter="sparse-squad")).sparse
+        assert all(len(t[0]) < len(b[0]) for t, b in zip(rows, base_rows))
+        (q_ids, q_w), = engine.embed(["who played Chopin at the concert"], EmbedOptions(**opts, adapter="sparse-squad")).sparse
+
+        def score(ids: np.ndarray, w: np.ndarray) -> float:
+            common = dict(zip(q_ids.tolist(), q_w.tolist()))
+            return float(sum(common.get(int(i), 0.0) * float(x) for i, x in zip(ids, w)))
+
+        assert score(*rows[0]) > score(*rows[1])
     finally:
         engine.close()
