@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -99,7 +100,7 @@ def clean_question(text: str) -> str | None:
     words = q.lower().split()
     if len(words) < 3 or len(q) > 300:
         return None
-    return None if max(words.count(w) for w in words) > max(2, len(words) // 3) else q
+    return None if Counter(words).most_common(1)[0][1] > max(2, len(words) // 3) else q
 
 
 def synthetic_queries(backbone: Backbone, docs: list[tuple[str, str]], cfg: AdaptConfig, path: Path) -> list[dict[str, Any]]:
