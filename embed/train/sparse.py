@@ -4,7 +4,8 @@ Vocabulary weights are log(1 + relu(z - SPARSE_SHIFT)), z the LM-head logits sta
 position (embed.forward.splade_weights), max-pooled over the mode's pooled span; with the echo mode
 that is the second copy of the text, whose tokens have seen the whole text through causal attention.
 Loss: InfoNCE over dot products of (query, positive, negatives) with in-batch negatives, plus the
-FLOPS regulariser on queries and documents (ramped in quadratically), which drives the vectors sparse. The dev split reports loss, positive-ranked-first and non-zeros per vector.
+FLOPS regulariser on queries and documents (ramped in quadratically), which drives the vectors sparse.
+The dev split reports loss, positive-ranked-first and non-zeros per vector.
 Serve with a learned-sparse collection (sparse='learned', sparse_adapter=<out>/adapter) or the
 Embed RPC's sparse output.
 """
