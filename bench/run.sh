@@ -21,6 +21,8 @@
 #   DENSE_ADAPTER  the adapters step: bidirectional dense adapter [adapters/bidirectional-stsb]
 #   SPARSE_ADAPTER the adapters step: learned-sparse (echo) adapter [adapters/sparse-squad]
 #   ADAPTER_ALPHAS weighted-fusion alphas of the adapters step [0.3,0.5,0.7]
+#   ADAPTER_RETRIEVERS retrievers of the adapters step [dense,sparse,hybrid]
+#   ADAPTER_RESULT the adapters step writes beir_<set>_<this>.jsonl [adapters]
 #   LODESTAR_*    read by the CLI as usual (e.g. LODESTAR_MODEL, LODESTAR_DTYPE)
 set -euo pipefail
 
@@ -43,6 +45,8 @@ ALPHAS="${ALPHAS:-0.1,0.15,0.2,0.3,0.5}"
 DENSE_ADAPTER="${DENSE_ADAPTER:-adapters/bidirectional-stsb}"
 SPARSE_ADAPTER="${SPARSE_ADAPTER:-adapters/sparse-squad}"
 ADAPTER_ALPHAS="${ADAPTER_ALPHAS:-0.3,0.5,0.7}"
+ADAPTER_RETRIEVERS="${ADAPTER_RETRIEVERS:-dense,sparse,hybrid}"
+ADAPTER_RESULT="${ADAPTER_RESULT:-adapters}"
 
 if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY="${PY:-python3}"; fi
 LODESTAR=("$PY" -m lodestar.services.cli)
@@ -103,10 +107,11 @@ fi
 if [[ " $STEPS " == *" adapters "* ]]; then
     for set in $BEIR_SETS; do
         echo "== beir $set (bidirectional + $DENSE_ADAPTER, learned sparse $SPARSE_ADAPTER)"
-        "${LODESTAR[@]}" eval beir "$DATA/$set/beir" --retriever dense,sparse,hybrid --fusion rrf,weighted \
+        out="beir_${set}_${ADAPTER_RESULT}.jsonl"
+        "${LODESTAR[@]}" eval beir "$DATA/$set/beir" --retriever "$ADAPTER_RETRIEVERS" --fusion rrf,weighted \
             --alpha "$ADAPTER_ALPHAS" --mode bidirectional --adapter "$DENSE_ADAPTER" --sparse learned \
-            --sparse-adapter "$SPARSE_ADAPTER" --quiet > "$TMP/beir_${set}_adapters.jsonl"
-        publish "$TMP/beir_${set}_adapters.jsonl" "$RESULTS/beir_${set}_adapters.jsonl"
+            --sparse-adapter "$SPARSE_ADAPTER" --quiet > "$TMP/$out"
+        publish "$TMP/$out" "$RESULTS/$out"
     done
 fi
 

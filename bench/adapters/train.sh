@@ -29,14 +29,17 @@ CISI_LICENCE="CISI test collection (Glasgow IR group): classic research collecti
 "${LODESTAR[@]}" train sparse --triplets "$WORK/squad_triplets.jsonl" --out "$WORK/sparse-squad" \
     --steps 125 --batch 8 --max-tokens 128 --lr 2e-4 --lora-r 8 --lora-alpha 16 --data-licence "$SQUAD_LICENCE" --seed 0
 
-# Domain adaptation without labels on a corpus none of the above saw (CISI's abstracts; its queries
-# and judgements are only used by the benchmark): the backbone writes a query for 160 passages, and
-# those continue the SQuAD sparse adapter. Not shipped: it is specific to that corpus.
-"${LODESTAR[@]}" adapt --corpus "$DATA/cisi/beir" --out "$WORK/adapt-cisi" --kinds sparse --passages 160 \
-    --sparse-init "$WORK/sparse-squad/adapter" --steps 30 --batch 8 --eval-every 10 \
-    --lora-r 8 --lora-alpha 16 --data-licence "$CISI_LICENCE" --seed 0
-
 "$PY" bench/adapters/ship.py "$WORK/bidirectional-stsb" adapters/bidirectional-stsb
 "$PY" bench/adapters/ship.py "$WORK/bidirectional-stsb" adapters/bidirectional-stsb-unsup --adapter-dir simcse/adapter \
     --extra '{"stage": "simcse (MNTP then unsupervised SimCSE; no labels)"}'
 "$PY" bench/adapters/ship.py "$WORK/sparse-squad" adapters/sparse-squad
+
+# Domain adaptation without labels on a corpus none of the above saw (CISI's abstracts; its queries
+# and judgements are only used by the benchmark): the backbone writes a query for 160 passages, and
+# those continue the shipped SQuAD sparse adapter
+# Not shipped: it is specific to that corpus. Its BEIR figures (bench/results/beir_cisi_adapt160.jsonl):
+#   BEIR_SETS=cisi STEPS=adapters SPARSE_ADAPTER=$WORK/adapt-cisi/sparse/adapter \
+#   ADAPTER_RETRIEVERS=sparse,hybrid ADAPTER_RESULT=adapt160 bash bench/run.sh
+"${LODESTAR[@]}" adapt --corpus "$DATA/cisi/beir" --out "$WORK/adapt-cisi" --kinds sparse --passages 160 \
+    --sparse-init adapters/sparse-squad --steps 30 --batch 8 --eval-every 10 \
+    --lora-r 8 --lora-alpha 16 --data-licence "$CISI_LICENCE" --seed 0
