@@ -6,7 +6,7 @@
 # DATA_DIR (or $DATA) defaults to ../shared/data, relative to the repository root.
 # Environment knobs (defaults in brackets):
 #   STEPS         which benchmarks, space-separated [sts embed kernels]; also: beir retrieve index
-#                 compress specdec adapters (the slow ones: run them by name)
+#                 sparse compress specdec adapters (the slow ones: run them by name)
 #   RESULTS       output folder [bench/results]
 #   MODES         STS modes [mean last prompteol echo token_prepend bidirectional]
 #   STS_FILE      STS TSV [$DATA/stsb/dev.tsv]
@@ -119,6 +119,12 @@ if [[ " $STEPS " == *" retrieve "* ]]; then
     echo "== bench retrieve (100k vectors per index type; gRPC latency on cranfield)"
     "${LODESTAR[@]}" bench retrieve --corpus "$DATA/cranfield/beir" --quiet --out "$TMP/retrieve.json" > /dev/null
     publish "$TMP/retrieve.json" "$RESULTS/retrieve.json"
+fi
+
+if [[ " $STEPS " == *" sparse "* ]]; then
+    echo "== bench sparse (learned-sparse impact index: 10k, 100k, 300k synthetic SPLADE-like vectors)"
+    "${LODESTAR[@]}" bench sparse --quiet --out "$TMP/sparse_impact.json" > /dev/null
+    publish "$TMP/sparse_impact.json" "$RESULTS/sparse_impact.json"
 fi
 
 if [[ " $STEPS " == *" index "* ]]; then

@@ -103,3 +103,76 @@ def bench_indexes(
         })
     return {"vectors": n, "dim": dim, "queries": queries, "k": k, "queries_per_call": batch, "threads": threads, "data": f"synthetic embedding-like ({LATENT}-d latent, decaying spectrum, 0.05 noise)",
             "target": {"recall@10": target, "speedup_vs_exact": 5}, "indexes": results}
+
+
+def splade_like(n: int, nnz: int, vocab: int, rng: np.random.Generator, zipf: float = 1.0
+                ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`n` sparse vectors of about `nnz` distinct terms each, term ids drawn from a Zipf law over
+    `vocab` (frequent terms make long postings: the hard case for accumulation), weights in (0, 3]
+    like log(1 + relu(z - 4))."""
+    cdf = np.cumsum(1.0 / np.arange(1, vocab + 1) ** zipf)
+    cdf /= cdf[-1]
+    draws = np.searchsorted(cdf, rng.random((n, 2 * nnz))).astype(np.int32)  # (n, 2 nnz), repeats dropped below
+    out = []
+    for row in draws:
+        terms = np.unique(row)[:nnz]
+        rng.shuffle(terms)
+        out.append((terms.astype(np.int64), rng.uniform(0.05, 3.0, terms.size).astype(np.float32)))
+    return out
+
+
+def bench_impact(
+    sizes: tuple[int, ...] = (10_000, 100_000), vocab: int = 49_152, doc_nnz: int = 200, query_nnz: int = 40,
+    queries: int = 200, k: int = 10, seed: int = 0, progress: bool = True,
+) -> dict[str, Any]:
+    """Latency of the learned-sparse impact index (plain accumulation over the query terms'
+    postings), one query per call, against exact scoring as one SciPy CSR product; agreement@k is
+    the share of the exact top-k the index returns (1.0 unless it is wrong)."""
+    import scipy.sparse as sp
+
+    from lodestar.retrieve.sparse import ImpactIndex
+
+    rng = np.random.default_rng(seed)
+    qs = splade_like(queries, query_nnz, vocab, np.random.default_rng(seed + 1))
+    qmat = sp.csr_matrix((np.concatenate([w for _, w in qs]), np.concatenate([t for t, _ in qs]),
+                          np.cumsum([0] + [t.size for t, _ in qs])), shape=(queries, vocab))
+    rows = []
+    for n in sizes:
+        docs = splade_like(n, doc_nnz, vocab, rng)
+        t0 = time.perf_counter()
+        index = ImpactIndex()
+        index.add(np.arange(n, dtype=np.int64), docs)
+        build_s = time.perf_counter() - t0
+        lat = []
+        found = []
+        for q in qs:
+            start = time.perf_counter()
+            found.append([i for i, _ in index.search([q], k)[0]])
+            lat.append(time.perf_counter() - start)
+        dmat = sp.csr_matrix((np.concatenate([w for _, w in docs]), np.concatenate([t for t, _ in docs]),
+                              np.cumsum([0] + [t.size for t, _ in docs])), shape=(n, vocab)).T.tocsr()
+        exact_lat = []
+        agree = []
+        for i in range(queries):
+            start = time.perf_counter()
+            scores = (qmat[i] @ dmat).toarray().ravel()  # (n,)
+            top = np.argsort(-scores, kind="stable")[:k]
+            exact_lat.append(time.perf_counter() - start)
+            agree.append(len(set(top.tolist()) & set(found[i])) / k)
+        postings = int(sum(t.size for t, _ in docs))
+        row = {
+            "documents": n, "postings": postings, "build_s": round(build_s, 2),
+            "accumulation_ms": {"p50": round(1000 * float(np.percentile(lat, 50)), 2),
+                                "p99": round(1000 * float(np.percentile(lat, 99)), 2),
+                                "mean": round(1000 * float(np.mean(lat)), 2)},
+            "exact_csr_ms": {"p50": round(1000 * float(np.percentile(exact_lat, 50)), 2),
+                             "mean": round(1000 * float(np.mean(exact_lat)), 2)},
+            f"agreement@{k}": round(float(np.mean(agree)), 4),
+        }
+        rows.append(row)
+        if progress:
+            print(f"impact {n:>9,} docs: accumulation p50 {row['accumulation_ms']['p50']} ms, "
+                  f"exact CSR p50 {row['exact_csr_ms']['p50']} ms, agreement@{k} {row[f'agreement@{k}']}", flush=True)
+    return {"vocab": vocab, "doc_nnz": doc_nnz, "query_nnz": query_nnz, "queries": queries, "k": k,
+            "data": f"synthetic SPLADE-like vectors (Zipf(1.0) term ids over {vocab} ids, weights uniform in (0.05, 3])",
+            "transport": "in-process, one query per call, one thread", "sizes": rows}

@@ -448,7 +448,7 @@ _IMPACT_MAGIC = b"LSIMPx\x00\x01"
 class ImpactIndex(_Postings):
     """Learned-sparse (SPLADE) retrieval: documents and queries are (term ids, weights) over the
     model's vocabulary; a document's score is the dot product sum_t q_t * d_t, accumulated from
-    the query terms' postings (plain accumulation; see the README for the measured latency)."""
+    the query terms' postings (plain accumulation; `lodestar bench sparse` measures it)."""
 
     def add(self, ids: np.ndarray, vectors: list[tuple[np.ndarray, np.ndarray]]) -> None:
         """Index sparse vectors (term ids, weights > 0) under new ids."""

@@ -1,4 +1,4 @@
-"""Commands of the retrieval side: collection, search, eval beir, bench retrieve."""
+"""Commands of the retrieval side: collection, search, eval beir, bench retrieve, bench sparse."""
 
 from __future__ import annotations
 
@@ -127,6 +127,20 @@ def cmd_bench_retrieve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_sparse(args: argparse.Namespace) -> int:
+    from lodestar.retrieve.bench import bench_impact
+
+    try:
+        sizes = tuple(int(x) for x in args.sizes.split(","))
+    except ValueError:
+        raise SystemExit(f"--sizes takes comma-separated document counts; got {args.sizes!r}") from None
+    if any(n < args.k for n in sizes):
+        raise SystemExit(f"--sizes must each be at least k={args.k}; got {args.sizes!r}")
+    write_result(bench_impact(sizes=sizes, doc_nnz=args.doc_nnz, query_nnz=args.query_nnz, queries=args.queries,
+                              k=args.k, progress=not args.quiet), args.out)
+    return 0
+
+
 def register(sub: Any, groups: dict[str, Any]) -> None:
     """Add this module's commands: `sub` top level, groups["eval" | "bench" | "train"] below those."""
     ev, bn = groups["eval"], groups["bench"]
@@ -206,4 +220,13 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     br.add_argument("--mode")
     add_result_args(br)
     br.set_defaults(func=cmd_bench_retrieve)
+
+    bs = bn.add_parser("sparse", help="learned-sparse impact index latency (plain accumulation) vs exact CSR scoring")
+    bs.add_argument("--sizes", default="10000,100000,300000", help="documents per run, comma-separated")
+    bs.add_argument("--doc-nnz", type=int, default=200, help="non-zeros per document (sparse-squad: about 200)")
+    bs.add_argument("--query-nnz", type=int, default=40, help="non-zeros per query (sparse-squad: about 40)")
+    bs.add_argument("--queries", type=int, default=200)
+    bs.add_argument("--k", type=int, default=10)
+    add_result_args(bs, model=False)
+    bs.set_defaults(func=cmd_bench_sparse)
 

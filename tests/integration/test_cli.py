@@ -76,6 +76,16 @@ def test_eval_sts_prints_one_json_line() -> None:
     assert 0.3 < result["spearman"] <= 1.0
 
 
+def test_bench_sparse_writes_json_and_names_bad_sizes(tmp_path: Path) -> None:
+    out = tmp_path / "sparse.json"
+    run = lodestar("bench", "sparse", "--sizes", "300", "--queries", "5", "--quiet", "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    result = json.loads(out.read_text())
+    assert result["sizes"][0]["documents"] == 300 and result["sizes"][0]["agreement@10"] == 1.0
+    bad = lodestar("bench", "sparse", "--sizes", "ten")
+    assert bad.returncode != 0 and "--sizes" in bad.stderr
+
+
 PASSAGE = ("The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, a region "
            "in France. They were descended from Norse raiders and pirates from Denmark, Iceland and Norway.")
 

@@ -240,3 +240,15 @@ def test_impact_index_dot_products_filters_removal_and_snapshots() -> None:
         dense[i, t] = w
     want = np.argsort(-dense.sum(1), kind="stable")[:5]
     assert [i for i, _ in big.search([(qt, qw)], 5)[0]] == want.tolist()
+
+
+def test_impact_benchmark_agrees_with_exact_scoring() -> None:
+    """`lodestar bench sparse`: the accumulation returns the exact top-k on Zipf-shaped vectors."""
+    from lodestar.retrieve.bench import bench_impact, splade_like
+
+    vecs = splade_like(50, 20, 1000, np.random.default_rng(0))
+    assert all(t.size == np.unique(t).size <= 20 and (w > 0).all() for t, w in vecs)
+    result = bench_impact(sizes=(500,), vocab=1000, doc_nnz=30, query_nnz=8, queries=20, progress=False)
+    row = result["sizes"][0]
+    assert row["agreement@10"] == 1.0 and row["documents"] == 500 and row["postings"] > 500 * 20
+    assert row["accumulation_ms"]["p50"] > 0
