@@ -200,6 +200,16 @@ def test_synthetic_queries_from_the_real_model(backbone, tmp_path: Path) -> None
     assert sum(bool(content(r["query"]) & content(r["passage"])) for r in rows) >= 2, rows
 
 
+def test_grounded_drops_copies_of_the_worked_examples() -> None:
+    from lodestar.embed.train.adapt import QUERY_SHOTS, grounded
+
+    passage = "The Thesaurus and some Methods of its Construction. A thesaurus groups index terms by meaning."
+    assert grounded("how is a thesaurus of index terms constructed", passage)
+    assert not grounded(QUERY_SHOTS[1][1], passage)  # the example's query, verbatim
+    assert not grounded("how does thesaurus age faster when hot", passage)  # its template, filled in
+    assert not grounded("what is the purpose of this search query?", passage)  # about nothing in it
+
+
 def test_clean_question_drops_degenerate_generations() -> None:
     from lodestar.embed.train.adapt import clean_question
 
