@@ -121,6 +121,14 @@ def splade_like(n: int, nnz: int, vocab: int, rng: np.random.Generator, zipf: fl
     return out
 
 
+def _csr(vectors: list[tuple[np.ndarray, np.ndarray]], vocab: int) -> Any:
+    """(len(vectors), vocab) SciPy CSR matrix of sparse (term ids, weights) vectors."""
+    import scipy.sparse as sp
+
+    return sp.csr_matrix((np.concatenate([w for _, w in vectors]), np.concatenate([t for t, _ in vectors]),
+                          np.cumsum([0] + [t.size for t, _ in vectors])), shape=(len(vectors), vocab))
+
+
 def bench_impact(
     sizes: tuple[int, ...] = (10_000, 100_000), vocab: int = 49_152, doc_nnz: int = 200, query_nnz: int = 40,
     queries: int = 200, k: int = 10, seed: int = 0, progress: bool = True,
@@ -128,14 +136,11 @@ def bench_impact(
     """Latency of the learned-sparse impact index (plain accumulation over the query terms'
     postings), one query per call, against exact scoring as one SciPy CSR product; agreement@k is
     the share of the exact top-k the index returns (1.0 unless it is wrong)."""
-    import scipy.sparse as sp
-
     from lodestar.retrieve.sparse import ImpactIndex
 
     rng = np.random.default_rng(seed)
     qs = splade_like(queries, query_nnz, vocab, np.random.default_rng(seed + 1))
-    qmat = sp.csr_matrix((np.concatenate([w for _, w in qs]), np.concatenate([t for t, _ in qs]),
-                          np.cumsum([0] + [t.size for t, _ in qs])), shape=(queries, vocab))
+    qmat = _csr(qs, vocab)
     rows = []
     for n in sizes:
         docs = splade_like(n, doc_nnz, vocab, rng)
@@ -149,8 +154,7 @@ def bench_impact(
             start = time.perf_counter()
             found.append([i for i, _ in index.search([q], k)[0]])
             lat.append(time.perf_counter() - start)
-        dmat = sp.csr_matrix((np.concatenate([w for _, w in docs]), np.concatenate([t for t, _ in docs]),
-                              np.cumsum([0] + [t.size for t, _ in docs])), shape=(n, vocab)).T.tocsr()
+        dmat = _csr(docs, vocab).T.tocsr()  # term-major
         exact_lat = []
         agree = []
         for i in range(queries):

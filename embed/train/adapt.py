@@ -9,6 +9,7 @@ adapter, optionally continuing adapters trained elsewhere. Generated queries are
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import time
@@ -112,7 +113,15 @@ def grounded(query: str, passage: str) -> bool:
 
     terms = set(analyze(query))
     own = len(terms & set(analyze(passage)))
-    return own > 0 and all(own >= len(terms & set(analyze(f"{shot} {q}"))) for shot, q in QUERY_SHOTS)
+    return own > 0 and all(own >= len(terms & shot) for shot in _shot_terms())
+
+
+@functools.cache
+def _shot_terms() -> tuple[frozenset[str], ...]:
+    """Content words of each worked example (passage and query), analysed once."""
+    from lodestar.retrieve.sparse import analyze
+
+    return tuple(frozenset(analyze(f"{shot} {q}")) for shot, q in QUERY_SHOTS)
 
 
 def synthetic_queries(backbone: Backbone, docs: list[tuple[str, str]], cfg: AdaptConfig, path: Path) -> list[dict[str, Any]]:
