@@ -22,6 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from lodestar.backbone.adapters import ADAPTER_FILE
+from lodestar.errors import NotFound
+
 
 @dataclass(frozen=True)
 class LoopConfig:
@@ -124,6 +127,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def adapter_folder(path: Path) -> Path:
+    """The peft folder at `path`: itself, or its `adapter/` (a training run's --out folder)."""
+    path = Path(path)
+    for folder in (path, path / "adapter"):
+        if (folder / ADAPTER_FILE).is_file():
+            return folder
+    raise NotFound(f"no peft adapter at {path}: expected {path}/adapter_config.json or {path}/adapter/adapter_config.json")
+
+
 def lora_model(model: Any, r: int, alpha: int, dropout: float, target_modules: tuple[str, ...],
                init_from: Path | None = None) -> Any:
     """Inject trainable LoRA layers (fp32 whatever the base dtype); `init_from` continues an
@@ -131,7 +143,7 @@ def lora_model(model: Any, r: int, alpha: int, dropout: float, target_modules: t
     from peft import LoraConfig, PeftModel, get_peft_model
 
     if init_from is not None:
-        peft_model = PeftModel.from_pretrained(model, str(init_from), is_trainable=True)
+        peft_model = PeftModel.from_pretrained(model, str(adapter_folder(init_from)), is_trainable=True)
     else:
         peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
                                                       target_modules=list(target_modules)))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from lodestar.backbone.training import adapter_folder
 from lodestar.embed.engine import EmbeddingEngine
 from lodestar.embed.train.bidirectional import BidirectionalConfig, mask_token_id, train_bidirectional
 from lodestar.embed.train.common import LoraSettings, RunSettings
@@ -17,7 +18,7 @@ from lodestar.embed.train.data import read_pairs, read_sentences, split
 from lodestar.embed.train.encoder import TrainEncoder
 from lodestar.embed.train.losses import cosent, flops, info_nce
 from lodestar.embed.types import EmbedOptions
-from lodestar.errors import InvalidInput
+from lodestar.errors import InvalidInput, NotFound
 
 from tinymodel import FIXTURES, build_tiny  # noqa: E402  (tests/ is on sys.path)
 
@@ -80,6 +81,16 @@ def test_bidirectional_refuses_missing_data(tokenizer, tmp_path: Path) -> None: 
     with pytest.raises(InvalidInput, match="need --corpus"):
         train_bidirectional(build_tiny(tokenizer), BidirectionalConfig(run=run, pairs=STS, stages=("mntp",)))
     assert mask_token_id(tokenizer) >= 0
+    missing = tmp_path / "no-such-adapter"
+    with pytest.raises(NotFound, match="no peft adapter at .*no-such-adapter"):
+        train_bidirectional(build_tiny(tokenizer), BidirectionalConfig(run=run, pairs=STS, stages=("supervised",),
+                                                                       init_adapter=missing))
+
+
+def test_init_adapter_accepts_the_adapter_or_its_run_folder(tmp_path: Path) -> None:
+    (tmp_path / "run" / "adapter").mkdir(parents=True)
+    (tmp_path / "run" / "adapter" / "adapter_config.json").write_text("{}")
+    assert adapter_folder(tmp_path / "run") == adapter_folder(tmp_path / "run" / "adapter") == tmp_path / "run" / "adapter"
 
 
 def test_splade_weights_are_standardised_logits_above_the_shift() -> None:
