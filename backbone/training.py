@@ -133,7 +133,7 @@ def adapter_folder(path: Path) -> Path:
     for folder in (path, path / "adapter"):
         if (folder / ADAPTER_FILE).is_file():
             return folder
-    raise NotFound(f"no peft adapter at {path}: expected {path}/adapter_config.json or {path}/adapter/adapter_config.json")
+    raise NotFound(f"no peft adapter at {path}: expected {path}/{ADAPTER_FILE} or {path}/adapter/{ADAPTER_FILE}")
 
 
 def lora_model(model: Any, r: int, alpha: int, dropout: float, target_modules: tuple[str, ...],
