@@ -250,7 +250,7 @@ class RetrievalEngine:
         c = _Collection(name=directory.name, directory=directory)
         try:
             c.store = Store(directory)
-            c.config = CollectionConfig(**c.store.config)
+            c.config = CollectionConfig(**{"query_idf": False, **c.store.config})  # stored before query_idf existed: as they were
             c.dim = int(c.store.meta["dim"])
         except (StoreError, TypeError, KeyError, ValueError) as e:
             if c.store is not None:
@@ -768,7 +768,12 @@ class RetrievalEngine:
 
         def run(n: int) -> list[list[tuple[int, float]]]:
             assert c.sparse is not None
-            return [[(int(i), float(s)) for i, s in row] for row in c.sparse.search(encoded, n, allowed)]
+            if isinstance(c.sparse, ImpactIndex):
+                assert c.config is not None
+                rows = c.sparse.search(encoded, n, allowed, idf=c.config.query_idf)
+            else:
+                rows = c.sparse.search(encoded, n, allowed)
+            return [[(int(i), float(s)) for i, s in row] for row in rows]
 
         return run
 

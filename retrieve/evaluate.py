@@ -121,6 +121,7 @@ def eval_beir(
                     "mode": config.mode,
                     "sparse": config.sparse if retriever in ("sparse", "bm25", "hybrid") else None,
                     "sparse_adapter": config.sparse_adapter or None,
+                    "query_idf": config.query_idf if config.sparse == "learned" and retriever in ("sparse", "hybrid") else None,
                     "adapter": config.adapter or None,
                     "index": config.index,
                     "fusion": fusion or None,

@@ -43,6 +43,11 @@ _MAGIC = b"LSBM25\x00\x01"
 _FORMAT = 1
 
 
+def idf_weight(n: int, df: int) -> float:
+    """Lucene's BM25 idf of a term in `df` of `n` documents: ln(1 + (n - df + 0.5) / (df + 0.5))."""
+    return float(np.log1p((n - df + 0.5) / (df + 0.5)))
+
+
 def stem(word: str) -> str:
     """A light plural stripper: books->book, queries->query, boxes->box, caches/cache->cach.
 
@@ -351,7 +356,7 @@ class BM25Index(_Postings):
             slots, tfs, df = self._gather(tid, mask)
             if df == 0 or slots.size == 0:
                 continue
-            idf = np.log1p((n - df + 0.5) / (df + 0.5))
+            idf = idf_weight(n, df)
             norm = self.k1 * (1.0 - self.b + self.b * self._slot_len[slots] / avg)  # (P,)
             all_slots.append(slots)
             all_scores.append(qtf * idf * tfs * (self.k1 + 1.0) / (tfs + norm))
@@ -448,7 +453,10 @@ _IMPACT_MAGIC = b"LSIMPx\x00\x01"
 class ImpactIndex(_Postings):
     """Learned-sparse (SPLADE) retrieval: documents and queries are (term ids, weights) over the
     model's vocabulary; a document's score is the dot product sum_t q_t * d_t, accumulated from
-    the query terms' postings (plain accumulation; `lodestar bench sparse` measures it)."""
+    the query terms' postings (plain accumulation; `lodestar bench sparse` measures it). With
+    idf=True each query weight is first scaled by the term's IDF over this index's live postings
+    (BM25's form, `idf_weight`): a small encoder's weights say little about how rare a term is in
+    the user's corpus, and the index knows it exactly, with nothing to re-encode as it grows."""
 
     def add(self, ids: np.ndarray, vectors: list[tuple[np.ndarray, np.ndarray]]) -> None:
         """Index sparse vectors (term ids, weights > 0) under new ids."""
@@ -474,9 +482,10 @@ class ImpactIndex(_Postings):
         self._add_postings(ids, lens, doc, np.concatenate(terms) if terms else np.empty(0, np.int64),
                            np.concatenate(weights) if weights else np.empty(0, np.float32))
 
-    def search(self, queries: list[tuple[np.ndarray, np.ndarray]], k: int, allowed: np.ndarray | None = None
-               ) -> list[list[tuple[int, float]]]:
-        """Per query vector, up to k (id, score) best first; only `allowed` ids are scored."""
+    def search(self, queries: list[tuple[np.ndarray, np.ndarray]], k: int, allowed: np.ndarray | None = None,
+               idf: bool = False) -> list[list[tuple[int, float]]]:
+        """Per query vector, up to k (id, score) best first; only `allowed` ids are scored. idf:
+        scale each query weight by the term's IDF over all live documents (a filter does not change it)."""
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise InvalidInput(f"k must be a positive integer; got {k!r}")
         mask = self._mask(allowed)
@@ -486,10 +495,10 @@ class ImpactIndex(_Postings):
             for t, qw in zip(np.asarray(terms).tolist(), np.asarray(weights, dtype=np.float64).tolist()):
                 if qw <= 0:
                     continue
-                slots, dw, _ = self._gather(int(t), mask)
+                slots, dw, df = self._gather(int(t), mask)
                 if slots.size:
                     slots_all.append(slots)
-                    scores_all.append(qw * dw)
+                    scores_all.append((qw * idf_weight(self.count, df) if idf else qw) * dw)
             out.append(self._top(slots_all, scores_all, int(k)) if self.count else [])
         return out
 

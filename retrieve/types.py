@@ -32,6 +32,7 @@ class CollectionConfig:
     sparse_adapter: str = ""  # learned: LoRA adapter of the sparse encoder ("" = the base model's LM head)
     sparse_top_k: int = 256  # learned: weights kept per chunk
     query_top_k: int = 64  # learned: weights kept per query
+    query_idf: bool = True  # learned: scale query weights by each term's IDF over the collection (collections made before it: False)
 
 
 @dataclass

@@ -26,6 +26,8 @@ def cmd_collection(args: argparse.Namespace) -> int:
                 config["chunk_tokens"] = args.chunk_tokens
             if args.chunk_overlap is not None:
                 config["chunk_overlap"] = args.chunk_overlap
+            if args.query_idf is not None:
+                config["query_idf"] = args.query_idf
             config.update({k: v for k, v in (("sparse_mode", args.sparse_mode), ("sparse_adapter", args.sparse_adapter),
                                              ("sparse_top_k", args.sparse_top_k), ("query_top_k", args.query_top_k)) if v})
             print_obj(c.create_collection(args.name, **config), args.json)
@@ -91,7 +93,7 @@ def cmd_eval_beir(args: argparse.Namespace) -> int:
         name="eval", mode=args.mode or "mean", adapter=args.adapter or "", index=args.index or "Flat",
         query_instruction=args.query_instruction or "", query_prompt=args.query_prompt or "",
         doc_prompt=args.doc_prompt or "", sparse=args.sparse, sparse_adapter=args.sparse_adapter or "",
-        sparse_mode=args.sparse_mode or "echo",
+        sparse_mode=args.sparse_mode or "echo", query_idf=args.query_idf,
         chunk_tokens=args.chunk_tokens if args.chunk_tokens is not None else 256,
     )
     try:
@@ -155,6 +157,8 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     cc.add_argument("--sparse-adapter", help="learned: adapter from `lodestar train sparse`")
     cc.add_argument("--sparse-top-k", type=int, help="learned: weights per chunk (default 256)")
     cc.add_argument("--query-top-k", type=int, help="learned: weights per query (default 64)")
+    cc.add_argument("--query-idf", action=argparse.BooleanOptionalAction, default=None,
+                    help="learned: scale query weights by each term's IDF over the collection (default on)")
     cc.add_argument("--metric", help="cosine | ip | l2")
     cc.add_argument("--dimensions", type=int, default=0)
     cc.add_argument("--adapter")
@@ -202,6 +206,8 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     bq.add_argument("--sparse", default="bm25", help="the collection's sparse side: bm25 | learned (retrievers sparse, hybrid use it)")
     bq.add_argument("--sparse-adapter", help="learned: adapter from `lodestar train sparse`")
     bq.add_argument("--sparse-mode", help="learned: default echo")
+    bq.add_argument("--query-idf", action=argparse.BooleanOptionalAction, default=True,
+                    help="learned: scale query weights by each term's IDF over the collection (default on)")
     bq.add_argument("--model")
     bq.add_argument("--quiet", action="store_true")
     bq.set_defaults(func=cmd_eval_beir)

@@ -63,3 +63,38 @@ def test_learned_sparse_refusals(tiny_engine, tmp_path: Path) -> None:  # type: 
         engine.upsert_prepared("learned", prepared)
     assert engine.stats("learned").documents == 0
     engine.close()
+
+
+def test_query_idf_default_stored_and_kept_for_older_collections(tiny_engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import sqlite3
+
+    from lodestar.retrieve.store import DB_NAME
+    from lodestar.retrieve.v1 import retrieve_pb2 as rpb
+    from lodestar.services.convert import collection_config, collection_config_pb
+
+    assert collection_config(rpb.CollectionConfig(name="a")).query_idf is True  # unset on the wire = on
+    off = collection_config(rpb.CollectionConfig(name="a", query_idf=False))
+    assert off.query_idf is False and collection_config(collection_config_pb(off)).query_idf is False
+
+    root = tmp_path / "collections"
+    engine = RetrievalEngine(root, tiny_engine)
+    engine.create(CFG)
+    engine.upsert("learned", DOCS)
+    with_idf = engine.search("learned", SearchRequest([DOCS[0].text], k=3, retriever="sparse"))[0]
+    engine.close()
+    # a collection created before query_idf existed has no such key: it keeps the plain dot product
+    db = sqlite3.connect(root / "learned" / DB_NAME)
+    stored = json.loads(db.execute("SELECT json FROM config WHERE id = 1").fetchone()[0])
+    assert stored["query_idf"] is True
+    del stored["query_idf"]
+    db.execute("UPDATE config SET json = ? WHERE id = 1", (json.dumps(stored),))
+    db.commit()
+    db.close()
+    again = RetrievalEngine(root, tiny_engine)
+    assert again.stats("learned").documents == 3
+    assert again._get("learned").config.query_idf is False  # type: ignore[union-attr]
+    plain = again.search("learned", SearchRequest([DOCS[0].text], k=3, retriever="sparse"))[0]
+    assert plain[0].id == with_idf[0].id == "guitar"
+    assert [h.score for h in plain] != [h.score for h in with_idf]
+    again.close()

@@ -242,6 +242,25 @@ def test_impact_index_dot_products_filters_removal_and_snapshots() -> None:
     assert [i for i, _ in big.search([(qt, qw)], 5)[0]] == want.tolist()
 
 
+def test_impact_index_idf_weights_query_terms_by_rarity() -> None:
+    from lodestar.retrieve.sparse import ImpactIndex, idf_weight
+
+    index = ImpactIndex()
+    # term 1 is in every document, term 2 in one: equal raw dot products, IDF breaks the tie
+    index.add(np.array([1, 2, 3, 4]), [(np.array([1]), np.array([2.0])), (np.array([1, 2]), np.array([1.0, 1.0])),
+                                       (np.array([1]), np.array([1.0])), (np.array([1]), np.array([1.0]))])
+    q = (np.array([1, 2]), np.array([1.0, 1.0]))
+    assert [i for i, _ in index.search([q], 2)[0]] == [1, 2]  # 2.0 vs 1.0 + 1.0: the smaller id wins the tie
+    got = index.search([q], 4, idf=True)[0]
+    assert got[0][0] == 2
+    assert got[0][1] == pytest.approx(idf_weight(4, 4) * 1.0 + idf_weight(4, 1) * 1.0)
+    assert dict(got)[1] == pytest.approx(idf_weight(4, 4) * 2.0)
+    # a filter narrows what is scored, not the statistics
+    assert index.search([q], 4, allowed=np.array([2]), idf=True)[0] == [got[0]]
+    index.remove(np.array([1, 3]))  # deletes change document frequencies
+    assert dict(index.search([q], 4, idf=True)[0])[2] == pytest.approx(idf_weight(2, 2) + idf_weight(2, 1))
+
+
 def test_impact_benchmark_agrees_with_exact_scoring() -> None:
     """`lodestar bench sparse`: the accumulation returns the exact top-k on Zipf-shaped vectors."""
     from lodestar.retrieve.bench import bench_impact, splade_like
