@@ -82,8 +82,10 @@ def attention_dropout(model: Any, p: float) -> Iterator[None]:
 
 class Stages:
     """A multi-stage run under one folder: `<out>/<stage>/` per stage, each continuing the LoRA
-    weights of the previous one; a finished stage leaves `done.json` and is skipped on a rerun;
-    the last stage's best adapter is copied to `<out>/adapter`."""
+    weights of the previous one; a finished stage leaves `done.json` and is skipped on a rerun,
+    unless the rerun asks it for more steps than it ran (and it did not stop early): then it
+    continues from its checkpoint, and the stages after it, built on its old weights, start over.
+    The last stage's best adapter is copied to `<out>/adapter`."""
 
     def __init__(self, backbone: Backbone, run: RunSettings) -> None:
         self.backbone = backbone
@@ -93,6 +95,7 @@ class Stages:
         self.peft_model: Any = None
         self.last_adapter: Path | None = None
         self.reports: list[dict[str, Any]] = []
+        self.trained = False  # a stage trained in this run: later stages' folders are out of date
         self.t0 = time.perf_counter()
 
     @property
@@ -117,11 +120,16 @@ class Stages:
         LoRA model for the stage exists."""
         folder = self.out / name
         done = folder / "done.json"
+        if self.trained and folder.exists():
+            shutil.rmtree(folder)  # it continued weights that an earlier stage has since changed
         if done.is_file():
             report = json.loads(done.read_text())
-            self.last_adapter = folder / "adapter"
-            self.reports.append(report)
-            return report
+            if report.get("stopped_early") or report.get("steps", 0) >= steps:
+                self.last_adapter = folder / "adapter"
+                self.reports.append(report)
+                return report
+            done.unlink()  # asked for more steps: continue from the checkpoint
+        self.trained = True
         self._load(self.last_adapter)
         step_loss, dev_loss = make()
         optimizer = torch.optim.AdamW([p for p in self.peft_model.parameters() if p.requires_grad], lr=lr)

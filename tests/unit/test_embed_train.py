@@ -73,6 +73,14 @@ def test_bidirectional_stages_train_save_serve_and_resume(tokenizer, tmp_path: P
     assert [s["steps"] for s in again["stages"]] == [s["steps"] for s in card["stages"]]
     assert json.loads((out / "card.json").read_text())["kind"] == "bidirectional"
 
+    # more steps for a finished stage: it continues from its checkpoint, and the later stages redo
+    simcse_done = (out / "simcse" / "done.json").stat().st_mtime_ns
+    more = train_bidirectional(build_tiny(tokenizer), BidirectionalConfig(**{**cfg.__dict__, "mntp_steps": 6}))
+    mntp, simcse, supervised = more["stages"]
+    assert mntp["steps"] == 6 and mntp["resumed_from_step"] == 4
+    assert simcse["steps"] == 4 and simcse["resumed_from_step"] == 0 and supervised["resumed_from_step"] == 0
+    assert (out / "simcse" / "done.json").stat().st_mtime_ns != simcse_done
+
 
 def test_bidirectional_refuses_missing_data(tokenizer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     run = RunSettings(out_dir=tmp_path / "x", progress=False)
