@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -259,6 +260,7 @@ def stats_dict(s: rpb.CollectionStats) -> dict:
         "name": s.name, "documents": s.documents, "chunks": s.chunks, "index": s.index, "trained": s.trained,
         "index_vectors": s.index_vectors, "bytes": s.bytes, "dimensions": s.dimensions, "sparse": s.sparse,
         "status": s.status, "note": s.note,
+        "config": dataclasses.asdict(collection_config(s.config)) if s.HasField("config") else None,
     }
 
 

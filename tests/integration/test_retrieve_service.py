@@ -126,13 +126,15 @@ def test_collection_cli(server, tmp_path: Path) -> None:  # type: ignore[no-unty
         return subprocess.run([sys.executable, "-m", "lodestar.services.cli", "--server", server.address, *args],
                               capture_output=True, text=True, timeout=600)
 
-    assert run("collection", "create", "cli_col", "--mode", "mean", "--index", "HNSW32", "--sparse", "bm25").returncode == 0
+    assert run("collection", "create", "cli_col", "--mode", "mean", "--index", "HNSW32", "--sparse", "bm25",
+               "--no-query-idf").returncode == 0
     out = run("index", str(corpus), "--collection", "cli_col", "--json", "--wait", "--chunk-docs", "2")
     assert out.returncode == 0, out.stderr
     job = json.loads(out.stdout)
     assert job["state"] == "done" and job["documents"] == 5 and job["written"] == 5 and job["chunks"] == 3
     stats = json.loads(run("collection", "stats", "cli_col", "--json").stdout)
     assert stats["documents"] == 5 and stats["index"] == "HNSW32" and {"chunks", "bytes"} <= set(stats)
+    assert stats["config"]["mode"] == "mean" and stats["config"]["query_idf"] is False  # the config it was made with
     hits = json.loads(run("search", "bond yields", "-c", "cli_col", "--retriever", "hybrid", "-k", "2", "--json").stdout)
     assert hits[0][0]["id"] == "bonds"
     listed = run("collection", "list", "--json")
