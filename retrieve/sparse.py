@@ -45,7 +45,7 @@ _FORMAT = 1
 
 def idf_weight(n: int, df: int) -> float:
     """Lucene's BM25 idf of a term in `df` of `n` documents: ln(1 + (n - df + 0.5) / (df + 0.5))."""
-    return float(np.log1p((n - df + 0.5) / (df + 0.5)))
+    return np.float64(np.log1p((n - df + 0.5) / (df + 0.5)))  # a numpy scalar keeps float32 weights' products in float64
 
 
 def stem(word: str) -> str:
