@@ -56,7 +56,9 @@ def test_embed_file_to_npy_resumes(server, tmp_path: Path) -> None:  # type: ign
     assert not table[:4].any(), "the finished batch was reused"
     with Client(server.address) as c:
         expected = c.embed(texts[4:]).vectors
-    assert np.allclose(table[4:], expected, atol=1e-3)
+    # by cosine: the server may batch the file's requests with others, and bf16 rounds with the batch's shape
+    cos = (table[4:] * expected).sum(1) / np.linalg.norm(table[4:], axis=1) / np.linalg.norm(expected, axis=1)
+    assert (cos > 0.999).all(), cos
     assert not parts.exists()
 
 
