@@ -762,18 +762,15 @@ class RetrievalEngine:
 
     def _sparse_fn(self, c: _Collection, queries: list[str], allowed: np.ndarray | None) -> Callable[[int], list[list[tuple[int, float]]]]:
         encoded: list[Any] = list(queries)
+        options: dict[str, Any] = {}
         if isinstance(c.sparse, ImpactIndex):  # encode once; the ranking may ask for more candidates
             assert c.config is not None
             encoded = embed_sparse(self.embedder, c.config, queries, query=True)
+            options["idf"] = c.config.query_idf
 
         def run(n: int) -> list[list[tuple[int, float]]]:
             assert c.sparse is not None
-            if isinstance(c.sparse, ImpactIndex):
-                assert c.config is not None
-                rows = c.sparse.search(encoded, n, allowed, idf=c.config.query_idf)
-            else:
-                rows = c.sparse.search(encoded, n, allowed)
-            return [[(int(i), float(s)) for i, s in row] for row in rows]
+            return [[(int(i), float(s)) for i, s in row] for row in c.sparse.search(encoded, n, allowed, **options)]
 
         return run
 
