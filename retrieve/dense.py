@@ -24,16 +24,15 @@ Not thread-safe for writes: the collection engine serialises add/remove/compact 
 
 from __future__ import annotations
 
-import json
 import math
 import re
-import struct
 from typing import Any
 
 import faiss
 import numpy as np
 
 from lodestar.errors import InvalidInput
+from lodestar.retrieve.framing import frame, unframe
 from lodestar.retrieve.ids import as_ids, member
 from lodestar.retrieve.types import METRICS
 
@@ -160,6 +159,16 @@ def _topk_rows(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray,
     return out_s, out_i
 
 
+def index_note(spec: str, train_size: int, untrained: bool, count: int, dead: int, shards: int = 1) -> str:
+    """Why searches are exact (untrained IVF/PQ), or what compact() would reclaim; "" when neither."""
+    if untrained:
+        per = f" per shard ({shards} shards)" if shards > 1 else ""
+        return f"{spec} trains at {train_size} vectors{per}; {count} so far (searching exactly until then)"
+    if dead:
+        return f"{dead} removed vectors still occupy the graph (never returned); compact() reclaims them"
+    return ""
+
+
 class DenseIndex:
     """FAISS index over int64 ids with deletes on every index type and filtered search."""
 
@@ -235,14 +244,7 @@ class DenseIndex:
     @property
     def note(self) -> str:
         """A line for CollectionStats.note: why searches are exact, or what compact() would reclaim."""
-        if self._side is not None:
-            return (
-                f"{self.spec} trains at {self.train_size} vectors; {self.count} so far "
-                f"(searching exactly until then)"
-            )
-        if self._dead:
-            return f"{self._dead} removed vectors still occupy the graph (never returned); compact() reclaims them"
-        return ""
+        return index_note(self.spec, self.train_size, self._side is not None, self.count, self._dead)
 
     def ids(self) -> np.ndarray:
         """(N,) sorted live ids."""
@@ -252,6 +254,10 @@ class DenseIndex:
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Insert vectors under new ids; an id already present must be removed first."""
+        self.insert_checked(*self.check_add(ids, vectors))
+
+    def check_add(self, ids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Validate an add without changing anything: (ids, vectors ready to insert) or InvalidInput."""
         ids = as_ids(ids)
         x = np.array(vectors, dtype=np.float32, copy=True, order="C")  # (N, D), ours to normalise
         if x.ndim != 2 or x.shape[1] != self.dim:
@@ -259,7 +265,7 @@ class DenseIndex:
         if x.shape[0] != ids.size:
             raise InvalidInput(f"got {ids.size} ids for {x.shape[0]} vectors; they must match")
         if ids.size == 0:
-            return
+            return ids, x
         if ids.min() < 0:
             raise InvalidInput("ids must be >= 0 (negative labels are reserved for removed vectors)")
         if not np.isfinite(x).all():
@@ -272,6 +278,12 @@ class DenseIndex:
             raise InvalidInput(f"id {int(ids[present][0])} is already in the index; remove it before adding it again")
         if self.metric == "cosine":
             faiss.normalize_L2(x)
+        return ids, x
+
+    def insert_checked(self, ids: np.ndarray, x: np.ndarray) -> None:
+        """Insert what check_add returned (and nothing else: it is not validated again)."""
+        if ids.size == 0:
+            return
         if self._side is not None:
             self._side.add_with_ids(x, ids)
             self._insert_keys(ids, np.zeros(ids.size, dtype=np.int64))
@@ -513,48 +525,34 @@ class DenseIndex:
         """Everything needed to restore this index: a JSON header plus the serialised FAISS indexes."""
         main = faiss.serialize_index(self._main).tobytes()
         side = faiss.serialize_index(self._side).tobytes() if self._side is not None else b""
-        header = json.dumps(
-            {
-                "format": _FORMAT,
-                "dim": self.dim,
-                "spec": self.spec,
-                "metric": self.metric,
-                "train_size": self.train_size,
-                "nprobe": self.nprobe,
-                "ef_search": self.ef_search,
-                "exact_factor": self.exact_factor,
-                "main_bytes": len(main),
-                "side_bytes": len(side),
-            },
-            sort_keys=True,
-        ).encode()
-        return _MAGIC + struct.pack("<I", len(header)) + header + main + side
+        header = {
+            "format": _FORMAT,
+            "dim": self.dim,
+            "spec": self.spec,
+            "metric": self.metric,
+            "train_size": self.train_size,
+            "nprobe": self.nprobe,
+            "ef_search": self.ef_search,
+            "exact_factor": self.exact_factor,
+            "main_bytes": len(main),
+            "side_bytes": len(side),
+        }
+        return frame(_MAGIC, header, main + side)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> DenseIndex:
         """Restore an index written by to_bytes; ValueError if the bytes are not one."""
-        view = memoryview(data)
-        if len(view) < len(_MAGIC) + 4 or bytes(view[: len(_MAGIC)]) != _MAGIC:
-            raise ValueError("not a DenseIndex snapshot (bad magic)")
-        (hlen,) = struct.unpack_from("<I", view, len(_MAGIC))
-        start = len(_MAGIC) + 4
-        try:
-            head = json.loads(bytes(view[start : start + hlen]))
-        except ValueError as exc:
-            raise ValueError(f"DenseIndex snapshot header is corrupt: {exc}") from None
-        if head.get("format") != _FORMAT:
-            raise ValueError(f"DenseIndex snapshot format {head.get('format')!r} is not {_FORMAT}")
-        body = start + hlen
-        if len(view) != body + head["main_bytes"] + head["side_bytes"]:
+        head, body = unframe(data, _MAGIC, _FORMAT, "DenseIndex")
+        if len(body) != head["main_bytes"] + head["side_bytes"]:
             raise ValueError("DenseIndex snapshot is truncated or has trailing bytes")
         self = cls(head["dim"], head["spec"], head["metric"], head["train_size"])
         self.nprobe, self.ef_search = head["nprobe"], head["ef_search"]
         self.exact_factor = head["exact_factor"]
-        main_raw = np.frombuffer(view[body : body + head["main_bytes"]], dtype=np.uint8)
+        main_raw = np.frombuffer(body[: head["main_bytes"]], dtype=np.uint8)
         self._main = faiss.deserialize_index(main_raw)
         self._inner = None
         if head["side_bytes"]:
-            side_raw = np.frombuffer(view[body + head["main_bytes"] :], dtype=np.uint8)
+            side_raw = np.frombuffer(body[head["main_bytes"] :], dtype=np.uint8)
             self._side = faiss.deserialize_index(side_raw)
         else:
             self._side = None

@@ -54,6 +54,7 @@ from lodestar.retrieve.snapshot import (
     write_snapshot,
 )
 from lodestar.retrieve.sparse import BM25Index, ImpactIndex
+from lodestar.retrieve.shards import AnyDense, check_shards, dense_from_bytes, new_dense
 from lodestar.retrieve.store import ChunkRef, CompiledFilter, DocWrite, Store, StoreError, WriteResult, compile_filters
 from lodestar.retrieve.types import (
     FUSIONS,
@@ -139,7 +140,7 @@ class _Collection:
     config: CollectionConfig | None = None
     store: Store | None = None
     dim: int = 0
-    dense: DenseIndex | None = None
+    dense: AnyDense | None = None
     sparse: BM25Index | None = None
     status: str = "ok"
     applied_seq: int = 0  # last change applied to the in-memory indexes
@@ -279,9 +280,9 @@ class RetrievalEngine:
     def _model_id(self) -> str:
         return str(getattr(self.embedder.backbone, "model_id", ""))
 
-    def _new_dense(self, c: _Collection) -> DenseIndex:
+    def _new_dense(self, c: _Collection) -> AnyDense:
         assert c.config is not None
-        return DenseIndex(c.dim, spec=c.config.index, metric=c.config.metric)
+        return new_dense(c.dim, c.config.index, c.config.metric, c.config.shards)
 
     def _new_sparse(self, c: _Collection) -> BM25Index | ImpactIndex | None:
         assert c.config is not None
@@ -289,20 +290,20 @@ class RetrievalEngine:
 
     def _read_indexes(
         self, c: _Collection, snapshot: tuple[dict[str, bytes], dict[str, Any]] | None = None
-    ) -> tuple[DenseIndex, BM25Index | None, int]:
+    ) -> tuple[AnyDense, BM25Index | None, int]:
         """Verified snapshot (the collection's own, or `snapshot`) -> (dense, sparse, seq); CorruptSnapshot if not."""
         assert c.store is not None and c.config is not None
         files, manifest = snapshot if snapshot is not None else read_snapshot(c.snapshot_dir)
         self._check_manifest(c, manifest, c.store.last_seq())
         try:
-            dense = DenseIndex.from_bytes(files["dense"])
+            dense = dense_from_bytes(files["dense"])
             kind = {"bm25": BM25Index, "learned": ImpactIndex}.get(c.config.sparse)
             sparse = kind.from_bytes(files["sparse"]) if kind is not None else None
         except Exception as e:  # verified bytes that do not parse: written by a broken or other build
             raise CorruptSnapshot(f"snapshot files of {c.snapshot_dir} verify but do not load: {e}") from None
         return dense, sparse, int(manifest["seq"])
 
-    def _load(self, c: _Collection, use_snapshot: bool, loaded: tuple[DenseIndex, BM25Index | None, int] | None = None) -> bool:
+    def _load(self, c: _Collection, use_snapshot: bool, loaded: tuple[AnyDense, BM25Index | None, int] | None = None) -> bool:
         """Bring the indexes up to the store: verified snapshot + replay, or a full build; sets the
         status. Returns True when it built from the store (so a fresh snapshot is worth writing)."""
         assert c.store is not None and c.config is not None
@@ -492,6 +493,7 @@ class RetrievalEngine:
             raise InvalidInput(
                 f"chunk_overlap={config.chunk_overlap} must be at least 0 and less than chunk_tokens={config.chunk_tokens}"
             )
+        check_shards(config.shards)
         dim = config.dimensions or hidden
         DenseIndex.validate(dim, config.index, config.metric)
         return dim

@@ -13,14 +13,13 @@ A term repeated in the query counts once per occurrence (as rank_bm25 and bm25s 
 
 from __future__ import annotations
 
-import json
 import re
-import struct
 from dataclasses import dataclass
 
 import numpy as np
 
 from lodestar.errors import InvalidInput
+from lodestar.retrieve.framing import frame, unframe
 from lodestar.retrieve.ids import as_ids, member
 
 # Common English function words (articles, pronouns, auxiliaries, prepositions, conjunctions).
@@ -397,27 +396,15 @@ class BM25Index(_Postings):
         for name, arr in arrays.items():
             layout[name] = [arr.dtype.str, int(arr.size), offset]
             offset += arr.nbytes
-        header = json.dumps(
-            {"format": _FORMAT, "k1": self.k1, "b": self.b, "arrays": layout, "vocab": [offset, len(vocab)],
-             "terms": len(self._vocab)},
-            sort_keys=True,
-        ).encode()
-        body = b"".join(arr.tobytes() for arr in arrays.values()) + vocab
-        return _MAGIC + struct.pack("<I", len(header)) + header + body
+        header = {"format": _FORMAT, "k1": self.k1, "b": self.b, "arrays": layout, "vocab": [offset, len(vocab)],
+                  "terms": len(self._vocab)}
+        return frame(_MAGIC, header, b"".join(arr.tobytes() for arr in arrays.values()) + vocab)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> BM25Index:
         """Restore an index written by to_bytes; ValueError if the bytes are not one."""
-        view = memoryview(data)
-        if len(view) < len(_MAGIC) + 4 or bytes(view[: len(_MAGIC)]) != _MAGIC:
-            raise ValueError("not a BM25Index snapshot (bad magic)")
-        (hlen,) = struct.unpack_from("<I", view, len(_MAGIC))
-        start = len(_MAGIC) + 4
+        head, body = unframe(data, _MAGIC, _FORMAT, "BM25Index")
         try:
-            head = json.loads(bytes(view[start : start + hlen]))
-            if head.get("format") != _FORMAT:
-                raise ValueError(f"format {head.get('format')!r} is not {_FORMAT}")
-            body = view[start + hlen :]
             arrays = {}
             for name, (dtype, size, offset) in head["arrays"].items():
                 arr = np.frombuffer(body, dtype=np.dtype(dtype), count=size, offset=offset)
@@ -513,22 +500,13 @@ class ImpactIndex(_Postings):
         for name, arr in arrays.items():
             layout[name] = [arr.dtype.str, int(arr.size), offset]
             offset += arr.nbytes
-        header = json.dumps({"format": _FORMAT, "arrays": layout, "bytes": offset}, sort_keys=True).encode()
-        return _IMPACT_MAGIC + struct.pack("<I", len(header)) + header + b"".join(a.tobytes() for a in arrays.values())
+        return frame(_IMPACT_MAGIC, {"format": _FORMAT, "arrays": layout, "bytes": offset}, b"".join(a.tobytes() for a in arrays.values()))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ImpactIndex:
         """Restore an index written by to_bytes; ValueError if the bytes are not one."""
-        view = memoryview(data)
-        if len(view) < len(_IMPACT_MAGIC) + 4 or bytes(view[: len(_IMPACT_MAGIC)]) != _IMPACT_MAGIC:
-            raise ValueError("not an ImpactIndex snapshot (bad magic)")
-        (hlen,) = struct.unpack_from("<I", view, len(_IMPACT_MAGIC))
-        start = len(_IMPACT_MAGIC) + 4
+        head, body = unframe(data, _IMPACT_MAGIC, _FORMAT, "ImpactIndex")
         try:
-            head = json.loads(bytes(view[start : start + hlen]))
-            if head.get("format") != _FORMAT:
-                raise ValueError(f"format {head.get('format')!r} is not {_FORMAT}")
-            body = view[start + hlen :]
             if head["bytes"] != len(body):
                 raise ValueError("truncated or has trailing bytes")
             arrays = {name: np.frombuffer(body, dtype=np.dtype(dt), count=size, offset=off).astype(np.dtype(dt).newbyteorder("="))

@@ -33,6 +33,7 @@ class CollectionConfig:
     sparse_top_k: int = 256  # learned: weights kept per chunk
     query_top_k: int = 64  # learned: weights kept per query
     query_idf: bool = True  # learned: scale query weights by each term's IDF over the collection (collections made before it: False)
+    shards: int = 1  # dense index shards, each chunk in shard id % shards, searched in parallel (1 = one index)
 
 
 @dataclass

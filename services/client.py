@@ -133,8 +133,9 @@ class Client:
 
     def create_collection(self, name: str, **config: Any) -> dict[str, Any]:
         """Config keys: mode, query_prompt, query_instruction, doc_prompt, doc_instruction, adapter,
-        dimensions, metric (cosine|ip|l2), index (FAISS factory string), sparse (none|bm25),
-        chunk_tokens, chunk_overlap."""
+        dimensions, metric (cosine|ip|l2), index (FAISS factory string), shards (1..64: dense index
+        shards searched in parallel), sparse (none|bm25|learned), chunk_tokens, chunk_overlap; for
+        learned sparse also sparse_mode, sparse_adapter, sparse_top_k, query_top_k, query_idf."""
         req = rpb.CreateCollectionRequest(config=rpb.CollectionConfig(name=name, **config))
         return convert.stats_dict(self._call(self._retrieve.CreateCollection, req))
 

@@ -186,6 +186,7 @@ def collection_config(c: rpb.CollectionConfig) -> rt.CollectionConfig:
         sparse_top_k=c.sparse_top_k if c.HasField("sparse_top_k") else d.sparse_top_k,
         query_top_k=c.query_top_k if c.HasField("query_top_k") else d.query_top_k,
         query_idf=c.query_idf if c.HasField("query_idf") else d.query_idf,
+        shards=c.shards or d.shards,
     )
 
 
@@ -196,7 +197,7 @@ def collection_config_pb(c: rt.CollectionConfig) -> rpb.CollectionConfig:
         dimensions=c.dimensions, metric=c.metric, index=c.index, sparse=c.sparse,
         chunk_tokens=c.chunk_tokens, chunk_overlap=c.chunk_overlap, sparse_mode=c.sparse_mode,
         sparse_adapter=c.sparse_adapter, sparse_top_k=c.sparse_top_k, query_top_k=c.query_top_k,
-        query_idf=c.query_idf,
+        query_idf=c.query_idf, shards=c.shards,
     )
 
 

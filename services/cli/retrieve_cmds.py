@@ -28,6 +28,8 @@ def cmd_collection(args: argparse.Namespace) -> int:
                 config["chunk_overlap"] = args.chunk_overlap
             if args.query_idf is not None:
                 config["query_idf"] = args.query_idf
+            if args.shards is not None:
+                config["shards"] = args.shards
             config.update({k: v for k, v in (("sparse_mode", args.sparse_mode), ("sparse_adapter", args.sparse_adapter),
                                              ("sparse_top_k", args.sparse_top_k), ("query_top_k", args.query_top_k)) if v})
             print_obj(c.create_collection(args.name, **config), args.json)
@@ -152,6 +154,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     cc.add_argument("name")
     cc.add_argument("--mode", help="embedding mode (default mean)")
     cc.add_argument("--index", help="FAISS factory string: Flat, HNSW32, IVF1024,Flat, IVF1024,PQ16")
+    cc.add_argument("--shards", type=int, help="dense index shards searched in parallel, 1..64 (default 1)")
     cc.add_argument("--sparse", help="none | bm25 | learned (default bm25)")
     cc.add_argument("--sparse-mode", help="learned: mode whose span the SPLADE weights pool (default echo)")
     cc.add_argument("--sparse-adapter", help="learned: adapter from `lodestar train sparse`")

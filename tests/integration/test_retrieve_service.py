@@ -92,6 +92,7 @@ def test_upsert_replaces_and_delete_removes(client: Client, collection: str) -> 
         (lambda c, n: c.upsert(n, [{"id": "", "text": "no id"}]), "INVALID_ARGUMENT", "id"),
         (lambda c, n: c.create_collection("bad_index", index="NotAnIndex"), "INVALID_ARGUMENT", "HNSW32"),
         (lambda c, n: c.create_collection("bad_mode", mode="nope"), "INVALID_ARGUMENT", "prompteol"),
+        (lambda c, n: c.create_collection("bad_shards", shards=100), "INVALID_ARGUMENT", "1..64"),
     ],
 )
 def test_bad_input(client: Client, collection: str, call, code: str, needle: str) -> None:  # type: ignore[no-untyped-def]
@@ -127,7 +128,7 @@ def test_collection_cli(server, tmp_path: Path) -> None:  # type: ignore[no-unty
                               capture_output=True, text=True, timeout=600)
 
     assert run("collection", "create", "cli_col", "--mode", "mean", "--index", "HNSW32", "--sparse", "bm25",
-               "--no-query-idf").returncode == 0
+               "--no-query-idf", "--shards", "2").returncode == 0
     out = run("index", str(corpus), "--collection", "cli_col", "--json", "--wait", "--chunk-docs", "2")
     assert out.returncode == 0, out.stderr
     job = json.loads(out.stdout)
@@ -135,6 +136,7 @@ def test_collection_cli(server, tmp_path: Path) -> None:  # type: ignore[no-unty
     stats = json.loads(run("collection", "stats", "cli_col", "--json").stdout)
     assert stats["documents"] == 5 and stats["index"] == "HNSW32" and {"chunks", "bytes"} <= set(stats)
     assert stats["config"]["mode"] == "mean" and stats["config"]["query_idf"] is False  # the config it was made with
+    assert stats["config"]["shards"] == 2 and stats["index_vectors"] == stats["chunks"] == 5  # over two HNSW shards
     hits = json.loads(run("search", "bond yields", "-c", "cli_col", "--retriever", "hybrid", "-k", "2", "--json").stdout)
     assert hits[0][0]["id"] == "bonds"
     listed = run("collection", "list", "--json")
