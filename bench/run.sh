@@ -5,7 +5,7 @@
 #
 # DATA_DIR (or $DATA) defaults to ../shared/data, relative to the repository root.
 # Environment knobs (defaults in brackets):
-#   STEPS         which benchmarks, space-separated [sts embed kernels]; also: beir retrieve index
+#   STEPS         which benchmarks, space-separated [sts embed kernels]; also: beir retrieve shards index
 #                 sparse compress specdec adapters (the slow ones: run them by name)
 #   RESULTS       output folder [bench/results]
 #   MODES         STS modes [mean last prompteol echo token_prepend bidirectional]
@@ -125,6 +125,12 @@ if [[ " $STEPS " == *" sparse "* ]]; then
     echo "== bench sparse (learned-sparse impact index: 10k, 100k, 300k synthetic SPLADE-like vectors)"
     "${LODESTAR[@]}" bench sparse --quiet --out "$TMP/sparse_impact.json" > /dev/null
     publish "$TMP/sparse_impact.json" "$RESULTS/sparse_impact.json"
+fi
+
+if [[ " $STEPS " == *" shards "* ]]; then
+    echo "== bench shards (single-query latency: one dense index vs 2 and 4 shards, 100k x 576-d)"
+    "${LODESTAR[@]}" bench shards --quiet --out "$TMP/shards.json" > /dev/null
+    publish "$TMP/shards.json" "$RESULTS/shards.json"
 fi
 
 if [[ " $STEPS " == *" index "* ]]; then

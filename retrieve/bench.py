@@ -180,3 +180,51 @@ def bench_impact(
     return {"vocab": vocab, "doc_nnz": doc_nnz, "query_nnz": query_nnz, "queries": queries, "k": k,
             "data": f"synthetic SPLADE-like vectors (Zipf(1.0) term ids over {vocab} ids, weights uniform in (0.05, 3])",
             "transport": "in-process, one query per call, one thread", "sizes": rows}
+
+
+def bench_shards(
+    n: int = 100_000, dim: int = 576, queries: int = 200, k: int = 10, shards: tuple[int, ...] = (1, 2, 4),
+    specs: tuple[str, ...] = ("Flat", "HNSW32"), seed: int = 0, progress: bool = True,
+) -> dict[str, Any]:
+    """Single-query latency of one index against the same vectors in N shards searched in parallel.
+    FAISS runs one query on one core (its threads go over queries), so shards are how one query
+    gets more; `agreement@k` is the share of the unsharded top-k the sharded search returns."""
+    import os
+
+    import faiss
+
+    from lodestar.retrieve.shards import new_dense
+
+    rng = np.random.default_rng(seed)
+    base = embedding_like(n, dim, rng)
+    q = embedding_like(queries, dim, np.random.default_rng(seed + 1))
+    ids = np.arange(n, dtype=np.int64)
+    rows: list[dict[str, Any]] = []
+    for spec in specs:
+        first: np.ndarray | None = None
+        for count in shards:
+            index = new_dense(dim, spec, "cosine", count)
+            faiss.omp_set_num_threads(os.cpu_count() or 1)  # build with every core
+            t0 = time.perf_counter()
+            index.add(ids, base)
+            build_s = time.perf_counter() - t0
+            faiss.omp_set_num_threads(1)  # one core per index search: the shard threads give the rest
+            lat, found = [], []
+            for row in q:
+                start = time.perf_counter()
+                found.append(index.search(row[None, :], k)[1][0])
+                lat.append(time.perf_counter() - start)
+            got = np.stack(found)
+            first = got if first is None else first
+            rows.append({
+                "index": spec, "shards": count, "build_s": round(build_s, 2),
+                "latency_ms": {"p50": round(1000 * float(np.percentile(lat, 50)), 2),
+                               "p99": round(1000 * float(np.percentile(lat, 99)), 2)},
+                f"agreement@{k}": round(recall(got, first), 4),
+            })
+            if progress:
+                print(f"{spec:8} shards={count}: p50 {rows[-1]['latency_ms']['p50']} ms, "
+                      f"agreement@{k} {rows[-1][f'agreement@{k}']}", flush=True)
+    return {"vectors": n, "dim": dim, "queries": queries, "k": k, "cores": os.cpu_count(),
+            "data": f"synthetic embedding-like ({LATENT}-d latent, decaying spectrum, 0.05 noise)",
+            "transport": "in-process, one query per call; FAISS limited to one thread per index search", "runs": rows}

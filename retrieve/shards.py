@@ -28,6 +28,7 @@ from lodestar.retrieve.framing import frame, unframe
 from lodestar.retrieve.ids import as_ids
 
 MAX_SHARDS = 64
+PARALLEL_MIN = 20_000  # vectors in all below which shards are searched one after another
 _MAGIC = b"LSSHARD1"
 _FORMAT = 1
 _pool: ThreadPoolExecutor | None = None
@@ -125,9 +126,12 @@ class ShardedDenseIndex:
             mine = [allowed[p] for p in self._route(allowed)]
         else:
             mine = [None] * self.n
-        pool = _executor()
-        futures = [pool.submit(s.search, queries, k, a) for s, a in zip(self.shards, mine)]
-        found = [f.result() for f in futures]  # the first shard's InvalidInput (bad k, shape) surfaces here
+        if self.count < PARALLEL_MIN:  # handing small searches to threads costs more than it saves
+            found = [s.search(queries, k, a) for s, a in zip(self.shards, mine)]
+        else:
+            pool = _executor()
+            futures = [pool.submit(s.search, queries, k, a) for s, a in zip(self.shards, mine)]
+            found = [f.result() for f in futures]  # the first shard's InvalidInput (bad k, shape) surfaces here
         scores = np.concatenate([f[0] for f in found], axis=1)  # (Q, N * k)
         labels = np.concatenate([f[1] for f in found], axis=1)
         return merge_topk(scores, labels, int(k))

@@ -131,6 +131,18 @@ def cmd_bench_retrieve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_shards(args: argparse.Namespace) -> int:
+    from lodestar.retrieve.bench import bench_shards
+
+    try:
+        counts = tuple(int(x) for x in args.shards.split(","))
+    except ValueError:
+        raise SystemExit(f"--shards takes comma-separated shard counts; got {args.shards!r}") from None
+    write_result(bench_shards(n=args.vectors, dim=args.dim, queries=args.queries, k=args.k, shards=counts,
+                              specs=tuple(args.index) if args.index else ("Flat", "HNSW32"), progress=not args.quiet), args.out)
+    return 0
+
+
 def cmd_bench_sparse(args: argparse.Namespace) -> int:
     from lodestar.retrieve.bench import bench_impact
 
@@ -229,6 +241,16 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     br.add_argument("--mode")
     add_result_args(br)
     br.set_defaults(func=cmd_bench_retrieve)
+
+    bh = bn.add_parser("shards", help="single-query latency of one dense index vs N shards searched in parallel")
+    bh.add_argument("--vectors", type=int, default=100_000)
+    bh.add_argument("--dim", type=int, default=576, help="576: SmolLM2-135M's width")
+    bh.add_argument("--queries", type=int, default=200)
+    bh.add_argument("--k", type=int, default=10)
+    bh.add_argument("--shards", default="1,2,4", help="shard counts, comma-separated (1 = the unsharded baseline)")
+    bh.add_argument("--index", action="append", help="FAISS spec (repeatable; default Flat and HNSW32)")
+    add_result_args(bh, model=False)
+    bh.set_defaults(func=cmd_bench_shards)
 
     bs = bn.add_parser("sparse", help="learned-sparse impact index latency (plain accumulation) vs exact CSR scoring")
     bs.add_argument("--sizes", default="10000,100000,300000", help="documents per run, comma-separated")

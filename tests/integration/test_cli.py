@@ -88,6 +88,17 @@ def test_bench_sparse_writes_json_and_names_bad_sizes(tmp_path: Path) -> None:
     assert bad.returncode != 0 and "--sizes" in bad.stderr
 
 
+def test_bench_shards_writes_json_and_names_bad_counts(tmp_path: Path) -> None:
+    out = tmp_path / "shards.json"
+    run = lodestar("bench", "shards", "--vectors", "500", "--dim", "16", "--queries", "5", "--shards", "1,3",
+                   "--index", "Flat", "--quiet", "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["shards"] for r in runs] == [1, 3] and all(r["agreement@10"] == 1.0 for r in runs)  # exact either way
+    bad = lodestar("bench", "shards", "--shards", "two")
+    assert bad.returncode != 0 and "--shards" in bad.stderr
+
+
 PASSAGE = ("The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, a region "
            "in France. They were descended from Norse raiders and pirates from Denmark, Iceland and Norway.")
 

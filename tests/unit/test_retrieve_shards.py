@@ -32,8 +32,12 @@ def test_merge_topk_keeps_the_best_and_pads_last() -> None:
     assert i[0, -1] == -1 and s[0, -1] == -np.inf
 
 
-@pytest.mark.parametrize("metric", ["cosine", "l2"])
-def test_sharded_flat_equals_one_index(metric: str) -> None:
+@pytest.mark.parametrize("metric,parallel", [("cosine", True), ("l2", True), ("cosine", False)])
+def test_sharded_flat_equals_one_index(metric: str, parallel: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lodestar.retrieve.shards as shards
+
+    if parallel:  # small test indexes are searched one shard after another unless told otherwise
+        monkeypatch.setattr(shards, "PARALLEL_MIN", 0)
     ids, x = data(300)
     one, many = DenseIndex(DIM, "Flat", metric), ShardedDenseIndex(DIM, "Flat", metric, shards=4)
     one.add(ids, x)
