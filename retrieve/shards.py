@@ -69,10 +69,6 @@ class ShardedDenseIndex:
         self.shards = [DenseIndex(dim, spec, metric, train_size) for _ in range(shards)]
         self.dim, self.spec, self.metric = dim, spec, metric
 
-    @staticmethod
-    def validate(dim: int, spec: str, metric: str) -> None:
-        DenseIndex.validate(dim, spec, metric)
-
     @property
     def n(self) -> int:
         return len(self.shards)
@@ -113,8 +109,6 @@ class ShardedDenseIndex:
         x = np.asarray(vectors, dtype=np.float32)
         if x.ndim != 2 or x.shape[0] != ids.size:
             raise InvalidInput(f"vectors must have shape ({ids.size}, {self.dim}) for {ids.size} ids; got {x.shape}")
-        if ids.size and ids.min() < 0:
-            raise InvalidInput("ids must be >= 0 (negative labels are reserved for removed vectors)")
         parts = [(s, s.check_add(ids[p], x[p])) for s, p in zip(self.shards, self._route(ids))]
         for shard, checked in parts:
             shard.insert_checked(*checked)
@@ -180,7 +174,6 @@ def check_shards(shards: object) -> None:
 
 def new_dense(dim: int, spec: str, metric: str, shards: int = 1) -> AnyDense:
     """A collection's dense index: a plain DenseIndex for 1 shard, else N of them fanned out."""
-    check_shards(shards)
     return DenseIndex(dim, spec=spec, metric=metric) if shards == 1 else ShardedDenseIndex(dim, spec, metric, shards)
 
 
