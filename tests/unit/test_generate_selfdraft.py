@@ -94,11 +94,23 @@ def test_layers_out_of_range_name_the_limit(tiny_backbone: Backbone) -> None:
 
 
 def test_early_exit_chain_reaches_the_tree(tiny_backbone: Backbone) -> None:
-    """With no datastore and nothing repeated in the context, drafts can only come from the early exit."""
+    """With no datastore and no n-gram of the context to repeat, a draft can only come from the early exit.
+
+    The prompt is chosen so that its first greedy token does not occur in it: then the first decode step
+    has no context match, and with three tokens to write that step is the only one that drafts.
+    """
     dec = SpeculativeDecoder(tiny_backbone)
-    prompt = [5, 900, 33, 1200, 77]
-    none = dec.generate(prompt, GenerationParams(max_new_tokens=12), datastore=None)
-    early = dec.generate(prompt, GenerationParams(max_new_tokens=12, self_draft_layers=tiny_backbone.num_layers - 1),
+    plain = GenerationParams(max_new_tokens=1, speculative=False)
+    prompts = ([5, 900, 33, 1200, 77], [11, 200, 3000, 45], [17, 4000, 256, 8, 90, 1500], [123, 4567, 89])
+    prompt = next((p for p in prompts if dec.generate(p, plain).token_ids[0] not in p), None)
+    assert prompt is not None, "every candidate prompt's first greedy token repeats a prompt token"
+    params = GenerationParams(max_new_tokens=3)
+    none = dec.generate(prompt, params, datastore=None)
+    early = dec.generate(prompt, GenerationParams(max_new_tokens=3, self_draft_layers=tiny_backbone.num_layers - 1),
                          datastore=None)
     assert early.token_ids == none.token_ids
-    assert early.stats.draft_tokens > none.stats.draft_tokens
+    assert none.stats.draft_tokens == 0
+    assert early.stats.draft_tokens > 0
+    longer = [dec.generate(prompt, GenerationParams(max_new_tokens=12, self_draft_layers=n), datastore=None).token_ids
+              for n in (0, tiny_backbone.num_layers - 1)]
+    assert longer[0] == longer[1]
