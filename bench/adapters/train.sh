@@ -35,7 +35,7 @@ CISI_LICENCE="CISI test collection (Glasgow IR group): classic research collecti
     --lora-r 8 --lora-alpha 16 --data-licence "$STSB_LICENCE" --seed 0
 
 # Decoder SPLADE on SQuAD questions -> paragraphs with BM25 hard negatives (125 steps, about 45 min here).
-"$PY" bench/adapters/squad_triplets.py "$DATA/squad/qa.jsonl" "$WORK/squad_triplets.jsonl"
+"$PY" bench/adapters/triplets.py squad "$DATA/squad/qa.jsonl" "$WORK/squad_triplets.jsonl"
 "${LODESTAR[@]}" train sparse --triplets "$WORK/squad_triplets.jsonl" --out "$WORK/sparse-squad" \
     --steps 125 --batch 8 --max-tokens 128 --lr 2e-4 --lora-r 8 --lora-alpha 16 --data-licence "$SQUAD_LICENCE" --seed 0
 

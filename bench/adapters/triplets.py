@@ -1,0 +1,84 @@
+"""Retrieval triplets for `lodestar train sparse` / `train bidirectional --triplets`, from SQuAD or a BEIR set.
+
+    python bench/adapters/triplets.py squad ../shared/data/squad/qa.jsonl out.jsonl [--exclude-titles T1,T2]
+    python bench/adapters/triplets.py beir ../shared/data/cisi/beir out.jsonl [--per-query 16]
+
+Each (query, relevant passage) becomes {query, positive, negatives: [the best BM25 passage that is
+not relevant to that query]}. SQuAD: an answerable question and its paragraph (CC BY-SA 4.0,
+Wikipedia text). BEIR: a judged query and each document judged relevant, at most --per-query of them
+(the first in the qrels file), so that a collection whose queries have dozens of judgements does
+not fill batches with one query (its other positives would be false in-batch negatives). A set used
+this way is training data: benchmark on another one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from lodestar.retrieve.sparse import BM25Index
+
+
+def write(pairs: list[tuple[str, set[int]]], passages: list[str], out: Path) -> int:
+    """pairs: (query, indexes of its relevant passages), one triplet per relevant passage."""
+    index = BM25Index()
+    index.add(np.arange(len(passages), dtype=np.int64), passages)
+    depth = 1 + max(len(rel) for _, rel in pairs)
+    n = 0
+    with open(out, "w", encoding="utf-8") as f:
+        for (query, relevant), hits in zip(pairs, index.search([q for q, _ in pairs], depth)):
+            negatives = [passages[i] for i, _ in hits if i not in relevant][:1]
+            for own in sorted(relevant):
+                f.write(json.dumps({"query": query, "positive": passages[own], "negatives": negatives}) + "\n")
+                n += 1
+    return n
+
+
+def from_squad(qa: Path, exclude_titles: str) -> tuple[list[tuple[str, set[int]]], list[str]]:
+    skip = {t for t in exclude_titles.split(",") if t}
+    rows = [json.loads(line) for line in qa.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [r for r in rows if r.get("answers") and r.get("title") not in skip]
+    paragraphs = list(dict.fromkeys(r["context"] for r in rows))
+    where = {p: i for i, p in enumerate(paragraphs)}
+    return [(r["question"], {where[r["context"]]}) for r in rows], paragraphs
+
+
+def from_beir(folder: Path, per_query: int) -> tuple[list[tuple[str, set[int]]], list[str]]:
+    from lodestar.retrieve.evaluate import read_beir
+
+    docs, queries, qrels = read_beir(folder)
+    where = {d.id: i for i, d in enumerate(docs)}
+    pairs = []
+    for qid, judged in qrels.items():
+        relevant = [where[d] for d in judged if d in where][:per_query]
+        if qid in queries and relevant:
+            pairs.append((queries[qid], set(relevant)))
+    return pairs, [d.text for d in docs]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="source", required=True)
+    sq = sub.add_parser("squad", help="SQuAD jsonl {question, context, answers, title}")
+    sq.add_argument("qa", type=Path)
+    sq.add_argument("out", type=Path)
+    sq.add_argument("--exclude-titles", default="", help="articles left out (e.g. kept for evaluation)")
+    be = sub.add_parser("beir", help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/test.tsv")
+    be.add_argument("folder", type=Path)
+    be.add_argument("out", type=Path)
+    be.add_argument("--per-query", type=int, default=16, help="relevant documents used per query")
+    args = ap.parse_args()
+    if args.source == "squad":
+        pairs, passages = from_squad(args.qa, args.exclude_titles)
+    else:
+        pairs, passages = from_beir(args.folder, args.per_query)
+    n = write(pairs, passages, args.out)
+    print(f"{n} triplets from {len(pairs)} queries over {len(passages)} passages -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
