@@ -32,7 +32,7 @@ import numpy as np
 from lodestar.embed.modes import get_mode
 from lodestar.embed.types import SPARSE_CAP, EmbedOptions, EmbedResult
 from lodestar.errors import AlreadyExists, InvalidInput, NotFound, Unavailable
-from lodestar.retrieve.dense import DenseIndex
+from lodestar.retrieve.dense import DenseIndex, search_threads
 from lodestar.retrieve.fusion import rrf, weighted
 from lodestar.retrieve.prepare import (
     DocLimits,
@@ -184,8 +184,10 @@ class RetrievalEngine:
         max_id_bytes: int = 512,
         max_docs_per_upsert: int = 10000,
         max_text_chars: int = 1_000_000,
+        faiss_threads: int = 0,
     ) -> None:
         self.root = Path(root)
+        self.faiss_threads = faiss_threads  # per dense search; 0 = one for a few queries, FAISS's default for a batch
         self.embedder = embedder
         self.max_k = max_k
         self.max_id_bytes = max_id_bytes
@@ -757,7 +759,8 @@ class RetrievalEngine:
     def _dense_fn(self, c: _Collection, qvecs: np.ndarray, allowed: np.ndarray | None) -> Callable[[int], list[list[tuple[int, float]]]]:
         def run(n: int) -> list[list[tuple[int, float]]]:
             assert c.dense is not None
-            scores, ids = c.dense.search(qvecs, n, allowed)  # (Q, n), (Q, n) with -1 padding
+            with search_threads(len(qvecs), self.faiss_threads):
+                scores, ids = c.dense.search(qvecs, n, allowed)  # (Q, n), (Q, n) with -1 padding
             return [[(int(i), float(s)) for s, i in zip(srow, irow) if i >= 0] for srow, irow in zip(scores, ids)]
 
         return run

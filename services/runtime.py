@@ -166,7 +166,7 @@ class Runtime:
     def _build_retrieval(self, engine: EmbeddingEngine) -> RetrievalEngine:
         from lodestar.retrieve.engine import RetrievalEngine
 
-        return RetrievalEngine(Path(self.settings.data_dir) / "collections", engine)
+        return RetrievalEngine(Path(self.settings.data_dir) / "collections", engine, faiss_threads=self.settings.faiss_threads)
 
     def _build_jobs(self, retrieval: RetrievalEngine, engine: EmbeddingEngine) -> JobManager:
         from lodestar.services.jobs import JobManager, JobsConfig

@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     max_resident_adapters: int = Field(4, ge=1, description="adapters kept loaded at once; LRU unloaded beyond")
     max_adapter_bytes: int = Field(512 * 1024 * 1024, ge=0, description="memory cap over loaded adapters' weights (LRU unloaded beyond; 0 = none)")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads of this process; 0 = torch's default (one per core)")
+    faiss_threads: int = Field(0, ge=0, description="OpenMP threads one dense search may use; 0 = one for fewer than 20 queries (FAISS gives each query one thread, the rest only spin up), FAISS's default (every core) for a batch")
 
     # --- embedding engine limits ---
     default_mode: str = Field("mean", description="mode used when a request names none")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lodestar.errors import InvalidInput
-from lodestar.retrieve.dense import TOMBSTONE, DenseIndex
+from lodestar.retrieve.dense import FEW_QUERIES, TOMBSTONE, DenseIndex, search_threads
 
 DIM = 32
 N = 1000
@@ -343,3 +343,20 @@ def test_gpu_search_matches_cpu(data: tuple[np.ndarray, np.ndarray]) -> None:
         np.testing.assert_allclose(s_gpu, s_cpu, atol=1e-3)
         blob = gpu.to_bytes()  # snapshots come from the CPU copy
         assert DenseIndex.from_bytes(blob).count == N
+
+
+def test_search_threads_one_for_a_few_queries_default_for_a_batch_restored_after() -> None:
+    faiss.omp_set_num_threads(3)
+    try:
+        with search_threads(1):
+            assert faiss.omp_get_max_threads() == 1
+        assert faiss.omp_get_max_threads() == 3
+        with search_threads(FEW_QUERIES):
+            assert faiss.omp_get_max_threads() == 3
+        with search_threads(1, configured=2):
+            assert faiss.omp_get_max_threads() == 2
+        with pytest.raises(RuntimeError), search_threads(1):
+            raise RuntimeError("a failed search")
+        assert faiss.omp_get_max_threads() == 3
+    finally:
+        faiss.omp_set_num_threads(1)
