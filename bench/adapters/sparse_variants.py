@@ -126,6 +126,8 @@ def main() -> int:
         "query weights x IDF of stored vectors (query_idf)": (Q @ diag(idf_index), D),
         "query weights x IDF^0.5 of stored vectors": (Q @ diag(np.sqrt(idf_index)), D),
         "query weights x IDF^2 of stored vectors": (Q @ diag(idf_index**2), D),
+        "query_idf, expansion terms (not in the query text) at half weight":
+            ((Q.multiply(Qtok > 0) + 0.5 * (Q - Q.multiply(Qtok > 0))).tocsr() @ diag(idf_index), D),
         "query_idf + chunk length normalisation b=0.5": (Q @ diag(idf_index), diag(1 / (0.5 + 0.5 * nnz / nnz.mean())) @ D),
     }
     results = []

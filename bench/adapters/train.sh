@@ -71,3 +71,16 @@ CRANFIELD_LICENCE="Cranfield-1400 collection: classic research collection, no li
 "${LODESTAR[@]}" adapt --corpus "$DATA/cranfield/beir" --out "$WORK/adapt-cranfield" --kinds sparse --passages 160 \
     --sparse-init adapters/sparse-squad --steps 30 --batch 8 --eval-every 10 \
     --lora-r 8 --lora-alpha 16 --data-licence "$CRANFIELD_LICENCE" --seed 0
+
+# Tried, not shipped (negative): does supervision from another collection's judgements transfer? sparse-squad
+# continued for 150 steps (about 45 min here) on SQuAD + CISI's qrels (2,347 triplets), measured on Cranfield,
+# which it did not see: query_idf 0.330 against sparse-squad's 0.338 (bench/results/sparse_variants_cranfield_squad_cisi.json;
+# the plain dot product 0.301 against 0.294). Commented out; to rerun:
+#   "$PY" bench/adapters/triplets.py beir "$DATA/cisi/beir" "$WORK/cisi_triplets.jsonl"
+#   "$PY" bench/adapters/triplets.py mix "$WORK/squad_cisi_triplets.jsonl" "$WORK/squad_triplets.jsonl" "$WORK/cisi_triplets.jsonl"
+#   "${LODESTAR[@]}" train sparse --triplets "$WORK/squad_cisi_triplets.jsonl" --out "$WORK/sparse-squad-cisi" \
+#       --init-adapter adapters/sparse-squad --steps 150 --batch 8 --max-tokens 128 --lr 1e-4 --lora-r 8 --lora-alpha 16 \
+#       --dtype bfloat16 --eval-every 25 --patience 3 --seed 0 \
+#       --data-licence "$SQUAD_LICENCE; CISI test collection (Glasgow IR group): classic research collection, no licence stated"
+#   "$PY" bench/adapters/sparse_variants.py "$DATA/cranfield/beir" "$WORK/sparse-squad-cisi/adapter" \
+#       --cache .lodestar/variants-cranfield-sc.npz --out bench/results/sparse_variants_cranfield_squad_cisi.json

@@ -2,19 +2,22 @@
 
     python bench/adapters/triplets.py squad ../shared/data/squad/qa.jsonl out.jsonl [--exclude-titles T1,T2]
     python bench/adapters/triplets.py beir ../shared/data/cisi/beir out.jsonl [--per-query 16]
+    python bench/adapters/triplets.py mix out.jsonl a.jsonl b.jsonl [--seed 0]
 
 Each (query, relevant passage) becomes {query, positive, negatives: [the best BM25 passage that is
 not relevant to that query]}. SQuAD: an answerable question and its paragraph (CC BY-SA 4.0,
 Wikipedia text). BEIR: a judged query and each document judged relevant, at most --per-query of them
 (the first in the qrels file), so that a collection whose queries have dozens of judgements does
 not fill batches with one query (its other positives would be false in-batch negatives). A set used
-this way is training data: benchmark on another one.
+this way is training data: benchmark on another one. `mix` concatenates triplet files and shuffles
+the lines (seeded), so that batches draw from every source.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +73,17 @@ def main() -> int:
     be.add_argument("folder", type=Path)
     be.add_argument("out", type=Path)
     be.add_argument("--per-query", type=int, default=16, help="relevant documents used per query")
+    mx = sub.add_parser("mix", help="shuffle several triplet files into one")
+    mx.add_argument("out", type=Path)
+    mx.add_argument("inputs", type=Path, nargs="+")
+    mx.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if args.source == "mix":
+        lines = [line for p in args.inputs for line in p.read_text(encoding="utf-8").splitlines(keepends=True)]
+        random.Random(args.seed).shuffle(lines)
+        args.out.write_text("".join(lines), encoding="utf-8")
+        print(f"{len(lines)} triplets from {len(args.inputs)} files -> {args.out}")
+        return 0
     if args.source == "squad":
         pairs, passages = from_squad(args.qa, args.exclude_titles)
     else:
