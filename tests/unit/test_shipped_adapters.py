@@ -11,7 +11,7 @@ import pytest
 
 from lodestar.services.settings import SHIPPED_ADAPTERS
 
-SHIPPED = ("bidirectional-stsb", "bidirectional-stsb-unsup", "sparse-squad")
+SHIPPED = ("bidirectional-stsb", "bidirectional-stsb-unsup", "sparse-squad", "sparse-squad-cranfield")
 
 
 @pytest.mark.parametrize("name", SHIPPED)
