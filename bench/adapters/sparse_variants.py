@@ -118,16 +118,17 @@ def main() -> int:
             out.append(ndcg_at(ranked, qrels[q]))
         return round(float(np.mean(out)), 4)
 
+    own = Q.multiply(Qtok > 0).tocsr()  # the query's weights on its own tokens only
     variants = {
         "served dot product (query 64, chunk 256 weights)": (Q, D),
-        "query restricted to its own tokens": (Q.multiply(Qtok > 0).tocsr(), D),
+        "query restricted to its own tokens": (own, D),
         "query = IDF of its own tokens (inference-free)": (Qtok @ diag(idf_text), D),
         "query weights x IDF of chunk tokens": (Q @ diag(idf_text), D),
         "query weights x IDF of stored vectors (query_idf)": (Q @ diag(idf_index), D),
         "query weights x IDF^0.5 of stored vectors": (Q @ diag(np.sqrt(idf_index)), D),
         "query weights x IDF^2 of stored vectors": (Q @ diag(idf_index**2), D),
         "query_idf, expansion terms (not in the query text) at half weight":
-            ((Q.multiply(Qtok > 0) + 0.5 * (Q - Q.multiply(Qtok > 0))).tocsr() @ diag(idf_index), D),
+            (0.5 * (Q + own) @ diag(idf_index), D),
         "query_idf + chunk length normalisation b=0.5": (Q @ diag(idf_index), diag(1 / (0.5 + 0.5 * nnz / nnz.mean())) @ D),
     }
     results = []
