@@ -5,6 +5,10 @@ No labels: the backbone itself writes one question for each sampled passage of t
 that is not the source), and those triplets train a dense (bidirectional) and/or a sparse (SPLADE)
 adapter, optionally continuing adapters trained elsewhere. Generated queries are appended to
 `<out>/synthetic.jsonl` as they are written, so an interrupted run resumes without regenerating.
+
+`queries="title"` skips generation where the corpus has titles (papers, articles, Wikipedia): each
+sampled document's title is the query and its text without the title the positive, a classic weak
+supervision that costs no generation time. Either way no query set or relevance judgement is read.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from lodestar.embed.train.sparse import SparseConfig, train_sparse
 from lodestar.errors import InvalidInput, NotFound
 
 KINDS = ("dense", "sparse")
+QUERY_SOURCES = ("generate", "title")  # what writes the pseudo-queries
 QUERY_PROMPT = "Write a search query for this passage.\n\n{passage}"
 # Two worked examples ahead of each passage (made up for this prompt, unrelated to any corpus): asked
 # zero-shot, SmolLM2-135M mostly answers "What is the answer to this question?"; with them it writes
@@ -57,6 +62,7 @@ class AdaptConfig:
     corpus: Path  # BEIR folder or jsonl {id|_id, title?, text}
     kinds: tuple[str, ...] = KINDS
     passages: int = 800  # sampled passages (one synthetic query each)
+    queries: str = "generate"  # one of QUERY_SOURCES
     max_passage_tokens: int = 192
     question_tokens: int = 40
     dense_mode: str = "bidirectional"
@@ -68,8 +74,8 @@ class AdaptConfig:
     lr: float = 1e-4
 
 
-def read_corpus(path: Path) -> list[tuple[str, str]]:
-    """(id, text) of a BEIR corpus.jsonl (title + text) or any jsonl with id/_id and text."""
+def _records(path: Path) -> list[tuple[str, str, str]]:
+    """(id, title, text) of each document of a BEIR corpus.jsonl or any jsonl with id/_id and text."""
     path = Path(path)
     if path.is_dir():
         path = path / "corpus.jsonl"
@@ -81,12 +87,37 @@ def read_corpus(path: Path) -> list[tuple[str, str]]:
             if line.strip():
                 o = json.loads(line)
                 title, text = (o.get("title") or "").strip(), (o.get("text") or "").strip()
-                body = f"{title}. {text}" if title and text else (title or text)
-                if body:
-                    out.append((str(o.get("id", o.get("_id", n))), body))
+                if title or text:
+                    out.append((str(o.get("id", o.get("_id", n))), title, text))
     if not out:
         raise InvalidInput(f"{path} holds no document text")
     return out
+
+
+def read_corpus(path: Path) -> list[tuple[str, str]]:
+    """(id, text) of a BEIR corpus.jsonl (title + text) or any jsonl with id/_id and text."""
+    return [(i, f"{title}. {text}" if title and text else (title or text)) for i, title, text in _records(path)]
+
+
+def untitled(title: str, text: str) -> str:
+    """`text` without a leading copy of `title` (Cranfield's abstracts repeat it), else unchanged."""
+    if title and text.lower().startswith(title.lower()):
+        return text[len(title):].lstrip(" .:;-\n")
+    return text
+
+
+def title_queries(path: Path, cfg: AdaptConfig) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """Rows {id, passage, query} with each sampled document's title as its query, and the corpus
+    as (id, text without its title): the documents hard negatives are drawn from, so that no
+    passage of either side carries its own title."""
+    records = [(i, title.rstrip(" ."), text) for i, title, text in _records(path)]
+    docs = [(i, untitled(title, text)) for i, title, text in records]
+    titled = {i: title for i, title, text in records if title and text}
+    usable = [(i, t) for i, t in docs if len(titled.get(i, "").split()) >= 2 and len(t.split()) >= 5]
+    if not usable:
+        raise InvalidInput(f"{path} has no documents with both a title (2+ words) and text: use --queries generate")
+    picked = random.Random(cfg.run.seed).sample(usable, min(cfg.passages, len(usable)))
+    return [{"id": i, "passage": t, "query": titled[i]} for i, t in picked], docs
 
 
 def clip(tokenizer: Any, text: str, max_tokens: int) -> str:
@@ -176,15 +207,23 @@ def adapt(load: Callable[[], Backbone], cfg: AdaptConfig, command: str = "") -> 
     bad = [k for k in cfg.kinds if k not in KINDS]
     if bad or not cfg.kinds:
         raise InvalidInput(f"unknown adapter kind(s) {bad or cfg.kinds}: valid are {', '.join(KINDS)}")
+    if cfg.queries not in QUERY_SOURCES:
+        raise InvalidInput(f"unknown query source {cfg.queries!r}: valid are {', '.join(QUERY_SOURCES)}")
     t0 = time.perf_counter()
     out = Path(cfg.run.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    docs = read_corpus(cfg.corpus)
-    backbone = load()
-    rows = synthetic_queries(backbone, docs, cfg, out / "synthetic.jsonl")
+    if cfg.queries == "title":
+        rows, docs = title_queries(cfg.corpus, cfg)
+        backbone = load()
+        rows = [{**r, "passage": clip(backbone.tokenizer, r["passage"], cfg.max_passage_tokens)} for r in rows]
+    else:
+        docs = read_corpus(cfg.corpus)
+        backbone = load()
+        rows = synthetic_queries(backbone, docs, cfg, out / "synthetic.jsonl")
     triplets = with_hard_negatives(rows, docs, backbone.tokenizer, cfg)
     if len(triplets) < 8:
-        raise InvalidInput(f"only {len(triplets)} usable synthetic queries; give a larger corpus or raise --passages")
+        raise InvalidInput(f"only {len(triplets)} usable {'titled documents' if cfg.queries == 'title' else 'synthetic queries'}; "
+                           "give a larger corpus or raise --passages")
     path = out / "triplets.jsonl"
     path.write_text("".join(json.dumps({"query": t.query, "positive": t.positive, "negatives": list(t.negatives)},
                                        ensure_ascii=False) + "\n" for t in triplets))
@@ -203,11 +242,12 @@ def adapt(load: Callable[[], Backbone], cfg: AdaptConfig, command: str = "") -> 
                 max_tokens=cfg.max_passage_tokens,
             ), triplets, command)
     card = {
-        "kind": "adapt", "corpus": str(cfg.corpus), "passages_sampled": min(cfg.passages, len(docs)),
+        "kind": "adapt", "corpus": str(cfg.corpus), "queries": cfg.queries, "passages_sampled": min(cfg.passages, len(docs)),
         "synthetic_queries": len(rows), "triplets": len(triplets), "kinds": list(cfg.kinds),
         "adapters": {k: str(out / k / "adapter") for k in cfg.kinds}, "command": command,
         "seconds": round(time.perf_counter() - t0, 1),
-        "note": "no labels used: queries are written by the backbone for the corpus's own passages",
+        "note": "no labels used: " + ("queries are the documents' own titles, positives their text without it"
+                                      if cfg.queries == "title" else "queries are written by the backbone for the corpus's own passages"),
     }
     (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     return card

@@ -96,6 +96,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     _apply_config(args, args._parser)
     cfg = AdaptConfig(
         run=_run(args), corpus=Path(args.corpus), kinds=tuple(args.kinds.split(",")), passages=args.passages,
+        queries=args.queries,
         dense_init=Path(args.dense_init) if args.dense_init else None,
         sparse_init=Path(args.sparse_init) if args.sparse_init else None, steps=args.steps, batch=args.batch, lr=args.lr,
     )
@@ -164,6 +165,8 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     a.add_argument("--corpus", required=True, help="BEIR folder or jsonl {id, title?, text}")
     a.add_argument("--kinds", default="dense,sparse", help="dense, sparse or both")
     a.add_argument("--passages", type=int, default=800, help="passages sampled (one synthetic query each)")
+    a.add_argument("--queries", default="generate",
+                   help="pseudo-queries: written by the backbone (generate) or the documents' own titles (title)")
     a.add_argument("--dense-init", help="continue this dense adapter (e.g. adapters/<name>/adapter)")
     a.add_argument("--sparse-init", help="continue this sparse adapter")
     a.add_argument("--steps", type=int, default=200)

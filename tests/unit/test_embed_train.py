@@ -235,3 +235,46 @@ def test_clean_question_drops_degenerate_generations() -> None:
     assert clean_question(' "how does drought affect wheat yields" ') == "how does drought affect wheat yields"
     assert clean_question("how does bias bias bias bias bias bias bias bias") is None
     assert clean_question("why?") is None
+
+
+def test_title_queries_use_titles_and_strip_them_from_every_passage(tmp_path: Path) -> None:
+    from lodestar.embed.train.adapt import AdaptConfig, title_queries
+
+    corpus = tmp_path / "corpus.jsonl"
+    rows = [
+        {"_id": "1", "title": "wing in a slipstream .", "text": "wing in a slipstream . lift rises behind the propeller at every angle"},
+        {"_id": "2", "title": "shear flow past a plate", "text": "the boundary layer grows along the flat plate downstream"},
+        {"_id": "3", "title": "", "text": "an untitled note about heat transfer in nozzles and ducts"},
+    ]
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = AdaptConfig(run=RunSettings(out_dir=tmp_path, progress=False), corpus=corpus, queries="title", passages=10)
+    picked, docs = title_queries(corpus, cfg)
+    assert {r["id"]: r["query"] for r in picked} == {"1": "wing in a slipstream", "2": "shear flow past a plate"}
+    assert dict(docs) == {"1": "lift rises behind the propeller at every angle",
+                          "2": "the boundary layer grows along the flat plate downstream",
+                          "3": rows[2]["text"]}  # negatives come from these: none carries its title
+    assert all(r["passage"] == dict(docs)[r["id"]] for r in picked)
+    untitled = tmp_path / "untitled.jsonl"
+    untitled.write_text(json.dumps({"_id": "1", "text": "no title here at all, only text"}) + "\n")
+    with pytest.raises(InvalidInput, match="--queries generate"):
+        title_queries(untitled, cfg)
+
+
+def test_adapt_with_title_queries_trains_without_generating(tokenizer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from lodestar.embed.train.adapt import AdaptConfig, adapt
+
+    corpus = tmp_path / "corpus.jsonl"
+    sentences = read_sentences([STS], seed=0)[:24]
+    corpus.write_text("".join(json.dumps({"_id": f"d{i}", "title": " ".join(s.split()[:4]),
+                                          "text": f"{s} {sentences[i - 1]}"}) + "\n" for i, s in enumerate(sentences)))
+    run = RunSettings(out_dir=tmp_path / "adapt", eval_every=2, patience=100, progress=False, lora=LoraSettings(r=4, alpha=8))
+    cfg = AdaptConfig(run=run, corpus=corpus, kinds=("sparse",), queries="title", passages=24, steps=2, batch=2, lr=5e-3,
+                      max_passage_tokens=32)
+    with pytest.raises(InvalidInput, match="valid are generate, title"):
+        adapt(lambda: build_tiny(tokenizer), AdaptConfig(run=run, corpus=corpus, queries="headings"))
+    card = adapt(lambda: build_tiny(tokenizer), cfg, command="lodestar adapt --queries title ...")
+    assert card["queries"] == "title" and card["triplets"] >= 8
+    assert not (tmp_path / "adapt" / "synthetic.jsonl").exists()  # nothing generated
+    triplets = [json.loads(line) for line in (tmp_path / "adapt" / "triplets.jsonl").read_text().splitlines()]
+    assert all(not t["positive"].startswith(t["query"]) for t in triplets)
+    assert (tmp_path / "adapt" / "sparse" / "adapter" / "adapter_config.json").is_file()
