@@ -29,13 +29,15 @@ run: install
 
 # The job tests start their own redis-server (Debian's package) on a free port and restart it
 # mid-job; install it when the machine lacks it.
+# PYTHONSAFEPATH (inherited by every child python): the checkout root must not land on sys.path, where
+# its kernels/ folder would shadow the PyPI `kernels` package that transformers >= 5.2x imports.
 test: install
 	@command -v redis-server >/dev/null || { echo "installing redis-server (Debian)"; \
 	  (apt-get update -q && apt-get install -y -q redis-server || sudo apt-get install -y -q redis-server) >/dev/null; }
-	$(BIN)/python -m pytest -m "not gpu" -ra
+	PYTHONSAFEPATH=1 $(BIN)/python -m pytest -m "not gpu" -ra
 
 test-gpu: install
-	$(BIN)/python -m pytest -m gpu -ra tests/gpu
+	PYTHONSAFEPATH=1 $(BIN)/python -m pytest -m gpu -ra tests/gpu
 
 bench: install
 	bash bench/run.sh
