@@ -99,3 +99,12 @@ CRANFIELD_LICENCE="Cranfield-1400 collection: classic research collection, no li
     --cache .lodestar/variants-cisi-scr.npz --out bench/results/sparse_variants_cisi_squad_cranfield.json
 "$PY" bench/adapters/ship.py "$WORK/sparse-squad-cranfield" adapters/sparse-squad-cranfield \
     --extra '{"benchmark": "CISI nDCG@10 (not seen in training), offline scorer bench/adapters/sparse_variants.py: query_idf 0.398 (BM25 0.382; sparse-squad 0.347 through the stack), plain dot product 0.332; bench/results/sparse_variants_cisi_squad_cranfield.json. Trained on Cranfield judgements: do not benchmark it on Cranfield."}'
+
+# Tried, not shipped: `adapt --queries title` on Cranfield (1,397 titled abstracts, no labels, 150 steps,
+# 56 min here): through the stack learned sparse 0.343, hybrid 0.344, against BM25 0.364
+# (bench/results/beir_cranfield_adapt_title.jsonl). Commented out; to rerun:
+#   "${LODESTAR[@]}" adapt --corpus "$DATA/cranfield/beir" --out "$WORK/adapt-cranfield-title" --queries title \
+#       --kinds sparse --passages 1398 --sparse-init adapters/sparse-squad --steps 150 --batch 8 \
+#       --lora-r 8 --lora-alpha 16 --dtype bfloat16 --seed 0
+#   BEIR_SETS=cranfield STEPS=adapters SPARSE_ADAPTER="$WORK/adapt-cranfield-title/sparse/adapter" \
+#       ADAPTER_RESULT=adapt_title bash bench/run.sh "$DATA"
