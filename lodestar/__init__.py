@@ -6,7 +6,25 @@ The root package re-exports the Python client; it is imported lazily so that eng
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import TYPE_CHECKING, Any
+
+
+def _drop_checkout_root() -> None:
+    """Take the source checkout's root off sys.path (where `python -m`/`-c` started in it puts it).
+
+    The root holds the subpackages as top-level folders (the install maps them under `lodestar.`), and
+    its `kernels/` would shadow the PyPI `kernels` package that transformers imports. Only a checkout
+    is touched: an installed lodestar's parent is site-packages, which has no pyproject.toml.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not (os.path.isfile(os.path.join(root, "pyproject.toml")) and os.path.isdir(os.path.join(root, "kernels"))):
+        return
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != root]
+
+
+_drop_checkout_root()
 
 __version__ = "0.1.0"
 __all__ = ["Client", "ClientError", "__version__"]
