@@ -29,8 +29,9 @@ run: install
 
 # The job tests start their own redis-server (Debian's package) on a free port and restart it
 # mid-job; install it when the machine lacks it.
-# PYTHONSAFEPATH (inherited by every child python): the checkout root must not land on sys.path, where
-# its kernels/ folder would shadow the PyPI `kernels` package that transformers >= 5.2x imports.
+# PYTHONSAFEPATH (inherited by every child python): lodestar/__init__.py takes the checkout root off
+# sys.path, but test modules and `python -c` children import transformers before lodestar, and the
+# root's kernels/ folder would shadow the PyPI `kernels` package that transformers 5.25 imports.
 test: install
 	@command -v redis-server >/dev/null || { echo "installing redis-server (Debian)"; \
 	  (apt-get update -q && apt-get install -y -q redis-server || sudo apt-get install -y -q redis-server) >/dev/null; }

@@ -49,9 +49,7 @@ ADAPTER_RETRIEVERS="${ADAPTER_RETRIEVERS:-dense,sparse,hybrid}"
 ADAPTER_RESULT="${ADAPTER_RESULT:-adapters}"
 
 if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY="${PY:-python3}"; fi
-# -P: the checkout root is not put on sys.path, so its kernels/ folder cannot shadow the PyPI `kernels`
-# package that transformers imports when installed
-LODESTAR=("$PY" -P -m lodestar.services.cli)
+LODESTAR=("$PY" -m lodestar.services.cli)
 
 if [[ ! -f "$STS_FILE" ]] && [[ " $STEPS " == *" sts "* || " $STEPS " == *" embed "* ]]; then
     echo "bench/run.sh: no STS file at $STS_FILE (give the data folder as the first argument or \$DATA)" >&2

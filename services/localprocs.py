@@ -76,7 +76,7 @@ class WorkerProcess:
         self.name = name
         self.log = log
         self.proc = subprocess.Popen(
-            [sys.executable, "-P", "-m", "lodestar.services.cli", "worker", "--hostname", f"{name}@%h"],
+            [sys.executable, "-m", "lodestar.services.cli", "worker", "--hostname", f"{name}@%h"],
             stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=full,  # noqa: SIM115
         )
 

@@ -12,7 +12,7 @@ cd "$ROOT"
 DATA="${1:-../shared/data}"
 WORK="${2:-.lodestar/adapters-work}"
 if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY="${PY:-python3}"; fi
-LODESTAR=("$PY" -P -m lodestar.services.cli)  # -P: see bench/run.sh
+LODESTAR=("$PY" -m lodestar.services.cli)
 mkdir -p "$WORK"
 STSB_LICENCE="STS Benchmark (Cer et al. 2017): scores CC BY-SA 4.0, sentences under each source's licence"
 SQUAD_LICENCE="SQuAD 2.0 (Rajpurkar et al. 2018), Wikipedia text: CC BY-SA 4.0"
