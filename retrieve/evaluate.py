@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 import tempfile
 import time
 from pathlib import Path
@@ -44,6 +45,19 @@ def read_beir(folder: Path, split: str = "test") -> tuple[list[Document], dict[s
             if len(parts) >= 3 and int(parts[2]) > 0:
                 qrels.setdefault(parts[0], {})[parts[1]] = int(parts[2])
     return docs, queries, qrels
+
+
+def in_fold(qid: str, fold: str) -> bool:
+    """fold "k/n": whether query `qid` falls in fold k of n (a stable hash of the id, the same on every
+    machine), for cross-validating an adapter trained on a collection's own judgements: train on the
+    queries outside fold k, score the ones inside."""
+    try:
+        k, n = (int(x) for x in fold.split("/"))
+    except ValueError:
+        raise InvalidInput(f"fold must be k/n with 0 <= k < n, got {fold!r}") from None
+    if not 0 <= k < n:
+        raise InvalidInput(f"fold must be k/n with 0 <= k < n, got {fold!r}")
+    return zlib.crc32(qid.encode("utf-8")) % n == k
 
 
 def ndcg_at(ranked: list[str], gains: dict[str, int], k: int = 10) -> float:

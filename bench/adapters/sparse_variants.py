@@ -10,7 +10,9 @@ to its own tokens, query weights replaced by or scaled with IDF (of the text's t
 stored sparse vectors as the index computes it), document length normalisation on top, BM25's
 saturation applied to the chunk weights (as if they were term frequencies), the query's own tokens
 added at their IDF, and each document as one vector (the max over its chunks'). A document scores as
-its best chunk; nDCG@10 over the judged queries.
+its best chunk; nDCG@10 over the judged queries (--fold k/n: only those of fold k, for an adapter
+trained on the others with `triplets.py beir --exclude-fold k/n`), with BM25 on whole documents
+(the stack's bm25 side) over the same queries for reference.
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ import numpy as np
 import scipy.sparse as sp
 
 
-def encode(folder: Path, adapter: str, cache: Path) -> None:
-    from tqdm import tqdm
-
+def _setup(folder: Path):
+    """(engine, docs, queries, judged query ids, chunk texts, owner document of each chunk), chunked as a
+    collection chunks (256 tokens, the tokenizer's offsets: the same for every mode)."""
     from lodestar.retrieve.evaluate import read_beir
-    from lodestar.retrieve.prepare import chunk_document, embed_sparse
+    from lodestar.retrieve.prepare import chunk_document
     from lodestar.retrieve.types import CollectionConfig
     from lodestar.services.cli.common import settings
     from lodestar.services.runtime import Runtime
@@ -37,13 +39,43 @@ def encode(folder: Path, adapter: str, cache: Path) -> None:
     docs, queries, qrels = read_beir(folder)
     judged = [q for q in queries if q in qrels]
     engine = Runtime(settings(), [])._build_engine(None)
+    chunks, owner = [], []
+    for i, d in enumerate(docs):
+        for s, e in chunk_document(engine, CollectionConfig(name="variants"), d.text):
+            chunks.append(d.text[s:e])
+            owner.append(i)
+    return engine, docs, queries, judged, chunks, owner
+
+
+def encode_dense(folder: Path, adapter: str, cache: Path) -> None:
+    """The dense side of the hybrid: `bidirectional` mode with `adapter`, cosine, as `bench/run.sh`'s
+    adapters step configures it."""
+    from tqdm import tqdm
+
+    from lodestar.retrieve.prepare import embed_texts
+    from lodestar.retrieve.types import CollectionConfig
+
+    engine, docs, queries, judged, chunks, owner = _setup(folder)
+    try:
+        cfg = CollectionConfig(name="variants", mode="bidirectional", adapter=adapter)
+        dim = int(engine.backbone.hidden_size)
+        dv = np.concatenate([embed_texts(engine, cfg, chunks[i : i + 32], dim, False)
+                             for i in tqdm(range(0, len(chunks), 32), desc="encode chunks (dense)", unit="batch")])
+        qv = embed_texts(engine, cfg, [queries[q] for q in judged], dim, True)
+    finally:
+        engine.close()
+    np.savez(cache, owner=np.array(owner), judged=np.array(judged), d=dv, q=qv)
+
+
+def encode(folder: Path, adapter: str, cache: Path) -> None:
+    from tqdm import tqdm
+
+    from lodestar.retrieve.prepare import embed_sparse
+    from lodestar.retrieve.types import CollectionConfig
+
+    engine, docs, queries, judged, chunks, owner = _setup(folder)
     try:
         cfg = CollectionConfig(name="variants", sparse="learned", sparse_adapter=adapter, sparse_top_k=1024, query_top_k=1024)
-        chunks, owner = [], []
-        for i, d in enumerate(docs):
-            for s, e in chunk_document(engine, cfg, d.text):
-                chunks.append(d.text[s:e])
-                owner.append(i)
         dv = []
         for i in tqdm(range(0, len(chunks), 32), desc="encode chunks", unit="batch"):
             dv += embed_sparse(engine, cfg, chunks[i : i + 32], False)
@@ -64,21 +96,58 @@ def encode(folder: Path, adapter: str, cache: Path) -> None:
              **flat([(t, np.ones(len(t))) for t in ctok], "ct"))
 
 
+def hybrid(args: argparse.Namespace, ranked_docs, sparse_scores: sp.csr_matrix, owner: np.ndarray,
+           judged: list[str], qrels: dict) -> list[dict]:
+    """Dense alone and the hybrid (dense + query_idf learned sparse), fused as the engine fuses: each side's
+    top 100 documents by best chunk, then RRF and min-max weighting (`retrieve.fusion`)."""
+    from lodestar.retrieve.evaluate import ndcg_at
+    from lodestar.retrieve.fusion import rrf, weighted
+
+    if not args.dense_cache.exists():
+        encode_dense(args.beir, args.dense, args.dense_cache)
+    z = np.load(args.dense_cache)
+    if not np.array_equal(z["owner"], owner):
+        raise SystemExit(f"{args.dense_cache} was chunked differently from {args.cache}")
+    row = {str(q): i for i, q in enumerate(z["judged"])}
+    dense_scores = z["q"][[row[q] for q in judged]] @ z["d"].T  # (queries, chunks), cosine
+    sparse_scores = sparse_scores.toarray()
+    dense = [ranked_docs(dense_scores[i], owner, 100, positive=False) for i in range(len(judged))]
+    sparse = [ranked_docs(sparse_scores[i], owner, 100) for i in range(len(judged))]
+
+    def score(lists: list) -> float:
+        return round(float(np.mean([ndcg_at([d for d, _ in ranked[:10]], qrels[q]) for ranked, q in zip(lists, judged)])), 4)
+
+    out = [{"variant": f"dense ({args.dense}, bidirectional)", "ndcg@10": score(dense)},
+           {"variant": "hybrid with query_idf, rrf", "ndcg@10": score([rrf([d, s]) for d, s in zip(dense, sparse)])}]
+    for a in (float(x) for x in args.alphas.split(",")):
+        out.append({"variant": f"hybrid with query_idf, weighted alpha {a}",
+                    "ndcg@10": score([weighted(d, s, alpha=a) for d, s in zip(dense, sparse)])})
+    for r in out:
+        print(json.dumps(r), file=sys.stderr)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("beir", type=Path)
     ap.add_argument("adapter")
     ap.add_argument("--cache", type=Path, required=True, help="npz of the encoded vectors (written when missing)")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--fold", default="", help="k/n: score only the queries of fold k (the adapter was trained on the rest)")
+    ap.add_argument("--dense", default="", help="bidirectional dense adapter: also score the hybrid with query_idf (as the engine fuses)")
+    ap.add_argument("--dense-cache", type=Path, help="npz of the dense vectors (written when missing; needed with --dense)")
+    ap.add_argument("--alphas", default="0.3,0.5,0.7", help="weighted-fusion alphas of the hybrid (1 = dense only)")
     args = ap.parse_args()
+    if args.dense and not args.dense_cache:
+        ap.error("--dense needs --dense-cache")
     t0 = time.perf_counter()
     encoded = not args.cache.exists()
     if encoded:
         encode(args.beir, args.adapter, args.cache)
-    from lodestar.retrieve.evaluate import ndcg_at, read_beir
-    from lodestar.retrieve.sparse import idf_weight
+    from lodestar.retrieve.evaluate import in_fold, ndcg_at, read_beir
+    from lodestar.retrieve.sparse import BM25Index, idf_weight
 
-    _, _, qrels = read_beir(args.beir)
+    docs, queries, qrels = read_beir(args.beir)
     z = np.load(args.cache)
     vocab = int(z["vocab"])
 
@@ -102,24 +171,27 @@ def main() -> int:
     Q, D = topk(csr("q"), 64), topk(csr("d"), 256)  # what a collection serves by default
     Qtok, Ctok = csr("qt", True), csr("ct", True)
     owner, doc_ids, judged = z["owner"], z["doc_ids"], [str(q) for q in z["judged"]]
+    scored = np.array([i for i, q in enumerate(judged) if not args.fold or in_fold(q, args.fold)])
     n = D.shape[0]
     idf_index = np.array([idf_weight(n, int(df)) for df in np.diff(D.tocsc().indptr)])  # over stored vectors
     idf_text = np.array([idf_weight(n, int(df)) for df in np.diff(Ctok.tocsc().indptr)])  # over chunk tokens
     diag = sp.diags
     nnz = np.diff(D.indptr)
 
+    def ranked_docs(row: np.ndarray, of: np.ndarray, depth: int, positive: bool = True) -> list[tuple[str, float]]:
+        """One query's chunk scores -> its top `depth` documents, each scored by its best chunk (a sparse
+        score of 0 is no match; a cosine may be negative)."""
+        out: dict[str, float] = {}
+        for c in np.argsort(-row, kind="stable")[: max(400, 8 * depth)]:
+            if (positive and row[c] <= 0) or len(out) == depth:
+                break
+            out.setdefault(str(doc_ids[of[c]]), float(row[c]))
+        return list(out.items())
+
     def ndcg(qm: sp.csr_matrix, dm: sp.csr_matrix, of: np.ndarray = owner) -> float:
-        scores = (qm @ dm.T).toarray()  # (queries, rows of dm), each row a chunk of document of[row]
-        out = []
-        for i, q in enumerate(judged):
-            ranked: list[str] = []
-            for c in np.argsort(-scores[i], kind="stable")[:400]:
-                if scores[i, c] <= 0 or len(ranked) == 10:
-                    break
-                if doc_ids[of[c]] not in ranked:
-                    ranked.append(str(doc_ids[of[c]]))
-            out.append(ndcg_at(ranked, qrels[q]))
-        return round(float(np.mean(out)), 4)
+        scores = (qm[scored] @ dm.T).toarray()  # (scored queries, rows of dm), each row a chunk of document of[row]
+        return round(float(np.mean([ndcg_at([d for d, _ in ranked_docs(scores[i], of, 10)], qrels[judged[j]])
+                                    for i, j in enumerate(scored)])), 4)
 
     own = Q.multiply(Qtok > 0).tocsr()  # the query's weights on its own tokens only
     mass = np.asarray(D.sum(axis=1)).ravel()
@@ -157,7 +229,16 @@ def main() -> int:
         print(json.dumps(results[-1]), file=sys.stderr)
     results.append({"variant": "query_idf, each document one vector (max over its chunks)",
                     "ndcg@10": ndcg(Q @ diag(idf_index), whole, np.arange(len(doc_ids)))})
-    report = {"dataset": str(args.beir), "adapter": args.adapter, "queries": len(judged), "chunks": n,
+    bm25 = BM25Index()
+    bm25.add(np.arange(len(docs), dtype=np.int64), [d.text for d in docs])
+    hits = bm25.search([queries[judged[j]] for j in scored], 10)
+    results.append({"variant": "reference: BM25 on whole documents (the stack's bm25 side), same queries",
+                    "ndcg@10": round(float(np.mean([ndcg_at([docs[i].id for i, _ in h], qrels[judged[j]])
+                                                    for h, j in zip(hits, scored)])), 4)})
+    print(json.dumps(results[-1]), file=sys.stderr)
+    if args.dense:
+        results += hybrid(args, ranked_docs, (Q @ diag(idf_index))[scored] @ D.T, owner, [judged[j] for j in scored], qrels)
+    report = {"dataset": str(args.beir), "adapter": args.adapter, "fold": args.fold or None, "queries": len(scored), "chunks": n,
               "variants": results, "encoded": encoded, "seconds": round(time.perf_counter() - t0, 1)}
     text = json.dumps(report, indent=2) + "\n"
     if args.out:

@@ -1,7 +1,7 @@
 """Retrieval triplets for `lodestar train sparse` / `train bidirectional --triplets`, from SQuAD or a BEIR set.
 
     python bench/adapters/triplets.py squad ../shared/data/squad/qa.jsonl out.jsonl [--exclude-titles T1,T2]
-    python bench/adapters/triplets.py beir ../shared/data/cisi/beir out.jsonl [--per-query 16]
+    python bench/adapters/triplets.py beir ../shared/data/cisi/beir out.jsonl [--per-query 16] [--exclude-fold 0/2]
     python bench/adapters/triplets.py mix out.jsonl a.jsonl b.jsonl [--seed 0]
 
 Each (query, relevant passage) becomes {query, positive, negatives: [the best BM25 passage that is
@@ -9,7 +9,9 @@ not relevant to that query]}. SQuAD: an answerable question and its paragraph (C
 Wikipedia text). BEIR: a judged query and each document judged relevant, at most --per-query of them
 (the first in the qrels file), so that a collection whose queries have dozens of judgements does
 not fill batches with one query (its other positives would be false in-batch negatives). A set used
-this way is training data: benchmark on another one. `mix` concatenates triplet files and shuffles
+this way is training data: benchmark on another one, or hold a fold of its queries out
+(--exclude-fold k/n keeps the queries outside fold k, `sparse_variants.py --fold k/n` scores the
+ones inside; the fold is a stable hash of the query id, `in_fold`). `mix` concatenates triplet files and shuffles
 the lines (seeded), so that batches draw from every source.
 """
 
@@ -49,15 +51,15 @@ def from_squad(qa: Path, exclude_titles: str) -> tuple[list[tuple[str, set[int]]
     return [(r["question"], {where[r["context"]]}) for r in rows], paragraphs
 
 
-def from_beir(folder: Path, per_query: int) -> tuple[list[tuple[str, set[int]]], list[str]]:
-    from lodestar.retrieve.evaluate import read_beir
+def from_beir(folder: Path, per_query: int, exclude_fold: str = "") -> tuple[list[tuple[str, set[int]]], list[str]]:
+    from lodestar.retrieve.evaluate import in_fold, read_beir
 
     docs, queries, qrels = read_beir(folder)
     where = {d.id: i for i, d in enumerate(docs)}
     pairs = []
     for qid, judged in qrels.items():
         relevant = [where[d] for d in judged if d in where][:per_query]
-        if qid in queries and relevant:
+        if qid in queries and relevant and not (exclude_fold and in_fold(qid, exclude_fold)):
             pairs.append((queries[qid], set(relevant)))
     return pairs, [d.text for d in docs]
 
@@ -73,6 +75,7 @@ def main() -> int:
     be.add_argument("folder", type=Path)
     be.add_argument("out", type=Path)
     be.add_argument("--per-query", type=int, default=16, help="relevant documents used per query")
+    be.add_argument("--exclude-fold", default="", help="k/n: leave out the queries of fold k (held out for evaluation)")
     mx = sub.add_parser("mix", help="shuffle several triplet files into one")
     mx.add_argument("out", type=Path)
     mx.add_argument("inputs", type=Path, nargs="+")
@@ -87,7 +90,7 @@ def main() -> int:
     if args.source == "squad":
         pairs, passages = from_squad(args.qa, args.exclude_titles)
     else:
-        pairs, passages = from_beir(args.folder, args.per_query)
+        pairs, passages = from_beir(args.folder, args.per_query, args.exclude_fold)
     n = write(pairs, passages, args.out)
     print(f"{n} triplets from {len(pairs)} queries over {len(passages)} passages -> {args.out}")
     return 0

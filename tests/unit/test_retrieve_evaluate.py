@@ -1,0 +1,75 @@
+"""BEIR evaluation helpers: the folder reader, nDCG@10 by hand, and the query folds used to
+cross-validate an adapter trained on a collection's own judgements (bench/adapters/triplets.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lodestar.errors import InvalidInput
+from lodestar.retrieve.evaluate import in_fold, ndcg_at, read_beir
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def beir(tmp: Path, n_queries: int = 12) -> Path:
+    (tmp / "qrels").mkdir(parents=True)
+    docs = [{"_id": f"d{i}", "title": f"wing {i}", "text": f"lift and drag of wing number {i}"} for i in range(6)]
+    (tmp / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    qs = [{"_id": str(q), "text": f"drag of wing {q % 6}"} for q in range(n_queries)]
+    (tmp / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in qs))
+    lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\td{q % 6}\t1" for q in range(n_queries)] + ["0\td5\t0"]
+    (tmp / "qrels" / "test.tsv").write_text("\n".join(lines) + "\n")
+    return tmp
+
+
+def test_read_beir_joins_title_and_drops_zero_gains(tmp_path: Path) -> None:
+    docs, queries, qrels = read_beir(beir(tmp_path))
+    assert docs[0].id == "d0" and docs[0].text == "wing 0. lift and drag of wing number 0"
+    assert queries["3"] == "drag of wing 3"
+    assert qrels["0"] == {"d0": 1}  # the 0-gain judgement is not a relevant document
+
+
+def test_read_beir_names_the_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="is not a BEIR folder: corpus.jsonl is missing"):
+        read_beir(tmp_path)
+
+
+def test_ndcg_by_hand() -> None:
+    gains = {"a": 2, "b": 1}
+    assert ndcg_at(["a", "b", "x"], gains) == pytest.approx(1.0)
+    dcg = 1 / math.log2(2) + 2 / math.log2(3)  # b first, a second
+    assert ndcg_at(["b", "a"], gains) == pytest.approx(dcg / (2 + 1 / math.log2(3)))
+    assert ndcg_at(["x", "y"], gains) == 0.0
+    assert ndcg_at(["a"], {}) == 0.0
+
+
+def test_folds_partition_the_queries_stably() -> None:
+    ids = [str(i) for i in range(400)]
+    folds = [[q for q in ids if in_fold(q, f"{k}/3")] for k in range(3)]
+    assert sorted(q for f in folds for q in f) == sorted(ids)  # each query in exactly one fold
+    assert all(90 < len(f) < 180 for f in folds)
+    assert in_fold("1", "1/2") and not in_fold("1", "0/2")  # a hash of the id, the same on every machine
+
+
+@pytest.mark.parametrize("spec", ["2/2", "-1/2", "1", "a/b", "0/0"])
+def test_bad_fold_names_the_form(spec: str) -> None:
+    with pytest.raises(InvalidInput, match="k/n with 0 <= k < n"):
+        in_fold("1", spec)
+
+
+def test_triplets_leave_the_held_out_fold_out(tmp_path: Path) -> None:
+    folder = beir(tmp_path / "beir")
+    out = tmp_path / "t.jsonl"
+    subprocess.run([sys.executable, "-P", str(ROOT / "bench/adapters/triplets.py"), "beir", str(folder), str(out),
+                    "--exclude-fold", "0/2"], check=True, capture_output=True, cwd=ROOT)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    kept = {f"drag of wing {q % 6}" for q in range(12) if not in_fold(str(q), "0/2")}
+    assert rows and {r["query"] for r in rows} <= kept
+    assert len(rows) == sum(not in_fold(str(q), "0/2") for q in range(12))
+    assert all(r["negatives"] and r["negatives"][0] != r["positive"] for r in rows)  # a BM25 neighbour, not relevant
