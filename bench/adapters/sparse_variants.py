@@ -140,13 +140,15 @@ def main() -> int:
     args = ap.parse_args()
     if args.dense and not args.dense_cache:
         ap.error("--dense needs --dense-cache")
+    from lodestar.retrieve.evaluate import in_fold, ndcg_at, read_beir
+    from lodestar.retrieve.sparse import BM25Index, idf_weight
+
+    if args.fold:
+        in_fold("", args.fold)  # a malformed k/n fails here, not after the encoding
     t0 = time.perf_counter()
     encoded = not args.cache.exists()
     if encoded:
         encode(args.beir, args.adapter, args.cache)
-    from lodestar.retrieve.evaluate import in_fold, ndcg_at, read_beir
-    from lodestar.retrieve.sparse import BM25Index, idf_weight
-
     docs, queries, qrels = read_beir(args.beir)
     z = np.load(args.cache)
     vocab = int(z["vocab"])
@@ -171,7 +173,9 @@ def main() -> int:
     Q, D = topk(csr("q"), 64), topk(csr("d"), 256)  # what a collection serves by default
     Qtok, Ctok = csr("qt", True), csr("ct", True)
     owner, doc_ids, judged = z["owner"], z["doc_ids"], [str(q) for q in z["judged"]]
-    scored = np.array([i for i, q in enumerate(judged) if not args.fold or in_fold(q, args.fold)])
+    scored = np.array([i for i, q in enumerate(judged) if not args.fold or in_fold(q, args.fold)], dtype=np.int64)
+    if not scored.size:
+        raise SystemExit(f"fold {args.fold} holds none of the {len(judged)} judged queries")
     n = D.shape[0]
     idf_index = np.array([idf_weight(n, int(df)) for df in np.diff(D.tocsc().indptr)])  # over stored vectors
     idf_text = np.array([idf_weight(n, int(df)) for df in np.diff(Ctok.tocsc().indptr)])  # over chunk tokens

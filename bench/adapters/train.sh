@@ -108,3 +108,22 @@ CRANFIELD_LICENCE="Cranfield-1400 collection: classic research collection, no li
 #       --lora-r 8 --lora-alpha 16 --dtype bfloat16 --seed 0
 #   BEIR_SETS=cranfield STEPS=adapters SPARSE_ADAPTER="$WORK/adapt-cranfield-title/sparse/adapter" \
 #       ADAPTER_RESULT=adapt_title bash bench/run.sh "$DATA"
+
+# Tried, not shipped (negative): Cranfield's own judgements, cross-validated. Fold 0 of 2 of its queries
+# (110, a hash of the query id: retrieve.evaluate.in_fold) held out; sparse-squad continued 80 steps on the
+# other 115 queries' triplets (836) mixed with 400 SQuAD triplets (27 min here), then scored on the held-out
+# fold only (encoding 35 min): query_idf 0.244 against BM25's 0.344 on the same queries
+# (bench/results/sparse_variants_cranfield_cv0.json; lr 2e-4). The gentler run (lr 1e-4, lambda_d 1e-4):
+# bench/results/sparse_variants_cranfield_cv0_gentle.json. Fold 1 was not trained. Commented out; to rerun:
+#   "$PY" bench/adapters/triplets.py beir "$DATA/cranfield/beir" "$WORK/cranfield_not0.jsonl" --exclude-fold 0/2
+#   "$PY" bench/adapters/triplets.py mix "$WORK/squad_shuffled.jsonl" "$WORK/squad_triplets.jsonl"
+#   head -400 "$WORK/squad_shuffled.jsonl" > "$WORK/squad400.jsonl"
+#   "$PY" bench/adapters/triplets.py mix "$WORK/squad400_cranfield_not0.jsonl" "$WORK/squad400.jsonl" "$WORK/cranfield_not0.jsonl"
+#   "${LODESTAR[@]}" train sparse --triplets "$WORK/squad400_cranfield_not0.jsonl" --out "$WORK/sparse-cv0" \
+#       --init-adapter adapters/sparse-squad --steps 80 --batch 8 --max-tokens 128 --lr 2e-4 --lora-r 8 --lora-alpha 16 \
+#       --dtype bfloat16 --eval-every 20 --patience 3 --seed 0 \
+#       --data-licence "$SQUAD_LICENCE; Cranfield-1400 collection: classic research collection, no licence stated"
+#   "$PY" bench/adapters/sparse_variants.py "$DATA/cranfield/beir" "$WORK/sparse-cv0/adapter" --fold 0/2 \
+#       --cache .lodestar/variants-cranfield-cv0.npz --dense adapters/bidirectional-stsb \
+#       --dense-cache .lodestar/dense-cranfield-stsb.npz --out bench/results/sparse_variants_cranfield_cv0.json
+#   (the gentler run: --out "$WORK/sparse-cv0-gentle" --lr 1e-4 --lambda-d 1e-4, its own --cache and --out)
