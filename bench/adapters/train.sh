@@ -114,7 +114,8 @@ CRANFIELD_LICENCE="Cranfield-1400 collection: classic research collection, no li
 # other 115 queries' triplets (836) mixed with 400 SQuAD triplets (27 min here), then scored on the held-out
 # fold only (encoding 35 min): query_idf 0.244 against BM25's 0.344 on the same queries
 # (bench/results/sparse_variants_cranfield_cv0.json; lr 2e-4). The gentler run (lr 1e-4, lambda_d 1e-4):
-# bench/results/sparse_variants_cranfield_cv0_gentle.json. Fold 1 was not trained. Commented out; to rerun:
+# 0.273, hybrid 0.287 (bench/results/sparse_variants_cranfield_cv0_gentle.json). Fold 1 was not trained.
+# Commented out; to rerun:
 #   "$PY" bench/adapters/triplets.py beir "$DATA/cranfield/beir" "$WORK/cranfield_not0.jsonl" --exclude-fold 0/2
 #   "$PY" bench/adapters/triplets.py mix "$WORK/squad_shuffled.jsonl" "$WORK/squad_triplets.jsonl"
 #   head -400 "$WORK/squad_shuffled.jsonl" > "$WORK/squad400.jsonl"
