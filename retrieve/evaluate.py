@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import math
-import zlib
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 

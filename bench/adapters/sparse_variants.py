@@ -96,11 +96,27 @@ def encode(folder: Path, adapter: str, cache: Path) -> None:
              **flat([(t, np.ones(len(t))) for t in ctok], "ct"))
 
 
-def hybrid(args: argparse.Namespace, ranked_docs, sparse_scores: sp.csr_matrix, owner: np.ndarray,
+def ranked_docs(row: np.ndarray, doc_of: np.ndarray, depth: int, positive: bool = True) -> list[tuple[str, float]]:
+    """One query's row scores (row r belongs to document doc_of[r]) -> its top `depth` documents, each
+    scored by its best row (a sparse score of 0 is no match; a cosine may be negative)."""
+    out: dict[str, float] = {}
+    for c in np.argsort(-row, kind="stable")[: max(400, 8 * depth)]:
+        if (positive and row[c] <= 0) or len(out) == depth:
+            break
+        out.setdefault(str(doc_of[c]), float(row[c]))
+    return list(out.items())
+
+
+def mean_ndcg(rankings: list[list[str]], qids: list[str], qrels: dict) -> float:
+    from lodestar.retrieve.evaluate import ndcg_at
+
+    return round(float(np.mean([ndcg_at(r, qrels[q]) for r, q in zip(rankings, qids)])), 4)
+
+
+def hybrid(args: argparse.Namespace, sparse_scores: sp.csr_matrix, doc_of: np.ndarray, owner: np.ndarray,
            judged: list[str], qrels: dict) -> list[dict]:
     """Dense alone and the hybrid (dense + query_idf learned sparse), fused as the engine fuses: each side's
     top 100 documents by best chunk, then RRF and min-max weighting (`retrieve.fusion`)."""
-    from lodestar.retrieve.evaluate import ndcg_at
     from lodestar.retrieve.fusion import rrf, weighted
 
     if not args.dense_cache.exists():
@@ -111,11 +127,11 @@ def hybrid(args: argparse.Namespace, ranked_docs, sparse_scores: sp.csr_matrix, 
     row = {str(q): i for i, q in enumerate(z["judged"])}
     dense_scores = z["q"][[row[q] for q in judged]] @ z["d"].T  # (queries, chunks), cosine
     sparse_scores = sparse_scores.toarray()
-    dense = [ranked_docs(dense_scores[i], owner, 100, positive=False) for i in range(len(judged))]
-    sparse = [ranked_docs(sparse_scores[i], owner, 100) for i in range(len(judged))]
+    dense = [ranked_docs(dense_scores[i], doc_of, 100, positive=False) for i in range(len(judged))]
+    sparse = [ranked_docs(sparse_scores[i], doc_of, 100) for i in range(len(judged))]
 
     def score(lists: list) -> float:
-        return round(float(np.mean([ndcg_at([d for d, _ in ranked[:10]], qrels[q]) for ranked, q in zip(lists, judged)])), 4)
+        return mean_ndcg([[d for d, _ in ranked[:10]] for ranked in lists], judged, qrels)
 
     out = [{"variant": f"dense ({args.dense}, bidirectional)", "ndcg@10": score(dense)},
            {"variant": "hybrid with query_idf, rrf", "ndcg@10": score([rrf([d, s]) for d, s in zip(dense, sparse)])}]
@@ -140,7 +156,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.dense and not args.dense_cache:
         ap.error("--dense needs --dense-cache")
-    from lodestar.retrieve.evaluate import in_fold, ndcg_at, read_beir
+    from lodestar.retrieve.evaluate import in_fold, read_beir
     from lodestar.retrieve.sparse import BM25Index, idf_weight
 
     if args.fold:
@@ -176,26 +192,16 @@ def main() -> int:
     scored = np.array([i for i, q in enumerate(judged) if not args.fold or in_fold(q, args.fold)], dtype=np.int64)
     if not scored.size:
         raise SystemExit(f"fold {args.fold} holds none of the {len(judged)} judged queries")
+    scored_ids = [judged[j] for j in scored]
     n = D.shape[0]
     idf_index = np.array([idf_weight(n, int(df)) for df in np.diff(D.tocsc().indptr)])  # over stored vectors
     idf_text = np.array([idf_weight(n, int(df)) for df in np.diff(Ctok.tocsc().indptr)])  # over chunk tokens
     diag = sp.diags
     nnz = np.diff(D.indptr)
 
-    def ranked_docs(row: np.ndarray, of: np.ndarray, depth: int, positive: bool = True) -> list[tuple[str, float]]:
-        """One query's chunk scores -> its top `depth` documents, each scored by its best chunk (a sparse
-        score of 0 is no match; a cosine may be negative)."""
-        out: dict[str, float] = {}
-        for c in np.argsort(-row, kind="stable")[: max(400, 8 * depth)]:
-            if (positive and row[c] <= 0) or len(out) == depth:
-                break
-            out.setdefault(str(doc_ids[of[c]]), float(row[c]))
-        return list(out.items())
-
     def ndcg(qm: sp.csr_matrix, dm: sp.csr_matrix, of: np.ndarray = owner) -> float:
         scores = (qm[scored] @ dm.T).toarray()  # (scored queries, rows of dm), each row a chunk of document of[row]
-        return round(float(np.mean([ndcg_at([d for d, _ in ranked_docs(scores[i], of, 10)], qrels[judged[j]])
-                                    for i, j in enumerate(scored)])), 4)
+        return mean_ndcg([[d for d, _ in ranked_docs(row, doc_ids[of], 10)] for row in scores], scored_ids, qrels)
 
     own = Q.multiply(Qtok > 0).tocsr()  # the query's weights on its own tokens only
     mass = np.asarray(D.sum(axis=1)).ravel()
@@ -235,13 +241,12 @@ def main() -> int:
                     "ndcg@10": ndcg(Q @ diag(idf_index), whole, np.arange(len(doc_ids)))})
     bm25 = BM25Index()
     bm25.add(np.arange(len(docs), dtype=np.int64), [d.text for d in docs])
-    hits = bm25.search([queries[judged[j]] for j in scored], 10)
+    hits = bm25.search([queries[q] for q in scored_ids], 10)
     results.append({"variant": "reference: BM25 on whole documents (the stack's bm25 side), same queries",
-                    "ndcg@10": round(float(np.mean([ndcg_at([docs[i].id for i, _ in h], qrels[judged[j]])
-                                                    for h, j in zip(hits, scored)])), 4)})
+                    "ndcg@10": mean_ndcg([[docs[i].id for i, _ in h] for h in hits], scored_ids, qrels)})
     print(json.dumps(results[-1]), file=sys.stderr)
     if args.dense:
-        results += hybrid(args, ranked_docs, (Q @ diag(idf_index))[scored] @ D.T, owner, [judged[j] for j in scored], qrels)
+        results += hybrid(args, (Q @ diag(idf_index))[scored] @ D.T, doc_ids[owner], owner, scored_ids, qrels)
     report = {"dataset": str(args.beir), "adapter": args.adapter, "fold": args.fold or None, "queries": len(scored), "chunks": n,
               "variants": results, "encoded": encoded, "seconds": round(time.perf_counter() - t0, 1)}
     text = json.dumps(report, indent=2) + "\n"
