@@ -9,7 +9,9 @@ Variants: the served dot product (queries cut to 64 weights, chunks to 256), the
 to its own tokens, query weights replaced by or scaled with IDF (of the text's tokens, or of the
 stored sparse vectors as the index computes it), document length normalisation on top, BM25's
 saturation applied to the chunk weights (as if they were term frequencies), the query's own tokens
-added at their IDF, and each document as one vector (the max over its chunks'). A document scores as
+added at their IDF, the vocabulary folded to one entry per word form (case, leading space, plural),
+Rocchio pseudo-relevance feedback from the first ranking's top chunks, and each document as one
+vector (the max over its chunks'). A document scores as
 its best chunk; nDCG@10 over the judged queries (--fold k/n: only those of fold k, for an adapter
 trained on the others with `triplets.py beir --exclude-fold k/n`), with BM25 on whole documents
 (the stack's bm25 side) over the same queries for reference.
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+import scipy.sparse.linalg  # noqa: F401  (sp.linalg.norm)
 
 
 def _setup(folder: Path):
@@ -96,6 +99,45 @@ def encode(folder: Path, adapter: str, cache: Path) -> None:
              **flat([(t, np.ones(len(t))) for t in ctok], "ct"))
 
 
+def fold_map(stem_words: bool) -> np.ndarray:
+    """(V,) representative token id of each vocabulary id: tokens spelling the same word up to case and a
+    leading space (and, with stem_words, a plural) share the smallest id among them."""
+    from lodestar.backbone.loader import BackboneConfig, load_tokenizer
+    from lodestar.retrieve.sparse import stem
+    from lodestar.services.cli.common import settings
+
+    s = settings()
+    tok = load_tokenizer(BackboneConfig(model=s.model, cache_dir=s.cache_dir))
+    rep: dict[str, int] = {}
+    out = np.arange(len(tok), dtype=np.int64)
+    for i in range(len(tok)):
+        key = tok.convert_tokens_to_string([tok.convert_ids_to_tokens(i)]).strip().lower()
+        if not key:
+            continue
+        if stem_words and key.isalpha():
+            key = stem(key)
+        out[i] = rep.setdefault(key, i)
+    return out
+
+
+def max_per_cell(rows: np.ndarray, cols: np.ndarray, w: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
+    """A matrix of the largest of the weights that land on each (row, col)."""
+    order = np.lexsort((-w, cols, rows))
+    rows, cols, w = rows[order], cols[order], w[order]
+    first = np.r_[True, (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1])]
+    return sp.csr_matrix((w[first], (rows[first], cols[first])), shape=shape)
+
+
+def fold(m: sp.csr_matrix, rep: np.ndarray, how: str = "max") -> sp.csr_matrix:
+    """Each row's weights moved onto the representative ids (`fold_map`), the max (or sum) per class."""
+    coo = m.tocoo()
+    if how == "sum":
+        out = sp.csr_matrix((coo.data, (coo.row, rep[coo.col])), shape=m.shape)
+        out.sum_duplicates()
+        return out
+    return max_per_cell(coo.row, rep[coo.col], coo.data, m.shape)
+
+
 def ranked_docs(row: np.ndarray, doc_of: np.ndarray, depth: int, positive: bool = True) -> list[tuple[str, float]]:
     """One query's row scores (row r belongs to document doc_of[r]) -> its top `depth` documents, each
     scored by its best row (a sparse score of 0 is no match; a cosine may be negative)."""
@@ -113,10 +155,11 @@ def mean_ndcg(rankings: list[list[str]], qids: list[str], qrels: dict) -> float:
     return round(float(np.mean([ndcg_at(r, qrels[q]) for r, q in zip(rankings, qids)])), 4)
 
 
-def hybrid(args: argparse.Namespace, sparse_scores: sp.csr_matrix, doc_of: np.ndarray, owner: np.ndarray,
+def hybrid(args: argparse.Namespace, sides: dict[str, sp.csr_matrix], doc_of: np.ndarray, owner: np.ndarray,
            judged: list[str], qrels: dict) -> list[dict]:
-    """Dense alone and the hybrid (dense + query_idf learned sparse), fused as the engine fuses: each side's
-    top 100 documents by best chunk, then RRF and min-max weighting (`retrieve.fusion`)."""
+    """Dense alone and the hybrid of dense with each learned-sparse side (name -> (queries, chunks) scores),
+    fused as the engine fuses: each side's top 100 documents by best chunk, then RRF and min-max weighting
+    (`retrieve.fusion`)."""
     from lodestar.retrieve.fusion import rrf, weighted
 
     if not args.dense_cache.exists():
@@ -126,18 +169,18 @@ def hybrid(args: argparse.Namespace, sparse_scores: sp.csr_matrix, doc_of: np.nd
         raise SystemExit(f"{args.dense_cache} was chunked differently from {args.cache}")
     row = {str(q): i for i, q in enumerate(z["judged"])}
     dense_scores = z["q"][[row[q] for q in judged]] @ z["d"].T  # (queries, chunks), cosine
-    sparse_scores = sparse_scores.toarray()
     dense = [ranked_docs(dense_scores[i], doc_of, 100, positive=False) for i in range(len(judged))]
-    sparse = [ranked_docs(sparse_scores[i], doc_of, 100) for i in range(len(judged))]
 
     def score(lists: list) -> float:
         return mean_ndcg([[d for d, _ in ranked[:10]] for ranked in lists], judged, qrels)
 
-    out = [{"variant": f"dense ({args.dense}, bidirectional)", "ndcg@10": score(dense)},
-           {"variant": "hybrid with query_idf, rrf", "ndcg@10": score([rrf([d, s]) for d, s in zip(dense, sparse)])}]
-    for a in (float(x) for x in args.alphas.split(",")):
-        out.append({"variant": f"hybrid with query_idf, weighted alpha {a}",
-                    "ndcg@10": score([weighted(d, s, alpha=a) for d, s in zip(dense, sparse)])})
+    out = [{"variant": f"dense ({args.dense}, bidirectional)", "ndcg@10": score(dense)}]
+    for name, scores in sides.items():
+        sparse = [ranked_docs(row, doc_of, 100) for row in scores.toarray()]
+        out.append({"variant": f"hybrid with {name}, rrf", "ndcg@10": score([rrf([d, s]) for d, s in zip(dense, sparse)])})
+        for a in (float(x) for x in args.alphas.split(",")):
+            out.append({"variant": f"hybrid with {name}, weighted alpha {a}",
+                        "ndcg@10": score([weighted(d, s, alpha=a) for d, s in zip(dense, sparse)])})
     for r in out:
         print(json.dumps(r), file=sys.stderr)
     return out
@@ -194,8 +237,12 @@ def main() -> int:
         raise SystemExit(f"fold {args.fold} holds none of the {len(judged)} judged queries")
     scored_ids = [judged[j] for j in scored]
     n = D.shape[0]
-    idf_index = np.array([idf_weight(n, int(df)) for df in np.diff(D.tocsc().indptr)])  # over stored vectors
-    idf_text = np.array([idf_weight(n, int(df)) for df in np.diff(Ctok.tocsc().indptr)])  # over chunk tokens
+
+    def idf_of(dm: sp.csr_matrix) -> np.ndarray:
+        """Each vocabulary entry's BM25 IDF over the rows of `dm` that hold it."""
+        return np.array([idf_weight(n, int(df)) for df in np.diff(dm.tocsc().indptr)])
+
+    idf_index, idf_text = idf_of(D), idf_of(Ctok)  # over the stored vectors, over the chunks' own tokens
     diag = sp.diags
     nnz = np.diff(D.indptr)
 
@@ -213,11 +260,7 @@ def main() -> int:
         return m
 
     coo = D.tocoo()  # each document as one vector: per term, the largest weight among its chunks
-    rows, cols, w = owner[coo.row], coo.col, coo.data
-    order = np.lexsort((-w, cols, rows))
-    rows, cols, w = rows[order], cols[order], w[order]
-    first = np.r_[True, (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1])]
-    whole = sp.csr_matrix((w[first], (rows[first], cols[first])), shape=(len(doc_ids), vocab))
+    whole = max_per_cell(owner[coo.row], coo.col, coo.data, (len(doc_ids), vocab))
     variants = {
         "served dot product (query 64, chunk 256 weights)": (Q, D),
         "query restricted to its own tokens": (own, D),
@@ -233,6 +276,23 @@ def main() -> int:
         "query_idf, chunk weights BM25-saturated k1=4 b=0": (Q @ diag(idf_index), saturated(4.0, 0.0)),
         "query_idf + the query's own tokens at their IDF": ((Q + Qtok) @ diag(idf_index), D),
     }
+    for stem_words in (False, True):  # one weight per word form: the case and space variants of a token merged
+        rep = fold_map(stem_words)
+        label = f"vocabulary folded (case, leading space{', plural' if stem_words else ''})"
+        for how in ("max", "sum"):
+            fq, fd = fold(Q, rep, how), fold(D, rep, how)
+            variants[f"query_idf, {label}, {how} per word"] = (fq @ diag(idf_of(fd)), fd)
+        fq, fd = topk(fold(csr("q"), rep), 64), topk(fold(csr("d"), rep), 256)
+        variants[f"query_idf, {label} before the top-k cut, max"] = (fq @ diag(idf_of(fd)), fd)
+    first = (Q @ diag(idf_index) @ D.T).toarray()  # (queries, chunks): the query_idf ranking
+    unit = diag(1 / np.sqrt(np.asarray(D.multiply(D).sum(axis=1)).ravel())) @ D
+    fed: dict[str, sp.csr_matrix] = {}
+    for m, beta in ((3, 0.5), (3, 1.0), (10, 0.5), (10, 1.0)):  # Rocchio feedback from the top m chunks
+        centroid = np.stack([np.asarray(unit[np.argsort(-row)[:m]].mean(axis=0)).ravel() for row in first])
+        centroid[centroid < np.partition(centroid, -64, axis=1)[:, -64:-63]] = 0  # its 64 largest terms
+        name = f"query_idf + pseudo-relevance feedback (top {m} chunks, beta {beta}, 64 terms)"
+        fed[name] = sp.csr_matrix(diag(1 / sp.linalg.norm(Q, axis=1)) @ Q + beta * centroid) @ diag(idf_index)
+        variants[name] = (fed[name], D)
     results = []
     for name, (qm, dm) in variants.items():
         results.append({"variant": name, "ndcg@10": ndcg(qm, dm)})
@@ -246,7 +306,8 @@ def main() -> int:
                     "ndcg@10": mean_ndcg([[docs[i].id for i, _ in h] for h in hits], scored_ids, qrels)})
     print(json.dumps(results[-1]), file=sys.stderr)
     if args.dense:
-        results += hybrid(args, (Q @ diag(idf_index))[scored] @ D.T, doc_ids[owner], owner, scored_ids, qrels)
+        sides = {"query_idf": Q @ diag(idf_index)} | {name.replace("pseudo-relevance ", ""): qm for name, qm in fed.items()}
+        results += hybrid(args, {name: qm[scored] @ D.T for name, qm in sides.items()}, doc_ids[owner], owner, scored_ids, qrels)
     report = {"dataset": str(args.beir), "adapter": args.adapter, "fold": args.fold or None, "queries": len(scored), "chunks": n,
               "variants": results, "encoded": encoded, "seconds": round(time.perf_counter() - t0, 1)}
     text = json.dumps(report, indent=2) + "\n"

@@ -128,3 +128,13 @@ CRANFIELD_LICENCE="Cranfield-1400 collection: classic research collection, no li
 #       --cache .lodestar/variants-cranfield-cv0.npz --dense adapters/bidirectional-stsb \
 #       --dense-cache .lodestar/dense-cranfield-stsb.npz --out bench/results/sparse_variants_cranfield_cv0.json
 #   (the gentler run: --out "$WORK/sparse-cv0-gentle" --lr 1e-4 --lambda-d 1e-4, its own --cache and --out)
+
+# Tried, not served (negative): training-free scoring changes on one Cranfield encoding with sparse-squad.
+# Vocabulary folded to one weight per word form 0.336 (plurals merged 0.329) against query_idf's 0.337;
+# Rocchio pseudo-relevance feedback 0.341-0.348, its hybrid with bidirectional-stsb at most 0.359 (BM25 0.366
+# on the same queries); bench/results/sparse_variants_cranfield_fold_prf.json (encodings 27 + 9 min here).
+# Commented out; to rerun:
+#   "$PY" bench/adapters/sparse_variants.py "$DATA/cranfield/beir" adapters/sparse-squad \
+#       --cache .lodestar/variants-cranfield-squad.npz --dense adapters/bidirectional-stsb \
+#       --dense-cache .lodestar/dense-cranfield-stsb.npz --alphas 0.15,0.2,0.3,0.5 \
+#       --out bench/results/sparse_variants_cranfield_fold_prf.json

@@ -73,3 +73,27 @@ def test_triplets_leave_the_held_out_fold_out(tmp_path: Path) -> None:
     assert rows and {r["query"] for r in rows} <= kept
     assert len(rows) == sum(not in_fold(str(q), "0/2") for q in range(12))
     assert all(r["negatives"] and r["negatives"][0] != r["positive"] for r in rows)  # a BM25 neighbour, not relevant
+
+
+def _sparse_variants():
+    """bench/adapters/sparse_variants.py as a module (a script folder, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sparse_variants", ROOT / "bench/adapters/sparse_variants.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_vocabulary_fold_keeps_the_largest_or_sums_each_word_form():
+    import numpy as np
+    import scipy.sparse as sp
+
+    sv = _sparse_variants()
+    m = sp.csr_matrix(np.array([[1.0, 3.0, 0.0, 2.0], [0.0, 0.5, 4.0, 0.0]]))
+    rep = np.array([0, 0, 2, 2])  # ids 0 and 1 spell one word form, 2 and 3 another
+    assert sv.fold(m, rep).toarray().tolist() == [[3.0, 0.0, 2.0, 0.0], [0.5, 0.0, 4.0, 0.0]]
+    assert sv.fold(m, rep, "sum").toarray().tolist() == [[4.0, 0.0, 2.0, 0.0], [0.5, 0.0, 4.0, 0.0]]
+    # documents as one vector: rows 0 and 1 are chunks of one document, the largest weight per term wins
+    whole = sv.max_per_cell(np.array([0, 0, 0, 0]), np.array([1, 3, 1, 2]), np.array([3.0, 2.0, 0.5, 4.0]), (1, 4))
+    assert whole.toarray().tolist() == [[0.0, 3.0, 4.0, 2.0]]
