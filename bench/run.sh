@@ -122,9 +122,11 @@ if [[ " $STEPS " == *" retrieve "* ]]; then
 fi
 
 if [[ " $STEPS " == *" sparse "* ]]; then
-    echo "== bench sparse (learned-sparse impact index: 10k, 100k, 300k synthetic SPLADE-like vectors)"
+    echo "== bench sparse (learned-sparse impact index: 10k, 100k, 300k synthetic SPLADE-like vectors, with and without IDF)"
     "${LODESTAR[@]}" bench sparse --quiet --out "$TMP/sparse_impact.json" > /dev/null
     publish "$TMP/sparse_impact.json" "$RESULTS/sparse_impact.json"
+    "${LODESTAR[@]}" bench sparse --no-idf --quiet --out "$TMP/sparse_impact_noidf.json" > /dev/null
+    publish "$TMP/sparse_impact_noidf.json" "$RESULTS/sparse_impact_noidf.json"
 fi
 
 if [[ " $STEPS " == *" shards "* ]]; then

@@ -153,7 +153,7 @@ def cmd_bench_sparse(args: argparse.Namespace) -> int:
     if any(n < args.k for n in sizes):
         raise SystemExit(f"--sizes must each be at least k={args.k}; got {args.sizes!r}")
     write_result(bench_impact(sizes=sizes, doc_nnz=args.doc_nnz, query_nnz=args.query_nnz, queries=args.queries,
-                              k=args.k, progress=not args.quiet), args.out)
+                              k=args.k, progress=not args.quiet, idf=args.idf), args.out)
     return 0
 
 
@@ -252,12 +252,14 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     add_result_args(bh, model=False)
     bh.set_defaults(func=cmd_bench_shards)
 
-    bs = bn.add_parser("sparse", help="learned-sparse impact index latency (plain accumulation) vs exact CSR scoring")
+    bs = bn.add_parser("sparse", help="learned-sparse impact index latency (MaxScore, plain accumulation) vs exact CSR scoring")
     bs.add_argument("--sizes", default="10000,100000,300000", help="documents per run, comma-separated")
     bs.add_argument("--doc-nnz", type=int, default=200, help="non-zeros per document (sparse-squad: about 200)")
     bs.add_argument("--query-nnz", type=int, default=40, help="non-zeros per query (sparse-squad: about 40)")
     bs.add_argument("--queries", type=int, default=200)
     bs.add_argument("--k", type=int, default=10)
+    bs.add_argument("--idf", action=argparse.BooleanOptionalAction, default=True,
+                    help="scale query weights by IDF, as collections do by default (query_idf)")
     add_result_args(bs, model=False)
     bs.set_defaults(func=cmd_bench_sparse)
 

@@ -261,13 +261,48 @@ def test_impact_index_idf_weights_query_terms_by_rarity() -> None:
     assert dict(index.search([q], 4, idf=True)[0])[2] == pytest.approx(idf_weight(2, 2) + idf_weight(2, 1))
 
 
-def test_impact_benchmark_agrees_with_exact_scoring() -> None:
-    """`lodestar bench sparse`: the accumulation returns the exact top-k on Zipf-shaped vectors."""
+@pytest.mark.parametrize("idf", [True, False])
+def test_impact_benchmark_agrees_with_exact_scoring(idf: bool) -> None:
+    """`lodestar bench sparse`: MaxScore and the plain accumulation return the exact top-k on
+    Zipf-shaped vectors, with and without IDF-scaled queries."""
     from lodestar.retrieve.bench import bench_impact, splade_like
 
     vecs = splade_like(50, 20, 1000, np.random.default_rng(0))
     assert all(t.size == np.unique(t).size <= 20 and (w > 0).all() for t, w in vecs)
-    result = bench_impact(sizes=(500,), vocab=1000, doc_nnz=30, query_nnz=8, queries=20, progress=False)
+    result = bench_impact(sizes=(500,), vocab=1000, doc_nnz=30, query_nnz=8, queries=20, progress=False, idf=idf)
     row = result["sizes"][0]
     assert row["agreement@10"] == 1.0 and row["documents"] == 500 and row["postings"] > 500 * 20
-    assert row["accumulation_ms"]["p50"] > 0
+    assert row["accumulation_ms"]["p50"] > 0 and row["maxscore_ms"]["p50"] > 0
+
+
+@pytest.mark.parametrize("idf", [False, True])
+def test_impact_maxscore_returns_what_plain_accumulation_returns(idf: bool) -> None:
+    """MaxScore pruning is exact: over several segments, with dead slots, filters and skewed weights,
+    every query gets the same ids and scores (to float rounding) as reading every posting."""
+    from lodestar.retrieve.sparse import ImpactIndex
+
+    rng = np.random.default_rng(7)
+    vocab = 400
+    p = 1 / np.arange(1, vocab + 1)  # Zipf-shaped term frequencies: long postings for common terms
+
+    def vectors(n: int, nnz: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [(t, (rng.pareto(1.5, t.size) + 0.05).astype(np.float32))
+                for t in (rng.choice(vocab, size=nnz, replace=False, p=p / p.sum()) for _ in range(n))]
+
+    index = ImpactIndex()
+    start = 0
+    for n in (800, 300, 120, 50):  # each add under half the last: four segments that do not merge
+        index.add(np.arange(start, start + n), vectors(n, 25))
+        start += n
+    assert len(index._segments) == 4
+    queries = vectors(40, 12)
+    for removed in (False, True):
+        if removed:
+            index.remove(rng.choice(start, size=200, replace=False))  # dead slots, not compacted
+        for k in (1, 10, 50):
+            for allowed in (None, rng.choice(start, size=600, replace=False)):
+                pruned = index.search(queries, k, allowed=allowed, idf=idf, prune=True)
+                plain = index.search(queries, k, allowed=allowed, idf=idf, prune=False)
+                for a, b in zip(pruned, plain):
+                    assert [i for i, _ in a] == [i for i, _ in b]
+                    assert [s for _, s in a] == pytest.approx([s for _, s in b], rel=1e-9)
