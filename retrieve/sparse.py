@@ -150,6 +150,7 @@ class _Postings:
         self._nslots = 0
         self._keys = np.empty(0, dtype=np.int64)  # (N,) sorted live ids
         self._key_slots = np.empty(0, dtype=np.int64)  # (N,) slot of each key
+        self._df_cache: dict[int, int] = {}  # term -> live document frequency, while dead slots exist
 
     @property
     def count(self) -> int:
@@ -172,6 +173,7 @@ class _Postings:
     def _add_postings(self, ids: np.ndarray, lengths: np.ndarray, doc: np.ndarray, terms: np.ndarray,
                       weights: np.ndarray) -> None:
         """New slots for `ids`; postings (doc index into ids, term, weight), one per (doc, term)."""
+        self._df_cache.clear()
         base = self._nslots
         self._grow(base + ids.size)
         self._slot_ids[base : base + ids.size] = ids
@@ -189,6 +191,7 @@ class _Postings:
 
     def _kill(self, ids: np.ndarray) -> np.ndarray:
         """Mark ids dead (unknown ones ignored); -> their slots."""
+        self._df_cache.clear()
         ids = np.unique(as_ids(ids))
         hit = ids[member(self._keys, ids)]
         if hit.size == 0:
@@ -512,9 +515,11 @@ class ImpactIndex(_Postings):
 
     def _plan(self, terms: np.ndarray, weights: np.ndarray, idf: bool) -> list[tuple[int, float, float]]:
         """(term, effective query weight, upper bound of its contribution) of each positive query term
-        present in the index. The bound is the weight times the term's largest posting (slightly
-        inflated: the float32 products must not exceed it). Without dead slots the document
-        frequency is the postings count; otherwise the live ones are counted."""
+        present in the index, by decreasing bound (stable): both search paths add a document's
+        contributions in this order, so their sums agree to the bit. The bound is the weight times
+        the term's largest posting, slightly inflated (float32 products must not exceed it). Without
+        dead slots the document frequency is the postings count; otherwise the live postings are
+        counted once per term until the next write (`_live_df`)."""
         plan = []
         clean = self._nslots == self.count
         for t, qw in zip(np.asarray(terms).tolist(), np.asarray(weights, dtype=np.float64).tolist()):
@@ -527,10 +532,18 @@ class ImpactIndex(_Postings):
             if not idf:
                 w = qw
             else:
-                df = sum(n for _, n in bounds) if clean else self._gather(int(t), None)[2]
+                df = sum(n for _, n in bounds) if clean else self._live_df(int(t))
                 w = qw * idf_weight(self.count, df)
             plan.append((int(t), w, float(w * top) * (1 + 1e-6)))
-        return plan
+        return sorted(plan, key=lambda p: -p[2])
+
+    def _live_df(self, term: int) -> int:
+        """Live documents holding `term`, remembered until the next add or remove."""
+        df = self._df_cache.get(term)
+        if df is None:
+            df = self._df_cache[term] = sum(int(self._live[p[0]].sum()) for p in
+                                            (seg.postings(term) for seg in self._segments) if p is not None)
+        return df
 
     def _accumulate(self, plan: list[tuple[int, float, float]], k: int, mask: np.ndarray | None) -> list[tuple[int, float]]:
         """Plain accumulation: every posting of every query term."""
@@ -551,26 +564,27 @@ class ImpactIndex(_Postings):
         Exact: the same top k as plain accumulation (sums differ in the last bits only)."""
         if not plan:
             return []
-        plan = sorted(plan, key=lambda p: -p[2])
         rest = np.append(np.cumsum([u for *_, u in plan][::-1])[::-1], 0.0)  # rest[i]: bounds of terms i..
-        acc = np.zeros(self._nslots)  # (S,) float64 partial scores; > 0 exactly where a term matched
+        acc = np.zeros(self._nslots)  # (S,) float64 partial scores
+        seen = np.zeros(self._nslots, dtype=bool)  # (S,) matched by a term so far
         theta, i = -np.inf, 0
         while i < len(plan) and not rest[i] < theta:
             t, w, _ = plan[i]
             slots, dw, _ = self._gather(t, mask)
             acc[slots] += w * dw  # a slot appears once per term
+            seen[slots] = True
             i += 1
             if slots.size >= k and rest[i] < rest[0] - rest[i]:  # the terms left could be outscored:
                 part = acc[slots[:: max(1, slots.size // 4096)]]  # the k-th best of some of these documents
                 if part.size >= k:  # bounds the k-th best overall
                     theta = max(theta, float(np.partition(part, part.size - k)[part.size - k]))
-        cand = np.flatnonzero(acc)  # (C,)
+        cand = np.flatnonzero(seen)  # (C,)
         partial = acc[cand]
         scratch = None
         for j in range(i, len(plan)):
             if partial.size > k:
                 theta = max(theta, float(np.partition(partial, partial.size - k)[partial.size - k]))
-                keep = partial + rest[j] >= theta
+                keep = (partial + rest[j]) * (1 + 1e-12) >= theta  # margin: the float sum may round up later
                 cand, partial = cand[keep], partial[keep]
             t, w, _ = plan[j]
             for seg in self._segments:
