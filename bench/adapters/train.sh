@@ -138,3 +138,16 @@ CRANFIELD_LICENCE="Cranfield-1400 collection: classic research collection, no li
 #       --cache .lodestar/variants-cranfield-squad.npz --dense adapters/bidirectional-stsb \
 #       --dense-cache .lodestar/dense-cranfield-stsb.npz --alphas 0.15,0.2,0.3,0.5 \
 #       --out bench/results/sparse_variants_cranfield_fold_prf.json
+
+# Tried, not shipped: the dense side adapted to Cranfield with its titles as queries (no labels),
+# continuing bidirectional-stsb; 60 steps 20 min here, 60 more 17 min. Dense nDCG@10 0.182 -> 0.259 -> 0.270,
+# hybrid with sparse-squad + query_idf 0.345 -> 0.356 -> 0.359 (BM25 0.366 on the same queries);
+# bench/results/sparse_variants_cranfield_dense_title{60,120}.json. Commented out; to rerun:
+#   "${LODESTAR[@]}" adapt --corpus "$DATA/cranfield/beir" --out "$WORK/adapt-cranfield-title-dense" --queries title \
+#       --kinds dense --passages 1398 --dense-init adapters/bidirectional-stsb --steps 60 --batch 4 --lr 1e-4 \
+#       --lora-r 8 --lora-alpha 16 --dtype bfloat16 --eval-every 20 --patience 3 --seed 0
+#   (the same with --steps 120 continues the stage from its step-60 checkpoint)
+#   "$PY" bench/adapters/sparse_variants.py "$DATA/cranfield/beir" adapters/sparse-squad \
+#       --cache .lodestar/variants-cranfield-squad.npz --dense "$WORK/adapt-cranfield-title-dense/dense/adapter" \
+#       --dense-cache .lodestar/dense-cranfield-title120.npz --alphas 0.15,0.2,0.3,0.5,0.7 \
+#       --out bench/results/sparse_variants_cranfield_dense_title120.json
