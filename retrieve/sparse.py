@@ -121,9 +121,7 @@ class _Segment:
     @cached_property
     def maxes(self) -> np.ndarray:
         """(T,) float32 largest weight in each term's postings (dead ones included: an upper bound)."""
-        if not self.terms.size:
-            return np.empty(0, dtype=np.float32)
-        return np.maximum.reduceat(self.tfs, self.starts[:-1]) if self.tfs.size else np.zeros(self.terms.size, np.float32)
+        return np.maximum.reduceat(self.tfs, self.starts[:-1]) if self.terms.size else np.empty(0, dtype=np.float32)
 
     def bound(self, term: int) -> tuple[float, int]:
         """(largest weight, postings) of one term here; (0, 0) when absent. Costs one binary search."""
@@ -541,8 +539,7 @@ class ImpactIndex(_Postings):
         """Live documents holding `term`, remembered until the next add or remove."""
         df = self._df_cache.get(term)
         if df is None:
-            df = self._df_cache[term] = sum(int(self._live[p[0]].sum()) for p in
-                                            (seg.postings(term) for seg in self._segments) if p is not None)
+            df = self._df_cache[term] = self._gather(term, None)[2]
         return df
 
     def _accumulate(self, plan: list[tuple[int, float, float]], k: int, mask: np.ndarray | None) -> list[tuple[int, float]]:
@@ -561,7 +558,7 @@ class ImpactIndex(_Postings):
         they alone match can then reach the top k. The terms left only look up the surviving
         candidates (a binary search into their postings, or a scatter when that is cheaper), and a
         candidate is dropped once its partial score plus the bounds left fall below theta.
-        Exact: the same top k as plain accumulation (sums differ in the last bits only)."""
+        Exact: the same top k and scores as plain accumulation (`_plan` fixes the order of the additions)."""
         if not plan:
             return []
         rest = np.append(np.cumsum([u for *_, u in plan][::-1])[::-1], 0.0)  # rest[i]: bounds of terms i..
