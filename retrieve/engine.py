@@ -53,7 +53,7 @@ from lodestar.retrieve.snapshot import (
     snapshot_bytes,
     write_snapshot,
 )
-from lodestar.retrieve.sparse import BM25Index, ImpactIndex
+from lodestar.retrieve.sparse import BM25Index, ImpactIndex, sparse_vector
 from lodestar.retrieve.shards import AnyDense, check_shards, dense_from_bytes, new_dense
 from lodestar.retrieve.store import ChunkRef, CompiledFilter, DocWrite, Store, StoreError, WriteResult, compile_filters
 from lodestar.retrieve.types import (
@@ -673,8 +673,12 @@ class RetrievalEngine:
         if (c.config.sparse == "learned") != (prepared.sparse is not None):
             raise InvalidInput(f"collection {name!r} has sparse={c.config.sparse!r}: learned-sparse vectors are "
                                f"{'needed' if c.config.sparse == 'learned' else 'not expected'}")
-        if prepared.sparse is not None and len(prepared.sparse) != chunks:
-            raise InvalidInput(f"{len(prepared.sparse)} sparse vectors for {chunks} chunks")
+        if prepared.sparse is not None:
+            if len(prepared.sparse) != chunks:
+                raise InvalidInput(f"{len(prepared.sparse)} sparse vectors for {chunks} chunks")
+            # checked before the store takes them: a stored vector the index refuses would also fail every rebuild
+            prepared.sparse = [sparse_vector(t, w, f"sparse vector {i} (of {chunks} chunks)")
+                               for i, (t, w) in enumerate(prepared.sparse)]
         return self._write(c, prepared, metadata)
 
     def _write(self, c: _Collection, prepared: Prepared, metadata: list[str]) -> tuple[int, int]:

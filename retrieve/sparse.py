@@ -458,6 +458,33 @@ class BM25Index(_Postings):
 
 
 _IMPACT_MAGIC = b"LSIMPx\x00\x01"
+_MAX_TERM = 2**31 - 1  # postings keep term ids as int32
+
+
+def sparse_vector(terms: object, weights: object, where: str = "a sparse vector") -> tuple[np.ndarray, np.ndarray]:
+    """(term ids int64, weights float32) of one learned-sparse vector, its zero and negative weights
+    dropped; InvalidInput names what is wrong (shapes, term ids outside [0, 2^31 - 1), repeated ids,
+    NaN or infinite weights). Chunks a worker commits are checked with this before they are stored:
+    a vector the index cannot take would otherwise leave the collection unable to rebuild."""
+    try:
+        t = np.asarray(terms)
+        w = np.asarray(weights, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{where}: term ids and weights must be numbers ({exc})") from None
+    if t.ndim != 1 or t.shape != w.shape:
+        raise InvalidInput(f"{where} needs term ids and weights of the same length; got {t.size} ids and {w.size} weights")
+    if t.size and not np.issubdtype(t.dtype, np.integer):
+        raise InvalidInput(f"{where}: term ids must be integers; got {t.dtype}")
+    t = t.astype(np.int64)
+    if t.size and (t.min() < 0 or t.max() >= _MAX_TERM):
+        raise InvalidInput(f"{where}: term ids must lie in [0, {_MAX_TERM}); got {int(t.min())}..{int(t.max())}")
+    if not np.isfinite(w).all():
+        raise InvalidInput(f"{where}: weights must be finite numbers; got NaN or infinity")
+    keep = w > 0
+    t, w = t[keep], w[keep]
+    if np.unique(t).size != t.size:
+        raise InvalidInput(f"{where} repeats a term id")
+    return t, w
 
 
 class ImpactIndex(_Postings):
@@ -477,14 +504,7 @@ class ImpactIndex(_Postings):
             return
         terms, weights, lengths = [], [], []
         for t, w in vectors:
-            t = np.asarray(t, dtype=np.int64)
-            w = np.asarray(w, dtype=np.float32)
-            if t.shape != w.shape or t.ndim != 1:
-                raise InvalidInput("a sparse vector needs term ids and weights of the same length")
-            keep = w > 0
-            t, w = t[keep], w[keep]
-            if np.unique(t).size != t.size:
-                raise InvalidInput("a sparse vector repeats a term id")
+            t, w = sparse_vector(t, w)
             terms.append(t)
             weights.append(w)
             lengths.append(t.size)
@@ -507,13 +527,14 @@ class ImpactIndex(_Postings):
         prune = idf if prune is None else prune
         out = []
         for terms, weights in queries:
+            terms, weights = sparse_vector(terms, weights, "a sparse query vector")
             plan = self._plan(terms, weights, idf) if self.count else []
             out.append(self._maxscore(plan, int(k), mask) if prune else self._accumulate(plan, int(k), mask))
         return out
 
     def _plan(self, terms: np.ndarray, weights: np.ndarray, idf: bool) -> list[tuple[int, float, float]]:
-        """(term, effective query weight, upper bound of its contribution) of each positive query term
-        present in the index, by decreasing bound (stable): both search paths add a document's
+        """(term, effective query weight, upper bound of its contribution) of each query term (weights
+        positive: `sparse_vector`) present in the index, by decreasing bound (stable): both search paths add a document's
         contributions in this order, so their sums agree to the bit. The bound is the weight times
         the term's largest posting, slightly inflated (float32 products must not exceed it). Without
         dead slots the document frequency is the postings count; otherwise the live postings are
@@ -521,8 +542,6 @@ class ImpactIndex(_Postings):
         plan = []
         clean = self._nslots == self.count
         for t, qw in zip(np.asarray(terms).tolist(), np.asarray(weights, dtype=np.float64).tolist()):
-            if qw <= 0:
-                continue
             bounds = [seg.bound(int(t)) for seg in self._segments]
             top = max((b for b, _ in bounds), default=0.0)
             if top <= 0:

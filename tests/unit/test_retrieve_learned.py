@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lodestar.errors import InvalidInput
@@ -98,3 +99,39 @@ def test_query_idf_default_stored_and_kept_for_older_collections(tiny_engine, tm
     assert plain[0].id == with_idf[0].id == "guitar"
     assert [h.score for h in plain] != [h.score for h in with_idf]
     again.close()
+
+
+@pytest.mark.parametrize("bad, words", [
+    ("repeat", "repeats a term id"),
+    ("length", "same length"),
+    ("term", "term ids must lie in"),
+    ("nan", "weights must be finite"),
+])
+def test_worker_sparse_vectors_are_checked_before_they_are_stored(tiny_engine, tmp_path: Path, bad: str, words: str) -> None:  # type: ignore[no-untyped-def]
+    """A worker's commit (CommitChunk) carries its own sparse vectors: one the index cannot take is refused
+    before the store keeps it; stored, it would fail the apply and every rebuild after it."""
+    engine = RetrievalEngine(tmp_path / "c", tiny_engine)
+    engine.create(CFG)
+    engine.upsert("learned", DOCS[:2])
+    before = search(engine, DOCS[1].text)
+    prepared = prepare(tiny_engine, CFG, 64, DOCS[2:])
+    assert prepared.sparse is not None
+    terms, weights = (a.copy() for a in prepared.sparse[0])
+    if bad == "repeat":
+        terms[1] = terms[0]
+    elif bad == "length":
+        weights = weights[:-1]
+    elif bad == "term":
+        terms[0] = 2**40
+    else:
+        weights[0] = np.nan
+    prepared.sparse[0] = (terms, weights)
+    with pytest.raises(InvalidInput, match=words):
+        engine.upsert_prepared("learned", prepared)
+    assert engine.stats("learned").documents == 2 and engine._get("learned").status == "ok"  # type: ignore[union-attr]
+    assert search(engine, DOCS[1].text) == before
+    engine.rebuild("learned")  # the store holds nothing the index refuses
+    assert search(engine, DOCS[1].text) == before
+    engine.upsert_prepared("learned", prepare(tiny_engine, CFG, 64, DOCS[2:]))  # the good vectors still go in
+    assert engine.stats("learned").documents == 3
+    engine.close()

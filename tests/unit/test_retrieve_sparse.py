@@ -222,8 +222,20 @@ def test_impact_index_dot_products_filters_removal_and_snapshots() -> None:
     assert again.search([q], 3) == [[(10, 2.0)]] and again.count == 2
     with pytest.raises(InvalidInput):
         index.add(np.array([10]), [docs[10]])  # already present
-    with pytest.raises(InvalidInput):
-        index.add(np.array([20]), [(np.array([1, 1]), np.array([1.0, 1.0]))])
+    for terms, weights, words in (
+        ([1, 1], [1.0, 1.0], "repeats a term id"),
+        ([1, 2], [1.0], "same length; got 2 ids and 1 weights"),
+        ([-1], [1.0], r"term ids must lie in \[0, 2147483647\)"),
+        ([2**31], [1.0], r"term ids must lie in \[0, 2147483647\)"),
+        ([1.5], [1.0], "term ids must be integers"),
+        ([3], [float("nan")], "weights must be finite"),
+        ([3], [float("inf")], "weights must be finite"),
+    ):
+        with pytest.raises(InvalidInput, match=words):
+            index.add(np.array([20]), [(np.array(terms), np.array(weights))])
+        with pytest.raises(InvalidInput, match=words):  # a query vector is held to the same rules
+            index.search([(np.array(terms), np.array(weights))], 3, idf=True)
+    assert index.count == 2 and index.search([q], 3) == [[(10, 2.0)]]  # nothing of the refused vectors stayed
     with pytest.raises(ValueError):
         ImpactIndex.from_bytes(index.to_bytes()[:-2])
     # many documents: the dense accumulator path agrees with a brute-force dot product
