@@ -39,6 +39,10 @@ from lodestar.retrieve.ids import as_ids, member
 from lodestar.retrieve.types import METRICS
 
 SPEC_EXAMPLES = "Flat, HNSW32, IVF1024,Flat, IVF1024,PQ16"
+# Limits a new collection's index spec must keep (FAISS parses these but fails, aborts or exhausts
+# memory only once vectors arrive): IVF lists, HNSW neighbours per node (HNSW0/1 crash the process).
+MAX_NLIST = 1 << 20
+HNSW_M_RANGE = (2, 256)
 TOMBSTONE = -2  # label given to a removed vector that is still physically in a graph index
 _MAX_ID = 2**63 - 1
 _MAGIC = b"LSDENSE1"
@@ -145,6 +149,8 @@ def _build(dim: int, spec: str, metric: str) -> Any:
         raise InvalidInput(
             f"index spec '{spec}' is not valid for dim {dim}: {_faiss_message(exc)}; examples: {SPEC_EXAMPLES}"
         ) from None
+    except MemoryError:
+        raise InvalidInput(f"index spec '{spec}' for dim {dim} does not fit in memory; examples: {SPEC_EXAMPLES}") from None
     core = _core(index)
     filterable = (faiss.IndexFlat, faiss.IndexScalarQuantizer, faiss.IndexHNSW, faiss.IndexIVF)
     if not isinstance(core, filterable) or isinstance(core, (faiss.IndexIVFFastScan, faiss.IndexNSG)):
@@ -159,6 +165,38 @@ def _build(dim: int, spec: str, metric: str) -> Any:
             # codes we never search with Hamming filtering.
             faiss.downcast_index(part).do_polysemous_training = False
     return index
+
+
+def _check_params(index: Any, spec: str) -> None:
+    """InvalidInput for parameters FAISS accepts at build time but fails on (or crashes with) later:
+    a transform that cannot output its width, HNSW with too few or too many neighbours, 0-bit PQ codes."""
+    lo, hi = HNSW_M_RANGE
+    todo, seen = [index], 0
+    while todo and seen < 16:
+        seen += 1
+        part = faiss.downcast_index(todo.pop())
+        if isinstance(part, faiss.IndexPreTransform):
+            for i in range(part.chain.size()):
+                vt = faiss.downcast_VectorTransform(part.chain.at(i))
+                name = type(vt).__name__
+                if vt.d_out < 1 or (isinstance(vt, (faiss.PCAMatrix, faiss.ITQTransform)) and vt.d_out > vt.d_in):
+                    raise InvalidInput(f"index spec '{spec}': {name} cannot output {vt.d_out} dimensions from {vt.d_in}: "
+                                       f"use 1..{vt.d_in}; examples: {SPEC_EXAMPLES}")
+                if isinstance(vt, faiss.OPQMatrix) and vt.d_out % vt.M:
+                    raise InvalidInput(f"index spec '{spec}': OPQ{vt.M} needs an output width divisible by {vt.M}; "
+                                       f"got {vt.d_out}; examples: {SPEC_EXAMPLES}")
+        if isinstance(part, faiss.IndexHNSW):
+            levels = faiss.vector_to_array(part.hnsw.cum_nneighbor_per_level)  # [0, 2M, 3M, ...]; HNSW1 has no level 1
+            if levels.size < 3 or not lo <= int(levels[2] - levels[1]) <= hi:
+                raise InvalidInput(f"index spec '{spec}': HNSW needs M (neighbours per node) in {lo}..{hi}, as in HNSW{lo}..HNSW{hi}; "
+                                   f"examples: {SPEC_EXAMPLES}")
+        if isinstance(part, faiss.IndexIVF) and not 1 <= part.nlist <= MAX_NLIST:
+            raise InvalidInput(f"index spec '{spec}': {part.nlist} IVF lists is out of range: use 1..{MAX_NLIST}; examples: {SPEC_EXAMPLES}")
+        pq = getattr(part, "pq", None)
+        if pq is not None and pq.nbits < 1:
+            raise InvalidInput(f"index spec '{spec}': PQ codes need at least 1 bit per sub-vector (x1..x24); got x{pq.nbits}; "
+                               f"examples: {SPEC_EXAMPLES}")
+        todo += [getattr(part, a) for a in ("index", "storage", "quantizer") if getattr(part, a, None) is not None]
 
 
 def _topk_rows(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -246,8 +284,14 @@ class DenseIndex:
 
     @staticmethod
     def validate(dim: int, spec: str, metric: str) -> None:
-        """Raise InvalidInput when (dim, spec, metric) cannot make an index; nothing is kept."""
-        _build(dim, spec, metric)
+        """Raise InvalidInput when (dim, spec, metric) cannot make an index, or one whose parameters
+        would fail only when it trains or adds (a stored vector would then fail every rebuild);
+        nothing is kept. Only new collections are held to this: existing ones load as before."""
+        for nlist in re.findall(r"IVF(\d+)", _strip_idmap(spec)):  # checked before FAISS allocates the lists
+            if not 1 <= int(nlist) <= MAX_NLIST:
+                raise InvalidInput(f"index spec '{spec}': IVF{nlist} is out of range: use IVF1..IVF{MAX_NLIST}; examples: {SPEC_EXAMPLES}")
+        index = _build(dim, spec, metric)
+        _check_params(index, spec)
 
     @property
     def trained(self) -> bool:

@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lodestar.errors import InvalidInput, NotFound
-from lodestar.retrieve.prepare import DocLimits, validate_document
+from lodestar.retrieve.prepare import TOO_DEEP, DocLimits, validate_document
 from lodestar.retrieve.types import Document
 
 DB_NAME = "jobs.sqlite3"
 TERMINAL = ("done", "failed", "cancelled")
+MAX_LINE = 2**63 - 1  # SQLite's INTEGER: a larger line number (the wire allows uint64) cannot be stored
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -125,6 +126,11 @@ class StagedChunk:
     lines: list[int]
 
 
+def check_line(number: int, what: str) -> None:
+    if not 0 <= number <= MAX_LINE:
+        raise InvalidInput(f"{what} {number} is out of range: use 0..{MAX_LINE} (1-based line numbers)")
+
+
 def parse_line(number: int, data: bytes, limits: DocLimits) -> Document | JobError | None:
     """One jsonl line -> a validated Document, the error that keeps it out, or None for a blank line.
     Accepts {id|_id, text, title?, metadata?}; other top-level fields become metadata."""
@@ -138,6 +144,8 @@ def parse_line(number: int, data: bytes, limits: DocLimits) -> Document | JobErr
         obj = json.loads(raw)
     except json.JSONDecodeError as exc:
         return JobError(number, "", f"line {number}: not valid JSON ({exc.msg} at char {exc.pos})")
+    except RecursionError:
+        return JobError(number, "", f"line {number}: {TOO_DEEP}")
     if not isinstance(obj, dict):
         return JobError(number, "", f"line {number}: a JSON object is expected, got {type(obj).__name__}")
     doc_id = obj.get("id", obj.get("_id"))
@@ -207,6 +215,7 @@ class JobStore:
                 raise InvalidInput(f"job {job_id} is not accepting documents (state {row[0] if row else 'missing'})")
             _, chunk_docs, documents, last_line = row
             for number, data in lines:
+                check_line(number, "line number")
                 last_line = max(last_line, number)
                 parsed = parse_line(number, data, self.limits)
                 if parsed is None:

@@ -30,6 +30,24 @@ class DocLimits:
 
 SparseVec = tuple[np.ndarray, np.ndarray]  # (term ids, weights)
 
+# Nesting of a document's metadata (objects and lists): Python's json and SQLite's json functions
+# recurse, and a document stored near their limits could fail to read back later.
+MAX_METADATA_DEPTH = 64
+TOO_DEEP = f"nested too deeply: the limit is {MAX_METADATA_DEPTH} levels of objects and lists"
+
+
+def json_depth(value: Any, limit: int = MAX_METADATA_DEPTH) -> int:
+    """Nesting depth of a parsed JSON value ({} and {"a": 1} are 1, a scalar 0), counted level by
+    level without recursion; stops once past `limit`."""
+    depth, level = 0, [value]
+    while depth <= limit:
+        containers = [x for x in level if isinstance(x, (dict, list))]
+        if not containers:
+            break
+        depth += 1
+        level = [v for x in containers for v in (x.values() if isinstance(x, dict) else x)]
+    return depth
+
 
 @dataclass
 class Prepared:
@@ -77,6 +95,8 @@ def validate_document(doc: Document, limits: DocLimits, where: str) -> str:
     for key in metadata:
         if not isinstance(key, str):
             raise InvalidInput(f"{where}: metadata key {key!r} is not a string")
+    if json_depth(metadata) > MAX_METADATA_DEPTH:
+        raise InvalidInput(f"{where}: metadata is {TOO_DEEP}")
     try:
         encoded = json.dumps(metadata, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
         encoded.encode("utf-8")

@@ -16,6 +16,7 @@ from lodestar.errors import InvalidInput
 from lodestar.generate import types as gt
 from lodestar.generate.v1 import generate_pb2 as gpb
 from lodestar.retrieve import types as rt
+from lodestar.retrieve.prepare import TOO_DEEP
 from lodestar.retrieve.v1 import index_pb2 as ipb
 from lodestar.retrieve.v1 import retrieve_pb2 as rpb
 
@@ -160,6 +161,8 @@ def _json_object(text: str, what: str) -> dict:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"{what} is not valid JSON: {exc.msg} at char {exc.pos}") from None
+    except RecursionError:
+        raise InvalidInput(f"{what} is {TOO_DEEP}") from None
     if not isinstance(value, dict):
         raise InvalidInput(f"{what} must be a JSON object, got {type(value).__name__}")
     return value
@@ -221,6 +224,8 @@ def search_request(r: rpb.SearchRequest) -> rt.SearchRequest:
             value = json.loads(f.value_json) if f.value_json else None
         except json.JSONDecodeError as exc:
             raise InvalidInput(f"filter {i} on {f.field!r}: value_json is not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise InvalidInput(f"filter {i} on {f.field!r}: value_json is nested too deeply: give a scalar, or a list of scalars for in/nin") from None
         filters.append(rt.Filter(field=f.field, op=f.op, value=value))
     return rt.SearchRequest(
         queries=list(r.queries),
@@ -502,12 +507,16 @@ def commit(r: ipb.CommitChunkRequest) -> Any:
     import numpy as np
 
     from lodestar.retrieve.indexing import Commit
-    from lodestar.retrieve.jobs import JobError
+    from lodestar.retrieve.jobs import JobError, check_line
     from lodestar.retrieve.prepare import Prepared
 
     docs = documents(list(r.documents))
     if len(r.span_counts) != len(docs) or len(r.lines) != len(docs):
         raise InvalidInput(f"{len(docs)} documents need as many span_counts and lines; got {len(r.span_counts)} and {len(r.lines)}")
+    for i, n in enumerate(r.lines):
+        check_line(n, f"lines[{i}]")
+    for i, e in enumerate(r.errors):
+        check_line(e.line, f"errors[{i}].line")
     chunks = sum(r.span_counts)
     if len(r.spans) != 2 * chunks:
         raise InvalidInput(f"{chunks} chunks need {2 * chunks} span offsets; got {len(r.spans)}")

@@ -34,6 +34,8 @@ def test_parse_line_cases() -> None:
         b'{"text": "x"}': "id is empty", b'{"id": "a", "text": ""}': "text is empty",
         b'{"id": "a", "text": 5}': "must be strings", b'{"id": "123456789", "text": "x"}': "max_id_bytes=8",
         json.dumps({"id": "a", "text": "x" * 21}).encode(): "max_text_chars=20",
+        b'{"id": "a", "text": "x", "m": ' + b"[" * 5000 + b"]" * 5000 + b"}": "nested too deeply",  # RecursionError
+        b'{"id": "a", "text": "x", "m": ' + b"[" * 100 + b"]" * 100 + b"}": "nested too deeply: the limit is 64",
     }
     for data, words in cases.items():
         err = parse_line(9, data, limits)
@@ -83,6 +85,33 @@ def test_cancel_resume_fail_and_discard(tmp_path: Path) -> None:
         store.get(staging)
     with pytest.raises(InvalidInput):
         store.create("c", "-", chunk_docs=0)
+
+
+def test_line_numbers_sqlite_cannot_hold_are_refused(tmp_path: Path) -> None:
+    """Line numbers are uint64 on the wire but INTEGER (int64) in the job store: a larger one used to
+    reach SQLite and come back as INTERNAL (SubmitJob) or fail every commit of a chunk (CommitChunk)."""
+    from lodestar.retrieve.indexing import Commit as CommitT
+    from lodestar.services import convert
+
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    job = store.create("c", "-", chunk_docs=2)
+    with pytest.raises(InvalidInput, match=r"line number 9223372036854775808 is out of range: use 0\.\.9223372036854775807"):
+        store.stage(job, lines(1) + [(2**63, b'{"id": "x", "text": "y"}')])
+    store.stage(job, lines(2))  # the refused batch staged nothing; the job still takes lines
+    assert store.seal(job).documents == 2
+    doc = Document("a", "hello world")
+    good = convert.commit_request(CommitT(job, 0, Prepared([doc], [[(0, 11)]], np.zeros((1, 4), np.float32)), [1],
+                                          [JobError(2, "b", "nope")], "w", "m"))
+    assert convert.commit(good).errors == [JobError(2, "b", "nope")]
+    for field in ("lines", "errors"):
+        bad = type(good)()
+        bad.CopyFrom(good)
+        if field == "lines":
+            bad.lines[0] = 2**64 - 1
+        else:
+            bad.errors[0].line = 2**63
+        with pytest.raises(InvalidInput, match=rf"{field}\[0\]\S* \d+ is out of range: use 0\.\.{2**63 - 1}"):
+            convert.commit(bad)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ tombstones), filtering inside FAISS, snapshots, compaction, and recall of the ap
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import faiss
@@ -269,6 +270,39 @@ def test_padding_when_fewer_hits(data: tuple[np.ndarray, np.ndarray]) -> None:
     index.add(ids[:2], x[:2])
     scores, found = index.search(x[:1], 4)
     assert list(found[0, 2:]) == [-1, -1] and np.isneginf(scores[0, 2:]).all()
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("HNSW0", "HNSW needs M"),  # aborted the process at the first add
+        ("HNSW1", "HNSW needs M"),  # segfaulted at the first add
+        ("IVF4_HNSW0,Flat", "HNSW needs M"),  # the same, inside an IVF quantizer (at training)
+        ("HNSW100000", "HNSW needs M"),  # ~800 KB of neighbour lists per vector
+        ("PCA64,Flat", "PCAMatrix cannot output 64 dimensions from 32: use 1..32"),  # failed at training
+        ("ITQ64,Flat", "ITQTransform cannot output 64 dimensions from 32"),
+        ("PCA0,Flat", "cannot output 0 dimensions"),  # every vector became empty: all scores 0
+        ("OPQ7,Flat", "OPQ7 needs an output width divisible by 7"),  # failed at training
+        ("IVF0,Flat", "IVF0 is out of range: use IVF1..IVF1048576"),  # failed at every search
+        ("IVF100000000,Flat", "IVF100000000 is out of range"),  # bad_alloc (or gigabytes) at creation
+        ("IVF4,PQ8x0", "at least 1 bit"),  # segfaulted
+    ],
+)
+def test_specs_that_parse_but_would_fail_later_are_refused(spec: str, message: str) -> None:
+    """FAISS builds these, then fails (or crashes) only when vectors arrive: a collection would
+    acknowledge writes its index can never take, and every rebuild from the store would fail again."""
+    with pytest.raises(InvalidInput, match=re.escape(message)) as err:
+        DenseIndex.validate(DIM, spec, "cosine")
+    assert f"index spec '{spec}'" in str(err.value) and "examples: Flat, HNSW32" in str(err.value)
+
+
+@pytest.mark.parametrize("spec", ["HNSW2", "HNSW256", "PCA16,Flat", "PCAR32,IVF4,Flat", "OPQ8_64,Flat", "IVF4_HNSW32,Flat", "HNSW8_PQ4"])
+def test_specs_at_the_limits_work(spec: str, data: tuple[np.ndarray, np.ndarray]) -> None:
+    ids, x = data
+    DenseIndex.validate(DIM, spec, "l2")
+    index = DenseIndex(DIM, spec, "l2", train_size=256)
+    index.add(ids[:300], x[:300])
+    assert index.count == 300 and index.search(x[:1], 1)[1].shape == (1, 1)
 
 
 def test_invalid_inputs(data: tuple[np.ndarray, np.ndarray]) -> None:

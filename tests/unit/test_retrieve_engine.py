@@ -153,6 +153,9 @@ def test_create_list_config_drop(engine: RetrievalEngine) -> None:
         (CollectionConfig(name="c", metric="hamming"), "unknown metric 'hamming': valid metrics are cosine, ip, l2"),
         (CollectionConfig(name="c", sparse="splade"), "unknown sparse kind 'splade': valid kinds are none, bm25"),
         (CollectionConfig(name="c", index="NotAnIndex"), ""),
+        # parses, but would fail at training (the acknowledged writes then break every rebuild) or crash the server
+        (CollectionConfig(name="c", index="PCA64,Flat"), "PCAMatrix cannot output 64 dimensions from 32: use 1..32"),
+        (CollectionConfig(name="c", index="HNSW0"), "HNSW needs M (neighbours per node) in 2..256"),
         (CollectionConfig(name="c", chunk_tokens=16, chunk_overlap=16), "chunk_overlap=16 must be at least 0 and less than chunk_tokens=16"),
         (CollectionConfig(name="c", chunk_tokens=-1), "chunk_tokens=-1 is out of range"),
         (CollectionConfig(name="c", dimensions=33), "dimensions=33 is out of range: use 1..32"),
@@ -272,6 +275,7 @@ def test_ivf_trains_and_notes(engine: RetrievalEngine) -> None:
         (Document("z", "t", {"when": {1, 2}}), "metadata is not JSON-serialisable"),
         (Document("z", "t", {"x": float("nan")}), "metadata is not JSON-serialisable"),
         (Document("z", "t", {1: "int key"}), "metadata key 1 is not a string"),
+        (Document("z", "t", {"a": json.loads("[" * 64 + "]" * 64)}), "metadata is nested too deeply: the limit is 64 levels"),
         (Document("z", "t", ["not", "a", "dict"]), "metadata must be an object"),  # type: ignore[arg-type]
     ],
 )
