@@ -4,6 +4,7 @@ applies selective augmentation. Plain Python: no gRPC here; the servicer maps pr
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,6 +121,8 @@ class CompressionEngine:
 
     def _threshold(self, threshold: float | None, options: EmbedOptions | None, query_options: EmbedOptions | None) -> float:
         if threshold is not None:
+            if not math.isfinite(threshold):  # NaN compares false: nothing would ever be skipped
+                raise InvalidInput(f"threshold must be a finite similarity score; got {threshold}")
             return float(threshold)
         if (options is None or options == DEFAULT_OPTIONS) and (query_options is None or query_options == DEFAULT_OPTIONS):
             return self.config.threshold

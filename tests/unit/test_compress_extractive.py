@@ -89,6 +89,8 @@ def test_bad_input_names_the_limit_or_the_valid_values(backbone, engine, passage
         (dict(query="  "), "query is empty"),
         (dict(method="abstractive", max_new_tokens=10_000), "max_summary_tokens"),
         (dict(selective=True, options=EmbedOptions(mode="mean")), "pass threshold"),
+        (dict(selective=True, threshold=float("nan")), "threshold must be a finite similarity score; got nan"),
+        (dict(selective=True, threshold=float("-inf")), "threshold must be a finite similarity score; got -inf"),
     ]
     for kwargs, message in cases:
         args = {"query": QUERY, "passages": passages[:1], **kwargs}
