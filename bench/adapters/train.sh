@@ -4,6 +4,9 @@
 #   bash bench/adapters/train.sh [DATA_DIR] [WORK_DIR]
 #
 # DATA_DIR defaults to ../shared/data; WORK_DIR (checkpoints, labels) to .lodestar/adapters-work.
+# The commands with --dtype bfloat16 ran on a CPU with AVX512-BF16 (bf16 about 4x faster than float32
+# there). Where the CPU lacks it (AVX2 only: `grep -c avx512_bf16 /proc/cpuinfo` prints 0) bf16 is emulated,
+# about 100x slower than float32: replace it with --dtype auto (float32 there; numbers will differ slightly).
 # Runs resume from their checkpoints; finished stages are skipped. The last lines copy each adapter
 # (float16 weights, card, README) into adapters/<name>/, what `lodestar serve` offers by name.
 set -euo pipefail

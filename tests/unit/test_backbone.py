@@ -151,11 +151,19 @@ def test_auto_dtype_on_cpu(monkeypatch: pytest.MonkeyPatch, native: bool, expect
     assert resolve_dtype("auto", torch.device("cpu")) == expected
 
 
-def test_explicit_dtypes() -> None:
+@pytest.mark.parametrize("native", [True, False])
+def test_explicit_dtypes(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, native: bool) -> None:
+    """An explicit dtype is honoured; half precision on a CPU that emulates it says how slow that is."""
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native)
     cpu = torch.device("cpu")
-    assert resolve_dtype("float32", cpu) == torch.float32
-    assert resolve_dtype("bfloat16", cpu) == torch.bfloat16
-    assert resolve_dtype("float16", cpu) == torch.float16
+    with caplog.at_level("WARNING", logger="lodestar.backbone.devices"):
+        assert resolve_dtype("float32", cpu) == torch.float32
+        assert not caplog.records
+        assert resolve_dtype("bfloat16", cpu) == torch.bfloat16
+        assert resolve_dtype("float16", cpu) == torch.float16
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == (0 if native else 2)
+    assert all("100x slower than float32" in m and "Use dtype auto" in m for m in warned)
 
 
 def test_unknown_dtype_lists_valid_ones() -> None:
