@@ -17,6 +17,16 @@ log = logging.getLogger(__name__)
 ADAPTER_FILE = "adapter_config.json"
 
 
+def _is_adapter(folder: Path) -> bool:
+    """Whether `folder` holds a peft adapter. A name the filesystem refuses (a component over 255
+    bytes, a folder the server may not read) is no adapter, not an error: the caller names the
+    valid ones."""
+    try:
+        return (folder / ADAPTER_FILE).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 class AdapterRegistry:
     """Finds adapters by name (subfolders of `search_dirs`) or path and switches them on the model."""
 
@@ -43,10 +53,13 @@ class AdapterRegistry:
     def resolve(self, name: str) -> tuple[str, Path]:
         """-> (key, folder). Raises InvalidInput naming the valid adapters when unknown."""
         for folder in self._search_dirs:
-            if (folder / name / ADAPTER_FILE).is_file():
+            if _is_adapter(folder / name):
                 return name, folder / name
-        path = Path(name).expanduser()
-        if (path / ADAPTER_FILE).is_file():
+        try:
+            path = Path(name).expanduser()
+        except RuntimeError:  # "~user/..." for a user this machine does not know
+            path = Path(name)
+        if _is_adapter(path):
             return str(path.resolve()), path
         offered = ", ".join(self.available()) or "none installed"
         raise InvalidInput(

@@ -86,11 +86,20 @@ class AbstractiveCompressor:
         t0 = time.perf_counter()
         shown = views if views is not None else passage_lists
         prompts = [chat_ids(self.backbone, messages(q, ps)) for q, ps in zip(queries, shown)]
+        # The summary is written after the prompt: both must fit the model's context, which may be
+        # shorter than max_input_tokens + max_new_tokens (positions past it are garbage or a crash).
+        context = int(self.backbone.max_tokens)
         for i, p in enumerate(prompts):
             if len(p) > self.max_input_tokens:
                 raise InvalidInput(
                     f"request {i}: passages and prompt take {len(p)} tokens; the abstractive compressor's "
                     f"limit is max_input_tokens={self.max_input_tokens} (send fewer or shorter passages)"
+                )
+            if len(p) + limit > context:
+                raise InvalidInput(
+                    f"request {i}: passages and prompt take {len(p)} tokens; with max_new_tokens={limit} that "
+                    f"exceeds the model's context of {context} tokens (send a shorter query or passages, or "
+                    "ask for fewer new tokens)"
                 )
         outs = generate(self.backbone, prompts, limit, batch_size=batch_size, adapter=adapter or None)
         per = (time.perf_counter() - t0) / max(1, len(prompts))

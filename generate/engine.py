@@ -57,6 +57,9 @@ class GenerationEngine:
         self.decoder = SpeculativeDecoder(self.backbone, None, config.decoder)
         self._open: dict[str, Datastore] = {}
         self._lock = threading.Lock()  # the open-datastore table and the in-flight count
+        # One writer per datastore name: two calls creating the same name would each build a store
+        # into the same folder, the second manifest dropping (and unlinking) the first's segment.
+        self._write_locks: dict[str, threading.Lock] = {}
         self._in_flight = 0
         self._default_name = ""
         if config.default_datastore:
@@ -125,22 +128,25 @@ class GenerationEngine:
         for i, t in enumerate(batch):
             if not isinstance(t, str) or not t.strip():
                 raise InvalidInput(f"text {i} is empty")
-        folders = self._folders()
-        writable = self.config.writable_dir / name
-        if name in folders and folders[name] != writable:
-            raise InvalidInput(f"datastore {name!r} lives in a read-only folder ({folders[name].parent}); "
-                               "pick another name")
-        store = self.datastore(name) if name in folders else None
-        if store is None:
-            self.config.writable_dir.mkdir(parents=True, exist_ok=True)
-            store = Datastore.build(writable, batch, self.backbone.tokenizer)
-            with self._lock:
-                store = self._open.setdefault(name, store)
-        else:
-            store.add(batch)
-        if compact:
-            store.compact()
-        return self._info(name, store)
+        with self._lock:
+            write_lock = self._write_locks.setdefault(name, threading.Lock())
+        with write_lock:
+            folders = self._folders()
+            writable = self.config.writable_dir / name
+            if name in folders and folders[name] != writable:
+                raise InvalidInput(f"datastore {name!r} lives in a read-only folder ({folders[name].parent}); "
+                                   "pick another name")
+            store = self.datastore(name) if name in folders else None
+            if store is None:
+                self.config.writable_dir.mkdir(parents=True, exist_ok=True)
+                store = Datastore.build(writable, batch, self.backbone.tokenizer)
+                with self._lock:
+                    store = self._open.setdefault(name, store)
+            else:
+                store.add(batch)
+            if compact:
+                store.compact()
+            return self._info(name, store)
 
     # --- generation ----------------------------------------------------------------------------
 

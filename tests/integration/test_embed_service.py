@@ -88,6 +88,7 @@ def test_concurrent_clients_each_get_their_own_rows(client: Client, server) -> N
         ({"mode": "nope"}, ["x"], "valid modes are mean, last, prompteol, echo, token_prepend, bidirectional"),
         ({"dimensions": 577}, ["x"], "use 1..576"),
         ({"adapter": "no-such-adapter"}, ["x"], "unknown adapter 'no-such-adapter'"),
+        ({"adapter": "a" * 300}, ["x"], "unknown adapter 'aaa"),  # over the filesystem's name limit
         ({"truncate": False}, ["word " * 600], "the limit is max_tokens=512"),
         ({"max_tokens": 100000}, ["x"], "above the server's limit of 512"),
         ({"mode": "echo", "prompt": "only {text} once"}, ["x"], "at least 2 time"),

@@ -119,6 +119,15 @@ def test_unknown_adapter_lists_valid_names(eng: EmbeddingEngine) -> None:
         eng.embed(TEXTS, EmbedOptions(adapter="not-an-adapter"))
 
 
+@pytest.mark.parametrize("name", ["a" * 300, "~no-such-user-here/adapter"])
+def test_adapter_name_the_filesystem_refuses_is_unknown(eng: EmbeddingEngine, name: str) -> None:
+    """A name over the filesystem's 255-byte limit, or ~user of an unknown user, used to escape
+    resolve() as OSError / RuntimeError (INTERNAL); it is an unknown adapter like any other."""
+    with pytest.raises(InvalidInput, match=r"valid names are \[alpha, beta, gamma\]"):
+        eng.embed(TEXTS, EmbedOptions(adapter=name))
+    assert vecs(eng).shape == (2, 64)  # still serving
+
+
 def test_adapter_that_does_not_fit_the_model(eng: EmbeddingEngine, tmp_path: Path, adapter_dir: Path) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()

@@ -67,3 +67,18 @@ def test_generation_is_bounded_and_batch_independent(tiny_backbone) -> None:  # 
     assert [g.new_tokens for g in together] == [g.new_tokens for g in alone]
     assert [g.text for g in together] == [g.text for g in alone]
     assert all(g.new_tokens <= 6 and g.prompt_tokens == len(p) for g, p in zip(together, prompts))
+
+
+def test_prompt_and_summary_must_fit_the_model_context(tiny_backbone, tiny_engine) -> None:  # type: ignore[no-untyped-def]
+    """Under max_input_tokens (2048) is not enough: the tiny model reads 512 positions. A query of
+    400 words used to run a 1575-token prompt and write up to position 1829 without a word."""
+    from lodestar.compress_ctx.engine import CompressionEngine
+
+    eng = CompressionEngine(tiny_backbone, tiny_engine)
+    query = " ".join(f"word{i}" for i in range(400))
+    with pytest.raises(InvalidInput, match="exceeds the model's context of 512 tokens") as err:
+        eng.compress(query, ["The Normans gave their name to Normandy."], "abstractive", max_new_tokens=8)
+    assert "max_new_tokens=8" in str(err.value)
+    ok = eng.compress("Who gave their name to Normandy?", ["The Normans gave their name to Normandy."], "abstractive",
+                      max_new_tokens=8)
+    assert ok.method == "abstractive"  # a request that fits still runs

@@ -179,3 +179,48 @@ def test_iter_texts_reads_files_folders_and_jsonl(tmp_path: Path) -> None:
         list(iter_texts([tmp_path / "bad.jsonl"]))
     with pytest.raises(NotFound):
         list(iter_texts([tmp_path / "missing"]))
+
+
+def test_concurrent_adds_to_a_new_datastore_keep_both(tiny_backbone, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Two AddToDatastore calls creating the same name at once: both are acknowledged, so both
+    survive. Each used to build its own store into the same folder: the second manifest named only
+    its own segment and unlinked the first's files, and the first store (the one kept open) wrote
+    a manifest naming deleted files on its next add."""
+    import threading
+
+    from lodestar.generate.decoder import DecoderConfig
+    from lodestar.generate.engine import GenerateConfig, GenerationEngine
+
+    config = GenerateConfig(writable_dir=tmp_path / "stores", decoder=DecoderConfig(calibrate_cost=False))
+    eng = GenerationEngine(tiny_backbone, config)
+    meet = threading.Barrier(2, timeout=1.0)
+    original = Datastore.from_texts.__func__  # type: ignore[attr-defined]
+
+    def slow_from_texts(cls, texts, tokenizer):  # type: ignore[no-untyped-def]
+        store = original(cls, texts, tokenizer)
+        try:  # let a concurrent call catch up (serialised calls simply time out here)
+            meet.wait()
+        except threading.BrokenBarrierError:
+            pass
+        return store
+
+    monkeypatch.setattr(Datastore, "from_texts", classmethod(slow_from_texts))
+    errors: list[BaseException] = []
+
+    def add(text: str) -> None:
+        try:
+            eng.add_texts("shared", [text])
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=add, args=(t,)) for t in ("the first upload", "the second upload")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    monkeypatch.undo()
+    eng.add_texts("shared", ["a third upload"])
+    reopened = Datastore.load(tmp_path / "stores" / "shared", tiny_backbone.tokenizer)  # verifies every file
+    assert reopened.num_docs == 3
+    assert eng.datastore("shared").num_docs == 3
