@@ -59,9 +59,11 @@ def test_tiny_speculative_greedy_is_identical(tiny_decoder: SpeculativeDecoder, 
 def test_real_model_speculative_greedy_is_identical(backbone: Backbone) -> None:
     corpus = ["Monday, Tuesday, Wednesday, Thursday, Friday, Saturday, Sunday."]
     dec = SpeculativeDecoder(backbone, Datastore.from_texts(corpus, backbone.tokenizer))
+    # Prompts whose greedy continuation repeats the passage or the prompt in float32 and in bfloat16
+    # alike (auto picks either, by CPU): "The days of the week are" continues with a number in float32.
     prompts = [
-        ("Count from 1 to 30, separated by commas: 1, 2, 3, 4,", None),
-        ("The days of the week are", corpus),
+        ("Count from 1 to 10: 1, 2, 3, 4, 5, 6, 7, 8, 9, 10. Again: 1, 2, 3,", None),
+        ("The seven days of the week, in order: Monday, Tuesday,", corpus),
         ("def fib(n):\n    if n < 2:\n        return n\n", None),
     ]
     accepted = 0
