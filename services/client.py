@@ -103,7 +103,9 @@ class Client:
 
     def embed(self, texts: list[str], *, timeout: float | None = None, **options: Any) -> EmbedResult:
         """Embed texts. Options: mode, prompt, instruction, adapter, dimensions, normalize, dtype
-        (float32|float16|int8|binary), truncate, max_tokens, start_layer/end_layer/output_layer."""
+        (float32|float16|int8|binary), truncate, max_tokens, start_layer/end_layer/output_layer;
+        learned sparse: sparse=True (result.sparse: per text token ids and weights, by weight),
+        sparse_top_k, sparse_threshold, with_dense (False: sparse vectors only)."""
         req = convert.embed_request(list(texts), EmbedOptions(**options))
         try:
             resp = self._embed.Embed(req, timeout=timeout or self.timeout)

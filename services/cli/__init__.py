@@ -1,6 +1,6 @@
 """The `lodestar` command line. Each `*_cmds` module holds one side's commands and registers them.
 
-Commands that talk to a server take the global `--server HOST:PORT`; `--json` prints one JSON
+Commands that talk to a server take `--server HOST:PORT` (before or after the command); `--json` prints one JSON
 object for scripts. Errors exit non-zero with the server's message.
 """
 
@@ -29,7 +29,19 @@ def build_parser() -> argparse.ArgumentParser:
     }
     for module in MODULES:
         module.register(sub, groups)
+    _server_after_command(p)
     return p
+
+
+def _server_after_command(parser: argparse.ArgumentParser) -> None:
+    """Let every command take --server too (`lodestar search q -c docs --server h:1`); given there,
+    it overrides the global one, which stays the default."""
+    for action in parser._subparsers._group_actions if parser._subparsers else ():  # noqa: SLF001 (argparse has no public walk)
+        for child in action.choices.values():
+            if child._subparsers:  # noqa: SLF001
+                _server_after_command(child)
+            elif not any("--server" in a.option_strings for a in child._actions):  # noqa: SLF001
+                child.add_argument("--server", default=argparse.SUPPRESS, help="HOST:PORT of a running server")
 
 
 def main(argv: list[str] | None = None) -> int:

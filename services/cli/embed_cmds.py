@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sparse_json(result: Any) -> list[dict[str, list]]:
+    """Per text {"ids": [...], "weights": [...]} (by decreasing weight), or [] without sparse output."""
+    return [{"ids": t.tolist(), "weights": [round(float(x), 6) for x in w]} for t, w in (result.sparse or [])]
+
+
+def _resume_key(texts: list[str], opts: dict[str, Any], batch_size: int) -> str:
+    """What the finished batches in OUT.parts/ were made from: a rerun with other texts, options or
+    batch size must not reuse them."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps([opts, batch_size], sort_keys=True).encode())
+    for t in texts:
+        h.update(t.encode("utf-8", "surrogatepass") + b"\0")
+    return h.hexdigest()
+
+
+def _open_parts(parts: Path, key: str, quiet: bool) -> None:
+    """Keep OUT.parts/ only if it was made from the same input (a folder without a key predates it: kept)."""
+    import shutil
+
+    stamp = parts / "KEY"
+    if parts.exists() and stamp.exists() and stamp.read_text().strip() != key:
+        if not quiet:
+            print(f"{parts}: made from other texts or options; starting over", file=sys.stderr)
+        shutil.rmtree(parts)
+    parts.mkdir(parents=True, exist_ok=True)
+    if not stamp.exists():
+        stamp.write_text(key + "\n")
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
@@ -37,47 +68,92 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if not texts:
         raise LodestarError("nothing to embed: give texts or --file")
     opts = embed_options(args)
+    sparse = args.sparse or args.no_dense
+    if sparse:
+        opts.update(sparse=True, sparse_top_k=args.sparse_top_k, sparse_threshold=args.sparse_threshold, with_dense=not args.no_dense)
+    dense = not args.no_dense
     with Client(args.server) as client:
         if not args.file and not args.out:  # a few texts on the command line: print them
             res = client.embed(texts, **opts)
             if args.json:
-                print(json.dumps({"model": res.model, "mode": res.mode, "shape": list(res.packed.shape), "dtype": res.packed.dtype, "token_counts": res.token_counts, "vectors": res.vectors.tolist()}))
+                obj: dict[str, Any] = {"model": res.model, "mode": res.mode, "token_counts": res.token_counts}
+                if dense:
+                    obj.update(shape=list(res.packed.shape), dtype=res.packed.dtype, vectors=res.vectors.tolist())
+                if sparse:
+                    obj["sparse"] = _sparse_json(res)
+                print(json.dumps(obj))
             else:
-                for t, v, n in zip(texts, res.vectors, res.token_counts):
-                    print(f"{t[:40]!r:44} {n:4d} tok  [{' '.join(f'{x:+.3f}' for x in v[:6])} ...]")
+                for i, (t, n) in enumerate(zip(texts, res.token_counts)):
+                    line = f"{t[:40]!r:44} {n:4d} tok"
+                    if dense:
+                        line += f"  [{' '.join(f'{x:+.3f}' for x in res.vectors[i][:6])} ...]"
+                    if sparse and res.sparse is not None:
+                        ids, w = res.sparse[i]
+                        line += f"  {ids.size} terms: {' '.join(f'{a}:{b:.2f}' for a, b in zip(ids[:8].tolist(), w[:8].tolist()))}"
+                    print(line)
             return 0
-        out = Path(args.out or "embeddings.npy")
+        out = Path(args.out or ("embeddings.npy" if dense else "embeddings.sparse.jsonl"))
+        sparse_out = (out if not dense else out.with_name(out.stem + ".sparse.jsonl")) if sparse else None
         parts = out.with_name(out.name + ".parts")  # resumable: one file per finished batch
-        parts.mkdir(parents=True, exist_ok=True)
+        _open_parts(parts, _resume_key(texts, opts, args.batch_size), args.quiet)
         batches = [texts[i : i + args.batch_size] for i in range(0, len(texts), args.batch_size)]
-        todo = [i for i in range(len(batches)) if not (parts / f"{i:06d}.npy").exists()]
+
+        def done(i: int) -> bool:
+            return (not dense or (parts / f"{i:06d}.npy").exists()) and (not sparse or (parts / f"{i:06d}.jsonl").exists())
+
+        todo = [i for i in range(len(batches)) if not done(i)]
         bar = tqdm(total=len(texts), initial=len(texts) - sum(len(batches[i]) for i in todo), unit="text", desc="embed", disable=args.quiet)
         for i, res in zip(todo, client.embed_stream((batches[i] for i in todo), **opts)):
-            tmp = parts / f"{i:06d}.tmp.npy"
-            np.save(tmp, res.vectors)
-            tmp.replace(parts / f"{i:06d}.npy")
+            if sparse:
+                tmp = parts / f"{i:06d}.tmp.jsonl"
+                tmp.write_text("".join(json.dumps(v) + "\n" for v in _sparse_json(res)))
+                tmp.replace(parts / f"{i:06d}.jsonl")
+            if dense:
+                tmp = parts / f"{i:06d}.tmp.npy"
+                np.save(tmp, res.vectors)
+                tmp.replace(parts / f"{i:06d}.npy")
             bar.update(len(batches[i]))
         bar.close()
-        table = np.concatenate([np.load(parts / f"{i:06d}.npy") for i in range(len(batches))])
-        tmp = out.with_name(out.name + ".tmp.npy")
-        np.save(tmp, table)
-        tmp.replace(out)
+        summary: dict[str, Any] = {}
+        if dense:
+            table = np.concatenate([np.load(parts / f"{i:06d}.npy") for i in range(len(batches))])
+            tmp = out.with_name(out.name + ".tmp.npy")
+            np.save(tmp, table)
+            tmp.replace(out)
+            summary.update(out=str(out), shape=list(table.shape), dtype=str(table.dtype))
+        if sparse_out is not None:
+            tmp = sparse_out.with_name(sparse_out.name + ".tmp")
+            with open(tmp, "w", encoding="utf-8") as f:
+                for i in range(len(batches)):
+                    f.write((parts / f"{i:06d}.jsonl").read_text())
+            tmp.replace(sparse_out)
+            summary.update(sparse_out=str(sparse_out), texts=len(texts))
         for f in parts.iterdir():
             f.unlink()
         parts.rmdir()
         if args.json:
-            print(json.dumps({"out": str(out), "shape": list(table.shape), "dtype": str(table.dtype)}))
+            print(json.dumps(summary))
         else:
-            print(f"wrote {out} {table.shape} {table.dtype}")
+            if dense:
+                print(f"wrote {out} {tuple(summary['shape'])} {summary['dtype']}")
+            if sparse_out is not None:
+                print(f"wrote {sparse_out} ({len(texts)} sparse vectors: token ids and weights)")
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     from lodestar.services.client import Client
 
+    from lodestar.services.client import ClientError
+
     with Client(args.server) as client:
         info = client.info()
         info["health"] = client.health()
+        try:
+            info["compress"] = client.compress_info()
+        except ClientError as exc:  # a server started with --only embed,retrieve has no compression
+            if exc.code != "UNIMPLEMENTED":
+                raise
     if args.json:
         print(json.dumps(info))
         return 0
@@ -88,6 +164,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"adapters    {', '.join(info['adapters']) or '-'}")
     print(f"dtypes      {', '.join(info['dtypes'])}")
     print(f"health      {info['health']}   version {info['version']}")
+    if "compress" in info:
+        ci = info["compress"]
+        print(f"compress    {', '.join(ci.get('methods', []))}; up to {ci.get('max_passages', 0)} passages, "
+              f"{ci.get('max_input_tokens', 0)} tokens in, {ci.get('max_summary_tokens', 0)} summary tokens; "
+              f"selective threshold {ci.get('threshold', 0):.3f} (mode {ci.get('default_mode', '')})")
     return 0
 
 
@@ -132,14 +213,21 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     e = sub.add_parser("embed", help="embed texts (arguments) or a file (jsonl with 'text', or one per line) into .npy")
     e.add_argument("texts", nargs="*")
     e.add_argument("--file", "-f")
-    e.add_argument("--out", "-o", help="output .npy (resumable: finished batches are kept in OUT.parts/)")
+    e.add_argument("--out", "-o", help="output .npy (resumable: finished batches are kept in OUT.parts/); sparse vectors "
+                   "go to OUT with .sparse.jsonl for .npy, or to OUT itself with --no-dense")
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--json", action="store_true")
     e.add_argument("--quiet", action="store_true")
     add_embed_options(e)
+    sp = e.add_argument_group("learned-sparse output (SPLADE weights from the LM head: use --mode echo and a "
+                              "sparse adapter, e.g. --adapter sparse-squad)")
+    sp.add_argument("--sparse", action="store_true", help="also return each text's sparse vector (token ids and weights)")
+    sp.add_argument("--no-dense", action="store_true", help="sparse vectors only (implies --sparse)")
+    sp.add_argument("--sparse-top-k", type=int, default=0, help="weights kept per text (0: the server's 256)")
+    sp.add_argument("--sparse-threshold", type=float, default=0.0, help="drop weights at or below this")
     e.set_defaults(func=cmd_embed)
 
-    i = sub.add_parser("info", help="what the server offers")
+    i = sub.add_parser("info", help="what the server offers (model, modes, adapters, limits; compression limits)")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_info)
 

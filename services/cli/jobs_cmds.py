@@ -114,7 +114,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from lodestar.services.worker import main
 
-    s = settings(broker_url=args.broker, worker_concurrency=args.concurrency, model=args.model)
+    s = settings(broker_url=args.broker, worker_concurrency=args.concurrency, model=args.model, server=args.server)
     logging.basicConfig(level=s.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     extra = ["--hostname", args.hostname] if args.hostname else []
     main(s, extra)

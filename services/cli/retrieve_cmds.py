@@ -54,19 +54,83 @@ def cmd_collection(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_docs(path: Path) -> list[Any]:
+    """Documents of a jsonl file in the `index` format ({id|_id, text, title?, metadata?}; other fields
+    become metadata), checked line by line as a job checks them; a bad line stops with its number."""
+    from lodestar.retrieve.jobs import JobError, parse_line
+    from lodestar.retrieve.prepare import DocLimits
+
+    docs = []
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            parsed = parse_line(number, raw.rstrip(b"\r\n"), DocLimits())
+            if isinstance(parsed, JobError):
+                raise LodestarError(f"{path}: {parsed.message}")
+            if parsed is not None:
+                docs.append(parsed)
+    return docs
+
+
+def cmd_doc(args: argparse.Namespace) -> int:
+    """Single documents over Upsert / Get / Delete (bulk loads: `lodestar index`, a resumable job)."""
+    from tqdm import tqdm
+
+    from lodestar.retrieve.types import Document
+    from lodestar.services.client import Client
+
+    with Client(args.server) as c:
+        if args.action == "upsert":
+            if bool(args.file) == bool(args.id):
+                raise LodestarError("give a jsonl FILE, or --id with --text")
+            if args.file:
+                docs = read_docs(Path(args.file))
+            else:
+                try:
+                    metadata = json.loads(args.metadata) if args.metadata else {}
+                except json.JSONDecodeError as exc:
+                    raise LodestarError(f"--metadata is not valid JSON ({exc.msg})") from None
+                if args.text is None:
+                    raise LodestarError("--id needs --text")
+                docs = [Document(args.id, args.text, metadata)]
+            written = [0, 0]
+            with tqdm(total=len(docs), unit="doc", desc="upsert", disable=args.quiet or len(docs) <= args.batch_size) as bar:
+                for i in range(0, len(docs), args.batch_size):
+                    n, chunks = c.upsert(args.collection, docs[i : i + args.batch_size])
+                    written = [written[0] + n, written[1] + chunks]
+                    bar.update(n)
+            print_obj({"documents": written[0], "chunks": written[1]}, args.json)
+        elif args.action == "get":
+            found = c.get(args.collection, args.ids)
+            rows = [{"id": i, "found": d is not None, **({"text": d.text, "metadata": d.metadata} if d else {})}
+                    for i, d in zip(args.ids, found)]
+            if args.json:
+                print(json.dumps(rows))
+            else:
+                for r in rows:
+                    print(f"{r['id']}: {'not found' if not r['found'] else json.dumps(r['metadata'])}")
+                    if r["found"]:
+                        print(f"  {r['text'][:300]!r}")
+            if not all(r["found"] for r in rows):
+                return 3
+        elif args.action == "delete":
+            print_obj({"deleted": c.delete(args.collection, args.ids)}, args.json)
+    return 0
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from lodestar.services.client import Client
 
     filters = [parse_filter(f) for f in args.filter or []]
     with Client(args.server) as c:
-        results = c.search(args.collection, args.queries, k=args.k, retriever=args.retriever, fusion=args.fusion, alpha=args.alpha, filters=filters)
+        results = c.search(args.collection, args.queries, k=args.k, retriever=args.retriever, fusion=args.fusion, alpha=args.alpha,
+                           rrf_k=args.rrf_k, filters=filters, include_text=not args.no_text)
     if args.json:
         print(json.dumps([[{"id": h.id, "score": h.score, "chunk": h.chunk, "text": h.text, "metadata": h.metadata} for h in hits] for hits in results]))
         return 0
     for q, hits in zip(args.queries, results):
         print(f"# {q}")
         for rank, h in enumerate(hits, 1):
-            print(f"{rank:3d}. {h.score:8.4f}  {h.id:20} {h.chunk_text[:80]!r}")
+            print(f"{rank:3d}. {h.score:8.4f}  {h.id:20} {h.chunk_text[:80]!r}" if not args.no_text else f"{rank:3d}. {h.score:8.4f}  {h.id}")
     return 0
 
 
@@ -202,9 +266,30 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     se.add_argument("--retriever", default="dense", help="dense | sparse | hybrid")
     se.add_argument("--fusion", default="rrf", help="rrf | weighted")
     se.add_argument("--alpha", type=float, help="weighted fusion: weight of dense (0..1)")
+    se.add_argument("--rrf-k", type=int, help="rrf fusion: the k in 1 / (k + rank) (default 60)")
     se.add_argument("--filter", action="append", help="FIELD=VALUE, FIELD>=N, FIELD in [..]; repeatable (AND)")
+    se.add_argument("--no-text", action="store_true", help="ids and scores only (the server skips reading texts)")
     se.add_argument("--json", action="store_true")
     se.set_defaults(func=cmd_search)
+
+    doc = sub.add_parser("doc", help="upsert, get or delete single documents (bulk loads: `lodestar index`)")
+    doc_sub = doc.add_subparsers(dest="action", required=True)
+    du = doc_sub.add_parser("upsert", help="insert or replace documents: a jsonl FILE ({id|_id, text, title?, metadata?}) "
+                            "or one from --id/--text/--metadata")
+    du.add_argument("file", nargs="?")
+    du.add_argument("--id")
+    du.add_argument("--text")
+    du.add_argument("--metadata", help="a JSON object")
+    du.add_argument("--batch-size", type=int, default=32, help="documents per Upsert call")
+    du.add_argument("--quiet", action="store_true")
+    dg = doc_sub.add_parser("get", help="documents by id (exit status 3 when any is missing)")
+    dg.add_argument("ids", nargs="+")
+    dd = doc_sub.add_parser("delete", help="delete documents by id (unknown ids are ignored)")
+    dd.add_argument("ids", nargs="+")
+    for a in doc_sub.choices.values():
+        a.add_argument("--collection", "-c", required=True)
+        a.add_argument("--json", action="store_true")
+    doc.set_defaults(func=cmd_doc)
 
     bq = ev.add_parser("beir", help="nDCG@10 and recall@100 on a BEIR folder (in-process)")
     bq.add_argument("dir")

@@ -29,8 +29,9 @@ def test_info_json(server) -> None:  # type: ignore[no-untyped-def]
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
     assert info["model"] == "SmolLM2-135M-Instruct" and info["health"] == "SERVING"
-    human = lodestar("--server", server.address, "info")
-    assert "dimensions  576" in human.stdout
+    assert "extractive" in info["compress"]["methods"] and info["compress"]["max_passages"] > 0
+    human = lodestar("info", "--server", server.address)  # --server also after the command
+    assert "dimensions  576" in human.stdout and "compress    extractive" in human.stdout
 
 
 def test_embed_texts_prints_vectors(server) -> None:  # type: ignore[no-untyped-def]
@@ -60,6 +61,55 @@ def test_embed_file_to_npy_resumes(server, tmp_path: Path) -> None:  # type: ign
     cos = (table[4:] * expected).sum(1) / np.linalg.norm(table[4:], axis=1) / np.linalg.norm(expected, axis=1)
     assert (cos > 0.999).all(), cos
     assert not parts.exists()
+
+
+def test_embed_sparse_on_the_command_line_and_to_a_file(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    texts = ["the cat sat on the mat", "bond yields rose"]
+    out = lodestar("--server", server.address, "embed", *texts, "--json", "--mode", "echo", "--sparse", "--sparse-top-k", "12")
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["shape"] == [2, 576] and len(res["sparse"]) == 2
+    with Client(server.address) as c:
+        want = c.embed(texts, mode="echo", sparse=True, sparse_top_k=12).sparse
+    for got, (ids, weights) in zip(res["sparse"], want):
+        assert 0 < len(got["ids"]) <= 12 and got["ids"] == ids.tolist()
+        assert np.allclose(got["weights"], weights, rtol=1e-4) and got["weights"] == sorted(got["weights"], reverse=True)
+    human = lodestar("--server", server.address, "embed", texts[0], "--mode", "echo", "--no-dense")
+    assert human.returncode == 0, human.stderr and "terms:" in human.stdout and "[" not in human.stdout
+
+    src = tmp_path / "docs.txt"
+    src.write_text("\n".join(texts * 3) + "\n")
+    dest = tmp_path / "vecs.npy"
+    run = lodestar("--server", server.address, "embed", "--file", str(src), "--out", str(dest), "--mode", "echo",
+                   "--sparse", "--batch-size", "4", "--quiet")
+    assert run.returncode == 0, run.stderr
+    assert np.load(dest).shape == (6, 576)
+    rows = [json.loads(line) for line in (tmp_path / "vecs.sparse.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and rows[0]["ids"] == rows[2]["ids"] and rows[1]["ids"] != rows[0]["ids"]
+    only = lodestar("--server", server.address, "embed", "--file", str(src), "--out", str(tmp_path / "s.jsonl"),
+                    "--mode", "echo", "--no-dense", "--quiet")
+    assert only.returncode == 0, only.stderr
+    assert len((tmp_path / "s.jsonl").read_text().splitlines()) == 6 and not (tmp_path / "s.npy").exists()
+
+
+def test_embed_file_does_not_resume_from_other_options(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """OUT.parts/ remembers what it was made from: a rerun with another mode starts over instead of
+    mixing the old vectors in."""
+    src = tmp_path / "docs.txt"
+    src.write_text("".join(f"text number {i}\n" for i in range(6)))
+    out = tmp_path / "vecs.npy"
+    parts = tmp_path / "vecs.npy.parts"
+    first = lodestar("--server", server.address, "embed", "--file", str(src), "--out", str(out), "--batch-size", "4", "--mode", "last")
+    assert first.returncode == 0, first.stderr
+    last = np.load(out)
+    parts.mkdir()  # an interrupted run in mean mode: batch 0 done (zeros stand for its vectors)
+    (parts / "KEY").write_text("made-from-something-else\n")
+    np.save(parts / "000000.npy", np.zeros((4, 576), dtype=np.float32))
+    again = lodestar("--server", server.address, "embed", "--file", str(src), "--out", str(out), "--batch-size", "4", "--mode", "last")
+    assert again.returncode == 0, again.stderr
+    assert "starting over" in again.stderr
+    table = np.load(out)
+    assert table[:4].any() and np.allclose(table, last, atol=1e-2)
 
 
 def test_server_error_exits_nonzero_with_message(server) -> None:  # type: ignore[no-untyped-def]
@@ -186,6 +236,42 @@ def test_eval_compress_prints_one_json_line(tmp_path: Path) -> None:
     assert res["method"] == "extractive" and res["questions"] == 3
     assert 0 < res["compression_rate"] < 1 and {"em", "f1", "answer_in_context"} <= set(res["compressed"])
     assert json.loads(out.read_text())["questions"] == 3
+
+
+def test_doc_commands_and_search_flags(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Upsert / Get / Delete from the command line, and search's --rrf-k and --no-text."""
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return lodestar(*args, "-c", "cli_docs", "--server", server.address)
+
+    assert lodestar("--server", server.address, "collection", "create", "cli_docs", "--mode", "mean").returncode == 0
+    try:
+        src = tmp_path / "docs.jsonl"
+        src.write_text(json.dumps({"id": "cat", "text": "The cat sat on the mat.", "lang": "en"}) + "\n\n"
+                       + json.dumps({"_id": "bond", "title": "Markets", "text": "Bond yields rose again."}) + "\n")
+        up = run("doc", "upsert", str(src), "--json")
+        assert up.returncode == 0, up.stderr
+        assert json.loads(up.stdout) == {"documents": 2, "chunks": 2}
+        one = run("doc", "upsert", "--id", "dog", "--text", "A dog barked at the mailman.", "--metadata", '{"lang": "de"}')
+        assert one.returncode == 0, one.stderr
+        got = run("doc", "get", "cat", "dog", "--json")
+        assert got.returncode == 0, got.stderr
+        rows = json.loads(got.stdout)
+        assert rows[0]["metadata"] == {"lang": "en"} and rows[1]["text"] == "A dog barked at the mailman."
+        assert rows[1]["metadata"] == {"lang": "de"}
+        found = run("search", "feline on a rug", "--retriever", "hybrid", "--rrf-k", "10", "--no-text", "--json")
+        assert found.returncode == 0, found.stderr
+        hits = json.loads(found.stdout)[0]
+        assert {h["id"] for h in hits} == {"cat", "bond", "dog"} and all(h["text"] == "" for h in hits)
+        assert run("doc", "delete", "cat", "nope", "--json").stdout.strip() == '{"deleted": 1}'
+        missing = run("doc", "get", "cat", "bond")
+        assert missing.returncode == 3 and "cat: not found" in missing.stdout and "Markets. Bond yields" in missing.stdout
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(json.dumps({"id": "x", "text": "ok"}) + "\n{nope\n")
+        refused = run("doc", "upsert", str(bad))
+        assert refused.returncode == 2 and "line 2: not valid JSON" in refused.stderr
+        assert json.loads(lodestar("--server", server.address, "collection", "stats", "cli_docs", "--json").stdout)["documents"] == 2
+    finally:
+        lodestar("--server", server.address, "collection", "drop", "cli_docs")
 
 
 def test_index_job_then_jobs_commands(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
