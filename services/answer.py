@@ -42,6 +42,10 @@ class AnswerRequest:
     selective: bool = False
     params: GenerationParams = field(default_factory=lambda: GenerationParams(max_new_tokens=DEFAULT_MAX_NEW_TOKENS))
     datastore: str = ""
+    fusion: str = ""  # "" = HYBRID_FUSION (with HYBRID_ALPHA unless alpha is given)
+    alpha: float | None = None
+    rrf_k: int | None = None
+    threshold: float | None = None  # selective: None = the compressor's calibrated default
 
 
 @dataclass(frozen=True)
@@ -71,8 +75,11 @@ class AnswerPipeline:
         """Validate, retrieve and compress now; -> an iterator whose first item is the AnswerStart."""
         self._validate(r)
         retriever = r.retriever or ("dense" if self.retrieval.config(r.collection).sparse == "none" else "hybrid")
-        request = SearchRequest([r.question], k=r.k, retriever=retriever, filters=r.filters, fusion=HYBRID_FUSION,
-                                alpha=HYBRID_ALPHA)
+        fusion = r.fusion or HYBRID_FUSION
+        tuning: dict[str, Any] = {"alpha": r.alpha if r.alpha is not None else HYBRID_ALPHA} if fusion == "weighted" else {}
+        if r.rrf_k is not None:
+            tuning["rrf_k"] = r.rrf_k
+        request = SearchRequest([r.question], k=r.k, retriever=retriever, filters=r.filters, fusion=fusion, **tuning)
         hits = self.retrieval.search(r.collection, request)[0]
         passages = [h.chunk_text or h.text for h in hits]
         passages = [p for p in passages if p.strip()]
@@ -89,6 +96,8 @@ class AnswerPipeline:
             n = self.compression.count_tokens(text)
             return AnswerStart(hits, text, AUGMENT, n, n)
         kwargs: dict[str, Any] = {"selective": r.selective} if r.compression == "extractive" else {}
+        if r.selective and r.threshold is not None:
+            kwargs["threshold"] = r.threshold
         if r.budget_tokens is not None:
             kwargs["budget_tokens"] = r.budget_tokens
         result = self.compression.compress(r.question, passages, r.compression, **kwargs)

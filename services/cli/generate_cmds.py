@@ -78,7 +78,7 @@ def cmd_answer(args: argparse.Namespace) -> int:
         items = iter(c.answer_stream(
             args.question, args.collection, k=args.k, retriever=args.retriever or "", filters=filters,
             compression=args.compression or "", budget_tokens=args.budget_tokens, selective=args.selective,
-            **_decoding(args),
+            fusion=args.fusion or "", alpha=args.alpha, rrf_k=args.rrf_k, threshold=args.threshold, **_decoding(args),
         ))
         head = next(items)
         assert isinstance(head, AnswerContext)
@@ -270,6 +270,10 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     a.add_argument("--compression", help="extractive (default) | abstractive | none")
     a.add_argument("--budget-tokens", type=int)
     a.add_argument("--selective", action="store_true", help="answer closed-book when the passages do not help")
+    a.add_argument("--threshold", type=float, help="selective: skip below this best sentence score (default: calibrated)")
+    a.add_argument("--fusion", help="hybrid: weighted (default, alpha 0.15) | rrf")
+    a.add_argument("--alpha", type=float, help="weighted fusion: weight of dense (0..1)")
+    a.add_argument("--rrf-k", type=int, help="rrf fusion: the k in 1 / (k + rank) (default 60)")
     _add_decoding(a, 64)
     a.set_defaults(func=cmd_answer)
 

@@ -202,7 +202,7 @@ def test_answer_streams_with_sources(server, tmp_path: Path) -> None:  # type: i
         assert lodestar("--server", server.address, "index", str(corpus), "-c", "cli_answer", "--wait",
                         "--quiet").returncode == 0
         run = lodestar("--server", server.address, "answer", "Who were the Normans descended from?", "-c", "cli_answer",
-                       "-k", "2", "--max-new-tokens", "16", "--json")
+                       "-k", "2", "--max-new-tokens", "16", "--json", "--fusion", "rrf", "--rrf-k", "30")
         assert run.returncode == 0, run.stderr
         res = json.loads(run.stdout)
         assert len(res["sources"]) == 2 and res["decision"] == "augment" and "Norse" in res["context"]

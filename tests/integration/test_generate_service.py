@@ -128,7 +128,19 @@ def test_answer_retrieves_compresses_and_cites(client: Client) -> None:
         skipped = client.answer("Who gave their name to Normandy?", "answer_docs", selective=True, budget_tokens=64,
                                 max_new_tokens=8, k=1, retriever="sparse")
         assert skipped.context is not None and skipped.context.decision in ("augment", "skip")
+        q = "Who gave their name to Normandy?"
+        for threshold, decision in ((10.0, "skip"), (-10.0, "augment")):  # the selective cut, per request
+            ctx = client.answer(q, "answer_docs", k=2, selective=True, threshold=threshold, max_new_tokens=2).context
+            assert ctx is not None and ctx.decision == decision
+        for fusion in ({"fusion": "rrf", "rrf_k": 1}, {"fusion": "weighted", "alpha": 1.0}):  # retrieval as Search does it
+            ctx = client.answer(q, "answer_docs", k=3, retriever="hybrid", max_new_tokens=2, **fusion).context
+            want = client.search("answer_docs", q, k=3, retriever="hybrid", **fusion)[0]
+            assert ctx is not None and [h.id for h in ctx.sources] == [h.id for h in want]
+            assert [round(h.score, 4) for h in ctx.sources] == [round(h.score, 4) for h in want]
         for kwargs, code, words in (
+            ({"fusion": "magic"}, "INVALID_ARGUMENT", "rrf, weighted"),
+            ({"alpha": 2.0}, "INVALID_ARGUMENT", "alpha"),
+            ({"selective": True, "threshold": float("nan")}, "INVALID_ARGUMENT", "threshold must be a finite"),
             ({"k": 0}, "INVALID_ARGUMENT", "k must be in 1..50"),
             ({"compression": "zip"}, "INVALID_ARGUMENT", "valid are extractive, abstractive, none"),
             ({"retriever": "psychic"}, "INVALID_ARGUMENT", "psychic"),
