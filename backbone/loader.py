@@ -41,6 +41,7 @@ class BackboneConfig:
     adapter_dirs: tuple[Path, ...] = ()  # folders whose subfolders are adapters offered by name
     max_resident_adapters: int = 4
     max_adapter_bytes: int = 0  # memory cap over resident adapters' weights; 0 = count cap only
+    adapter_paths: bool = True  # requests may name an adapter by a path on the server; False: names only
 
 
 @dataclass
@@ -101,7 +102,8 @@ class Backbone:
             model_id=model_id,
             device=param.device,
             dtype=param.dtype,
-            adapters=AdapterRegistry(model, config.adapter_dirs, config.max_resident_adapters, config.max_adapter_bytes),
+            adapters=AdapterRegistry(model, config.adapter_dirs, config.max_resident_adapters, config.max_adapter_bytes,
+                                     config.adapter_paths),
         )
 
 

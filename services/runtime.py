@@ -149,6 +149,7 @@ class Runtime:
                     adapter_dirs=tuple(s.adapter_dirs),
                     max_resident_adapters=s.max_resident_adapters,
                     max_adapter_bytes=s.max_adapter_bytes,
+                    adapter_paths=s.adapter_paths,
                 )
             )
         return EmbeddingEngine(

@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(Path.home() / ".cache" / "lodestar", description="dequantised GGUF weights live here")
     adapter_dirs: Annotated[tuple[Path, ...], NoDecode] = Field(default_factory=_default_adapter_dirs, description="folders whose subfolders are adapters offered by name (default ./adapters, then the ones this project ships)")
     max_resident_adapters: int = Field(4, ge=1, description="adapters kept loaded at once; LRU unloaded beyond")
+    adapter_paths: bool = Field(True, description="requests may name an adapter by a path on the server (any folder holding a peft adapter); false: only the names adapter_dirs offer (where clients are not trusted with the server's files)")
     max_adapter_bytes: int = Field(512 * 1024 * 1024, ge=0, description="memory cap over loaded adapters' weights (LRU unloaded beyond; 0 = none)")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads of this process; 0 = torch's default (one per core)")
     faiss_threads: int = Field(0, ge=0, description="OpenMP threads one dense search may use; 0 = one for fewer than 20 queries (FAISS gives each query one thread, the rest only spin up), FAISS's default (every core) for a batch")

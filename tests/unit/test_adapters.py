@@ -128,6 +128,26 @@ def test_adapter_name_the_filesystem_refuses_is_unknown(eng: EmbeddingEngine, na
     assert vecs(eng).shape == (2, 64)  # still serving
 
 
+def test_adapter_paths_can_be_turned_off(tokenizer, adapter_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """LODESTAR_ADAPTER_PATHS=false: names from the search folders only; a path, or a name that
+    climbs out of the folders, is an unknown adapter (the message says why), and serving goes on."""
+    cfg = BackboneConfig(model="tiny", adapter_dirs=(adapter_dir / "alpha",), adapter_paths=False)
+    engine = EmbeddingEngine(Backbone.from_model(build_tiny(tokenizer, seed=0).model, tokenizer, "tiny-llama", cfg))
+    try:
+        for name in (str(adapter_dir / "beta"), "../beta", "~/beta", ".."):
+            with pytest.raises(InvalidInput, match="names only, not paths: LODESTAR_ADAPTER_PATHS=false"):
+                engine.embed(TEXTS, EmbedOptions(adapter=name))
+        assert vecs(engine).shape == (2, 64)
+    finally:
+        engine.close()
+    open_cfg = BackboneConfig(model="tiny", adapter_dirs=(adapter_dir,), adapter_paths=False)
+    engine = EmbeddingEngine(Backbone.from_model(build_tiny(tokenizer, seed=0).model, tokenizer, "tiny-llama", open_cfg))
+    try:
+        assert not np.allclose(vecs(engine, "beta"), vecs(engine))  # a name still works
+    finally:
+        engine.close()
+
+
 def test_adapter_that_does_not_fit_the_model(eng: EmbeddingEngine, tmp_path: Path, adapter_dir: Path) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
