@@ -31,6 +31,7 @@ class GenerateConfig:
     default_datastore: str = ""  # a name, or a path to a datastore folder; "" = none
     max_concurrent: int = 4  # generations in flight before RESOURCE_EXHAUSTED
     max_add_texts: int = 100_000  # texts in one AddToDatastore call
+    max_add_chars: int = 64 * 1024 * 1024  # characters in one call: the server holds them all while it tokenises
     # Verification is lossless only when the tree forward and a one-token forward agree on the
     # argmax. In bf16 exact logit ties are common and the two paths round differently (measured on
     # SmolLM2: a copy prompt diverged at token 43, logits 27.25 vs 27.25); fp32 keeps greedy
@@ -125,6 +126,9 @@ class GenerationEngine:
         batch = list(texts)
         if len(batch) > self.config.max_add_texts:
             raise InvalidInput(f"{len(batch)} texts in one call; the limit is max_add_texts={self.config.max_add_texts}")
+        chars = sum(len(t) for t in batch if isinstance(t, str))
+        if chars > self.config.max_add_chars:
+            raise InvalidInput(f"{chars} characters in one call; the limit is max_add_chars={self.config.max_add_chars}: split the upload")
         for i, t in enumerate(batch):
             if not isinstance(t, str) or not t.strip():
                 raise InvalidInput(f"text {i} is empty")

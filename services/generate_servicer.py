@@ -46,7 +46,7 @@ class GenerateServicer(gpb_grpc.GenerateServiceServicer):
     ) -> gpb.DatastoreInfo:
         """Collect the whole stream, then write one segment: a broken upload changes nothing."""
         engine = self.runtime.generate_engine()
-        name, texts, compact = "", [], False
+        name, texts, compact, chars = "", [], False, 0
         async for req in requests:
             if req.name and name and req.name != name:
                 raise InvalidInput(f"one AddToDatastore call writes one datastore; got {name!r} then {req.name!r}")
@@ -55,5 +55,8 @@ class GenerateServicer(gpb_grpc.GenerateServiceServicer):
             compact = compact or req.compact
             if len(texts) > engine.config.max_add_texts:
                 raise InvalidInput(f"more than max_add_texts={engine.config.max_add_texts} texts in one call; split the upload")
+            chars += sum(len(t) for t in req.texts)
+            if chars > engine.config.max_add_chars:  # refused while streaming, before the rest is held
+                raise InvalidInput(f"more than max_add_chars={engine.config.max_add_chars} characters in one call; split the upload")
         info = await asyncio.get_running_loop().run_in_executor(None, engine.add_texts, name, texts, compact)
         return convert.datastore_info_pb(info)

@@ -3,6 +3,8 @@ datastores by name, stop strings, seeded sampling, cancellation, capacity, Answe
 
 from __future__ import annotations
 
+import dataclasses
+
 import time
 
 import pytest
@@ -36,7 +38,7 @@ def test_stream_and_lossless_speculative_greedy(client: Client) -> None:
     assert plain.stats["mean_accepted_tokens"] == pytest.approx(1.0)
 
 
-def test_datastore_by_name(client: Client) -> None:
+def test_datastore_by_name(client: Client, server: BackgroundServer) -> None:
     info = client.add_to_datastore("normans", [PASSAGE, "Rollo was the first ruler of Normandy."])
     assert info["name"] == "normans" and info["documents"] == 2 and info["tokens"] > 40
     again = client.add_to_datastore("normans", ["William the Conqueror was a Norman."], compact=True)
@@ -54,6 +56,16 @@ def test_datastore_by_name(client: Client) -> None:
     with pytest.raises(ClientError) as err:
         client.add_to_datastore("bad name!", ["x"])
     assert err.value.code == "INVALID_ARGUMENT" and "must match" in err.value.message
+    engine = server.runtime.generate_engine()
+    limits = engine.config
+    engine.config = dataclasses.replace(limits, max_add_chars=100)  # what one call may make the server hold
+    try:
+        with pytest.raises(ClientError) as err:
+            client.add_to_datastore("normans", ["x" * 60, "y" * 60])
+        assert err.value.code == "INVALID_ARGUMENT" and "max_add_chars=100" in err.value.message
+    finally:
+        engine.config = limits
+    assert client.add_to_datastore("normans", ["Rouen is in Normandy."])["documents"] == 4  # nothing of it was kept
 
 
 def test_stop_strings_and_token_prompt(client: Client, backbone: Backbone) -> None:
