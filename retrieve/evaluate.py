@@ -3,6 +3,9 @@ report nDCG@10 (linear graded gains, as trec_eval) and recall@100."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
 import json
 import math
 import tempfile
@@ -71,6 +74,23 @@ def recall_at(ranked: list[str], gains: dict[str, int], k: int = 100) -> float:
     return len(set(ranked[:k]) & set(gains)) / len(gains) if gains else 0.0
 
 
+def index_key(docs: list[Document], config: CollectionConfig, embedder: Any) -> str:
+    """What an indexed corpus depends on: its documents, the collection config, the model and the
+    adapters' weight files (size and time: a retrained adapter at the same path is a new index)."""
+    h = hashlib.sha256()
+    for d in docs:
+        h.update(d.id.encode("utf-8", "surrogatepass") + b"\0" + d.text.encode("utf-8", "surrogatepass") + b"\0")
+    backbone = getattr(embedder, "backbone", None)
+    weights = []
+    for name in (config.adapter, config.sparse_adapter):
+        if name and backbone is not None:
+            _, folder = backbone.adapters.resolve(name)
+            weights += [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(Path(folder).glob("adapter_model.*"))]
+    meta = {"config": dataclasses.asdict(config), "model": str(getattr(backbone, "model_id", "")), "adapters": weights}
+    h.update(json.dumps(meta, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
 def eval_beir(
     embedder: Any,
     folder: Path,
@@ -81,10 +101,13 @@ def eval_beir(
     alphas: tuple[float, ...] = (0.5,),
     batch_docs: int = 64,
     progress: bool = True,
+    work_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Index `folder`'s corpus once with `config`, then search with each retriever
     (dense | bm25 | sparse | hybrid); one result dict per retriever, and for hybrid per fusion (and
-    per alpha of weighted fusion)."""
+    per alpha of weighted fusion). work_dir: keep the indexed collection there (under `index_key`), so
+    an interrupted run resumes from its last stored batch and a rerun with other retrievers, fusions
+    or alphas encodes nothing; None = a temporary folder."""
     from lodestar.retrieve.engine import RetrievalEngine
 
     docs, queries, qrels = read_beir(folder)
@@ -96,20 +119,29 @@ def eval_beir(
     for r in retrievers:
         if r not in kinds:
             raise InvalidInput(f"unknown retriever {r!r}: valid are {', '.join(kinds)}")
-    with tempfile.TemporaryDirectory(prefix="lodestar-eval-") as tmp:
-        engine = RetrievalEngine(Path(tmp), embedder)
+    dataset = folder.name if folder.name != "beir" else folder.parent.name
+    place: Any = (contextlib.nullcontext(Path(work_dir) / f"{dataset}-{index_key(docs, config, embedder)}") if work_dir
+                  else tempfile.TemporaryDirectory(prefix="lodestar-eval-"))
+    with place as root:
+        engine = RetrievalEngine(Path(root), embedder)
         try:
-            engine.create(config)
+            if config.name not in {c.name for c in engine.list()}:
+                engine.create(config)
             bar = None
             if progress:
                 from tqdm import tqdm
 
                 bar = tqdm(total=len(docs), desc=f"index {folder.name}", unit="doc")
             t0 = time.perf_counter()
+            reused = 0
             for i in range(0, len(docs), batch_docs):
-                engine.upsert(config.name, docs[i : i + batch_docs])
+                batch = docs[i : i + batch_docs]
+                if work_dir and all(engine.get(config.name, [d.id for d in batch])):  # stored by an earlier run
+                    reused += len(batch)
+                else:
+                    engine.upsert(config.name, batch)
                 if bar:
-                    bar.update(len(docs[i : i + batch_docs]))
+                    bar.update(len(batch))
             if bar:
                 bar.close()
             index_s = time.perf_counter() - t0
@@ -130,7 +162,7 @@ def eval_beir(
                 ndcg = [ndcg_at([h.id for h in hits], qrels[q]) for q, hits in zip(judged, results)]
                 recall = [recall_at([h.id for h in hits], qrels[q]) for q, hits in zip(judged, results)]
                 out.append({
-                    "dataset": folder.name if folder.name != "beir" else folder.parent.name,
+                    "dataset": dataset,
                     "retriever": retriever,
                     "mode": config.mode,
                     "sparse": config.sparse if retriever in ("sparse", "bm25", "hybrid") else None,
@@ -145,6 +177,7 @@ def eval_beir(
                     "queries": len(judged),
                     "documents": len(docs),
                     "index_s": round(index_s, 2),
+                    "reused_documents": reused,
                     "search_s": round(search_s, 3),
                     "per_query_ms": round(1000 * search_s / max(1, len(judged)), 2),
                 })

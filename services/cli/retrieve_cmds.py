@@ -166,6 +166,7 @@ def cmd_eval_beir(args: argparse.Namespace) -> int:
         results = eval_beir(
             engine, Path(args.dir), retrievers=tuple(args.retriever.split(",")), config=config,
             fusions=tuple(args.fusion.split(",")), alphas=tuple(float(a) for a in str(args.alpha).split(",")), progress=not args.quiet,
+            work_dir=Path(args.work_dir) if args.work_dir else None,
         )
     finally:
         engine.close()
@@ -309,6 +310,8 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     bq.add_argument("--query-idf", action=argparse.BooleanOptionalAction, default=True,
                     help="learned: scale query weights by each term's IDF over the collection (default on)")
     bq.add_argument("--model")
+    bq.add_argument("--work-dir", help="keep the indexed corpus here: an interrupted run resumes, and a rerun with the "
+                    "same corpus, config, model and adapters (other retrievers, fusions, alphas) encodes nothing")
     bq.add_argument("--quiet", action="store_true")
     bq.set_defaults(func=cmd_eval_beir)
 

@@ -97,3 +97,29 @@ def test_vocabulary_fold_keeps_the_largest_or_sums_each_word_form():
     # documents as one vector: rows 0 and 1 are chunks of one document, the largest weight per term wins
     whole = sv.max_per_cell(np.array([0, 0, 0, 0]), np.array([1, 3, 1, 2]), np.array([3.0, 2.0, 0.5, 4.0]), (1, 4))
     assert whole.toarray().tolist() == [[0.0, 3.0, 4.0, 2.0]]
+
+
+def test_eval_beir_work_dir_resumes_and_reuses_the_index(tiny_engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """--work-dir keeps the indexed corpus under a key of (documents, config, model, adapters): a rerun
+    encodes nothing, an interrupted one only its missing batches, another config gets its own index."""
+    from lodestar.retrieve.engine import RetrievalEngine
+    from lodestar.retrieve.evaluate import eval_beir, index_key
+    from lodestar.retrieve.types import CollectionConfig
+
+    folder = beir(tmp_path / "set")
+    work = tmp_path / "work"
+    cfg = CollectionConfig(name="eval", mode="mean")
+    first = eval_beir(tiny_engine, folder, retrievers=("dense", "bm25"), config=cfg, batch_docs=2, progress=False, work_dir=work)
+    assert [r["reused_documents"] for r in first] == [0, 0]
+    again = eval_beir(tiny_engine, folder, retrievers=("dense", "hybrid"), config=cfg, batch_docs=2, progress=False, work_dir=work)
+    assert again[0]["reused_documents"] == 6 and again[0]["ndcg@10"] == first[0]["ndcg@10"]
+    (index,) = list(work.iterdir())
+    assert index.name == f"set-{index_key(read_beir(folder)[0], cfg, tiny_engine)}"
+    stored = RetrievalEngine(index, tiny_engine)  # a run that stopped before its last batch
+    stored.delete("eval", ["d5"])
+    stored.close()
+    resumed = eval_beir(tiny_engine, folder, retrievers=("dense",), config=cfg, batch_docs=2, progress=False, work_dir=work)
+    assert resumed[0]["reused_documents"] == 4 and resumed[0]["ndcg@10"] == first[0]["ndcg@10"]
+    other = eval_beir(tiny_engine, folder, retrievers=("dense",), config=CollectionConfig(name="eval", mode="last"),
+                      batch_docs=2, progress=False, work_dir=work)
+    assert other[0]["reused_documents"] == 0 and len(list(work.iterdir())) == 2
