@@ -155,24 +155,41 @@ class GenerationEngine:
     # --- generation ----------------------------------------------------------------------------
 
     def stream(self, prompt: str | Sequence[int], params: GenerationParams, passages: Sequence[str] | None = None,
-               datastore: str = "", cancel: Cancel = None) -> Iterator[GenerationChunk]:
-        """Validate (prompt, limits, datastore name) now, then yield one chunk per decode step."""
-        store = self.datastore(datastore) if params.speculative else None
+               datastore: str = "", cancel: Cancel = None, slot: Callable[[], None] | None = None) -> Iterator[GenerationChunk]:
+        """Validate (prompt, limits, datastore name) now, then yield one chunk per decode step.
+        slot: the release of a slot `admit` gave (Answer takes it before retrieving); the stream
+        owns it from here. Without one, a slot is taken now."""
+        try:
+            store = self.datastore(datastore) if params.speculative else None
+        except BaseException:
+            if slot is not None:
+                slot()
+            raise
+        release = slot or self.admit()
+        try:
+            chunks = self.decoder.stream(prompt, params, passages, cancel, store)
+        except BaseException:
+            release()
+            raise
+        return _Counted(chunks, release)
+
+    def admit(self) -> Callable[[], None]:
+        """Take one of the max_concurrent generation slots now (Overloaded when none is free);
+        -> its release, which frees it once however often it is called."""
         with self._lock:
             if self._in_flight >= self.config.max_concurrent:
                 raise Overloaded(f"{self._in_flight} generations in flight; the limit is "
                                  f"max_concurrent_generations={self.config.max_concurrent}; retry later")
             self._in_flight += 1
-        try:
-            chunks = self.decoder.stream(prompt, params, passages, cancel, store)
-        except BaseException:
-            self._release()
-            raise
-        return _Counted(chunks, self._release)
+        done = threading.Event()
 
-    def _release(self) -> None:
-        with self._lock:
-            self._in_flight -= 1
+        def release() -> None:
+            with self._lock:
+                if not done.is_set():
+                    done.set()
+                    self._in_flight -= 1
+
+        return release
 
     @property
     def in_flight(self) -> int:

@@ -72,8 +72,17 @@ class AnswerPipeline:
             raise InvalidInput(f"unknown compression {r.compression!r}: valid are {', '.join(COMPRESSIONS)}")
 
     def answer(self, r: AnswerRequest, cancel: Cancel = None) -> Iterator[AnswerStart | GenerationChunk]:
-        """Validate, retrieve and compress now; -> an iterator whose first item is the AnswerStart."""
+        """Validate, take a generation slot (Overloaded before any retrieval work when none is free),
+        retrieve and compress now; -> an iterator whose first item is the AnswerStart."""
         self._validate(r)
+        slot = self.generation.admit()
+        try:
+            return self._answer(r, cancel, slot)
+        except BaseException:
+            slot()
+            raise
+
+    def _answer(self, r: AnswerRequest, cancel: Cancel, slot: Any) -> Iterator[AnswerStart | GenerationChunk]:
         retriever = r.retriever or ("dense" if self.retrieval.config(r.collection).sparse == "none" else "hybrid")
         fusion = r.fusion or HYBRID_FUSION
         tuning: dict[str, Any] = {"alpha": r.alpha if r.alpha is not None else HYBRID_ALPHA} if fusion == "weighted" else {}
@@ -85,7 +94,8 @@ class AnswerPipeline:
         passages = [p for p in passages if p.strip()]
         start = self._context(r, hits, passages)
         params = replace(r.params, chat=True)
-        chunks = self.generation.stream(rag_prompt(r.question, start.context), params, passages or None, r.datastore, cancel)
+        chunks = self.generation.stream(rag_prompt(r.question, start.context), params, passages or None, r.datastore, cancel,
+                                        slot=slot)
         return self._chain(start, chunks)
 
     def _context(self, r: AnswerRequest, hits: list[Hit], passages: list[str]) -> AnswerStart:

@@ -167,6 +167,33 @@ def test_answer_retrieves_compresses_and_cites(client: Client) -> None:
         client.drop_collection("answer_docs")
 
 
+def test_answer_takes_a_generation_slot_before_it_retrieves(tiny_server) -> None:  # type: ignore[no-untyped-def]
+    """Answer counts against max_concurrent_generations from its start: a full server refuses it
+    (RESOURCE_EXHAUSTED) before retrieval and compression run, and every slot comes back."""
+    srv = tiny_server(max_concurrent_generations=1)
+    engine = srv.runtime.generate_engine()
+    with Client(srv.address, timeout=60) as c:
+        c.create_collection("slots", mode="mean", sparse="bm25")
+        c.upsert("slots", [{"id": "n", "text": PASSAGE}])
+        stream = c.generate_stream("a", max_new_tokens=450, speculative=False)
+        next(stream)
+        with pytest.raises(ClientError) as err:
+            c.answer("Who were the Normans?", "slots", max_new_tokens=4)
+        assert err.value.code == "RESOURCE_EXHAUSTED" and "max_concurrent_generations=1" in err.value.message
+        with pytest.raises(ClientError) as err:  # retrieval never ran: it would have said NOT_FOUND
+            c.answer("Who were the Normans?", "no_such_collection", max_new_tokens=4)
+        assert err.value.code == "RESOURCE_EXHAUSTED"
+        stream.close()
+        deadline = time.monotonic() + 30
+        while engine.in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        out = c.answer("Who were the Normans?", "slots", max_new_tokens=4, compression="none")
+        assert out.context is not None and out.context.sources[0].id == "n"
+        with pytest.raises(ClientError):  # fails after taking its slot: the slot is returned
+            c.answer("Who were the Normans?", "slots", max_new_tokens=4, datastore="missing")
+    assert engine.in_flight == 0
+
+
 def test_capacity_and_answer_needs_retrieval(tiny_server) -> None:  # type: ignore[no-untyped-def]
     srv = tiny_server(max_concurrent_generations=1, only=("embed", "generate"))
     with Client(srv.address, timeout=60) as c:
