@@ -31,13 +31,16 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     abstractive = args.method == "abstractive"
     scorer_adapter = None if abstractive else args.adapter
-    scorer = {k: v for k, v in (("mode", args.mode), ("adapter", scorer_adapter), ("instruction", args.instruction)) if v}
+    scorer = {k: v for k, v in (("mode", args.mode), ("adapter", scorer_adapter), ("instruction", args.instruction),
+                                ("prompt", args.prompt)) if v}
+    query_side = {k: v for k, v in (("mode", args.query_mode), ("prompt", args.query_prompt),
+                                    ("instruction", args.query_instruction), ("adapter", args.query_adapter)) if v}
     with Client(args.server, timeout=600) as c:
         res = c.compress(
             args.query, _passages(args), method=args.method, budget_tokens=args.budget_tokens,
             budget_ratio=args.budget_ratio, top_n=args.top_n, order=args.order, selective=args.selective,
             threshold=args.threshold, max_new_tokens=args.max_new_tokens, sentence_options=scorer or None,
-            adapter=args.adapter if abstractive else None,
+            adapter=args.adapter if abstractive else None, query_options=query_side or None,
         )
     if args.json:
         print(json.dumps(asdict(res) | {"compression_rate": res.compression_rate}))
@@ -116,6 +119,12 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     cp.add_argument("--adapter", help="LoRA adapter trained by `lodestar train compressor`: the extractive scorer's, or "
                     "with --method abstractive the summariser's")
     cp.add_argument("--instruction", help="extractive scorer: instruction")
+    cp.add_argument("--prompt", help="extractive scorer: prompt template with {text}")
+    q = cp.add_argument_group("extractive scorer, query side (default: as the sentences)")
+    q.add_argument("--query-mode")
+    q.add_argument("--query-prompt")
+    q.add_argument("--query-instruction")
+    q.add_argument("--query-adapter")
     cp.add_argument("--json", action="store_true")
     cp.set_defaults(func=cmd_compress)
 

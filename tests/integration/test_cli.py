@@ -165,6 +165,8 @@ def test_compress_prints_context_and_json(server) -> None:  # type: ignore[no-un
     assert res["decision"] == "augment" and res["spans"][0]["passage"] == 0
     bad = lodestar("--server", server.address, "compress", "q", "-p", "text", "--budget-tokens", "0")
     assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr and "budget_tokens must be > 0" in bad.stderr
+    query_side = lodestar(*args, "--json", "--query-mode", "nope")  # the query side's options reach the server
+    assert query_side.returncode == 1 and "unknown mode 'nope'" in query_side.stderr
 
 
 def test_datastore_build_add_upload_and_generate(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
