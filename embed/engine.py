@@ -139,6 +139,8 @@ class EmbeddingEngine:
             model=self.backbone.model_id,
             mode=prepared.mode,
             sparse=sparse,
+            sparse_tokens=[self.backbone.tokenizer.convert_ids_to_tokens(ids.tolist()) for ids, _ in sparse]
+            if sparse is not None and o.sparse_tokens else None,
             has_dense=not o.sparse or o.with_dense,
         )
 

@@ -31,6 +31,7 @@ class EmbedOptions:
     sparse_top_k: int = 0  # 0 = DEFAULT_SPARSE_TOP_K
     sparse_threshold: float = 0.0
     with_dense: bool = True  # with sparse: also return the dense vectors
+    sparse_tokens: bool = False  # with sparse: also each id's vocabulary entry (EmbedResult.sparse_tokens)
 
 
 @dataclass
@@ -42,4 +43,5 @@ class EmbedResult:
     model: str
     mode: str
     sparse: list[tuple[np.ndarray, np.ndarray]] | None = None  # per text (token ids, weights), by weight
+    sparse_tokens: list[list[str]] | None = None  # per text, the vocabulary entry of each sparse id
     has_dense: bool = True

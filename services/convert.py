@@ -49,6 +49,7 @@ def embed_options(req: pb.EmbedRequest) -> EmbedOptions:
         sparse_top_k=req.sparse.top_k,
         sparse_threshold=req.sparse.threshold,
         with_dense=req.sparse.with_dense or not req.sparse.enabled,
+        sparse_tokens=req.sparse.return_tokens,
     )
 
 
@@ -57,7 +58,8 @@ def embed_response(result: EmbedResult, request_id: str = "") -> pb.EmbedRespons
         embeddings=pb.Embeddings(
             data=result.packed.data, shape=list(result.packed.shape), dtype=NAME_TO_DTYPE[result.packed.dtype]
         ) if result.has_dense else None,
-        sparse=[pb.SparseVector(ids=i.tolist(), weights=w.tolist()) for i, w in result.sparse or ()],
+        sparse=[pb.SparseVector(ids=i.tolist(), weights=w.tolist(), tokens=t) for (i, w), t in
+                zip(result.sparse or (), result.sparse_tokens or [[]] * len(result.sparse or ()))],
         token_counts=result.token_counts,
         truncated=result.truncated,
         model=result.model,
@@ -106,7 +108,7 @@ def embed_request(texts: list[str], options: EmbedOptions, request_id: str = "")
         token_prepend=tp,
         request_id=request_id,
         sparse=pb.SparseOptions(enabled=True, top_k=options.sparse_top_k, threshold=options.sparse_threshold,
-                                with_dense=options.with_dense) if options.sparse else None,
+                                with_dense=options.with_dense, return_tokens=options.sparse_tokens) if options.sparse else None,
     )
 
 
@@ -116,11 +118,13 @@ def embed_result(resp: pb.EmbedResponse) -> EmbedResult:
     import numpy as np
 
     sparse = [(np.asarray(v.ids, dtype=np.int64), np.asarray(v.weights, dtype=np.float32)) for v in resp.sparse] or None
+    tokens = [list(v.tokens) for v in resp.sparse] if any(v.tokens for v in resp.sparse) else None
     if not resp.HasField("embeddings"):
         n = len(resp.token_counts)
         empty = np.zeros((n, 0), dtype=np.float32)
         return EmbedResult(vectors=empty, packed=Packed(b"", (n, 0), "float32"), token_counts=list(resp.token_counts),
-                           truncated=list(resp.truncated), model=resp.model, mode=resp.mode, sparse=sparse, has_dense=False)
+                           truncated=list(resp.truncated), model=resp.model, mode=resp.mode, sparse=sparse, has_dense=False,
+                           sparse_tokens=tokens)
     e = resp.embeddings
     shape = (int(e.shape[0]), int(e.shape[1]))
     dtype = DTYPE_TO_NAME[e.dtype]
@@ -132,6 +136,7 @@ def embed_result(resp: pb.EmbedResponse) -> EmbedResult:
         model=resp.model,
         mode=resp.mode,
         sparse=sparse,
+        sparse_tokens=tokens,
     )
 
 

@@ -26,8 +26,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _sparse_json(result: Any) -> list[dict[str, list]]:
-    """Per text {"ids": [...], "weights": [...]} (by decreasing weight), or [] without sparse output."""
-    return [{"ids": t.tolist(), "weights": [round(float(x), 6) for x in w]} for t, w in (result.sparse or [])]
+    """Per text {"ids": [...], "weights": [...]} (by decreasing weight; "tokens" too when they were
+    asked for), or [] without sparse output."""
+    rows = [{"ids": t.tolist(), "weights": [round(float(x), 6) for x in w]} for t, w in (result.sparse or [])]
+    for row, tokens in zip(rows, result.sparse_tokens or ()):
+        row["tokens"] = tokens
+    return rows
 
 
 def _resume_key(texts: list[str], opts: dict[str, Any], batch_size: int) -> str:
@@ -74,7 +78,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     dense = not args.no_dense
     with Client(args.server) as client:
         if not args.file and not args.out:  # a few texts on the command line: print them
-            res = client.embed(texts, **opts)
+            res = client.embed(texts, **(opts | {"sparse_tokens": True} if sparse else opts))
             if args.json:
                 obj: dict[str, Any] = {"model": res.model, "mode": res.mode, "token_counts": res.token_counts}
                 if dense:
@@ -89,7 +93,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
                         line += f"  [{' '.join(f'{x:+.3f}' for x in res.vectors[i][:6])} ...]"
                     if sparse and res.sparse is not None:
                         ids, w = res.sparse[i]
-                        line += f"  {ids.size} terms: {' '.join(f'{a}:{b:.2f}' for a, b in zip(ids[:8].tolist(), w[:8].tolist()))}"
+                        names = res.sparse_tokens[i] if res.sparse_tokens else [str(a) for a in ids.tolist()]
+                        line += f"  {ids.size} terms: {' '.join(f'{a}:{b:.2f}' for a, b in zip(names[:8], w[:8].tolist()))}"
                     print(line)
             return 0
         out = Path(args.out or ("embeddings.npy" if dense else "embeddings.sparse.jsonl"))

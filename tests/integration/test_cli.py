@@ -72,10 +72,12 @@ def test_embed_sparse_on_the_command_line_and_to_a_file(server, tmp_path: Path) 
     with Client(server.address) as c:
         want = c.embed(texts, mode="echo", sparse=True, sparse_top_k=12).sparse
     for got, (ids, weights) in zip(res["sparse"], want):
-        assert 0 < len(got["ids"]) <= 12 and got["ids"] == ids.tolist()
+        assert 0 < len(got["ids"]) <= 12 and got["ids"] == ids.tolist() and len(got["tokens"]) == len(got["ids"])
         assert np.allclose(got["weights"], weights, rtol=1e-4) and got["weights"] == sorted(got["weights"], reverse=True)
     human = lodestar("--server", server.address, "embed", texts[0], "--mode", "echo", "--no-dense")
-    assert human.returncode == 0, human.stderr and "terms:" in human.stdout and "[" not in human.stdout
+    assert human.returncode == 0, human.stderr
+    assert "terms: " in human.stdout and "[" not in human.stdout
+    assert any(f"Ġ{w}:" in human.stdout for w in ("the", "cat", "sat", "on", "mat"))  # tokens, not ids
 
     src = tmp_path / "docs.txt"
     src.write_text("\n".join(texts * 3) + "\n")

@@ -195,7 +195,7 @@ def test_expired_deadline_drops_queued_work(tiny_server) -> None:  # type: ignor
         assert c.embed(["after"]).vectors.shape == (1, 64)
 
 
-def test_sparse_output_over_grpc(client) -> None:  # type: ignore[no-untyped-def]
+def test_sparse_output_over_grpc(client, tokenizer) -> None:  # type: ignore[no-untyped-def]
     both = client.embed(["A man plays a guitar.", "Markets fell."], mode="echo", sparse=True, sparse_top_k=32)
     assert both.vectors.shape == (2, 576) and both.sparse is not None and len(both.sparse) == 2
     ids, weights = both.sparse[0]
@@ -204,6 +204,11 @@ def test_sparse_output_over_grpc(client) -> None:  # type: ignore[no-untyped-def
     # and bf16 kernels, AMX's among them, round near-ties differently with the shape)
     only = client.embed(["A man plays a guitar.", "Markets fell."], mode="echo", sparse=True, sparse_top_k=32, with_dense=False)
     assert only.vectors.shape == (2, 0) and list(only.sparse[0][0]) == list(ids)
+    assert both.sparse_tokens is None and only.sparse_tokens is None  # asked for only
+    named = client.embed(["A man plays a guitar.", "Markets fell."], mode="echo", sparse=True, sparse_top_k=32,
+                         with_dense=False, sparse_tokens=True)
+    assert named.sparse_tokens == [tokenizer.convert_ids_to_tokens(v.tolist()) for v, _ in named.sparse]
+    assert "Ġguitar" in named.sparse_tokens[0]
     with pytest.raises(ClientError) as err:
         client.embed(["x"], mode="echo", sparse=True, sparse_top_k=99999)
     assert err.value.code == "INVALID_ARGUMENT" and "top_k must be in 0..1024" in err.value.message
