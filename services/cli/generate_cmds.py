@@ -99,35 +99,53 @@ def _texts(args: argparse.Namespace) -> Iterator[str]:
     return iter_texts(args.input, pattern=args.pattern, field=args.field, exclude=args.exclude or ())
 
 
-def _resumable_upload(args: argparse.Namespace, progress_file: Path, write: Callable[[list[str]], Any]) -> dict[str, Any]:
-    """Send the input texts in batches to `write`; after each batch the count of texts done is kept
-    in `progress_file`, so a rerun with the same inputs skips them."""
+def _resumable_upload(args: argparse.Namespace, progress_file: Path, write: Callable[[list[str]], Any],
+                      documents: Callable[[], int]) -> dict[str, Any]:
+    """Send the input texts in batches to `write`; `progress_file` keeps the count of texts done, so
+    a rerun with the same inputs skips them. Before each batch it also notes the batch and the
+    document count the datastore will have after it (`documents()` reads the count): a run stopped
+    between the write and the note finds that count on rerun and skips the batch instead of adding
+    it twice."""
     from tqdm import tqdm
 
     key = {"input": [str(Path(p).resolve()) for p in args.input], "pattern": args.pattern, "field": args.field}
     state = json.loads(progress_file.read_text()) if progress_file.is_file() else {}
-    skip = state.get("done", 0) if state.get("key") == key else 0
+    have = documents()
+    skip = 0
+    if state.get("key") == key:
+        pending = state.get("pending") or {}
+        skip = pending["done"] if pending and have == pending["documents"] else state.get("done", 0)
     done, batch = 0, []
     bar = tqdm(desc="datastore", unit="text", initial=skip, disable=args.quiet)
     last: Any = None
 
-    def flush() -> None:
-        nonlocal batch, last
-        if batch:
-            last = write(batch)
-            bar.update(len(batch))
-            batch = []
+    def note(**state: Any) -> None:
         tmp = progress_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"key": key, "done": done}))
+        tmp.write_text(json.dumps({"key": key, **state}))
         os.replace(tmp, progress_file)
 
+    def flush() -> None:
+        nonlocal batch, last, have
+        if batch:
+            note(done=done - len(batch) - blanks, pending={"done": done, "documents": have + len(batch)})
+            last = write(batch)
+            have += len(batch)
+            bar.update(len(batch))
+            batch = []
+        note(done=done)
+
+    blanks = 0  # blank texts read since the last flush (counted in `done`, never written)
     for text in _texts(args):
         done += 1
-        if done <= skip or not text.strip():
+        if done <= skip:
+            continue
+        if not text.strip():
+            blanks += 1
             continue
         batch.append(text)
         if len(batch) >= args.batch:
             flush()
+            blanks = 0
     flush()
     bar.close()
     return {"texts": done, "resumed_after": skip, "last": last}
@@ -150,7 +168,8 @@ def cmd_datastore(args: argparse.Namespace) -> int:
 
         progress = Path(f".lodestar-datastore-{args.name}.progress")
         with Client(args.server, timeout=None) as c:
-            run = _resumable_upload(args, progress, lambda texts: c.add_to_datastore(args.name, texts))
+            run = _resumable_upload(args, progress, lambda texts: c.add_to_datastore(args.name, texts),
+                                    lambda: next((d["documents"] for d in c.list_datastores() if d["name"] == args.name), 0))
             info = c.add_to_datastore(args.name, [], compact=True) if args.compact else run["last"]
         progress.unlink(missing_ok=True)
         print_obj({"name": args.name, **(info or {}), "resumed_after": run["resumed_after"]}, args.json)
@@ -184,7 +203,7 @@ def _local_datastore(args: argparse.Namespace) -> int:
         else:
             store.add(texts)
 
-    run = _resumable_upload(args, progress, write)
+    run = _resumable_upload(args, progress, write, lambda: store.num_docs if store is not None else 0)
     if store is None:
         raise LodestarError("the input holds no text")
     if args.action == "build" or args.compact:
