@@ -20,6 +20,7 @@ import os
 import re
 import secrets
 import shutil
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -55,7 +56,17 @@ from lodestar.retrieve.snapshot import (
 )
 from lodestar.retrieve.sparse import BM25Index, ImpactIndex, sparse_vector
 from lodestar.retrieve.shards import AnyDense, check_shards, dense_from_bytes, new_dense
-from lodestar.retrieve.store import ChunkRef, CompiledFilter, DocWrite, Store, StoreError, WriteResult, compile_filters
+from lodestar.retrieve.store import (
+    ChunkRef,
+    CompiledFilter,
+    DocWrite,
+    Store,
+    StoreError,
+    WriteResult,
+    compile_filters,
+    disk_full,
+    is_disk_full,
+)
 from lodestar.retrieve.types import (
     FUSIONS,
     METRICS,
@@ -164,6 +175,17 @@ class _Ranked:
     ref: ChunkRef
     dense: float | None = None
     sparse: float | None = None
+
+
+@contextmanager
+def _disk_space(where: str, what: str) -> Iterator[None]:
+    """A full disk while writing `where` becomes Overloaded (RESOURCE_EXHAUSTED) saying `what` holds."""
+    try:
+        yield
+    except (OSError, sqlite3.Error) as e:
+        if is_disk_full(e):
+            raise disk_full(where, e, what) from e
+        raise
 
 
 def _fix_hint(name: str) -> str:
@@ -310,8 +332,8 @@ class RetrievalEngine:
         status. Returns True when it built from the store (so a fresh snapshot is worth writing)."""
         assert c.store is not None and c.config is not None
         c.dense = c.sparse = None
-        last = c.store.last_seq()
         try:
+            last = c.store.last_seq()  # inside: a damaged store marks this collection, not the whole engine
             if loaded is None and use_snapshot and has_snapshot(c.snapshot_dir):
                 try:
                     loaded = self._read_indexes(c)
@@ -334,7 +356,11 @@ class RetrievalEngine:
         except Exception as e:
             log.exception("collection %r: loading the indexes failed", c.name)
             c.dense = c.sparse = None
-            c.status = f"corrupt: the indexes could not be loaded ({type(e).__name__}: {e}); {_fix_hint(c.name)}"
+            if isinstance(e, sqlite3.DatabaseError):  # the source of truth itself: a rebuild cannot help
+                c.status = (f"corrupt: the document store cannot be read ({e}); restore the folder {c.directory} "
+                            "from a backup or drop the collection")
+            else:
+                c.status = f"corrupt: the indexes could not be loaded ({type(e).__name__}: {e}); {_fix_hint(c.name)}"
             return False
         c.applied_seq = last
         c.status = "ok"
@@ -868,7 +894,8 @@ class RetrievalEngine:
         c = self._get(name)
         with c.lock.write():
             self._check_serving(c)
-            return self._snapshot_locked(c)
+            with _disk_space(f"the snapshot of collection {name!r}", "the previous snapshot is kept and the collection keeps serving"):
+                return self._snapshot_locked(c)
 
     def restore(self, name: str, snapshot_dir: Path) -> CollectionStats:
         """Load a verified snapshot of this collection (e.g. a backup copy), then replay the store's
@@ -883,17 +910,31 @@ class RetrievalEngine:
             self._check_open(c)
             if c.store is None or c.config is None:
                 raise Unavailable(f"collection {name!r} is not serving: {c.status}")
+            self._check_width(c, "restored")  # else a restore would mark an incompatible collection "ok"
             try:
                 loaded = self._read_indexes(c, (files, manifest))
             except CorruptSnapshot as e:
                 raise InvalidInput(f"cannot restore {name!r} from {snapshot_dir}: {e}") from None
             if snapshot_dir.resolve() != c.snapshot_dir.resolve():
                 meta = {k: v for k, v in manifest.items() if k not in ("format_version", "files")}
-                write_snapshot(c.snapshot_dir, files, meta)
+                with _disk_space(f"the snapshot of collection {name!r}", f"nothing was restored; the collection is as it was ({c.status})"):
+                    write_snapshot(c.snapshot_dir, files, meta)
             self._load(c, use_snapshot=True, loaded=loaded)
             if c.status == "ok" and c.applied_seq != c.snapshot_seq:
-                self._snapshot_locked(c)
+                with _disk_space(f"the snapshot of collection {name!r}", "the collection was restored and serves; its snapshot on disk is the restored one"):
+                    self._snapshot_locked(c)
         return self.stats(name)
+
+    def _check_width(self, c: _Collection, done: str) -> None:
+        """Refuse to bring back a collection whose vectors the running model cannot produce."""
+        assert c.config is not None
+        want = c.config.dimensions or self.hidden_size
+        if want != c.dim:
+            model = c.store.meta.get("model", "?") if c.store is not None else "?"
+            raise Unavailable(
+                f"collection {c.name!r} cannot be {done} with this model: it holds {c.dim}-dim vectors, the model gives {want}; "
+                f"serve it with the model it was built with (model {model!r})"
+            )
 
     def rebuild(self, name: str) -> CollectionStats:
         """Rebuild the indexes from the store (vectors and texts), dropping tombstones; clears a
@@ -906,13 +947,12 @@ class RetrievalEngine:
                 if reopened.store is None:
                     raise Unavailable(f"collection {name!r} cannot be rebuilt: {c.status}")
                 c.store, c.config, c.dim = reopened.store, reopened.config, reopened.dim
-            want = c.config.dimensions or self.hidden_size
-            if want != c.dim:
-                raise Unavailable(f"collection {name!r} cannot be rebuilt with this model: it holds {c.dim}-dim vectors, the model gives {want}")
+            self._check_width(c, "rebuilt")
             self._load(c, use_snapshot=False)
             if c.status != "ok":
                 raise Unavailable(f"collection {name!r} could not be rebuilt: {c.status}")
-            self._snapshot_locked(c)
+            with _disk_space(f"the snapshot of collection {name!r}", "the indexes were rebuilt and serve; the snapshot on disk was not updated"):
+                self._snapshot_locked(c)
         return self.stats(name)
 
     def stats(self, name: str) -> CollectionStats:

@@ -21,6 +21,7 @@ writes (the engine's per-collection lock); reads use one connection per thread.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import sqlite3
@@ -29,11 +30,11 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
-from lodestar.errors import InvalidInput
+from lodestar.errors import InvalidInput, Overloaded
 from lodestar.retrieve.types import Document, Filter
 
 DB_NAME = "store.sqlite3"
@@ -77,6 +78,18 @@ CREATE TABLE changes (
 
 class StoreError(Exception):
     """The database is missing, unreadable or of another schema (the engine marks the collection)."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether `exc` says the disk (or quota) is full: SQLite's SQLITE_FULL or ENOSPC/EDQUOT."""
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(where: str, exc: BaseException, what: str) -> Overloaded:
+    """The error a full disk becomes (RESOURCE_EXHAUSTED): what did not happen, and what to do."""
+    return Overloaded(f"out of disk space writing {where} ({exc}): {what}; free disk space and retry")
 
 
 @dataclass
@@ -339,6 +352,16 @@ class Store:
 
     # --- writes (caller holds the collection's write lock) ----------------------------------
 
+    def _failed(self, exc: BaseException, what: str) -> NoReturn:
+        """End a failed write transaction and re-raise; a full disk becomes a clear Overloaded.
+        SQLite may already have rolled the transaction back itself (SQLITE_FULL, SQLITE_IOERR): a
+        second ROLLBACK would then fail and hide the reason."""
+        if self._writer.in_transaction:
+            self._writer.execute("ROLLBACK")
+        if is_disk_full(exc):
+            raise disk_full(f"the document store {self.path}", exc, what) from exc
+        raise exc
+
     def last_seq(self) -> int:
         """The seq of the last committed change (0 when none); survives pruning."""
         row = self._writer.execute("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").fetchone()
@@ -379,9 +402,8 @@ class Store:
                 removed += old
             seq = self.last_seq()
             conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        except BaseException as e:
+            self._failed(e, "nothing of this write was stored")
         return WriteResult(seq=seq, count=len(docs), added=_as_ids(added), removed=_as_ids(removed))
 
     def delete_docs(self, ids: Sequence[str]) -> WriteResult:
@@ -407,9 +429,8 @@ class Store:
                 conn.execute("COMMIT")
             else:
                 conn.execute("ROLLBACK")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        except BaseException as e:
+            self._failed(e, "nothing was deleted")
         return WriteResult(seq=seq, count=count, removed=_as_ids(removed))
 
     def prune_changes(self, through: int) -> None:
@@ -422,9 +443,8 @@ class Store:
             value = str(max(prev, through))
             conn.execute("UPDATE meta SET value = ? WHERE key = 'pruned_through'", (value,))
             conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        except BaseException as e:
+            self._failed(e, "the change log was not pruned (the snapshot is written; replay covers the rest)")
         self.meta["pruned_through"] = value
 
     # --- replay and rebuild -------------------------------------------------------------------

@@ -8,7 +8,9 @@ import functools
 import hashlib
 import json
 import re
+import errno
 import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -19,7 +21,7 @@ import pytest
 
 from lodestar.embed.modes import get_mode
 from lodestar.embed.types import EmbedOptions, EmbedResult
-from lodestar.errors import AlreadyExists, InvalidInput, NotFound, Unavailable
+from lodestar.errors import AlreadyExists, InvalidInput, NotFound, Overloaded, Unavailable
 from lodestar.retrieve.engine import RetrievalEngine
 from lodestar.retrieve.snapshot import MANIFEST
 from lodestar.retrieve.types import CollectionConfig, Document, Filter, SearchRequest
@@ -640,6 +642,74 @@ def test_unreadable_store_is_reported_not_fatal(engine: RetrievalEngine) -> None
     assert e.stats("broken").status.startswith("corrupt")
     e.drop("broken")
     assert e.status() == {"fine": "ok"}
+    e.close()
+
+
+def test_damaged_store_pages_mark_the_collection_not_the_engine(engine: RetrievalEngine) -> None:
+    engine.create(CollectionConfig(name="broken"))
+    engine.create(CollectionConfig(name="fine"))
+    engine.upsert("broken", corpus(20))
+    engine.upsert("fine", corpus(20))
+    engine.close()
+    db = engine.root / "broken" / "store.sqlite3"
+    conn = sqlite3.connect(db)
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone()[0]
+    conn.close()
+    raw = bytearray(db.read_bytes())
+    raw[(root - 1) * page : root * page] = b"\xff" * page  # config and meta still read: the store opens
+    db.write_bytes(bytes(raw))
+    e = RetrievalEngine(engine.root, engine.embedder)  # raised DatabaseError: no collection served
+    assert e.status()["fine"] == "ok" and search(e, "fine", "uniq3")[0].id == "doc-3"
+    status = e.status()["broken"]
+    assert status.startswith("corrupt: the document store cannot be read") and "backup" in status
+    with pytest.raises(Unavailable, match="not serving"):
+        search(e, "broken", "uniq3")
+    e.close()
+
+
+def test_full_disk_refuses_clearly_and_keeps_serving(engine: RetrievalEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine.create(CollectionConfig(name="c"))
+    engine.upsert("c", corpus(20))
+    engine.snapshot("c")
+    store = engine._collections["c"].store
+    pages = store._writer.execute("PRAGMA page_count").fetchone()[0]
+    store._writer.execute(f"PRAGMA max_page_count = {pages}")
+    big = [Document(f"big{i}", " ".join(f"w{j}" for j in range(3000))) for i in range(5)]
+    with pytest.raises(Overloaded, match="out of disk space .*nothing of this write was stored"):
+        engine.upsert("c", big)
+    store._writer.execute("PRAGMA max_page_count = 1073741823")
+
+    def full(*args: object, **kw: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    engine.upsert("c", [Document("late", "written later uniq777")])
+    monkeypatch.setattr("lodestar.retrieve.snapshot.write_atomic", full)
+    for call in (lambda: engine.snapshot("c"), lambda: engine.rebuild("c")):
+        with pytest.raises(Overloaded, match="out of disk space writing the snapshot of collection 'c'"):
+            call()
+        assert engine.status()["c"] == "ok" and search(engine, "c", "uniq777")[0].id == "late"
+    monkeypatch.undo()
+    assert engine.stats("c").documents == 21
+    engine2 = reopen(engine)  # the older snapshot plus the log still hold every acknowledged write
+    assert engine2.status()["c"] == "ok" and search(engine2, "c", "uniq777")[0].id == "late"
+    engine2.close()
+
+
+def test_restore_refuses_a_collection_the_model_cannot_serve(engine: RetrievalEngine) -> None:
+    engine.create(CollectionConfig(name="c"))
+    engine.upsert("c", corpus(5))
+    engine.snapshot("c")
+    engine.close()
+    narrow = FakeEmbedder()
+    narrow.backbone = type("Narrow", (), {"hidden_size": D // 2, "model_id": "fake-16"})()
+    e = RetrievalEngine(engine.root, narrow)
+    assert e.status()["c"].startswith("incompatible")
+    with pytest.raises(Unavailable, match="cannot be restored with this model: it holds 32-dim vectors, the model gives 16"):
+        e.restore("c", engine.root / "c" / "snapshot")  # it set the status to "ok"
+    assert e.status()["c"].startswith("incompatible")
+    with pytest.raises(Unavailable, match="cannot be rebuilt with this model"):
+        e.rebuild("c")
     e.close()
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lodestar.errors import InvalidInput
+from lodestar.errors import InvalidInput, Overloaded
 from lodestar.retrieve.store import DB_NAME, DocWrite, Store, StoreError, compile_filters
 from lodestar.retrieve.types import Document, Filter
 
@@ -89,6 +89,20 @@ def test_failed_batch_rolls_back_everything(store: Store) -> None:
     with pytest.raises(sqlite3.IntegrityError):  # metadata must be JSON (the CHECK constraint)
         store.write_docs([doc("z", meta="not json")])
     assert store.counts() == (1, 1)
+
+
+def test_full_disk_is_a_clear_refusal_and_the_store_keeps_working(store: Store) -> None:
+    store.write_docs([doc("a")])
+    pages = store._writer.execute("PRAGMA page_count").fetchone()[0]
+    store._writer.execute(f"PRAGMA max_page_count = {pages}")  # SQLite answers SQLITE_FULL, as on a full disk
+    big = [doc(f"big{i}", "x" * 20000) for i in range(5)]
+    with pytest.raises(Overloaded, match="out of disk space .*nothing of this write was stored; free disk space"):
+        store.write_docs(big)  # not "cannot rollback - no transaction is active" (INTERNAL)
+    assert not store._writer.in_transaction
+    assert store.counts() == (1, 1) and store.last_seq() == 1
+    store._writer.execute("PRAGMA max_page_count = 1073741823")
+    assert store.write_docs([doc("b")]).seq == 2  # the same connection writes again once space is back
+    assert store.get_docs(["a", "b"])[1] is not None
 
 
 def test_vectors_and_texts_round_trip_exactly(store: Store) -> None:
