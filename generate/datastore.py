@@ -16,6 +16,8 @@ crash leaves the previous datastore intact. `add()` appends a segment (old segme
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import secrets
@@ -37,6 +39,22 @@ from lodestar.generate.types import Candidates
 FORMAT_VERSION = 1
 KIND = "lodestar.generate.datastore"
 MANIFEST = "manifest.json"
+
+
+class StaleDatastore(Unavailable):
+    """Another process rewrote the folder since this one loaded it: writing now would drop its
+    segments (reopen the datastore and retry)."""
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Any:
+    """An exclusive lock shared by every process writing `folder` (flock on a file inside it)."""
+    with open(folder / ".lock", "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class CorruptDatastore(Unavailable):
@@ -212,7 +230,17 @@ class Datastore:
         """Persist `segments` (writing the unnamed ones) and make them the current segments."""
         assert self.path is not None
         self.path.mkdir(parents=True, exist_ok=True)
-        old = _read_manifest(self.path) if (self.path / MANIFEST).is_file() else None
+        with _folder_lock(self.path):
+            old = _read_manifest(self.path) if (self.path / MANIFEST).is_file() else None
+            on_disk = [str(s["name"]) for s in old["segments"]] if old else []
+            mine = [s.name for s in self._segments if s.name]
+            if old is not None and mine and on_disk != mine:
+                raise StaleDatastore(f"datastore {str(self.path)!r} was changed by another writer since this process loaded it "
+                                     f"(segments on disk {on_disk}, here {mine}); reopen it and retry")
+            self._write_locked(segments, old)
+
+    def _write_locked(self, segments: list[Segment], old: dict[str, Any] | None) -> None:
+        assert self.path is not None
         files: dict[str, dict[str, Any]] = dict(old["files"]) if old else {}
         written: list[Segment] = []
         for seg in segments:

@@ -17,7 +17,7 @@ from pathlib import Path
 from lodestar.backbone import Backbone
 from lodestar.backbone.devices import resolve_dtype
 from lodestar.errors import InvalidInput, NotFound, Overloaded
-from lodestar.generate.datastore import MANIFEST, Datastore
+from lodestar.generate.datastore import MANIFEST, Datastore, StaleDatastore
 from lodestar.generate.decoder import Cancel, DecoderConfig, SpeculativeDecoder
 from lodestar.generate.types import GenerationChunk, GenerationParams
 
@@ -147,7 +147,14 @@ class GenerationEngine:
                 with self._lock:
                     store = self._open.setdefault(name, store)
             else:
-                store.add(batch)
+                try:
+                    store.add(batch)
+                except StaleDatastore:  # another process (the CLI on this folder) rewrote it: reopen, then add
+                    with self._lock:
+                        self._open.pop(name, None)
+                    store = self.datastore(name)
+                    assert store is not None
+                    store.add(batch)
             if compact:
                 store.compact()
             return self._info(name, store)

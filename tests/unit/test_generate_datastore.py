@@ -224,3 +224,23 @@ def test_concurrent_adds_to_a_new_datastore_keep_both(tiny_backbone, tmp_path: P
     reopened = Datastore.load(tmp_path / "stores" / "shared", tiny_backbone.tokenizer)  # verifies every file
     assert reopened.num_docs == 3
     assert eng.datastore("shared").num_docs == 3
+
+
+def test_a_second_writer_on_the_folder_is_refused_not_overwritten(tmp_path: Path, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """Two Datastore objects on one folder (the server's and a CLI's): the one that loaded before the
+    other compacted used to write a manifest naming deleted files and unlink the compacted segment,
+    losing every text. It is now refused (StaleDatastore), and a reopened one adds normally."""
+    from lodestar.generate.datastore import StaleDatastore
+
+    folder = tmp_path / "ds"
+    Datastore.build(folder, ["alpha beta gamma", "delta epsilon"], tokenizer)
+    first = Datastore.load(folder, tokenizer)
+    first.add(["zeta eta theta"])  # two segments
+    other = Datastore.load(folder, tokenizer)
+    other.compact()  # one new segment; the two old files are gone
+    with pytest.raises(StaleDatastore, match="changed by another writer"):
+        first.add(["iota kappa"])
+    again = Datastore.load(folder, tokenizer)  # nothing was lost
+    assert again.num_docs == 3 and len(again.segments) == 1
+    again.add(["iota kappa"])
+    assert Datastore.load(folder, tokenizer).num_docs == 4
