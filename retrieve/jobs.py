@@ -11,6 +11,7 @@ Tables (one database, `jobs.sqlite3`, WAL, synchronous=FULL):
     job_errors  (job, line, id, message): documents that were not written, and why
 
 Job states: staging (upload in progress) -> running -> done | failed; cancelled (and resumed).
+A job still staging when its server process ended lost its upload stream: it is dropped at the next start.
 A chunk completes once: a redelivered or re-dispatched chunk finds it done and is skipped, and
 writing is an upsert by id, so even a chunk run twice writes nothing twice.
 """
@@ -33,6 +34,8 @@ from lodestar.retrieve.types import Document
 
 DB_NAME = "jobs.sqlite3"
 TERMINAL = ("done", "failed", "cancelled")
+MAX_WORKER_CHARS = 255  # a worker's name (a host name is at most 253): kept per chunk, listed in every Job
+MAX_MESSAGE_CHARS = 2000  # a failure or error message is kept (and logged) up to this many characters
 MAX_LINE = 2**63 - 1  # SQLite's INTEGER: a larger line number (the wire allows uint64) cannot be stored
 
 _SCHEMA = """
@@ -129,6 +132,18 @@ class StagedChunk:
 def check_line(number: int, what: str) -> None:
     if not 0 <= number <= MAX_LINE:
         raise InvalidInput(f"{what} {number} is out of range: use 0..{MAX_LINE} (1-based line numbers)")
+
+
+def check_worker(worker: str) -> None:
+    if len(worker) > MAX_WORKER_CHARS:
+        raise InvalidInput(f"worker name is {len(worker)} characters; the limit is {MAX_WORKER_CHARS}")
+
+
+def clip(message: str) -> str:
+    """A message as it is kept and logged: at most MAX_MESSAGE_CHARS characters."""
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return message[: MAX_MESSAGE_CHARS - 40] + f"... ({len(message)} characters, cut)"
 
 
 def parse_line(number: int, data: bytes, limits: DocLimits) -> Document | JobError | None:
@@ -258,6 +273,12 @@ class JobStore:
         with self._tx() as db:
             db.execute("DELETE FROM jobs WHERE id = ? AND state = 'staging'", (job_id,))
 
+    def discard_orphans(self) -> int:
+        """At start-up: uploads a previous process was receiving ended with it (their stream is
+        gone); -> how many were dropped."""
+        with self._tx() as db:
+            return db.execute("DELETE FROM jobs WHERE state = 'staging'").rowcount
+
     # --- chunks --------------------------------------------------------------------------------
 
     def chunk(self, job_id: str, idx: int) -> StagedChunk:
@@ -330,7 +351,7 @@ class JobStore:
         """A chunk that kept failing after its retries: the job goes on, and ends 'failed'."""
         with self._tx() as db:
             db.execute("UPDATE job_chunks SET state = 'failed', message = ?, worker = ? WHERE job_id = ? AND idx = ? AND state != 'done'",
-                       (message[:2000], worker, job_id, idx))
+                       (message[:MAX_MESSAGE_CHARS], worker, job_id, idx))
             db.execute("UPDATE jobs SET updated_at = ? WHERE id = ?", (time.time(), job_id))
             self._maybe_finish(db, job_id)
 

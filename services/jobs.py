@@ -20,7 +20,7 @@ from typing import Any
 from lodestar.errors import InvalidInput, LodestarError
 from lodestar.retrieve.engine import RetrievalEngine
 from lodestar.retrieve.indexing import ChunkWork, Commit, run_chunk, split
-from lodestar.retrieve.jobs import DB_NAME, JobError, JobInfo, JobStore
+from lodestar.retrieve.jobs import DB_NAME, JobError, JobInfo, JobStore, check_worker, clip
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class InProcessDispatcher:
         self.manager = manager
         self.embedder = embedder
         self._queue: queue.Queue[tuple[str, int] | None] = queue.Queue()
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="lodestar-jobs", daemon=True)
         self._thread.start()
 
@@ -55,14 +56,21 @@ class InProcessDispatcher:
             self._queue.put((job_id, idx))
 
     def _loop(self) -> None:
-        while (item := self._queue.get()) is not None:
+        while not self._stop.is_set() and (item := self._queue.get()) is not None:
+            if self._stop.is_set():  # closing: what is still queued stays 'queued', pending at the next start
+                break
             job_id, idx = item
             try:
                 run_chunk(self.manager, self.embedder, job_id, idx, IN_PROCESS)
             except Exception as exc:
-                self.manager.chunk_failed(job_id, idx, exc, IN_PROCESS)
+                try:
+                    self.manager.chunk_failed(job_id, idx, exc, IN_PROCESS)
+                except Exception:  # the thread must outlive one bad chunk: the others still need it
+                    log.exception("job %s chunk %d: recording its failure failed", job_id, idx)
 
     def close(self) -> None:
+        """Stop after the chunk now running (not after the whole queue), before the store closes."""
+        self._stop.set()
         self._queue.put(None)
         self._thread.join(timeout=30)
 
@@ -94,6 +102,8 @@ class JobManager:
         self.config = config
         self.store = JobStore(Path(config.data_dir) / DB_NAME, retrieval.limits)
         self._dispatch_lock = threading.Lock()
+        if dropped := self.store.discard_orphans():  # no upload of this process has begun yet
+            log.warning("dropped %d job(s) whose upload was cut off when the previous process ended", dropped)
         if config.broker_url:
             self.dispatcher: InProcessDispatcher | CeleryDispatcher = CeleryDispatcher(config)
         else:
@@ -156,10 +166,11 @@ class JobManager:
     def commit(self, c: Commit) -> None:
         """Write a prepared chunk and record it done; a document the collection refuses is
         isolated (written one by one) and reported with its line."""
+        check_worker(c.worker)
         staged = self.store.chunk(c.job_id, c.idx)
         if staged.job_state != "running" or staged.state == "done":
             return  # cancelled meanwhile, or a duplicate delivery: nothing to record
-        errors = list(c.errors)
+        errors = [JobError(e.line, e.doc_id, clip(e.message)) for e in c.errors]
         written = 0
         if c.prepared.docs:
             try:
@@ -174,7 +185,8 @@ class JobManager:
 
     def chunk_failed(self, job_id: str, idx: int, exc: BaseException | str, worker: str, final: bool = False) -> None:
         """A run of a chunk raised: retried by a later dispatch round, failed for good after max_attempts."""
-        message = str(exc) if isinstance(exc, (str, LodestarError)) else f"{type(exc).__name__}: {exc}"
+        check_worker(worker)
+        message = clip(str(exc) if isinstance(exc, (str, LodestarError)) else f"{type(exc).__name__}: {exc}")
         staged = self.store.chunk(job_id, idx)
         attempts = self.store.attempts(job_id, idx)
         if final or attempts >= self.config.max_attempts:

@@ -1,0 +1,129 @@
+"""Job lifecycle in a server process: shutdown of the in-process dispatcher, uploads orphaned by a
+crash, and the bounds on what a worker reports (FailChunk/CommitChunk)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from lodestar.errors import InvalidInput
+from lodestar.retrieve.engine import RetrievalEngine
+from lodestar.retrieve.jobs import JobStore
+from lodestar.retrieve.types import CollectionConfig
+from lodestar.services import jobs as jobs_mod
+from lodestar.services.jobs import JobManager, JobsConfig
+
+
+def lines(n: int, prefix: str = "d") -> list[tuple[int, bytes]]:
+    return [(i + 1, json.dumps({"id": f"{prefix}{i}", "text": f"text {i}"}).encode()) for i in range(n)]
+
+
+@pytest.fixture
+def retrieval(tiny_engine, tmp_path: Path):  # type: ignore[no-untyped-def]
+    r = RetrievalEngine(tmp_path / "collections", tiny_engine)
+    r.create(CollectionConfig(name="docs", mode="mean", chunk_tokens=0))
+    yield r
+    r.close()
+
+
+def wait_done(jobs: JobManager, job: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not jobs.get(job).finished and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_close_stops_after_the_running_chunk_and_a_restart_finishes_the_job(
+        retrieval: RetrievalEngine, tiny_engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """close() used to queue its stop signal behind every chunk already queued: shutdown blocked for
+    up to 30 s while the thread went on running chunks, then closed the job store under it."""
+    real = jobs_mod.run_chunk
+    started = threading.Event()
+
+    def slow(*args, **kwargs):  # type: ignore[no-untyped-def]
+        started.set()
+        time.sleep(0.2)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(jobs_mod, "run_chunk", slow)
+    jobs = JobManager(retrieval, tiny_engine, JobsConfig(data_dir=tmp_path, chunk_docs=1))
+    job = jobs.open("docs", "mem")
+    jobs.stage(job, lines(40))
+    jobs.seal(job)
+    assert started.wait(10)
+    t0 = time.monotonic()
+    jobs.close()
+    assert time.monotonic() - t0 < 5, "close() waited for the whole queue"
+    assert not jobs.dispatcher._thread.is_alive()
+    monkeypatch.setattr(jobs_mod, "run_chunk", real)
+    again = JobManager(retrieval, tiny_engine, JobsConfig(data_dir=tmp_path, chunk_docs=1))
+    try:
+        wait_done(again, job)
+        info = again.get(job)
+        assert info.state == "done" and info.written == 40 and info.chunks_done == 40
+        assert retrieval.stats("docs").documents == 40
+    finally:
+        again.close()
+
+
+def test_an_upload_cut_off_by_a_crash_is_discarded_at_the_next_start(
+        retrieval: RetrievalEngine, tiny_engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The upload stream of a 'staging' job lives only in the process that died: the job used to stay
+    'staging' for good (WatchJob polled it forever, ResumeJob said it was still being uploaded)."""
+    from lodestar.errors import NotFound
+    from lodestar.retrieve.jobs import DB_NAME
+
+    crashed = JobStore(tmp_path / DB_NAME)
+    orphan = crashed.create("docs", "mem", 2)
+    crashed.stage(orphan, lines(3))
+    crashed.close()  # the process dies before the upload ends: no seal, no discard
+    jobs = JobManager(retrieval, tiny_engine, JobsConfig(data_dir=tmp_path, chunk_docs=2))
+    try:
+        with pytest.raises(NotFound):
+            jobs.get(orphan)
+        live = jobs.open("docs", "mem")  # an upload of this process is left alone
+        jobs.stage(live, lines(2))
+        assert jobs.seal(live).state in ("running", "done")
+        wait_done(jobs, live)
+        assert jobs.get(live).written == 2
+    finally:
+        jobs.close()
+
+
+def test_worker_names_and_failure_messages_are_bounded(
+        retrieval: RetrievalEngine, tiny_engine, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    """A worker's name is kept per chunk and listed in every Job (GetJob, WatchJob, ListJobs): unbounded,
+    a few long ones made every later Job message larger than the gRPC limit. A FailChunk message was
+    logged whole, however long."""
+    import logging
+
+    from lodestar.retrieve.indexing import Commit
+    from lodestar.retrieve.jobs import MAX_MESSAGE_CHARS, MAX_WORKER_CHARS, JobError
+    from lodestar.retrieve.prepare import prepare
+
+    jobs = JobManager(retrieval, tiny_engine, JobsConfig(data_dir=tmp_path, chunk_docs=1))
+    try:
+        job = jobs.open("docs", "mem")
+        jobs.stage(job, lines(3))
+        jobs.store.seal(job)  # sealed without dispatch: this test commits by hand
+        work = jobs.fetch(job, 0)
+        prepared = prepare(tiny_engine, work.config, work.dim, work.docs)
+        long_name = "w" * (MAX_WORKER_CHARS + 1)
+        with pytest.raises(InvalidInput, match=rf"worker name is {MAX_WORKER_CHARS + 1} characters; the limit is {MAX_WORKER_CHARS}"):
+            jobs.commit(Commit(job, 0, prepared, work.lines, [], long_name, work.model))
+        assert jobs.get(job).chunks_done == 0 and retrieval.stats("docs").documents == 0  # refused before writing
+        with pytest.raises(InvalidInput, match="the limit is"):
+            jobs.chunk_failed(job, 1, "boom", long_name, final=True)
+        assert jobs.get(job).chunks_failed == 0
+        jobs.commit(Commit(job, 0, prepared, work.lines, [JobError(9, "e", "e" * 100_000)], "w" * MAX_WORKER_CHARS, work.model))
+        assert jobs.get(job).workers == {"w" * MAX_WORKER_CHARS: 1}
+        assert len(jobs.errors(job)[0].message) <= MAX_MESSAGE_CHARS
+        with caplog.at_level(logging.WARNING, logger="lodestar.services.jobs"):
+            jobs.chunk_failed(job, 1, "x" * 1_000_000, "w1", final=True)
+        assert jobs.get(job).chunks_failed == 1
+        assert caplog.records and max(len(r.getMessage()) for r in caplog.records) < MAX_MESSAGE_CHARS + 200
+    finally:
+        jobs.close()
