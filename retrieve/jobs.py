@@ -379,13 +379,15 @@ class JobStore:
         return self.get(job_id)
 
     def resume(self, job_id: str) -> JobInfo:
-        """Run a cancelled, failed or stalled job again: every chunk not done goes back to pending."""
+        """Run a cancelled, failed or stalled job again: every chunk not done goes back to pending,
+        with its retries counted afresh."""
         with self._tx() as db:
             state = self._state(db, job_id)
             if state == "staging":
                 raise InvalidInput(f"job {job_id} is still being uploaded")
             if state != "done":
-                db.execute("UPDATE job_chunks SET state = 'pending', message = '' WHERE job_id = ? AND state != 'done'", (job_id,))
+                db.execute("UPDATE job_chunks SET state = 'pending', message = '', attempts = 0 WHERE job_id = ? AND state != 'done'",
+                           (job_id,))
                 db.execute("UPDATE jobs SET state = 'running', finished_at = NULL, message = '', updated_at = ? WHERE id = ?",
                            (time.time(), job_id))
                 self._maybe_finish(db, job_id)

@@ -211,6 +211,9 @@ class JobManager:
         return self.store.cancel(job_id)
 
     def resume(self, job_id: str) -> JobInfo:
+        job = self.store.get(job_id)
+        if job.state != "done":
+            self.retrieval.target(job.collection)  # NOT_FOUND now, not a job that fails after its retries
         info = self.store.resume(job_id)
         self.dispatch_due(job_id)
         return self.store.get(job_id) if info.chunks else info

@@ -127,3 +127,34 @@ def test_worker_names_and_failure_messages_are_bounded(
         assert caplog.records and max(len(r.getMessage()) for r in caplog.records) < MAX_MESSAGE_CHARS + 200
     finally:
         jobs.close()
+
+
+def test_resume_counts_retries_afresh_and_refuses_a_dropped_collection(
+        retrieval: RetrievalEngine, tiny_engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """A resumed job's chunks get a fresh set of retries (they used to get one more try), and resuming
+    a job whose collection is gone is NOT_FOUND at once instead of a job that fails after its retries."""
+    from lodestar.errors import NotFound
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("the embedder is down")
+
+    monkeypatch.setattr(jobs_mod, "run_chunk", broken)
+    jobs = JobManager(retrieval, tiny_engine, JobsConfig(data_dir=tmp_path, chunk_docs=2, max_attempts=2))
+    try:
+        job = jobs.open("docs", "mem")
+        jobs.stage(job, lines(2))
+        jobs.seal(job)
+        deadline = time.monotonic() + 60
+        while jobs.get(job).state != "failed" and time.monotonic() < deadline:
+            jobs.dispatch_due(job)
+            time.sleep(0.05)
+        assert jobs.get(job).state == "failed" and jobs.store.attempts(job, 0) == 2
+        jobs.store.resume(job)
+        assert jobs.store.attempts(job, 0) == 0  # a fresh count, not the exhausted one
+        jobs.cancel(job)
+        retrieval.drop("docs")
+        with pytest.raises(NotFound, match="docs"):
+            jobs.resume(job)
+        assert jobs.get(job).state == "cancelled"
+    finally:
+        jobs.close()
