@@ -277,6 +277,13 @@ class Datastore:
         if not (folder / MANIFEST).is_file():
             raise NotFound(f"no datastore at {str(folder)!r} (no {MANIFEST}); build one first")
         manifest = _read_manifest(folder)
+        try:
+            return cls._from_manifest(folder, manifest, tokenizer, verify)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # valid JSON of the wrong shape
+            raise CorruptDatastore(f"datastore {str(folder)!r}: {MANIFEST} is malformed ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def _from_manifest(cls, folder: Path, manifest: dict[str, Any], tokenizer: Any, verify: bool) -> Datastore:
         t = manifest["tokenizer"]
         stored = TokenizerIdentity(str(t["name_or_path"]), int(t["vocab_size"]), str(t["vocab_sha256"]))
         mine = TokenizerIdentity.of(tokenizer)

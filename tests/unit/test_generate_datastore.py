@@ -133,6 +133,13 @@ def test_corrupt_and_missing_files(tmp_path: Path) -> None:
     (tmp_path / MANIFEST).write_text("{not json")
     with pytest.raises(CorruptDatastore, match="unreadable"):
         Datastore.load(tmp_path, TOK)
+    # valid JSON of the wrong shape (a segment without its name): KeyError used to escape (INTERNAL)
+    good = Datastore.build(tmp_path / "again", TEXTS, TOK)
+    manifest = json.loads((good.path / MANIFEST).read_text())
+    del manifest["segments"][0]["name"]
+    (good.path / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(CorruptDatastore, match="is malformed .KeyError"):
+        Datastore.load(good.path, TOK)
 
 
 def test_incremental_add_compact_and_reload(tmp_path: Path) -> None:
