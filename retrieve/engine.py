@@ -207,8 +207,10 @@ class RetrievalEngine:
         max_docs_per_upsert: int = 10000,
         max_text_chars: int = 1_000_000,
         faiss_threads: int = 0,
+        restore_dirs: tuple[Path, ...] = (),
     ) -> None:
         self.root = Path(root)
+        self.restore_dirs = tuple(Path(d).resolve() for d in restore_dirs)  # () = any folder the server can read
         self.faiss_threads = faiss_threads  # per dense search; 0 = one for a few queries, FAISS's default for a batch
         self.embedder = embedder
         self.max_k = max_k
@@ -902,6 +904,9 @@ class RetrievalEngine:
         log (or rebuild from the store if the log no longer reaches back to the snapshot)."""
         c = self._get(name)
         snapshot_dir = Path(snapshot_dir)
+        if self.restore_dirs and not any(snapshot_dir.resolve().is_relative_to(d) for d in self.restore_dirs):
+            raise InvalidInput(f"cannot restore {name!r} from {str(snapshot_dir)!r}: snapshots are read only from "
+                               f"{', '.join(map(str, self.restore_dirs))} (LODESTAR_RESTORE_DIRS)")
         try:
             files, manifest = read_snapshot(snapshot_dir)
         except CorruptSnapshot as e:

@@ -167,7 +167,8 @@ class Runtime:
     def _build_retrieval(self, engine: EmbeddingEngine) -> RetrievalEngine:
         from lodestar.retrieve.engine import RetrievalEngine
 
-        return RetrievalEngine(Path(self.settings.data_dir) / "collections", engine, faiss_threads=self.settings.faiss_threads)
+        return RetrievalEngine(Path(self.settings.data_dir) / "collections", engine, faiss_threads=self.settings.faiss_threads,
+                               restore_dirs=tuple(self.settings.restore_dirs))
 
     def _build_jobs(self, retrieval: RetrievalEngine, engine: EmbeddingEngine) -> JobManager:
         from lodestar.services.jobs import JobManager, JobsConfig

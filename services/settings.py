@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(Path.home() / ".cache" / "lodestar", description="dequantised GGUF weights live here")
     adapter_dirs: Annotated[tuple[Path, ...], NoDecode] = Field(default_factory=_default_adapter_dirs, description="folders whose subfolders are adapters offered by name (default ./adapters, then the ones this project ships)")
     max_resident_adapters: int = Field(4, ge=1, description="adapters kept loaded at once; LRU unloaded beyond")
+    restore_dirs: Annotated[tuple[Path, ...], NoDecode] = Field((), description="folders Restore may read snapshots from, comma-separated (empty: any folder the server can read; the chart sets its data volume)")
     adapter_paths: bool = Field(True, description="requests may name an adapter by a path on the server (any folder holding a peft adapter); false: only the names adapter_dirs offer (where clients are not trusted with the server's files)")
     max_adapter_bytes: int = Field(512 * 1024 * 1024, ge=0, description="memory cap over loaded adapters' weights (LRU unloaded beyond; 0 = none)")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads of this process; 0 = torch's default (one per core)")
@@ -78,7 +79,7 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path(".lodestar"), description="on-disk state (indexes, jobs)")
     log_level: str = Field("INFO")
 
-    @field_validator("only", "adapter_dirs", "datastore_dirs", mode="before")
+    @field_validator("only", "adapter_dirs", "datastore_dirs", "restore_dirs", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         """Environment values are comma-separated lists: LODESTAR_ONLY=embed,retrieve."""

@@ -603,6 +603,25 @@ def test_restore_from_a_backup(engine: RetrievalEngine, tmp_path: Path) -> None:
     engine2.close()
 
 
+def test_restore_reads_only_from_the_restore_dirs(engine: RetrievalEngine, tmp_path: Path) -> None:
+    """LODESTAR_RESTORE_DIRS: Restore reads no other folder of the server (a client could otherwise
+    probe its files, or make it read a large one), climbing out with .. included."""
+    engine.create(CollectionConfig(name="c"))
+    engine.upsert("c", corpus(5))
+    engine.snapshot("c")
+    allowed = tmp_path / "backups"
+    shutil.copytree(engine.root / "c" / "snapshot", allowed / "c1")
+    engine.close()
+    fenced = RetrievalEngine(engine.root, engine.embedder, restore_dirs=(allowed,))
+    try:
+        for path in (engine.root / "c" / "snapshot", allowed / ".." / "collections" / "c" / "snapshot", Path("/etc")):
+            with pytest.raises(InvalidInput, match="snapshots are read only from .*backups .LODESTAR_RESTORE_DIRS."):
+                fenced.restore("c", path)
+        assert fenced.restore("c", allowed / "c1").documents == 5
+    finally:
+        fenced.close()
+
+
 def test_automatic_snapshots_bound_the_replay(engine: RetrievalEngine) -> None:
     engine.snapshot_every = 10
     engine.create(CollectionConfig(name="c"))
