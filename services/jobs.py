@@ -38,6 +38,21 @@ class JobsConfig:
     visibility_timeout_s: int = 3600
 
 
+def check_staged(staged: Any, c: Commit) -> None:
+    """A worker commits the documents FetchChunk gave it (some may come back as errors instead), each
+    under its own line: anything else is refused before a document is written."""
+    by_line = dict(zip(staged.lines, staged.docs))
+    where = f"job {c.job_id} chunk {c.idx}"
+    for line, doc in zip(c.lines, c.prepared.docs):
+        mine = by_line.get(line)
+        if mine is None or (mine.id, mine.text, mine.metadata) != (doc.id, doc.text, doc.metadata):
+            raise InvalidInput(f"{where}: line {line} ({doc.id[:80]!r}) is not a document this chunk staged "
+                               "(commit the documents FetchChunk returned, unchanged)")
+    for e in c.errors:
+        if e.line not in by_line:
+            raise InvalidInput(f"{where}: error for line {e.line}, which this chunk does not hold (lines {staged.lines[:3]}...)")
+
+
 class InProcessDispatcher:
     """One background thread runs chunks with this process's embedder (the embedded default)."""
 
@@ -170,6 +185,7 @@ class JobManager:
         staged = self.store.chunk(c.job_id, c.idx)
         if staged.job_state != "running" or staged.state == "done":
             return  # cancelled meanwhile, or a duplicate delivery: nothing to record
+        check_staged(staged, c)
         errors = [JobError(e.line, e.doc_id, clip(e.message)) for e in c.errors]
         written = 0
         if c.prepared.docs:

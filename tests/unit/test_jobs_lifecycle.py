@@ -118,7 +118,7 @@ def test_worker_names_and_failure_messages_are_bounded(
         with pytest.raises(InvalidInput, match="the limit is"):
             jobs.chunk_failed(job, 1, "boom", long_name, final=True)
         assert jobs.get(job).chunks_failed == 0
-        jobs.commit(Commit(job, 0, prepared, work.lines, [JobError(9, "e", "e" * 100_000)], "w" * MAX_WORKER_CHARS, work.model))
+        jobs.commit(Commit(job, 0, prepared, work.lines, [JobError(work.lines[0], "e", "e" * 100_000)], "w" * MAX_WORKER_CHARS, work.model))
         assert jobs.get(job).workers == {"w" * MAX_WORKER_CHARS: 1}
         assert len(jobs.errors(job)[0].message) <= MAX_MESSAGE_CHARS
         with caplog.at_level(logging.WARNING, logger="lodestar.services.jobs"):
@@ -156,5 +156,34 @@ def test_resume_counts_retries_afresh_and_refuses_a_dropped_collection(
         with pytest.raises(NotFound, match="docs"):
             jobs.resume(job)
         assert jobs.get(job).state == "cancelled"
+    finally:
+        jobs.close()
+
+
+def test_a_commit_holds_only_the_documents_the_chunk_staged(retrieval: RetrievalEngine, tiny_engine, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """CommitChunk is on the public port: a worker (or anyone) could write other ids or texts into the
+    collection under a job's chunk. Such a commit is refused and nothing of it is written."""
+    from lodestar.retrieve.indexing import Commit, prepare_each
+    from lodestar.retrieve.jobs import JobError
+
+    monkeypatch.setattr(jobs_mod, "run_chunk", lambda *a, **k: None)  # no in-process run: this test commits by hand
+    jobs = JobManager(retrieval, tiny_engine, JobsConfig(data_dir=tmp_path, chunk_docs=2))
+    try:
+        job = jobs.open("docs", "mem")
+        jobs.stage(job, lines(2))
+        jobs.seal(job)
+        work = jobs.fetch(job, 0)
+        prepared, got_lines, errors = prepare_each(tiny_engine, work.config, work.dim, work.docs, work.lines)
+        forged = [d for d in prepared.docs]
+        forged[1] = type(forged[1])(forged[1].id, "a text nobody staged", forged[1].metadata)
+        bad = type(prepared)(forged, prepared.spans, prepared.vectors, prepared.sparse)
+        with pytest.raises(InvalidInput, match="line 2 .'d1'. is not a document this chunk staged"):
+            jobs.commit(Commit(job, 0, bad, got_lines, errors, "w1", ""))
+        with pytest.raises(InvalidInput, match="error for line 99"):
+            jobs.commit(Commit(job, 0, prepared, got_lines, [JobError(99, "x", "boom")], "w1", ""))
+        assert retrieval.stats("docs").documents == 0 and jobs.get(job).written == 0
+        jobs.commit(Commit(job, 0, prepared, got_lines, errors, "w1", ""))  # the staged documents, unchanged
+        assert retrieval.stats("docs").documents == 2 and jobs.get(job).state == "done"
     finally:
         jobs.close()
