@@ -58,25 +58,29 @@ def hidden_states(backbone: Backbone, batch: list[Encoded], spec: ForwardSpec) -
     layers = backbone.layers
     handles = []
     captured: dict[str, torch.Tensor] = {}
-    try:
-        if spec.prepend is not None:
-            placeholder = torch.tensor([e.placeholder if e.placeholder is not None else 0 for e in batch], device=device)
-            last = lengths - 1
-            end = min(spec.prepend.end, len(layers) - 1)
-            for layer in list(layers)[spec.prepend.start : end + 1]:
-                handles.append(layer.register_forward_pre_hook(_prepend_hook(placeholder, last), with_kwargs=True))
-        if spec.output_layer != -1:
-            target = layers[spec.output_layer]
+    # The model is shared (generation and compression run forwards on it too, each under the lock):
+    # hooks go on and come off only while this forward holds the lock, or another caller's forward
+    # would run them with this batch's positions.
+    with backbone.lock:
+        try:
+            if spec.prepend is not None:
+                placeholder = torch.tensor([e.placeholder if e.placeholder is not None else 0 for e in batch], device=device)
+                last = lengths - 1
+                end = min(spec.prepend.end, len(layers) - 1)
+                for layer in list(layers)[spec.prepend.start : end + 1]:
+                    handles.append(layer.register_forward_pre_hook(_prepend_hook(placeholder, last), with_kwargs=True))
+            if spec.output_layer != -1:
+                target = layers[spec.output_layer]
 
-            def capture(module: Any, args: tuple, output: Any) -> None:
-                captured["h"] = output[0] if isinstance(output, tuple) else output
+                def capture(module: Any, args: tuple, output: Any) -> None:
+                    captured["h"] = output[0] if isinstance(output, tuple) else output
 
-            handles.append(target.register_forward_hook(capture))
-        with backbone.lock, backbone.adapters.use(spec.adapter), torch.inference_mode():
-            out = backbone.decoder(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
+                handles.append(target.register_forward_hook(capture))
+            with backbone.adapters.use(spec.adapter), torch.inference_mode():
+                out = backbone.decoder(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+        finally:
+            for h in handles:
+                h.remove()
     hidden = captured.get("h", out.last_hidden_state)  # (B, T, H)
     return hidden, lengths
 

@@ -33,6 +33,9 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
         """Pipelined: up to STREAM_WINDOW requests run at once; responses keep request order."""
         engine = self.runtime.embed_engine()
         window: asyncio.Queue[asyncio.Task | None] = asyncio.Queue(maxsize=STREAM_WINDOW)
+        # Every task started, not just those in the window: the reader may hold one it has not
+        # put yet (window full); it must be cancelled too when the stream ends early.
+        running: set[asyncio.Task] = set()
 
         async def one(req: pb.EmbedRequest) -> pb.EmbedResponse:
             result = await engine.embed_async(list(req.texts), convert.embed_options(req), timeout=context.time_remaining())
@@ -40,7 +43,10 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
 
         async def reader() -> None:
             async for req in requests:
-                await window.put(asyncio.ensure_future(one(req)))
+                task = asyncio.ensure_future(one(req))
+                running.add(task)
+                task.add_done_callback(running.discard)
+                await window.put(task)
             await window.put(None)
 
         feeding = asyncio.ensure_future(reader())
@@ -50,10 +56,8 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
             await feeding
         finally:
             feeding.cancel()
-            while not window.empty():
-                pending = window.get_nowait()
-                if pending is not None:
-                    pending.cancel()
+            for pending in list(running):
+                pending.cancel()
 
     async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.InfoResponse:
         return convert.info_response(self.runtime.embed_engine().info(), lodestar.__version__)

@@ -5,6 +5,8 @@ the real bundled model for the main modes (marked slow)."""
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,7 +15,7 @@ import torch
 
 from lodestar.backbone import Backbone
 from lodestar.embed.forward import attention_mask, embed_batch, hidden_states
-from lodestar.embed.modes import MODES, ForwardSpec, get_mode
+from lodestar.embed.modes import MODES, ForwardSpec, TokenPrepend, get_mode
 from lodestar.embed.types import EmbedOptions
 
 ALL_MODES = list(MODES)
@@ -171,6 +173,27 @@ def test_bidirectional_ignores_what_is_in_the_padding(tiny_engine, tiny_backbone
     other_pad = dataclasses.replace(tiny_backbone, tokenizer=SimpleNamespace(pad_token_id=123))
     second = embed_batch(other_pad, p.items, p.spec)
     torch.testing.assert_close(first, second, atol=1e-5, rtol=1e-4)
+
+
+def test_hooks_never_touch_another_callers_forward(tiny_engine, tiny_backbone) -> None:  # type: ignore[no-untyped-def]
+    """Generation and compression run forwards on the same model under backbone.lock; a
+    token_prepend batch waiting for the lock must not have hooked the layers already (its prepend
+    hook ran on the other forward's rows: a wrong result, or an IndexError on a shorter input)."""
+    items = tiny_engine.prepare(TEXTS, EmbedOptions(mode="token_prepend")).items
+    spec = ForwardSpec(prepend=TokenPrepend(0, tiny_backbone.num_layers - 1, 1), output_layer=1)
+    ids = torch.arange(1, 9)[None, :]  # (1, 8): shorter than the waiting batch's rows
+    with torch.inference_mode():
+        expected = tiny_backbone.decoder(input_ids=ids).last_hidden_state
+    waiting = threading.Thread(target=embed_batch, args=(tiny_backbone, items, spec))
+    with tiny_backbone.lock:  # another caller's forward holds the model
+        waiting.start()
+        time.sleep(0.3)  # the embed batch is now waiting for the lock
+        hooked = [len(layer._forward_pre_hooks) + len(layer._forward_hooks) for layer in tiny_backbone.layers]
+        with torch.inference_mode():
+            got = tiny_backbone.decoder(input_ids=ids).last_hidden_state
+    waiting.join(timeout=30)
+    assert hooked == [0] * tiny_backbone.num_layers
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
 
 
 def test_mode_forward_specs() -> None:
