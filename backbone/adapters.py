@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import threading
 from collections import OrderedDict
@@ -76,7 +77,11 @@ class AdapterRegistry:
     def _load(self, key: str, path: Path) -> None:
         from peft import PeftModel
 
-        safe = "".join(c if c.isalnum() else "_" for c in key)[-48:] or "adapter"
+        # peft's adapter name: readable, and unique per key (a hash of it), since "my-lora" and
+        # "my_lora", or two long paths with the same tail, would otherwise share one slot and
+        # the second load would overwrite the first's weights.
+        readable = "".join(c if c.isalnum() else "_" for c in key)[-40:] or "adapter"
+        safe = f"{readable}_{hashlib.sha256(key.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
         try:
             if self._peft is None:
                 self._peft = PeftModel.from_pretrained(self._model, str(path), adapter_name=safe)

@@ -70,6 +70,24 @@ def test_adapter_by_path_changes_vectors_and_disabling_restores_them(eng: Embedd
     np.testing.assert_allclose(direct, base, atol=1e-6)
 
 
+def test_names_that_differ_only_in_punctuation_keep_their_own_weights(tokenizer, adapter_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """peft's slot name came from the key with punctuation made "_" (and cut to its last 48 characters):
+    "my-lora" and "my_lora" shared one slot, so loading the second overwrote the first's weights."""
+    import shutil
+
+    shutil.copytree(adapter_dir / "alpha", tmp_path / "my-lora")
+    shutil.copytree(adapter_dir / "beta", tmp_path / "my_lora")
+    cfg = BackboneConfig(model="tiny", adapter_dirs=(tmp_path,), max_resident_adapters=2)
+    engine = EmbeddingEngine(Backbone.from_model(build_tiny(tokenizer, seed=0).model, tokenizer, "tiny-llama", cfg))
+    try:
+        dash = vecs(engine, "my-lora")
+        vecs(engine, "my_lora")  # both resident now
+        np.testing.assert_allclose(vecs(engine, "my-lora"), dash, atol=1e-6)
+        assert not np.allclose(vecs(engine, "my_lora"), dash, atol=1e-3)
+    finally:
+        engine.close()
+
+
 def test_adapter_by_name_from_the_search_dirs(eng: EmbeddingEngine, bb: Backbone, adapter_dir: Path) -> None:
     assert bb.adapters.available() == list(NAMES)
     assert bb.adapters.resolve("beta") == ("beta", adapter_dir / "beta")
