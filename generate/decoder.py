@@ -83,7 +83,9 @@ class SpeculativeDecoder:
         draft = self.config.draft
         if self.config.calibrate_cost:
             draft = replace(draft, cost=measure(backbone, max_len=draft.cost.max_len, reps=3))
-        self.drafter = Drafter(draft, datastore)
+        # Seeded sampling sizes its trees with the configured table, never the measured one (timings
+        # differ between starts, and tree shapes decide which random numbers a request draws).
+        self.drafter = Drafter(draft, datastore, fixed_cost=self.config.draft.cost)
         self.eos_ids = _eos_ids(backbone)
         self.max_positions = backbone.max_tokens
 

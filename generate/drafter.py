@@ -96,22 +96,27 @@ class DraftState:
 class Drafter:
     """Builds the draft tree for one step from the global datastore, request passages and the context."""
 
-    def __init__(self, config: DraftConfig | None = None, datastore: Datastore | None = None) -> None:
+    def __init__(self, config: DraftConfig | None = None, datastore: Datastore | None = None,
+                 fixed_cost: CostModel | None = None) -> None:
         self.config = config or DraftConfig()
         self.datastore = datastore
+        # Sizes the trees of seeded sampling requests: it must not come from this machine's timings
+        # (a calibrated config.cost differs from one start to the next), see start().
+        self.fixed_cost = fixed_cost or self.config.cost
         self.cost: CostModel | OnlineCost = OnlineCost(self.config.cost) if self.config.learn_cost else self.config.cost
 
     def start(self, passages: Datastore | None = None, datastore: Datastore | None | bool = True,
               reproducible: bool = False) -> DraftState:
         """State of one request: `passages` its own datastore; `datastore` the global one to draft
         from (True: the drafter's own, None/False: none). `reproducible`: size trees with the fixed
-        cost table, not the one learned from timings, so that a seeded sampling request draws the
-        same tokens on every run (tree shapes decide which random numbers are used)."""
+        cost table (`fixed_cost`), neither the one learned from timings nor one measured at start-up,
+        so that a seeded sampling request draws the same tokens on every run and every server start
+        (tree shapes decide which random numbers are used)."""
         cfg = self.config
         priors = {"context": cfg.context_prior, "passages": cfg.passages_prior, "datastore": cfg.datastore_prior,
                   "self": cfg.self_prior}
         store = self.datastore if datastore is True else (datastore or None)
-        cost = cfg.cost if reproducible else self.cost
+        cost = self.fixed_cost if reproducible else self.cost
         return DraftState(passages, SourceTrust(priors, cfg.prior_strength), store, cost=cost)
 
     def wants_self(self, state: DraftState) -> bool:

@@ -44,11 +44,13 @@ class TextStream:
                 self.text = text[:cut]
                 self.stopped = True
                 return self._flush(), True
-            self._checked = len(text)
         self.text = text
         safe = len(text)
         while safe > self.sent and text[safe - 1] == REPLACEMENT:  # a multi-byte character not complete yet
             safe -= 1
+        # Only text before an incomplete character is final: the U+FFFD at the end becomes another
+        # character once its bytes arrive, and a stop string may end in (or be) that character.
+        self._checked = safe
         safe -= self._stop_prefix(text[:safe])
         if safe <= self.sent:
             return "", False

@@ -170,3 +170,21 @@ def test_sampling_is_reproducible_with_a_seed(micro: Backbone) -> None:
     dec = SpeculativeDecoder(micro)
     p = GenerationParams(max_new_tokens=8, temperature=0.9, top_p=0.9, seed=11)
     assert dec.generate([5, 6, 7, 5, 6, 7], p).token_ids == dec.generate([5, 6, 7, 5, 6, 7], p).token_ids
+
+
+def test_seeded_sampling_does_not_depend_on_the_measured_costs(micro: Backbone, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Each server start calibrates its own cost curve; a seeded request must not see it (the tree
+    shapes it sizes decide which random numbers are drawn), or a restart changes the output."""
+    import lodestar.generate.decoder as decoder_module
+    from lodestar.generate.costmodel import CostModel
+
+    prompt = [5, 6, 7, 5, 6, 7, 5, 6, 7, 5, 6]
+    store = likely_drafts(micro, prompt)
+    outputs = []
+    for table in ((1.0,) * 32, tuple(float(i) for i in range(1, 33))):  # drafting free vs never worth it
+        monkeypatch.setattr(decoder_module, "measure", lambda *a, _t=table, **k: CostModel(_t))
+        dec = SpeculativeDecoder(micro, store)
+        dec.eos_ids = set()
+        outputs.append([dec.generate(prompt, GenerationParams(max_new_tokens=12, temperature=0.8, seed=seed)).token_ids
+                        for seed in range(8)])
+    assert outputs[0] == outputs[1]
