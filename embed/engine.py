@@ -96,6 +96,9 @@ class EmbeddingEngine:
             raise InvalidInput(f"texts is empty: send 1 to {limit} texts")
         if len(texts) > limit:
             raise InvalidInput(f"{len(texts)} texts in one request; the limit is max_texts_per_request={limit}")
+        if len(texts) > self.config.max_queued_texts:  # would be RESOURCE_EXHAUSTED ("retry later") forever
+            raise InvalidInput(f"{len(texts)} texts in one request; this server queues at most "
+                               f"max_queued_texts={self.config.max_queued_texts}: split the request")
         for i, t in enumerate(texts):
             if not t or not t.strip():
                 raise InvalidInput(f"text {i} is empty")

@@ -164,6 +164,10 @@ def test_over_capacity_is_resource_exhausted(tiny_server) -> None:  # type: igno
         first.join()
         second.join()
     assert err.value.code == "RESOURCE_EXHAUSTED" and "limit 8" in err.value.message
+    with Client(srv.address) as c:  # more than the queue can ever hold: no retry would help
+        with pytest.raises(ClientError) as err:
+            c.embed(["w"] * 9)
+    assert err.value.code == "INVALID_ARGUMENT" and "max_queued_texts=8: split the request" in err.value.message
 
 
 def test_expired_deadline_drops_queued_work(tiny_server) -> None:  # type: ignore[no-untyped-def]
