@@ -71,6 +71,14 @@ def test_binary_round_trip(vectors: np.ndarray) -> None:
     np.testing.assert_array_equal(unpack(packed.data, packed.shape, "binary"), vectors > 0)
 
 
+def test_float16_refuses_what_it_cannot_hold() -> None:
+    """Unnormalised vectors past float16's range used to go out as inf without a word."""
+    ok = pack(np.array([[65504.0, -1.0]], dtype=np.float32), "float16")
+    assert unpack(ok.data, ok.shape, "float16").tolist() == [[65504.0, -1.0]]
+    with pytest.raises(InvalidInput, match=r"\(70000\) is beyond float16's range .*ask for dtype float32"):
+        pack(np.array([[1.0, -70000.0]], dtype=np.float32), "float16")
+
+
 def test_unknown_dtype_lists_the_valid_ones(vectors: np.ndarray) -> None:
     with pytest.raises(InvalidInput) as err:
         pack(vectors, "int4")
