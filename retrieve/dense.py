@@ -169,7 +169,8 @@ def _build(dim: int, spec: str, metric: str) -> Any:
 
 def _check_params(index: Any, spec: str) -> None:
     """InvalidInput for parameters FAISS accepts at build time but fails on (or crashes with) later:
-    a transform that cannot output its width, HNSW with too few or too many neighbours, 0-bit PQ codes."""
+    a transform that cannot output its width, HNSW with too few or too many neighbours, 0-bit PQ codes.
+    (IVF list counts are checked in `validate` from the spec, before FAISS allocates the lists.)"""
     lo, hi = HNSW_M_RANGE
     todo, seen = [index], 0
     while todo and seen < 16:
@@ -190,8 +191,6 @@ def _check_params(index: Any, spec: str) -> None:
             if levels.size < 3 or not lo <= int(levels[2] - levels[1]) <= hi:
                 raise InvalidInput(f"index spec '{spec}': HNSW needs M (neighbours per node) in {lo}..{hi}, as in HNSW{lo}..HNSW{hi}; "
                                    f"examples: {SPEC_EXAMPLES}")
-        if isinstance(part, faiss.IndexIVF) and not 1 <= part.nlist <= MAX_NLIST:
-            raise InvalidInput(f"index spec '{spec}': {part.nlist} IVF lists is out of range: use 1..{MAX_NLIST}; examples: {SPEC_EXAMPLES}")
         pq = getattr(part, "pq", None)
         if pq is not None and pq.nbits < 1:
             raise InvalidInput(f"index spec '{spec}': PQ codes need at least 1 bit per sub-vector (x1..x24); got x{pq.nbits}; "

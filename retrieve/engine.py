@@ -701,12 +701,8 @@ class RetrievalEngine:
         if (c.config.sparse == "learned") != (prepared.sparse is not None):
             raise InvalidInput(f"collection {name!r} has sparse={c.config.sparse!r}: learned-sparse vectors are "
                                f"{'needed' if c.config.sparse == 'learned' else 'not expected'}")
-        if prepared.sparse is not None:
-            if len(prepared.sparse) != chunks:
-                raise InvalidInput(f"{len(prepared.sparse)} sparse vectors for {chunks} chunks")
-            # checked before the store takes them: a stored vector the index refuses would also fail every rebuild
-            prepared.sparse = [sparse_vector(t, w, f"sparse vector {i} (of {chunks} chunks)")
-                               for i, (t, w) in enumerate(prepared.sparse)]
+        if prepared.sparse is not None and len(prepared.sparse) != chunks:
+            raise InvalidInput(f"{len(prepared.sparse)} sparse vectors for {chunks} chunks")
         return self._write(c, prepared, metadata)
 
     def _write(self, c: _Collection, prepared: Prepared, metadata: list[str]) -> tuple[int, int]:
@@ -714,7 +710,10 @@ class RetrievalEngine:
         at = 0
         vectors = prepared.vectors  # (C, D)
         texts = prepared.chunk_texts
-        sparse = prepared.sparse
+        # Checked before the store takes them (a worker's, or this server's embedder's): a stored
+        # vector the index refuses would fail the apply and every rebuild after it.
+        sparse = None if prepared.sparse is None else [
+            sparse_vector(t, w, f"sparse vector {i} (of {len(prepared.sparse)} chunks)") for i, (t, w) in enumerate(prepared.sparse)]
         for d, sp, meta in zip(prepared.docs, prepared.spans, metadata):
             writes.append(DocWrite(id=d.id, text=d.text, metadata_json=meta, spans=sp, vectors=vectors[at : at + len(sp)],
                                    sparse=sparse[at : at + len(sp)] if sparse is not None else None))

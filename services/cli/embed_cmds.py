@@ -63,6 +63,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
+    from lodestar.durable import save_npy_atomic, write_atomic
     from lodestar.services.client import Client
 
     if args.file:
@@ -110,21 +111,15 @@ def cmd_embed(args: argparse.Namespace) -> int:
         bar = tqdm(total=len(texts), initial=len(texts) - sum(len(batches[i]) for i in todo), unit="text", desc="embed", disable=args.quiet)
         for i, res in zip(todo, client.embed_stream((batches[i] for i in todo), **opts)):
             if sparse:
-                tmp = parts / f"{i:06d}.tmp.jsonl"
-                tmp.write_text("".join(json.dumps(v) + "\n" for v in _sparse_json(res)))
-                tmp.replace(parts / f"{i:06d}.jsonl")
+                write_atomic(parts / f"{i:06d}.jsonl", "".join(json.dumps(v) + "\n" for v in _sparse_json(res)).encode())
             if dense:
-                tmp = parts / f"{i:06d}.tmp.npy"
-                np.save(tmp, res.vectors)
-                tmp.replace(parts / f"{i:06d}.npy")
+                save_npy_atomic(parts / f"{i:06d}.npy", res.vectors)
             bar.update(len(batches[i]))
         bar.close()
         summary: dict[str, Any] = {}
         if dense:
             table = np.concatenate([np.load(parts / f"{i:06d}.npy") for i in range(len(batches))])
-            tmp = out.with_name(out.name + ".tmp.npy")
-            np.save(tmp, table)
-            tmp.replace(out)
+            save_npy_atomic(out, table)
             summary.update(out=str(out), shape=list(table.shape), dtype=str(table.dtype))
         if sparse_out is not None:
             tmp = sparse_out.with_name(sparse_out.name + ".tmp")
