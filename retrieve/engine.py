@@ -634,7 +634,14 @@ class RetrievalEngine:
             if c.store is not None:
                 c.store.close()
             trash = self.root / f".drop-{name}-{secrets.token_hex(4)}"
-            os.rename(c.directory, trash)  # gone at once; a crash before rmtree is cleaned on start
+            try:
+                os.rename(c.directory, trash)  # gone at once; a crash before rmtree is cleaned on start
+            except OSError as e:  # the folder is still there: serve it again rather than have it reappear at the next start
+                with self._lock:
+                    if not self._closed and name not in self._collections:
+                        self._collections[name] = self._open(c.directory)
+                raise Unavailable(f"collection {name!r} was not dropped: moving its folder {c.directory} aside failed ({e}); "
+                                  f"it is still served; fix the cause and drop it again") from e
             fsync_dir(self.root)
         shutil.rmtree(trash, ignore_errors=True)
 

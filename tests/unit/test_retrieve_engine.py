@@ -4,11 +4,12 @@ replay after a crash, corrupt snapshots, restore, rebuild and stats."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
+import os
 import re
-import errno
 import shutil
 import sqlite3
 import subprocess
@@ -141,6 +142,29 @@ def test_create_list_config_drop(engine: RetrievalEngine) -> None:
         engine.drop("a")
     assert engine.create(CollectionConfig(name="a")).documents == 0  # the name is free again
     assert sorted(p.name for p in engine.root.iterdir()) == ["a", "b.v2-x_1"]
+
+
+def test_failed_drop_keeps_the_collection_served(engine: RetrievalEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drop whose folder cannot be moved aside leaves the collection as it was, still served, instead of
+    gone from this process but back (with its documents) at the next start."""
+    engine.create(CollectionConfig(name="a"))
+    engine.upsert("a", [Document(id="d1", text="cheap car repair")])
+    real = os.rename
+
+    def refuse(src, dst, *a, **k):  # type: ignore[no-untyped-def]
+        if Path(dst).name.startswith(".drop-"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(src))
+        return real(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "rename", refuse)
+    with pytest.raises(Unavailable, match=r"collection 'a' was not dropped: .*Permission denied.*still served"):
+        engine.drop("a")
+    assert engine.status() == {"a": "ok"}
+    assert engine.stats("a").documents == 1
+    assert engine.search("a", SearchRequest(queries=["car"], k=1))[0][0].id == "d1"
+    monkeypatch.setattr(os, "rename", real)
+    engine.drop("a")
+    assert not (engine.root / "a").exists()
 
 
 @pytest.mark.parametrize(
