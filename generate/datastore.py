@@ -183,6 +183,12 @@ def _continuations(seg: Segment, m: int, lo: int, hi: int, cfg: LookupConfig) ->
     return out, count
 
 
+def _segment_file(name: str) -> bool:
+    """Whether `name` is a segment's array or the temporary file of one: those the manifest does not name
+    are replaced segments, or left by a writer that crashed before its manifest (the folder lock is held)."""
+    return (name.startswith("seg-") and name.endswith(".npy")) or (name.startswith(".seg-") and name.endswith(".tmp"))
+
+
 class Datastore:
     """Suffix-array segments over one tokenizer's ids; lookups merge across segments."""
 
@@ -267,8 +273,9 @@ class Datastore:
         write_atomic(self.path / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
         fsync_dir(self.path)
         self._segments = tuple(written)
-        for stale in set(files) - live:  # only after the new manifest no longer names them
-            (self.path / stale).unlink(missing_ok=True)
+        for f in self.path.iterdir():  # only after the new manifest no longer names them
+            if f.name not in live and _segment_file(f.name):
+                f.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: str | Path, tokenizer: Any, verify: bool = True) -> Datastore:

@@ -162,6 +162,23 @@ def test_incremental_add_compact_and_reload(tmp_path: Path) -> None:
     assert Datastore.load(tmp_path, TOK).num_tokens == store.num_tokens
 
 
+def test_files_left_by_a_crashed_writer_go_at_the_next_write(tmp_path: Path) -> None:
+    """A writer killed between its segment files and its manifest leaves files no manifest names (and
+    perhaps a temporary one); the next write removes them and keeps everything the manifest holds."""
+    store = Datastore.build(tmp_path, TEXTS[:1], TOK)
+    kept = {p.name for p in tmp_path.iterdir()}
+    orphans = ["seg-0123456789ab.tokens.npy", "seg-0123456789ab.sa.npy", ".seg-0123456789cd.sa.npy.1a2b3c4d.tmp"]
+    for name in orphans:
+        (tmp_path / name).write_bytes(b"left by a crash")
+    (tmp_path / "notes.txt").write_text("the user's own file")
+    assert Datastore.load(tmp_path, TOK).num_tokens == store.num_tokens  # the manifest ignores them
+    store.add(TEXTS[1:])
+    names = {p.name for p in tmp_path.iterdir()}
+    assert not names & set(orphans) and kept <= names and "notes.txt" in names
+    reloaded = Datastore.load(tmp_path, TOK)
+    assert len(reloaded.segments) == 2 and reloaded.lookup(ids("dog ran")) is not None
+
+
 def test_ephemeral_store_from_passages_with_real_tokenizer(tokenizer) -> None:  # type: ignore[no-untyped-def]
     store = Datastore.from_texts(["The Eiffel Tower was completed in 1889 for the World's Fair."], tokenizer)
     assert store.path is None and len(store.segments) == 1
