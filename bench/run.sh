@@ -23,6 +23,8 @@
 #   ADAPTER_ALPHAS weighted-fusion alphas of the adapters step [0.3,0.5,0.7]
 #   ADAPTER_RETRIEVERS retrievers of the adapters step [dense,sparse,hybrid]
 #   ADAPTER_RESULT the adapters step writes beir_<set>_<this>.jsonl [adapters]
+#   ADAPTER_WORK   the adapters step keeps each set's indexed corpus in <this>/<set> (eval beir --work-dir):
+#                  an interrupted run resumes, a rerun with other alphas encodes nothing [none]
 #   LODESTAR_*    read by the CLI as usual (e.g. LODESTAR_MODEL, LODESTAR_DTYPE)
 set -euo pipefail
 
@@ -47,6 +49,7 @@ SPARSE_ADAPTER="${SPARSE_ADAPTER:-adapters/sparse-squad}"
 ADAPTER_ALPHAS="${ADAPTER_ALPHAS:-0.3,0.5,0.7}"
 ADAPTER_RETRIEVERS="${ADAPTER_RETRIEVERS:-dense,sparse,hybrid}"
 ADAPTER_RESULT="${ADAPTER_RESULT:-adapters}"
+ADAPTER_WORK="${ADAPTER_WORK:-}"
 
 if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY="${PY:-python3}"; fi
 LODESTAR=("$PY" -m lodestar.services.cli)
@@ -108,9 +111,11 @@ if [[ " $STEPS " == *" adapters "* ]]; then
     for set in $BEIR_SETS; do
         echo "== beir $set (bidirectional + $DENSE_ADAPTER, learned sparse $SPARSE_ADAPTER)"
         out="beir_${set}_${ADAPTER_RESULT}.jsonl"
+        work=()
+        if [[ -n "$ADAPTER_WORK" ]]; then work=(--work-dir "$ADAPTER_WORK/$set"); fi
         "${LODESTAR[@]}" eval beir "$DATA/$set/beir" --retriever "$ADAPTER_RETRIEVERS" --fusion rrf,weighted \
             --alpha "$ADAPTER_ALPHAS" --mode bidirectional --adapter "$DENSE_ADAPTER" --sparse learned \
-            --sparse-adapter "$SPARSE_ADAPTER" --quiet > "$TMP/$out"
+            --sparse-adapter "$SPARSE_ADAPTER" "${work[@]}" --quiet > "$TMP/$out"
         publish "$TMP/$out" "$RESULTS/$out"
     done
 fi
