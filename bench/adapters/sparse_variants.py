@@ -5,10 +5,14 @@ and echo encoder a collection uses, cached in --cache), then rescores offline:
     python bench/adapters/sparse_variants.py DATA/cranfield/beir adapters/sparse-squad \
         --cache .lodestar/variants-cranfield.npz --out bench/results/sparse_variants_cranfield.json
 
+With --from-collection FOLDER (a collection `eval beir --work-dir` or bench/run.sh's ADAPTER_WORK kept)
+the chunk vectors, dense too with --dense-cache, are read from its store as served: only the judged
+queries are encoded.
+
 Variants: the served dot product (queries cut to 64 weights, chunks to 256), the query restricted
 to its own tokens, query weights replaced by or scaled with IDF (of the text's tokens, or of the
-stored sparse vectors as the index computes it), document length normalisation on top, BM25's
-saturation applied to the chunk weights (as if they were term frequencies), the query's own tokens
+stored sparse vectors as the index computes it), chunk length normalisation on top (b 0.25, 0.5,
+0.75; also after feedback and in the hybrid), BM25's saturation applied to the chunk weights (as if they were term frequencies), the query's own tokens
 added at their IDF, the vocabulary folded to one entry per word form (case, leading space, plural),
 Rocchio pseudo-relevance feedback from the first ranking's top chunks, and each document as one
 vector (the max over its chunks'). A document scores as
@@ -23,6 +27,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -90,13 +95,63 @@ def encode(folder: Path, adapter: str, cache: Path) -> None:
     finally:
         engine.close()
 
-    def flat(rows: list, name: str) -> dict[str, np.ndarray]:
-        return {f"{name}_len": np.array([len(r[0]) for r in rows]), f"{name}_ids": np.concatenate([r[0] for r in rows]),
-                f"{name}_w": np.concatenate([r[1] for r in rows]).astype(np.float32)}
-
     np.savez(cache, vocab=vocab, owner=np.array(owner), doc_ids=np.array([d.id for d in docs]), judged=np.array(judged),
-             **flat(qv, "q"), **flat(dv, "d"), **flat([(t, np.ones(len(t))) for t in qtok], "qt"),
-             **flat([(t, np.ones(len(t))) for t in ctok], "ct"))
+             **_flat(qv, "q"), **_flat(dv, "d"), **_flat([(t, np.ones(len(t))) for t in qtok], "qt"),
+             **_flat([(t, np.ones(len(t))) for t in ctok], "ct"))
+
+
+def from_collection(folder: Path, collection: Path, cache: Path, dense_cache: Path | None) -> None:
+    """The caches from a collection the stack indexed (`eval beir --work-dir`, `bench/run.sh` with ADAPTER_WORK):
+    its stored chunk vectors as served (learned sparse already cut to its sparse_top_k; dense as indexed),
+    so nothing but the judged queries is encoded, with the collection's own config."""
+    import sqlite3
+
+    from lodestar.retrieve.evaluate import read_beir
+    from lodestar.retrieve.prepare import embed_sparse, embed_texts
+    from lodestar.retrieve.types import CollectionConfig
+    from lodestar.services.cli.common import settings
+    from lodestar.services.runtime import Runtime
+
+    found = sorted(collection.rglob("store.sqlite3"))
+    if len(found) != 1:
+        raise SystemExit(f"{collection}: expected one collection (store.sqlite3) below it, found {len(found)}")
+    conn = sqlite3.connect(f"file:{found[0]}?mode=ro", uri=True)
+    try:
+        cfg = CollectionConfig(**{"query_idf": False, **json.loads(conn.execute("SELECT json FROM config").fetchone()[0])})
+        rows = conn.execute(
+            "SELECT c.doc_id, c.char_start, c.char_end, c.vector, s.terms, s.weights, d.text FROM chunks c "
+            "JOIN docs d ON d.id = c.doc_id LEFT JOIN sparse_chunks s ON s.chunk_id = c.chunk_id ORDER BY c.chunk_id").fetchall()
+    finally:
+        conn.close()
+    if cfg.sparse != "learned":
+        raise SystemExit(f"{found[0].parent}: sparse={cfg.sparse!r}; a learned-sparse collection is needed")
+    docs, queries, qrels = read_beir(folder)
+    judged = [q for q in queries if q in qrels]
+    row_of = {d.id: i for i, d in enumerate(docs)}
+    owner = np.array([row_of[r[0]] for r in rows])
+    chunks = [r[6][r[1] : r[2]] for r in rows]
+    dv = [(np.frombuffer(r[4] or b"", "<u4").astype(np.int64), np.frombuffer(r[5] or b"", "<f4")) for r in rows]
+    engine = Runtime(settings(), [])._build_engine(None)
+    try:
+        qv = embed_sparse(engine, replace(cfg, query_top_k=1024), [queries[q] for q in judged], True)
+        tok = engine.backbone.tokenizer
+        qtok = [np.asarray(tok(queries[q], add_special_tokens=False)["input_ids"]) for q in judged]
+        ctok = [np.asarray(tok(c, add_special_tokens=False)["input_ids"]) for c in chunks]
+        vocab = int(engine.backbone.model.get_output_embeddings().weight.shape[0])
+        if dense_cache is not None:
+            d = np.stack([np.frombuffer(r[3], "<f4") for r in rows])
+            np.savez(dense_cache, owner=owner, judged=np.array(judged), d=d,
+                     q=embed_texts(engine, cfg, [queries[q] for q in judged], d.shape[1], True))
+    finally:
+        engine.close()
+    np.savez(cache, vocab=vocab, owner=owner, doc_ids=np.array([d.id for d in docs]), judged=np.array(judged),
+             **_flat(qv, "q"), **_flat(dv, "d"), **_flat([(t, np.ones(len(t))) for t in qtok], "qt"),
+             **_flat([(t, np.ones(len(t))) for t in ctok], "ct"))
+
+
+def _flat(rows: list, name: str) -> dict[str, np.ndarray]:
+    return {f"{name}_len": np.array([len(r[0]) for r in rows]), f"{name}_ids": np.concatenate([r[0] for r in rows]),
+            f"{name}_w": np.concatenate([r[1] for r in rows]).astype(np.float32)}
 
 
 def fold_map(stem_words: bool) -> np.ndarray:
@@ -196,6 +251,9 @@ def main() -> int:
     ap.add_argument("--dense", default="", help="bidirectional dense adapter: also score the hybrid with query_idf (as the engine fuses)")
     ap.add_argument("--dense-cache", type=Path, help="npz of the dense vectors (written when missing; needed with --dense)")
     ap.add_argument("--alphas", default="0.3,0.5,0.7", help="weighted-fusion alphas of the hybrid (1 = dense only)")
+    ap.add_argument("--from-collection", type=Path, help="a folder holding one collection the stack indexed (eval beir "
+                    "--work-dir): take the chunk vectors (and with --dense-cache the dense ones) from its store, "
+                    "encode only the queries; `adapter` is then only a label")
     args = ap.parse_args()
     if args.dense and not args.dense_cache:
         ap.error("--dense needs --dense-cache")
@@ -206,7 +264,9 @@ def main() -> int:
         in_fold("", args.fold)  # a malformed k/n fails here, not after the encoding
     t0 = time.perf_counter()
     encoded = not args.cache.exists()
-    if encoded:
+    if encoded and args.from_collection:
+        from_collection(args.beir, args.from_collection, args.cache, args.dense_cache if args.dense else None)
+    elif encoded:
         encode(args.beir, args.adapter, args.cache)
     docs, queries, qrels = read_beir(args.beir)
     z = np.load(args.cache)
@@ -259,6 +319,9 @@ def main() -> int:
         m.data = m.data * (k1 + 1) / (m.data + k1 * norm)
         return m
 
+    def normed(b: float) -> sp.csr_matrix:  # chunk scores divided by 1 - b + b * (non-zeros / mean non-zeros)
+        return sp.csr_matrix(diag(1 / (1 - b + b * nnz / nnz.mean())) @ D)
+
     coo = D.tocoo()  # each document as one vector: per term, the largest weight among its chunks
     whole = max_per_cell(owner[coo.row], coo.col, coo.data, (len(doc_ids), vocab))
     variants = {
@@ -271,7 +334,7 @@ def main() -> int:
         "query weights x IDF^2 of stored vectors": (Q @ diag(idf_index**2), D),
         "query_idf, expansion terms (not in the query text) at half weight":
             (0.5 * (Q + own) @ diag(idf_index), D),
-        "query_idf + chunk length normalisation b=0.5": (Q @ diag(idf_index), diag(1 / (0.5 + 0.5 * nnz / nnz.mean())) @ D),
+        **{f"query_idf + chunk length normalisation b={b}": (Q @ diag(idf_index), normed(b)) for b in (0.25, 0.5, 0.75)},
         "query_idf, chunk weights BM25-saturated k1=1.2 b=0.75": (Q @ diag(idf_index), saturated(1.2, 0.75)),
         "query_idf, chunk weights BM25-saturated k1=4 b=0": (Q @ diag(idf_index), saturated(4.0, 0.0)),
         "query_idf + the query's own tokens at their IDF": ((Q + Qtok) @ diag(idf_index), D),
@@ -293,6 +356,7 @@ def main() -> int:
         name = f"query_idf + pseudo-relevance feedback (top {m} chunks, beta {beta}, 64 terms)"
         fed[name] = sp.csr_matrix(diag(1 / sp.linalg.norm(Q, axis=1)) @ Q + beta * centroid) @ diag(idf_index)
         variants[name] = (fed[name], D)
+        variants[f"{name} + chunk length normalisation b=0.5"] = (fed[name], normed(0.5))
     results = []
     for name, (qm, dm) in variants.items():
         results.append({"variant": name, "ndcg@10": ndcg(qm, dm)})
@@ -306,8 +370,9 @@ def main() -> int:
                     "ndcg@10": mean_ndcg([[docs[i].id for i, _ in h] for h in hits], scored_ids, qrels)})
     print(json.dumps(results[-1]), file=sys.stderr)
     if args.dense:
-        sides = {"query_idf": Q @ diag(idf_index)} | {name.replace("pseudo-relevance ", ""): qm for name, qm in fed.items()}
-        results += hybrid(args, {name: qm[scored] @ D.T for name, qm in sides.items()}, doc_ids[owner], owner, scored_ids, qrels)
+        sides = {"query_idf": (Q @ diag(idf_index), D)} | {name.replace("pseudo-relevance ", ""): (qm, D) for name, qm in fed.items()}
+        sides |= {f"{name} + length normalisation b=0.5": (qm, normed(0.5)) for name, (qm, _) in list(sides.items())}
+        results += hybrid(args, {name: qm[scored] @ dm.T for name, (qm, dm) in sides.items()}, doc_ids[owner], owner, scored_ids, qrels)
     report = {"dataset": str(args.beir), "adapter": args.adapter, "fold": args.fold or None, "queries": len(scored), "chunks": n,
               "variants": results, "encoded": encoded, "seconds": round(time.perf_counter() - t0, 1)}
     text = json.dumps(report, indent=2) + "\n"
