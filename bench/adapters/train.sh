@@ -154,3 +154,17 @@ CRANFIELD_LICENCE="Cranfield-1400 collection: classic research collection, no li
 #       --cache .lodestar/variants-cranfield-squad.npz --dense "$WORK/adapt-cranfield-title-dense/dense/adapter" \
 #       --dense-cache .lodestar/dense-cranfield-title120.npz --alphas 0.15,0.2,0.3,0.5,0.7 \
 #       --out bench/results/sparse_variants_cranfield_dense_title120.json
+
+# Both title adapters in one collection, through the whole stack (bench/results/beir_cranfield_adapt_title_both.jsonl:
+# learned sparse 0.343, dense 0.270, hybrid 0.360 at alpha 0.3, BM25 0.364; trained and indexed on an AVX512-BF16 CPU:
+# sparse 55 min, dense 26 min, indexing 38 min), then the offline variants on the vectors that run stored
+# (bench/results/sparse_variants_cranfield_title_both.json: with pseudo-relevance feedback, which is not served,
+# the hybrid reaches 0.374). The two adapt commands above (the sparse one with --steps 150, the dense one with
+# --steps 80 then --steps 120), then; commented out:
+#   BEIR_SETS=cranfield STEPS=adapters DENSE_ADAPTER="$WORK/adapt-cranfield-title-dense/dense/adapter" \
+#       SPARSE_ADAPTER="$WORK/adapt-cranfield-title/sparse/adapter" ADAPTER_RESULT=adapt_title_both \
+#       ADAPTER_ALPHAS=0.2,0.3,0.5 ADAPTER_WORK=.lodestar/beir-work bash bench/run.sh "$DATA"
+#   "$PY" bench/adapters/sparse_variants.py "$DATA/cranfield/beir" "$WORK/adapt-cranfield-title/sparse/adapter" \
+#       --from-collection .lodestar/beir-work/cranfield --cache .lodestar/variants-cranfield-title.npz \
+#       --dense "$WORK/adapt-cranfield-title-dense/dense/adapter" --dense-cache .lodestar/dense-cranfield-title.npz \
+#       --alphas 0.15,0.2,0.3,0.5 --out bench/results/sparse_variants_cranfield_title_both.json
