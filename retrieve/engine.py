@@ -54,7 +54,7 @@ from lodestar.retrieve.snapshot import (
     snapshot_bytes,
     write_snapshot,
 )
-from lodestar.retrieve.sparse import BM25Index, ImpactIndex, sparse_vector
+from lodestar.retrieve.sparse import MAX_FEEDBACK_CHUNKS, BM25Index, ImpactIndex, feedback_query, sparse_vector
 from lodestar.retrieve.shards import AnyDense, check_shards, dense_from_bytes, new_dense
 from lodestar.retrieve.store import (
     ChunkRef,
@@ -577,7 +577,17 @@ class RetrievalEngine:
             raise InvalidInput(f"alpha={alpha} is out of range: use 0..1 (1 = dense only, 0 = sparse only)")
         if not isinstance(request.rrf_k, int) or request.rrf_k < 0:
             raise InvalidInput(f"rrf_k={request.rrf_k} must be a non-negative integer (60 is the usual value)")
+        fb, fw = request.feedback_chunks, request.feedback_weight
+        if not isinstance(fb, int) or isinstance(fb, bool) or not 0 <= fb <= MAX_FEEDBACK_CHUNKS:
+            raise InvalidInput(f"feedback_chunks={fb} is out of range: use 0..{MAX_FEEDBACK_CHUNKS} (0 = no feedback; 3 is a good start)")
+        if not isinstance(fw, (int, float)) or not math.isfinite(fw) or not 0.0 < fw <= 10.0:
+            raise InvalidInput(f"feedback_weight={fw} is out of range: use a number in (0, 10] (1 is the usual value)")
         assert c.config is not None
+        if fb and (request.retriever == "dense" or c.config.sparse != "learned"):
+            raise InvalidInput(
+                f"feedback_chunks needs a learned sparse side searched (retriever sparse or hybrid); collection {c.name!r} has "
+                f"sparse={c.config.sparse!r} and the request retriever={request.retriever!r}"
+            )
         if request.retriever in ("sparse", "hybrid") and c.config.sparse == "none":
             raise InvalidInput(
                 f"retriever {request.retriever!r} needs a sparse index, but collection {c.name!r} was created with sparse='none'; "
@@ -782,7 +792,7 @@ class RetrievalEngine:
                 dense = self._rank(c, self._dense_fn(c, qvecs, allowed), len(queries), depth, c.dense.count, allowed)
             if request.retriever in ("sparse", "hybrid"):
                 assert c.sparse is not None
-                sparse = self._rank(c, self._sparse_fn(c, queries, allowed), len(queries), depth, c.sparse.count, allowed)
+                sparse = self._rank(c, self._sparse_fn(c, queries, allowed, request), len(queries), depth, c.sparse.count, allowed)
             if request.retriever == "dense":
                 assert dense is not None
                 ranked = [[_Ranked(r.doc_id, r.score, r.ref, dense=r.score) for r in row[:k]] for row in dense]
@@ -803,13 +813,21 @@ class RetrievalEngine:
 
         return run
 
-    def _sparse_fn(self, c: _Collection, queries: list[str], allowed: np.ndarray | None) -> Callable[[int], list[list[tuple[int, float]]]]:
+    def _sparse_fn(self, c: _Collection, queries: list[str], allowed: np.ndarray | None,
+                   request: SearchRequest) -> Callable[[int], list[list[tuple[int, float]]]]:
+        """Call with the collection's read lock held. Learned sparse: encoded once (the ranking may ask
+        for more candidates), and with feedback_chunks each query gets the first ranking's top chunks added
+        (`feedback_query`) before the ranking that counts."""
         encoded: list[Any] = list(queries)
         options: dict[str, Any] = {}
-        if isinstance(c.sparse, ImpactIndex):  # encode once; the ranking may ask for more candidates
-            assert c.config is not None
+        if isinstance(c.sparse, ImpactIndex):
+            assert c.config is not None and c.store is not None
             encoded = embed_sparse(self.embedder, c.config, queries, query=True)
             options["idf"] = c.config.query_idf
+            if request.feedback_chunks:
+                first = c.sparse.search(encoded, request.feedback_chunks, allowed, **options)
+                encoded = [feedback_query(q, c.store.chunk_sparse(np.array([i for i, _ in row], dtype=np.int64), reader=True),
+                                          request.feedback_weight) for q, row in zip(encoded, first)]
 
         def run(n: int) -> list[list[tuple[int, float]]]:
             assert c.sparse is not None

@@ -479,9 +479,11 @@ class Store:
         ).fetchall()
         return self._chunk_payload(rows, dim)
 
-    def chunk_sparse(self, chunk_ids: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Learned-sparse vectors (term ids, weights) of `chunk_ids`, in that order (empty where none)."""
-        rows = dict((int(r[0]), (r[1], r[2])) for r in self._writer.execute(
+    def chunk_sparse(self, chunk_ids: np.ndarray, reader: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Learned-sparse vectors (term ids, weights) of `chunk_ids`, in that order (empty where none);
+        reader: through this thread's read connection (searches), not the writer's (its own writes)."""
+        conn = self._reader() if reader else self._writer
+        rows = dict((int(r[0]), (r[1], r[2])) for r in conn.execute(
             "SELECT chunk_id, terms, weights FROM sparse_chunks WHERE chunk_id IN (SELECT value FROM json_each(?))",
             (_ids_param(np.asarray(chunk_ids).tolist()),)))
         empty = (np.empty(0, np.int64), np.empty(0, np.float32))

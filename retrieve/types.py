@@ -65,6 +65,8 @@ class SearchRequest:
     rrf_k: int = 60
     filters: tuple[Filter, ...] = ()
     include_text: bool = True
+    feedback_chunks: int = 0  # learned sparse: pseudo-relevance feedback from the first ranking's top chunks (0 = off)
+    feedback_weight: float = 1.0  # how much of those chunks' mean vector is added to the query
 
 
 @dataclass

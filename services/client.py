@@ -177,15 +177,19 @@ class Client:
         rrf_k: int | None = None,
         filters: Iterable[tuple[str, str, Any] | dict[str, Any]] = (),
         include_text: bool = True,
+        feedback_chunks: int = 0,
+        feedback_weight: float | None = None,
         timeout: float | None = None,
     ) -> list[list[rt.Hit]]:
         """Search one query (str) or a batch; filters are (field, op, value) with op in
-        eq ne in nin gt gte lt lte, AND-ed and applied before ranking."""
+        eq ne in nin gt gte lt lte, AND-ed and applied before ranking. feedback_chunks (learned sparse):
+        add the mean of the first ranking's top chunks to each query (pseudo-relevance feedback)."""
         qs = [queries] if isinstance(queries, str) else list(queries)
         fs = _filters_pb(filters)
         req = rpb.SearchRequest(
             collection=collection, queries=qs, k=k, retriever=retriever, fusion=fusion, alpha=alpha,
-            rrf_k=rrf_k, filters=fs, include_text=include_text,
+            rrf_k=rrf_k, filters=fs, include_text=include_text, feedback_chunks=feedback_chunks or None,
+            feedback_weight=feedback_weight,
         )
         return convert.hits(self._call(self._retrieve.Search, req, timeout))
 

@@ -241,6 +241,8 @@ def search_request(r: rpb.SearchRequest) -> rt.SearchRequest:
         rrf_k=r.rrf_k if r.HasField("rrf_k") else 60,
         filters=tuple(filters),
         include_text=r.include_text if r.HasField("include_text") else True,
+        feedback_chunks=r.feedback_chunks,
+        feedback_weight=r.feedback_weight if r.HasField("feedback_weight") else 1.0,
     )
 
 

@@ -30,3 +30,11 @@ def test_deeply_nested_json_is_invalid_input() -> None:
     doc = convert.documents([rpb.Document(id="d", text="t", metadata_json=ok)])[0]
     assert json_depth(doc.metadata) == MAX_METADATA_DEPTH
     validate_document(doc, DocLimits(), "document 0")  # the limit itself is allowed
+
+
+def test_search_feedback_fields() -> None:
+    unset = convert.search_request(rpb.SearchRequest(queries=["q"]))
+    assert (unset.feedback_chunks, unset.feedback_weight) == (0, 1.0)
+    given = convert.search_request(rpb.SearchRequest(queries=["q"], feedback_chunks=3, feedback_weight=0.5))
+    assert (given.feedback_chunks, given.feedback_weight) == (3, 0.5)
+

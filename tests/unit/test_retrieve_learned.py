@@ -135,3 +135,34 @@ def test_worker_sparse_vectors_are_checked_before_they_are_stored(tiny_engine, t
     engine.upsert_prepared("learned", prepare(tiny_engine, CFG, 64, DOCS[2:]))  # the good vectors still go in
     assert engine.stats("learned").documents == 3
     engine.close()
+
+
+def test_pseudo_relevance_feedback_at_search_time(tiny_engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """feedback_chunks adds the first ranking's best chunks to the query: the query's own best match stays
+    first, the scores change, and requests that cannot use it are refused naming the valid values."""
+    engine = RetrievalEngine(tmp_path / "c", tiny_engine)
+    engine.create(CFG)
+    engine.upsert("learned", DOCS)
+
+    def run(**fb) -> list:  # type: ignore[no-untyped-def]
+        return engine.search("learned", SearchRequest([DOCS[1].text], k=3, retriever="sparse", **fb))[0]
+
+    plain, fed = run(), run(feedback_chunks=1, feedback_weight=2.0)
+    assert fed[0].id == plain[0].id == "bonds"
+    assert [round(h.score, 4) for h in fed] != [round(h.score, 4) for h in plain]
+    hybrid = engine.search("learned", SearchRequest([DOCS[2].text], k=3, retriever="hybrid", feedback_chunks=2))[0]
+    assert hybrid[0].id == "soccer"
+    for bad, words in (
+        ({"feedback_chunks": 101}, r"feedback_chunks=101 is out of range: use 0..100"),
+        ({"feedback_chunks": -1}, r"feedback_chunks=-1 is out of range"),
+        ({"feedback_chunks": 2, "feedback_weight": 0.0}, r"feedback_weight=0.0 is out of range: use a number in \(0, 10\]"),
+        ({"feedback_chunks": 2, "feedback_weight": float("nan")}, "feedback_weight=nan is out of range"),
+        ({"feedback_chunks": 2, "retriever": "dense"}, "feedback_chunks needs a learned sparse side searched"),
+    ):
+        with pytest.raises(InvalidInput, match=words):
+            engine.search("learned", SearchRequest([DOCS[1].text], k=3, **{"retriever": "sparse", **bad}))
+    engine.create(CollectionConfig(name="plain", sparse="bm25", chunk_tokens=0))
+    with pytest.raises(InvalidInput, match="sparse='bm25'"):
+        engine.search("plain", SearchRequest(["bonds"], k=3, retriever="sparse", feedback_chunks=3))
+    engine.close()
+

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lodestar.errors import InvalidInput
-from lodestar.retrieve.sparse import STOPWORDS, BM25Index, analyze, stem
+from lodestar.retrieve.sparse import STOPWORDS, BM25Index, analyze, feedback_query, stem
 
 CORPUS = {
     1: "The cat sat on the mat.",
@@ -320,3 +320,31 @@ def test_impact_maxscore_returns_what_plain_accumulation_returns(idf: bool, inte
                 for a, b in zip(pruned, plain):
                     assert [i for i, _ in a] == [i for i, _ in b]
                     assert [s for _, s in a] == [s for _, s in b]  # the same additions in the same order
+
+
+def test_feedback_query_is_the_unit_query_plus_the_mean_unit_chunk_cut_to_its_largest_terms() -> None:
+    """Rocchio feedback against a dense reference: q/|q| + weight * top-`terms` of mean(c/|c|)."""
+    rng = np.random.default_rng(0)
+    vocab = 50
+    q = (np.array([3, 7, 11]), np.array([1.0, 2.0, 2.0], dtype=np.float32))
+    chunks = []
+    for _ in range(3):
+        t = np.sort(rng.choice(vocab, 12, replace=False))
+        chunks.append((t, rng.uniform(0.1, 2.0, t.size).astype(np.float32)))
+    chunks.append((np.empty(0, np.int64), np.empty(0, np.float32)))  # a chunk with no weights counts for nothing
+
+    def dense(t: np.ndarray, w: np.ndarray) -> np.ndarray:
+        out = np.zeros(vocab)
+        out[t] = w
+        return out
+
+    mean = np.mean([dense(t, w) / np.linalg.norm(w) for t, w in chunks[:3]], axis=0)
+    cut = np.where(mean >= np.sort(mean)[-5], mean, 0.0)  # its 5 largest (no ties in random weights)
+    want = dense(*q) / np.linalg.norm(q[1]) + 0.5 * cut
+    t, w = feedback_query(q, chunks, 0.5, terms=5)
+    assert np.all(np.diff(t) > 0) and w.dtype == np.float32
+    np.testing.assert_allclose(dense(t, w), want, rtol=1e-6)
+    assert set(q[0]) <= set(t.tolist()) and t.size <= 3 + 5
+    same_t, same_w = feedback_query(q, [chunks[3]], 1.0)  # nothing to add: the query as it was
+    assert same_t.tolist() == [3, 7, 11] and same_w.tolist() == [1.0, 2.0, 2.0]
+
