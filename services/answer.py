@@ -46,6 +46,7 @@ class AnswerRequest:
     alpha: float | None = None
     rrf_k: int | None = None
     threshold: float | None = None  # selective: None = the compressor's calibrated default
+    feedback_chunks: int = 0  # learned sparse: pseudo-relevance feedback, as in Search
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,8 @@ class AnswerPipeline:
         tuning: dict[str, Any] = {"alpha": r.alpha if r.alpha is not None else HYBRID_ALPHA} if fusion == "weighted" else {}
         if r.rrf_k is not None:
             tuning["rrf_k"] = r.rrf_k
+        if r.feedback_chunks:
+            tuning["feedback_chunks"] = r.feedback_chunks
         request = SearchRequest([r.question], k=r.k, retriever=retriever, filters=r.filters, fusion=fusion, **tuning)
         hits = self.retrieval.search(r.collection, request)[0]
         passages = [h.chunk_text or h.text for h in hits]

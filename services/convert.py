@@ -439,7 +439,7 @@ def answer_request(r: gpb.AnswerRequest) -> Any:
         budget_tokens=r.budget_tokens if r.HasField("budget_tokens") else None,
         selective=r.selective, params=params, datastore=datastore, fusion=r.fusion,
         alpha=r.alpha if r.HasField("alpha") else None, rrf_k=r.rrf_k if r.HasField("rrf_k") else None,
-        threshold=r.threshold if r.HasField("threshold") else None,
+        threshold=r.threshold if r.HasField("threshold") else None, feedback_chunks=r.feedback_chunks,
     )
 
 

@@ -78,7 +78,8 @@ def cmd_answer(args: argparse.Namespace) -> int:
         items = iter(c.answer_stream(
             args.question, args.collection, k=args.k, retriever=args.retriever or "", filters=filters,
             compression=args.compression or "", budget_tokens=args.budget_tokens, selective=args.selective,
-            fusion=args.fusion or "", alpha=args.alpha, rrf_k=args.rrf_k, threshold=args.threshold, **_decoding(args),
+            fusion=args.fusion or "", alpha=args.alpha, rrf_k=args.rrf_k, threshold=args.threshold,
+            feedback_chunks=args.feedback, **_decoding(args),
         ))
         head = next(items)
         assert isinstance(head, AnswerContext)
@@ -293,6 +294,8 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     a.add_argument("--fusion", help="hybrid: weighted (default, alpha 0.15) | rrf")
     a.add_argument("--alpha", type=float, help="weighted fusion: weight of dense (0..1)")
     a.add_argument("--rrf-k", type=int, help="rrf fusion: the k in 1 / (k + rank) (default 60)")
+    a.add_argument("--feedback", type=int, default=0, metavar="N",
+                   help="learned sparse: pseudo-relevance feedback from the first ranking's top N chunks (0 = off)")
     _add_decoding(a, 64)
     a.set_defaults(func=cmd_answer)
 

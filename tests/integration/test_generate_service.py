@@ -156,6 +156,7 @@ def test_answer_retrieves_compresses_and_cites(client: Client) -> None:
             ({"k": 0}, "INVALID_ARGUMENT", "k must be in 1..50"),
             ({"compression": "zip"}, "INVALID_ARGUMENT", "valid are extractive, abstractive, none"),
             ({"retriever": "psychic"}, "INVALID_ARGUMENT", "psychic"),
+            ({"feedback_chunks": 3}, "INVALID_ARGUMENT", "learned sparse side"),  # answer_docs keeps BM25
         ):
             with pytest.raises(ClientError) as err:
                 client.answer("Who?", "answer_docs", **kwargs)
