@@ -88,16 +88,12 @@ def encode(folder: Path, adapter: str, cache: Path) -> None:
         for i in tqdm(range(0, len(chunks), 32), desc="encode chunks", unit="batch"):
             dv += embed_sparse(engine, cfg, chunks[i : i + 32], False)
         qv = embed_sparse(engine, cfg, [queries[q] for q in judged], True)
-        tok = engine.backbone.tokenizer
-        qtok = [np.asarray(tok(queries[q], add_special_tokens=False)["input_ids"]) for q in judged]
-        ctok = [np.asarray(tok(c, add_special_tokens=False)["input_ids"]) for c in chunks]
-        vocab = int(engine.backbone.model.get_output_embeddings().weight.shape[0])
+        tokens = _token_arrays(engine, [queries[q] for q in judged], chunks)
     finally:
         engine.close()
 
-    np.savez(cache, vocab=vocab, owner=np.array(owner), doc_ids=np.array([d.id for d in docs]), judged=np.array(judged),
-             **_flat(qv, "q"), **_flat(dv, "d"), **_flat([(t, np.ones(len(t))) for t in qtok], "qt"),
-             **_flat([(t, np.ones(len(t))) for t in ctok], "ct"))
+    np.savez(cache, owner=np.array(owner), doc_ids=np.array([d.id for d in docs]), judged=np.array(judged),
+             **_flat(qv, "q"), **_flat(dv, "d"), **tokens)
 
 
 def from_collection(folder: Path, collection: Path, cache: Path, dense_cache: Path | None) -> None:
@@ -134,19 +130,28 @@ def from_collection(folder: Path, collection: Path, cache: Path, dense_cache: Pa
     engine = Runtime(settings(), [])._build_engine(None)
     try:
         qv = embed_sparse(engine, replace(cfg, query_top_k=1024), [queries[q] for q in judged], True)
-        tok = engine.backbone.tokenizer
-        qtok = [np.asarray(tok(queries[q], add_special_tokens=False)["input_ids"]) for q in judged]
-        ctok = [np.asarray(tok(c, add_special_tokens=False)["input_ids"]) for c in chunks]
-        vocab = int(engine.backbone.model.get_output_embeddings().weight.shape[0])
+        tokens = _token_arrays(engine, [queries[q] for q in judged], chunks)
         if dense_cache is not None:
             d = np.stack([np.frombuffer(r[3], "<f4") for r in rows])
             np.savez(dense_cache, owner=owner, judged=np.array(judged), d=d,
                      q=embed_texts(engine, cfg, [queries[q] for q in judged], d.shape[1], True))
     finally:
         engine.close()
-    np.savez(cache, vocab=vocab, owner=owner, doc_ids=np.array([d.id for d in docs]), judged=np.array(judged),
-             **_flat(qv, "q"), **_flat(dv, "d"), **_flat([(t, np.ones(len(t))) for t in qtok], "qt"),
-             **_flat([(t, np.ones(len(t))) for t in ctok], "ct"))
+    np.savez(cache, owner=np.array(owner), doc_ids=np.array([d.id for d in docs]), judged=np.array(judged),
+             **_flat(qv, "q"), **_flat(dv, "d"), **tokens)
+
+
+def _token_arrays(engine, query_texts: list[str], chunks: list[str]) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    """The cache's vocabulary size and each query's and chunk's own token ids (weight 1): the
+    IDF-of-text and own-token variants read them."""
+    tok = engine.backbone.tokenizer
+
+    def ids(text: str) -> np.ndarray:
+        return np.asarray(tok(text, add_special_tokens=False)["input_ids"])
+
+    return {"vocab": np.asarray(int(engine.backbone.model.get_output_embeddings().weight.shape[0])),
+            **_flat([(t, np.ones(len(t))) for t in map(ids, query_texts)], "qt"),
+            **_flat([(t, np.ones(len(t))) for t in map(ids, chunks)], "ct")}
 
 
 def _flat(rows: list, name: str) -> dict[str, np.ndarray]:
