@@ -47,6 +47,7 @@ class AnswerRequest:
     rrf_k: int | None = None
     threshold: float | None = None  # selective: None = the compressor's calibrated default
     feedback_chunks: int = 0  # learned sparse: pseudo-relevance feedback, as in Search
+    feedback_weight: float = 1.0  # that feedback's weight, as in Search
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ class AnswerPipeline:
         if r.rrf_k is not None:
             tuning["rrf_k"] = r.rrf_k
         if r.feedback_chunks:
-            tuning["feedback_chunks"] = r.feedback_chunks
+            tuning |= {"feedback_chunks": r.feedback_chunks, "feedback_weight": r.feedback_weight}
         request = SearchRequest([r.question], k=r.k, retriever=retriever, filters=r.filters, fusion=fusion, **tuning)
         hits = self.retrieval.search(r.collection, request)[0]
         passages = [h.chunk_text or h.text for h in hits]

@@ -257,17 +257,18 @@ class Client:
         self, question: str, collection: str, *, k: int | None = None, retriever: str = "",
         filters: Iterable[tuple[str, str, Any] | dict[str, Any]] = (), compression: str = "",
         budget_tokens: int | None = None, selective: bool = False, fusion: str = "", alpha: float | None = None,
-        rrf_k: int | None = None, threshold: float | None = None, feedback_chunks: int = 0, timeout: float | None = None,
+        rrf_k: int | None = None, threshold: float | None = None, feedback_chunks: int = 0,
+        feedback_weight: float | None = None, timeout: float | None = None,
         **decoding: Any,
     ) -> Iterator[AnswerContext | Chunk]:
         """Retrieve -> compress -> generate; the first item is the AnswerContext, then text Chunks.
-        fusion/alpha/rrf_k/feedback_chunks steer retrieval as in search (default weighted, alpha 0.15);
+        fusion/alpha/rrf_k/feedback_chunks/feedback_weight steer retrieval as in search (default weighted, alpha 0.15);
         threshold is the selective cut (default: the compressor's calibrated one)."""
         req = gpb.AnswerRequest(
             question=question, collection=collection, k=k, retriever=retriever, filters=_filters_pb(filters),
             compression=compression, budget_tokens=budget_tokens, selective=selective,
             options=convert.decoding_options(**decoding), fusion=fusion, alpha=alpha, rrf_k=rrf_k, threshold=threshold,
-            feedback_chunks=feedback_chunks or None,
+            feedback_chunks=feedback_chunks or None, feedback_weight=feedback_weight,
         )
         first = True
         for c in self._stream(self._generate.Answer, req, timeout):

@@ -168,6 +168,33 @@ def test_answer_retrieves_compresses_and_cites(client: Client) -> None:
         client.drop_collection("answer_docs")
 
 
+def test_answer_retrieves_with_learned_sparse_feedback(tiny_server) -> None:  # type: ignore[no-untyped-def]
+    """Answer's feedback_chunks is Search's: on a learned-sparse collection its sources are the ones
+    Search returns with the same feedback, and the feedback changes the scores it would give without."""
+    srv = tiny_server()
+    docs = [
+        {"id": "normans", "text": PASSAGE},
+        {"id": "paris", "text": "Paris is the capital and most populous city of France."},
+        {"id": "bonds", "text": "Government bond yields climbed to their highest level in a decade."},
+    ]
+    q = "Who gave their name to Normandy?"
+    with Client(srv.address, timeout=120) as c:
+        c.create_collection("learned_answer", mode="mean", sparse="learned", sparse_mode="echo", chunk_tokens=0)
+        c.upsert("learned_answer", docs)
+        for retriever in ("sparse", "hybrid"):
+            how = {"retriever": retriever, "fusion": "weighted", "alpha": 0.3, "feedback_weight": 0.5}
+            fed = c.answer(q, "learned_answer", k=3, feedback_chunks=2, max_new_tokens=2, **how).context
+            want = c.search("learned_answer", q, k=3, feedback_chunks=2, **how)[0]
+            plain = c.search("learned_answer", q, k=3, **how)[0]
+            assert fed is not None and [h.id for h in fed.sources] == [h.id for h in want]
+            assert [round(h.score, 4) for h in fed.sources] == [round(h.score, 4) for h in want]
+            assert [round(h.score, 4) for h in want] != [round(h.score, 4) for h in plain]
+        with pytest.raises(ClientError) as err:
+            c.answer(q, "learned_answer", k=3, retriever="sparse", feedback_chunks=2, feedback_weight=11.0,
+                     max_new_tokens=2)
+        assert err.value.code == "INVALID_ARGUMENT" and "feedback_weight=11.0 is out of range" in err.value.message
+
+
 def test_answer_takes_a_generation_slot_before_it_retrieves(tiny_server) -> None:  # type: ignore[no-untyped-def]
     """Answer counts against max_concurrent_generations from its start: a full server refuses it
     (RESOURCE_EXHAUSTED) before retrieval and compression run, and every slot comes back."""

@@ -38,3 +38,12 @@ def test_search_feedback_fields() -> None:
     given = convert.search_request(rpb.SearchRequest(queries=["q"], feedback_chunks=3, feedback_weight=0.5))
     assert (given.feedback_chunks, given.feedback_weight) == (3, 0.5)
 
+
+
+def test_answer_feedback_fields() -> None:
+    from lodestar.generate.v1 import generate_pb2 as gpb
+
+    unset = convert.answer_request(gpb.AnswerRequest(question="q", collection="c"))
+    assert (unset.feedback_chunks, unset.feedback_weight) == (0, 1.0)
+    given = convert.answer_request(gpb.AnswerRequest(question="q", collection="c", feedback_chunks=3, feedback_weight=0.5))
+    assert (given.feedback_chunks, given.feedback_weight) == (3, 0.5)
