@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from lodestar.backbone.compat import cache_kwargs, output_cache
+from lodestar.generate.kvcache import full_cache, tree_mask
 
 # Measured on the 2-core development CPU (1 intra-op thread), SmolLM2-135M fp32, 300 cached tokens;
 # index i = cost of a forward of i + 1 tokens relative to one token. Replace with `measure()`.
@@ -71,15 +72,15 @@ def measure(backbone: Any, max_len: int = 32, reps: int = 5, prefix_len: int = 2
     order = list(range(1, max_len + 1))
     rng = random.Random(seed)
     with backbone.lock, torch.inference_mode():
-        cache = output_cache(model(input_ids=ids, use_cache=True))
+        cache = output_cache(model(input_ids=ids, **cache_kwargs(model, full_cache()), use_cache=True))
         for _ in range(reps + 1):  # the first round warms kernels up and is dropped
             rng.shuffle(order)
             for n in order:
                 x = torch.randint(0, vocab, (1, n), generator=gen).to(dev)  # (1, n)
                 pos = torch.arange(prefix_len, prefix_len + n, device=dev)[None]  # (1, n)
-                mask = torch.zeros(1, 1, n, prefix_len + n, dtype=backbone.dtype, device=dev)  # (1, 1, n, P + n)
-                mask[0, 0, :, prefix_len:] = torch.triu(
-                    torch.full((n, n), torch.finfo(backbone.dtype).min, dtype=backbone.dtype, device=dev), 1)
+                allowed = torch.ones(1, 1, n, prefix_len + n, dtype=torch.bool, device=dev)  # (1, 1, n, P + n): a chain
+                allowed[0, 0, :, prefix_len:] = torch.ones(n, n, dtype=torch.bool, device=dev).tril()
+                mask = tree_mask(allowed, pos[0], torch.arange(prefix_len + n, device=dev), model.config, backbone.dtype)
                 t = time.perf_counter()
                 if n == 1:
                     model(input_ids=x, **cache_kwargs(model, cache), use_cache=True)

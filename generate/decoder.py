@@ -26,7 +26,7 @@ from lodestar.errors import InvalidInput
 from lodestar.generate.costmodel import measure
 from lodestar.generate.datastore import Datastore
 from lodestar.generate.drafter import DraftConfig, Drafter
-from lodestar.generate.kvcache import cache_length, keep_path
+from lodestar.generate.kvcache import cache_length, full_cache, keep_path, tree_mask
 from lodestar.generate.selfdraft import early_exit_chain
 from lodestar.generate.sampling import sample, target_probs, verify_children
 from lodestar.generate.textstream import TextStream
@@ -216,10 +216,10 @@ class SpeculativeDecoder:
         allowed[0, 0, :n, : prefix_len + n] = tree.attention_mask(prefix_len, dev)[0, 0]
         pad = torch.arange(n, length, device=dev)
         allowed[0, 0, pad, prefix_len + pad] = True
-        mask = torch.zeros(allowed.shape, dtype=self.backbone.dtype, device=dev)
-        mask.masked_fill_(~allowed, torch.finfo(self.backbone.dtype).min)  # additive: eager and sdpa alike
-        x = torch.from_numpy(tokens).to(dev)[None]  # (1, L)
         pos = torch.from_numpy(positions).to(dev)[None]  # (1, L)
+        keys = torch.cat([torch.arange(prefix_len, device=dev), pos[0]])  # (P + L,) each key's sequence position
+        mask = tree_mask(allowed, pos[0], keys, self.backbone.model.config, self.backbone.dtype)
+        x = torch.from_numpy(tokens).to(dev)[None]  # (1, L)
         with self.backbone.lock, torch.inference_mode():
             t = time.perf_counter()
             out = self.backbone.model(input_ids=x, attention_mask=mask, position_ids=pos,
@@ -293,7 +293,7 @@ class SpeculativeDecoder:
             return
         x = torch.tensor([ids], device=bb.device)  # (1, T)
         with bb.lock, torch.inference_mode():
-            out = bb.model(input_ids=x, use_cache=True, logits_to_keep=1)
+            out = bb.model(input_ids=x, **cache_kwargs(bb.model, full_cache()), use_cache=True, logits_to_keep=1)
         cache = output_cache(out)
         first = self._choose(out.logits[0, -1], params, rng)
         stats.prefill_s = time.perf_counter() - t0

@@ -8,6 +8,36 @@ from typing import Any
 import torch
 
 
+def full_cache() -> Any:
+    """A KV cache that keeps every position on every layer. The one a model builds for itself keeps
+    only the last `sliding_window` positions on sliding-window layers (Mistral, Gemma 2, Qwen2 with
+    `use_sliding_window`), which rollback by absolute position cannot crop; here those layers still
+    see only their window, through the attention mask (HF's own for plain steps, `tree_mask` for trees)."""
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
+def tree_mask(allowed: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, config: Any,
+              dtype: torch.dtype) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The `attention_mask` argument for a forward with an explicit mask: `allowed` (1, 1, L, K) bool,
+    made additive; on sliding-window layers also cut to the window, a query at position p seeing keys at
+    positions > p - sliding_window (HF's rule). q_pos (L,) and k_pos (K,) are sequence positions.
+    -> one mask, or {layer type: mask} for a model that mixes full and sliding layers."""
+    def additive(a: torch.Tensor) -> torch.Tensor:
+        m = torch.zeros(a.shape, dtype=dtype, device=a.device)
+        return m.masked_fill_(~a, torch.finfo(dtype).min)  # eager and sdpa alike
+
+    window = getattr(config, "sliding_window", None)
+    types = set(getattr(config, "layer_types", None) or ["sliding_attention" if window else "full_attention"])
+    if not window or "sliding_attention" not in types or int(q_pos.max() - k_pos.min()) < window:
+        return additive(allowed)
+    inside = allowed & ((q_pos[:, None] - k_pos[None, :]) < window)  # (L, K) broadcast over (1, 1, L, K)
+    if types == {"sliding_attention"}:
+        return additive(inside)
+    return {"full_attention": additive(allowed), "sliding_attention": additive(inside)}
+
+
 def cache_length(cache: Any) -> int:
     return int(cache.get_seq_length())
 
