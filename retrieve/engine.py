@@ -582,12 +582,16 @@ class RetrievalEngine:
             raise InvalidInput(f"feedback_chunks={fb} is out of range: use 0..{MAX_FEEDBACK_CHUNKS} (0 = no feedback; 3 is a good start)")
         if not isinstance(fw, (int, float)) or not math.isfinite(fw) or not 0.0 < fw <= 10.0:
             raise InvalidInput(f"feedback_weight={fw} is out of range: use a number in (0, 10] (1 is the usual value)")
+        b = request.length_norm
+        if not isinstance(b, (int, float)) or not math.isfinite(b) or not 0.0 <= b <= 1.0:
+            raise InvalidInput(f"length_norm={b} is out of range: use 0..1 (0 = off; 0.5 is a good start)")
         assert c.config is not None
-        if fb and (request.retriever == "dense" or c.config.sparse != "learned"):
-            raise InvalidInput(
-                f"feedback_chunks needs a learned sparse side searched (retriever sparse or hybrid); collection {c.name!r} has "
-                f"sparse={c.config.sparse!r} and the request retriever={request.retriever!r}"
-            )
+        for name, value in (("feedback_chunks", fb), ("length_norm", b)):
+            if value and (request.retriever == "dense" or c.config.sparse != "learned"):
+                raise InvalidInput(
+                    f"{name} needs a learned sparse side searched (retriever sparse or hybrid); collection {c.name!r} has "
+                    f"sparse={c.config.sparse!r} and the request retriever={request.retriever!r}"
+                )
         if request.retriever in ("sparse", "hybrid") and c.config.sparse == "none":
             raise InvalidInput(
                 f"retriever {request.retriever!r} needs a sparse index, but collection {c.name!r} was created with sparse='none'; "
@@ -823,7 +827,7 @@ class RetrievalEngine:
         if isinstance(c.sparse, ImpactIndex):
             assert c.config is not None and c.store is not None
             encoded = embed_sparse(self.embedder, c.config, queries, query=True)
-            options["idf"] = c.config.query_idf
+            options |= {"idf": c.config.query_idf, "length_norm": request.length_norm}
             if request.feedback_chunks:
                 first = c.sparse.search(encoded, request.feedback_chunks, allowed, **options)
                 encoded = [feedback_query(q, c.store.chunk_sparse(np.array([i for i, _ in row], dtype=np.int64), reader=True),

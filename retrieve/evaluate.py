@@ -103,13 +103,15 @@ def eval_beir(
     progress: bool = True,
     work_dir: Path | None = None,
     feedback: tuple[int, float] = (0, 1.0),
+    length_norm: float = 0.0,
 ) -> list[dict[str, Any]]:
     """Index `folder`'s corpus once with `config`, then search with each retriever
     (dense | bm25 | sparse | hybrid); one result dict per retriever, and for hybrid per fusion (and
     per alpha of weighted fusion). work_dir: keep the indexed collection there (under `index_key`), so
     an interrupted run resumes from its last stored batch and a rerun with other retrievers, fusions
     or alphas encodes nothing; None = a temporary folder. feedback: (chunks, weight) of learned-sparse
-    pseudo-relevance feedback at search time (`SearchRequest.feedback_chunks`; not part of the index)."""
+    pseudo-relevance feedback at search time (`SearchRequest.feedback_chunks`; not part of the index);
+    length_norm: learned-sparse chunk length normalisation at search time (`SearchRequest.length_norm`)."""
     from lodestar.retrieve.engine import RetrievalEngine
 
     docs, queries, qrels = read_beir(folder)
@@ -156,10 +158,11 @@ def eval_beir(
             ]
             for retriever, fusion, alpha in runs:
                 t0 = time.perf_counter()
-                fb = feedback if retriever in ("sparse", "hybrid") and config.sparse == "learned" else (0, 1.0)
+                learned = retriever in ("sparse", "hybrid") and config.sparse == "learned"
+                fb, b = (feedback, length_norm) if learned else ((0, 1.0), 0.0)
                 request = SearchRequest(
                     queries=[queries[q] for q in judged], k=100, retriever=kinds[retriever], fusion=fusion or "rrf", alpha=alpha,
-                    feedback_chunks=fb[0], feedback_weight=fb[1],
+                    feedback_chunks=fb[0], feedback_weight=fb[1], length_norm=b,
                 )
                 results = engine.search(config.name, request)
                 search_s = time.perf_counter() - t0
@@ -173,6 +176,7 @@ def eval_beir(
                     "sparse_adapter": config.sparse_adapter or None,
                     "query_idf": config.query_idf if config.sparse == "learned" and retriever in ("sparse", "hybrid") else None,
                     "feedback": list(fb) if fb[0] else None,
+                    "length_norm": b or None,
                     "adapter": config.adapter or None,
                     "index": config.index,
                     "fusion": fusion or None,

@@ -545,31 +545,56 @@ class ImpactIndex(_Postings):
                            np.concatenate(weights) if weights else np.empty(0, np.float32))
 
     def search(self, queries: list[tuple[np.ndarray, np.ndarray]], k: int, allowed: np.ndarray | None = None,
-               idf: bool = False, prune: bool | None = None) -> list[list[tuple[int, float]]]:
+               idf: bool = False, prune: bool | None = None, length_norm: float = 0.0) -> list[list[tuple[int, float]]]:
         """Per query vector, up to k (id, score) best first; only `allowed` ids are scored. idf:
         scale each query weight by the term's IDF over all live documents (a filter does not change it).
         prune: MaxScore (`_maxscore`, the same top k), or False to read every posting of every query
         term; unset = idf. IDF gives the common terms, whose postings are long, small bounds, so
         MaxScore skips most of them (4x at 300k documents, `lodestar bench sparse`); without it their
-        bounds are like a rare term's, little is skipped and the bookkeeping costs 5-30%."""
+        bounds are like a rare term's, little is skipped and the bookkeeping costs 5-30%.
+        length_norm: BM25's b for chunk length; each score is divided by 1 - b + b * (the chunk's
+        non-zero terms / their mean over live chunks), so long chunks do not win on term count alone
+        (0 = off)."""
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise InvalidInput(f"k must be a positive integer; got {k!r}")
+        if not isinstance(length_norm, (int, float)) or not 0.0 <= length_norm <= 1.0:
+            raise InvalidInput(f"length_norm={length_norm} is out of range: use 0..1 (0 = off; BM25 uses 0.75)")
         mask = self._mask(allowed)
         prune = idf if prune is None else prune
+        norm = self._length_norm(float(length_norm)) if self.count else None
         out = []
         for terms, weights in queries:
             terms, weights = sparse_vector(terms, weights, "a sparse query vector")
-            plan = self._plan(terms, weights, idf) if self.count else []
-            out.append(self._maxscore(plan, int(k), mask) if prune else self._accumulate(plan, int(k), mask))
+            plan = self._plan(terms, weights, idf, 1.0 if norm is None else 1.0 / float(norm.min())) if self.count else []
+            out.append(self._maxscore(plan, int(k), mask, norm) if prune else self._accumulate(plan, int(k), mask, norm))
         return out
 
-    def _plan(self, terms: np.ndarray, weights: np.ndarray, idf: bool) -> list[tuple[int, float, float]]:
+    def _length_norm(self, b: float) -> np.ndarray | None:
+        """(S,) each slot's divisor 1 - b + b * len / mean live len (None for b = 0); slots never scored
+        (dead, or without terms) get inf, so the minimum is the smallest divisor a posting can meet."""
+        if b == 0.0:
+            return None
+        lens = self._slot_len[: self._nslots].astype(np.float64)
+        live = self._live[: self._nslots] & (lens > 0)
+        if not live.any():
+            return None
+        norm = 1.0 - b + b * lens / lens[live].mean()
+        norm[~live] = np.inf
+        return norm
+
+    @staticmethod
+    def _scaled(contrib: np.ndarray, slots: np.ndarray, norm: np.ndarray | None) -> np.ndarray:
+        """Postings' contributions divided by their slots' length norm (both search paths, the same way)."""
+        return contrib if norm is None else contrib / norm[slots]
+
+    def _plan(self, terms: np.ndarray, weights: np.ndarray, idf: bool, scale: float = 1.0) -> list[tuple[int, float, float]]:
         """(term, effective query weight, upper bound of its contribution) of each query term (weights
         positive: `sparse_vector`) present in the index, by decreasing bound (stable): both search paths add a document's
         contributions in this order, so their sums agree to the bit. The bound is the weight times
         the term's largest posting, slightly inflated (float32 products must not exceed it). Without
         dead slots the document frequency is the postings count; otherwise the live postings are
-        counted once per term until the next write (`_live_df`)."""
+        counted once per term until the next write (`_live_df`). `scale` inflates the bounds by the
+        largest factor length normalisation can multiply a posting by."""
         plan = []
         clean = self._nslots == self.count
         for t, qw in zip(np.asarray(terms).tolist(), np.asarray(weights, dtype=np.float64).tolist()):
@@ -582,7 +607,7 @@ class ImpactIndex(_Postings):
             else:
                 df = sum(n for _, n in bounds) if clean else self._live_df(int(t))
                 w = qw * idf_weight(self.count, df)
-            plan.append((int(t), w, float(w * top) * (1 + 1e-6)))
+            plan.append((int(t), w, float(w * top) * scale * (1 + 1e-6)))
         return sorted(plan, key=lambda p: -p[2])
 
     def _live_df(self, term: int) -> int:
@@ -592,17 +617,19 @@ class ImpactIndex(_Postings):
             df = self._df_cache[term] = self._gather(term, None)[2]
         return df
 
-    def _accumulate(self, plan: list[tuple[int, float, float]], k: int, mask: np.ndarray | None) -> list[tuple[int, float]]:
+    def _accumulate(self, plan: list[tuple[int, float, float]], k: int, mask: np.ndarray | None,
+                    norm: np.ndarray | None = None) -> list[tuple[int, float]]:
         """Plain accumulation: every posting of every query term."""
         slots_all, scores_all = [], []
         for t, w, _ in plan:
             slots, dw, _ = self._gather(t, mask)
             if slots.size:
                 slots_all.append(slots)
-                scores_all.append(w * dw)
+                scores_all.append(self._scaled(w * dw, slots, norm))
         return self._top(slots_all, scores_all, k)
 
-    def _maxscore(self, plan: list[tuple[int, float, float]], k: int, mask: np.ndarray | None) -> list[tuple[int, float]]:
+    def _maxscore(self, plan: list[tuple[int, float, float]], k: int, mask: np.ndarray | None,
+                  norm: np.ndarray | None = None) -> list[tuple[int, float]]:
         """MaxScore (Turtle & Flood), term at a time: terms in decreasing upper bound are accumulated
         until the bounds of those left sum below theta, a lower bound of the k-th best score; no document
         they alone match can then reach the top k. The terms left only look up the surviving
@@ -618,7 +645,7 @@ class ImpactIndex(_Postings):
         while i < len(plan) and not rest[i] < theta:
             t, w, _ = plan[i]
             slots, dw, _ = self._gather(t, mask)
-            acc[slots] += w * dw  # a slot appears once per term
+            acc[slots] += self._scaled(w * dw, slots, norm)  # a slot appears once per term
             seen[slots] = True
             i += 1
             if slots.size >= k and rest[i] < rest[0] - rest[i]:  # the terms left could be outscored:
@@ -642,11 +669,11 @@ class ImpactIndex(_Postings):
                 if cand.size * 16 < ps.size:  # few candidates: binary search into the postings
                     pos = np.minimum(np.searchsorted(ps, cand), ps.size - 1)
                     hit = ps[pos] == cand
-                    partial[hit] += w * pw[pos[hit]]
+                    partial[hit] += self._scaled(w * pw[pos[hit]], cand[hit], norm)
                 else:  # scatter the postings, read the candidates' cells
                     scratch = np.zeros(self._nslots, dtype=np.float32) if scratch is None else scratch
                     scratch[ps] = pw
-                    partial += w * scratch[cand]
+                    partial += self._scaled(w * scratch[cand], cand, norm)
                     scratch[ps] = 0
         return self._best(cand, partial, k) if cand.size else []
 

@@ -67,6 +67,7 @@ class SearchRequest:
     include_text: bool = True
     feedback_chunks: int = 0  # learned sparse: pseudo-relevance feedback from the first ranking's top chunks (0 = off)
     feedback_weight: float = 1.0  # how much of those chunks' mean vector is added to the query
+    length_norm: float = 0.0  # learned sparse: BM25's b for chunk length (0 = off)
 
 
 @dataclass

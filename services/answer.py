@@ -48,6 +48,7 @@ class AnswerRequest:
     threshold: float | None = None  # selective: None = the compressor's calibrated default
     feedback_chunks: int = 0  # learned sparse: pseudo-relevance feedback, as in Search
     feedback_weight: float = 1.0  # that feedback's weight, as in Search
+    length_norm: float = 0.0  # learned sparse: chunk length normalisation, as in Search
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,8 @@ class AnswerPipeline:
             tuning["rrf_k"] = r.rrf_k
         if r.feedback_chunks:
             tuning |= {"feedback_chunks": r.feedback_chunks, "feedback_weight": r.feedback_weight}
+        if r.length_norm:
+            tuning["length_norm"] = r.length_norm
         request = SearchRequest([r.question], k=r.k, retriever=retriever, filters=r.filters, fusion=fusion, **tuning)
         hits = self.retrieval.search(r.collection, request)[0]
         passages = [h.chunk_text or h.text for h in hits]

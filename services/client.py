@@ -179,17 +179,19 @@ class Client:
         include_text: bool = True,
         feedback_chunks: int = 0,
         feedback_weight: float | None = None,
+        length_norm: float | None = None,
         timeout: float | None = None,
     ) -> list[list[rt.Hit]]:
         """Search one query (str) or a batch; filters are (field, op, value) with op in
         eq ne in nin gt gte lt lte, AND-ed and applied before ranking. feedback_chunks (learned sparse):
-        add the mean of the first ranking's top chunks to each query (pseudo-relevance feedback)."""
+        add the mean of the first ranking's top chunks to each query (pseudo-relevance feedback);
+        length_norm (learned sparse): BM25's b for chunk length (0..1)."""
         qs = [queries] if isinstance(queries, str) else list(queries)
         fs = _filters_pb(filters)
         req = rpb.SearchRequest(
             collection=collection, queries=qs, k=k, retriever=retriever, fusion=fusion, alpha=alpha,
             rrf_k=rrf_k, filters=fs, include_text=include_text, feedback_chunks=feedback_chunks or None,
-            feedback_weight=feedback_weight,
+            feedback_weight=feedback_weight, length_norm=length_norm,
         )
         return convert.hits(self._call(self._retrieve.Search, req, timeout))
 
@@ -258,17 +260,17 @@ class Client:
         filters: Iterable[tuple[str, str, Any] | dict[str, Any]] = (), compression: str = "",
         budget_tokens: int | None = None, selective: bool = False, fusion: str = "", alpha: float | None = None,
         rrf_k: int | None = None, threshold: float | None = None, feedback_chunks: int = 0,
-        feedback_weight: float | None = None, timeout: float | None = None,
+        feedback_weight: float | None = None, length_norm: float | None = None, timeout: float | None = None,
         **decoding: Any,
     ) -> Iterator[AnswerContext | Chunk]:
         """Retrieve -> compress -> generate; the first item is the AnswerContext, then text Chunks.
-        fusion/alpha/rrf_k/feedback_chunks/feedback_weight steer retrieval as in search (default weighted, alpha 0.15);
+        fusion/alpha/rrf_k/feedback_chunks/feedback_weight/length_norm steer retrieval as in search (default weighted, alpha 0.15);
         threshold is the selective cut (default: the compressor's calibrated one)."""
         req = gpb.AnswerRequest(
             question=question, collection=collection, k=k, retriever=retriever, filters=_filters_pb(filters),
             compression=compression, budget_tokens=budget_tokens, selective=selective,
             options=convert.decoding_options(**decoding), fusion=fusion, alpha=alpha, rrf_k=rrf_k, threshold=threshold,
-            feedback_chunks=feedback_chunks or None, feedback_weight=feedback_weight,
+            feedback_chunks=feedback_chunks or None, feedback_weight=feedback_weight, length_norm=length_norm,
         )
         first = True
         for c in self._stream(self._generate.Answer, req, timeout):

@@ -243,6 +243,7 @@ def search_request(r: rpb.SearchRequest) -> rt.SearchRequest:
         include_text=r.include_text if r.HasField("include_text") else True,
         feedback_chunks=r.feedback_chunks,
         feedback_weight=r.feedback_weight if r.HasField("feedback_weight") else 1.0,
+        length_norm=r.length_norm,
     )
 
 
@@ -440,7 +441,7 @@ def answer_request(r: gpb.AnswerRequest) -> Any:
         selective=r.selective, params=params, datastore=datastore, fusion=r.fusion,
         alpha=r.alpha if r.HasField("alpha") else None, rrf_k=r.rrf_k if r.HasField("rrf_k") else None,
         threshold=r.threshold if r.HasField("threshold") else None, feedback_chunks=r.feedback_chunks,
-        feedback_weight=r.feedback_weight if r.HasField("feedback_weight") else 1.0,
+        feedback_weight=r.feedback_weight if r.HasField("feedback_weight") else 1.0, length_norm=r.length_norm,
     )
 
 

@@ -9,7 +9,8 @@ With --from-collection FOLDER (a collection `eval beir --work-dir` or bench/run.
 the chunk vectors, dense too with --dense-cache, are read from its store as served: only the judged
 queries are encoded.
 
-Variants: the served dot product (queries cut to 64 weights, chunks to 256), the query restricted
+Variants: the served dot product (queries cut to 64 weights, chunks to 256; queries also cut to
+32, 128 or 256), the query restricted
 to its own tokens, query weights replaced by or scaled with IDF (of the text's tokens, or of the
 stored sparse vectors as the index computes it), chunk length normalisation on top (b 0.25, 0.5,
 0.75; also after feedback and in the hybrid), BM25's saturation applied to the chunk weights (as if they were term frequencies), the query's own tokens
@@ -367,6 +368,7 @@ def main() -> int:
         "query_idf, chunk weights BM25-saturated k1=1.2 b=0.75": (Q @ diag(idf_index), saturated(1.2, 0.75)),
         "query_idf, chunk weights BM25-saturated k1=4 b=0": (Q @ diag(idf_index), saturated(4.0, 0.0)),
         "query_idf + the query's own tokens at their IDF": ((Q + Qtok) @ diag(idf_index), D),
+        **{f"query_idf, query cut to {k} weights instead of 64": (topk(csr("q"), k) @ diag(idf_index), D) for k in (32, 128, 256)},
     }
     for stem_words in (False, True):  # one weight per word form: the case and space variants of a token merged
         rep = fold_map(stem_words)
@@ -378,10 +380,11 @@ def main() -> int:
         variants[f"query_idf, {label} before the top-k cut, max"] = (fq @ diag(idf_of(fd)), fd)
     unit = diag(1 / np.sqrt(np.asarray(D.multiply(D).sum(axis=1)).ravel())) @ D
 
-    def feedback(base: sp.csr_matrix, m: int, beta: float) -> sp.csr_matrix:
+    def feedback(base: sp.csr_matrix, m: int, beta: float, dm: sp.csr_matrix = D) -> sp.csr_matrix:
         """Rocchio as served (`retrieve.sparse.feedback_query`): the unit-length query plus beta times the
-        mean of its first (query_idf) ranking's top m unit-length chunks cut to 64 terms, IDF-scaled."""
-        first = (base @ diag(idf_index) @ D.T).toarray()  # (queries, chunks)
+        mean of its first (query_idf, against `dm`: with length normalisation when that is served too)
+        ranking's top m unit-length chunks cut to 64 terms, IDF-scaled."""
+        first = (base @ diag(idf_index) @ dm.T).toarray()  # (queries, chunks)
         centroid = np.stack([np.asarray(unit[np.argsort(-row)[:m]].mean(axis=0)).ravel() for row in first])
         centroid[centroid < np.partition(centroid, -64, axis=1)[:, -64:-63]] = 0  # its 64 largest terms
         return sp.csr_matrix(diag(1 / sp.linalg.norm(base, axis=1)) @ base + beta * centroid) @ diag(idf_index)
@@ -392,13 +395,14 @@ def main() -> int:
         name = f"query_idf + pseudo-relevance feedback (top {m} chunks, beta {beta}, 64 terms)"
         fed[name] = feedback(Q, m, beta)
         variants[name] = (fed[name], D)
-        variants[f"{name} + chunk length normalisation b=0.5"] = (fed[name], normed(0.5))
-        variants[f"{name} + chunk length normalisation b=0.25"] = (fed[name], normed(0.25))
+        for b in (0.25, 0.5):  # both rankings length-normalised, as `length_norm` serves it
+            fed[f"{name} + length normalisation b={b}"] = feedback(Q, m, beta, normed(b))
+            variants[f"{name} + chunk length normalisation b={b}"] = (fed[f"{name} + length normalisation b={b}"], normed(b))
     for m, beta in ((3, 0.5), (3, 1.0)):  # the two that each added a little, together
         name = f"query_idf, expansion terms at half weight, + pseudo-relevance feedback (top {m} chunks, beta {beta}, 64 terms)"
         fed[name] = feedback(half, m, beta)
         variants[name] = (fed[name], D)
-        variants[f"{name} + chunk length normalisation b=0.25"] = (fed[name], normed(0.25))
+        variants[f"{name} + chunk length normalisation b=0.25"] = (feedback(half, m, beta, normed(0.25)), normed(0.25))
     results = [scored(name, ndcg(qm, dm)) for name, (qm, dm) in variants.items()]
     results.append(scored("query_idf, each document one vector (max over its chunks)",
                           ndcg(Q @ diag(idf_index), whole, np.arange(len(doc_ids)))))
@@ -410,8 +414,11 @@ def main() -> int:
     results.append(scored("reference: BM25 on whole documents (the stack's bm25 side), same queries",
                           per_query_ndcg([[docs[i].id for i, _ in h] for h in hits], scored_ids, qrels)))
     if args.dense:
-        sides = {"query_idf": (Q @ diag(idf_index), D)} | {name.replace("pseudo-relevance ", ""): (qm, D) for name, qm in fed.items()}
-        sides |= {f"{name} + length normalisation b=0.5": (qm, normed(0.5)) for name, (qm, _) in list(sides.items())}
+        def side(name: str) -> sp.csr_matrix:  # the chunks a fed query is scored against
+            return normed(float(name.rsplit("b=", 1)[1])) if "length normalisation b=" in name else D
+
+        sides = {"query_idf": (Q @ diag(idf_index), D), "query_idf + length normalisation b=0.5": (Q @ diag(idf_index), normed(0.5))}
+        sides |= {name.replace("pseudo-relevance ", ""): (qm, side(name)) for name, qm in fed.items()}
         fused = hybrid(args, {name: qm[picked] @ dm.T for name, (qm, dm) in sides.items()}, doc_ids[owner], owner, scored_ids, qrels)
         results += fused + [cross_validated(fused[1:], scored_ids, "hybrid")]
     for row in results:

@@ -79,7 +79,8 @@ def cmd_answer(args: argparse.Namespace) -> int:
             args.question, args.collection, k=args.k, retriever=args.retriever or "", filters=filters,
             compression=args.compression or "", budget_tokens=args.budget_tokens, selective=args.selective,
             fusion=args.fusion or "", alpha=args.alpha, rrf_k=args.rrf_k, threshold=args.threshold,
-            feedback_chunks=args.feedback, feedback_weight=args.feedback_weight, **_decoding(args),
+            feedback_chunks=args.feedback, feedback_weight=args.feedback_weight, length_norm=args.length_norm,
+            **_decoding(args),
         ))
         head = next(items)
         assert isinstance(head, AnswerContext)
@@ -297,6 +298,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     a.add_argument("--feedback", type=int, default=0, metavar="N",
                    help="learned sparse: pseudo-relevance feedback from the first ranking's top N chunks (0 = off)")
     a.add_argument("--feedback-weight", type=float, help="weight of the feedback chunks' mean (default 1)")
+    a.add_argument("--length-norm", type=float, metavar="B", help="learned sparse: chunk length normalisation (0..1)")
     _add_decoding(a, 64)
     a.set_defaults(func=cmd_answer)
 

@@ -124,7 +124,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     with Client(args.server) as c:
         results = c.search(args.collection, args.queries, k=args.k, retriever=args.retriever, fusion=args.fusion, alpha=args.alpha,
                            rrf_k=args.rrf_k, filters=filters, include_text=not args.no_text,
-                           feedback_chunks=args.feedback, feedback_weight=args.feedback_weight)
+                           feedback_chunks=args.feedback, feedback_weight=args.feedback_weight, length_norm=args.length_norm)
     if args.json:
         print(json.dumps([[{"id": h.id, "score": h.score, "chunk": h.chunk, "text": h.text, "metadata": h.metadata} for h in hits] for hits in results]))
         return 0
@@ -168,7 +168,7 @@ def cmd_eval_beir(args: argparse.Namespace) -> int:
             engine, Path(args.dir), retrievers=tuple(args.retriever.split(",")), config=config,
             fusions=tuple(args.fusion.split(",")), alphas=tuple(float(a) for a in str(args.alpha).split(",")), progress=not args.quiet,
             work_dir=Path(args.work_dir) if args.work_dir else None,
-            feedback=(args.feedback, args.feedback_weight),
+            feedback=(args.feedback, args.feedback_weight), length_norm=args.length_norm,
         )
     finally:
         engine.close()
@@ -275,6 +275,8 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     se.add_argument("--feedback", type=int, default=0, metavar="N", help="learned sparse: pseudo-relevance feedback from "
                     "the first ranking's top N chunks (0 = off; 3 did best on Cranfield)")
     se.add_argument("--feedback-weight", type=float, help="weight of the feedback chunks' mean (default 1)")
+    se.add_argument("--length-norm", type=float, metavar="B", help="learned sparse: chunk length normalisation, "
+                    "BM25's b (0..1, default 0 = off)")
     se.add_argument("--json", action="store_true")
     se.set_defaults(func=cmd_search)
 
@@ -320,6 +322,8 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     bq.add_argument("--feedback", type=int, default=0, metavar="N",
                     help="learned sparse: pseudo-relevance feedback from the first ranking's top N chunks (0 = off)")
     bq.add_argument("--feedback-weight", type=float, default=1.0, help="weight of the feedback chunks' mean (default 1)")
+    bq.add_argument("--length-norm", type=float, default=0.0, metavar="B",
+                    help="learned sparse: chunk length normalisation, BM25's b (0..1, default 0 = off)")
     bq.add_argument("--quiet", action="store_true")
     bq.set_defaults(func=cmd_eval_beir)
 

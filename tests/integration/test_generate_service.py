@@ -182,7 +182,7 @@ def test_answer_retrieves_with_learned_sparse_feedback(tiny_server) -> None:  # 
         c.create_collection("learned_answer", mode="mean", sparse="learned", sparse_mode="echo", chunk_tokens=0)
         c.upsert("learned_answer", docs)
         for retriever in ("sparse", "hybrid"):
-            how = {"retriever": retriever, "fusion": "weighted", "alpha": 0.3, "feedback_weight": 0.5}
+            how = {"retriever": retriever, "fusion": "weighted", "alpha": 0.3, "feedback_weight": 0.5, "length_norm": 0.5}
             fed = c.answer(q, "learned_answer", k=3, feedback_chunks=2, max_new_tokens=2, **how).context
             want = c.search("learned_answer", q, k=3, feedback_chunks=2, **how)[0]
             plain = c.search("learned_answer", q, k=3, **how)[0]

@@ -89,6 +89,8 @@ def test_upsert_replaces_and_delete_removes(client: Client, collection: str) -> 
         (lambda c, n: c.search(n, "x", retriever="magic"), "INVALID_ARGUMENT", "dense"),
         (lambda c, n: c.search(n, "x", retriever="sparse", feedback_chunks=3), "INVALID_ARGUMENT", "learned sparse side"),
         (lambda c, n: c.search(n, "x", retriever="sparse", feedback_chunks=500), "INVALID_ARGUMENT", "0..100"),
+        (lambda c, n: c.search(n, "x", retriever="sparse", length_norm=2.0), "INVALID_ARGUMENT", "length_norm=2.0 is out of range: use 0..1"),
+        (lambda c, n: c.search(n, "x", retriever="sparse", length_norm=0.5), "INVALID_ARGUMENT", "learned sparse side"),
         (lambda c, n: c.search(n, "x", filters=[("year", "between", 3)]), "INVALID_ARGUMENT", "gte"),
         (lambda c, n: c.upsert(n, [{"id": "x" * 600, "text": "long id"}]), "INVALID_ARGUMENT", "512"),
         (lambda c, n: c.upsert(n, [{"id": "", "text": "no id"}]), "INVALID_ARGUMENT", "id"),

@@ -34,9 +34,9 @@ def test_deeply_nested_json_is_invalid_input() -> None:
 
 def test_search_feedback_fields() -> None:
     unset = convert.search_request(rpb.SearchRequest(queries=["q"]))
-    assert (unset.feedback_chunks, unset.feedback_weight) == (0, 1.0)
-    given = convert.search_request(rpb.SearchRequest(queries=["q"], feedback_chunks=3, feedback_weight=0.5))
-    assert (given.feedback_chunks, given.feedback_weight) == (3, 0.5)
+    assert (unset.feedback_chunks, unset.feedback_weight, unset.length_norm) == (0, 1.0, 0.0)
+    given = convert.search_request(rpb.SearchRequest(queries=["q"], feedback_chunks=3, feedback_weight=0.5, length_norm=0.25))
+    assert (given.feedback_chunks, given.feedback_weight, given.length_norm) == (3, 0.5, 0.25)
 
 
 
@@ -44,6 +44,7 @@ def test_answer_feedback_fields() -> None:
     from lodestar.generate.v1 import generate_pb2 as gpb
 
     unset = convert.answer_request(gpb.AnswerRequest(question="q", collection="c"))
-    assert (unset.feedback_chunks, unset.feedback_weight) == (0, 1.0)
-    given = convert.answer_request(gpb.AnswerRequest(question="q", collection="c", feedback_chunks=3, feedback_weight=0.5))
-    assert (given.feedback_chunks, given.feedback_weight) == (3, 0.5)
+    assert (unset.feedback_chunks, unset.feedback_weight, unset.length_norm) == (0, 1.0, 0.0)
+    given = convert.answer_request(gpb.AnswerRequest(question="q", collection="c", feedback_chunks=3, feedback_weight=0.5,
+                                                     length_norm=0.25))
+    assert (given.feedback_chunks, given.feedback_weight, given.length_norm) == (3, 0.5, 0.25)

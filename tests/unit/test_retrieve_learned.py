@@ -166,3 +166,33 @@ def test_pseudo_relevance_feedback_at_search_time(tiny_engine, tmp_path: Path) -
         engine.search("plain", SearchRequest(["bonds"], k=3, retriever="sparse", feedback_chunks=3))
     engine.close()
 
+
+def test_chunk_length_normalisation_at_search_time(tiny_engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """length_norm divides each chunk's learned-sparse score by BM25's length factor over its stored
+    vector's terms: scores change by exactly that factor, with feedback too, and bad values are refused."""
+    engine = RetrievalEngine(tmp_path / "c", tiny_engine)
+    engine.create(CFG)
+    engine.upsert("learned", DOCS)
+    c = engine._get("learned")
+    stored = c.store.chunk_sparse(c.sparse.ids(), reader=True)  # type: ignore[union-attr]  # one chunk each, in upsert order
+    lengths = {d.id: len(terms) for d, (terms, _) in zip(DOCS, stored)}
+    assert len(set(lengths.values())) > 1  # the vectors' lengths differ, so the factor does
+    mean = sum(lengths.values()) / len(lengths)
+
+    def run(**kw) -> dict[str, float]:  # type: ignore[no-untyped-def]
+        return {h.id: h.score for h in engine.search("learned", SearchRequest([DOCS[1].text], k=3, retriever="sparse", **kw))[0]}
+
+    plain, normed = run(), run(length_norm=0.5)
+    assert normed == pytest.approx({i: s / (0.5 + 0.5 * lengths[i] / mean) for i, s in plain.items()}, rel=1e-5)
+    assert run(length_norm=0.5, feedback_chunks=2) != run(feedback_chunks=2)
+    hybrid = engine.search("learned", SearchRequest([DOCS[2].text], k=3, retriever="hybrid", length_norm=1.0))[0]
+    assert hybrid[0].id == "soccer"
+    for bad, words in (
+        ({"length_norm": 1.5}, r"length_norm=1.5 is out of range: use 0..1"),
+        ({"length_norm": float("nan")}, "length_norm=nan is out of range"),
+        ({"length_norm": 0.5, "retriever": "dense"}, "length_norm needs a learned sparse side searched"),
+    ):
+        with pytest.raises(InvalidInput, match=words):
+            engine.search("learned", SearchRequest([DOCS[1].text], k=3, **{"retriever": "sparse", **bad}))
+    engine.close()
+

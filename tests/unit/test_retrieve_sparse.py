@@ -289,19 +289,21 @@ def test_impact_benchmark_agrees_with_exact_scoring(idf: bool) -> None:
 
 @pytest.mark.parametrize("idf", [False, True])
 @pytest.mark.parametrize("integer", [False, True])
-def test_impact_maxscore_returns_what_plain_accumulation_returns(idf: bool, integer: bool) -> None:
-    """MaxScore pruning is exact: over several segments, with dead slots, filters and skewed weights,
-    every query gets the same ids and scores as reading every posting; with integer weights many
-    documents tie exactly, and both paths still break the ties alike (by smaller id)."""
+@pytest.mark.parametrize("length_norm", [0.0, 0.5])
+def test_impact_maxscore_returns_what_plain_accumulation_returns(idf: bool, integer: bool, length_norm: float) -> None:
+    """MaxScore pruning is exact: over several segments, with dead slots, filters, skewed weights and
+    chunk length normalisation, every query gets the same ids and scores as reading every posting; with
+    integer weights many documents tie exactly, and both paths still break the ties alike (by smaller id)."""
     from lodestar.retrieve.sparse import ImpactIndex
 
     rng = np.random.default_rng(7)
     vocab = 400
     p = 1 / np.arange(1, vocab + 1)  # Zipf-shaped term frequencies: long postings for common terms
 
-    def vectors(n: int, nnz: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    def vectors(n: int, nnz: int) -> list[tuple[np.ndarray, np.ndarray]]:  # nnz: the most terms a vector has
+        sizes = rng.integers(max(1, nnz // 5), nnz + 1, n)
         return [(t, (rng.integers(1, 4, t.size) if integer else rng.pareto(1.5, t.size) + 0.05).astype(np.float32))
-                for t in (rng.choice(vocab, size=nnz, replace=False, p=p / p.sum()) for _ in range(n))]
+                for t in (rng.choice(vocab, size=size, replace=False, p=p / p.sum()) for size in sizes)]
 
     index = ImpactIndex()
     start = 0
@@ -315,11 +317,30 @@ def test_impact_maxscore_returns_what_plain_accumulation_returns(idf: bool, inte
             index.remove(rng.choice(start, size=200, replace=False))  # dead slots, not compacted
         for k in (1, 10, 50):
             for allowed in (None, rng.choice(start, size=600, replace=False)):
-                pruned = index.search(queries, k, allowed=allowed, idf=idf, prune=True)
-                plain = index.search(queries, k, allowed=allowed, idf=idf, prune=False)
+                pruned = index.search(queries, k, allowed=allowed, idf=idf, prune=True, length_norm=length_norm)
+                plain = index.search(queries, k, allowed=allowed, idf=idf, prune=False, length_norm=length_norm)
                 for a, b in zip(pruned, plain):
                     assert [i for i, _ in a] == [i for i, _ in b]
                     assert [s for _, s in a] == [s for _, s in b]  # the same additions in the same order
+
+
+def test_impact_length_normalisation_divides_by_chunk_length_over_the_live_mean() -> None:
+    from lodestar.retrieve.sparse import ImpactIndex
+
+    index = ImpactIndex()  # one term in chunk 1, three in chunk 2, five in chunk 3: mean 3 live terms
+    index.add(np.array([1, 2, 3]), [(np.array([7]), np.array([1.0])), (np.array([7, 8, 9]), np.array([1.0, 1.0, 1.0])),
+                                    (np.arange(5, 10), np.full(5, 2.0))])
+    q = [(np.array([7]), np.array([1.0]))]
+    assert index.search(q, 3) == index.search(q, 3, length_norm=0.0) == [[(3, 2.0), (1, 1.0), (2, 1.0)]]
+    for b in (0.5, 1.0):
+        got = dict(index.search(q, 3, length_norm=b)[0])
+        assert got == pytest.approx({1: 1.0 / (1 - b + b / 3), 2: 1.0, 3: 2.0 / (1 - b + b * 5 / 3)})
+    assert [i for i, _ in index.search(q, 3, length_norm=1.0)[0]] == [1, 3, 2]  # the short chunk first now
+    index.remove(np.array([3]))  # the mean is over live chunks: 2 terms now
+    assert dict(index.search(q, 3, length_norm=1.0)[0]) == pytest.approx({1: 2.0, 2: 2.0 / 3})
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(InvalidInput, match="length_norm=.* is out of range: use 0..1"):
+            index.search(q, 3, length_norm=bad)
 
 
 def test_feedback_query_is_the_unit_query_plus_the_mean_unit_chunk_cut_to_its_largest_terms() -> None:
