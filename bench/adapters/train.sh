@@ -176,3 +176,23 @@ CRANFIELD_LICENCE="Cranfield-1400 collection: classic research collection, no li
 #       --mode bidirectional --adapter "$WORK/adapt-cranfield-title-dense/dense/adapter" --sparse learned \
 #       --sparse-adapter "$WORK/adapt-cranfield-title/sparse/adapter" --work-dir .lodestar/beir-work/cranfield --feedback 3 --quiet \
 #       > bench/results/beir_cranfield_adapt_title_both_feedback3.jsonl
+
+# The learned-sparse setting chosen on CISI and applied to Cranfield. CISI's stored sparse-squad-cranfield
+# collection (the adapters step with ADAPTER_WORK, or this eval), then the variants rescored from it
+# (sparse_variants_cisi_squad_cranfield_cv.json; best: feedback 3, weight 1, length_norm 0.25) and that
+# setting served (beir_cisi_sparse_cranfield_feedback3{,_ln025}.jsonl; the first without --length-norm):
+#   "${LODESTAR[@]}" eval beir "$DATA/cisi/beir" --retriever sparse,hybrid --fusion rrf,weighted --alpha 0.3,0.5 \
+#       --mode bidirectional --adapter adapters/bidirectional-stsb --sparse learned --sparse-adapter adapters/sparse-squad-cranfield \
+#       --work-dir .lodestar/beir-work/cisi --feedback 3 --length-norm 0.25 --quiet
+#   "$PY" bench/adapters/sparse_variants.py "$DATA/cisi/beir" adapters/sparse-squad-cranfield --from-collection .lodestar/beir-work/cisi \
+#       --cache .lodestar/variants-cisi-fc.npz --dense adapters/bidirectional-stsb --dense-cache .lodestar/dense-cisi-fc.npz \
+#       --alphas 0.2,0.3,0.5 --out bench/results/sparse_variants_cisi_squad_cranfield_cv.json
+# Cranfield with the shipped title adapter (beir_cranfield_sparse_title.jsonl: 20 min of indexing, then each
+# setting reuses the stored collection; sparse_variants_cranfield_title_cv.json the variants and the
+# cross-validated pick):
+#   for a in "--feedback 3" "--feedback 3 --length-norm 0.25" ""; do "${LODESTAR[@]}" eval beir "$DATA/cranfield/beir" \
+#       --retriever sparse --sparse learned --sparse-adapter adapters/sparse-cranfield-title \
+#       --work-dir .lodestar/beir-work/cranfield-title $a --quiet; done
+#   "$PY" bench/adapters/sparse_variants.py "$DATA/cranfield/beir" adapters/sparse-cranfield-title \
+#       --from-collection .lodestar/beir-work/cranfield-title --cache .lodestar/variants-cranfield-title2.npz \
+#       --out bench/results/sparse_variants_cranfield_title_cv.json
