@@ -553,7 +553,7 @@ class ImpactIndex(_Postings):
         MaxScore skips most of them (4x at 300k documents, `lodestar bench sparse`); without it their
         bounds are like a rare term's, little is skipped and the bookkeeping costs 5-30%.
         length_norm: BM25's b for chunk length; each score is divided by 1 - b + b * (the chunk's
-        non-zero terms / their mean over live chunks), so long chunks do not win on term count alone
+        non-zero terms / their mean over the live chunks that hold terms), so long chunks do not win on term count alone
         (0 = off)."""
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise InvalidInput(f"k must be a positive integer; got {k!r}")
