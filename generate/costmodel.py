@@ -80,7 +80,7 @@ def measure(backbone: Any, max_len: int = 32, reps: int = 5, prefix_len: int = 2
                 pos = torch.arange(prefix_len, prefix_len + n, device=dev)[None]  # (1, n)
                 allowed = torch.ones(1, 1, n, prefix_len + n, dtype=torch.bool, device=dev)  # (1, 1, n, P + n): a chain
                 allowed[0, 0, :, prefix_len:] = torch.ones(n, n, dtype=torch.bool, device=dev).tril()
-                mask = tree_mask(allowed, pos[0], torch.arange(prefix_len + n, device=dev), model.config, backbone.dtype)
+                mask = tree_mask(allowed, pos[0], model.config, backbone.dtype)
                 t = time.perf_counter()
                 if n == 1:
                     model(input_ids=x, **cache_kwargs(model, cache), use_cache=True)

@@ -217,8 +217,7 @@ class SpeculativeDecoder:
         pad = torch.arange(n, length, device=dev)
         allowed[0, 0, pad, prefix_len + pad] = True
         pos = torch.from_numpy(positions).to(dev)[None]  # (1, L)
-        keys = torch.cat([torch.arange(prefix_len, device=dev), pos[0]])  # (P + L,) each key's sequence position
-        mask = tree_mask(allowed, pos[0], keys, self.backbone.model.config, self.backbone.dtype)
+        mask = tree_mask(allowed, pos[0], self.backbone.model.config, self.backbone.dtype)
         x = torch.from_numpy(tokens).to(dev)[None]  # (1, L)
         with self.backbone.lock, torch.inference_mode():
             t = time.perf_counter()

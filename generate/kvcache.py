@@ -18,11 +18,12 @@ def full_cache() -> Any:
     return DynamicCache()
 
 
-def tree_mask(allowed: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, config: Any,
+def tree_mask(allowed: torch.Tensor, q_pos: torch.Tensor, config: Any,
               dtype: torch.dtype) -> torch.Tensor | dict[str, torch.Tensor]:
-    """The `attention_mask` argument for a forward with an explicit mask: `allowed` (1, 1, L, K) bool,
-    made additive; on sliding-window layers also cut to the window, a query at position p seeing keys at
-    positions > p - sliding_window (HF's rule). q_pos (L,) and k_pos (K,) are sequence positions.
+    """The `attention_mask` argument for a forward with an explicit mask over a cached prefix: `allowed`
+    (1, 1, L, P + L) bool, made additive; on sliding-window layers also cut to the window, a query at
+    position p seeing keys at positions > p - sliding_window (HF's rule). q_pos (L,): the new tokens'
+    sequence positions; the keys are the prefix's 0..P-1 followed by those tokens.
     -> one mask, or {layer type: mask} for a model that mixes full and sliding layers."""
     def additive(a: torch.Tensor) -> torch.Tensor:
         m = torch.zeros(a.shape, dtype=dtype, device=a.device)
@@ -30,8 +31,10 @@ def tree_mask(allowed: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, c
 
     window = getattr(config, "sliding_window", None)
     types = set(getattr(config, "layer_types", None) or ["sliding_attention" if window else "full_attention"])
-    if not window or "sliding_attention" not in types or int(q_pos.max() - k_pos.min()) < window:
+    if not window or "sliding_attention" not in types or int(q_pos.max()) < window:  # the first key is position 0
         return additive(allowed)
+    prefix_len = allowed.shape[-1] - q_pos.shape[0]
+    k_pos = torch.cat([torch.arange(prefix_len, device=q_pos.device), q_pos])  # (P + L,)
     inside = allowed & ((q_pos[:, None] - k_pos[None, :]) < window)  # (L, K) broadcast over (1, 1, L, K)
     if types == {"sliding_attention"}:
         return additive(inside)

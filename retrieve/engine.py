@@ -830,8 +830,9 @@ class RetrievalEngine:
             options |= {"idf": c.config.query_idf, "length_norm": request.length_norm}
             if request.feedback_chunks:
                 first = c.sparse.search(encoded, request.feedback_chunks, allowed, **options)
-                encoded = [feedback_query(q, c.store.chunk_sparse(np.array([i for i, _ in row], dtype=np.int64), reader=True),
-                                          request.feedback_weight) for q, row in zip(encoded, first)]
+                vectors = iter(c.store.chunk_sparse(np.array([i for row in first for i, _ in row], dtype=np.int64), reader=True))
+                encoded = [feedback_query(q, [next(vectors) for _ in row], request.feedback_weight)  # one read for the batch
+                           for q, row in zip(encoded, first)]
 
         def run(n: int) -> list[list[tuple[int, float]]]:
             assert c.sparse is not None

@@ -562,10 +562,11 @@ class ImpactIndex(_Postings):
         mask = self._mask(allowed)
         prune = idf if prune is None else prune
         norm = self._length_norm(float(length_norm)) if self.count else None
+        scale = 1.0 if norm is None else 1.0 / float(norm.min())  # the most a divisor can raise a posting
         out = []
         for terms, weights in queries:
             terms, weights = sparse_vector(terms, weights, "a sparse query vector")
-            plan = self._plan(terms, weights, idf, 1.0 if norm is None else 1.0 / float(norm.min())) if self.count else []
+            plan = self._plan(terms, weights, idf, scale) if self.count else []
             out.append(self._maxscore(plan, int(k), mask, norm) if prune else self._accumulate(plan, int(k), mask, norm))
         return out
 

@@ -67,18 +67,18 @@ def test_tree_mask_cuts_sliding_layers_to_their_window() -> None:
     from lodestar.generate.kvcache import tree_mask
 
     allowed = torch.ones(1, 1, 2, 6, dtype=torch.bool).tril(4)  # queries at positions 4, 5 over keys 0..5
-    q, k = torch.tensor([4, 5]), torch.arange(6)
+    q = torch.tensor([4, 5])  # the keys: positions 0..3 cached, then 4 and 5
     blocked = torch.finfo(torch.float32).min
-    plain = tree_mask(allowed, q, k, SimpleNamespace(), torch.float32)
+    plain = tree_mask(allowed, q, SimpleNamespace(), torch.float32)
     assert isinstance(plain, torch.Tensor) and (plain == 0).tolist() == allowed.tolist()
-    assert isinstance(tree_mask(allowed, q, k, SimpleNamespace(sliding_window=8), torch.float32), torch.Tensor)  # inside
-    mistral = tree_mask(allowed, q, k, SimpleNamespace(sliding_window=3), torch.float32)
+    assert isinstance(tree_mask(allowed, q, SimpleNamespace(sliding_window=8), torch.float32), torch.Tensor)  # inside
+    mistral = tree_mask(allowed, q, SimpleNamespace(sliding_window=3), torch.float32)
     assert isinstance(mistral, torch.Tensor)
     assert (mistral[0, 0] == 0).tolist() == [[False, False, True, True, True, False], [False, False, False, True, True, True]]
     assert mistral[0, 0, 0, 0] == blocked
-    mixed = tree_mask(allowed, q, k, SimpleNamespace(sliding_window=3, layer_types=["sliding_attention", "full_attention"]),
+    mixed = tree_mask(allowed, q, SimpleNamespace(sliding_window=3, layer_types=["sliding_attention", "full_attention"]),
                       torch.float32)
     assert isinstance(mixed, dict) and torch.equal(mixed["full_attention"], plain)
     assert torch.equal(mixed["sliding_attention"], mistral)
     no_sliding = SimpleNamespace(sliding_window=3, layer_types=["full_attention"])  # Qwen2 without use_sliding_window
-    assert torch.equal(tree_mask(allowed, q, k, no_sliding, torch.float32), plain)
+    assert torch.equal(tree_mask(allowed, q, no_sliding, torch.float32), plain)
