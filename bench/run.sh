@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Run Lodestar's benchmarks; each writes JSON under bench/results/ (see bench/README.md).
 #
-#   bash bench/run.sh [DATA_DIR]          (make bench)
+#   bash bench/run.sh DATA_DIR            (or DATA_DIR=... make bench)
 #
-# DATA_DIR (or $DATA) defaults to ../shared/data, relative to the repository root.
+# DATA_DIR (the first argument, or $DATA_DIR) is required: a folder holding stsb/{train,dev}.tsv,
+# cranfield/beir/, cisi/beir/, squad/qa.jsonl and squad/beir/ (layout: bench/README.md, "Data").
 # Environment knobs (defaults in brackets):
 #   STEPS         which benchmarks, space-separated [sts embed kernels]; also: beir retrieve shards index
 #                 sparse compress specdec adapters (the slow ones: run them by name)
@@ -31,7 +32,13 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-DATA="${1:-${DATA:-../shared/data}}"
+DATA="${1:-${DATA_DIR:-}}"
+if [[ -z "$DATA" ]]; then
+    echo "usage: bash bench/run.sh DATA_DIR (or set \$DATA_DIR): a folder with stsb/{train,dev}.tsv," \
+        "cranfield/beir/, cisi/beir/ (BEIR: corpus.jsonl, queries.jsonl, qrels/test.tsv)," \
+        "squad/qa.jsonl and squad/beir/; see bench/README.md" >&2
+    exit 2
+fi
 STEPS="${STEPS:-sts embed kernels}"
 RESULTS="${RESULTS:-bench/results}"
 MODES="${MODES:-mean last prompteol echo token_prepend bidirectional}"
@@ -55,7 +62,7 @@ if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY="${PY:-python3}"
 LODESTAR=("$PY" -m lodestar.services.cli)
 
 if [[ ! -f "$STS_FILE" ]] && [[ " $STEPS " == *" sts "* || " $STEPS " == *" embed "* ]]; then
-    echo "bench/run.sh: no STS file at $STS_FILE (give the data folder as the first argument or \$DATA)" >&2
+    echo "bench/run.sh: no STS file at $STS_FILE (give the data folder as the first argument or \$DATA_DIR)" >&2
     exit 2
 fi
 
