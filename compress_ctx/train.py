@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 from lodestar.backbone import Backbone
-from lodestar.backbone.training import LoopConfig, fit, lora_model, seed_everything
+from lodestar.backbone.train.loop import LoopConfig, fit, lora_model, seed_everything
 from lodestar.compress_ctx.evaluate import read_qa, retrieve, split_questions
 from lodestar.compress_ctx.lexical import coverage_scores
 from lodestar.compress_ctx.reader import Reader

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from lodestar.backbone import Backbone
 from lodestar.backbone.chat import chat_ids, stop_ids
-from lodestar.backbone.training import LoopConfig, fit
+from lodestar.backbone.train.loop import LoopConfig, fit
 from lodestar.compress_ctx.abstractive import NOTHING, messages
 from lodestar.compress_ctx.evaluate import read_qa, retrieve, split_questions
 from lodestar.compress_ctx.reader import Reader
