@@ -173,7 +173,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_sts(args: argparse.Namespace) -> int:
-    from lodestar.embed.evaluate import eval_sts
+    from lodestar.embed.eval.sts import eval_sts
     from lodestar.embed.types import EmbedOptions
 
     engine = local_engine(args)
