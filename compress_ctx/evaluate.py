@@ -26,7 +26,7 @@ from lodestar.compress_ctx.types import AUGMENT, METHODS, CompressResult, join_p
 from lodestar.embed.types import EmbedOptions
 from lodestar.errors import InvalidInput
 from lodestar.jsonl import read_jsonl
-from lodestar.retrieve.evaluate import read_beir
+from lodestar.retrieve.eval.beir import read_beir
 
 RETRIEVERS = ("bm25", "dense", "hybrid")
 

@@ -152,7 +152,7 @@ def parse_filter(text: str) -> tuple[str, str, Any]:
 
 
 def cmd_eval_beir(args: argparse.Namespace) -> int:
-    from lodestar.retrieve.evaluate import eval_beir
+    from lodestar.retrieve.eval.beir import eval_beir
     from lodestar.retrieve.types import CollectionConfig
 
     engine = local_engine(args)
@@ -185,7 +185,7 @@ def cmd_bench_retrieve(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )}
     if args.corpus:
-        from lodestar.retrieve.evaluate import read_beir
+        from lodestar.retrieve.eval.beir import read_beir
         from lodestar.services.benchmarks import bench_search_latency
 
         docs, queries, _ = read_beir(Path(args.corpus))
