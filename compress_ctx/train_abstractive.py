@@ -29,8 +29,8 @@ from lodestar.backbone import Backbone
 from lodestar.backbone.chat import chat_ids, stop_ids
 from lodestar.backbone.train.loop import LoopConfig, fit
 from lodestar.compress_ctx.abstractive import NOTHING, messages
-from lodestar.compress_ctx.evaluate import read_qa, retrieve, split_questions
-from lodestar.compress_ctx.reader import Reader
+from lodestar.compress_ctx.eval.qa import read_qa, retrieve, split_questions
+from lodestar.compress_ctx.eval.reader import Reader
 
 
 

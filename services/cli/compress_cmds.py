@@ -59,7 +59,7 @@ def _backbone_and_embedder(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def cmd_eval_compress(args: argparse.Namespace) -> int:
-    from lodestar.compress_ctx.evaluate import eval_compress
+    from lodestar.compress_ctx.eval.qa import eval_compress
     from lodestar.embed.types import EmbedOptions
 
     backbone, embedder = _backbone_and_embedder(args)
