@@ -6,6 +6,6 @@ abstractive                query-focused summaries by the backbone, with a faith
 sentences                  sentence splitter with exact character offsets
 eval/                      `lodestar eval compress` (retrieval -> compression -> reader EM/F1), the reader,
                            threshold calibration for selective augmentation
-train                      `lodestar train compressor --kind extractive`: RECOMP labels + LoRA InfoNCE
+train/                     `lodestar train compressor`: RECOMP labels + LoRA (extractive InfoNCE, abstractive LM)
 types                      request/result dataclasses (no torch)
 """

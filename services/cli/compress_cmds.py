@@ -84,7 +84,7 @@ def cmd_eval_compress(args: argparse.Namespace) -> int:
 
 def cmd_train_compressor(args: argparse.Namespace) -> int:
     from lodestar.backbone import BackboneConfig, load_backbone
-    from lodestar.compress_ctx.train import TrainConfig, train_compressor
+    from lodestar.compress_ctx.train.extractive import TrainConfig, train_compressor
 
     s = settings(model=args.model)
     # Training injects LoRA layers into the model it is given: a backbone of its own, in fp32.

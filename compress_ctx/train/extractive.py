@@ -194,7 +194,7 @@ def train_compressor(backbone: Backbone, config: TrainConfig) -> dict[str, Any]:
     if not 0.0 < config.dev_fraction < 1.0:
         raise InvalidInput(f"dev_fraction must be in (0, 1); got {config.dev_fraction}")
     if config.kind == "abstractive":
-        from lodestar.compress_ctx.train_abstractive import train_abstractive
+        from lodestar.compress_ctx.train.abstractive import train_abstractive
 
         return train_abstractive(backbone, config)
     t0 = time.perf_counter()

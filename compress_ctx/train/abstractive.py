@@ -134,7 +134,7 @@ def lm_loss(model: Any, tokenizer: Any, batch: list[SummaryExample], backbone: B
 def train_abstractive(backbone: Backbone, config: Any) -> dict[str, Any]:
     """Label, train, keep the best adapter on dev, write the card; returns the card."""
     t0 = time.perf_counter()
-    from lodestar.compress_ctx.train import start_run
+    from lodestar.compress_ctx.train.extractive import start_run
 
     out, train, dev, peft_model, optimizer = start_run(backbone, config, label_summaries, "summaries.jsonl")
     model = peft_model.base_model.model
