@@ -239,7 +239,7 @@ def cmd_eval_specdec(args: argparse.Namespace) -> int:
 
     from lodestar.backbone import BackboneConfig, load_backbone
     from lodestar.generate.datastore import Datastore
-    from lodestar.generate.evaluate import eval_specdec
+    from lodestar.generate.eval.specdec import eval_specdec
     from lodestar.generate.prompts import rag_prompt
 
     if args.threads:
