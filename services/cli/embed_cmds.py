@@ -186,7 +186,7 @@ def cmd_eval_sts(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_embed(args: argparse.Namespace) -> int:
-    from lodestar.services.benchmarks import bench_embed
+    from lodestar.bench.served import bench_embed
 
     result = bench_embed(
         texts=read_texts(Path(args.texts))[: args.limit or None],
