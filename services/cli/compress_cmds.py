@@ -129,7 +129,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     cp.set_defaults(func=cmd_compress)
 
     ec = ev.add_parser("compress", help="retrieve -> compress -> read on a QA set: compression rate, answer kept, EM/F1")
-    ec.add_argument("--qa", required=True, help="jsonl {id, question, answers} (e.g. ../shared/data/squad/qa.jsonl)")
+    ec.add_argument("--qa", required=True, help="jsonl {id, question, answers} (e.g. DATA_DIR/squad/qa.jsonl)")
     ec.add_argument("--corpus", required=True, help="BEIR folder the passages are retrieved from")
     ec.add_argument("--k", type=int, default=5)
     ec.add_argument("--method", default="extractive", help="extractive | abstractive")
