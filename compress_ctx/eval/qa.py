@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from lodestar.compress_ctx.engine import CompressionEngine
-from lodestar.compress_ctx.metrics import answer_in_context, exact_match, f1_score
 from lodestar.compress_ctx.eval.reader import Reader
 from lodestar.compress_ctx.eval.selective import calibrate_threshold
+from lodestar.compress_ctx.metrics import answer_in_context, exact_match, f1_score
 from lodestar.compress_ctx.types import AUGMENT, METHODS, CompressResult, join_passages
 from lodestar.embed.types import EmbedOptions
 from lodestar.errors import InvalidInput

@@ -31,8 +31,8 @@ import torch
 from lodestar.backbone import Backbone
 from lodestar.backbone.train.loop import LoopConfig, fit, lora_model, seed_everything
 from lodestar.compress_ctx.eval.qa import read_qa, retrieve, split_questions
-from lodestar.compress_ctx.lexical import coverage_scores
 from lodestar.compress_ctx.eval.reader import Reader
+from lodestar.compress_ctx.lexical import coverage_scores
 from lodestar.compress_ctx.sentences import split_sentences
 from lodestar.embed.train.data import split
 from lodestar.embed.train.encoder import TrainEncoder

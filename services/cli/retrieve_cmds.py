@@ -185,8 +185,8 @@ def cmd_bench_retrieve(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )}
     if args.corpus:
-        from lodestar.retrieve.eval.beir import read_beir
         from lodestar.bench.served import bench_search_latency
+        from lodestar.retrieve.eval.beir import read_beir
 
         docs, queries, _ = read_beir(Path(args.corpus))
         result["grpc_latency"] = bench_search_latency(
