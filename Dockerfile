@@ -25,6 +25,7 @@ COPY compress_ctx compress_ctx
 COPY generate generate
 COPY kernels kernels
 COPY services services
+COPY bench bench
 COPY adapters adapters
 RUN pip install --no-cache-dir "grpcio-tools>=1.62" "mypy-protobuf>=3.5" \
  && pip install --no-cache-dir --no-build-isolation . \

@@ -1,5 +1,5 @@
 """Abstractive compression (RECOMP's abstractive compressor, zero-shot or with an adapter trained by
-train_abstractive.py): the backbone writes a short
+train/abstractive.py): the backbone writes a short
 query-focused summary of the passages, or says that nothing in them is relevant.
 
 Greedy through the chat template, output bounded by `max_new_tokens`; a reply that starts with the

@@ -129,7 +129,7 @@ class CompressionEngine:
         raise InvalidInput(
             "selective augmentation needs a threshold calibrated for these embedding options (the default "
             f"threshold {self.config.threshold} is for mode={DEFAULT_OPTIONS.mode!r} without prompt, instruction "
-            "or adapter): pass threshold (lodestar.compress_ctx.selective.calibrate_threshold fits one)"
+            "or adapter): pass threshold (lodestar.compress_ctx.eval.selective.calibrate_threshold fits one)"
         )
 
     # --- entry point -------------------------------------------------------------------------

@@ -4,7 +4,7 @@ engine.GenerationEngine     what a server holds: one decoder, named datastores, 
 decoder.SpeculativeDecoder  plain and speculative decoding (greedy lossless, exact speculative sampling)
 datastore.Datastore         suffix-array token datastore on disk (memory-mapped, verified, incremental)
 drafter / tree / ngram      draft sources fused into one token tree, pruned by expected acceptance
-evaluate / workloads        `lodestar eval specdec` and the benchmark workloads
+eval/                       `lodestar eval specdec` and the benchmark workloads
 types                       request/result dataclasses (no torch: the client uses them too)
 
 Submodules are imported where used, so the client's `lodestar.generate.types` pulls in no torch.

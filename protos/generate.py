@@ -25,6 +25,8 @@ PACKAGE_DIRS: dict[str, str] = {
     "lodestar.retrieve": "retrieve",
     "lodestar.compress_ctx": "compress_ctx",
     "lodestar.generate": "generate",
+    # speed benchmarks (`lodestar bench ...`); the folder's scripts and results are not packages
+    "lodestar.bench": "bench",
 }
 
 

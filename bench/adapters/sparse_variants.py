@@ -42,7 +42,7 @@ import scipy.sparse.linalg  # noqa: F401  (sp.linalg.norm)
 def _setup(folder: Path):
     """(engine, docs, queries, judged query ids, chunk texts, owner document of each chunk), chunked as a
     collection chunks (256 tokens, the tokenizer's offsets: the same for every mode)."""
-    from lodestar.retrieve.evaluate import read_beir
+    from lodestar.retrieve.eval.beir import read_beir
     from lodestar.retrieve.prepare import chunk_document
     from lodestar.retrieve.types import CollectionConfig
     from lodestar.services.cli.common import settings
@@ -106,7 +106,7 @@ def from_collection(folder: Path, collection: Path, cache: Path, dense_cache: Pa
     so nothing but the judged queries is encoded, with the collection's own config."""
     import sqlite3
 
-    from lodestar.retrieve.evaluate import read_beir
+    from lodestar.retrieve.eval.beir import read_beir
     from lodestar.retrieve.prepare import embed_sparse, embed_texts
     from lodestar.retrieve.types import CollectionConfig
     from lodestar.services.cli.common import settings
@@ -214,7 +214,7 @@ def ranked_docs(row: np.ndarray, doc_of: np.ndarray, depth: int, positive: bool 
 
 
 def per_query_ndcg(rankings: list[list[str]], qids: list[str], qrels: dict) -> np.ndarray:
-    from lodestar.retrieve.evaluate import ndcg_at
+    from lodestar.retrieve.eval.beir import ndcg_at
 
     return np.array([ndcg_at(r, qrels[q]) for r, q in zip(rankings, qids)])
 
@@ -228,9 +228,9 @@ def scored(name: str, per_query: np.ndarray, **extra: object) -> dict:
 
 def cross_validated(rows: list[dict], qids: list[str], family: str, folds: int = 2) -> dict:
     """The honest figure for "the best of these variants": for each fold k of the queries (the stable
-    hash of `retrieve.evaluate.in_fold`), pick the variant with the best nDCG@10 on the other folds'
+    hash of `retrieve.eval.beir.in_fold`), pick the variant with the best nDCG@10 on the other folds'
     queries and score only fold k with it; the mean over all queries of those held-out scores."""
-    from lodestar.retrieve.evaluate import in_fold
+    from lodestar.retrieve.eval.beir import in_fold
 
     held, picks = np.zeros(len(qids)), []
     for k in range(folds):
@@ -287,7 +287,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.dense and not args.dense_cache:
         ap.error("--dense needs --dense-cache")
-    from lodestar.retrieve.evaluate import in_fold, read_beir
+    from lodestar.retrieve.eval.beir import in_fold, read_beir
     from lodestar.retrieve.sparse import BM25Index, idf_weight
 
     if args.fold:

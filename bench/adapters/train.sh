@@ -115,7 +115,7 @@ CRANFIELD_LICENCE="Cranfield-1400 collection: classic research collection, no li
 "$PY" bench/adapters/ship.py "$WORK/adapt-cranfield-title/sparse" adapters/sparse-cranfield-title
 
 # Tried, not shipped (negative): Cranfield's own judgements, cross-validated. Fold 0 of 2 of its queries
-# (110, a hash of the query id: retrieve.evaluate.in_fold) held out; sparse-squad continued 80 steps on the
+# (110, a hash of the query id: retrieve.eval.beir.in_fold) held out; sparse-squad continued 80 steps on the
 # other 115 queries' triplets (836) mixed with 400 SQuAD triplets (27 min here), then scored on the held-out
 # fold only (encoding 35 min): query_idf 0.244 against BM25's 0.344 on the same queries
 # (bench/results/sparse_variants_cranfield_cv0.json; lr 2e-4). The gentler run (lr 1e-4, lambda_d 1e-4):

@@ -52,7 +52,7 @@ def from_squad(qa: Path, exclude_titles: str) -> tuple[list[tuple[str, set[int]]
 
 
 def from_beir(folder: Path, per_query: int, exclude_fold: str = "") -> tuple[list[tuple[str, set[int]]], list[str]]:
-    from lodestar.retrieve.evaluate import in_fold, read_beir
+    from lodestar.retrieve.eval.beir import in_fold, read_beir
 
     docs, queries, qrels = read_beir(folder)
     where = {d.id: i for i, d in enumerate(docs)}

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from lodestar.backbone import BackboneConfig, load_backbone
     from lodestar.compress_ctx.engine import CompressionEngine
-    from lodestar.compress_ctx.evaluate import eval_compress
+    from lodestar.compress_ctx.eval.qa import eval_compress
     from lodestar.embed.engine import EmbeddingEngine
 
     cache = Path(os.environ.get("LODESTAR_CACHE_DIR", Path.home() / ".cache" / "lodestar"))

@@ -25,8 +25,8 @@ from lodestar.backbone import BackboneConfig, load_backbone
 from lodestar.generate.datastore import Datastore
 from lodestar.generate.decoder import DecoderConfig
 from lodestar.generate.drafter import DraftConfig
-from lodestar.generate.evaluate import eval_specdec
-from lodestar.generate.workloads import code_corpus, code_workload, rag_corpus, rag_workload, stdlib_dir
+from lodestar.generate.eval.specdec import eval_specdec
+from lodestar.generate.eval.workloads import code_corpus, code_workload, rag_corpus, rag_workload, stdlib_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 

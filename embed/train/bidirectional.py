@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from lodestar.backbone import Backbone
-from lodestar.backbone.training import seed_everything
+from lodestar.backbone.train.loop import seed_everything
 from lodestar.embed.forward import attention_mask
 from lodestar.embed.train.common import RunSettings, Stages, attention_dropout, batches, pair_spearman
 from lodestar.embed.train.data import Pair, Triplet, read_pairs, read_sentences, read_triplets, split

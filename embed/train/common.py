@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from lodestar.backbone import Backbone
-from lodestar.backbone.training import LoopConfig, LoopResult, atomic_dir, fit, lora_model
-from lodestar.embed.evaluate import spearman
+from lodestar.backbone.train.loop import LoopConfig, LoopResult, atomic_dir, fit, lora_model
+from lodestar.embed.eval.sts import spearman
 from lodestar.embed.train.data import Pair
 from lodestar.embed.train.encoder import TrainEncoder
 

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lodestar.embed.evaluate import read_sts
+from lodestar.embed.eval.sts import read_sts
 from lodestar.errors import InvalidInput, NotFound
 from lodestar.jsonl import read_jsonl
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from lodestar.backbone import Backbone
-from lodestar.backbone.training import seed_everything
+from lodestar.backbone.train.loop import seed_everything
 from lodestar.embed.train.common import RunSettings, Stages, batches
 from lodestar.embed.train.data import Triplet, read_triplets, split
 from lodestar.embed.train.encoder import TrainEncoder

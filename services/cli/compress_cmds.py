@@ -59,7 +59,7 @@ def _backbone_and_embedder(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def cmd_eval_compress(args: argparse.Namespace) -> int:
-    from lodestar.compress_ctx.evaluate import eval_compress
+    from lodestar.compress_ctx.eval.qa import eval_compress
     from lodestar.embed.types import EmbedOptions
 
     backbone, embedder = _backbone_and_embedder(args)
@@ -84,7 +84,7 @@ def cmd_eval_compress(args: argparse.Namespace) -> int:
 
 def cmd_train_compressor(args: argparse.Namespace) -> int:
     from lodestar.backbone import BackboneConfig, load_backbone
-    from lodestar.compress_ctx.train import TrainConfig, train_compressor
+    from lodestar.compress_ctx.train.extractive import TrainConfig, train_compressor
 
     s = settings(model=args.model)
     # Training injects LoRA layers into the model it is given: a backbone of its own, in fp32.
@@ -129,7 +129,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     cp.set_defaults(func=cmd_compress)
 
     ec = ev.add_parser("compress", help="retrieve -> compress -> read on a QA set: compression rate, answer kept, EM/F1")
-    ec.add_argument("--qa", required=True, help="jsonl {id, question, answers} (e.g. ../shared/data/squad/qa.jsonl)")
+    ec.add_argument("--qa", required=True, help="jsonl {id, question, answers} (e.g. DATA_DIR/squad/qa.jsonl)")
     ec.add_argument("--corpus", required=True, help="BEIR folder the passages are retrieved from")
     ec.add_argument("--k", type=int, default=5)
     ec.add_argument("--method", default="extractive", help="extractive | abstractive")

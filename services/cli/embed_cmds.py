@@ -173,7 +173,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_sts(args: argparse.Namespace) -> int:
-    from lodestar.embed.evaluate import eval_sts
+    from lodestar.embed.eval.sts import eval_sts
     from lodestar.embed.types import EmbedOptions
 
     engine = local_engine(args)
@@ -186,7 +186,7 @@ def cmd_eval_sts(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_embed(args: argparse.Namespace) -> int:
-    from lodestar.services.benchmarks import bench_embed
+    from lodestar.bench.served import bench_embed
 
     result = bench_embed(
         texts=read_texts(Path(args.texts))[: args.limit or None],

@@ -239,7 +239,7 @@ def cmd_eval_specdec(args: argparse.Namespace) -> int:
 
     from lodestar.backbone import BackboneConfig, load_backbone
     from lodestar.generate.datastore import Datastore
-    from lodestar.generate.evaluate import eval_specdec
+    from lodestar.generate.eval.specdec import eval_specdec
     from lodestar.generate.prompts import rag_prompt
 
     if args.threads:
@@ -250,7 +250,7 @@ def cmd_eval_specdec(args: argparse.Namespace) -> int:
     store = Datastore.load(args.datastore, backbone.tokenizer) if args.datastore else None
     passages: list[list[str] | None] = [row.get("passages") for row in rows]
     if args.passages_from:
-        from lodestar.compress_ctx.evaluate import retrieve
+        from lodestar.compress_ctx.eval.qa import retrieve
 
         queries = [row.get("question") or row["prompt"] for row in rows]
         found = retrieve(None, Path(args.passages_from), queries, args.k, "bm25", "")

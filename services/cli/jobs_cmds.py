@@ -122,7 +122,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_index(args: argparse.Namespace) -> int:
-    from lodestar.services.benchmarks import bench_index
+    from lodestar.bench.served import bench_index
     from lodestar.services.cli.common import write_result
 
     path = _source(args.corpus)

@@ -152,7 +152,7 @@ def parse_filter(text: str) -> tuple[str, str, Any]:
 
 
 def cmd_eval_beir(args: argparse.Namespace) -> int:
-    from lodestar.retrieve.evaluate import eval_beir
+    from lodestar.retrieve.eval.beir import eval_beir
     from lodestar.retrieve.types import CollectionConfig
 
     engine = local_engine(args)
@@ -178,15 +178,15 @@ def cmd_eval_beir(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_retrieve(args: argparse.Namespace) -> int:
-    from lodestar.retrieve.bench import SPECS, bench_indexes
+    from lodestar.bench.retrieval import SPECS, bench_indexes
 
     result: dict[str, Any] = {"indexes": bench_indexes(
         n=args.vectors, dim=args.dim, queries=args.queries, batch=args.batch, threads=args.threads, specs=tuple(args.index) if args.index else SPECS,
         progress=not args.quiet,
     )}
     if args.corpus:
-        from lodestar.retrieve.evaluate import read_beir
-        from lodestar.services.benchmarks import bench_search_latency
+        from lodestar.bench.served import bench_search_latency
+        from lodestar.retrieve.eval.beir import read_beir
 
         docs, queries, _ = read_beir(Path(args.corpus))
         result["grpc_latency"] = bench_search_latency(
@@ -199,7 +199,7 @@ def cmd_bench_retrieve(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_shards(args: argparse.Namespace) -> int:
-    from lodestar.retrieve.bench import bench_shards
+    from lodestar.bench.retrieval import bench_shards
 
     try:
         counts = tuple(int(x) for x in args.shards.split(","))
@@ -211,7 +211,7 @@ def cmd_bench_shards(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_sparse(args: argparse.Namespace) -> int:
-    from lodestar.retrieve.bench import bench_impact
+    from lodestar.bench.retrieval import bench_impact
 
     try:
         sizes = tuple(int(x) for x in args.sizes.split(","))

@@ -20,7 +20,7 @@ from lodestar.services.server import BackgroundServer
 from lodestar.services.settings import Settings
 
 from lodestar.errors import Unavailable
-from lodestar.services.localprocs import RedisProcess, WorkerProcess
+from lodestar.bench.procs import RedisProcess, WorkerProcess
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lodestar.compress_ctx.evaluate import eval_compress, read_qa, split_questions
+from lodestar.compress_ctx.eval.qa import eval_compress, read_qa, split_questions
 from lodestar.errors import InvalidInput
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "compress"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lodestar.compress_ctx.train import TrainConfig, train_compressor
+from lodestar.compress_ctx.train.extractive import TrainConfig, train_compressor
 from lodestar.embed.engine import EmbeddingEngine
 from lodestar.embed.train.encoder import TrainEncoder
 from lodestar.embed.types import EmbedOptions

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from lodestar.backbone.training import adapter_folder
+from lodestar.backbone.train.loop import adapter_folder
 from lodestar.embed.engine import EmbeddingEngine
 from lodestar.embed.train.bidirectional import BidirectionalConfig, mask_token_id, train_bidirectional
 from lodestar.embed.train.common import LoraSettings, RunSettings

@@ -121,7 +121,7 @@ def test_info(tiny_engine: EmbeddingEngine) -> None:
 
 
 def test_sts_evaluation_on_a_small_file(tiny_engine: EmbeddingEngine, tmp_path: Path) -> None:
-    from lodestar.embed.evaluate import eval_sts, read_sts
+    from lodestar.embed.eval.sts import eval_sts, read_sts
 
     tsv = tmp_path / "sts.tsv"
     tsv.write_text(

@@ -12,8 +12,8 @@ from lodestar.backbone import Backbone
 from lodestar.generate.costmodel import CostModel, OnlineCost
 from lodestar.generate.datastore import Datastore
 from lodestar.generate.drafter import DraftConfig, Drafter
-from lodestar.generate.evaluate import eval_specdec
-from lodestar.generate.workloads import code_workload, rag_corpus, rag_workload
+from lodestar.generate.eval.specdec import eval_specdec
+from lodestar.generate.eval.workloads import code_workload, rag_corpus, rag_workload
 
 SQUAD = Path(__file__).parents[1] / "fixtures" / "generate" / "squad_head.jsonl"
 

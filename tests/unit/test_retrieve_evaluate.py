@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lodestar.errors import InvalidInput
-from lodestar.retrieve.evaluate import in_fold, ndcg_at, read_beir
+from lodestar.retrieve.eval.beir import in_fold, ndcg_at, read_beir
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -103,7 +103,7 @@ def test_eval_beir_work_dir_resumes_and_reuses_the_index(tiny_engine, tmp_path: 
     """--work-dir keeps the indexed corpus under a key of (documents, config, model, adapters): a rerun
     encodes nothing, an interrupted one only its missing batches, another config gets its own index."""
     from lodestar.retrieve.engine import RetrievalEngine
-    from lodestar.retrieve.evaluate import eval_beir, index_key
+    from lodestar.retrieve.eval.beir import eval_beir, index_key
     from lodestar.retrieve.types import CollectionConfig
 
     folder = beir(tmp_path / "set")

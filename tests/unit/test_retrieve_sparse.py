@@ -277,7 +277,7 @@ def test_impact_index_idf_weights_query_terms_by_rarity() -> None:
 def test_impact_benchmark_agrees_with_exact_scoring(idf: bool) -> None:
     """`lodestar bench sparse`: MaxScore and the plain accumulation return the exact top-k on
     Zipf-shaped vectors, with and without IDF-scaled queries."""
-    from lodestar.retrieve.bench import bench_impact, splade_like
+    from lodestar.bench.retrieval import bench_impact, splade_like
 
     vecs = splade_like(50, 20, 1000, np.random.default_rng(0))
     assert all(t.size == np.unique(t).size <= 20 and (w > 0).all() for t, w in vecs)

@@ -17,7 +17,7 @@ from lodestar.generate.decoder import DecoderConfig, SpeculativeDecoder
 from lodestar.generate.types import GenerationParams, GenerationResult
 
 # Re-exported: the benchmark workloads live beside the evaluation.
-from lodestar.generate.workloads import Workload, code_workload, rag_workload  # noqa: F401
+from lodestar.generate.eval.workloads import Workload, code_workload, rag_workload  # noqa: F401
 
 
 def _timed(decoder: SpeculativeDecoder, prompt: str | Sequence[int], params: GenerationParams,

@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 
 from lodestar.compress_ctx.engine import CompressionEngine
+from lodestar.compress_ctx.eval.reader import Reader
+from lodestar.compress_ctx.eval.selective import calibrate_threshold
 from lodestar.compress_ctx.metrics import answer_in_context, exact_match, f1_score
-from lodestar.compress_ctx.reader import Reader
-from lodestar.compress_ctx.selective import calibrate_threshold
 from lodestar.compress_ctx.types import AUGMENT, METHODS, CompressResult, join_passages
 from lodestar.embed.types import EmbedOptions
 from lodestar.errors import InvalidInput
 from lodestar.jsonl import read_jsonl
-from lodestar.retrieve.evaluate import read_beir
+from lodestar.retrieve.eval.beir import read_beir
 
 RETRIEVERS = ("bm25", "dense", "hybrid")
 

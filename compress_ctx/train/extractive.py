@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 from lodestar.backbone import Backbone
-from lodestar.backbone.training import LoopConfig, fit, lora_model, seed_everything
-from lodestar.compress_ctx.evaluate import read_qa, retrieve, split_questions
+from lodestar.backbone.train.loop import LoopConfig, fit, lora_model, seed_everything
+from lodestar.compress_ctx.eval.qa import read_qa, retrieve, split_questions
+from lodestar.compress_ctx.eval.reader import Reader
 from lodestar.compress_ctx.lexical import coverage_scores
-from lodestar.compress_ctx.reader import Reader
 from lodestar.compress_ctx.sentences import split_sentences
 from lodestar.embed.train.data import split
 from lodestar.embed.train.encoder import TrainEncoder
@@ -194,7 +194,7 @@ def train_compressor(backbone: Backbone, config: TrainConfig) -> dict[str, Any]:
     if not 0.0 < config.dev_fraction < 1.0:
         raise InvalidInput(f"dev_fraction must be in (0, 1); got {config.dev_fraction}")
     if config.kind == "abstractive":
-        from lodestar.compress_ctx.train_abstractive import train_abstractive
+        from lodestar.compress_ctx.train.abstractive import train_abstractive
 
         return train_abstractive(backbone, config)
     t0 = time.perf_counter()

@@ -343,7 +343,7 @@ def bench_index(
     import tempfile
     from pathlib import Path
 
-    from lodestar.services.localprocs import RedisProcess, WorkerProcess
+    from lodestar.bench.procs import RedisProcess, WorkerProcess
     from lodestar.services.server import BackgroundServer
     from lodestar.services.settings import Settings
 

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from lodestar.backbone import Backbone
 from lodestar.backbone.chat import chat_ids, stop_ids
-from lodestar.backbone.training import LoopConfig, fit
+from lodestar.backbone.train.loop import LoopConfig, fit
 from lodestar.compress_ctx.abstractive import NOTHING, messages
-from lodestar.compress_ctx.evaluate import read_qa, retrieve, split_questions
-from lodestar.compress_ctx.reader import Reader
+from lodestar.compress_ctx.eval.qa import read_qa, retrieve, split_questions
+from lodestar.compress_ctx.eval.reader import Reader
 
 
 
@@ -134,7 +134,7 @@ def lm_loss(model: Any, tokenizer: Any, batch: list[SummaryExample], backbone: B
 def train_abstractive(backbone: Backbone, config: Any) -> dict[str, Any]:
     """Label, train, keep the best adapter on dev, write the card; returns the card."""
     t0 = time.perf_counter()
-    from lodestar.compress_ctx.train import start_run
+    from lodestar.compress_ctx.train.extractive import start_run
 
     out, train, dev, peft_model, optimizer = start_run(backbone, config, label_summaries, "summaries.jsonl")
     model = peft_model.base_model.model
