@@ -27,14 +27,15 @@ def _drop_checkout_root() -> None:
 _drop_checkout_root()
 
 __version__ = "0.1.0"
-__all__ = ["Client", "ClientError", "__version__"]
+_CLIENT = ("AsyncClient", "Client", "ClientError")
+__all__ = [*_CLIENT, "__version__"]
 
 if TYPE_CHECKING:
-    from lodestar.services.client import Client, ClientError
+    from lodestar.services.client import AsyncClient, Client, ClientError
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Client", "ClientError"):
+    if name in _CLIENT:
         from lodestar.services import client
 
         return getattr(client, name)

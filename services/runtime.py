@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from lodestar.embed.engine import EmbeddingEngine
     from lodestar.generate.engine import GenerationEngine
     from lodestar.retrieve.engine import RetrievalEngine
-    from lodestar.services.answer import AnswerPipeline
+    from lodestar.generate.answer import AnswerPipeline
     from lodestar.services.jobs import JobManager
 
 RETRIEVE_SERVICE = "lodestar.retrieve.v1.RetrieveService"
@@ -86,7 +86,7 @@ class Runtime:
 
     def answer_pipeline(self) -> AnswerPipeline:
         """Answer composes the retrieval, compression and generation engines of this process."""
-        from lodestar.services.answer import AnswerPipeline
+        from lodestar.generate.answer import AnswerPipeline
 
         self._check_ready()
         missing = [name for name in ("retrieve", "generate") if name not in self.serves]

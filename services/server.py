@@ -8,19 +8,23 @@ interceptor, message-size and concurrency caps, and starts loading the model in 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import signal
 import threading
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from lodestar.errors import InvalidInput, Unavailable
+from lodestar.services.compress import CompressServicer
+from lodestar.services.embed import EmbedServicer
+from lodestar.services.generate import GenerateServicer
+from lodestar.services.index import IndexServicer
 from lodestar.services.interceptor import ErrorInterceptor
+from lodestar.services.retrieve import RetrieveServicer
 from lodestar.services.runtime import NOT_SERVING, Runtime
 from lodestar.services.settings import SERVICES, Settings
 
@@ -29,6 +33,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+class Servicer(Protocol):
+    """What the factory needs of a servicer class: its service descriptor and its generated add function."""
+
+    SERVICE: Any  # google.protobuf.descriptor.ServiceDescriptor
+
+    def __init__(self, runtime: Runtime) -> None: ...
+
+    @staticmethod
+    def add_to_server(servicer: Any, server: grpc.aio.Server) -> None: ...
+
+
 _RUNTIMES: weakref.WeakKeyDictionary[grpc.aio.Server, Runtime] = weakref.WeakKeyDictionary()
 
 
@@ -36,30 +51,26 @@ def runtime_of(server: grpc.aio.Server) -> Runtime:
     return _RUNTIMES[server]
 
 
-# service -> (generated module prefix, gRPC service name); the servicer is
-# lodestar.services.<service>_servicer.<gRPC service name>r (EmbedService -> EmbedServicer)
-_SERVICERS = {
-    "embed": ("lodestar.embed.v1.embed", "EmbedService"),
-    "retrieve": ("lodestar.retrieve.v1.retrieve", "RetrieveService"),
-    "index": ("lodestar.retrieve.v1.index", "IndexService"),
-    "compress": ("lodestar.compress_ctx.v1.compress", "CompressService"),
-    "generate": ("lodestar.generate.v1.generate", "GenerateService"),
+# Every servicer, by the short name `--only` uses; each class names its gRPC service and how it is added.
+SERVICERS: dict[str, type[Servicer]] = {
+    "embed": EmbedServicer,
+    "retrieve": RetrieveServicer,
+    "index": IndexServicer,
+    "compress": CompressServicer,
+    "generate": GenerateServicer,
 }
 
 
 def _register(server: grpc.aio.Server, runtime: Runtime, only: tuple[str, ...]) -> list[str]:
-    """Add the servicers named in `only` (imported on demand); returns their full gRPC service names."""
+    """Add the servicers named in `only`; returns their full gRPC service names."""
     names = []
     runtime.serves = set(only)
     for service in only:
-        if service not in _SERVICERS:
+        if service not in SERVICERS:
             raise InvalidInput(f"unknown service {service!r}: valid are {', '.join(SERVICES)}")
-        generated, grpc_name = _SERVICERS[service]
-        pb2 = importlib.import_module(generated + "_pb2")
-        pb2_grpc = importlib.import_module(generated + "_pb2_grpc")
-        servicer_class = getattr(importlib.import_module(f"lodestar.services.{service}_servicer"), grpc_name + "r")
-        getattr(pb2_grpc, f"add_{grpc_name}Servicer_to_server")(servicer_class(runtime), server)
-        names.append(pb2.DESCRIPTOR.services_by_name[grpc_name].full_name)
+        servicer = SERVICERS[service]
+        servicer.add_to_server(servicer(runtime), server)
+        names.append(servicer.SERVICE.full_name)
     return names
 
 
@@ -69,6 +80,12 @@ async def create_server(settings: Settings, *, backbone: Backbone | None = None)
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
+        # Clients ping idle connections while a call is open (the Python client every 60 s): accept
+        # pings every 10 s instead of answering them with GOAWAY; ping clients to find dead peers.
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.keepalive_time_ms", 120_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
     ]
     server = grpc.aio.server(
         interceptors=[ErrorInterceptor()],

@@ -49,7 +49,7 @@ class Settings(BaseSettings):
 
     # --- embedding engine limits ---
     default_mode: str = Field("mean", description="mode used when a request names none")
-    max_texts_per_request: int = Field(1024, ge=1)
+    max_texts_per_request: int = Field(1024, ge=1, description="texts one Embed request may carry (the client splits longer inputs)")
     max_tokens: int = Field(512, ge=8, description="tokens per text, template included")
     max_batch_tokens: int = Field(16384, ge=64, description="padded tokens per forward")
     max_queued_texts: int = Field(16384, ge=1, description="texts waiting in the batcher before RESOURCE_EXHAUSTED")
@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest gRPC message in either direction")
     grace_period_s: float = Field(10.0, ge=0, description="how long shutdown waits for in-flight RPCs")
     data_dir: Path = Field(Path(".lodestar"), description="on-disk state (indexes, jobs)")
-    log_level: str = Field("INFO")
+    log_level: str = Field("INFO", description="DEBUG | INFO | WARNING | ERROR")
 
     @field_validator("only", "adapter_dirs", "datastore_dirs", "restore_dirs", mode="before")
     @classmethod

@@ -7,12 +7,23 @@ object for scripts. Errors exit non-zero with the server's message.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
-from lodestar.errors import LodestarError
-from lodestar.services.cli import compress_cmds, embed_cmds, generate_cmds, jobs_cmds, retrieve_cmds, train_cmds
+import lodestar
 
-MODULES = (embed_cmds, retrieve_cmds, jobs_cmds, compress_cmds, generate_cmds, train_cmds)
+from lodestar.errors import LodestarError
+from lodestar.services.cli import (
+    compress_cmds,
+    config_cmds,
+    embed_cmds,
+    generate_cmds,
+    jobs_cmds,
+    retrieve_cmds,
+    train_cmds,
+)
+
+MODULES = (embed_cmds, retrieve_cmds, jobs_cmds, compress_cmds, generate_cmds, train_cmds, config_cmds)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     default_server = Settings().server
     p = argparse.ArgumentParser(prog="lodestar", description="Lodestar retrieval-and-embedding stack")
+    p.add_argument("--version", action="version", version=f"lodestar {lodestar.__version__}")
     p.add_argument("--server", default=default_server, help=f"HOST:PORT of a running server (default {default_server})")
     sub = p.add_subparsers(dest="command", required=True)
     groups = {
@@ -53,16 +65,24 @@ def main(argv: list[str] | None = None) -> int:
     from lodestar.services.client import ClientError
 
     args = build_parser().parse_args(argv)
+    as_json = bool(getattr(args, "json", False))
     try:
         return int(args.func(args) or 0)
     except ClientError as exc:
-        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
-        return 1
+        return _error(exc.code, exc.message, as_json, 1)
     except LodestarError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _error("INVALID_ARGUMENT", str(exc), as_json, 2)
     except KeyboardInterrupt:
         return 130
+
+
+def _error(code: str, message: str, as_json: bool, status: int) -> int:
+    """Report a failure: `error: CODE: message` on stderr, or with --json one object on stdout."""
+    if as_json:
+        print(json.dumps({"error": {"code": code, "message": message}}))
+    else:
+        print(f"error: {code}: {message}" if status == 1 else f"error: {message}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

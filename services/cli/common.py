@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,17 @@ def settings(**overrides: Any) -> Any:
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
+def plain(obj: Any) -> Any:
+    """Client results (dataclasses, lists of them) as JSON-ready values."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, list):
+        return [plain(o) for o in obj]
+    return obj
+
+
 def print_obj(obj: Any, as_json: bool) -> None:
+    obj = plain(obj)
     if as_json:
         print(json.dumps(obj))
     elif isinstance(obj, dict):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lodestar.errors import LodestarError
-from lodestar.services.cli.common import add_embed_options, embed_options, local_engine, read_texts, settings, write_result
+from lodestar.services.cli.common import add_embed_options, embed_options, local_engine, plain, read_texts, settings, write_result
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -19,7 +19,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from lodestar.services.server import serve
 
     only = tuple(args.only.split(",")) if args.only else None
-    s = settings(port=args.port, host=args.host, only=only, model=args.model, data_dir=args.data_dir)
+    s = settings(port=args.port, host=args.host, only=only, model=args.model, data_dir=args.data_dir, dtype=args.dtype,
+                 device=args.device, log_level=args.log_level)
     logging.basicConfig(level=s.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(serve(s))
     return 0
@@ -147,10 +148,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     from lodestar.services.client import ClientError
 
     with Client(args.server) as client:
-        info = client.info()
+        info = plain(client.info())
         info["health"] = client.health()
         try:
-            info["compress"] = client.compress_info()
+            info["compress"] = plain(client.compress_info())
         except ClientError as exc:  # a server started with --only embed,retrieve has no compression
             if exc.code != "UNIMPLEMENTED":
                 raise
@@ -202,12 +203,21 @@ def cmd_bench_embed(args: argparse.Namespace) -> int:
 def register(sub: Any, groups: dict[str, Any]) -> None:
     """Add this module's commands: `sub` top level, groups["eval" | "bench" | "train"] below those."""
     ev, bn = groups["eval"], groups["bench"]
-    s = sub.add_parser("serve", help="run the gRPC server (all services, bundled model by default)")
-    s.add_argument("--port", type=int)
-    s.add_argument("--host")
-    s.add_argument("--only", help="comma-separated services to serve (embed,retrieve)")
-    s.add_argument("--data-dir", help="where collections live (default ./.lodestar)")
-    s.add_argument("--model", help="bundled | HF folder | .gguf file")
+    s = sub.add_parser("serve", help="run the gRPC server (all services, bundled model by default)",
+                       description="Serve until SIGTERM/SIGINT (in-flight requests drain for LODESTAR_GRACE_PERIOD_S). "
+                       "Every option overrides its LODESTAR_* variable; the rest are read from the environment "
+                       "(docs/configuration.md lists them all).")
+    s.add_argument("--port", type=int, help="gRPC port (LODESTAR_PORT, default 50051; 0 picks a free one)")
+    s.add_argument("--host", help="address to bind (LODESTAR_HOST, default 127.0.0.1; 0.0.0.0 for every interface)")
+    s.add_argument("--only", help="comma-separated services this process serves, of embed,retrieve,index,compress,generate "
+                   "(LODESTAR_ONLY, default all)")
+    s.add_argument("--data-dir", help="where collections, jobs and datastores live (LODESTAR_DATA_DIR, default ./.lodestar)")
+    s.add_argument("--model", help="bundled (SmolLM2-135M-Instruct), a Hugging Face model folder, or a .gguf file "
+                   "(LODESTAR_MODEL)")
+    s.add_argument("--dtype", help="auto | float32 | bfloat16 | float16 (LODESTAR_DTYPE; auto: bf16 only where the "
+                   "hardware computes it natively)")
+    s.add_argument("--device", help="auto | cpu | cuda | cuda:N (LODESTAR_DEVICE)")
+    s.add_argument("--log-level", metavar="LEVEL", help="DEBUG | INFO | WARNING | ERROR (LODESTAR_LOG_LEVEL, default INFO)")
     s.set_defaults(func=cmd_serve)
 
     e = sub.add_parser("embed", help="embed texts (arguments) or a file (jsonl with 'text', or one per line) into .npy")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lodestar.errors import LodestarError
-from lodestar.services.cli.common import add_result_args, print_obj, settings, write_result
+from lodestar.services.cli.common import add_result_args, plain, print_obj, settings, write_result
 
 
 def _decoding(args: argparse.Namespace) -> dict[str, Any]:
@@ -49,7 +49,7 @@ def _stream_out(items: Iterator[Any], as_json: bool, head: dict[str, Any] | None
         if not as_json:
             sys.stdout.write(c.text)
             sys.stdout.flush()
-    stats = (last.stats if last is not None else None) or {}
+    stats = plain(last.stats if last is not None else None) or {}
     finish = last.finish_reason if last is not None else ""
     if as_json:
         print(json.dumps({**(head or {}), "text": "".join(text), "finish_reason": finish, "stats": stats}))
@@ -160,10 +160,10 @@ def cmd_datastore(args: argparse.Namespace) -> int:
         with Client(args.server) as c:
             stores = c.list_datastores()
         if args.json:
-            print(json.dumps(stores))
+            print(json.dumps(plain(stores)))
         for d in [] if args.json else stores:
-            print(f"{d['name']:20} {d['tokens']:>12} tokens {d['documents']:>9} docs {d['segments']:>3} segments"
-                  f"{'  (default)' if d['is_default'] else ''}  {d['path']}")
+            print(f"{d.name:20} {d.tokens:>12} tokens {d.documents:>9} docs {d.segments:>3} segments"
+                  f"{'  (default)' if d.is_default else ''}  {d.path}")
         return 0
     if args.name:  # on the server, by name
         from lodestar.services.client import Client
@@ -171,10 +171,10 @@ def cmd_datastore(args: argparse.Namespace) -> int:
         progress = Path(f".lodestar-datastore-{args.name}.progress")
         with Client(args.server, timeout=None) as c:
             run = _resumable_upload(args, progress, lambda texts: c.add_to_datastore(args.name, texts),
-                                    lambda: next((d["documents"] for d in c.list_datastores() if d["name"] == args.name), 0))
+                                    lambda: next((d.documents for d in c.list_datastores() if d.name == args.name), 0))
             info = c.add_to_datastore(args.name, [], compact=True) if args.compact else run["last"]
         progress.unlink(missing_ok=True)
-        print_obj({"name": args.name, **(info or {}), "resumed_after": run["resumed_after"]}, args.json)
+        print_obj({"name": args.name, **(plain(info) or {}), "resumed_after": run["resumed_after"]}, args.json)
         return 0
     return _local_datastore(args)
 

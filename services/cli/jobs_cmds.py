@@ -7,10 +7,13 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lodestar.errors import LodestarError
-from lodestar.services.cli.common import add_result_args, print_obj, settings
+from lodestar.services.cli.common import add_result_args, plain, print_obj, settings
+
+if TYPE_CHECKING:
+    from lodestar.services.client import Job
 
 
 def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -29,36 +32,36 @@ def _source(file: str) -> Path:
     return path
 
 
-def _summary(job: dict[str, Any]) -> dict[str, Any]:
+def _summary(job: Job) -> dict[str, Any]:
     keys = ("id", "collection", "state", "documents", "written", "errors_count", "chunks", "chunks_done",
             "chunks_failed", "message", "workers", "mode")
-    return {k: job[k] for k in keys}
+    return {k: getattr(job, k) for k in keys}
 
 
-def follow(client: Any, job: dict[str, Any], quiet: bool) -> dict[str, Any]:
+def follow(client: Any, job: Job, quiet: bool) -> Job:
     """Show a job's progress until it ends; -> its final state (errors included)."""
     from tqdm import tqdm
 
-    bar = tqdm(total=job["documents"], unit="doc", desc=f"job {job['id']}", disable=quiet)
-    for job in client.watch_job(job["id"]):
-        bar.total = job["documents"]
-        bar.n = job["processed"]
-        bar.set_postfix(chunks=f"{job['chunks_done']}/{job['chunks']}", errors=job["errors_count"], refresh=False)
+    bar = tqdm(total=job.documents, unit="doc", desc=f"job {job.id}", disable=quiet)
+    for job in client.watch_job(job.id):
+        bar.total = job.documents
+        bar.n = job.processed
+        bar.set_postfix(chunks=f"{job.chunks_done}/{job.chunks}", errors=job.errors_count, refresh=False)
         bar.refresh()
     bar.close()
-    return client.get_job(job["id"], max_errors=1000)
+    return client.get_job(job.id, max_errors=1000)
 
 
-def _report(job: dict[str, Any], as_json: bool) -> int:
+def _report(job: Job, as_json: bool) -> int:
     if as_json:
-        print(json.dumps(job))
+        print(json.dumps(plain(job)))
     else:
         print_obj(_summary(job), False)
-        for e in job["errors"][:20]:
-            print(f"  line {e['line']}: {e['message']}")
-        if job["errors_count"] > 20:
-            print(f"  ... {job['errors_count'] - 20} more (`lodestar jobs show {job['id']} --json`)")
-    return 0 if job["state"] in ("done", "running", "staging") else 1
+        for e in job.errors[:20]:
+            print(f"  line {e.line}: {e.message}")
+        if job.errors_count > 20:
+            print(f"  ... {job.errors_count - 20} more (`lodestar jobs show {job.id} --json`)")
+    return 0 if job.state in ("done", "running", "staging") else 1
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -81,8 +84,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         if args.wait:
             job = follow(c, job, args.quiet)
         elif not args.json:
-            print(f"job {job['id']} submitted ({job['documents']} documents, {job['chunks']} chunks); "
-                  f"follow it with `lodestar jobs watch {job['id']}`", file=sys.stderr)
+            print(f"job {job.id} submitted ({job.documents} documents, {job.chunks} chunks); "
+                  f"follow it with `lodestar jobs watch {job.id}`", file=sys.stderr)
     return _report(job, args.json)
 
 
@@ -96,8 +99,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps([_summary(j) for j in jobs]))
             for j in [] if args.json else jobs:
-                print(f"{j['id']}  {j['state']:9} {j['collection']:16} {j['written']:>9}/{j['documents']:<9} docs "
-                      f"{j['chunks_done']:>5}/{j['chunks']:<5} chunks {j['errors_count']:>6} errors  {j['source']}")
+                print(f"{j.id}  {j.state:9} {j.collection:16} {j.written:>9}/{j.documents:<9} docs "
+                      f"{j.chunks_done:>5}/{j.chunks:<5} chunks {j.errors_count:>6} errors  {j.source}")
             return 0
         if action == "show":
             return _report(c.get_job(args.id, max_errors=args.errors), args.json)

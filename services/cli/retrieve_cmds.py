@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lodestar.errors import LodestarError
-from lodestar.services.cli.common import add_result_args, local_engine, print_obj, write_result
+from lodestar.services.cli.common import add_result_args, local_engine, plain, print_obj, write_result
 
 
 def cmd_collection(args: argparse.Namespace) -> int:
@@ -39,10 +39,10 @@ def cmd_collection(args: argparse.Namespace) -> int:
         elif args.action == "list":
             cols = c.list_collections()
             if args.json:
-                print(json.dumps(cols))
+                print(json.dumps(plain(cols)))
             else:
                 for s in cols:
-                    print(f"{s['name']:20} {s['documents']:>9} docs {s['chunks']:>9} chunks  {s['index']:14} {s['status']}")
+                    print(f"{s.name:20} {s.documents:>9} docs {s.chunks:>9} chunks  {s.index:14} {s.status}")
         elif args.action == "stats":
             print_obj(c.stats(args.name), args.json)
         elif args.action == "snapshot":

@@ -168,7 +168,9 @@ def test_compress_prints_context_and_json(server) -> None:  # type: ignore[no-un
     bad = lodestar("--server", server.address, "compress", "q", "-p", "text", "--budget-tokens", "0")
     assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr and "budget_tokens must be > 0" in bad.stderr
     query_side = lodestar(*args, "--json", "--query-mode", "nope")  # the query side's options reach the server
-    assert query_side.returncode == 1 and "unknown mode 'nope'" in query_side.stderr
+    assert query_side.returncode == 1 and "unknown mode 'nope'" in query_side.stderr + query_side.stdout
+    # with --json, errors are JSON on stdout too
+    assert json.loads(query_side.stdout)["error"]["code"] == "INVALID_ARGUMENT"
 
 
 def test_datastore_build_add_upload_and_generate(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

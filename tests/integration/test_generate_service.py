@@ -10,10 +10,11 @@ import time
 import pytest
 
 from lodestar.backbone import Backbone
-from lodestar.services.client import AnswerContext, Chunk, Client, ClientError
+from lodestar.services.client import AnswerContext, ChannelConfig, Chunk, Client, ClientError
 from lodestar.services.server import BackgroundServer
 
 pytestmark = pytest.mark.slow
+NO_RETRIES = ChannelConfig(retries=0)  # the refusals themselves are what these tests look at
 
 PASSAGE = (
     "The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, a region in "
@@ -33,17 +34,17 @@ def test_stream_and_lossless_speculative_greedy(client: Client) -> None:
     plain = client.generate(COPY_PROMPT, chat=True, max_new_tokens=48, speculative=False)
     assert spec_ids == plain.token_ids  # greedy speculative decoding is lossless
     assert "".join(c.text for c in chunks) == plain.text
-    assert last.stats["accepted_draft_tokens"] > 0  # the passage was drafted from and accepted
-    assert last.stats["steps"] < last.stats["generated_tokens"]
-    assert plain.stats["mean_accepted_tokens"] == pytest.approx(1.0)
+    assert last.stats.accepted_draft_tokens > 0  # the passage was drafted from and accepted
+    assert last.stats.steps < last.stats.generated_tokens
+    assert plain.stats.mean_accepted_tokens == pytest.approx(1.0)
 
 
 def test_datastore_by_name(client: Client, server: BackgroundServer) -> None:
     info = client.add_to_datastore("normans", [PASSAGE, "Rollo was the first ruler of Normandy."])
-    assert info["name"] == "normans" and info["documents"] == 2 and info["tokens"] > 40
+    assert info.name == "normans" and info.documents == 2 and info.tokens > 40
     again = client.add_to_datastore("normans", ["William the Conqueror was a Norman."], compact=True)
-    assert again["documents"] == 3 and again["segments"] == 1
-    assert "normans" in [d["name"] for d in client.list_datastores()]
+    assert again.documents == 3 and again.segments == 1
+    assert "normans" in [d.name for d in client.list_datastores()]
     prompt = "The Normans were the people who in the 10th and 11th centuries"
     spec = client.generate(prompt, max_new_tokens=24, datastore="normans")
     plain = client.generate(prompt, max_new_tokens=24, speculative=False)
@@ -65,7 +66,7 @@ def test_datastore_by_name(client: Client, server: BackgroundServer) -> None:
         assert err.value.code == "INVALID_ARGUMENT" and "max_add_chars=100" in err.value.message
     finally:
         engine.config = limits
-    assert client.add_to_datastore("normans", ["Rouen is in Normandy."])["documents"] == 4  # nothing of it was kept
+    assert client.add_to_datastore("normans", ["Rouen is in Normandy."]).documents == 4  # nothing of it was kept
 
 
 def test_stop_strings_and_token_prompt(client: Client, backbone: Backbone) -> None:
@@ -132,7 +133,7 @@ def test_answer_retrieves_compresses_and_cites(client: Client) -> None:
         assert isinstance(head, AnswerContext) and head.decision == "augment"
         assert head.sources[0].id == "normans" and len(head.sources) == 2
         assert "Normans" in head.context and head.context_tokens <= head.passage_tokens
-        assert items[-1].finish_reason in ("length", "eos") and items[-1].stats["generated_tokens"] > 0
+        assert items[-1].finish_reason in ("length", "eos") and items[-1].stats.generated_tokens > 0
         answer = "".join(c.text for c in items[1:])
         assert answer.strip()
         full = client.answer("Who gave their name to Normandy?", "answer_docs", k=2, compression="none", max_new_tokens=8)
@@ -150,22 +151,41 @@ def test_answer_retrieves_compresses_and_cites(client: Client) -> None:
             assert ctx is not None and [h.id for h in ctx.sources] == [h.id for h in want]
             assert [round(h.score, 4) for h in ctx.sources] == [round(h.score, 4) for h in want]
         for kwargs, code, words in (
-            ({"fusion": "magic"}, "INVALID_ARGUMENT", "rrf, weighted"),
             ({"alpha": 2.0}, "INVALID_ARGUMENT", "alpha"),
             ({"selective": True, "threshold": float("nan")}, "INVALID_ARGUMENT", "threshold must be a finite"),
             ({"k": 0}, "INVALID_ARGUMENT", "k must be in 1..50"),
-            ({"compression": "zip"}, "INVALID_ARGUMENT", "valid are extractive, abstractive, none"),
-            ({"retriever": "psychic"}, "INVALID_ARGUMENT", "psychic"),
             ({"feedback_chunks": 3}, "INVALID_ARGUMENT", "learned sparse side"),  # answer_docs keeps BM25
         ):
             with pytest.raises(ClientError) as err:
                 client.answer("Who?", "answer_docs", **kwargs)
             assert err.value.code == code and words in err.value.message
+        for kwargs, words in (({"fusion": "magic"}, "rrf, weighted"), ({"compression": "zip"}, "extractive, abstractive, none"),
+                              ({"retriever": "psychic"}, "dense, sparse, hybrid")):
+            with pytest.raises(ValueError, match=words):  # names the enums lack: refused before sending
+                client.answer("Who?", "answer_docs", **kwargs)
+        _server_refuses_unknown_strings(client.address)
         with pytest.raises(ClientError) as err:
             client.answer("Who?", "no_such_collection")
         assert err.value.code == "NOT_FOUND"
     finally:
         client.drop_collection("answer_docs")
+
+
+def _server_refuses_unknown_strings(address: str) -> None:
+    """The first release's string fields still reach the engine's checks, which name the valid values."""
+    import grpc
+
+    from lodestar.generate.v1 import generate_pb2 as gpb
+    from lodestar.generate.v1 import generate_pb2_grpc as gpb_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        stub = gpb_grpc.GenerateServiceStub(channel)
+        for fields, words in (({"fusion": "magic", "retriever": "hybrid"}, "rrf, weighted"),
+                              ({"compression": "zip"}, "valid are extractive, abstractive, none"),
+                              ({"retriever": "psychic"}, "psychic")):
+            with pytest.raises(grpc.RpcError) as err:
+                list(stub.Answer(gpb.AnswerRequest(question="Who?", collection="answer_docs", **fields), timeout=60))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and words in err.value.details()
 
 
 def test_answer_retrieves_with_learned_sparse_feedback(tiny_server) -> None:  # type: ignore[no-untyped-def]
@@ -200,7 +220,7 @@ def test_answer_takes_a_generation_slot_before_it_retrieves(tiny_server) -> None
     (RESOURCE_EXHAUSTED) before retrieval and compression run, and every slot comes back."""
     srv = tiny_server(max_concurrent_generations=1)
     engine = srv.runtime.generate_engine()
-    with Client(srv.address, timeout=60) as c:
+    with Client(srv.address, timeout=60, channel=NO_RETRIES) as c:
         c.create_collection("slots", mode="mean", sparse="bm25")
         c.upsert("slots", [{"id": "n", "text": PASSAGE}])
         stream = c.generate_stream("a", max_new_tokens=450, speculative=False)
@@ -224,7 +244,7 @@ def test_answer_takes_a_generation_slot_before_it_retrieves(tiny_server) -> None
 
 def test_capacity_and_answer_needs_retrieval(tiny_server) -> None:  # type: ignore[no-untyped-def]
     srv = tiny_server(max_concurrent_generations=1, only=("embed", "generate"))
-    with Client(srv.address, timeout=60) as c:
+    with Client(srv.address, timeout=60, channel=NO_RETRIES) as c:
         stream = c.generate_stream("a", max_new_tokens=450, speculative=False)
         next(stream)
         with pytest.raises(ClientError) as err:

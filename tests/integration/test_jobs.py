@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from lodestar.backbone import Backbone
-from lodestar.services.client import Client, ClientError
+from lodestar.services.client import Client, ClientError, Job
 from lodestar.services.server import BackgroundServer
 from lodestar.services.settings import Settings
 
@@ -96,7 +96,7 @@ def collection(client: Client, name: str) -> str:
     return name
 
 
-def wait_for(client: Client, job_id: str, pred: Any, timeout: float = 300) -> dict[str, Any]:
+def wait_for(client: Client, job_id: str, pred: Any, timeout: float = 300) -> Job:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = client.get_job(job_id, max_errors=1000)
@@ -108,7 +108,7 @@ def wait_for(client: Client, job_id: str, pred: Any, timeout: float = 300) -> di
 
 def assert_exact(client: Client, name: str, ids: list[str]) -> None:
     stats = client.stats(name)
-    assert stats["documents"] == len(ids) and stats["chunks"] == len(ids)  # none missing, none duplicated
+    assert stats.documents == len(ids) and stats.chunks == len(ids)  # none missing, none duplicated
     assert all(d is not None for d in client.get(name, ids))
 
 
@@ -119,13 +119,13 @@ def test_two_workers_with_bad_lines(client: Client, workers: Any) -> None:
     name = collection(client, "jobs_two")
     lines = corpus(60, "a") + BAD_LINES
     job = client.submit_job(name, numbered(lines), source="test")
-    assert job["state"] == "running" and job["documents"] == 60 and job["chunks"] == 10 and job["mode"] == "celery"
-    done = wait_for(client, job["id"], lambda j: j["state"] == "done")
-    assert done["written"] == 60 and done["chunks_done"] == 10 and done["processed"] == 60
-    assert {w.split("@")[0] for w in done["workers"]} == {"w1", "w2"}  # both processes took chunks
-    assert [e["line"] for e in done["errors"]] == [61, 62, 63, 64, 65]
-    assert "id is empty" in done["errors"][0]["message"] and "not valid UTF-8" in done["errors"][2]["message"]
-    assert "max_id_bytes=512" in done["errors"][4]["message"]
+    assert job.state == "running" and job.documents == 60 and job.chunks == 10 and job.mode == "celery"
+    done = wait_for(client, job.id, lambda j: j.state == "done")
+    assert done.written == 60 and done.chunks_done == 10 and done.processed == 60
+    assert {w.split("@")[0] for w in done.workers} == {"w1", "w2"}  # both processes took chunks
+    assert [e.line for e in done.errors] == [61, 62, 63, 64, 65]
+    assert "id is empty" in done.errors[0].message and "not valid UTF-8" in done.errors[2].message
+    assert "max_id_bytes=512" in done.errors[4].message
     assert_exact(client, name, [f"a{i}" for i in range(60)])
 
 
@@ -135,12 +135,12 @@ def test_sigkill_a_worker_and_restart_redis_mid_job(client: Client, workers: Any
     w4.wait_ready()
     name = collection(client, "jobs_chaos")
     job = client.submit_job(name, numbered(corpus(120, "b")))
-    wait_for(client, job["id"], lambda j: j["chunks_done"] >= 3)
+    wait_for(client, job.id, lambda j: j.chunks_done >= 3)
     w3.kill()  # mid-chunk, most likely: its task is neither acknowledged nor committed
-    wait_for(client, job["id"], lambda j: j["chunks_done"] >= 6)
+    wait_for(client, job.id, lambda j: j.chunks_done >= 6)
     redis.restart()  # queued messages are gone with it; the server dispatches them again
-    done = wait_for(client, job["id"], lambda j: j["state"] == "done")
-    assert done["written"] == 120 and done["chunks_done"] == 20 and done["errors_count"] == 0
+    done = wait_for(client, job.id, lambda j: j.state == "done")
+    assert done.written == 120 and done.chunks_done == 20 and done.errors_count == 0
     assert_exact(client, name, [f"b{i}" for i in range(120)])
 
 
@@ -149,21 +149,21 @@ def test_cancel_then_resume_after_everything_restarted(client: Client, workers: 
     w5.wait_ready()
     name = collection(client, "jobs_cancel")
     job = client.submit_job(name, numbered(corpus(90, "c")))
-    wait_for(client, job["id"], lambda j: j["chunks_done"] >= 2)
-    cancelled = client.cancel_job(job["id"])
-    assert cancelled["state"] == "cancelled"
+    wait_for(client, job.id, lambda j: j.chunks_done >= 2)
+    cancelled = client.cancel_job(job.id)
+    assert cancelled.state == "cancelled"
     time.sleep(2.0)  # chunks already queued are skipped by the worker
-    settled = client.get_job(job["id"])
-    assert settled["state"] == "cancelled" and settled["chunks_done"] < settled["chunks"]
+    settled = client.get_job(job.id)
+    assert settled.state == "cancelled" and settled.chunks_done < settled.chunks
     # Every worker and Redis itself go away; the job is only in the server's job store now.
     w5.stop()
     redis.restart()
     w6 = workers("w6")
     w6.wait_ready()
-    resumed = client.resume_job(job["id"])
-    assert resumed["state"] == "running"
-    done = wait_for(client, job["id"], lambda j: j["state"] == "done")
-    assert done["written"] == 90
+    resumed = client.resume_job(job.id)
+    assert resumed.state == "running"
+    done = wait_for(client, job.id, lambda j: j.state == "done")
+    assert done.written == 90
     assert_exact(client, name, [f"c{i}" for i in range(90)])
 
 
@@ -180,4 +180,4 @@ def test_job_errors_and_refusals(client: Client) -> None:
     assert err.value.code == "INVALID_ARGUMENT" and "chunk_docs must be in 1..10000" in err.value.message
     assert client.list_jobs(limit=50)  # the earlier jobs are listed
     empty = client.submit_job(name, numbered([b"", b"not json"]))
-    assert empty["state"] == "done" and empty["documents"] == 0 and empty["errors_count"] == 1
+    assert empty.state == "done" and empty.documents == 0 and empty.errors_count == 1

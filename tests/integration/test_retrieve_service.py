@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from lodestar.backbone import Backbone
+from lodestar.retrieve.v1 import retrieve_pb2 as rpb
 from lodestar.services.client import Client, ClientError
 
 pytestmark = pytest.mark.slow
@@ -76,7 +77,15 @@ def test_upsert_replaces_and_delete_removes(client: Client, collection: str) -> 
         ids = {h.id for h in client.search(collection, "lemon cake guitar", k=10, retriever=retriever)[0]}
         assert "guitar" not in ids
     stats = client.stats(collection)
-    assert stats["documents"] == 4 and stats["chunks"] >= 4 and stats["bytes"] > 0 and stats["index"] == "Flat"
+    assert stats.documents == 4 and stats.chunks >= 4 and stats.bytes > 0 and stats.index == "Flat"
+
+
+def _raw_search(client: Client, collection: str, **fields: object) -> object:
+    """A SearchRequest as the first release's clients (or a client with newer enums) send it."""
+    from lodestar.services.client.calls import Unary
+
+    req = rpb.SearchRequest(collection=collection, queries=["x"], **fields)  # type: ignore[arg-type]
+    return client._run(Unary(("retrieve", "Search"), req, lambda r: r, 60))
 
 
 @pytest.mark.parametrize(
@@ -86,12 +95,15 @@ def test_upsert_replaces_and_delete_removes(client: Client, collection: str) -> 
         (lambda c, n: c.create_collection(n), "ALREADY_EXISTS", "exists"),
         (lambda c, n: c.search(n, "x", k=0), "INVALID_ARGUMENT", "k"),
         (lambda c, n: c.search(n, "x", k=100000), "INVALID_ARGUMENT", "k"),
-        (lambda c, n: c.search(n, "x", retriever="magic"), "INVALID_ARGUMENT", "dense"),
+        (lambda c, n: c.search(n, "x", retriever="magic"), "ValueError", "dense, sparse, hybrid"),  # refused by the client
+        (lambda c, n: _raw_search(c, n, retriever="magic"), "INVALID_ARGUMENT", "dense"),  # ...and by the server
         (lambda c, n: c.search(n, "x", retriever="sparse", feedback_chunks=3), "INVALID_ARGUMENT", "learned sparse side"),
         (lambda c, n: c.search(n, "x", retriever="sparse", feedback_chunks=500), "INVALID_ARGUMENT", "0..100"),
         (lambda c, n: c.search(n, "x", retriever="sparse", length_norm=2.0), "INVALID_ARGUMENT", "length_norm=2.0 is out of range: use 0..1"),
         (lambda c, n: c.search(n, "x", retriever="sparse", length_norm=0.5), "INVALID_ARGUMENT", "learned sparse side"),
-        (lambda c, n: c.search(n, "x", filters=[("year", "between", 3)]), "INVALID_ARGUMENT", "gte"),
+        (lambda c, n: c.search(n, "x", filters=[("year", "between", 3)]), "ValueError", "gte"),
+        (lambda c, n: _raw_search(c, n, filters=[rpb.Filter(field="year", op="between", value_json="3")]), "INVALID_ARGUMENT", "gte"),
+        (lambda c, n: _raw_search(c, n, options=rpb.SearchOptions(fusion=7)), "INVALID_ARGUMENT", "fusion: unknown value 7"),
         (lambda c, n: c.upsert(n, [{"id": "x" * 600, "text": "long id"}]), "INVALID_ARGUMENT", "512"),
         (lambda c, n: c.upsert(n, [{"id": "", "text": "no id"}]), "INVALID_ARGUMENT", "id"),
         (lambda c, n: c.create_collection("bad_index", index="NotAnIndex"), "INVALID_ARGUMENT", "HNSW32"),
@@ -100,10 +112,14 @@ def test_upsert_replaces_and_delete_removes(client: Client, collection: str) -> 
     ],
 )
 def test_bad_input(client: Client, collection: str, call, code: str, needle: str) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(ClientError) as err:
-        call(client, collection)
-    assert err.value.code == code
-    assert needle in err.value.message
+    if code == "ValueError":
+        with pytest.raises(ValueError, match=needle):
+            call(client, collection)
+    else:
+        with pytest.raises(ClientError) as err:
+            call(client, collection)
+        assert err.value.code == code
+        assert needle in err.value.message
     assert client.search(collection, "guitar", k=1)[0][0].id == "guitar", "still serving, nothing lost"
 
 
@@ -115,12 +131,12 @@ def test_metadata_must_be_a_json_object_and_rejected_batch_changes_nothing(clien
         rpb.Document(id="new2", text="bad metadata", metadata_json="[1, 2]"),
     ])
     with pytest.raises(Exception) as err:
-        client._retrieve.Upsert(bad)
+        client._stubs["retrieve"].Upsert(bad)
     assert "must be a JSON object" in str(err.value)
     with pytest.raises(ClientError):
         client.upsert(collection, [{"id": "new3", "text": "good"}, {"id": "new3", "text": "duplicate id in batch"}])
     assert client.get(collection, ["new1", "new3"]) == [None, None]
-    assert client.stats(collection)["documents"] == len(CORPUS)
+    assert client.stats(collection).documents == len(CORPUS)
 
 
 def test_collection_cli(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -213,9 +229,9 @@ def test_sigkill_mid_upserts_loses_no_acknowledged_document(tmp_path: Path, tiny
             docs = c.get("crash", ids)
             assert all(d is not None and d.text == acked[d.id] for d in docs), "an acknowledged document was lost"
             stats = c.stats("crash")
-            assert stats["status"] == "ok"
-            assert stats["documents"] >= len(acked) and stats["documents"] % 20 == 0, "a half-written batch"
-            hits = c.search("crash", "document 3 part 5 about topic 5", k=stats["documents"], retriever="sparse")[0]
+            assert stats.status == "ok"
+            assert stats.documents >= len(acked) and stats.documents % 20 == 0, "a half-written batch"
+            hits = c.search("crash", "document 3 part 5 about topic 5", k=stats.documents, retriever="sparse")[0]
             assert len({h.id for h in hits}) == len(hits)
             dense = c.search("crash", "document 1 part 2", k=50)[0]
             assert len(dense) == 50 and all(h.id in acked or h.id.startswith("d") for h in dense)

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from lodestar.embed.v1 import embed_pb2 as pb
-from lodestar.services.embed_servicer import STREAM_WINDOW, EmbedServicer
+from lodestar.services.embed import STREAM_WINDOW, EmbedServicer
 
 
 class BlockingEngine:

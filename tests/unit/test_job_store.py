@@ -91,7 +91,8 @@ def test_line_numbers_sqlite_cannot_hold_are_refused(tmp_path: Path) -> None:
     """Line numbers are uint64 on the wire but INTEGER (int64) in the job store: a larger one used to
     reach SQLite and come back as INTERNAL (SubmitJob) or fail every commit of a chunk (CommitChunk)."""
     from lodestar.retrieve.indexing import Commit as CommitT
-    from lodestar.services import convert
+    from lodestar.services.client.index import commit_request
+    from lodestar.services.index import commit_from_pb
 
     store = JobStore(tmp_path / "jobs.sqlite3")
     job = store.create("c", "-", chunk_docs=2)
@@ -100,9 +101,9 @@ def test_line_numbers_sqlite_cannot_hold_are_refused(tmp_path: Path) -> None:
     store.stage(job, lines(2))  # the refused batch staged nothing; the job still takes lines
     assert store.seal(job).documents == 2
     doc = Document("a", "hello world")
-    good = convert.commit_request(CommitT(job, 0, Prepared([doc], [[(0, 11)]], np.zeros((1, 4), np.float32)), [1],
-                                          [JobError(2, "b", "nope")], "w", "m"))
-    assert convert.commit(good).errors == [JobError(2, "b", "nope")]
+    good = commit_request(CommitT(job, 0, Prepared([doc], [[(0, 11)]], np.zeros((1, 4), np.float32)), [1],
+                                  [JobError(2, "b", "nope")], "w", "m"))
+    assert commit_from_pb(good).errors == [JobError(2, "b", "nope")]
     for field in ("lines", "errors"):
         bad = type(good)()
         bad.CopyFrom(good)
@@ -111,7 +112,7 @@ def test_line_numbers_sqlite_cannot_hold_are_refused(tmp_path: Path) -> None:
         else:
             bad.errors[0].line = 2**63
         with pytest.raises(InvalidInput, match=rf"{field}\[0\]\S* \d+ is out of range: use 0\.\.{2**63 - 1}"):
-            convert.commit(bad)
+            commit_from_pb(bad)
 
 
 @pytest.fixture

@@ -72,7 +72,8 @@ def test_query_idf_default_stored_and_kept_for_older_collections(tiny_engine, tm
 
     from lodestar.retrieve.store import DB_NAME
     from lodestar.retrieve.v1 import retrieve_pb2 as rpb
-    from lodestar.services.convert import collection_config, collection_config_pb
+    from lodestar.services.retrieve import config_from_pb as collection_config
+    from lodestar.services.retrieve import config_to_pb as collection_config_pb
 
     assert collection_config(rpb.CollectionConfig(name="a")).query_idf is True  # unset on the wire = on
     off = collection_config(rpb.CollectionConfig(name="a", query_idf=False))

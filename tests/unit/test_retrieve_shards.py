@@ -132,7 +132,8 @@ def test_sharded_collection_matches_unsharded(tiny_engine, tmp_path: Path) -> No
 
 def test_shards_on_the_wire() -> None:
     from lodestar.retrieve.v1 import retrieve_pb2 as rpb
-    from lodestar.services.convert import collection_config, collection_config_pb
+    from lodestar.services.retrieve import config_from_pb as collection_config
+    from lodestar.services.retrieve import config_to_pb as collection_config_pb
 
     assert collection_config(rpb.CollectionConfig(name="a")).shards == 1  # unset = one index
     four = collection_config(rpb.CollectionConfig(name="a", shards=4))

@@ -8,7 +8,7 @@ the rest are the generation's chunks.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from lodestar.compress_ctx.engine import CompressionEngine
@@ -28,6 +28,7 @@ MAX_K = 50
 # both), while equal-weight RRF fell below BM25 (bench/results/beir_*.jsonl).
 HYBRID_FUSION, HYBRID_ALPHA = "weighted", 0.15
 DEFAULT_MAX_NEW_TOKENS = 64
+DEFAULT_PARAMS = GenerationParams(max_new_tokens=DEFAULT_MAX_NEW_TOKENS)
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class AnswerRequest:
     compression: str = "extractive"
     budget_tokens: int | None = None
     selective: bool = False
-    params: GenerationParams = field(default_factory=lambda: GenerationParams(max_new_tokens=DEFAULT_MAX_NEW_TOKENS))
+    params: GenerationParams = DEFAULT_PARAMS
     datastore: str = ""
     fusion: str = ""  # "" = HYBRID_FUSION (with HYBRID_ALPHA unless alpha is given)
     alpha: float | None = None
