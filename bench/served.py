@@ -28,10 +28,12 @@ def _bar(total: int, desc: str, progress: bool) -> Any:
 
 
 def _sorted_by_length(engine: Any, texts: list[str], options: Any) -> tuple[list[str], list[int]]:
-    """Texts ordered by token count (so a fixed-size batch pads little) and their token counts."""
-    prepared = engine.prepare(texts, options)
-    order = sorted(range(len(texts)), key=lambda i: len(prepared.items[i]))
-    return [texts[i] for i in order], [len(prepared.items[i]) for i in order]
+    """Texts ordered by token count (so a fixed-size batch pads little) and their token counts; any
+    number of texts (prepared in slices of the engine's per-request limit)."""
+    step = engine.config.max_texts_per_request
+    counts = [len(item) for i in range(0, len(texts), step) for item in engine.prepare(texts[i : i + step], options).items]
+    order = sorted(range(len(texts)), key=lambda i: counts[i])
+    return [texts[i] for i in order], [counts[i] for i in order]
 
 
 def _padding_ratio(sorted_lengths: list[int], batch_size: int) -> float:
@@ -299,11 +301,11 @@ def bench_search_latency(
     return out
 
 
-def _wait_job(client: Any, job_id: str, timeout: float) -> dict[str, Any]:
+def _wait_job(client: Any, job_id: str, timeout: float) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = client.get_job(job_id, max_errors=0)
-        if job["state"] in ("done", "failed", "cancelled"):
+        if job.finished:
             return job
         time.sleep(0.1)
     raise TimeoutError(f"job {job_id} not finished after {timeout:.0f}s")
@@ -318,13 +320,13 @@ def _run_job(address: str, lines: list[tuple[int, bytes]], mode: str, chunk_docs
         c.create_collection(name, mode=mode, sparse="bm25")
         t0 = time.perf_counter()
         job = c.submit_job(name, lines, source="bench", chunk_docs=chunk_docs)
-        job = _wait_job(c, job["id"], 7200)
+        job = _wait_job(c, job.id, 7200)
         seconds = time.perf_counter() - t0
         stats = c.stats(name)
-    if job["state"] != "done" or stats["documents"] != job["documents"]:
+    if job.state != "done" or stats.documents != job.documents:
         raise RuntimeError(f"benchmark job did not finish cleanly: {job}")
-    return {"documents": job["written"], "chunks": stats["chunks"], "seconds": round(seconds, 2),
-            "docs_per_s": round(job["written"] / seconds, 2), "workers_used": job["workers"]}
+    return {"documents": job.written, "chunks": stats.chunks, "seconds": round(seconds, 2),
+            "docs_per_s": round(job.written / seconds, 2), "workers_used": job.workers}
 
 
 def bench_index(
