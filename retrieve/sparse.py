@@ -1,4 +1,4 @@
-"""BM25 sparse retrieval: a text analyzer and an incremental inverted index scored with numpy.
+"""BM25 sparse retrieval: an incremental inverted index scored with numpy (words from lodestar.text).
 
 The index is a small log-structured merge of immutable CSR segments (term -> postings of
 (slot, tf)): each `add` writes one segment and equal-sized neighbours are merged, so there are
@@ -13,7 +13,6 @@ A term repeated in the query counts once per occurrence (as rank_bm25 and bm25s 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -22,23 +21,8 @@ import numpy as np
 from lodestar.errors import InvalidInput
 from lodestar.retrieve.framing import frame, unframe
 from lodestar.retrieve.ids import as_ids, member
+from lodestar.text import analyze
 
-# Common English function words (articles, pronouns, auxiliaries, prepositions, conjunctions).
-STOPWORDS = frozenset(
-    """
-    a about above after again against all am an and any are as at be because been before being below
-    between both but by can could did do does doing down during each few for from further had has
-    have having he her here hers herself him himself his how i if in into is it its itself just me
-    more most my myself no nor not now of off on once only or other our ours ourselves out over own
-    same she should so some such than that the their theirs them themselves then there these they
-    this those through to too under until up very was we were what when where which while who whom
-    why will with would you your yours yourself yourselves s t don shall may might must also yet
-    ever us let upon whether either neither via per within without across onto among although
-    though unless since
-    """.split()
-)
-
-_TOKEN = re.compile(r"[^\W_]+")  # runs of letters/digits in any script; "_" separates like punctuation
 _MAGIC = b"LSBM25\x00\x01"
 _FORMAT = 1
 
@@ -46,49 +30,6 @@ _FORMAT = 1
 def idf_weight(n: int, df: int) -> float:
     """Lucene's BM25 idf of a term in `df` of `n` documents: ln(1 + (n - df + 0.5) / (df + 0.5))."""
     return np.float64(np.log1p((n - df + 0.5) / (df + 0.5)))  # a numpy scalar keeps float32 weights' products in float64
-
-
-def stem(word: str) -> str:
-    """A light plural stripper: books->book, queries->query, boxes->box, caches/cache->cach.
-
-    Deliberately modest (no derivational suffixes); queries and documents go through the same
-    function, so an odd stem ("cach") still matches both forms of its word.
-    """
-    if len(word) <= 3:
-        return word
-    if word.endswith("s") and not word.endswith(("ss", "us", "is")):
-        if word.endswith("ies") and len(word) > 4 and not word.endswith(("eies", "aies")):
-            return word[:-3] + "y"
-        if word.endswith(("sses", "ches", "shes", "xes")):
-            return word[:-2]
-        word = word[:-1]
-    if word.endswith(("che", "she", "xe")):  # cache/caches, niche/niches: meet at "cach", "nich"
-        return word[:-1]
-    return word
-
-
-_cache: dict[str, str | None] = {}
-
-
-def _term(token: str) -> str | None:
-    """Stem of a lowercased token, None for a stopword (memoised: vocabularies are small)."""
-    found = _cache.get(token, "")
-    if found != "":
-        return found
-    value = None if token in STOPWORDS else stem(token)
-    if len(_cache) < 1_000_000:
-        _cache[token] = value
-    return value
-
-
-def analyze(text: str) -> list[str]:
-    """Lowercase, split on non-alphanumerics, drop English stopwords, strip plurals (see `stem`)."""
-    out: list[str] = []
-    for token in _TOKEN.findall(text.lower()):
-        term = _term(token)
-        if term is not None:
-            out.append(term)
-    return out
 
 
 @dataclass

@@ -167,7 +167,7 @@ def fold_map(stem_words: bool) -> np.ndarray:
     """(V,) representative token id of each vocabulary id: tokens spelling the same word up to case and a
     leading space (and, with stem_words, a plural) share the smallest id among them."""
     from lodestar.backbone.loader import BackboneConfig, load_tokenizer
-    from lodestar.retrieve.sparse import stem
+    from lodestar.text import stem
     from lodestar.services.cli.common import settings
 
     s = settings()

@@ -140,7 +140,7 @@ def grounded(query: str, passage: str) -> bool:
     than with either worked example. SmolLM2-135M sometimes copies the second example's query
     or fills its template ("how does thesaurus age faster when hot"); this check drops 59 of 155
     queries generated for Cranfield passages and 35 of 159 for CISI's, most of them such copies."""
-    from lodestar.retrieve.sparse import analyze
+    from lodestar.text import analyze
 
     terms = set(analyze(query))
     own = len(terms & set(analyze(passage)))
@@ -150,7 +150,7 @@ def grounded(query: str, passage: str) -> bool:
 @functools.cache
 def _shot_terms() -> tuple[frozenset[str], ...]:
     """Content words of each worked example (passage and query), analysed once."""
-    from lodestar.retrieve.sparse import analyze
+    from lodestar.text import analyze
 
     return tuple(frozenset(analyze(f"{shot} {q}")) for shot, q in QUERY_SHOTS)
 

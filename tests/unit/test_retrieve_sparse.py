@@ -1,4 +1,4 @@
-"""BM25: the analyzer, rankings known by hand, scores against a direct implementation of the formula,
+"""BM25: rankings known by hand, scores against a direct implementation of the formula,
 filters, deletes, segment merges and snapshots."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from lodestar.errors import InvalidInput
-from lodestar.retrieve.sparse import STOPWORDS, BM25Index, analyze, feedback_query, stem
+from lodestar.retrieve.sparse import BM25Index, feedback_query
+from lodestar.text import analyze
 
 CORPUS = {
     1: "The cat sat on the mat.",
@@ -48,16 +49,6 @@ def small() -> BM25Index:
     index = BM25Index()
     index.add(np.array(list(CORPUS)), list(CORPUS.values()))
     return index
-
-
-def test_analyze() -> None:
-    assert analyze("The Cat's QUERIES, about FAISS-indexes_and caches!") == ["cat", "query", "faiss", "index", "cach"]
-    assert analyze("Über große Straße 3.14") == ["über", "große", "straße", "3", "14"]
-    assert analyze("the and of to") == [] and analyze("") == []
-    assert {"the", "and", "of", "is", "which", "would"} <= STOPWORDS and 120 <= len(STOPWORDS) <= 200
-    pairs = {"books": "book", "queries": "query", "boxes": "box", "classes": "class", "status": "status",
-             "analysis": "analysis", "sizes": "size", "matches": "match", "cache": "cach", "bus": "bus"}
-    assert {w: stem(w) for w in pairs} == pairs
 
 
 def test_known_ranking_and_hand_computed_scores() -> None:
