@@ -33,8 +33,11 @@ import numpy as np
 from lodestar.embed.modes import get_mode
 from lodestar.embed.types import SPARSE_CAP, EmbedOptions, EmbedResult
 from lodestar.errors import AlreadyExists, InvalidInput, NotFound, Unavailable
+from lodestar.retrieve.bm25 import BM25Index
 from lodestar.retrieve.dense import DenseIndex, search_threads
+from lodestar.retrieve.feedback import MAX_FEEDBACK_CHUNKS, feedback_query
 from lodestar.retrieve.fusion import rrf, weighted
+from lodestar.retrieve.impact import ImpactIndex, sparse_vector
 from lodestar.retrieve.prepare import (
     DocLimits,
     Prepared,
@@ -54,7 +57,6 @@ from lodestar.retrieve.snapshot import (
     snapshot_bytes,
     write_snapshot,
 )
-from lodestar.retrieve.sparse import MAX_FEEDBACK_CHUNKS, BM25Index, ImpactIndex, feedback_query, sparse_vector
 from lodestar.retrieve.shards import AnyDense, check_shards, dense_from_bytes, new_dense
 from lodestar.retrieve.store import (
     ChunkRef,

@@ -189,7 +189,7 @@ def synthetic_queries(backbone: Backbone, docs: list[tuple[str, str]], cfg: Adap
 
 def with_hard_negatives(rows: list[dict[str, Any]], docs: list[tuple[str, str]], tokenizer: Any, cfg: AdaptConfig) -> list[Triplet]:
     """(query, source passage, best BM25 passage that is not the source)."""
-    from lodestar.retrieve.sparse import BM25Index
+    from lodestar.retrieve.bm25 import BM25Index
 
     index = BM25Index()
     index.add(np.arange(len(docs), dtype=np.int64), [t for _, t in docs])

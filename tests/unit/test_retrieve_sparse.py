@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from lodestar.errors import InvalidInput
-from lodestar.retrieve.sparse import BM25Index, feedback_query
+from lodestar.retrieve.bm25 import BM25Index
+from lodestar.retrieve.feedback import feedback_query
 from lodestar.text import analyze
 
 CORPUS = {
@@ -194,7 +195,7 @@ def test_rare_terms_in_a_large_corpus() -> None:
 
 
 def test_impact_index_dot_products_filters_removal_and_snapshots() -> None:
-    from lodestar.retrieve.sparse import ImpactIndex
+    from lodestar.retrieve.impact import ImpactIndex
 
     index = ImpactIndex()
     docs = {
@@ -246,7 +247,8 @@ def test_impact_index_dot_products_filters_removal_and_snapshots() -> None:
 
 
 def test_impact_index_idf_weights_query_terms_by_rarity() -> None:
-    from lodestar.retrieve.sparse import ImpactIndex, idf_weight
+    from lodestar.retrieve.impact import ImpactIndex
+    from lodestar.retrieve.postings import idf_weight
 
     index = ImpactIndex()
     # term 1 is in every document, term 2 in one: equal raw dot products, IDF breaks the tie
@@ -285,7 +287,7 @@ def test_impact_maxscore_returns_what_plain_accumulation_returns(idf: bool, inte
     """MaxScore pruning is exact: over several segments, with dead slots, filters, skewed weights and
     chunk length normalisation, every query gets the same ids and scores as reading every posting; with
     integer weights many documents tie exactly, and both paths still break the ties alike (by smaller id)."""
-    from lodestar.retrieve.sparse import ImpactIndex
+    from lodestar.retrieve.impact import ImpactIndex
 
     rng = np.random.default_rng(7)
     vocab = 400
@@ -316,7 +318,7 @@ def test_impact_maxscore_returns_what_plain_accumulation_returns(idf: bool, inte
 
 
 def test_impact_length_normalisation_divides_by_chunk_length_over_the_live_mean() -> None:
-    from lodestar.retrieve.sparse import ImpactIndex
+    from lodestar.retrieve.impact import ImpactIndex
 
     index = ImpactIndex()  # one term in chunk 1, three in chunk 2, five in chunk 3: mean 3 live terms
     index.add(np.array([1, 2, 3]), [(np.array([7]), np.array([1.0])), (np.array([7, 8, 9]), np.array([1.0, 1.0, 1.0])),
