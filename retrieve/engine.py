@@ -26,12 +26,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from lodestar.embed.modes import get_mode
-from lodestar.embed.types import SPARSE_CAP, EmbedOptions, EmbedResult
+from lodestar.embedding import SPARSE_CAP, Embedder
 from lodestar.errors import AlreadyExists, InvalidInput, NotFound, Unavailable
 from lodestar.retrieve.bm25 import BM25Index
 from lodestar.retrieve.dense import DenseIndex, search_threads
@@ -91,16 +90,6 @@ MAX_CHUNK_TOKENS = 8192
 CANDIDATE_FACTOR = 4  # chunk candidates fetched per wanted document (chunks aggregate to documents)
 HYBRID_DEPTH = 100  # each retriever's document ranking depth before fusion: max(k, this)
 REPLAY_BATCH = 4096
-
-
-class Embedder(Protocol):
-    """What the engine needs from an embedding engine (lodestar.embed.engine.EmbeddingEngine fits)."""
-
-    backbone: Any  # .hidden_size: the model's full dimension
-
-    def embed(self, texts: list[str], options: EmbedOptions | None = None, timeout: float | None = None) -> EmbedResult: ...
-
-    def token_offsets(self, text: str) -> list[tuple[int, int]]: ...
 
 
 class _RWLock:
@@ -495,10 +484,10 @@ class RetrievalEngine:
             raise InvalidInput(
                 f"bad collection name {name!r}: use 1 to 64 characters from A-Z a-z 0-9 _ . - , not starting with '.' or '-'"
             )
-        mode = get_mode(config.mode)
+        self.embedder.check_mode(config.mode)
         for field_name in ("query_prompt", "doc_prompt"):
             try:
-                mode.check_prompt(getattr(config, field_name))
+                self.embedder.check_mode(config.mode, getattr(config, field_name))
             except InvalidInput as e:
                 raise InvalidInput(f"{field_name}: {e}") from None
         if config.metric not in METRICS:
@@ -506,7 +495,7 @@ class RetrievalEngine:
         if config.sparse not in SPARSE_KINDS:
             raise InvalidInput(f"unknown sparse kind {config.sparse!r}: valid kinds are {', '.join(SPARSE_KINDS)}")
         if config.sparse == "learned":
-            get_mode(config.sparse_mode)
+            self.embedder.check_mode(config.sparse_mode)
             for key in ("sparse_top_k", "query_top_k"):
                 value = getattr(config, key)
                 if not isinstance(value, int) or not 1 <= value <= SPARSE_CAP:

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from lodestar.embed.modes import get_mode
-from lodestar.embed.types import EmbedOptions, EmbedResult
+from lodestar.embedding import EmbedOptions, EmbedResult
 from lodestar.errors import AlreadyExists, InvalidInput, NotFound, Overloaded, Unavailable
 from lodestar.retrieve.engine import RetrievalEngine
 from lodestar.retrieve.snapshot import MANIFEST
@@ -79,6 +79,9 @@ class FakeEmbedder:
 
     def token_offsets(self, text: str) -> list[tuple[int, int]]:
         return [(m.start(), m.end()) for m in WORD.finditer(text)]
+
+    def check_mode(self, mode: str, prompt: str = "") -> None:
+        get_mode(mode).check_prompt(prompt)  # as EmbeddingEngine.check_mode
 
 
 @pytest.fixture
