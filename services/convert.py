@@ -517,8 +517,7 @@ def commit(r: ipb.CommitChunkRequest) -> Any:
     """A worker's CommitChunk -> indexing.Commit, checking the flattened spans and vectors add up."""
     import numpy as np
 
-    from lodestar.retrieve.indexing import Commit
-    from lodestar.retrieve.jobs import JobError, check_line
+    from lodestar.retrieve.jobs import Commit, JobError, check_line
     from lodestar.retrieve.prepare import Prepared
 
     docs = documents(list(r.documents))
@@ -550,7 +549,7 @@ def commit(r: ipb.CommitChunkRequest) -> Any:
 
 
 def chunk_work(resp: ipb.ChunkWork, job_id: str, idx: int) -> Any:
-    from lodestar.retrieve.indexing import ChunkWork
+    from lodestar.retrieve.jobs import ChunkWork
 
     if resp.skip:
         return ChunkWork(job_id, idx, skip=resp.skip)
