@@ -19,10 +19,11 @@ from lodestar.retrieve.catalog import Catalog
 from lodestar.retrieve.collection import Collection
 from lodestar.retrieve.dense import search_threads
 from lodestar.retrieve.feedback import MAX_FEEDBACK_CHUNKS, feedback_query
+from lodestar.retrieve.filters import CompiledFilter, compile_filters
 from lodestar.retrieve.fusion import rrf, weighted
 from lodestar.retrieve.impact import ImpactIndex
 from lodestar.retrieve.prepare import embed_sparse, embed_texts
-from lodestar.retrieve.store import ChunkRef, CompiledFilter, compile_filters
+from lodestar.retrieve.store import ChunkRef
 from lodestar.retrieve.types import FUSIONS, RETRIEVERS, Hit, SearchRequest
 
 MAX_QUERIES = 10000  # queries in one search request
