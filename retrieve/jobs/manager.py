@@ -33,6 +33,8 @@ IN_PROCESS = "in-process"
 
 @dataclass(frozen=True)
 class JobsConfig:
+    """Where the job store lives and how chunks are dispatched (the server fills it from Settings)."""
+
     data_dir: Path
     chunk_docs: int = 64  # documents per chunk (one task)
     requeue_after_s: float = 600.0  # a queued chunk not done by then is dispatched again (Celery)
