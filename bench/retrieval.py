@@ -140,7 +140,8 @@ def bench_impact(
     (`query_idf`); it is also what lets MaxScore skip the long postings of common terms."""
     import scipy.sparse as sp
 
-    from lodestar.retrieve.sparse import ImpactIndex, idf_weight
+    from lodestar.retrieve.impact import ImpactIndex
+    from lodestar.retrieve.postings import idf_weight
 
     rng = np.random.default_rng(seed)
     qs = splade_like(queries, query_nnz, vocab, np.random.default_rng(seed + 1))

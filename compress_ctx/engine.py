@@ -19,7 +19,7 @@ from lodestar.compress_ctx.extractive import (
     ExtractiveCompressor,
 )
 from lodestar.compress_ctx.types import METHODS, ORDERS, SKIP, CompressResult
-from lodestar.embed.types import EmbedOptions
+from lodestar.embedding import EmbedOptions, TextEmbedder
 from lodestar.errors import InvalidInput
 
 # Selective-augmentation threshold for the default scorer (DEFAULT_OPTIONS, DEFAULT_LEXICAL_WEIGHT),
@@ -50,7 +50,7 @@ class CompressConfig:
 
 
 class CompressionEngine:
-    def __init__(self, backbone: Backbone, embedder: Any, config: CompressConfig | None = None) -> None:
+    def __init__(self, backbone: Backbone, embedder: TextEmbedder, config: CompressConfig | None = None) -> None:
         self.backbone = backbone
         self.embedder = embedder
         self.config = config or CompressConfig()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -24,7 +23,7 @@ from lodestar.compress_ctx.cache import VectorCache
 from lodestar.compress_ctx.lexical import coverage_scores, terms
 from lodestar.compress_ctx.sentences import split_sentences
 from lodestar.compress_ctx.types import AUGMENT, ORDERS, SKIP, CompressResult, Span, join_passages
-from lodestar.embed.types import EmbedOptions
+from lodestar.embedding import EmbedOptions, TextEmbedder
 from lodestar.errors import InvalidInput
 
 # Zero-shot defaults chosen on 200 SQuAD dev questions with BM25 top-5 passages (answer kept at a
@@ -78,7 +77,7 @@ class ExtractiveCompressor:
 
     def __init__(
         self,
-        embedder: Any,
+        embedder: TextEmbedder,
         *,
         lexical_weight: float = DEFAULT_LEXICAL_WEIGHT,
         passage_weight: float = DEFAULT_PASSAGE_WEIGHT,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from lodestar.compress_ctx.types import Faithfulness
-from lodestar.retrieve.sparse import analyze
+from lodestar.text import analyze
 
 _WORD = re.compile(r"[^\W_]+")
 

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from lodestar.retrieve.sparse import analyze
+from lodestar.text import analyze
 
 
 PREFIX = 5

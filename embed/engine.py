@@ -188,6 +188,11 @@ class EmbeddingEngine:
         enc = self.backbone.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         return [(int(a), int(b)) for a, b in enc["offset_mapping"]]
 
+    def check_mode(self, mode: str, prompt: str = "") -> None:
+        """Refuse an unknown mode name (listing the valid ones) or a prompt that does not fit the mode;
+        what collections check when created (the `lodestar.embedding.Embedder` retrieval takes)."""
+        get_mode(mode).check_prompt(prompt)
+
     def info(self) -> dict[str, Any]:
         bb = self.backbone
         return {

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from lodestar.embedding import Packed  # the result type other engines see; re-exported here
 from lodestar.errors import InvalidInput
 
+__all__ = ["DTYPES", "F16_MAX", "Packed", "pack", "shape_vectors", "unpack"]
+
 DTYPES = ("float32", "float16", "int8", "binary")
-
-
-@dataclass
-class Packed:
-    """Row-major bytes plus the logical shape (rows, dimensions) and dtype name."""
-
-    data: bytes
-    shape: tuple[int, int]
-    dtype: str
 
 
 def shape_vectors(vectors: np.ndarray, dimensions: int | None, normalize: bool) -> np.ndarray:

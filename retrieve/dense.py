@@ -25,7 +25,6 @@ Not thread-safe for writes: the collection engine serialises add/remove/compact 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -34,15 +33,19 @@ import faiss
 import numpy as np
 
 from lodestar.errors import InvalidInput
+from lodestar.retrieve.faiss_specs import (
+    build_index,
+    core_index,
+    faiss_metric,
+    is_native_ivf,
+    pq_ksub,
+    removes_physically,
+    strip_idmap,
+    validate_spec,
+)
 from lodestar.retrieve.framing import frame, unframe
 from lodestar.retrieve.ids import as_ids, member
-from lodestar.retrieve.types import METRICS
 
-SPEC_EXAMPLES = "Flat, HNSW32, IVF1024,Flat, IVF1024,PQ16"
-# Limits a new collection's index spec must keep (FAISS parses these but fails, aborts or exhausts
-# memory only once vectors arrive): IVF lists, HNSW neighbours per node (HNSW0/1 crash the process).
-MAX_NLIST = 1 << 20
-HNSW_M_RANGE = (2, 256)
 TOMBSTONE = -2  # label given to a removed vector that is still physically in a graph index
 _MAX_ID = 2**63 - 1
 _MAGIC = b"LSDENSE1"
@@ -70,132 +73,6 @@ def search_threads(n_queries: int, configured: int = 0) -> Iterator[None]:
         yield
     finally:
         faiss.omp_set_num_threads(before)
-
-
-def _faiss_message(exc: Exception) -> str:
-    """FAISS's own explanation without the C++ function name and source location."""
-    line = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-    match = re.match(r"^Error in .*? at \S+:\d+: (.*)$", line)
-    text = match.group(1) if match else line
-    return text.removeprefix("Error: ").strip()
-
-
-def _strip_idmap(spec: str) -> str:
-    """Drop an explicit IDMap/IDMap2 component: the index supplies its own id handling."""
-    parts = [p.strip() for p in spec.split(",")]
-    return ",".join(p for p in parts if p not in ("IDMap", "IDMap2"))
-
-
-def _faiss_metric(metric: str) -> int:
-    """cosine and ip are inner product in FAISS (cosine on unit vectors); l2 is squared L2."""
-    return faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
-
-
-def _core(index: Any) -> Any:
-    """The index under any IDMap / pre-transform wrappers (the part that decides search params)."""
-    index = faiss.downcast_index(index)
-    while isinstance(index, (faiss.IndexIDMap, faiss.IndexPreTransform)):
-        index = faiss.downcast_index(index.index)
-    return index
-
-
-def _pq_ksub(index: Any) -> int:
-    """Centroids per sub-quantizer of the first product quantizer inside `index` (0 if none)."""
-    seen = 0
-    while index is not None and seen < 8:
-        seen += 1
-        index = faiss.downcast_index(index)
-        pq = getattr(index, "pq", None)
-        if pq is not None:
-            return int(pq.ksub)
-        if isinstance(index, faiss.IndexHNSW):
-            index = index.storage
-        elif isinstance(index, (faiss.IndexIDMap, faiss.IndexPreTransform)):
-            index = index.index
-        else:
-            return 0
-    return 0
-
-
-def _removes_physically(index: Any) -> bool:
-    """Whether `remove_ids` works on this index (probed on the empty index, so it costs nothing)."""
-    try:
-        index.remove_ids(faiss.IDSelectorBatch(np.empty(0, dtype=np.int64)))
-    except RuntimeError:
-        return False
-    return True
-
-
-def _is_native_ivf(index: Any) -> bool:
-    """IVF reached through pre-transforms only: it stores the caller's ids itself."""
-    index = faiss.downcast_index(index)
-    while isinstance(index, faiss.IndexPreTransform):
-        index = faiss.downcast_index(index.index)
-    return isinstance(index, faiss.IndexIVF)
-
-
-def _build(dim: int, spec: str, metric: str) -> Any:
-    """`faiss.index_factory` with its errors turned into InvalidInput naming valid examples."""
-    if metric not in METRICS:
-        raise InvalidInput(f"metric '{metric}' is not valid; valid metrics: {', '.join(METRICS)}")
-    if not isinstance(dim, int) or dim < 1:
-        raise InvalidInput(f"index dimension must be a positive integer; got {dim!r}")
-    clean = _strip_idmap(spec)
-    if not clean:
-        raise InvalidInput(f"index spec '{spec}' is empty; examples: {SPEC_EXAMPLES}")
-    try:
-        index = faiss.index_factory(dim, clean, _faiss_metric(metric))
-    except RuntimeError as exc:
-        raise InvalidInput(
-            f"index spec '{spec}' is not valid for dim {dim}: {_faiss_message(exc)}; examples: {SPEC_EXAMPLES}"
-        ) from None
-    except MemoryError:
-        raise InvalidInput(f"index spec '{spec}' for dim {dim} does not fit in memory; examples: {SPEC_EXAMPLES}") from None
-    core = _core(index)
-    filterable = (faiss.IndexFlat, faiss.IndexScalarQuantizer, faiss.IndexHNSW, faiss.IndexIVF)
-    if not isinstance(core, filterable) or isinstance(core, (faiss.IndexIVFFastScan, faiss.IndexNSG)):
-        raise InvalidInput(
-            f"index spec '{spec}' is not supported: its FAISS index ({type(core).__name__}) cannot filter ids "
-            f"during search or grow incrementally; supported families: Flat, SQ*, HNSW*, IVF* with Flat/PQ/SQ "
-            f"codes (optionally behind PCA/OPQ); examples: {SPEC_EXAMPLES}"
-        )
-    for part in (core, getattr(core, "storage", None)):
-        if part is not None and hasattr(faiss.downcast_index(part), "do_polysemous_training"):
-            # index_factory turns polysemous training on for PQ: ~11 s of annealing per train for
-            # codes we never search with Hamming filtering.
-            faiss.downcast_index(part).do_polysemous_training = False
-    return index
-
-
-def _check_params(index: Any, spec: str) -> None:
-    """InvalidInput for parameters FAISS accepts at build time but fails on (or crashes with) later:
-    a transform that cannot output its width, HNSW with too few or too many neighbours, 0-bit PQ codes.
-    (IVF list counts are checked in `validate` from the spec, before FAISS allocates the lists.)"""
-    lo, hi = HNSW_M_RANGE
-    todo, seen = [index], 0
-    while todo and seen < 16:
-        seen += 1
-        part = faiss.downcast_index(todo.pop())
-        if isinstance(part, faiss.IndexPreTransform):
-            for i in range(part.chain.size()):
-                vt = faiss.downcast_VectorTransform(part.chain.at(i))
-                name = type(vt).__name__
-                if vt.d_out < 1 or (isinstance(vt, (faiss.PCAMatrix, faiss.ITQTransform)) and vt.d_out > vt.d_in):
-                    raise InvalidInput(f"index spec '{spec}': {name} cannot output {vt.d_out} dimensions from {vt.d_in}: "
-                                       f"use 1..{vt.d_in}; examples: {SPEC_EXAMPLES}")
-                if isinstance(vt, faiss.OPQMatrix) and vt.d_out % vt.M:
-                    raise InvalidInput(f"index spec '{spec}': OPQ{vt.M} needs an output width divisible by {vt.M}; "
-                                       f"got {vt.d_out}; examples: {SPEC_EXAMPLES}")
-        if isinstance(part, faiss.IndexHNSW):
-            levels = faiss.vector_to_array(part.hnsw.cum_nneighbor_per_level)  # [0, 2M, 3M, ...]; HNSW1 has no level 1
-            if levels.size < 3 or not lo <= int(levels[2] - levels[1]) <= hi:
-                raise InvalidInput(f"index spec '{spec}': HNSW needs M (neighbours per node) in {lo}..{hi}, as in HNSW{lo}..HNSW{hi}; "
-                                   f"examples: {SPEC_EXAMPLES}")
-        pq = getattr(part, "pq", None)
-        if pq is not None and pq.nbits < 1:
-            raise InvalidInput(f"index spec '{spec}': PQ codes need at least 1 bit per sub-vector (x1..x24); got x{pq.nbits}; "
-                               f"examples: {SPEC_EXAMPLES}")
-        todo += [getattr(part, a) for a in ("index", "storage", "quantizer") if getattr(part, a, None) is not None]
 
 
 def _topk_rows(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -233,11 +110,11 @@ class DenseIndex:
     """FAISS index over int64 ids with deletes on every index type and filtered search."""
 
     def __init__(self, dim: int, spec: str = "Flat", metric: str = "cosine", train_size: int | None = None) -> None:
-        index = _build(dim, spec, metric)
+        index = build_index(dim, spec, metric)
         self.dim = dim
         self.spec = spec
         self.metric = metric
-        core = _core(index)
+        core = core_index(index)
         self.nlist = int(core.nlist) if isinstance(core, faiss.IndexIVF) else 0
         self._hnsw = isinstance(core, faiss.IndexHNSW)
         # HNSW candidates kept per query (raised to 2k, and widened under filters); 128 gave
@@ -249,9 +126,9 @@ class DenseIndex:
         # HNSW + filter: a graph walk costs about efSearch * 32 distance computations, an exact scan
         # of the allowed vectors one per allowed id; score exactly while that is no dearer.
         self.exact_factor = 32
-        minimum = max(1, self.nlist, _pq_ksub(index))
+        minimum = max(1, self.nlist, pq_ksub(index))
         # FAISS's own k-means advice: 39 training points per centroid (IVF lists, PQ codewords)
-        default = max(256, 39 * self.nlist, 39 * _pq_ksub(index))
+        default = max(256, 39 * self.nlist, 39 * pq_ksub(index))
         if train_size is None:
             train_size = default
         if not isinstance(train_size, int) or train_size < minimum:
@@ -261,7 +138,7 @@ class DenseIndex:
             )
         self.train_size = train_size
         self._inner: Any = None  # the IDMap's sub-index, kept referenced while the IDMap lives
-        if _is_native_ivf(index) and _removes_physically(index):
+        if is_native_ivf(index) and removes_physically(index):
             self._native = True
             self._main = index
         else:
@@ -269,7 +146,7 @@ class DenseIndex:
             self._main = faiss.IndexIDMap(index)
             self._inner = index
         self._removable = self._native or (
-            isinstance(_core(index), faiss.IndexFlatCodes) and _removes_physically(self._main)
+            isinstance(core_index(index), faiss.IndexFlatCodes) and removes_physically(self._main)
         )
         self._side: Any = None if self._main.is_trained else faiss.IndexIDMap(self._new_flat())
         self._keys = np.empty(0, dtype=np.int64)  # (N,) sorted live ids
@@ -286,11 +163,7 @@ class DenseIndex:
         """Raise InvalidInput when (dim, spec, metric) cannot make an index, or one whose parameters
         would fail only when it trains or adds (a stored vector would then fail every rebuild);
         nothing is kept. Only new collections are held to this: existing ones load as before."""
-        for nlist in re.findall(r"IVF(\d+)", _strip_idmap(spec)):  # checked before FAISS allocates the lists
-            if not 1 <= int(nlist) <= MAX_NLIST:
-                raise InvalidInput(f"index spec '{spec}': IVF{nlist} is out of range: use IVF1..IVF{MAX_NLIST}; examples: {SPEC_EXAMPLES}")
-        index = _build(dim, spec, metric)
-        _check_params(index, spec)
+        validate_spec(dim, spec, metric)
 
     @property
     def trained(self) -> bool:
@@ -391,7 +264,7 @@ class DenseIndex:
         if self._side is not None or self._dead == 0:
             return
         inner = faiss.downcast_index(self._main.index)
-        fresh = faiss.index_factory(self.dim, _strip_idmap(self.spec), _faiss_metric(self.metric))
+        fresh = faiss.index_factory(self.dim, strip_idmap(self.spec), faiss_metric(self.metric))
         if not fresh.is_trained:  # keep the trained codebooks, drop the vectors
             fresh = faiss.clone_index(inner)
             fresh.reset()
@@ -458,7 +331,7 @@ class DenseIndex:
 
     def _params(self, sel: Any, k: int, share: float) -> Any:
         """SearchParameters for the core index: the selector, and a search width scaled by 1/share."""
-        core = _core(self._main)
+        core = core_index(self._main)
         widen = 1.0 / max(share, 1e-12)
         if isinstance(core, faiss.IndexIVF):
             nprobe = min(self.nlist, max(1, math.ceil(self.nprobe * widen)))
@@ -545,7 +418,7 @@ class DenseIndex:
         labels = faiss.vector_to_array(side.id_map).astype(np.int64)  # (n,) insertion order
         flat = faiss.downcast_index(side.index)
         x = faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim).copy()  # (n, D)
-        cap = max(self.train_size, 256 * max(self.nlist, _pq_ksub(self._main), 1))
+        cap = max(self.train_size, 256 * max(self.nlist, pq_ksub(self._main), 1))
         rng = np.random.default_rng(_TRAIN_SEED)
         sample = np.sort(rng.choice(n, size=min(n, cap), replace=False))
         self._main.train(x[sample])

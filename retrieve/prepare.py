@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from lodestar.embed.types import EmbedOptions
+from lodestar.embedding import EmbedOptions, Embedder
 from lodestar.errors import InvalidInput, Unavailable
 from lodestar.retrieve.chunking import chunk_spans
 from lodestar.retrieve.types import CollectionConfig, Document
@@ -127,7 +127,7 @@ def sparse_options(cfg: CollectionConfig, query: bool) -> EmbedOptions:
                         sparse_top_k=cfg.query_top_k if query else cfg.sparse_top_k)
 
 
-def embed_sparse(embedder: Any, cfg: CollectionConfig, texts: list[str], query: bool) -> list[SparseVec]:
+def embed_sparse(embedder: Embedder, cfg: CollectionConfig, texts: list[str], query: bool) -> list[SparseVec]:
     """Learned-sparse vectors of `texts` (chunks, or queries with query=True)."""
     options = sparse_options(cfg, query)
     step = embed_limit(embedder)
@@ -140,14 +140,14 @@ def embed_sparse(embedder: Any, cfg: CollectionConfig, texts: list[str], query: 
     return out
 
 
-def embed_limit(embedder: Any) -> int:
+def embed_limit(embedder: Embedder) -> int:
     """Texts per embed call: the embedder's own request limit, or EMBED_BATCH."""
     cfg = getattr(embedder, "config", None)
     limit = getattr(cfg, "max_texts_per_request", None)
     return int(limit) if isinstance(limit, int) and limit > 0 else EMBED_BATCH
 
 
-def chunk_document(embedder: Any, cfg: CollectionConfig, text: str) -> list[tuple[int, int]]:
+def chunk_document(embedder: Embedder, cfg: CollectionConfig, text: str) -> list[tuple[int, int]]:
     """Character spans of a document's chunks (by tokens); whitespace-only chunks are skipped."""
     if cfg.chunk_tokens == 0:
         return [(0, len(text))]
@@ -157,7 +157,7 @@ def chunk_document(embedder: Any, cfg: CollectionConfig, text: str) -> list[tupl
     return out or [(0, len(text))]
 
 
-def embed_texts(embedder: Any, cfg: CollectionConfig, texts: list[str], dim: int, query: bool) -> np.ndarray:
+def embed_texts(embedder: Embedder, cfg: CollectionConfig, texts: list[str], dim: int, query: bool) -> np.ndarray:
     """(N, dim) float32 vectors of `texts` with the collection's doc or query options; refuses a
     wrong width or a non-finite vector (it would poison every later rebuild)."""
     options = embed_options(cfg, query)
@@ -179,7 +179,7 @@ def check_finite(vectors: np.ndarray, texts: list[str], what: str) -> None:
         raise InvalidInput(f"the embedding of {what} {j} ({texts[j][:60]!r}) is not finite; nothing was written")
 
 
-def prepare(embedder: Any, cfg: CollectionConfig, dim: int, docs: list[Document]) -> Prepared:
+def prepare(embedder: Embedder, cfg: CollectionConfig, dim: int, docs: list[Document]) -> Prepared:
     """Chunk and embed documents (already validated) for a collection with `cfg` and width `dim`."""
     spans = [chunk_document(embedder, cfg, d.text) for d in docs]
     prepared = Prepared(docs, spans, np.empty((0, dim), dtype=np.float32))

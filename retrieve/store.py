@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import sqlite3
 import threading
 import uuid
@@ -34,15 +33,12 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from lodestar.errors import InvalidInput, Overloaded
-from lodestar.retrieve.types import Document, Filter
+from lodestar.errors import Overloaded
+from lodestar.retrieve.filters import CompiledFilter
+from lodestar.retrieve.types import Document
 
 DB_NAME = "store.sqlite3"
 SCHEMA_VERSION = 1
-FILTER_OPS = ("eq", "ne", "in", "nin", "gt", "gte", "lt", "lte")
-MAX_FILTER_VALUES = 1024  # values in one in/nin list
-MAX_FIELD_CHARS = 256
-_INT64 = (-(2**63), 2**63 - 1)
 
 _SCHEMA = """
 CREATE TABLE config (id INTEGER PRIMARY KEY CHECK (id = 1), json TEXT NOT NULL);
@@ -122,129 +118,6 @@ class ChunkRef:
     idx: int
     start: int
     end: int
-
-
-@dataclass(frozen=True)
-class CompiledFilter:
-    """A validated AND of metadata conditions as SQL over `d.metadata` (d = docs)."""
-
-    sql: str
-    params: tuple[Any, ...]
-
-
-# --- filters -----------------------------------------------------------------------------------
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _check_scalar(v: Any, where: str) -> None:
-    if v is None or isinstance(v, (bool, str)):
-        return
-    if isinstance(v, int):
-        if not _INT64[0] <= v <= _INT64[1]:
-            raise InvalidInput(f"{where}: integer {v} is outside the 64-bit range")
-        return
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            raise InvalidInput(f"{where}: {v} is not a finite number")
-        return
-    raise InvalidInput(f"{where}: value of type {type(v).__name__} is not allowed: use a string, number, boolean or null")
-
-
-def _eq_sql(path: str, v: Any) -> tuple[str, list[Any]]:
-    """A 0/1 predicate: the field equals `v` with JSON type respected (1 never equals true)."""
-    if v is None:  # null matches an explicit null or a missing field
-        return "COALESCE(json_type(d.metadata, ?), 'null') = 'null'", [path]
-    if isinstance(v, bool):
-        return "COALESCE(json_type(d.metadata, ?) = ?, 0)", [path, "true" if v else "false"]
-    if _is_number(v):
-        return "COALESCE(json_type(d.metadata, ?) IN ('integer', 'real') AND json_extract(d.metadata, ?) = ?, 0)", [path, path, v]
-    return "COALESCE(json_type(d.metadata, ?) = 'text' AND json_extract(d.metadata, ?) = ?, 0)", [path, path, v]
-
-
-def _in_sql(path: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
-    """A 0/1 predicate: the field equals one of `values` (grouped by JSON type, one json_each each)."""
-    parts: list[str] = []
-    params: list[Any] = []
-    strings = [v for v in values if isinstance(v, str)]
-    numbers = [v for v in values if _is_number(v)]
-    bools = sorted({"true" if v else "false" for v in values if isinstance(v, bool)})
-    if strings:
-        parts.append("COALESCE(json_type(d.metadata, ?) = 'text' AND json_extract(d.metadata, ?) IN (SELECT value FROM json_each(?)), 0)")
-        params += [path, path, json.dumps(strings)]
-    if numbers:
-        parts.append(
-            "COALESCE(json_type(d.metadata, ?) IN ('integer', 'real') AND json_extract(d.metadata, ?) IN (SELECT value FROM json_each(?)), 0)"
-        )
-        params += [path, path, json.dumps(numbers)]
-    if bools:
-        parts.append(f"COALESCE(json_type(d.metadata, ?) IN ({', '.join('?' * len(bools))}), 0)")
-        params += [path, *bools]
-    if any(v is None for v in values):
-        sql, p = _eq_sql(path, None)
-        parts.append(sql)
-        params += p
-    return ("(" + " OR ".join(parts) + ")") if parts else "0", params
-
-
-_RANGE = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
-
-
-def compile_filters(filters: Sequence[Filter]) -> CompiledFilter | None:
-    """Validate `filters` and turn their AND into SQL; None when there are none.
-
-    eq/ne compare a top-level metadata value with its JSON type respected; eq null matches a null or
-    missing field; ne/nin also match documents without the field. Range ops compare numbers with
-    numbers and strings with strings (ISO dates order correctly); other types never match.
-    """
-    if not filters:
-        return None
-    clauses: list[str] = []
-    params: list[Any] = []
-    for i, f in enumerate(filters):
-        name = getattr(f, "field", None)
-        where = f"filter {i} ({name!r} {getattr(f, 'op', None)!r})"
-        if not isinstance(name, str) or not name:
-            raise InvalidInput(f"filter {i}: field is empty: name a top-level metadata key")
-        if len(name) > MAX_FIELD_CHARS or '"' in name or any(ord(c) < 32 for c in name):
-            raise InvalidInput(
-                f"{where}: field must be at most {MAX_FIELD_CHARS} characters with no double quote or control characters"
-            )
-        op = getattr(f, "op", None)
-        if op not in FILTER_OPS:
-            raise InvalidInput(f"{where}: unknown op {op!r}: valid ops are {', '.join(FILTER_OPS)}")
-        value = f.value
-        path = f'$."{name}"'
-        if op in ("in", "nin"):
-            if not isinstance(value, (list, tuple)):
-                raise InvalidInput(f"{where}: op {op!r} needs a list of values, got {type(value).__name__}")
-            if len(value) > MAX_FILTER_VALUES:
-                raise InvalidInput(f"{where}: {len(value)} values; the limit is {MAX_FILTER_VALUES}")
-            for v in value:
-                _check_scalar(v, where)
-            sql, p = _in_sql(path, value)
-            clauses.append(sql if op == "in" else f"NOT {sql}")
-        elif op in _RANGE:
-            if not (_is_number(value) or isinstance(value, str)):
-                raise InvalidInput(f"{where}: op {op!r} needs a number or a string, got {type(value).__name__}")
-            _check_scalar(value, where)
-            types = "IN ('integer', 'real')" if _is_number(value) else "= 'text'"
-            sql = f"COALESCE(json_type(d.metadata, ?) {types} AND json_extract(d.metadata, ?) {_RANGE[op]} ?, 0)"
-            p = [path, path, value]
-            clauses.append(sql)
-        else:
-            if isinstance(value, (list, tuple, dict)):
-                raise InvalidInput(f"{where}: op {op!r} needs a single value; use 'in'/'nin' for a list")
-            _check_scalar(value, where)
-            sql, p = _eq_sql(path, value)
-            clauses.append(sql if op == "eq" else f"NOT {sql}")
-        params += p
-    return CompiledFilter(" AND ".join(f"({c})" for c in clauses), tuple(params))
-
-
-# --- the store ---------------------------------------------------------------------------------
 
 
 def _ids_param(ids: Sequence[Any]) -> str:

@@ -11,8 +11,7 @@ import grpc
 import numpy as np
 
 from lodestar.errors import InvalidInput
-from lodestar.retrieve.indexing import Commit
-from lodestar.retrieve.jobs import JobError, check_line
+from lodestar.retrieve.jobs import Commit, JobError, check_line
 from lodestar.retrieve.prepare import Prepared
 from lodestar.retrieve.v1 import index_pb2 as ipb
 from lodestar.retrieve.v1 import index_pb2_grpc as ipb_grpc

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from lodestar.generate.engine import GenerationEngine
     from lodestar.retrieve.engine import RetrievalEngine
     from lodestar.generate.answer import AnswerPipeline
-    from lodestar.services.jobs import JobManager
+    from lodestar.retrieve.jobs import Dispatcher, JobManager, JobsConfig
 
 RETRIEVE_SERVICE = "lodestar.retrieve.v1.RetrieveService"
 
@@ -28,6 +28,13 @@ log = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _celery_dispatcher(config: JobsConfig) -> Dispatcher:
+    """The JobManager's remote dispatcher when a broker is set (Celery is imported only then)."""
+    from lodestar.services.worker import CeleryDispatcher
+
+    return CeleryDispatcher(config)
 
 
 class Runtime:
@@ -171,13 +178,13 @@ class Runtime:
                                restore_dirs=tuple(self.settings.restore_dirs))
 
     def _build_jobs(self, retrieval: RetrievalEngine, engine: EmbeddingEngine) -> JobManager:
-        from lodestar.services.jobs import JobManager, JobsConfig
+        from lodestar.retrieve.jobs import JobManager, JobsConfig
 
         s = self.settings
         return JobManager(retrieval, engine, JobsConfig(
             data_dir=Path(s.data_dir), chunk_docs=s.job_chunk_docs, requeue_after_s=s.job_requeue_after_s,
             broker_url=s.broker_url, result_backend=s.result_backend, visibility_timeout_s=s.broker_visibility_timeout_s,
-        ))
+        ), _celery_dispatcher)
 
     async def _watch_jobs(self) -> None:
         """Re-dispatch what needs it: chunks left pending (broker was down) and chunks whose

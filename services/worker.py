@@ -1,6 +1,6 @@
 """Celery workers for batch indexing (Redis broker): `lodestar worker` runs one.
 
-The task is thin: it runs `retrieve.indexing.run_chunk` with this process's embedding engine and a
+The task is thin: it runs `retrieve.jobs.run_chunk` with this process's embedding engine and a
 `RemoteSource` that fetches the chunk's documents from the server and commits spans and vectors
 back over gRPC. Delivery is at-least-once and safe to repeat (a done chunk is skipped, writes are
 upserts by id): tasks are acknowledged late and rejected (redelivered) when their worker dies, and
@@ -18,7 +18,7 @@ from typing import Any
 from celery import Celery, Task
 
 from lodestar.errors import InvalidInput, NotFound
-from lodestar.retrieve.indexing import ChunkWork, Commit, run_chunk
+from lodestar.retrieve.jobs import ChunkWork, Commit, JobsConfig, run_chunk
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,24 @@ def configure(celery: Celery, broker_url: str, result_backend: str = "", visibil
 def make_app(broker_url: str, result_backend: str = "", visibility_timeout_s: int = 3600) -> Celery:
     """A producer app for the server's dispatcher (it sends tasks by name; no task code needed)."""
     return configure(Celery("lodestar-dispatch"), broker_url, result_backend, visibility_timeout_s)
+
+
+class CeleryDispatcher:
+    """The server's side: one Celery task per chunk (the JobManager's remote dispatcher); workers embed
+    and commit through the IndexService."""
+
+    def __init__(self, config: JobsConfig) -> None:
+        self.stale_after_s = config.requeue_after_s
+        self.app = make_app(config.broker_url, config.result_backend, config.visibility_timeout_s)
+
+    def send(self, job_id: str, idxs: list[int]) -> None:
+        """Send one task per chunk; fails fast when the broker is down (the chunks stay pending for the next round)."""
+        policy = {"max_retries": 1, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0}
+        for idx in idxs:
+            self.app.send_task(TASK_NAME, args=(job_id, idx), retry=True, retry_policy=policy)
+
+    def close(self) -> None:
+        self.app.close()
 
 
 class RemoteSource:
@@ -120,7 +138,7 @@ class ChunkTask(Task):
     retry_backoff=2, retry_backoff_max=60, retry_jitter=True, max_retries=MAX_RETRIES,
 )
 def index_chunk(self: Task, job_id: str, idx: int) -> dict[str, Any]:
-    """Embed and commit chunk `idx` of job `job_id` (see retrieve/indexing.py)."""
+    """Embed and commit chunk `idx` of job `job_id` (see retrieve/jobs/chunks.py)."""
     embedder, client = _Process.get()
     return run_chunk(RemoteSource(client), embedder, job_id, idx, self.request.hostname or "worker")
 

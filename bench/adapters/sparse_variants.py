@@ -167,7 +167,7 @@ def fold_map(stem_words: bool) -> np.ndarray:
     """(V,) representative token id of each vocabulary id: tokens spelling the same word up to case and a
     leading space (and, with stem_words, a plural) share the smallest id among them."""
     from lodestar.backbone.loader import BackboneConfig, load_tokenizer
-    from lodestar.retrieve.sparse import stem
+    from lodestar.text import stem
     from lodestar.services.cli.common import settings
 
     s = settings()
@@ -287,8 +287,9 @@ def main() -> int:
     args = ap.parse_args()
     if args.dense and not args.dense_cache:
         ap.error("--dense needs --dense-cache")
+    from lodestar.retrieve.bm25 import BM25Index
     from lodestar.retrieve.eval.beir import in_fold, read_beir
-    from lodestar.retrieve.sparse import BM25Index, idf_weight
+    from lodestar.retrieve.postings import idf_weight
 
     if args.fold:
         in_fold("", args.fold)  # a malformed k/n fails here, not after the encoding
@@ -381,7 +382,7 @@ def main() -> int:
     unit = diag(1 / np.sqrt(np.asarray(D.multiply(D).sum(axis=1)).ravel())) @ D
 
     def feedback(base: sp.csr_matrix, m: int, beta: float, dm: sp.csr_matrix = D) -> sp.csr_matrix:
-        """Rocchio as served (`retrieve.sparse.feedback_query`): the unit-length query plus beta times the
+        """Rocchio as served (`retrieve.feedback.feedback_query`): the unit-length query plus beta times the
         mean of its first (query_idf, against `dm`: with length normalisation when that is served too)
         ranking's top m unit-length chunks cut to 64 terms, IDF-scaled."""
         first = (base @ diag(idf_index) @ dm.T).toarray()  # (queries, chunks)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lodestar.retrieve.sparse import BM25Index
+from lodestar.retrieve.bm25 import BM25Index
 
 
 def write(pairs: list[tuple[str, set[int]]], passages: list[str], out: Path) -> int:

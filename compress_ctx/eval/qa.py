@@ -67,7 +67,7 @@ def retrieve(embedder: Any, corpus: Path, questions: list[str], k: int, retrieve
     dense/hybrid through a throwaway RetrievalEngine collection."""
     docs, _, _ = read_beir(corpus)
     if retriever == "bm25":
-        from lodestar.retrieve.sparse import BM25Index
+        from lodestar.retrieve.bm25 import BM25Index
 
         index = BM25Index()
         index.add(np.arange(len(docs), dtype=np.int64), [d.text for d in docs])

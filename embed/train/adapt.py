@@ -140,7 +140,7 @@ def grounded(query: str, passage: str) -> bool:
     than with either worked example. SmolLM2-135M sometimes copies the second example's query
     or fills its template ("how does thesaurus age faster when hot"); this check drops 59 of 155
     queries generated for Cranfield passages and 35 of 159 for CISI's, most of them such copies."""
-    from lodestar.retrieve.sparse import analyze
+    from lodestar.text import analyze
 
     terms = set(analyze(query))
     own = len(terms & set(analyze(passage)))
@@ -150,7 +150,7 @@ def grounded(query: str, passage: str) -> bool:
 @functools.cache
 def _shot_terms() -> tuple[frozenset[str], ...]:
     """Content words of each worked example (passage and query), analysed once."""
-    from lodestar.retrieve.sparse import analyze
+    from lodestar.text import analyze
 
     return tuple(frozenset(analyze(f"{shot} {q}")) for shot, q in QUERY_SHOTS)
 
@@ -189,7 +189,7 @@ def synthetic_queries(backbone: Backbone, docs: list[tuple[str, str]], cfg: Adap
 
 def with_hard_negatives(rows: list[dict[str, Any]], docs: list[tuple[str, str]], tokenizer: Any, cfg: AdaptConfig) -> list[Triplet]:
     """(query, source passage, best BM25 passage that is not the source)."""
-    from lodestar.retrieve.sparse import BM25Index
+    from lodestar.retrieve.bm25 import BM25Index
 
     index = BM25Index()
     index.add(np.arange(len(docs), dtype=np.int64), [t for _, t in docs])

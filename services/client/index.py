@@ -39,7 +39,7 @@ def submit_requests(collection: str, lines: Iterable[tuple[int, bytes]], source:
 
 
 def chunk_work(resp: ipb.ChunkWork, job_id: str, idx: int) -> Any:
-    from lodestar.retrieve.indexing import ChunkWork
+    from lodestar.retrieve.jobs import ChunkWork
 
     if resp.skip:
         return ChunkWork(job_id, idx, skip=resp.skip)

@@ -13,11 +13,9 @@ import pytest
 
 from lodestar.errors import InvalidInput, NotFound
 from lodestar.retrieve.engine import RetrievalEngine
-from lodestar.retrieve.indexing import Commit, merge, prepare_each, run_chunk
-from lodestar.retrieve.jobs import JobError, JobStore, parse_line
+from lodestar.retrieve.jobs import Commit, JobError, JobManager, JobsConfig, JobStore, merge, parse_line, prepare_each, run_chunk
 from lodestar.retrieve.prepare import DocLimits, Prepared, prepare
 from lodestar.retrieve.types import CollectionConfig, Document
-from lodestar.services.jobs import JobManager, JobsConfig
 
 
 def lines(n: int, prefix: str = "d") -> list[tuple[int, bytes]]:
@@ -90,7 +88,7 @@ def test_cancel_resume_fail_and_discard(tmp_path: Path) -> None:
 def test_line_numbers_sqlite_cannot_hold_are_refused(tmp_path: Path) -> None:
     """Line numbers are uint64 on the wire but INTEGER (int64) in the job store: a larger one used to
     reach SQLite and come back as INTERNAL (SubmitJob) or fail every commit of a chunk (CommitChunk)."""
-    from lodestar.retrieve.indexing import Commit as CommitT
+    from lodestar.retrieve.jobs import Commit as CommitT
     from lodestar.services.client.index import commit_request
     from lodestar.services.index import commit_from_pb
 

@@ -12,10 +12,9 @@ import pytest
 
 from lodestar.errors import InvalidInput
 from lodestar.retrieve.engine import RetrievalEngine
-from lodestar.retrieve.jobs import JobStore
+from lodestar.retrieve.jobs import JobManager, JobsConfig, JobStore
+from lodestar.retrieve.jobs import manager as jobs_mod
 from lodestar.retrieve.types import CollectionConfig
-from lodestar.services import jobs as jobs_mod
-from lodestar.services.jobs import JobManager, JobsConfig
 
 
 def lines(n: int, prefix: str = "d") -> list[tuple[int, bytes]]:
@@ -100,8 +99,7 @@ def test_worker_names_and_failure_messages_are_bounded(
     logged whole, however long."""
     import logging
 
-    from lodestar.retrieve.indexing import Commit
-    from lodestar.retrieve.jobs import MAX_MESSAGE_CHARS, MAX_WORKER_CHARS, JobError
+    from lodestar.retrieve.jobs import MAX_MESSAGE_CHARS, MAX_WORKER_CHARS, Commit, JobError
     from lodestar.retrieve.prepare import prepare
 
     jobs = JobManager(retrieval, tiny_engine, JobsConfig(data_dir=tmp_path, chunk_docs=1))
@@ -121,7 +119,7 @@ def test_worker_names_and_failure_messages_are_bounded(
         jobs.commit(Commit(job, 0, prepared, work.lines, [JobError(work.lines[0], "e", "e" * 100_000)], "w" * MAX_WORKER_CHARS, work.model))
         assert jobs.get(job).workers == {"w" * MAX_WORKER_CHARS: 1}
         assert len(jobs.errors(job)[0].message) <= MAX_MESSAGE_CHARS
-        with caplog.at_level(logging.WARNING, logger="lodestar.services.jobs"):
+        with caplog.at_level(logging.WARNING, logger="lodestar.retrieve.jobs.manager"):
             jobs.chunk_failed(job, 1, "x" * 1_000_000, "w1", final=True)
         assert jobs.get(job).chunks_failed == 1
         assert caplog.records and max(len(r.getMessage()) for r in caplog.records) < MAX_MESSAGE_CHARS + 200
@@ -164,8 +162,7 @@ def test_a_commit_holds_only_the_documents_the_chunk_staged(retrieval: Retrieval
                                                            monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     """CommitChunk is on the public port: a worker (or anyone) could write other ids or texts into the
     collection under a job's chunk. Such a commit is refused and nothing of it is written."""
-    from lodestar.retrieve.indexing import Commit, prepare_each
-    from lodestar.retrieve.jobs import JobError
+    from lodestar.retrieve.jobs import Commit, JobError, prepare_each
 
     monkeypatch.setattr(jobs_mod, "run_chunk", lambda *a, **k: None)  # no in-process run: this test commits by hand
     jobs = JobManager(retrieval, tiny_engine, JobsConfig(data_dir=tmp_path, chunk_docs=2))

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from lodestar.embed.modes import get_mode
-from lodestar.embed.types import EmbedOptions, EmbedResult
+from lodestar.embedding import EmbedOptions, EmbedResult
 from lodestar.errors import AlreadyExists, InvalidInput, NotFound, Overloaded, Unavailable
 from lodestar.retrieve.engine import RetrievalEngine
 from lodestar.retrieve.snapshot import MANIFEST
@@ -79,6 +79,9 @@ class FakeEmbedder:
 
     def token_offsets(self, text: str) -> list[tuple[int, int]]:
         return [(m.start(), m.end()) for m in WORD.finditer(text)]
+
+    def check_mode(self, mode: str, prompt: str = "") -> None:
+        get_mode(mode).check_prompt(prompt)  # as EmbeddingEngine.check_mode
 
 
 @pytest.fixture
@@ -653,7 +656,7 @@ def test_automatic_snapshots_bound_the_replay(engine: RetrievalEngine) -> None:
         engine.upsert("c", [Document(f"d{i}", f"text number uniq{i}")])
     manifest = json.loads((engine.root / "c" / "snapshot" / MANIFEST).read_text())
     assert manifest["seq"] == 20 and manifest["index_vectors"] == 20
-    store = engine._collections["c"].store
+    store = engine.catalog.collections["c"].store
     assert store is not None and store.touched_since(0).tolist() == [21, 22, 23, 24, 25]
     engine2 = reopen(engine, close=False)
     assert engine2.stats("c").documents == 25 and search(engine2, "c", "uniq24")[0].id == "d24"
@@ -715,7 +718,7 @@ def test_full_disk_refuses_clearly_and_keeps_serving(engine: RetrievalEngine, mo
     engine.create(CollectionConfig(name="c"))
     engine.upsert("c", corpus(20))
     engine.snapshot("c")
-    store = engine._collections["c"].store
+    store = engine.catalog.collections["c"].store
     pages = store._writer.execute("PRAGMA page_count").fetchone()[0]
     store._writer.execute(f"PRAGMA max_page_count = {pages}")
     big = [Document(f"big{i}", " ".join(f"w{j}" for j in range(3000))) for i in range(5)]

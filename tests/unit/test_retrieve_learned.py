@@ -95,7 +95,7 @@ def test_query_idf_default_stored_and_kept_for_older_collections(tiny_engine, tm
     db.close()
     again = RetrievalEngine(root, tiny_engine)
     assert again.stats("learned").documents == 3
-    assert again._get("learned").config.query_idf is False  # type: ignore[union-attr]
+    assert again.catalog.get("learned").config.query_idf is False  # type: ignore[union-attr]
     plain = again.search("learned", SearchRequest([DOCS[0].text], k=3, retriever="sparse"))[0]
     assert plain[0].id == with_idf[0].id == "guitar"
     assert [h.score for h in plain] != [h.score for h in with_idf]
@@ -129,7 +129,7 @@ def test_worker_sparse_vectors_are_checked_before_they_are_stored(tiny_engine, t
     prepared.sparse[0] = (terms, weights)
     with pytest.raises(InvalidInput, match=words):
         engine.upsert_prepared("learned", prepared)
-    assert engine.stats("learned").documents == 2 and engine._get("learned").status == "ok"  # type: ignore[union-attr]
+    assert engine.stats("learned").documents == 2 and engine.catalog.get("learned").status == "ok"  # type: ignore[union-attr]
     assert search(engine, DOCS[1].text) == before
     engine.rebuild("learned")  # the store holds nothing the index refuses
     assert search(engine, DOCS[1].text) == before
@@ -174,7 +174,7 @@ def test_chunk_length_normalisation_at_search_time(tiny_engine, tmp_path: Path) 
     engine = RetrievalEngine(tmp_path / "c", tiny_engine)
     engine.create(CFG)
     engine.upsert("learned", DOCS)
-    c = engine._get("learned")
+    c = engine.catalog.get("learned")
     stored = c.store.chunk_sparse(c.sparse.ids(), reader=True)  # type: ignore[union-attr]  # one chunk each, in upsert order
     lengths = {d.id: len(terms) for d, (terms, _) in zip(DOCS, stored)}
     assert len(set(lengths.values())) > 1  # the vectors' lengths differ, so the factor does

@@ -1,4 +1,4 @@
-"""BM25: the analyzer, rankings known by hand, scores against a direct implementation of the formula,
+"""BM25: rankings known by hand, scores against a direct implementation of the formula,
 filters, deletes, segment merges and snapshots."""
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from lodestar.errors import InvalidInput
-from lodestar.retrieve.sparse import STOPWORDS, BM25Index, analyze, feedback_query, stem
+from lodestar.retrieve.bm25 import BM25Index
+from lodestar.retrieve.feedback import feedback_query
+from lodestar.text import analyze
 
 CORPUS = {
     1: "The cat sat on the mat.",
@@ -48,16 +50,6 @@ def small() -> BM25Index:
     index = BM25Index()
     index.add(np.array(list(CORPUS)), list(CORPUS.values()))
     return index
-
-
-def test_analyze() -> None:
-    assert analyze("The Cat's QUERIES, about FAISS-indexes_and caches!") == ["cat", "query", "faiss", "index", "cach"]
-    assert analyze("Über große Straße 3.14") == ["über", "große", "straße", "3", "14"]
-    assert analyze("the and of to") == [] and analyze("") == []
-    assert {"the", "and", "of", "is", "which", "would"} <= STOPWORDS and 120 <= len(STOPWORDS) <= 200
-    pairs = {"books": "book", "queries": "query", "boxes": "box", "classes": "class", "status": "status",
-             "analysis": "analysis", "sizes": "size", "matches": "match", "cache": "cach", "bus": "bus"}
-    assert {w: stem(w) for w in pairs} == pairs
 
 
 def test_known_ranking_and_hand_computed_scores() -> None:
@@ -203,7 +195,7 @@ def test_rare_terms_in_a_large_corpus() -> None:
 
 
 def test_impact_index_dot_products_filters_removal_and_snapshots() -> None:
-    from lodestar.retrieve.sparse import ImpactIndex
+    from lodestar.retrieve.impact import ImpactIndex
 
     index = ImpactIndex()
     docs = {
@@ -255,7 +247,8 @@ def test_impact_index_dot_products_filters_removal_and_snapshots() -> None:
 
 
 def test_impact_index_idf_weights_query_terms_by_rarity() -> None:
-    from lodestar.retrieve.sparse import ImpactIndex, idf_weight
+    from lodestar.retrieve.impact import ImpactIndex
+    from lodestar.retrieve.postings import idf_weight
 
     index = ImpactIndex()
     # term 1 is in every document, term 2 in one: equal raw dot products, IDF breaks the tie
@@ -294,7 +287,7 @@ def test_impact_maxscore_returns_what_plain_accumulation_returns(idf: bool, inte
     """MaxScore pruning is exact: over several segments, with dead slots, filters, skewed weights and
     chunk length normalisation, every query gets the same ids and scores as reading every posting; with
     integer weights many documents tie exactly, and both paths still break the ties alike (by smaller id)."""
-    from lodestar.retrieve.sparse import ImpactIndex
+    from lodestar.retrieve.impact import ImpactIndex
 
     rng = np.random.default_rng(7)
     vocab = 400
@@ -325,7 +318,7 @@ def test_impact_maxscore_returns_what_plain_accumulation_returns(idf: bool, inte
 
 
 def test_impact_length_normalisation_divides_by_chunk_length_over_the_live_mean() -> None:
-    from lodestar.retrieve.sparse import ImpactIndex
+    from lodestar.retrieve.impact import ImpactIndex
 
     index = ImpactIndex()  # one term in chunk 1, three in chunk 2, five in chunk 3: mean 3 live terms
     index.add(np.array([1, 2, 3]), [(np.array([7]), np.array([1.0])), (np.array([7, 8, 9]), np.array([1.0, 1.0, 1.0])),

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from lodestar.errors import InvalidInput, Overloaded
-from lodestar.retrieve.store import DB_NAME, DocWrite, Store, StoreError, compile_filters
+from lodestar.retrieve.filters import compile_filters
+from lodestar.retrieve.store import DB_NAME, DocWrite, Store, StoreError
 from lodestar.retrieve.types import Document, Filter
 
 D = 4

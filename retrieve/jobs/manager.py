@@ -1,9 +1,10 @@
-"""Batch-indexing jobs in a server: submission, dispatch (in-process or Celery), commits, control.
+"""Batch-indexing jobs in a server: submission, dispatch (in-process or to remote workers), commits, control.
 
-Plain Python over the job store and the retrieval engine (no gRPC): the IndexService servicer and
-the in-process dispatcher call it. Dispatch is at-least-once and completion exactly-once: a chunk
-whose message was lost (broker restart) or whose worker died is dispatched again after
-`requeue_after_s`; a chunk already done is skipped; writes are upserts by id.
+Plain Python over the job store and the retrieval engine (no gRPC, no Celery): the IndexService
+servicer and the in-process dispatcher call it; with a broker, chunks go out through the remote
+dispatcher the server passes in (services/worker.py's CeleryDispatcher). Dispatch is at-least-once
+and completion exactly-once: a chunk whose message was lost (broker restart) or whose worker died is
+dispatched again after `requeue_after_s`; a chunk already done is skipped; writes are upserts by id.
 """
 
 from __future__ import annotations
@@ -12,15 +13,18 @@ import logging
 import math
 import queue
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from lodestar.embedding import Embedder
 from lodestar.errors import InvalidInput, LodestarError
-from lodestar.retrieve.engine import RetrievalEngine
-from lodestar.retrieve.indexing import ChunkWork, Commit, run_chunk, split
-from lodestar.retrieve.jobs import DB_NAME, JobError, JobInfo, JobStore, check_worker, clip
+from lodestar.retrieve.jobs.chunks import ChunkWork, Commit, run_chunk, split
+from lodestar.retrieve.jobs.store import DB_NAME, JobError, JobInfo, JobStore, check_worker, clip
+
+if TYPE_CHECKING:
+    from lodestar.retrieve.engine import RetrievalEngine
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +33,8 @@ IN_PROCESS = "in-process"
 
 @dataclass(frozen=True)
 class JobsConfig:
+    """Where the job store lives and how chunks are dispatched (the server fills it from Settings)."""
+
     data_dir: Path
     chunk_docs: int = 64  # documents per chunk (one task)
     requeue_after_s: float = 600.0  # a queued chunk not done by then is dispatched again (Celery)
@@ -36,6 +42,16 @@ class JobsConfig:
     broker_url: str = ""  # empty: jobs run in this process
     result_backend: str = ""
     visibility_timeout_s: int = 3600
+
+
+class Dispatcher(Protocol):
+    """Sends chunks to whatever runs them; a chunk queued longer than `stale_after_s` is sent again."""
+
+    stale_after_s: float
+
+    def send(self, job_id: str, idxs: list[int]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def check_staged(staged: Any, c: Commit) -> None:
@@ -58,7 +74,7 @@ class InProcessDispatcher:
 
     stale_after_s = math.inf  # its queue never loses a chunk while the process lives
 
-    def __init__(self, manager: JobManager, embedder: Any) -> None:
+    def __init__(self, manager: JobManager, embedder: Embedder) -> None:
         self.manager = manager
         self.embedder = embedder
         self._queue: queue.Queue[tuple[str, int] | None] = queue.Queue()
@@ -90,29 +106,15 @@ class InProcessDispatcher:
         self._thread.join(timeout=30)
 
 
-class CeleryDispatcher:
-    """Sends one Celery task per chunk; workers embed and commit through the IndexService."""
-
-    def __init__(self, config: JobsConfig) -> None:
-        from lodestar.services.worker import make_app
-
-        self.stale_after_s = config.requeue_after_s
-        self.app = make_app(config.broker_url, config.result_backend, config.visibility_timeout_s)
-
-    def send(self, job_id: str, idxs: list[int]) -> None:
-        # Fail fast when the broker is down: the chunks stay pending and the next round retries.
-        policy = {"max_retries": 1, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0}
-        from lodestar.services.worker import TASK_NAME
-
-        for idx in idxs:
-            self.app.send_task(TASK_NAME, args=(job_id, idx), retry=True, retry_policy=policy)
-
-    def close(self) -> None:
-        self.app.close()
-
-
 class JobManager:
-    def __init__(self, retrieval: RetrievalEngine, embedder: Any, config: JobsConfig) -> None:
+    """The jobs of one server: staged in the job store, chunks dispatched, commits written to `retrieval`.
+    With `config.broker_url` chunks go to `remote(config)` (the transport's dispatcher, e.g. Celery);
+    without, this process runs them with `embedder`."""
+
+    def __init__(self, retrieval: RetrievalEngine, embedder: Embedder, config: JobsConfig,
+                 remote: Callable[[JobsConfig], Dispatcher] | None = None) -> None:
+        if config.broker_url and remote is None:
+            raise ValueError("jobs with a broker_url need a remote dispatcher (the server passes services.worker.CeleryDispatcher)")
         self.retrieval = retrieval
         self.config = config
         self.store = JobStore(Path(config.data_dir) / DB_NAME, retrieval.limits)
@@ -120,7 +122,8 @@ class JobManager:
         if dropped := self.store.discard_orphans():  # no upload of this process has begun yet
             log.warning("dropped %d job(s) whose upload was cut off when the previous process ended", dropped)
         if config.broker_url:
-            self.dispatcher: InProcessDispatcher | CeleryDispatcher = CeleryDispatcher(config)
+            assert remote is not None  # checked first
+            self.dispatcher: Dispatcher = remote(config)
         else:
             self.store.requeue_all()  # what a previous process had queued died with it
             self.dispatcher = InProcessDispatcher(self, embedder)

@@ -14,8 +14,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from lodestar.embedding import Embedder
 from lodestar.errors import InvalidInput
-from lodestar.retrieve.jobs import JobError
+from lodestar.retrieve.jobs.store import JobError
 from lodestar.retrieve.prepare import Prepared, prepare
 from lodestar.retrieve.types import CollectionConfig, Document
 
@@ -39,6 +40,8 @@ class ChunkWork:
 
 @dataclass
 class Commit:
+    """A worker's result for one chunk: its prepared documents (with their lines) and the ones that failed."""
+
     job_id: str
     idx: int
     prepared: Prepared
@@ -49,6 +52,8 @@ class Commit:
 
 
 class ChunkSource(Protocol):
+    """Where a chunk's documents come from and its result goes: the JobManager, or the server over gRPC."""
+
     def fetch(self, job_id: str, idx: int) -> ChunkWork: ...
 
     def commit(self, commit: Commit) -> None: ...
@@ -67,7 +72,7 @@ def merge(parts: list[Prepared], dim: int) -> Prepared:
     )
 
 
-def prepare_each(embedder: Any, cfg: CollectionConfig, dim: int, docs: list[Document], lines: list[int]
+def prepare_each(embedder: Embedder, cfg: CollectionConfig, dim: int, docs: list[Document], lines: list[int]
                  ) -> tuple[Prepared, list[int], list[JobError]]:
     """Prepare documents together; if that fails, one by one, keeping the failures as errors."""
     try:
@@ -86,7 +91,7 @@ def prepare_each(embedder: Any, cfg: CollectionConfig, dim: int, docs: list[Docu
     return merge(good, dim), kept, errors
 
 
-def run_chunk(source: ChunkSource, embedder: Any, job_id: str, idx: int, worker: str) -> dict[str, Any]:
+def run_chunk(source: ChunkSource, embedder: Embedder, job_id: str, idx: int, worker: str) -> dict[str, Any]:
     """Embed and commit chunk `idx` of job `job_id`; -> a small report (for logs and task results)."""
     work = source.fetch(job_id, idx)
     if work.skip:

@@ -1,0 +1,247 @@
+"""Search in a collection: the request validated once, queries embedded with no lock held, then
+under the collection's read lock dense (FAISS) and/or sparse (BM25 or learned, with optional
+pseudo-relevance feedback) chunk rankings aggregated to documents by their best chunk, fused for
+hybrid, and returned as hits with the stored text and metadata.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lodestar.embedding import Embedder
+from lodestar.errors import InvalidInput
+from lodestar.retrieve.catalog import Catalog
+from lodestar.retrieve.collection import Collection
+from lodestar.retrieve.dense import search_threads
+from lodestar.retrieve.feedback import MAX_FEEDBACK_CHUNKS, feedback_query
+from lodestar.retrieve.filters import CompiledFilter, compile_filters
+from lodestar.retrieve.fusion import rrf, weighted
+from lodestar.retrieve.impact import ImpactIndex
+from lodestar.retrieve.prepare import embed_sparse, embed_texts
+from lodestar.retrieve.store import ChunkRef
+from lodestar.retrieve.types import FUSIONS, RETRIEVERS, Hit, SearchRequest
+
+MAX_QUERIES = 10000  # queries in one search request
+CANDIDATE_FACTOR = 4  # chunk candidates fetched per wanted document (chunks aggregate to documents)
+HYBRID_DEPTH = 100  # each retriever's document ranking depth before fusion: max(k, this)
+
+
+@dataclass
+class Ranked:
+    """One document in one query's ranking."""
+
+    doc_id: str
+    score: float
+    ref: ChunkRef
+    dense: float | None = None
+    sparse: float | None = None
+
+
+class Searcher:
+    """Searches the catalog's collections; `faiss_threads` per dense search (0 = one for a few
+    queries, FAISS's default for a batch)."""
+
+    def __init__(self, catalog: Catalog, embedder: Embedder, max_k: int, faiss_threads: int = 0) -> None:
+        self.catalog = catalog
+        self.embedder = embedder
+        self.max_k = max_k
+        self.faiss_threads = faiss_threads
+
+    def search(self, name: str, request: SearchRequest) -> list[list[Hit]]:
+        """One list of document hits per query, best first."""
+        c = self.catalog.get(name)
+        c.check_serving()
+        where = self._validate(c, request)
+        queries = list(request.queries)
+        qvecs = self._embed(c, queries, query=True) if request.retriever != "sparse" else None  # (Q, D)
+        k = request.k
+        with c.lock.read():
+            c.check_serving()
+            assert c.store is not None and c.dense is not None
+            allowed = c.store.allowed_chunk_ids(where) if where is not None else None  # (A,) or None
+            if allowed is not None and not len(allowed):
+                return [[] for _ in queries]
+            depth = max(k, HYBRID_DEPTH) if request.retriever == "hybrid" else k
+            dense = sparse = None
+            if request.retriever in ("dense", "hybrid"):
+                assert qvecs is not None
+                dense = self._rank(c, self._dense_fn(c, qvecs, allowed), len(queries), depth, c.dense.count, allowed)
+            if request.retriever in ("sparse", "hybrid"):
+                assert c.sparse is not None
+                sparse = self._rank(c, self._sparse_fn(c, queries, allowed, request), len(queries), depth, c.sparse.count, allowed)
+            if request.retriever == "dense":
+                assert dense is not None
+                ranked = [[Ranked(r.doc_id, r.score, r.ref, dense=r.score) for r in row[:k]] for row in dense]
+            elif request.retriever == "sparse":
+                assert sparse is not None
+                ranked = [[Ranked(r.doc_id, r.score, r.ref, sparse=r.score) for r in row[:k]] for row in sparse]
+            else:
+                assert dense is not None and sparse is not None
+                ranked = [self._fuse(d, s, request)[:k] for d, s in zip(dense, sparse)]
+            return self._hits(c, ranked, request.include_text)
+
+    def _dense_fn(self, c: Collection, qvecs: np.ndarray, allowed: np.ndarray | None) -> Callable[[int], list[list[tuple[int, float]]]]:
+        """n -> per query the n best (chunk id, score) of the dense index (qvecs: (Q, D))."""
+
+        def run(n: int) -> list[list[tuple[int, float]]]:
+            assert c.dense is not None
+            with search_threads(len(qvecs), self.faiss_threads):
+                scores, ids = c.dense.search(qvecs, n, allowed)  # (Q, n), (Q, n) with -1 padding
+            return [[(int(i), float(s)) for s, i in zip(srow, irow) if i >= 0] for srow, irow in zip(scores, ids)]
+
+        return run
+
+    def _sparse_fn(self, c: Collection, queries: list[str], allowed: np.ndarray | None,
+                   request: SearchRequest) -> Callable[[int], list[list[tuple[int, float]]]]:
+        """Call with the collection's read lock held. Learned sparse: encoded once (the ranking may ask
+        for more candidates), and with feedback_chunks each query gets the first ranking's top chunks added
+        (`feedback_query`) before the ranking that counts."""
+        encoded: list[Any] = list(queries)
+        options: dict[str, Any] = {}
+        if isinstance(c.sparse, ImpactIndex):
+            assert c.config is not None and c.store is not None
+            encoded = embed_sparse(self.embedder, c.config, queries, query=True)
+            options |= {"idf": c.config.query_idf, "length_norm": request.length_norm}
+            if request.feedback_chunks:
+                first = c.sparse.search(encoded, request.feedback_chunks, allowed, **options)
+                vectors = iter(c.store.chunk_sparse(np.array([i for row in first for i, _ in row], dtype=np.int64), reader=True))
+                encoded = [feedback_query(q, [next(vectors) for _ in row], request.feedback_weight)  # one read for the batch
+                           for q, row in zip(encoded, first)]
+
+        def run(n: int) -> list[list[tuple[int, float]]]:
+            assert c.sparse is not None
+            return [[(int(i), float(s)) for i, s in row] for row in c.sparse.search(encoded, n, allowed, **options)]
+
+        return run
+
+    def _rank(
+        self,
+        c: Collection,
+        run: Callable[[int], list[list[tuple[int, float]]]],
+        nq: int,
+        depth: int,
+        count: int,
+        allowed: np.ndarray | None,
+    ) -> list[list[Ranked]]:
+        """Per query, the top `depth` documents by their best chunk: fetch chunk candidates, and
+        fetch more while a query has fewer than `depth` documents and more chunks remain."""
+        assert c.store is not None
+        available = min(count, len(allowed)) if allowed is not None else count
+        if available <= 0:
+            return [[] for _ in range(nq)]
+        n = min(available, depth * CANDIDATE_FACTOR)
+        while True:
+            chunk_rows = run(n)
+            refs = c.store.chunk_refs(sorted({i for row in chunk_rows for i, _ in row}))
+            out: list[list[Ranked]] = []
+            for row in chunk_rows:
+                docs: dict[str, Ranked] = {}
+                for chunk_id, score in row:  # best first, so a document's first chunk is its best
+                    ref = refs.get(chunk_id)
+                    if ref is not None and ref.doc_id not in docs:
+                        docs[ref.doc_id] = Ranked(ref.doc_id, score, ref)
+                out.append(list(docs.values()))
+            short = any(len(docs) < depth and len(row) >= n for docs, row in zip(out, chunk_rows))
+            if not short or n >= available:
+                return [row[:depth] for row in out]
+            n = min(available, n * CANDIDATE_FACTOR)
+
+    def _fuse(self, dense: list[Ranked], sparse: list[Ranked], request: SearchRequest) -> list[Ranked]:
+        """Hybrid: fuse the two document rankings; the reported chunk is the dense one when present."""
+        d = {r.doc_id: r for r in dense}
+        s = {r.doc_id: r for r in sparse}
+        dl = [(r.doc_id, r.score) for r in dense]
+        sl = [(r.doc_id, r.score) for r in sparse]
+        fused = rrf([dl, sl], k=request.rrf_k) if request.fusion == "rrf" else weighted(dl, sl, alpha=request.alpha)
+        out = []
+        for doc_id, score in fused:
+            best = d.get(doc_id) or s[doc_id]
+            out.append(
+                Ranked(
+                    doc_id,
+                    float(score),
+                    best.ref,
+                    dense=d[doc_id].score if doc_id in d else None,
+                    sparse=s[doc_id].score if doc_id in s else None,
+                )
+            )
+        return out
+
+    def _hits(self, c: Collection, ranked: list[list[Ranked]], include_text: bool) -> list[list[Hit]]:
+        """Hits with each document's stored text and metadata (a document deleted meanwhile is left out)."""
+        assert c.store is not None
+        rows = c.store.doc_rows(sorted({r.doc_id for row in ranked for r in row}))
+        out: list[list[Hit]] = []
+        for row in ranked:
+            hits = []
+            for r in row:
+                if r.doc_id not in rows:
+                    continue
+                text, metadata = rows[r.doc_id]
+                hits.append(
+                    Hit(
+                        id=r.doc_id,
+                        score=r.score,
+                        text=text if include_text else "",
+                        metadata=metadata,
+                        chunk=r.ref.idx,
+                        chunk_text=text[r.ref.start : r.ref.end] if include_text else "",
+                        dense_score=r.dense,
+                        sparse_score=r.sparse,
+                    )
+                )
+            out.append(hits)
+        return out
+
+    def _embed(self, c: Collection, texts: list[str], query: bool) -> np.ndarray:
+        """(N, D) float32 vectors of `texts` with the collection's doc or query options."""
+        assert c.config is not None
+        return embed_texts(self.embedder, c.config, texts, c.dim, query)
+
+    def _validate(self, c: Collection, request: SearchRequest) -> CompiledFilter | None:
+        """Check every field of the request against the collection; -> its compiled filter (None = none)."""
+        queries = request.queries
+        if not isinstance(queries, (list, tuple)) or not queries:
+            raise InvalidInput(f"queries is empty: send 1 to {MAX_QUERIES} queries")
+        if len(queries) > MAX_QUERIES:
+            raise InvalidInput(f"{len(queries)} queries in one search; the limit is {MAX_QUERIES}")
+        for i, q in enumerate(queries):
+            if not isinstance(q, str) or not q.strip():
+                raise InvalidInput(f"query {i} is empty")
+        if not isinstance(request.k, int) or isinstance(request.k, bool) or not 1 <= request.k <= self.max_k:
+            raise InvalidInput(f"k={request.k} is out of range: use 1..{self.max_k}")
+        if request.retriever not in RETRIEVERS:
+            raise InvalidInput(f"unknown retriever {request.retriever!r}: valid retrievers are {', '.join(RETRIEVERS)}")
+        if request.fusion not in FUSIONS:
+            raise InvalidInput(f"unknown fusion {request.fusion!r}: valid fusions are {', '.join(FUSIONS)}")
+        alpha = request.alpha
+        if not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or not 0.0 <= alpha <= 1.0:
+            raise InvalidInput(f"alpha={alpha} is out of range: use 0..1 (1 = dense only, 0 = sparse only)")
+        if not isinstance(request.rrf_k, int) or request.rrf_k < 0:
+            raise InvalidInput(f"rrf_k={request.rrf_k} must be a non-negative integer (60 is the usual value)")
+        fb, fw = request.feedback_chunks, request.feedback_weight
+        if not isinstance(fb, int) or isinstance(fb, bool) or not 0 <= fb <= MAX_FEEDBACK_CHUNKS:
+            raise InvalidInput(f"feedback_chunks={fb} is out of range: use 0..{MAX_FEEDBACK_CHUNKS} (0 = no feedback; 3 is a good start)")
+        if not isinstance(fw, (int, float)) or not math.isfinite(fw) or not 0.0 < fw <= 10.0:
+            raise InvalidInput(f"feedback_weight={fw} is out of range: use a number in (0, 10] (1 is the usual value)")
+        b = request.length_norm
+        if not isinstance(b, (int, float)) or not math.isfinite(b) or not 0.0 <= b <= 1.0:
+            raise InvalidInput(f"length_norm={b} is out of range: use 0..1 (0 = off; 0.5 is a good start)")
+        assert c.config is not None
+        for name, value in (("feedback_chunks", fb), ("length_norm", b)):
+            if value and (request.retriever == "dense" or c.config.sparse != "learned"):
+                raise InvalidInput(
+                    f"{name} needs a learned sparse side searched (retriever sparse or hybrid); collection {c.name!r} has "
+                    f"sparse={c.config.sparse!r} and the request retriever={request.retriever!r}"
+                )
+        if request.retriever in ("sparse", "hybrid") and c.config.sparse == "none":
+            raise InvalidInput(
+                f"retriever {request.retriever!r} needs a sparse index, but collection {c.name!r} was created with sparse='none'; "
+                f"use retriever='dense' or create a collection with sparse='bm25'"
+            )
+        return compile_filters(list(request.filters or ()))
