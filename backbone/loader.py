@@ -89,9 +89,7 @@ class Backbone:
         return Backbone.from_model(model, self.tokenizer, self.model_id)
 
     @classmethod
-    def from_model(
-        cls, model: Any, tokenizer: Any, model_id: str, config: BackboneConfig | None = None
-    ) -> Backbone:
+    def from_model(cls, model: Any, tokenizer: Any, model_id: str, config: BackboneConfig | None = None) -> Backbone:
         """Wrap an already-built model (tests build tiny random Llamas in code)."""
         config = config or BackboneConfig()
         model.eval()
@@ -102,8 +100,9 @@ class Backbone:
             model_id=model_id,
             device=param.device,
             dtype=param.dtype,
-            adapters=AdapterRegistry(model, config.adapter_dirs, config.max_resident_adapters, config.max_adapter_bytes,
-                                     config.adapter_paths),
+            adapters=AdapterRegistry(
+                model, config.adapter_dirs, config.max_resident_adapters, config.max_adapter_bytes, config.adapter_paths
+            ),
         )
 
 

@@ -147,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                     "masked_mean_pool",
                     shape,
                     args.dtype,
-                    lambda: masked_mean_pool_ref(hidden, weights),
-                    None if pool_tri is None else (lambda: pool_tri(hidden, weights)),
+                    lambda h=hidden, w=weights: masked_mean_pool_ref(h, w),
+                    None if pool_tri is None else (lambda h=hidden, w=weights: pool_tri(h, w)),
                     device,
                     warmup,
                     repeat,
@@ -160,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                     "l2_normalize",
                     (shape[0], shape[2]),
                     args.dtype,
-                    lambda: l2_normalize_ref(x),
-                    None if norm_tri is None else (lambda: norm_tri(x)),
+                    lambda x=x: l2_normalize_ref(x),
+                    None if norm_tri is None else (lambda x=x: norm_tri(x)),
                     device,
                     warmup,
                     repeat,
@@ -171,9 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report = {
         "device": device.type,
-        "device_name": (
-            torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-        ),
+        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"),
         "torch_version": torch.__version__,
         "triton_version": triton_version,
         "padded": args.padded,

@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from lodestar.errors import InvalidInput, NotFound, Unavailable
 from lodestar.durable import fsync_dir, save_npy_atomic, sha256_file, write_atomic
+from lodestar.errors import InvalidInput, NotFound, Unavailable
 from lodestar.generate.suffix_array import SEPARATOR, build_suffix_array, find_range
 from lodestar.generate.types import Candidates
 
@@ -192,8 +192,13 @@ def _segment_file(name: str) -> bool:
 class Datastore:
     """Suffix-array segments over one tokenizer's ids; lookups merge across segments."""
 
-    def __init__(self, tokenizer: Any, segments: Sequence[Segment] = (), path: Path | None = None,
-                 identity: TokenizerIdentity | None = None) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        segments: Sequence[Segment] = (),
+        path: Path | None = None,
+        identity: TokenizerIdentity | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
         self.path = Path(path) if path is not None else None
         self._segments: tuple[Segment, ...] = tuple(segments)
@@ -241,8 +246,10 @@ class Datastore:
             on_disk = [str(s["name"]) for s in old["segments"]] if old else []
             mine = [s.name for s in self._segments if s.name]
             if old is not None and mine and on_disk != mine:
-                raise StaleDatastore(f"datastore {str(self.path)!r} was changed by another writer since this process loaded it "
-                                     f"(segments on disk {on_disk}, here {mine}); reopen it and retry")
+                raise StaleDatastore(
+                    f"datastore {str(self.path)!r} was changed by another writer since this process loaded it "
+                    f"(segments on disk {on_disk}, here {mine}); reopen it and retry"
+                )
             self._write_locked(segments, old)
 
     def _write_locked(self, segments: list[Segment], old: dict[str, Any] | None) -> None:
@@ -264,10 +271,12 @@ class Datastore:
         manifest = {
             "format_version": FORMAT_VERSION,
             "kind": KIND,
-            "tokenizer": {"name_or_path": ident.name_or_path, "vocab_size": ident.vocab_size,
-                          "vocab_sha256": ident.vocab_sha256},
-            "segments": [{"name": s.name, "num_tokens": int(s.tokens.shape[0]), "num_docs": s.docs}
-                         for s in written],
+            "tokenizer": {
+                "name_or_path": ident.name_or_path,
+                "vocab_size": ident.vocab_size,
+                "vocab_sha256": ident.vocab_sha256,
+            },
+            "segments": [{"name": s.name, "num_tokens": int(s.tokens.shape[0]), "num_docs": s.docs} for s in written],
             "files": {k: v for k, v in sorted(files.items()) if k in live},
         }
         write_atomic(self.path / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
@@ -287,7 +296,9 @@ class Datastore:
         try:
             return cls._from_manifest(folder, manifest, tokenizer, verify)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:  # valid JSON of the wrong shape
-            raise CorruptDatastore(f"datastore {str(folder)!r}: {MANIFEST} is malformed ({type(exc).__name__}: {exc})") from None
+            raise CorruptDatastore(
+                f"datastore {str(folder)!r}: {MANIFEST} is malformed ({type(exc).__name__}: {exc})"
+            ) from None
 
     @classmethod
     def _from_manifest(cls, folder: Path, manifest: dict[str, Any], tokenizer: Any, verify: bool) -> Datastore:
@@ -351,8 +362,9 @@ class Datastore:
     def num_docs(self) -> int:
         return sum(s.docs for s in self._segments)
 
-    def lookup(self, context: Sequence[int], config: LookupConfig | None = None,
-               source: str = "datastore") -> Candidates | None:
+    def lookup(
+        self, context: Sequence[int], config: LookupConfig | None = None, source: str = "datastore"
+    ) -> Candidates | None:
         """Continuations after the longest suffix of `context` (up to max_match tokens) found in any segment."""
         cfg = config or LookupConfig()
         segments = self._segments
@@ -415,7 +427,9 @@ def _open_array(folder: Path, fname: str, meta: dict[str, Any] | None, verify: b
     if not path.is_file():
         raise CorruptDatastore(f"datastore {str(folder)!r}: {fname} is missing")
     if path.stat().st_size != int(meta["bytes"]):
-        raise CorruptDatastore(f"datastore {str(folder)!r}: {fname} has {path.stat().st_size} bytes, manifest says {meta['bytes']}")
+        raise CorruptDatastore(
+            f"datastore {str(folder)!r}: {fname} has {path.stat().st_size} bytes, manifest says {meta['bytes']}"
+        )
     if verify and sha256_file(path) != meta["sha256"]:
         raise CorruptDatastore(f"datastore {str(folder)!r}: {fname} fails its SHA-256 check")
     try:

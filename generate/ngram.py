@@ -14,7 +14,11 @@ from lodestar.generate.types import Candidates
 
 
 def context_candidates(
-    context: np.ndarray, max_n: int = 8, min_n: int = 2, max_continuation: int = 12, max_matches: int = 8,
+    context: np.ndarray,
+    max_n: int = 8,
+    min_n: int = 2,
+    max_continuation: int = 12,
+    max_matches: int = 8,
     source: str = "context",
 ) -> Candidates | None:
     """Continuations after earlier occurrences of the context's last n tokens (n from max_n down)."""

@@ -335,8 +335,10 @@ class DenseIndex:
         widen = 1.0 / max(share, 1e-12)
         if isinstance(core, faiss.IndexIVF):
             nprobe = min(self.nlist, max(1, math.ceil(self.nprobe * widen)))
-            return faiss.SearchParametersIVF(sel=sel, nprobe=nprobe) if sel is not None else faiss.SearchParametersIVF(
-                nprobe=nprobe
+            return (
+                faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
+                if sel is not None
+                else faiss.SearchParametersIVF(nprobe=nprobe)
             )
         if isinstance(core, faiss.IndexHNSW):
             ef = self._ef(k, share)

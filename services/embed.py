@@ -26,13 +26,23 @@ def options_from_pb(req: pb.EmbedRequest) -> EmbedOptions:
     if req.HasField("normalize"):
         kw["normalize"] = req.normalize
     if sp.enabled:
-        kw.update(sparse=True, sparse_top_k=sp.top_k, sparse_threshold=sp.threshold, with_dense=sp.with_dense,
-                  sparse_tokens=sp.return_tokens)
+        kw.update(
+            sparse=True,
+            sparse_top_k=sp.top_k,
+            sparse_threshold=sp.threshold,
+            with_dense=sp.with_dense,
+            sparse_tokens=sp.return_tokens,
+        )
     return EmbedOptions(
-        mode=req.mode, prompt=req.prompt, instruction=req.instruction, adapter=req.adapter, dimensions=req.dimensions,
+        mode=req.mode,
+        prompt=req.prompt,
+        instruction=req.instruction,
+        adapter=req.adapter,
+        dimensions=req.dimensions,
         dtype=enum_to_name(pb.Dtype, req.dtype, "dtype") or "float32",
         truncate=enum_to_name(pb.Truncate, req.truncate, "truncate") != "none",
-        max_tokens=req.max_tokens, **kw,
+        max_tokens=req.max_tokens,
+        **kw,
     )
 
 
@@ -40,10 +50,16 @@ def response_to_pb(result: EmbedResult, request_id: str = "") -> pb.EmbedRespons
     tokens = result.sparse_tokens or [[] for _ in result.sparse or ()]
     return pb.EmbedResponse(
         embeddings=pb.Embeddings(
-            data=result.packed.data, shape=list(result.packed.shape),
+            data=result.packed.data,
+            shape=list(result.packed.shape),
             dtype=pb.Dtype.Value("DTYPE_" + result.packed.dtype.upper()),
-        ) if result.has_dense else None,
-        sparse=[pb.SparseVector(ids=i.tolist(), weights=w.tolist(), tokens=t) for (i, w), t in zip(result.sparse or (), tokens)],
+        )
+        if result.has_dense
+        else None,
+        sparse=[
+            pb.SparseVector(ids=i.tolist(), weights=w.tolist(), tokens=t)
+            for (i, w), t in zip(result.sparse or (), tokens)
+        ],
         token_counts=result.token_counts,
         truncated=result.truncated,
         model=result.model,
@@ -66,7 +82,9 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         engine = self.runtime.embed_engine()
-        result = await engine.embed_async(list(request.texts), options_from_pb(request), timeout=context.time_remaining())
+        result = await engine.embed_async(
+            list(request.texts), options_from_pb(request), timeout=context.time_remaining()
+        )
         return response_to_pb(result, request.request_id)
 
     async def EmbedStream(

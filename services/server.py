@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
 class Servicer(Protocol):
     """What the factory needs of a servicer class: its service descriptor and its generated add function."""
 

@@ -37,7 +37,7 @@ def enum_to_name(enum: EnumTypeWrapper, value: int, what: str) -> str:
 
 
 def name_to_enum(enum: EnumTypeWrapper, name: str, what: str) -> int:
-    """"dense" -> RETRIEVER_DENSE; "" -> 0 (the engine's default); anything else -> ValueError naming the valid ones."""
+    """ "dense" -> RETRIEVER_DENSE; "" -> 0 (the engine's default); anything else -> ValueError naming the valid ones."""
     if not name:
         return 0
     try:

@@ -11,7 +11,6 @@ import json
 import sys
 
 import lodestar
-
 from lodestar.errors import LodestarError
 from lodestar.services.cli import (
     compress_cmds,
