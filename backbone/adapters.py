@@ -52,7 +52,7 @@ class AdapterRegistry:
 
     def available(self) -> list[str]:
         """Adapter names offered by the search folders."""
-        names = set()
+        names: set[str] = set()
         for folder in self._search_dirs:
             if folder.is_dir():
                 names.update(p.parent.name for p in folder.glob(f"*/{ADAPTER_FILE}"))

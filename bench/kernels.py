@@ -14,6 +14,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def parse_shapes(spec: str) -> list[tuple[int, int, int]]:
         if len(dims) != 3:
             raise argparse.ArgumentTypeError(f"shape {item!r} must be BxTxH")
         shapes.append(dims)
-    return shapes  # type: ignore[return-value]
+    return shapes
 
 
 def time_ms(fn: Callable[[], Any], device: torch.device, warmup: int, repeat: int) -> float:
@@ -147,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                     "masked_mean_pool",
                     shape,
                     args.dtype,
-                    lambda h=hidden, w=weights: masked_mean_pool_ref(h, w),
-                    None if pool_tri is None else (lambda h=hidden, w=weights: pool_tri(h, w)),
+                    partial(masked_mean_pool_ref, hidden, weights),
+                    None if pool_tri is None else partial(pool_tri, hidden, weights),
                     device,
                     warmup,
                     repeat,
@@ -160,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                     "l2_normalize",
                     (shape[0], shape[2]),
                     args.dtype,
-                    lambda x=x: l2_normalize_ref(x),
-                    None if norm_tri is None else (lambda x=x: norm_tri(x)),
+                    partial(l2_normalize_ref, x),
+                    None if norm_tri is None else partial(norm_tri, x),
                     device,
                     warmup,
                     repeat,

@@ -220,7 +220,7 @@ def bench_impact(
             for prune in (True, False):
                 agree[prune].append(len(top & set(found[prune][i])) / k)
         postings = int(sum(t.size for t, _ in docs))
-        row = {
+        row: dict[str, Any] = {
             "documents": n,
             "postings": postings,
             "build_s": round(build_s, 2),

@@ -27,6 +27,11 @@ def _bar(total: int, desc: str, progress: bool) -> Any:
     return tqdm(total=total, desc=desc, unit="text", file=sys.stderr, disable=not progress, leave=False)
 
 
+def _settings_overrides(model: str | None) -> dict[str, Any]:
+    """The Settings fields a benchmark sets; the rest keep their defaults (the environment's)."""
+    return {"model": model} if model else {}
+
+
 def _sorted_by_length(engine: Any, texts: list[str], options: Any) -> tuple[list[str], list[int]]:
     """Texts ordered by token count (so a fixed-size batch pads little) and their token counts; any
     number of texts (prepared in slices of the engine's per-request limit)."""
@@ -152,7 +157,7 @@ def bench_embed(
         raise ValueError(f"concurrency and batch_size must be >= 1; got {concurrency}, {batch_size}")
     if repeats < 1 or not ceiling_batch_sizes:
         raise ValueError("repeats must be >= 1 and ceiling_batch_sizes non-empty")
-    overrides = {"model": model} if model else {}
+    overrides = _settings_overrides(model)
     settings = Settings(**overrides)
     opts = EmbedOptions(**options)
 
@@ -279,7 +284,7 @@ def bench_search_latency(
 
     if not corpus or not queries:
         raise ValueError("bench_search_latency needs documents and queries")
-    overrides = {"model": model} if model else {}
+    overrides = _settings_overrides(model)
     with tempfile.TemporaryDirectory(prefix="lodestar-bench-") as tmp:
         settings = Settings(**overrides, host="127.0.0.1", port=0, data_dir=tmp)
         with BackgroundServer(settings) as server, Client(server.address, timeout=600) as client:
@@ -366,7 +371,7 @@ def bench_index(
     from lodestar.services.settings import Settings
 
     cores = os.cpu_count() or 1
-    overrides = {"model": model} if model else {}
+    overrides = _settings_overrides(model)
     out: dict[str, Any] = {"documents": len(lines), "mode": mode, "chunk_docs": chunk_docs, "cores": cores}
     with tempfile.TemporaryDirectory(prefix="lodestar-bench-index-") as tmp:
         root = Path(tmp)

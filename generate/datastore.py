@@ -22,7 +22,7 @@ import hashlib
 import json
 import secrets
 import threading
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -162,7 +162,9 @@ def _longest_match(seg: Segment, ctx: tuple[int, ...], lo_m: int, hi_m: int) -> 
     return best
 
 
-def _continuations(seg: Segment, m: int, lo: int, hi: int, cfg: LookupConfig) -> tuple[Counter[tuple[int, ...]], int]:
+def _continuations(
+    seg: Segment, m: int, lo: int, hi: int, cfg: LookupConfig
+) -> tuple[dict[tuple[int, ...], float], int]:
     """Continuations after the m-token match at SA rows [lo, hi): sampled, cut at SEPARATOR."""
     count = hi - lo
     if count > cfg.max_samples:  # rows are sorted by continuation: a stride keeps proportions
@@ -175,7 +177,7 @@ def _continuations(seg: Segment, m: int, lo: int, hi: int, cfg: LookupConfig) ->
     inside = offsets < n
     window = np.where(inside, seg.tokens[np.minimum(offsets, n - 1)], SEPARATOR)  # (S, L)
     scale = count / len(rows)
-    out: Counter[tuple[int, ...]] = Counter()
+    out: defaultdict[tuple[int, ...], float] = defaultdict(float)  # weights are rescaled counts
     for row in window.tolist():
         cut = row.index(SEPARATOR) if SEPARATOR in row else len(row)
         if cut:
@@ -386,11 +388,12 @@ class Datastore:
             found.append((seg, m, lo, hi))
         if not found:
             return None
-        merged: Counter[tuple[int, ...]] = Counter()
+        merged: defaultdict[tuple[int, ...], float] = defaultdict(float)
         occurrences = 0
         for seg, m, lo, hi in found:
             conts, count = _continuations(seg, m, lo, hi, cfg)
-            merged.update(conts)
+            for seq, weight in conts.items():
+                merged[seq] += weight
             occurrences += count
         if not merged:
             return None

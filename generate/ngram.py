@@ -6,7 +6,7 @@ This catches the model repeating itself and copying from passages placed in the 
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import defaultdict
 
 import numpy as np
 
@@ -43,7 +43,7 @@ def context_candidates(
         if hits.size == 0:
             continue
         hits = hits[::-1][:max_matches]  # most recent first
-        out: Counter[tuple[int, ...]] = Counter()
+        out: defaultdict[tuple[int, ...], float] = defaultdict(float)
         for h in hits.tolist():
             cont = context[h + 1 : h + 1 + max_continuation]
             if cont.size:

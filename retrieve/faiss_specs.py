@@ -112,10 +112,11 @@ def build_index(dim: int, spec: str, metric: str) -> Any:
             f"codes (optionally behind PCA/OPQ); examples: {SPEC_EXAMPLES}"
         )
     for part in (core, getattr(core, "storage", None)):
-        if part is not None and hasattr(faiss.downcast_index(part), "do_polysemous_training"):
+        typed = faiss.downcast_index(part) if part is not None else None
+        if typed is not None and hasattr(typed, "do_polysemous_training"):
             # index_factory turns polysemous training on for PQ: ~11 s of annealing per train for
             # codes we never search with Hamming filtering.
-            faiss.downcast_index(part).do_polysemous_training = False
+            typed.do_polysemous_training = False
     return index
 
 
@@ -129,8 +130,8 @@ def check_params(index: Any, spec: str) -> None:
         seen += 1
         part = faiss.downcast_index(todo.pop())
         if isinstance(part, faiss.IndexPreTransform):
-            for i in range(part.chain.size()):
-                vt = faiss.downcast_VectorTransform(part.chain.at(i))
+            for i in range(part.chain.size()):  # type: ignore[attr-defined]  # faiss stubs: a SWIG vector, not a list
+                vt = faiss.downcast_VectorTransform(part.chain.at(i))  # type: ignore[attr-defined]  # see above
                 name = type(vt).__name__
                 if vt.d_out < 1 or (isinstance(vt, (faiss.PCAMatrix, faiss.ITQTransform)) and vt.d_out > vt.d_in):
                     raise InvalidInput(

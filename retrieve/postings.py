@@ -281,7 +281,7 @@ def pack_arrays(arrays: dict[str, np.ndarray]) -> tuple[dict[str, list[Any]], by
     return layout, b"".join(arr.tobytes() for arr in arrays.values())
 
 
-def unpack_arrays(body: bytes, layout: dict[str, list[Any]]) -> dict[str, np.ndarray]:
+def unpack_arrays(body: bytes | memoryview, layout: dict[str, list[Any]]) -> dict[str, np.ndarray]:
     """Inverse of `pack_arrays`: native-byte-order copies of the arrays `layout` places in `body`."""
     return {
         name: np.frombuffer(body, dtype=np.dtype(dt), count=size, offset=off).astype(np.dtype(dt).newbyteorder("="))

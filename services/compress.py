@@ -85,7 +85,10 @@ def info_to_pb(info: dict[str, Any], default_budget_ratio: float) -> cpb.InfoRes
 
 class CompressServicer(cpb_grpc.CompressServiceServicer):
     SERVICE = cpb.DESCRIPTOR.services_by_name["CompressService"]
-    add_to_server = staticmethod(cpb_grpc.add_CompressServiceServicer_to_server)
+
+    @staticmethod
+    def add_to_server(servicer: CompressServicer, server: grpc.aio.Server) -> None:
+        cpb_grpc.add_CompressServiceServicer_to_server(servicer, server)
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 
@@ -16,7 +16,11 @@ from lodestar.services.runtime import Runtime
 from lodestar.services.wire import enum_to_name
 
 STREAM_WINDOW = 8  # requests of one stream in flight at once
-TOKEN_PREPEND_FIELDS = ("start_layer", "end_layer", "output_layer")
+TOKEN_PREPEND_FIELDS: tuple[Literal["start_layer", "end_layer", "output_layer"], ...] = (
+    "start_layer",
+    "end_layer",
+    "output_layer",
+)
 
 
 def options_from_pb(req: pb.EmbedRequest) -> EmbedOptions:
@@ -75,7 +79,10 @@ def info_to_pb(info: dict[str, Any]) -> pb.InfoResponse:
 
 class EmbedServicer(pb_grpc.EmbedServiceServicer):
     SERVICE = pb.DESCRIPTOR.services_by_name["EmbedService"]
-    add_to_server = staticmethod(pb_grpc.add_EmbedServiceServicer_to_server)
+
+    @staticmethod
+    def add_to_server(servicer: EmbedServicer, server: grpc.aio.Server) -> None:
+        pb_grpc.add_EmbedServiceServicer_to_server(servicer, server)
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime

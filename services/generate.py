@@ -110,7 +110,10 @@ def datastore_to_pb(d: Any) -> gpb.DatastoreInfo:
 
 class GenerateServicer(gpb_grpc.GenerateServiceServicer):
     SERVICE = gpb.DESCRIPTOR.services_by_name["GenerateService"]
-    add_to_server = staticmethod(gpb_grpc.add_GenerateServiceServicer_to_server)
+
+    @staticmethod
+    def add_to_server(servicer: GenerateServicer, server: grpc.aio.Server) -> None:
+        gpb_grpc.add_GenerateServiceServicer_to_server(servicer, server)
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -149,7 +152,8 @@ class GenerateServicer(gpb_grpc.GenerateServiceServicer):
     ) -> gpb.DatastoreInfo:
         """Collect the whole stream, then write one segment: a broken upload changes nothing."""
         engine = self.runtime.generate_engine()
-        name, texts, compact, chars = "", [], False, 0
+        name, compact, chars = "", False, 0
+        texts: list[str] = []
         async for req in requests:
             if req.name and name and req.name != name:
                 raise InvalidInput(

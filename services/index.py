@@ -99,7 +99,10 @@ def commit_from_pb(r: ipb.CommitChunkRequest) -> Commit:
 
 class IndexServicer(ipb_grpc.IndexServiceServicer):
     SERVICE = ipb.DESCRIPTOR.services_by_name["IndexService"]
-    add_to_server = staticmethod(ipb_grpc.add_IndexServiceServicer_to_server)
+
+    @staticmethod
+    def add_to_server(servicer: IndexServicer, server: grpc.aio.Server) -> None:
+        ipb_grpc.add_IndexServiceServicer_to_server(servicer, server)
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime

@@ -15,7 +15,7 @@ from lodestar.retrieve import types as rt
 from lodestar.retrieve.v1 import retrieve_pb2 as rpb
 from lodestar.retrieve.v1 import retrieve_pb2_grpc as rpb_grpc
 from lodestar.services.runtime import Runtime
-from lodestar.services.wire import chosen, enum_to_name, json_object, set_fields, to_json
+from lodestar.services.wire import chosen, enum_to_name, json_object, set_fields, stored_name_to_enum, to_json
 
 T = TypeVar("T")
 
@@ -58,14 +58,10 @@ def config_to_pb(c: rt.CollectionConfig) -> rpb.CollectionConfig:
         f: getattr(c, f) for f in (*_CONFIG_STRINGS, *_CONFIG_OPTIONAL, "dimensions", "shards", "metric", "sparse")
     }
     return rpb.CollectionConfig(
-        **fields, metric_kind=_enum_value(rpb.Metric, c.metric), sparse_kind=_enum_value(rpb.SparseKind, c.sparse)
+        **fields,
+        metric_kind=stored_name_to_enum(rpb.Metric, c.metric),
+        sparse_kind=stored_name_to_enum(rpb.SparseKind, c.sparse),
     )
-
-
-def _enum_value(enum: Any, name: str) -> int:
-    """A stored engine name -> its enum number (0 for a name the enum lacks: never raised on output)."""
-    prefix = enum.Name(0).removesuffix("UNSPECIFIED")
-    return int(dict(enum.items()).get(prefix + name.upper(), 0))
 
 
 def documents_from_pb(docs: list[rpb.Document]) -> list[rt.Document]:
@@ -154,7 +150,7 @@ def stats_to_pb(s: rt.CollectionStats, config: rt.CollectionConfig | None = None
         bytes=s.bytes,
         dimensions=s.dimensions,
         sparse=s.sparse,
-        sparse_kind=_enum_value(rpb.SparseKind, s.sparse),
+        sparse_kind=stored_name_to_enum(rpb.SparseKind, s.sparse),
         status=s.status,
         note=s.note,
         config=config_to_pb(config) if config else None,
@@ -163,7 +159,10 @@ def stats_to_pb(s: rt.CollectionStats, config: rt.CollectionConfig | None = None
 
 class RetrieveServicer(rpb_grpc.RetrieveServiceServicer):
     SERVICE = rpb.DESCRIPTOR.services_by_name["RetrieveService"]
-    add_to_server = staticmethod(rpb_grpc.add_RetrieveServiceServicer_to_server)
+
+    @staticmethod
+    def add_to_server(servicer: RetrieveServicer, server: grpc.aio.Server) -> None:
+        rpb_grpc.add_RetrieveServiceServicer_to_server(servicer, server)
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime

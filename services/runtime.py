@@ -120,6 +120,7 @@ class Runtime:
             if self.serves & {"retrieve", "index"}:
                 self._retrieval = await loop.run_in_executor(None, self._build_retrieval, self._engine)
             if "index" in self.serves:
+                assert self._retrieval is not None  # built above: "index" is in the set it was built for
                 self._jobs = await loop.run_in_executor(None, self._build_jobs, self._retrieval, self._engine)
                 self._watchdog = asyncio.ensure_future(self._watch_jobs())
             if self.serves & {"compress", "generate"}:

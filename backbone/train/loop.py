@@ -76,7 +76,7 @@ class LoopResult:
         }
 
 
-def atomic_dir(target: Path, write: Callable[[Path], None]) -> None:
+def atomic_dir(target: Path, write: Callable[[Path], object]) -> None:
     """Write a folder through `write(tmp)` then swap it in, so a crash never leaves half a folder."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))

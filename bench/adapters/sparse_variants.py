@@ -33,10 +33,14 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg  # noqa: F401  (sp.linalg.norm)
+
+if TYPE_CHECKING:
+    from lodestar.embed.engine import EmbeddingEngine
 
 
 def _setup(folder: Path):
@@ -104,6 +108,7 @@ def encode(folder: Path, adapter: str, cache: Path) -> None:
 
     np.savez(
         cache,
+        allow_pickle=True,  # numpy's default, named: the ** arrays below cannot then be taken for it
         owner=np.array(owner),
         doc_ids=np.array([d.id for d in docs]),
         judged=np.array(judged),
@@ -164,6 +169,7 @@ def from_collection(folder: Path, collection: Path, cache: Path, dense_cache: Pa
         engine.close()
     np.savez(
         cache,
+        allow_pickle=True,  # numpy's default, named: the ** arrays below cannot then be taken for it
         owner=np.array(owner),
         doc_ids=np.array([d.id for d in docs]),
         judged=np.array(judged),
@@ -173,7 +179,7 @@ def from_collection(folder: Path, collection: Path, cache: Path, dense_cache: Pa
     )
 
 
-def _token_arrays(engine, query_texts: list[str], chunks: list[str]) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+def _token_arrays(engine: EmbeddingEngine, query_texts: list[str], chunks: list[str]) -> dict[str, np.ndarray]:
     """The cache's vocabulary size and each query's and chunk's own token ids (weight 1): the
     IDF-of-text and own-token variants read them."""
     tok = engine.backbone.tokenizer

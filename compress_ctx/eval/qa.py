@@ -329,7 +329,7 @@ def eval_compress(
             "full_answer": ans_full[i],
             "compressed_answer": ans_comp[i],
             "decision": results[i].decision,
-            "score": None if results[i].score is None else round(results[i].score, 4),
+            "score": None if (score := results[i].score) is None else round(score, 4),
         }
         for i in range(min(5, nq))
     ]

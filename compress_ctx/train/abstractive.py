@@ -176,7 +176,7 @@ def train_abstractive(backbone: Backbone, config: Any) -> dict[str, Any]:
         ),
     )
     sources = {s: sum(e.source == s for e in train + dev) for s in ("zero-shot", "extractive", "nothing")}
-    card = {
+    card: dict[str, Any] = {
         "kind": "abstractive",
         "base_model": backbone.model_id,
         "torch_dtype": str(backbone.dtype).replace("torch.", ""),

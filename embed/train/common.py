@@ -170,8 +170,9 @@ class Stages:
 
     def finish(self, kind: str, extra: dict[str, Any], command: str = "") -> dict[str, Any]:
         """Copy the last stage's best adapter to <out>/adapter and write card.json + README.md."""
-        assert self.last_adapter is not None
-        atomic_dir(self.out / "adapter", lambda tmp: shutil.copytree(self.last_adapter, tmp, dirs_exist_ok=True))
+        adapter = self.last_adapter
+        assert adapter is not None
+        atomic_dir(self.out / "adapter", lambda tmp: shutil.copytree(adapter, tmp, dirs_exist_ok=True))
         card = {
             "kind": kind,
             "base_model": self.backbone.model_id,

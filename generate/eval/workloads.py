@@ -66,11 +66,9 @@ def _function_openings(path: Path, context_lines: int, min_body_lines: int) -> l
         if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
         body = node.body
+        first = body[0] if body else None
         if not (
-            body
-            and isinstance(body[0], ast.Expr)
-            and isinstance(getattr(body[0], "value", None), ast.Constant)
-            and isinstance(body[0].value.value, str)
+            isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)
         ):
             continue
         doc_end = body[0].end_lineno or body[0].lineno

@@ -25,9 +25,9 @@ def read_beir(folder: Path, split: str = "test") -> tuple[list[Document], dict[s
         folder / "queries.jsonl",
         folder / "qrels" / f"{split}.tsv",
     )
-    for f in (corpus_file, queries_file, qrels_file):
-        if not f.is_file():
-            raise InvalidInput(f"{folder} is not a BEIR folder: {f.relative_to(folder)} is missing")
+    for path in (corpus_file, queries_file, qrels_file):
+        if not path.is_file():
+            raise InvalidInput(f"{folder} is not a BEIR folder: {path.relative_to(folder)} is missing")
     docs = []
     with open(corpus_file, encoding="utf-8") as f:
         for line in f:

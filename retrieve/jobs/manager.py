@@ -9,6 +9,7 @@ dispatched again after `requeue_after_s`; a chunk already done is skipped; write
 
 from __future__ import annotations
 
+import builtins
 import logging
 import math
 import queue
@@ -234,7 +235,7 @@ class JobManager:
     def list(self, limit: int = 100) -> list[JobInfo]:
         return self.store.list(limit)
 
-    def errors(self, job_id: str, limit: int = 1000) -> list[JobError]:
+    def errors(self, job_id: str, limit: int = 1000) -> builtins.list[JobError]:
         return self.store.errors(job_id, limit)
 
     def cancel(self, job_id: str) -> JobInfo:

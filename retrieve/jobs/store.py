@@ -18,6 +18,7 @@ writing is an upsert by id, so even a chunk run twice writes nothing twice.
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 import threading
@@ -499,7 +500,7 @@ class JobStore:
             ids = [r[0] for r in self._db.execute("SELECT id FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,))]
         return [self.get(i) for i in ids]
 
-    def errors(self, job_id: str, limit: int = 1000) -> list[JobError]:
+    def errors(self, job_id: str, limit: int = 1000) -> builtins.list[JobError]:
         with self._lock:
             self._state(self._db, job_id)
             rows = self._db.execute(

@@ -162,8 +162,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
                     f.write((parts / f"{i:06d}.jsonl").read_text())
             tmp.replace(sparse_out)
             summary.update(sparse_out=str(sparse_out), texts=len(texts))
-        for f in parts.iterdir():
-            f.unlink()
+        for part in parts.iterdir():
+            part.unlink()
         parts.rmdir()
         if args.json:
             print(json.dumps(summary))

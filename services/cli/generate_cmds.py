@@ -110,7 +110,9 @@ def cmd_answer(args: argparse.Namespace) -> int:
         )
         head = next(items)
         assert isinstance(head, AnswerContext)
-        sources = [{"id": h.id, "score": round(h.score, 4), "chunk": h.chunk} for h in head.sources]
+        sources: list[dict[str, Any]] = [
+            {"id": h.id, "score": round(h.score, 4), "chunk": h.chunk} for h in head.sources
+        ]
         if not args.json:
             print(
                 f"-- sources: {', '.join(s['id'] for s in sources) or 'none'}; context {head.decision}, "
@@ -118,7 +120,7 @@ def cmd_answer(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         info = {"sources": sources, "context": head.context, "decision": head.decision}
-        return _stream_out(items, args.json, info)  # type: ignore[arg-type]
+        return _stream_out(items, args.json, info)
 
 
 # --- datastores ----------------------------------------------------------------------------------
@@ -147,7 +149,8 @@ def _resumable_upload(
     if state.get("key") == key:
         pending = state.get("pending") or {}
         skip = pending["done"] if pending and have == pending["documents"] else state.get("done", 0)
-    done, batch = 0, []
+    done = 0
+    batch: list[str] = []
     bar = tqdm(desc="datastore", unit="text", initial=skip, disable=args.quiet)
     last: Any = None
 

@@ -103,7 +103,7 @@ class AsyncClient(Calls):
             await asyncio.sleep(0.2)
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(grace=None)
 
     async def __aenter__(self) -> AsyncClient:
         return self

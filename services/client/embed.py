@@ -3,6 +3,8 @@ lodestar.services.embed)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from lodestar.embed.output import Packed, unpack
@@ -60,7 +62,7 @@ def result(resp: pb.EmbedResponse) -> EmbedResult:
     without dense output it is an empty (N, 0) array."""
     sparse = [(np.asarray(v.ids, dtype=np.int64), np.asarray(v.weights, dtype=np.float32)) for v in resp.sparse] or None
     tokens = [list(v.tokens) for v in resp.sparse] if any(v.tokens for v in resp.sparse) else None
-    common = {
+    common: dict[str, Any] = {
         "token_counts": list(resp.token_counts),
         "truncated": list(resp.truncated),
         "model": resp.model,

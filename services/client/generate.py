@@ -26,10 +26,10 @@ def decoding_options(**kw: Any) -> gpb.DecodingOptions:
 def generate_request(
     prompt: str | list[int], passages: list[str] | None, chat: bool, **decoding: Any
 ) -> gpb.GenerateRequest:
-    text = isinstance(prompt, str)
+    text, ids = (prompt, []) if isinstance(prompt, str) else ("", prompt)
     return gpb.GenerateRequest(
-        prompt=prompt if text else "",
-        prompt_token_ids=[] if text else prompt,
+        prompt=text,
+        prompt_token_ids=ids,
         options=decoding_options(**decoding),
         passages=passages or [],
         chat=chat,

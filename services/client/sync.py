@@ -34,7 +34,7 @@ STUBS = {
 
 
 def error(exc: grpc.RpcError) -> ClientError:
-    return ClientError(exc.code().name, exc.details() or "")  # type: ignore[attr-defined]
+    return ClientError(exc.code().name, exc.details() or "")
 
 
 class Client(Calls):
