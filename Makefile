@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run test test-gpu bench protos clean
+.PHONY: install run lint test test-gpu bench protos clean
 
 install: $(STAMP)
 
@@ -27,12 +27,18 @@ protos: install
 run: install
 	$(BIN)/lodestar serve --host 127.0.0.1 --port 50051
 
+# ruff (lint, then format check) and mypy over the packages as installed (.ci/typecheck.py); `test` runs it first.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python .ci/typecheck.py
+
 # The job tests start their own redis-server (Debian's package) on a free port and restart it
 # mid-job; install it when the machine lacks it.
 # PYTHONSAFEPATH (inherited by every child python): lodestar/__init__.py takes the checkout root off
 # sys.path, but test modules and `python -c` children import transformers before lodestar, and the
 # root's kernels/ folder would shadow the PyPI `kernels` package that transformers 5.25 imports.
-test: install
+test: install lint
 	@command -v redis-server >/dev/null || { echo "installing redis-server (Debian)"; \
 	  (apt-get update -q && apt-get install -y -q redis-server || sudo apt-get install -y -q redis-server) >/dev/null; }
 	PYTHONSAFEPATH=1 $(BIN)/python -m pytest -m "not gpu" -ra

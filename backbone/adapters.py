@@ -31,8 +31,14 @@ def _is_adapter(folder: Path) -> bool:
 class AdapterRegistry:
     """Finds adapters by name (subfolders of `search_dirs`) or path and switches them on the model."""
 
-    def __init__(self, model: Any, search_dirs: tuple[Path, ...] = (), max_resident: int = 4,
-                 max_bytes: int = 0, allow_paths: bool = True) -> None:
+    def __init__(
+        self,
+        model: Any,
+        search_dirs: tuple[Path, ...] = (),
+        max_resident: int = 4,
+        max_bytes: int = 0,
+        allow_paths: bool = True,
+    ) -> None:
         self._model = model
         self._allow_paths = allow_paths  # False: only names of search_dirs' subfolders (no "a/b", "..", "~")
         self._search_dirs = tuple(Path(d) for d in search_dirs)
@@ -46,7 +52,7 @@ class AdapterRegistry:
 
     def available(self) -> list[str]:
         """Adapter names offered by the search folders."""
-        names = set()
+        names: set[str] = set()
         for folder in self._search_dirs:
             if folder.is_dir():
                 names.update(p.parent.name for p in folder.glob(f"*/{ADAPTER_FILE}"))
@@ -55,24 +61,26 @@ class AdapterRegistry:
     def resolve(self, name: str) -> tuple[str, Path]:
         """-> (key, folder). Raises InvalidInput naming the valid adapters when unknown. Without
         allow_paths only a plain name (one path component) is looked up, in the search folders."""
-        plain = bool(name) and name not in (".", "..") and not any(c in name for c in "/\\") and not name.startswith("~")
+        plain = (
+            bool(name) and name not in (".", "..") and not any(c in name for c in "/\\") and not name.startswith("~")
+        )
         if plain or self._allow_paths:
             for folder in self._search_dirs:
                 if _is_adapter(folder / name):
                     return name, folder / name
         offered = ", ".join(self.available()) or "none installed"
         if not self._allow_paths:
-            raise InvalidInput(f"unknown adapter {name!r}: valid names are [{offered}] (this server takes adapter "
-                               "names only, not paths: LODESTAR_ADAPTER_PATHS=false)")
+            raise InvalidInput(
+                f"unknown adapter {name!r}: valid names are [{offered}] (this server takes adapter "
+                "names only, not paths: LODESTAR_ADAPTER_PATHS=false)"
+            )
         try:
             path = Path(name).expanduser()
         except RuntimeError:  # "~user/..." for a user this machine does not know
             path = Path(name)
         if _is_adapter(path):
             return str(path.resolve()), path
-        raise InvalidInput(
-            f"unknown adapter {name!r}: valid names are [{offered}], or a path to a peft adapter folder"
-        )
+        raise InvalidInput(f"unknown adapter {name!r}: valid names are [{offered}], or a path to a peft adapter folder")
 
     def _load(self, key: str, path: Path) -> None:
         from peft import PeftModel

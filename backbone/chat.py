@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from lodestar.backbone.compat import cache_kwargs, output_cache
 from lodestar.backbone import Backbone
+from lodestar.backbone.compat import cache_kwargs, output_cache
 
 Message = dict[str, str]
 
@@ -65,8 +65,9 @@ def _pad_left(rows: list[list[int]], pad: int, device: torch.device) -> tuple[to
 
 
 @torch.inference_mode()
-def greedy_batch(backbone: Backbone, prompts: list[list[int]], max_new_tokens: int, stops: set[int],
-                 adapter: str | None = None) -> list[Generated]:
+def greedy_batch(
+    backbone: Backbone, prompts: list[list[int]], max_new_tokens: int, stops: set[int], adapter: str | None = None
+) -> list[Generated]:
     """Greedy continuation of each prompt (token ids) until a stop token or `max_new_tokens`, with
     LoRA `adapter` active (None: the base model)."""
     from transformers import DynamicCache
@@ -85,8 +86,12 @@ def greedy_batch(backbone: Backbone, prompts: list[list[int]], max_new_tokens: i
         # The lock per forward, not per call: embedding requests interleave with a long generation.
         with backbone.lock, backbone.adapters.use(adapter):
             out = backbone.model(
-                input_ids=step_ids, attention_mask=mask, position_ids=positions, **cache_kwargs(backbone.model, cache),
-                use_cache=True, logits_to_keep=1,
+                input_ids=step_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                **cache_kwargs(backbone.model, cache),
+                use_cache=True,
+                logits_to_keep=1,
             )
         cache = output_cache(out)
         nxt = out.logits[:, -1, :].argmax(-1)  # (B,)

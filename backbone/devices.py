@@ -45,8 +45,11 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         if name not in DTYPES:
             raise InvalidInput(f"unknown dtype {name!r}: valid are auto, {', '.join(DTYPES)}")
         if device.type == "cpu" and name != "float32" and not cpu_has_native_bf16():
-            log.warning("dtype %s on a CPU without AVX512-BF16 or AMX is emulated: its matmuls run about 100x slower "
-                        "than float32 here (adapter training: minutes per step). Use dtype auto (float32 on this CPU).", name)
+            log.warning(
+                "dtype %s on a CPU without AVX512-BF16 or AMX is emulated: its matmuls run about 100x slower "
+                "than float32 here (adapter training: minutes per step). Use dtype auto (float32 on this CPU).",
+                name,
+            )
         return DTYPES[name]
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -89,9 +89,7 @@ class Backbone:
         return Backbone.from_model(model, self.tokenizer, self.model_id)
 
     @classmethod
-    def from_model(
-        cls, model: Any, tokenizer: Any, model_id: str, config: BackboneConfig | None = None
-    ) -> Backbone:
+    def from_model(cls, model: Any, tokenizer: Any, model_id: str, config: BackboneConfig | None = None) -> Backbone:
         """Wrap an already-built model (tests build tiny random Llamas in code)."""
         config = config or BackboneConfig()
         model.eval()
@@ -102,8 +100,9 @@ class Backbone:
             model_id=model_id,
             device=param.device,
             dtype=param.dtype,
-            adapters=AdapterRegistry(model, config.adapter_dirs, config.max_resident_adapters, config.max_adapter_bytes,
-                                     config.adapter_paths),
+            adapters=AdapterRegistry(
+                model, config.adapter_dirs, config.max_resident_adapters, config.max_adapter_bytes, config.adapter_paths
+            ),
         )
 
 
@@ -172,8 +171,9 @@ def dequantised_cache(gguf: Path, cache_dir: Path) -> Path:
     # Saved as a plain dense checkpoint: drop what marks it as quantised.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.hf_quantizer = None
-    model.is_quantized = False
+    # torch types Module.__setattr__ for tensors and submodules only; plain attributes are fine at runtime
+    model.hf_quantizer = None  # type: ignore[assignment]
+    model.is_quantized = False  # type: ignore[assignment]
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
@@ -215,5 +215,5 @@ def load_backbone(config: BackboneConfig) -> Backbone:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
     except (OSError, ValueError) as exc:
         raise InvalidInput(f"cannot load a causal LM from {str(folder)!r}: {exc}") from exc
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]  # transformers wraps `to` (functools.wraps) and mistypes self
     return Backbone.from_model(model, tokenizer, model_id, config)

@@ -14,6 +14,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def parse_shapes(spec: str) -> list[tuple[int, int, int]]:
         if len(dims) != 3:
             raise argparse.ArgumentTypeError(f"shape {item!r} must be BxTxH")
         shapes.append(dims)
-    return shapes  # type: ignore[return-value]
+    return shapes
 
 
 def time_ms(fn: Callable[[], Any], device: torch.device, warmup: int, repeat: int) -> float:
@@ -147,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                     "masked_mean_pool",
                     shape,
                     args.dtype,
-                    lambda: masked_mean_pool_ref(hidden, weights),
-                    None if pool_tri is None else (lambda: pool_tri(hidden, weights)),
+                    partial(masked_mean_pool_ref, hidden, weights),
+                    None if pool_tri is None else partial(pool_tri, hidden, weights),
                     device,
                     warmup,
                     repeat,
@@ -160,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                     "l2_normalize",
                     (shape[0], shape[2]),
                     args.dtype,
-                    lambda: l2_normalize_ref(x),
-                    None if norm_tri is None else (lambda: norm_tri(x)),
+                    partial(l2_normalize_ref, x),
+                    None if norm_tri is None else partial(norm_tri, x),
                     device,
                     warmup,
                     repeat,
@@ -171,9 +172,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report = {
         "device": device.type,
-        "device_name": (
-            torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-        ),
+        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"),
         "torch_version": torch.__version__,
         "triton_version": triton_version,
         "padded": args.padded,

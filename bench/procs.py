@@ -40,9 +40,21 @@ class RedisProcess:
 
     def start(self) -> RedisProcess:
         self.proc = subprocess.Popen(
-            [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.folder)],
-            stdout=open(self.folder / "redis.log", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+            [
+                self.exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.folder),
+            ],
+            stdout=open(self.folder / "redis.log", "ab"),
+            stderr=subprocess.STDOUT,  # noqa: SIM115
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -71,13 +83,20 @@ class WorkerProcess:
     """A `lodestar worker` process (solo pool: one chunk at a time), logging to `log`."""
 
     def __init__(self, name: str, broker: str, server: str, log: Path, env: dict[str, str] | None = None) -> None:
-        full = {**os.environ, "LODESTAR_BROKER_URL": broker, "LODESTAR_SERVER": server, "LODESTAR_LOG_LEVEL": "INFO",
-                **(env or {})}
+        full = {
+            **os.environ,
+            "LODESTAR_BROKER_URL": broker,
+            "LODESTAR_SERVER": server,
+            "LODESTAR_LOG_LEVEL": "INFO",
+            **(env or {}),
+        }
         self.name = name
         self.log = log
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lodestar.services.cli", "worker", "--hostname", f"{name}@%h"],
-            stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=full,  # noqa: SIM115
+            stdout=open(log, "ab"),
+            stderr=subprocess.STDOUT,
+            env=full,  # noqa: SIM115
         )
 
     def wait_ready(self, timeout: float = 180) -> WorkerProcess:
@@ -88,7 +107,9 @@ class WorkerProcess:
             if self.proc.poll() is not None:
                 raise Unavailable(f"worker {self.name} exited: {self.log.read_text(errors='replace')[-3000:]}")
             time.sleep(0.2)
-        raise Unavailable(f"worker {self.name} not ready after {timeout:.0f}s: {self.log.read_text(errors='replace')[-3000:]}")
+        raise Unavailable(
+            f"worker {self.name} not ready after {timeout:.0f}s: {self.log.read_text(errors='replace')[-3000:]}"
+        )
 
     def kill(self) -> None:
         """SIGKILL: as abrupt as a crash (the chunk it holds is neither acknowledged nor committed)."""

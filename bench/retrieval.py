@@ -60,8 +60,16 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 def bench_indexes(
-    n: int = 100_000, dim: int = 128, queries: int = 1000, k: int = 10, specs: tuple[str, ...] = SPECS,
-    target: float = 0.95, seed: int = 0, batch: int = 1, threads: int = 1, progress: bool = True,
+    n: int = 100_000,
+    dim: int = 128,
+    queries: int = 1000,
+    k: int = 10,
+    specs: tuple[str, ...] = SPECS,
+    target: float = 0.95,
+    seed: int = 0,
+    batch: int = 1,
+    threads: int = 1,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """QPS of one search thread answering `batch` queries per call (1: what a service sees; large
     batches favour exact search, which turns into one matrix product), and recall@k vs exact."""
@@ -93,20 +101,39 @@ def bench_indexes(
                 exact_qps = qps
             sweep.append({knob or "exact": value, "recall@10": round(recall(found, truth), 4), "qps": round(qps, 1)})
             if progress:
-                print(f"{spec:14} {knob or 'exact'}={value:<4} recall@10={sweep[-1]['recall@10']:.4f} qps={qps:,.0f}", flush=True)
+                print(
+                    f"{spec:14} {knob or 'exact'}={value:<4} recall@10={sweep[-1]['recall@10']:.4f} qps={qps:,.0f}",
+                    flush=True,
+                )
         ok = [s for s in sweep if s["recall@10"] >= target]
         best = max(ok, key=lambda s: s["qps"]) if ok else max(sweep, key=lambda s: s["recall@10"])
-        results.append({
-            "index": spec, "build_s": round(build_s, 2), "trained": index.trained, "sweep": sweep, "chosen": best,
-            "speedup_vs_exact": round(best["qps"] / exact_qps, 2) if exact_qps else None,
-            "meets_target": best["recall@10"] >= target and (spec == "Flat" or best["qps"] >= 5 * (exact_qps or 0)),
-        })
-    return {"vectors": n, "dim": dim, "queries": queries, "k": k, "queries_per_call": batch, "threads": threads, "data": f"synthetic embedding-like ({LATENT}-d latent, decaying spectrum, 0.05 noise)",
-            "target": {"recall@10": target, "speedup_vs_exact": 5}, "indexes": results}
+        results.append(
+            {
+                "index": spec,
+                "build_s": round(build_s, 2),
+                "trained": index.trained,
+                "sweep": sweep,
+                "chosen": best,
+                "speedup_vs_exact": round(best["qps"] / exact_qps, 2) if exact_qps else None,
+                "meets_target": best["recall@10"] >= target and (spec == "Flat" or best["qps"] >= 5 * (exact_qps or 0)),
+            }
+        )
+    return {
+        "vectors": n,
+        "dim": dim,
+        "queries": queries,
+        "k": k,
+        "queries_per_call": batch,
+        "threads": threads,
+        "data": f"synthetic embedding-like ({LATENT}-d latent, decaying spectrum, 0.05 noise)",
+        "target": {"recall@10": target, "speedup_vs_exact": 5},
+        "indexes": results,
+    }
 
 
-def splade_like(n: int, nnz: int, vocab: int, rng: np.random.Generator, zipf: float = 1.0
-                ) -> list[tuple[np.ndarray, np.ndarray]]:
+def splade_like(
+    n: int, nnz: int, vocab: int, rng: np.random.Generator, zipf: float = 1.0
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """`n` sparse vectors of about `nnz` distinct terms each, term ids drawn from a Zipf law over
     `vocab` (frequent terms make long postings: the hard case for accumulation), weights in (0, 3]
     like log(1 + relu(z - 4))."""
@@ -125,13 +152,26 @@ def _csr(vectors: list[tuple[np.ndarray, np.ndarray]], vocab: int) -> Any:
     """(len(vectors), vocab) SciPy CSR matrix of sparse (term ids, weights) vectors."""
     import scipy.sparse as sp
 
-    return sp.csr_matrix((np.concatenate([w for _, w in vectors]), np.concatenate([t for t, _ in vectors]),
-                          np.cumsum([0] + [t.size for t, _ in vectors])), shape=(len(vectors), vocab))
+    return sp.csr_matrix(
+        (
+            np.concatenate([w for _, w in vectors]),
+            np.concatenate([t for t, _ in vectors]),
+            np.cumsum([0] + [t.size for t, _ in vectors]),
+        ),
+        shape=(len(vectors), vocab),
+    )
 
 
 def bench_impact(
-    sizes: tuple[int, ...] = (10_000, 100_000), vocab: int = 49_152, doc_nnz: int = 200, query_nnz: int = 40,
-    queries: int = 200, k: int = 10, seed: int = 0, progress: bool = True, idf: bool = True,
+    sizes: tuple[int, ...] = (10_000, 100_000),
+    vocab: int = 49_152,
+    doc_nnz: int = 200,
+    query_nnz: int = 40,
+    queries: int = 200,
+    k: int = 10,
+    seed: int = 0,
+    progress: bool = True,
+    idf: bool = True,
 ) -> dict[str, Any]:
     """Latency of the learned-sparse impact index, one query per call: MaxScore pruning and plain
     accumulation over every posting of the query terms, against exact scoring as
@@ -149,8 +189,11 @@ def bench_impact(
     rows = []
 
     def ms(lat: list[float]) -> dict[str, float]:
-        return {"p50": round(1000 * float(np.percentile(lat, 50)), 2), "p99": round(1000 * float(np.percentile(lat, 99)), 2),
-                "mean": round(1000 * float(np.mean(lat)), 2)}
+        return {
+            "p50": round(1000 * float(np.percentile(lat, 50)), 2),
+            "p99": round(1000 * float(np.percentile(lat, 99)), 2),
+            "mean": round(1000 * float(np.mean(lat)), 2),
+        }
 
     for n in sizes:
         docs = splade_like(n, doc_nnz, vocab, rng)
@@ -177,25 +220,45 @@ def bench_impact(
             for prune in (True, False):
                 agree[prune].append(len(top & set(found[prune][i])) / k)
         postings = int(sum(t.size for t, _ in docs))
-        row = {
-            "documents": n, "postings": postings, "build_s": round(build_s, 2),
-            "maxscore_ms": ms(lat[True]), "accumulation_ms": ms(lat[False]),
+        row: dict[str, Any] = {
+            "documents": n,
+            "postings": postings,
+            "build_s": round(build_s, 2),
+            "maxscore_ms": ms(lat[True]),
+            "accumulation_ms": ms(lat[False]),
             "exact_csr_ms": {key: v for key, v in ms(exact_lat).items() if key != "p99"},
             f"agreement@{k}": round(float(np.mean(agree[True] + agree[False])), 4),
         }
         rows.append(row)
         if progress:
-            print(f"impact {n:>9,} docs: maxscore p50 {row['maxscore_ms']['p50']} ms, accumulation p50 "
-                  f"{row['accumulation_ms']['p50']} ms, exact CSR p50 {row['exact_csr_ms']['p50']} ms, "
-                  f"agreement@{k} {row[f'agreement@{k}']}", flush=True)
-    return {"vocab": vocab, "doc_nnz": doc_nnz, "query_nnz": query_nnz, "queries": queries, "k": k, "query_idf": idf,
-            "data": f"synthetic SPLADE-like vectors (Zipf(1.0) term ids over {vocab} ids, weights uniform in (0.05, 3])",
-            "transport": "in-process, one query per call, one thread", "sizes": rows}
+            print(
+                f"impact {n:>9,} docs: maxscore p50 {row['maxscore_ms']['p50']} ms, accumulation p50 "
+                f"{row['accumulation_ms']['p50']} ms, exact CSR p50 {row['exact_csr_ms']['p50']} ms, "
+                f"agreement@{k} {row[f'agreement@{k}']}",
+                flush=True,
+            )
+    return {
+        "vocab": vocab,
+        "doc_nnz": doc_nnz,
+        "query_nnz": query_nnz,
+        "queries": queries,
+        "k": k,
+        "query_idf": idf,
+        "data": f"synthetic SPLADE-like vectors (Zipf(1.0) term ids over {vocab} ids, weights uniform in (0.05, 3])",
+        "transport": "in-process, one query per call, one thread",
+        "sizes": rows,
+    }
 
 
 def bench_shards(
-    n: int = 100_000, dim: int = 576, queries: int = 200, k: int = 10, shards: tuple[int, ...] = (1, 2, 4),
-    specs: tuple[str, ...] = ("Flat", "HNSW32"), seed: int = 0, progress: bool = True,
+    n: int = 100_000,
+    dim: int = 576,
+    queries: int = 200,
+    k: int = 10,
+    shards: tuple[int, ...] = (1, 2, 4),
+    specs: tuple[str, ...] = ("Flat", "HNSW32"),
+    seed: int = 0,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Single-query latency of one index against the same vectors in N shards searched in parallel.
     FAISS runs one query on one core (its threads go over queries), so shards are how one query
@@ -230,15 +293,32 @@ def bench_shards(
                     lat.append(time.perf_counter() - start)
                 got = np.stack(found)
                 first = got if first is None else first
-                rows.append({
-                    "index": spec, "shards": count, "faiss_threads": threads, "build_s": round(build_s, 2),
-                    "latency_ms": {"p50": round(1000 * float(np.percentile(lat, 50)), 2),
-                                   "p99": round(1000 * float(np.percentile(lat, 99)), 2)},
-                    f"agreement@{k}": round(recall(got, first), 4),
-                })
+                rows.append(
+                    {
+                        "index": spec,
+                        "shards": count,
+                        "faiss_threads": threads,
+                        "build_s": round(build_s, 2),
+                        "latency_ms": {
+                            "p50": round(1000 * float(np.percentile(lat, 50)), 2),
+                            "p99": round(1000 * float(np.percentile(lat, 99)), 2),
+                        },
+                        f"agreement@{k}": round(recall(got, first), 4),
+                    }
+                )
                 if progress:
-                    print(f"{spec:8} shards={count} threads={threads}: p50 {rows[-1]['latency_ms']['p50']} ms, "
-                          f"agreement@{k} {rows[-1][f'agreement@{k}']}", flush=True)
-    return {"vectors": n, "dim": dim, "queries": queries, "k": k, "cores": os.cpu_count(),
-            "data": f"synthetic embedding-like ({LATENT}-d latent, decaying spectrum, 0.05 noise)",
-            "transport": "in-process, one query per call; FAISS limited to faiss_threads per index search", "runs": rows}
+                    print(
+                        f"{spec:8} shards={count} threads={threads}: p50 {rows[-1]['latency_ms']['p50']} ms, "
+                        f"agreement@{k} {rows[-1][f'agreement@{k}']}",
+                        flush=True,
+                    )
+    return {
+        "vectors": n,
+        "dim": dim,
+        "queries": queries,
+        "k": k,
+        "cores": os.cpu_count(),
+        "data": f"synthetic embedding-like ({LATENT}-d latent, decaying spectrum, 0.05 noise)",
+        "transport": "in-process, one query per call; FAISS limited to faiss_threads per index search",
+        "runs": rows,
+    }

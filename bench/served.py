@@ -27,11 +27,18 @@ def _bar(total: int, desc: str, progress: bool) -> Any:
     return tqdm(total=total, desc=desc, unit="text", file=sys.stderr, disable=not progress, leave=False)
 
 
+def _settings_overrides(model: str | None) -> dict[str, Any]:
+    """The Settings fields a benchmark sets; the rest keep their defaults (the environment's)."""
+    return {"model": model} if model else {}
+
+
 def _sorted_by_length(engine: Any, texts: list[str], options: Any) -> tuple[list[str], list[int]]:
     """Texts ordered by token count (so a fixed-size batch pads little) and their token counts; any
     number of texts (prepared in slices of the engine's per-request limit)."""
     step = engine.config.max_texts_per_request
-    counts = [len(item) for i in range(0, len(texts), step) for item in engine.prepare(texts[i : i + step], options).items]
+    counts = [
+        len(item) for i in range(0, len(texts), step) for item in engine.prepare(texts[i : i + step], options).items
+    ]
     order = sorted(range(len(texts)), key=lambda i: counts[i])
     return [texts[i] for i in order], [counts[i] for i in order]
 
@@ -150,7 +157,7 @@ def bench_embed(
         raise ValueError(f"concurrency and batch_size must be >= 1; got {concurrency}, {batch_size}")
     if repeats < 1 or not ceiling_batch_sizes:
         raise ValueError("repeats must be >= 1 and ceiling_batch_sizes non-empty")
-    overrides = {"model": model} if model else {}
+    overrides = _settings_overrides(model)
     settings = Settings(**overrides)
     opts = EmbedOptions(**options)
 
@@ -248,8 +255,11 @@ def bench_embed(
 
 def _percentiles(latencies_s: list[float]) -> dict[str, float]:
     ms = np.asarray(latencies_s) * 1000.0
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
-            "mean_ms": round(float(ms.mean()), 2)}
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "mean_ms": round(float(ms.mean()), 2),
+    }
 
 
 def bench_search_latency(
@@ -274,7 +284,7 @@ def bench_search_latency(
 
     if not corpus or not queries:
         raise ValueError("bench_search_latency needs documents and queries")
-    overrides = {"model": model} if model else {}
+    overrides = _settings_overrides(model)
     with tempfile.TemporaryDirectory(prefix="lodestar-bench-") as tmp:
         settings = Settings(**overrides, host="127.0.0.1", port=0, data_dir=tmp)
         with BackgroundServer(settings) as server, Client(server.address, timeout=600) as client:
@@ -284,8 +294,14 @@ def bench_search_latency(
                 client.upsert("bench", corpus[i : i + 32])
                 bar.update(len(corpus[i : i + 32]))
             bar.close()
-            out: dict[str, Any] = {"documents": len(corpus), "queries": len(queries), "k": k, "mode": mode,
-                                   "index": index, "transport": "gRPC over loopback, one query per call"}
+            out: dict[str, Any] = {
+                "documents": len(corpus),
+                "queries": len(queries),
+                "k": k,
+                "mode": mode,
+                "index": index,
+                "transport": "gRPC over loopback, one query per call",
+            }
             for retriever in retrievers:
                 for q in queries[:3]:  # warm-up
                     client.search("bench", q, k=k, retriever=retriever)
@@ -325,8 +341,13 @@ def _run_job(address: str, lines: list[tuple[int, bytes]], mode: str, chunk_docs
         stats = c.stats(name)
     if job.state != "done" or stats.documents != job.documents:
         raise RuntimeError(f"benchmark job did not finish cleanly: {job}")
-    return {"documents": job.written, "chunks": stats.chunks, "seconds": round(seconds, 2),
-            "docs_per_s": round(job.written / seconds, 2), "workers_used": job.workers}
+    return {
+        "documents": job.written,
+        "chunks": stats.chunks,
+        "seconds": round(seconds, 2),
+        "docs_per_s": round(job.written / seconds, 2),
+        "workers_used": job.workers,
+    }
 
 
 def bench_index(
@@ -350,7 +371,7 @@ def bench_index(
     from lodestar.services.settings import Settings
 
     cores = os.cpu_count() or 1
-    overrides = {"model": model} if model else {}
+    overrides = _settings_overrides(model)
     out: dict[str, Any] = {"documents": len(lines), "mode": mode, "chunk_docs": chunk_docs, "cores": cores}
     with tempfile.TemporaryDirectory(prefix="lodestar-bench-index-") as tmp:
         root = Path(tmp)
@@ -367,12 +388,18 @@ def bench_index(
             out["celery"] = {}
             for n in worker_counts:
                 data = root / f"celery{n}"
-                settings = Settings(**overrides, host="127.0.0.1", port=0, data_dir=data, broker_url=broker_url,
-                                    torch_threads=1)  # the server only writes; the workers embed
+                settings = Settings(
+                    **overrides, host="127.0.0.1", port=0, data_dir=data, broker_url=broker_url, torch_threads=1
+                )  # the server only writes; the workers embed
                 with BackgroundServer(settings) as server:
-                    env = {"LODESTAR_TORCH_THREADS": str(max(1, cores // n)), **({"LODESTAR_MODEL": model} if model else {})}
-                    workers = [WorkerProcess(f"bench{i}", broker_url, server.address, root / f"w{n}-{i}.log", env)
-                               for i in range(n)]
+                    env = {
+                        "LODESTAR_TORCH_THREADS": str(max(1, cores // n)),
+                        **({"LODESTAR_MODEL": model} if model else {}),
+                    }
+                    workers = [
+                        WorkerProcess(f"bench{i}", broker_url, server.address, root / f"w{n}-{i}.log", env)
+                        for i in range(n)
+                    ]
                     try:
                         for w in workers:
                             w.wait_ready()

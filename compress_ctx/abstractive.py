@@ -107,30 +107,75 @@ class AbstractiveCompressor:
         for g, ps in zip(outs, passage_lists):
             before = self.count_tokens(join_passages(ps))
             if is_nothing(g.text):
-                results.append(CompressResult("abstractive", "", [], before, 0, SKIP, None, None,
-                                              "the model found nothing relevant in the passages", per))
+                results.append(
+                    CompressResult(
+                        "abstractive",
+                        "",
+                        [],
+                        before,
+                        0,
+                        SKIP,
+                        None,
+                        None,
+                        "the model found nothing relevant in the passages",
+                        per,
+                    )
+                )
                 continue
             text = tidy(g.text, cut=not g.stopped)
             if not text:
-                results.append(CompressResult("abstractive", "", [], before, 0, SKIP, None, None,
-                                              "the model wrote no usable summary", per))
+                results.append(
+                    CompressResult(
+                        "abstractive", "", [], before, 0, SKIP, None, None, "the model wrote no usable summary", per
+                    )
+                )
                 continue
             after = self.count_tokens(text)
             faith = faithfulness(text, ps)
             support = faith.supported_ratio
             if support < self.min_support:
-                results.append(CompressResult(
-                    "abstractive", "", [], before, 0, SKIP, support, self.min_support,
-                    f"only {support:.0%} of the summary's content words occur in the passages "
-                    f"(min_support={self.min_support:.0%}): no context", per, faith))
+                results.append(
+                    CompressResult(
+                        "abstractive",
+                        "",
+                        [],
+                        before,
+                        0,
+                        SKIP,
+                        support,
+                        self.min_support,
+                        f"only {support:.0%} of the summary's content words occur in the passages "
+                        f"(min_support={self.min_support:.0%}): no context",
+                        per,
+                        faith,
+                    )
+                )
                 continue
             cut = "" if g.stopped else f" (cut at max_new_tokens={limit})"
-            results.append(CompressResult("abstractive", text, [], before, after, AUGMENT, support, self.min_support,
-                                          f"summary of {after} tokens{cut}", per, faith))
+            results.append(
+                CompressResult(
+                    "abstractive",
+                    text,
+                    [],
+                    before,
+                    after,
+                    AUGMENT,
+                    support,
+                    self.min_support,
+                    f"summary of {after} tokens{cut}",
+                    per,
+                    faith,
+                )
+            )
         return results
 
     def compress(
-        self, query: str, passages: list[str], *, view: list[str] | None = None, max_new_tokens: int = 0,
+        self,
+        query: str,
+        passages: list[str],
+        *,
+        view: list[str] | None = None,
+        max_new_tokens: int = 0,
         adapter: str | None = None,
     ) -> CompressResult:
         views = [view] if view is not None else None

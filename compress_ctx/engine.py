@@ -119,12 +119,16 @@ class CompressionEngine:
         if total > c.max_input_tokens:
             raise InvalidInput(f"the passages hold {total} tokens; the limit is max_input_tokens={c.max_input_tokens}")
 
-    def _threshold(self, threshold: float | None, options: EmbedOptions | None, query_options: EmbedOptions | None) -> float:
+    def _threshold(
+        self, threshold: float | None, options: EmbedOptions | None, query_options: EmbedOptions | None
+    ) -> float:
         if threshold is not None:
             if not math.isfinite(threshold):  # NaN compares false: nothing would ever be skipped
                 raise InvalidInput(f"threshold must be a finite similarity score; got {threshold}")
             return float(threshold)
-        if (options is None or options == DEFAULT_OPTIONS) and (query_options is None or query_options == DEFAULT_OPTIONS):
+        if (options is None or options == DEFAULT_OPTIONS) and (
+            query_options is None or query_options == DEFAULT_OPTIONS
+        ):
             return self.config.threshold
         raise InvalidInput(
             "selective augmentation needs a threshold calibrated for these embedding options (the default "
@@ -164,8 +168,10 @@ class CompressionEngine:
         """
         self._validate(query, passages, method, budget_tokens, budget_ratio, top_n, order, max_new_tokens)
         if adapter and method != "abstractive":
-            raise InvalidInput("adapter is the abstractive summariser's; an extractive scorer's adapter goes in the "
-                               "sentence/query embedding options")
+            raise InvalidInput(
+                "adapter is the abstractive summariser's; an extractive scorer's adapter goes in the "
+                "sentence/query embedding options"
+            )
         if method == "abstractive":
             if adapter:
                 self.backbone.adapters.resolve(adapter)  # unknown -> InvalidInput naming the valid ones
@@ -186,7 +192,12 @@ class CompressionEngine:
         )
 
     def abstractive_many(
-        self, queries: list[str], passage_lists: list[list[str]], *, max_new_tokens: int | None = None, batch_size: int = 4,
+        self,
+        queries: list[str],
+        passage_lists: list[list[str]],
+        *,
+        max_new_tokens: int | None = None,
+        batch_size: int = 4,
         adapter: str = "",
     ) -> list[CompressResult]:
         """Abstractive summaries for several validated requests in one batched generation, each
@@ -200,7 +211,11 @@ class CompressionEngine:
                 views.append([pre.text] if pre.text else ps)
                 pre_s += pre.seconds
         results = self.abstractive.compress_many(
-            queries, passage_lists, views=views, max_new_tokens=max_new_tokens or 0, batch_size=batch_size,
+            queries,
+            passage_lists,
+            views=views,
+            max_new_tokens=max_new_tokens or 0,
+            batch_size=batch_size,
             adapter=adapter or None,
         )
         for r in results:

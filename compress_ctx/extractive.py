@@ -160,8 +160,11 @@ class ExtractiveCompressor:
         out = []
         for m, j in enumerate(keep):
             i, a, b = sents[j]
-            out.append(Candidate(i, a, b, texts[j], counts[m], float(score[m]), float(dense[m]),
-                                 float(lexical[j]), float(plex[j])))
+            out.append(
+                Candidate(
+                    i, a, b, texts[j], counts[m], float(score[m]), float(dense[m]), float(lexical[j]), float(plex[j])
+                )
+            )
         return out, len(sents)
 
     def assemble(self, chosen: list[Candidate], order: str) -> str:
@@ -201,8 +204,9 @@ class ExtractiveCompressor:
             text = c.text[a:b]
             n = self.count_tokens(text)
             if n <= budget:
-                return Candidate(c.passage, c.start + a, c.start + b, text, n, c.score, c.dense, c.lexical,
-                                 c.passage_lexical)
+                return Candidate(
+                    c.passage, c.start + a, c.start + b, text, n, c.score, c.dense, c.lexical, c.passage_lexical
+                )
             width -= max(1, n - budget)  # re-tokenised alone, the window grew: shrink and retry
         return None
 
@@ -264,16 +268,42 @@ class ExtractiveCompressor:
         ranked = sorted(cands, key=lambda c: -c.score)
         best = ranked[0].score if ranked else None
         if best is None:
-            return CompressResult("extractive", "", [], before, 0, SKIP, None, threshold, "no sentences in the passages",
-                                  time.perf_counter() - t0)
+            return CompressResult(
+                "extractive",
+                "",
+                [],
+                before,
+                0,
+                SKIP,
+                None,
+                threshold,
+                "no sentences in the passages",
+                time.perf_counter() - t0,
+            )
         if threshold is not None and best < threshold:
             reason = f"best sentence score {best:.4f} is below the threshold {threshold:.4f}: no context"
-            return CompressResult("extractive", "", [], before, 0, SKIP, best, threshold, reason, time.perf_counter() - t0)
+            return CompressResult(
+                "extractive", "", [], before, 0, SKIP, best, threshold, reason, time.perf_counter() - t0
+            )
         chosen, text = self.select(query, ranked, budget, top_n, order)
         if not chosen:
             reason = f"no candidate sentence fits the budget of {budget} tokens (the shortest has {min(c.tokens for c in cands)})"
-            return CompressResult("extractive", "", [], before, 0, SKIP, best, threshold, reason, time.perf_counter() - t0)
+            return CompressResult(
+                "extractive", "", [], before, 0, SKIP, best, threshold, reason, time.perf_counter() - t0
+            )
         spans = [Span(c.passage, c.start, c.end, c.score) for c in chosen]
-        reason = f"kept {len(chosen)} of {total} sentences ({len(cands)} scored)" + (f" within {budget} tokens" if budget else "")
-        return CompressResult("extractive", text, spans, before, self.count_tokens(text), AUGMENT, best, threshold, reason,
-                              time.perf_counter() - t0)
+        reason = f"kept {len(chosen)} of {total} sentences ({len(cands)} scored)" + (
+            f" within {budget} tokens" if budget else ""
+        )
+        return CompressResult(
+            "extractive",
+            text,
+            spans,
+            before,
+            self.count_tokens(text),
+            AUGMENT,
+            best,
+            threshold,
+            reason,
+            time.perf_counter() - t0,
+        )

@@ -16,7 +16,6 @@ import numpy as np
 
 from lodestar.text import analyze
 
-
 PREFIX = 5
 
 

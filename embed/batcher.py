@@ -213,4 +213,3 @@ class Batcher:
                 else:
                     result = torch.stack(req.rows)  # type: ignore[arg-type]
                 _settle(req.future, result)
-

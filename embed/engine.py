@@ -19,7 +19,6 @@ from lodestar.embed.output import DTYPES, pack, shape_vectors
 from lodestar.embed.types import SPARSE_CAP, EmbedOptions, EmbedResult
 from lodestar.errors import InvalidInput
 
-
 DEFAULT_SPARSE_TOP_K = 256
 
 
@@ -84,7 +83,9 @@ class EmbeddingEngine:
             output_layer=base.output_layer if o.output_layer is None else o.output_layer,
         )
         if not (0 <= tp.start <= tp.end < n):
-            raise InvalidInput(f"token_prepend layers must satisfy 0 <= start_layer <= end_layer < {n}; got {tp.start}..{tp.end}")
+            raise InvalidInput(
+                f"token_prepend layers must satisfy 0 <= start_layer <= end_layer < {n}; got {tp.start}..{tp.end}"
+            )
         if not (tp.output_layer == -1 or 0 <= tp.output_layer < n):
             raise InvalidInput(f"token_prepend output_layer must be -1 (final) or in 0..{n - 1}; got {tp.output_layer}")
         return tp
@@ -97,8 +98,10 @@ class EmbeddingEngine:
         if len(texts) > limit:
             raise InvalidInput(f"{len(texts)} texts in one request; the limit is max_texts_per_request={limit}")
         if len(texts) > self.config.max_queued_texts:  # would be RESOURCE_EXHAUSTED ("retry later") forever
-            raise InvalidInput(f"{len(texts)} texts in one request; this server queues at most "
-                               f"max_queued_texts={self.config.max_queued_texts}: split the request")
+            raise InvalidInput(
+                f"{len(texts)} texts in one request; this server queues at most "
+                f"max_queued_texts={self.config.max_queued_texts}: split the request"
+            )
         for i, t in enumerate(texts):
             if not t or not t.strip():
                 raise InvalidInput(f"text {i} is empty")
@@ -120,7 +123,9 @@ class EmbeddingEngine:
             if spec.output_layer != -1:
                 raise InvalidInput("sparse output reads the LM head of the final layer: leave output_layer at -1")
             if not 0 <= options.sparse_top_k <= SPARSE_CAP:
-                raise InvalidInput(f"sparse top_k must be in 0..{SPARSE_CAP} (0 = {DEFAULT_SPARSE_TOP_K}); got {options.sparse_top_k}")
+                raise InvalidInput(
+                    f"sparse top_k must be in 0..{SPARSE_CAP} (0 = {DEFAULT_SPARSE_TOP_K}); got {options.sparse_top_k}"
+                )
             if not options.sparse_threshold >= 0:
                 raise InvalidInput(f"sparse threshold must be >= 0; got {options.sparse_threshold}")
             spec = replace(spec, sparse=True)
@@ -143,7 +148,8 @@ class EmbeddingEngine:
             mode=prepared.mode,
             sparse=sparse,
             sparse_tokens=[self.backbone.tokenizer.convert_ids_to_tokens(ids.tolist()) for ids, _ in sparse]
-            if sparse is not None and o.sparse_tokens else None,
+            if sparse is not None and o.sparse_tokens
+            else None,
             has_dense=not o.sparse or o.with_dense,
         )
 
@@ -155,9 +161,7 @@ class EmbeddingEngine:
         raw = self.batcher.submit(prepared.spec, prepared.items, timeout).result()
         return self.finish(prepared, raw)
 
-    async def embed_async(
-        self, texts: list[str], options: EmbedOptions, timeout: float | None = None
-    ) -> EmbedResult:
+    async def embed_async(self, texts: list[str], options: EmbedOptions, timeout: float | None = None) -> EmbedResult:
         """Event-loop friendly: tokenising and the forward both run off the loop; a cancelled
         caller (client gone, deadline passed) takes its queued work out of the batcher."""
         loop = asyncio.get_running_loop()
@@ -208,4 +212,3 @@ class EmbeddingEngine:
             "device": str(bb.device),
             "num_layers": bb.num_layers,
         }
-

@@ -64,7 +64,9 @@ def hidden_states(backbone: Backbone, batch: list[Encoded], spec: ForwardSpec) -
     with backbone.lock:
         try:
             if spec.prepend is not None:
-                placeholder = torch.tensor([e.placeholder if e.placeholder is not None else 0 for e in batch], device=device)
+                placeholder = torch.tensor(
+                    [e.placeholder if e.placeholder is not None else 0 for e in batch], device=device
+                )
                 last = lengths - 1
                 end = min(spec.prepend.end, len(layers) - 1)
                 for layer in list(layers)[spec.prepend.start : end + 1]:
@@ -122,4 +124,6 @@ def vocab_weights(lm_head: Any, hidden: torch.Tensor, batch: list[Encoded]) -> t
     """Learned-sparse (SPLADE) weights (B, V) of each row's pooled span (echo: the second copy,
     which has seen the whole text; see splade_weights). The LM head runs on the pooled positions
     only: full (B, T, V) logits would cost more than the decoder."""
-    return torch.stack([splade_weights(lm_head(hidden[i, e.pool_start : e.pool_end]).float()) for i, e in enumerate(batch)])
+    return torch.stack(
+        [splade_weights(lm_head(hidden[i, e.pool_start : e.pool_end]).float()) for i, e in enumerate(batch)]
+    )

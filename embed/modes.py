@@ -125,7 +125,9 @@ class BidirectionalMode(Mode):
     bidirectional = True
 
 
-MODES: dict[str, Mode] = {m.name: m() for m in (MeanMode, LastMode, PromptEOLMode, EchoMode, TokenPrependMode, BidirectionalMode)}
+MODES: dict[str, Mode] = {
+    m.name: m() for m in (MeanMode, LastMode, PromptEOLMode, EchoMode, TokenPrependMode, BidirectionalMode)
+}
 
 
 def get_mode(name: str) -> Mode:
@@ -143,7 +145,9 @@ class InputBuilder:
         self.tokenizer = tokenizer
         with_special = tokenizer("a")["input_ids"]
         plain = tokenizer("a", add_special_tokens=False)["input_ids"]
-        self.prefix = list(with_special[: len(with_special) - len(plain)]) if with_special[-len(plain):] == plain else []
+        self.prefix = (
+            list(with_special[: len(with_special) - len(plain)]) if with_special[-len(plain) :] == plain else []
+        )
         self.placeholder_id = next(
             t for t in (tokenizer.unk_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if t is not None
         )
@@ -190,9 +194,7 @@ class InputBuilder:
         overhead = len(head) + sum(len(f) for f in fixed_ids) + (1 if mode.uses_placeholder else 0)
         budget = (max_tokens - overhead) // slots
         if budget < 1:
-            raise InvalidInput(
-                f"the template and instruction alone take {overhead} tokens; max_tokens is {max_tokens}"
-            )
+            raise InvalidInput(f"the template and instruction alone take {overhead} tokens; max_tokens is {max_tokens}")
         truncated = len(text_ids) > budget
         if truncated:
             if not truncate:

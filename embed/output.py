@@ -33,8 +33,10 @@ def pack(vectors: np.ndarray, dtype: str) -> Packed:
     elif dtype == "float16":
         top = float(np.abs(vectors).max()) if vectors.size else 0.0
         if not top <= F16_MAX:  # astype would turn it into inf (unnormalised hidden states can be large)
-            raise InvalidInput(f"a value ({top:.6g}) is beyond float16's range (±{F16_MAX:g}): ask for dtype float32, "
-                               "or keep normalize on")
+            raise InvalidInput(
+                f"a value ({top:.6g}) is beyond float16's range (±{F16_MAX:g}): ask for dtype float32, "
+                "or keep normalize on"
+            )
         data = vectors.astype("<f2").tobytes()
     elif dtype == "int8":
         scale = np.maximum(np.abs(vectors).max(axis=1, keepdims=True), 1e-12)

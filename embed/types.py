@@ -10,4 +10,6 @@ from lodestar.embedding import SPARSE_CAP, EmbedOptions, EmbedResult
 
 __all__ = ["SPARSE_CAP", "SPARSE_SHIFT", "EmbedOptions", "EmbedResult"]
 
-SPARSE_SHIFT = 4.0  # learned sparse: a vocabulary entry counts once its logit is this many standard deviations above the mean
+SPARSE_SHIFT = (
+    4.0  # learned sparse: a vocabulary entry counts once its logit is this many standard deviations above the mean
+)

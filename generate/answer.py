@@ -62,7 +62,9 @@ class AnswerStart:
 
 
 class AnswerPipeline:
-    def __init__(self, retrieval: RetrievalEngine, compression: CompressionEngine, generation: GenerationEngine) -> None:
+    def __init__(
+        self, retrieval: RetrievalEngine, compression: CompressionEngine, generation: GenerationEngine
+    ) -> None:
         self.retrieval = retrieval
         self.compression = compression
         self.generation = generation
@@ -89,7 +91,9 @@ class AnswerPipeline:
     def _answer(self, r: AnswerRequest, cancel: Cancel, slot: Any) -> Iterator[AnswerStart | GenerationChunk]:
         retriever = r.retriever or ("dense" if self.retrieval.config(r.collection).sparse == "none" else "hybrid")
         fusion = r.fusion or HYBRID_FUSION
-        tuning: dict[str, Any] = {"alpha": r.alpha if r.alpha is not None else HYBRID_ALPHA} if fusion == "weighted" else {}
+        tuning: dict[str, Any] = (
+            {"alpha": r.alpha if r.alpha is not None else HYBRID_ALPHA} if fusion == "weighted" else {}
+        )
         if r.rrf_k is not None:
             tuning["rrf_k"] = r.rrf_k
         if r.feedback_chunks:
@@ -102,8 +106,9 @@ class AnswerPipeline:
         passages = [p for p in passages if p.strip()]
         start = self._context(r, hits, passages)
         params = replace(r.params, chat=True)
-        chunks = self.generation.stream(rag_prompt(r.question, start.context), params, passages or None, r.datastore, cancel,
-                                        slot=slot)
+        chunks = self.generation.stream(
+            rag_prompt(r.question, start.context), params, passages or None, r.datastore, cancel, slot=slot
+        )
         return self._chain(start, chunks)
 
     def _context(self, r: AnswerRequest, hits: list[Hit], passages: list[str]) -> AnswerStart:

@@ -24,8 +24,38 @@ from lodestar.generate.kvcache import full_cache, tree_mask
 # Measured on the 2-core development CPU (1 intra-op thread), SmolLM2-135M fp32, 300 cached tokens;
 # index i = cost of a forward of i + 1 tokens relative to one token. Replace with `measure()`.
 DEFAULT_TABLE: tuple[float, ...] = (
-    1.00, 1.15, 1.25, 1.62, 1.79, 1.73, 2.16, 2.37, 2.22, 2.88, 2.59, 2.67, 2.87, 3.03, 2.99, 2.15,
-    2.19, 2.47, 2.25, 2.18, 2.39, 2.27, 2.73, 2.31, 2.33, 2.38, 2.61, 2.38, 2.69, 2.63, 2.66, 2.59,
+    1.00,
+    1.15,
+    1.25,
+    1.62,
+    1.79,
+    1.73,
+    2.16,
+    2.37,
+    2.22,
+    2.88,
+    2.59,
+    2.67,
+    2.87,
+    3.03,
+    2.99,
+    2.15,
+    2.19,
+    2.47,
+    2.25,
+    2.18,
+    2.39,
+    2.27,
+    2.73,
+    2.31,
+    2.33,
+    2.38,
+    2.61,
+    2.38,
+    2.69,
+    2.63,
+    2.66,
+    2.59,
 )
 
 
@@ -85,12 +115,13 @@ def measure(backbone: Any, max_len: int = 32, reps: int = 5, prefix_len: int = 2
                 if n == 1:
                     model(input_ids=x, **cache_kwargs(model, cache), use_cache=True)
                 else:
-                    model(input_ids=x, attention_mask=mask, position_ids=pos, **cache_kwargs(model, cache), use_cache=True)
+                    model(
+                        input_ids=x, attention_mask=mask, position_ids=pos, **cache_kwargs(model, cache), use_cache=True
+                    )
                 times[n].append(time.perf_counter() - t)
                 cache.crop(-n)
     base = statistics.median(times[1][1:])
     return CostModel(tuple(round(statistics.median(times[n][1:]) / base, 3) for n in range(1, max_len + 1)))
-
 
 
 class OnlineCost:

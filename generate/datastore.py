@@ -22,7 +22,7 @@ import hashlib
 import json
 import secrets
 import threading
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from lodestar.errors import InvalidInput, NotFound, Unavailable
 from lodestar.durable import fsync_dir, save_npy_atomic, sha256_file, write_atomic
+from lodestar.errors import InvalidInput, NotFound, Unavailable
 from lodestar.generate.suffix_array import SEPARATOR, build_suffix_array, find_range
 from lodestar.generate.types import Candidates
 
@@ -162,7 +162,9 @@ def _longest_match(seg: Segment, ctx: tuple[int, ...], lo_m: int, hi_m: int) -> 
     return best
 
 
-def _continuations(seg: Segment, m: int, lo: int, hi: int, cfg: LookupConfig) -> tuple[Counter[tuple[int, ...]], int]:
+def _continuations(
+    seg: Segment, m: int, lo: int, hi: int, cfg: LookupConfig
+) -> tuple[dict[tuple[int, ...], float], int]:
     """Continuations after the m-token match at SA rows [lo, hi): sampled, cut at SEPARATOR."""
     count = hi - lo
     if count > cfg.max_samples:  # rows are sorted by continuation: a stride keeps proportions
@@ -175,7 +177,7 @@ def _continuations(seg: Segment, m: int, lo: int, hi: int, cfg: LookupConfig) ->
     inside = offsets < n
     window = np.where(inside, seg.tokens[np.minimum(offsets, n - 1)], SEPARATOR)  # (S, L)
     scale = count / len(rows)
-    out: Counter[tuple[int, ...]] = Counter()
+    out: defaultdict[tuple[int, ...], float] = defaultdict(float)  # weights are rescaled counts
     for row in window.tolist():
         cut = row.index(SEPARATOR) if SEPARATOR in row else len(row)
         if cut:
@@ -192,8 +194,13 @@ def _segment_file(name: str) -> bool:
 class Datastore:
     """Suffix-array segments over one tokenizer's ids; lookups merge across segments."""
 
-    def __init__(self, tokenizer: Any, segments: Sequence[Segment] = (), path: Path | None = None,
-                 identity: TokenizerIdentity | None = None) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        segments: Sequence[Segment] = (),
+        path: Path | None = None,
+        identity: TokenizerIdentity | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
         self.path = Path(path) if path is not None else None
         self._segments: tuple[Segment, ...] = tuple(segments)
@@ -241,8 +248,10 @@ class Datastore:
             on_disk = [str(s["name"]) for s in old["segments"]] if old else []
             mine = [s.name for s in self._segments if s.name]
             if old is not None and mine and on_disk != mine:
-                raise StaleDatastore(f"datastore {str(self.path)!r} was changed by another writer since this process loaded it "
-                                     f"(segments on disk {on_disk}, here {mine}); reopen it and retry")
+                raise StaleDatastore(
+                    f"datastore {str(self.path)!r} was changed by another writer since this process loaded it "
+                    f"(segments on disk {on_disk}, here {mine}); reopen it and retry"
+                )
             self._write_locked(segments, old)
 
     def _write_locked(self, segments: list[Segment], old: dict[str, Any] | None) -> None:
@@ -264,10 +273,12 @@ class Datastore:
         manifest = {
             "format_version": FORMAT_VERSION,
             "kind": KIND,
-            "tokenizer": {"name_or_path": ident.name_or_path, "vocab_size": ident.vocab_size,
-                          "vocab_sha256": ident.vocab_sha256},
-            "segments": [{"name": s.name, "num_tokens": int(s.tokens.shape[0]), "num_docs": s.docs}
-                         for s in written],
+            "tokenizer": {
+                "name_or_path": ident.name_or_path,
+                "vocab_size": ident.vocab_size,
+                "vocab_sha256": ident.vocab_sha256,
+            },
+            "segments": [{"name": s.name, "num_tokens": int(s.tokens.shape[0]), "num_docs": s.docs} for s in written],
             "files": {k: v for k, v in sorted(files.items()) if k in live},
         }
         write_atomic(self.path / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
@@ -287,7 +298,9 @@ class Datastore:
         try:
             return cls._from_manifest(folder, manifest, tokenizer, verify)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:  # valid JSON of the wrong shape
-            raise CorruptDatastore(f"datastore {str(folder)!r}: {MANIFEST} is malformed ({type(exc).__name__}: {exc})") from None
+            raise CorruptDatastore(
+                f"datastore {str(folder)!r}: {MANIFEST} is malformed ({type(exc).__name__}: {exc})"
+            ) from None
 
     @classmethod
     def _from_manifest(cls, folder: Path, manifest: dict[str, Any], tokenizer: Any, verify: bool) -> Datastore:
@@ -351,8 +364,9 @@ class Datastore:
     def num_docs(self) -> int:
         return sum(s.docs for s in self._segments)
 
-    def lookup(self, context: Sequence[int], config: LookupConfig | None = None,
-               source: str = "datastore") -> Candidates | None:
+    def lookup(
+        self, context: Sequence[int], config: LookupConfig | None = None, source: str = "datastore"
+    ) -> Candidates | None:
         """Continuations after the longest suffix of `context` (up to max_match tokens) found in any segment."""
         cfg = config or LookupConfig()
         segments = self._segments
@@ -374,11 +388,12 @@ class Datastore:
             found.append((seg, m, lo, hi))
         if not found:
             return None
-        merged: Counter[tuple[int, ...]] = Counter()
+        merged: defaultdict[tuple[int, ...], float] = defaultdict(float)
         occurrences = 0
         for seg, m, lo, hi in found:
             conts, count = _continuations(seg, m, lo, hi, cfg)
-            merged.update(conts)
+            for seq, weight in conts.items():
+                merged[seq] += weight
             occurrences += count
         if not merged:
             return None
@@ -415,7 +430,9 @@ def _open_array(folder: Path, fname: str, meta: dict[str, Any] | None, verify: b
     if not path.is_file():
         raise CorruptDatastore(f"datastore {str(folder)!r}: {fname} is missing")
     if path.stat().st_size != int(meta["bytes"]):
-        raise CorruptDatastore(f"datastore {str(folder)!r}: {fname} has {path.stat().st_size} bytes, manifest says {meta['bytes']}")
+        raise CorruptDatastore(
+            f"datastore {str(folder)!r}: {fname} has {path.stat().st_size} bytes, manifest says {meta['bytes']}"
+        )
     if verify and sha256_file(path) != meta["sha256"]:
         raise CorruptDatastore(f"datastore {str(folder)!r}: {fname} fails its SHA-256 check")
     try:

@@ -15,25 +15,25 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
 
-from lodestar.backbone.compat import cache_kwargs, output_cache
 from lodestar.backbone import Backbone
+from lodestar.backbone.compat import cache_kwargs, output_cache
 from lodestar.errors import InvalidInput
 from lodestar.generate.costmodel import measure
 from lodestar.generate.datastore import Datastore
 from lodestar.generate.drafter import DraftConfig, Drafter
 from lodestar.generate.kvcache import cache_length, full_cache, keep_path, tree_mask
-from lodestar.generate.selfdraft import early_exit_chain
 from lodestar.generate.sampling import sample, target_probs, verify_children
+from lodestar.generate.selfdraft import early_exit_chain
 from lodestar.generate.textstream import TextStream
 from lodestar.generate.tree import FlatTree
 from lodestar.generate.types import Candidates, DecodeStats, GenerationChunk, GenerationParams, GenerationResult
 
-Cancel = Union[threading.Event, Callable[[], bool], None]
+Cancel = threading.Event | Callable[[], bool] | None
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,10 @@ def _cancelled(cancel: Cancel) -> bool:
 
 def _eos_ids(backbone: Backbone) -> set[int]:
     ids: set[int] = set()
-    for value in (getattr(backbone.tokenizer, "eos_token_id", None),
-                  getattr(getattr(backbone.model, "generation_config", None), "eos_token_id", None)):
+    for value in (
+        getattr(backbone.tokenizer, "eos_token_id", None),
+        getattr(getattr(backbone.model, "generation_config", None), "eos_token_id", None),
+    ):
         if isinstance(value, int):
             ids.add(value)
         elif isinstance(value, (list, tuple)):
@@ -76,8 +78,9 @@ class SpeculativeDecoder:
     """Generates text from a Backbone, plainly or speculatively; safe to share across threads
     (each request has its own KV cache; forwards take `backbone.lock`)."""
 
-    def __init__(self, backbone: Backbone, datastore: Datastore | None = None,
-                 config: DecoderConfig | None = None) -> None:
+    def __init__(
+        self, backbone: Backbone, datastore: Datastore | None = None, config: DecoderConfig | None = None
+    ) -> None:
         self.backbone = backbone
         self.config = config or DecoderConfig()
         draft = self.config.draft
@@ -102,8 +105,9 @@ class SpeculativeDecoder:
             if chat:
                 if not getattr(tok, "chat_template", None):
                     raise InvalidInput(f"chat=True but the tokenizer of {self.backbone.model_id} has no chat template")
-                text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                               add_generation_prompt=True)
+                text = tok.apply_chat_template(
+                    [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+                )
                 return list(tok(text, add_special_tokens=False)["input_ids"])
             return list(tok(prompt)["input_ids"])
         ids = [int(t) for t in prompt]
@@ -113,8 +117,7 @@ class SpeculativeDecoder:
             raise InvalidInput(f"prompt token ids must be in [0, {vocab}); got {bad[:5]}")
         return ids
 
-    def validate(self, prompt_ids: Sequence[int], params: GenerationParams,
-                 passages: Sequence[str] | None) -> None:
+    def validate(self, prompt_ids: Sequence[int], params: GenerationParams, passages: Sequence[str] | None) -> None:
         """Raise InvalidInput naming the limit before any work starts."""
         c = self.config
         if not prompt_ids:
@@ -127,7 +130,9 @@ class SpeculativeDecoder:
                 f"model's context of {self.max_positions} tokens"
             )
         if not 0.0 <= params.temperature <= c.max_temperature:
-            raise InvalidInput(f"temperature must be in [0, {c.max_temperature}] (0 = greedy); got {params.temperature}")
+            raise InvalidInput(
+                f"temperature must be in [0, {c.max_temperature}] (0 = greedy); got {params.temperature}"
+            )
         if not 0 <= params.self_draft_layers < self.backbone.num_layers:
             raise InvalidInput(
                 f"self_draft_layers must be in 0..{self.backbone.num_layers - 1} (0 = off; the model has "
@@ -149,9 +154,14 @@ class SpeculativeDecoder:
 
     # --- public entry points ---------------------------------------------------------------------
 
-    def stream(self, prompt: str | Sequence[int], params: GenerationParams | None = None,
-               passages: Sequence[str] | None = None, cancel: Cancel = None,
-               datastore: Datastore | None | bool = True) -> Iterator[GenerationChunk]:
+    def stream(
+        self,
+        prompt: str | Sequence[int],
+        params: GenerationParams | None = None,
+        passages: Sequence[str] | None = None,
+        cancel: Cancel = None,
+        datastore: Datastore | None | bool = True,
+    ) -> Iterator[GenerationChunk]:
         """Validate now, then yield one chunk per decode step (the last one has finish_reason and stats).
 
         `passages` only feed the drafts (a per-request datastore); put them in the prompt yourself.
@@ -163,9 +173,14 @@ class SpeculativeDecoder:
         self.validate(ids, params, passages)
         return self._run(ids, params, passages, cancel, datastore)
 
-    def generate(self, prompt: str | Sequence[int], params: GenerationParams | None = None,
-                 passages: Sequence[str] | None = None, cancel: Cancel = None,
-                 datastore: Datastore | None | bool = True) -> GenerationResult:
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        params: GenerationParams | None = None,
+        passages: Sequence[str] | None = None,
+        cancel: Cancel = None,
+        datastore: Datastore | None | bool = True,
+    ) -> GenerationResult:
         """Run to completion; -> text, token ids, finish reason, stats."""
         text: list[str] = []
         token_ids: list[int] = []
@@ -221,13 +236,19 @@ class SpeculativeDecoder:
         x = torch.from_numpy(tokens).to(dev)[None]  # (1, L)
         with self.backbone.lock, torch.inference_mode():
             t = time.perf_counter()
-            out = self.backbone.model(input_ids=x, attention_mask=mask, position_ids=pos,
-                                      **cache_kwargs(self.backbone.model, cache), use_cache=True)
+            out = self.backbone.model(
+                input_ids=x,
+                attention_mask=mask,
+                position_ids=pos,
+                **cache_kwargs(self.backbone.model, cache),
+                use_cache=True,
+            )
             self._observe_cost(length, time.perf_counter() - t)
         return out.logits[0, :n]  # (N, V)
 
-    def _walk(self, tree: FlatTree, logits: torch.Tensor, params: GenerationParams,
-              rng: torch.Generator | None) -> tuple[list[int], int]:
+    def _walk(
+        self, tree: FlatTree, logits: torch.Tensor, params: GenerationParams, rng: torch.Generator | None
+    ) -> tuple[list[int], int]:
         """Follow the target model through the tree -> (accepted path of node indices, next token)."""
         path = [0]
         node = 0
@@ -251,8 +272,14 @@ class SpeculativeDecoder:
             node = kids[i]
             path.append(node)
 
-    def _run(self, ids: list[int], params: GenerationParams, passages: Sequence[str] | None,
-             cancel: Cancel, datastore: Datastore | None | bool = True) -> Iterator[GenerationChunk]:
+    def _run(
+        self,
+        ids: list[int],
+        params: GenerationParams,
+        passages: Sequence[str] | None,
+        cancel: Cancel,
+        datastore: Datastore | None | bool = True,
+    ) -> Iterator[GenerationChunk]:
         bb = self.backbone
         stats = DecodeStats(prompt_tokens=len(ids))
         rng: torch.Generator | None = None

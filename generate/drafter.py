@@ -19,6 +19,7 @@ from lodestar.generate.ngram import context_candidates
 from lodestar.generate.tree import DraftTree, FlatTree, match_confidence
 from lodestar.generate.types import Candidates
 
+
 @dataclass(frozen=True)
 class DraftConfig:
     """Tree budget and per-source settings (tuned on the code and RAG benchmarks, see bench/specdec)."""
@@ -36,10 +37,10 @@ class DraftConfig:
     prior_strength: float = 6.0  # pseudo-observations behind each prior
     calibration_strength: float = 3.0  # pseudo expected tokens behind "scores are calibrated"
     calibration_decay: float = 0.9  # per step: old evidence fades, so a source can be retried
-    datastore: LookupConfig = field(default_factory=lambda: LookupConfig(max_match=16, min_match=2,
-                                                                          max_continuation=16))
-    passages: LookupConfig = field(default_factory=lambda: LookupConfig(max_match=16, min_match=1,
-                                                                         max_continuation=16))
+    datastore: LookupConfig = field(
+        default_factory=lambda: LookupConfig(max_match=16, min_match=2, max_continuation=16)
+    )
+    passages: LookupConfig = field(default_factory=lambda: LookupConfig(max_match=16, min_match=1, max_continuation=16))
     self_prior: float = 0.5  # early-exit self-drafting (a request's self_draft_layers > 0)
     self_tokens: int = 4  # chain length the early exit writes per step
     self_min_trust: float = 0.15  # below this trust ratio a request stops paying for self-drafts
@@ -96,8 +97,9 @@ class DraftState:
 class Drafter:
     """Builds the draft tree for one step from the global datastore, request passages and the context."""
 
-    def __init__(self, config: DraftConfig | None = None, datastore: Datastore | None = None,
-                 fixed_cost: CostModel | None = None) -> None:
+    def __init__(
+        self, config: DraftConfig | None = None, datastore: Datastore | None = None, fixed_cost: CostModel | None = None
+    ) -> None:
         self.config = config or DraftConfig()
         self.datastore = datastore
         # Sizes the trees of seeded sampling requests: it must not come from this machine's timings
@@ -105,16 +107,21 @@ class Drafter:
         self.fixed_cost = fixed_cost or self.config.cost
         self.cost: CostModel | OnlineCost = OnlineCost(self.config.cost) if self.config.learn_cost else self.config.cost
 
-    def start(self, passages: Datastore | None = None, datastore: Datastore | None | bool = True,
-              reproducible: bool = False) -> DraftState:
+    def start(
+        self, passages: Datastore | None = None, datastore: Datastore | None | bool = True, reproducible: bool = False
+    ) -> DraftState:
         """State of one request: `passages` its own datastore; `datastore` the global one to draft
         from (True: the drafter's own, None/False: none). `reproducible`: size trees with the fixed
         cost table (`fixed_cost`), neither the one learned from timings nor one measured at start-up,
         so that a seeded sampling request draws the same tokens on every run and every server start
         (tree shapes decide which random numbers are used)."""
         cfg = self.config
-        priors = {"context": cfg.context_prior, "passages": cfg.passages_prior, "datastore": cfg.datastore_prior,
-                  "self": cfg.self_prior}
+        priors = {
+            "context": cfg.context_prior,
+            "passages": cfg.passages_prior,
+            "datastore": cfg.datastore_prior,
+            "self": cfg.self_prior,
+        }
         store = self.datastore if datastore is True else (datastore or None)
         cost = self.fixed_cost if reproducible else self.cost
         return DraftState(passages, SourceTrust(priors, cfg.prior_strength), store, cost=cost)
@@ -136,8 +143,14 @@ class Drafter:
         token, share = max(first.items(), key=lambda kv: kv[1])
         state.probes.append(Probe(found.source, token, shape * share / sum(first.values())))
 
-    def draft(self, context: np.ndarray, state: DraftState | None = None, max_nodes: int | None = None,
-              max_depth: int | None = None, extra: Sequence[Candidates] = ()) -> FlatTree:
+    def draft(
+        self,
+        context: np.ndarray,
+        state: DraftState | None = None,
+        max_nodes: int | None = None,
+        max_depth: int | None = None,
+        extra: Sequence[Candidates] = (),
+    ) -> FlatTree:
         """Tree rooted at context[-1] (the pending token); an empty draft is a lone root.
         `extra`: candidates from sources outside the drafter (the early-exit chain)."""
         cfg = self.config
@@ -147,8 +160,14 @@ class Drafter:
         depth = cfg.max_depth if max_depth is None else min(max_depth, cfg.max_depth)
         tree = DraftTree(int(context[-1]), cfg.fusion)
         if budget > 0 and depth > 0:
-            self._add(tree, state, context_candidates(context, cfg.context_max_n, cfg.context_min_n,
-                                                      cfg.continuation, cfg.context_matches), depth)
+            self._add(
+                tree,
+                state,
+                context_candidates(
+                    context, cfg.context_max_n, cfg.context_min_n, cfg.continuation, cfg.context_matches
+                ),
+                depth,
+            )
             ctx = context.tolist()
             if state.passages is not None:
                 self._add(tree, state, state.passages.lookup(ctx, cfg.passages, source="passages"), depth)
@@ -156,7 +175,9 @@ class Drafter:
                 self._add(tree, state, state.datastore.lookup(ctx, cfg.datastore, source="datastore"), depth)
             for found in extra:
                 self._add(tree, state, found, depth)
-        return tree.prune(budget, cfg.min_score, depth, state.cost or self.cost, state.gain_scale(cfg.calibration_strength))
+        return tree.prune(
+            budget, cfg.min_score, depth, state.cost or self.cost, state.gain_scale(cfg.calibration_strength)
+        )
 
     def observe(self, state: DraftState, next_token: int, tree: FlatTree | None = None, accepted: int = 0) -> None:
         """After a step: score the probes against the token the model produced right after the root,

@@ -100,8 +100,10 @@ class GenerationEngine:
         folders = self._folders()
         if name not in folders:
             known = sorted({*folders, *self._open})
-            raise NotFound(f"no datastore named {name!r}; available: {', '.join(known) or 'none'} "
-                           "(create one with AddToDatastore / `lodestar datastore build --name`)")
+            raise NotFound(
+                f"no datastore named {name!r}; available: {', '.join(known) or 'none'} "
+                "(create one with AddToDatastore / `lodestar datastore build --name`)"
+            )
         store = Datastore.load(folders[name], self.backbone.tokenizer)
         with self._lock:
             return self._open.setdefault(name, store)
@@ -116,8 +118,14 @@ class GenerationEngine:
         return out
 
     def _info(self, name: str, store: Datastore) -> DatastoreInfo:
-        return DatastoreInfo(name, store.num_tokens, store.num_docs, len(store.segments), str(store.path or ""),
-                             name == self._default_name)
+        return DatastoreInfo(
+            name,
+            store.num_tokens,
+            store.num_docs,
+            len(store.segments),
+            str(store.path or ""),
+            name == self._default_name,
+        )
 
     def add_texts(self, name: str, texts: Iterable[str], compact: bool = False) -> DatastoreInfo:
         """Create datastore `name` under the writable folder, or append `texts` to it as one segment."""
@@ -125,10 +133,14 @@ class GenerationEngine:
             raise InvalidInput(f"datastore name {name!r} must match {NAME_RE.pattern} (letters, digits, _ . -)")
         batch = list(texts)
         if len(batch) > self.config.max_add_texts:
-            raise InvalidInput(f"{len(batch)} texts in one call; the limit is max_add_texts={self.config.max_add_texts}")
+            raise InvalidInput(
+                f"{len(batch)} texts in one call; the limit is max_add_texts={self.config.max_add_texts}"
+            )
         chars = sum(len(t) for t in batch if isinstance(t, str))
         if chars > self.config.max_add_chars:
-            raise InvalidInput(f"{chars} characters in one call; the limit is max_add_chars={self.config.max_add_chars}: split the upload")
+            raise InvalidInput(
+                f"{chars} characters in one call; the limit is max_add_chars={self.config.max_add_chars}: split the upload"
+            )
         for i, t in enumerate(batch):
             if not isinstance(t, str) or not t.strip():
                 raise InvalidInput(f"text {i} is empty")
@@ -138,8 +150,9 @@ class GenerationEngine:
             folders = self._folders()
             writable = self.config.writable_dir / name
             if name in folders and folders[name] != writable:
-                raise InvalidInput(f"datastore {name!r} lives in a read-only folder ({folders[name].parent}); "
-                                   "pick another name")
+                raise InvalidInput(
+                    f"datastore {name!r} lives in a read-only folder ({folders[name].parent}); pick another name"
+                )
             store = self.datastore(name) if name in folders else None
             if store is None:
                 self.config.writable_dir.mkdir(parents=True, exist_ok=True)
@@ -161,8 +174,15 @@ class GenerationEngine:
 
     # --- generation ----------------------------------------------------------------------------
 
-    def stream(self, prompt: str | Sequence[int], params: GenerationParams, passages: Sequence[str] | None = None,
-               datastore: str = "", cancel: Cancel = None, slot: Callable[[], None] | None = None) -> Iterator[GenerationChunk]:
+    def stream(
+        self,
+        prompt: str | Sequence[int],
+        params: GenerationParams,
+        passages: Sequence[str] | None = None,
+        datastore: str = "",
+        cancel: Cancel = None,
+        slot: Callable[[], None] | None = None,
+    ) -> Iterator[GenerationChunk]:
         """Validate (prompt, limits, datastore name) now, then yield one chunk per decode step.
         slot: the release of a slot `admit` gave (Answer takes it before retrieving); the stream
         owns it from here. Without one, a slot is taken now."""
@@ -185,8 +205,10 @@ class GenerationEngine:
         -> its release, which frees it once however often it is called."""
         with self._lock:
             if self._in_flight >= self.config.max_concurrent:
-                raise Overloaded(f"{self._in_flight} generations in flight; the limit is "
-                                 f"max_concurrent_generations={self.config.max_concurrent}; retry later")
+                raise Overloaded(
+                    f"{self._in_flight} generations in flight; the limit is "
+                    f"max_concurrent_generations={self.config.max_concurrent}; retry later"
+                )
             self._in_flight += 1
         done = threading.Event()
 

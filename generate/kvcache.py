@@ -18,13 +18,15 @@ def full_cache() -> Any:
     return DynamicCache()
 
 
-def tree_mask(allowed: torch.Tensor, q_pos: torch.Tensor, config: Any,
-              dtype: torch.dtype) -> torch.Tensor | dict[str, torch.Tensor]:
+def tree_mask(
+    allowed: torch.Tensor, q_pos: torch.Tensor, config: Any, dtype: torch.dtype
+) -> torch.Tensor | dict[str, torch.Tensor]:
     """The `attention_mask` argument for a forward with an explicit mask over a cached prefix: `allowed`
     (1, 1, L, P + L) bool, made additive; on sliding-window layers also cut to the window, a query at
     position p seeing keys at positions > p - sliding_window (HF's rule). q_pos (L,): the new tokens'
     sequence positions; the keys are the prefix's 0..P-1 followed by those tokens.
     -> one mask, or {layer type: mask} for a model that mixes full and sliding layers."""
+
     def additive(a: torch.Tensor) -> torch.Tensor:
         m = torch.zeros(a.shape, dtype=dtype, device=a.device)
         return m.masked_fill_(~a, torch.finfo(dtype).min)  # eager and sdpa alike

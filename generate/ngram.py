@@ -6,7 +6,7 @@ This catches the model repeating itself and copying from passages placed in the 
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import defaultdict
 
 import numpy as np
 
@@ -14,7 +14,11 @@ from lodestar.generate.types import Candidates
 
 
 def context_candidates(
-    context: np.ndarray, max_n: int = 8, min_n: int = 2, max_continuation: int = 12, max_matches: int = 8,
+    context: np.ndarray,
+    max_n: int = 8,
+    min_n: int = 2,
+    max_continuation: int = 12,
+    max_matches: int = 8,
     source: str = "context",
 ) -> Candidates | None:
     """Continuations after earlier occurrences of the context's last n tokens (n from max_n down)."""
@@ -39,7 +43,7 @@ def context_candidates(
         if hits.size == 0:
             continue
         hits = hits[::-1][:max_matches]  # most recent first
-        out: Counter[tuple[int, ...]] = Counter()
+        out: defaultdict[tuple[int, ...], float] = defaultdict(float)
         for h in hits.tolist():
             cont = context[h + 1 : h + 1 + max_continuation]
             if cont.size:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 RAG_INSTRUCTION = (
-    "Answer the question using the passage below. Reply with one complete sentence that reuses "
-    "the passage's wording."
+    "Answer the question using the passage below. Reply with one complete sentence that reuses the passage's wording."
 )
 CLOSED_BOOK_INSTRUCTION = "Answer the question in one complete sentence."
 

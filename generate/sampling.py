@@ -29,9 +29,7 @@ def sample(probs: torch.Tensor, generator: torch.Generator) -> int:
     return int(torch.multinomial(probs, 1, generator=generator).item())
 
 
-def verify_children(
-    probs: torch.Tensor, children: Sequence[int], generator: torch.Generator
-) -> tuple[int | None, int]:
+def verify_children(probs: torch.Tensor, children: Sequence[int], generator: torch.Generator) -> tuple[int | None, int]:
     """Recursive rejection sampling over distinct draft tokens `children` under target `probs` (V,).
 
     -> (index into children of the accepted one, its token) or (None, a token from the residual).

@@ -8,8 +8,8 @@ of that cache and those layers are cropped back to the verified prefix afterward
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -30,8 +30,9 @@ def truncated(decoder: Any, layers: int) -> Iterator[None]:
         decoder.layers = full
 
 
-def early_exit_chain(backbone: Backbone, cache: Any, pending: int, prefix_len: int, layers: int,
-                     tokens: int) -> list[int]:
+def early_exit_chain(
+    backbone: Backbone, cache: Any, pending: int, prefix_len: int, layers: int, tokens: int
+) -> list[int]:
     """Greedy chain of `tokens` draft tokens after `pending` from the first `layers` layers.
 
     `cache` holds exactly `prefix_len` verified positions on every layer and is left so.

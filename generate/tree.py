@@ -128,8 +128,14 @@ class DraftTree:
     def score(self, node: int) -> float:
         return 1.0 - self.miss[node]
 
-    def prune(self, max_nodes: int, min_score: float = 0.0, max_depth: int | None = None,
-              cost: CostModel | OnlineCost | None = None, gain_scale: float = 1.0) -> FlatTree:
+    def prune(
+        self,
+        max_nodes: int,
+        min_score: float = 0.0,
+        max_depth: int | None = None,
+        cost: CostModel | OnlineCost | None = None,
+        gain_scale: float = 1.0,
+    ) -> FlatTree:
         """Best-first selection of up to `max_nodes` nodes (root excluded).
 
         Without a cost model: every node scoring at least `min_score`. With one: the prefix of the

@@ -33,9 +33,7 @@ def validate_pool_inputs(hidden: Tensor, weights: Tensor) -> None:
     if not hidden.is_floating_point():
         raise ValueError(f"hidden must be a floating-point tensor, got {hidden.dtype}")
     if weights.dim() != 2 or tuple(weights.shape) != tuple(hidden.shape[:2]):
-        raise ValueError(
-            f"weights must have shape (B, T) = {tuple(hidden.shape[:2])}, got {tuple(weights.shape)}"
-        )
+        raise ValueError(f"weights must have shape (B, T) = {tuple(hidden.shape[:2])}, got {tuple(weights.shape)}")
     if weights.is_complex():
         raise ValueError(f"weights must be real (float, int or bool), got {weights.dtype}")
     if weights.device != hidden.device:

@@ -78,11 +78,7 @@ def _masked_mean_pool_kernel(
         # Zero-weight (padding) positions are not loaded at all: saves bandwidth on padded
         # batches and keeps non-finite garbage in padded slots out of the sum.
         live = mask_t & (w != 0)
-        h_ptrs = (
-            h_row
-            + offs_t[:, None].to(tl.int64) * stride_ht
-            + offs_h[None, :].to(tl.int64) * stride_hh
-        )
+        h_ptrs = h_row + offs_t[:, None].to(tl.int64) * stride_ht + offs_h[None, :].to(tl.int64) * stride_hh
         h = tl.load(h_ptrs, mask=live[:, None] & mask_h[None, :], other=0.0)
         h = h.to(tl.float32)  # (BLOCK_T, BLOCK_H)
         acc += tl.sum(h * w[:, None], axis=0)

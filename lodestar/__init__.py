@@ -31,7 +31,9 @@ _CLIENT = ("AsyncClient", "Client", "ClientError")
 __all__ = [*_CLIENT, "__version__"]
 
 if TYPE_CHECKING:
-    from lodestar.services.client import AsyncClient, Client, ClientError
+    from lodestar.services.client import AsyncClient as AsyncClient
+    from lodestar.services.client import Client as Client
+    from lodestar.services.client import ClientError as ClientError
 
 
 def __getattr__(name: str) -> Any:

@@ -64,7 +64,9 @@ class TextEmbedder(Protocol):
 
     backbone: Any
 
-    def embed(self, texts: list[str], options: EmbedOptions | None = None, timeout: float | None = None) -> EmbedResult: ...
+    def embed(
+        self, texts: list[str], options: EmbedOptions | None = None, timeout: float | None = None
+    ) -> EmbedResult: ...
 
 
 class Embedder(TextEmbedder, Protocol):

@@ -64,9 +64,8 @@ def generated_packages() -> dict[str, str]:
 
 
 def generate() -> list[Path]:
-    from grpc_tools import protoc  # build-time dependency only
-
     import grpc_tools
+    from grpc_tools import protoc  # build-time dependency only
 
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     files = [import_path(p) for p in proto_files()]

@@ -94,9 +94,11 @@ class BM25Index(Postings):
         used = merged.terms  # (T,) ids still referenced, ascending
         words = self._words()
         self._vocab = {words[t]: i for i, t in enumerate(used.tolist())}
-        self._segments = [] if merged.size == 0 else [
-            Segment(np.arange(used.size, dtype=np.int32), merged.starts, merged.slots, merged.tfs)
-        ]
+        self._segments = (
+            []
+            if merged.size == 0
+            else [Segment(np.arange(used.size, dtype=np.int32), merged.starts, merged.slots, merged.tfs)]
+        )
 
     def _words(self) -> list[str]:
         """Vocabulary in term-id order."""
@@ -119,8 +121,14 @@ class BM25Index(Postings):
         }
         vocab = "\n".join(self._words()).encode()  # terms never contain whitespace
         layout, body = pack_arrays(arrays)
-        header = {"format": FORMAT, "k1": self.k1, "b": self.b, "arrays": layout, "vocab": [len(body), len(vocab)],
-                  "terms": len(self._vocab)}
+        header = {
+            "format": FORMAT,
+            "k1": self.k1,
+            "b": self.b,
+            "arrays": layout,
+            "vocab": [len(body), len(vocab)],
+            "terms": len(self._vocab),
+        }
         return frame(_MAGIC, header, body + vocab)
 
     @classmethod
@@ -137,8 +145,16 @@ class BM25Index(Postings):
             raise ValueError(f"BM25Index snapshot is corrupt: {exc}") from None
         self = cls(head["k1"], head["b"])
         self._vocab = {w: i for i, w in enumerate(words)}
-        segment = Segment(np.arange(len(words), dtype=np.int32), arrays["starts"].astype(np.int64),
-                          arrays["slots"].astype(np.int32), arrays["tfs"].astype(np.float32)) if arrays["slots"].size else None
+        segment = (
+            Segment(
+                np.arange(len(words), dtype=np.int32),
+                arrays["starts"].astype(np.int64),
+                arrays["slots"].astype(np.int32),
+                arrays["tfs"].astype(np.float32),
+            )
+            if arrays["slots"].size
+            else None
+        )
         self._restore(arrays["slot_ids"], arrays["slot_len"], segment)
         self._total_len = int(self._slot_len.sum())
         return self

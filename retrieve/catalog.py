@@ -41,7 +41,9 @@ MAX_CHUNK_TOKENS = 8192
 class Catalog:
     """The named collections under `root`, opened at start; thread-safe (a registry lock, a lock per collection)."""
 
-    def __init__(self, root: Path, embedder: Embedder, persistence: Persistence, restore_dirs: tuple[Path, ...] = ()) -> None:
+    def __init__(
+        self, root: Path, embedder: Embedder, persistence: Persistence, restore_dirs: tuple[Path, ...] = ()
+    ) -> None:
         self.root = root
         self.embedder = embedder
         self.persistence = persistence
@@ -100,15 +102,21 @@ class Catalog:
                     raise InvalidInput(f"{key}={value} is out of range: use 1..{SPARSE_CAP}")
         hidden = self.persistence.hidden_size
         if not isinstance(config.dimensions, int) or not 0 <= config.dimensions <= hidden:
-            raise InvalidInput(f"dimensions={config.dimensions} is out of range: use 1..{hidden} (or 0 for all {hidden})")
+            raise InvalidInput(
+                f"dimensions={config.dimensions} is out of range: use 1..{hidden} (or 0 for all {hidden})"
+            )
         if not isinstance(config.chunk_tokens, int) or not 0 <= config.chunk_tokens <= MAX_CHUNK_TOKENS:
-            raise InvalidInput(f"chunk_tokens={config.chunk_tokens} is out of range: use 0 (no chunking) to {MAX_CHUNK_TOKENS}")
+            raise InvalidInput(
+                f"chunk_tokens={config.chunk_tokens} is out of range: use 0 (no chunking) to {MAX_CHUNK_TOKENS}"
+            )
         max_tokens = getattr(self.embedder, "max_tokens", None)
         if isinstance(max_tokens, int) and config.chunk_tokens > max_tokens:
             raise InvalidInput(
                 f"chunk_tokens={config.chunk_tokens} is above the embedding model's max_tokens={max_tokens}: chunks would be truncated"
             )
-        if config.chunk_tokens and (not isinstance(config.chunk_overlap, int) or not 0 <= config.chunk_overlap < config.chunk_tokens):
+        if config.chunk_tokens and (
+            not isinstance(config.chunk_overlap, int) or not 0 <= config.chunk_overlap < config.chunk_tokens
+        ):
             raise InvalidInput(
                 f"chunk_overlap={config.chunk_overlap} must be at least 0 and less than chunk_tokens={config.chunk_tokens}"
             )
@@ -129,12 +137,16 @@ class Catalog:
         for query in (False, True):  # the embedder checks what only it knows (adapter, prompts) and the width
             vectors = self.embedder.embed(["probe"], embed_options(config, query)).vectors
             if np.asarray(vectors).shape != (1, dim):
-                raise InvalidInput(f"the embedder returned shape {np.asarray(vectors).shape} for dimensions={config.dimensions}; expected (1, {dim})")
+                raise InvalidInput(
+                    f"the embedder returned shape {np.asarray(vectors).shape} for dimensions={config.dimensions}; expected (1, {dim})"
+                )
             if config.sparse == "learned":
                 try:
                     embed_sparse(self.embedder, config, ["probe"], query)
                 except InvalidInput as e:
-                    raise InvalidInput(f"sparse encoder (sparse_mode={config.sparse_mode!r}, sparse_adapter={config.sparse_adapter!r}): {e}") from None
+                    raise InvalidInput(
+                        f"sparse encoder (sparse_mode={config.sparse_mode!r}, sparse_adapter={config.sparse_adapter!r}): {e}"
+                    ) from None
         with self.lock:
             if self.closed:
                 raise Unavailable("the retrieval engine is closed")
@@ -168,12 +180,16 @@ class Catalog:
             trash = self.root / f".drop-{name}-{secrets.token_hex(4)}"
             try:
                 os.rename(c.directory, trash)  # gone at once; a crash before rmtree is cleaned on start
-            except OSError as e:  # the folder is still there: serve it again rather than have it reappear at the next start
+            except (
+                OSError
+            ) as e:  # the folder is still there: serve it again rather than have it reappear at the next start
                 with self.lock:
                     if not self.closed and name not in self.collections:
                         self.collections[name] = self.persistence.open(c.directory)
-                raise Unavailable(f"collection {name!r} was not dropped: moving its folder {c.directory} aside failed ({e}); "
-                                  f"it is still served; fix the cause and drop it again") from e
+                raise Unavailable(
+                    f"collection {name!r} was not dropped: moving its folder {c.directory} aside failed ({e}); "
+                    f"it is still served; fix the cause and drop it again"
+                ) from e
             fsync_dir(self.root)
         shutil.rmtree(trash, ignore_errors=True)
 
@@ -207,7 +223,9 @@ class Catalog:
         c = self.get(name)
         with c.lock.write():
             c.check_serving()
-            with disk_space(f"the snapshot of collection {name!r}", "the previous snapshot is kept and the collection keeps serving"):
+            with disk_space(
+                f"the snapshot of collection {name!r}", "the previous snapshot is kept and the collection keeps serving"
+            ):
                 return self.persistence.snapshot_locked(c)
 
     def restore(self, name: str, snapshot_dir: Path) -> CollectionStats:
@@ -216,8 +234,10 @@ class Catalog:
         c = self.get(name)
         snapshot_dir = Path(snapshot_dir)
         if self.restore_dirs and not any(snapshot_dir.resolve().is_relative_to(d) for d in self.restore_dirs):
-            raise InvalidInput(f"cannot restore {name!r} from {str(snapshot_dir)!r}: snapshots are read only from "
-                               f"{', '.join(map(str, self.restore_dirs))} (LODESTAR_RESTORE_DIRS)")
+            raise InvalidInput(
+                f"cannot restore {name!r} from {str(snapshot_dir)!r}: snapshots are read only from "
+                f"{', '.join(map(str, self.restore_dirs))} (LODESTAR_RESTORE_DIRS)"
+            )
         try:
             files, manifest = read_snapshot(snapshot_dir)
         except CorruptSnapshot as e:
@@ -233,11 +253,17 @@ class Catalog:
                 raise InvalidInput(f"cannot restore {name!r} from {snapshot_dir}: {e}") from None
             if snapshot_dir.resolve() != c.snapshot_dir.resolve():
                 meta = {k: v for k, v in manifest.items() if k not in ("format_version", "files")}
-                with disk_space(f"the snapshot of collection {name!r}", f"nothing was restored; the collection is as it was ({c.status})"):
+                with disk_space(
+                    f"the snapshot of collection {name!r}",
+                    f"nothing was restored; the collection is as it was ({c.status})",
+                ):
                     write_snapshot(c.snapshot_dir, files, meta)
             self.persistence.load(c, use_snapshot=True, loaded=loaded)
             if c.status == "ok" and c.applied_seq != c.snapshot_seq:
-                with disk_space(f"the snapshot of collection {name!r}", "the collection was restored and serves; its snapshot on disk is the restored one"):
+                with disk_space(
+                    f"the snapshot of collection {name!r}",
+                    "the collection was restored and serves; its snapshot on disk is the restored one",
+                ):
                     self.persistence.snapshot_locked(c)
         return self.stats(name)
 
@@ -256,7 +282,10 @@ class Catalog:
             self.persistence.load(c, use_snapshot=False)
             if c.status != "ok":
                 raise Unavailable(f"collection {name!r} could not be rebuilt: {c.status}")
-            with disk_space(f"the snapshot of collection {name!r}", "the indexes were rebuilt and serve; the snapshot on disk was not updated"):
+            with disk_space(
+                f"the snapshot of collection {name!r}",
+                "the indexes were rebuilt and serve; the snapshot on disk was not updated",
+            ):
                 self.persistence.snapshot_locked(c)
         return self.stats(name)
 

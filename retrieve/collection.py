@@ -25,7 +25,10 @@ from lodestar.retrieve.types import CollectionConfig
 SNAPSHOT_DIR = "snapshot"
 
 SparseIndex = BM25Index | ImpactIndex
-SPARSE_INDEXES: dict[str, type[BM25Index] | type[ImpactIndex]] = {"bm25": BM25Index, "learned": ImpactIndex}  # by config.sparse
+SPARSE_INDEXES: dict[str, type[BM25Index] | type[ImpactIndex]] = {
+    "bm25": BM25Index,
+    "learned": ImpactIndex,
+}  # by config.sparse
 
 
 class RWLock:
@@ -107,7 +110,6 @@ class Collection:
         self.check_open()
         if self.status != "ok":
             raise Unavailable(f"collection {self.name!r} is not serving: {self.status}")
-
 
 
 @contextmanager

@@ -306,8 +306,8 @@ class DenseIndex:
         if self.count == 0:
             return empty
         if self._side is not None:
-            sel = faiss.IDSelectorBatch(allowed) if allowed is not None else None
-            params = faiss.SearchParameters(sel=sel) if sel is not None else None
+            sel: faiss.IDSelector | None = faiss.IDSelectorBatch(allowed) if allowed is not None else None
+            params = faiss.SearchParameters(sel=sel) if sel is not None else None  # type: ignore[call-arg]  # faiss stubs omit the keyword constructor
             dist, labels = self._side.search(q, k, params=params)
             return self._finish(dist, labels)
         if allowed is None and self._dead == 0 and self._gpu_ok:
@@ -320,7 +320,7 @@ class DenseIndex:
         if allowed is not None and self._hnsw and allowed.size <= self.exact_factor * self._ef(k, share):
             return self._exact_subset(q, k, allowed)
         if allowed is not None:
-            sel: Any = faiss.IDSelectorBatch(allowed)
+            sel = faiss.IDSelectorBatch(allowed)
         elif self._dead:
             sel = faiss.IDSelectorRange(0, _MAX_ID)  # every live label; tombstones are negative
         else:
@@ -335,15 +335,17 @@ class DenseIndex:
         widen = 1.0 / max(share, 1e-12)
         if isinstance(core, faiss.IndexIVF):
             nprobe = min(self.nlist, max(1, math.ceil(self.nprobe * widen)))
-            return faiss.SearchParametersIVF(sel=sel, nprobe=nprobe) if sel is not None else faiss.SearchParametersIVF(
-                nprobe=nprobe
+            return (
+                faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)  # type: ignore[call-arg]  # faiss stubs omit the keyword constructor
+                if sel is not None
+                else faiss.SearchParametersIVF(nprobe=nprobe)  # type: ignore[call-arg]  # faiss stubs omit the keyword constructor
             )
         if isinstance(core, faiss.IndexHNSW):
             ef = self._ef(k, share)
             if sel is not None:
-                return faiss.SearchParametersHNSW(sel=sel, efSearch=ef)
-            return faiss.SearchParametersHNSW(efSearch=ef)
-        return faiss.SearchParameters(sel=sel) if sel is not None else None
+                return faiss.SearchParametersHNSW(sel=sel, efSearch=ef)  # type: ignore[attr-defined]  # faiss stubs lack SearchParametersHNSW
+            return faiss.SearchParametersHNSW(efSearch=ef)  # type: ignore[attr-defined]  # faiss stubs lack SearchParametersHNSW
+        return faiss.SearchParameters(sel=sel) if sel is not None else None  # type: ignore[call-arg]  # faiss stubs omit the keyword constructor
 
     def _ef(self, k: int, share: float) -> int:
         """HNSW efSearch for a search admitting `share` of the graph: >= 2k, widened by 1/share."""
@@ -417,6 +419,7 @@ class DenseIndex:
         n = int(side.ntotal)
         labels = faiss.vector_to_array(side.id_map).astype(np.int64)  # (n,) insertion order
         flat = faiss.downcast_index(side.index)
+        assert isinstance(flat, faiss.IndexFlat)  # the side index is always flat (_new_flat)
         x = faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim).copy()  # (n, D)
         cap = max(self.train_size, 256 * max(self.nlist, pq_ksub(self._main), 1))
         rng = np.random.default_rng(_TRAIN_SEED)
@@ -441,6 +444,7 @@ class DenseIndex:
             pos = np.zeros(labels.size, dtype=np.int64)
         elif self._native:
             ivf = faiss.extract_index_ivf(self._main)
+            assert ivf.invlists is not None  # an IVF index built by index_factory owns its lists
             parts = []
             for lst in range(ivf.nlist):
                 size = ivf.invlists.list_size(lst)

@@ -18,6 +18,7 @@ collection and its locks), `persistence.py` (open, load, replay, apply, snapshot
 
 from __future__ import annotations
 
+import builtins
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,7 @@ class RetrievalEngine:
 
     # --- documents (writes.py) ---------------------------------------------------------------
 
-    def upsert(self, name: str, docs: list[Document]) -> tuple[int, int]:
+    def upsert(self, name: str, docs: builtins.list[Document]) -> tuple[int, int]:
         """Insert or replace documents; returns (documents, chunks) written. Durable on return."""
         return self.writer.upsert(name, docs)
 
@@ -129,16 +130,16 @@ class RetrievalEngine:
         """Write documents a worker chunked and embedded, checked first (see Writer.upsert_prepared)."""
         return self.writer.upsert_prepared(name, prepared, model)
 
-    def delete(self, name: str, ids: list[str]) -> int:
+    def delete(self, name: str, ids: builtins.list[str]) -> int:
         """Delete documents by id (unknown ids are ignored); returns how many were deleted."""
         return self.writer.delete(name, ids)
 
-    def get(self, name: str, ids: list[str]) -> list[Document | None]:
+    def get(self, name: str, ids: builtins.list[str]) -> builtins.list[Document | None]:
         """The documents for `ids` in order (None where absent); served from the store."""
         return self.writer.get(name, ids)
 
     # --- search (search.py) ------------------------------------------------------------------
 
-    def search(self, name: str, request: SearchRequest) -> list[list[Hit]]:
+    def search(self, name: str, request: SearchRequest) -> builtins.list[builtins.list[Hit]]:
         """One list of document hits per query, best first."""
         return self.searcher.search(name, request)

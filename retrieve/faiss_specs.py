@@ -100,7 +100,9 @@ def build_index(dim: int, spec: str, metric: str) -> Any:
             f"index spec '{spec}' is not valid for dim {dim}: {_faiss_message(exc)}; examples: {SPEC_EXAMPLES}"
         ) from None
     except MemoryError:
-        raise InvalidInput(f"index spec '{spec}' for dim {dim} does not fit in memory; examples: {SPEC_EXAMPLES}") from None
+        raise InvalidInput(
+            f"index spec '{spec}' for dim {dim} does not fit in memory; examples: {SPEC_EXAMPLES}"
+        ) from None
     core = core_index(index)
     filterable = (faiss.IndexFlat, faiss.IndexScalarQuantizer, faiss.IndexHNSW, faiss.IndexIVF)
     if not isinstance(core, filterable) or isinstance(core, (faiss.IndexIVFFastScan, faiss.IndexNSG)):
@@ -110,10 +112,11 @@ def build_index(dim: int, spec: str, metric: str) -> Any:
             f"codes (optionally behind PCA/OPQ); examples: {SPEC_EXAMPLES}"
         )
     for part in (core, getattr(core, "storage", None)):
-        if part is not None and hasattr(faiss.downcast_index(part), "do_polysemous_training"):
+        typed = faiss.downcast_index(part) if part is not None else None
+        if typed is not None and hasattr(typed, "do_polysemous_training"):
             # index_factory turns polysemous training on for PQ: ~11 s of annealing per train for
             # codes we never search with Hamming filtering.
-            faiss.downcast_index(part).do_polysemous_training = False
+            typed.do_polysemous_training = False
     return index
 
 
@@ -127,24 +130,32 @@ def check_params(index: Any, spec: str) -> None:
         seen += 1
         part = faiss.downcast_index(todo.pop())
         if isinstance(part, faiss.IndexPreTransform):
-            for i in range(part.chain.size()):
-                vt = faiss.downcast_VectorTransform(part.chain.at(i))
+            for i in range(part.chain.size()):  # type: ignore[attr-defined]  # faiss stubs: a SWIG vector, not a list
+                vt = faiss.downcast_VectorTransform(part.chain.at(i))  # type: ignore[attr-defined]  # see above
                 name = type(vt).__name__
                 if vt.d_out < 1 or (isinstance(vt, (faiss.PCAMatrix, faiss.ITQTransform)) and vt.d_out > vt.d_in):
-                    raise InvalidInput(f"index spec '{spec}': {name} cannot output {vt.d_out} dimensions from {vt.d_in}: "
-                                       f"use 1..{vt.d_in}; examples: {SPEC_EXAMPLES}")
+                    raise InvalidInput(
+                        f"index spec '{spec}': {name} cannot output {vt.d_out} dimensions from {vt.d_in}: "
+                        f"use 1..{vt.d_in}; examples: {SPEC_EXAMPLES}"
+                    )
                 if isinstance(vt, faiss.OPQMatrix) and vt.d_out % vt.M:
-                    raise InvalidInput(f"index spec '{spec}': OPQ{vt.M} needs an output width divisible by {vt.M}; "
-                                       f"got {vt.d_out}; examples: {SPEC_EXAMPLES}")
+                    raise InvalidInput(
+                        f"index spec '{spec}': OPQ{vt.M} needs an output width divisible by {vt.M}; "
+                        f"got {vt.d_out}; examples: {SPEC_EXAMPLES}"
+                    )
         if isinstance(part, faiss.IndexHNSW):
             levels = faiss.vector_to_array(part.hnsw.cum_nneighbor_per_level)  # [0, 2M, 3M, ...]; HNSW1 has no level 1
             if levels.size < 3 or not lo <= int(levels[2] - levels[1]) <= hi:
-                raise InvalidInput(f"index spec '{spec}': HNSW needs M (neighbours per node) in {lo}..{hi}, as in HNSW{lo}..HNSW{hi}; "
-                                   f"examples: {SPEC_EXAMPLES}")
+                raise InvalidInput(
+                    f"index spec '{spec}': HNSW needs M (neighbours per node) in {lo}..{hi}, as in HNSW{lo}..HNSW{hi}; "
+                    f"examples: {SPEC_EXAMPLES}"
+                )
         pq = getattr(part, "pq", None)
         if pq is not None and pq.nbits < 1:
-            raise InvalidInput(f"index spec '{spec}': PQ codes need at least 1 bit per sub-vector (x1..x24); got x{pq.nbits}; "
-                               f"examples: {SPEC_EXAMPLES}")
+            raise InvalidInput(
+                f"index spec '{spec}': PQ codes need at least 1 bit per sub-vector (x1..x24); got x{pq.nbits}; "
+                f"examples: {SPEC_EXAMPLES}"
+            )
         todo += [getattr(part, a) for a in ("index", "storage", "quantizer") if getattr(part, a, None) is not None]
 
 
@@ -153,6 +164,8 @@ def validate_spec(dim: int, spec: str, metric: str) -> None:
     only when it trains or adds (`DenseIndex.validate`); nothing is kept."""
     for nlist in re.findall(r"IVF(\d+)", strip_idmap(spec)):  # checked before FAISS allocates the lists
         if not 1 <= int(nlist) <= MAX_NLIST:
-            raise InvalidInput(f"index spec '{spec}': IVF{nlist} is out of range: use IVF1..IVF{MAX_NLIST}; examples: {SPEC_EXAMPLES}")
+            raise InvalidInput(
+                f"index spec '{spec}': IVF{nlist} is out of range: use IVF1..IVF{MAX_NLIST}; examples: {SPEC_EXAMPLES}"
+            )
     index = build_index(dim, spec, metric)
     check_params(index, spec)

@@ -17,8 +17,12 @@ def _sum_by_term(terms: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np
     return t, w
 
 
-def feedback_query(query: tuple[np.ndarray, np.ndarray], chunks: list[tuple[np.ndarray, np.ndarray]], weight: float,
-                   terms: int = FEEDBACK_TERMS) -> tuple[np.ndarray, np.ndarray]:
+def feedback_query(
+    query: tuple[np.ndarray, np.ndarray],
+    chunks: list[tuple[np.ndarray, np.ndarray]],
+    weight: float,
+    terms: int = FEEDBACK_TERMS,
+) -> tuple[np.ndarray, np.ndarray]:
     """Rocchio pseudo-relevance feedback for a learned-sparse query: the query scaled to unit length,
     plus `weight` times the mean of the `chunks`' unit-length vectors (the first ranking's best chunks)
     cut to its `terms` largest weights. The index then scales the sum by IDF as it does any query.
@@ -28,7 +32,9 @@ def feedback_query(query: tuple[np.ndarray, np.ndarray], chunks: list[tuple[np.n
     found = [(t, w / np.linalg.norm(w)) for t, w in chunks if len(t)]
     if not found or not len(qt):
         return qt, qw
-    ct, cw = _sum_by_term(np.concatenate([t for t, _ in found]), np.concatenate([w for _, w in found]).astype(np.float64))
+    ct, cw = _sum_by_term(
+        np.concatenate([t for t, _ in found]), np.concatenate([w for _, w in found]).astype(np.float64)
+    )
     cw /= len(found)
     if ct.size > terms:
         keep = np.sort(np.argsort(-cw, kind="stable")[:terms])

@@ -44,7 +44,9 @@ def _check_scalar(v: Any, where: str) -> None:
         if not math.isfinite(v):
             raise InvalidInput(f"{where}: {v} is not a finite number")
         return
-    raise InvalidInput(f"{where}: value of type {type(v).__name__} is not allowed: use a string, number, boolean or null")
+    raise InvalidInput(
+        f"{where}: value of type {type(v).__name__} is not allowed: use a string, number, boolean or null"
+    )
 
 
 def _eq_sql(path: str, v: Any) -> tuple[str, list[Any]]:
@@ -54,7 +56,11 @@ def _eq_sql(path: str, v: Any) -> tuple[str, list[Any]]:
     if isinstance(v, bool):
         return "COALESCE(json_type(d.metadata, ?) = ?, 0)", [path, "true" if v else "false"]
     if _is_number(v):
-        return "COALESCE(json_type(d.metadata, ?) IN ('integer', 'real') AND json_extract(d.metadata, ?) = ?, 0)", [path, path, v]
+        return "COALESCE(json_type(d.metadata, ?) IN ('integer', 'real') AND json_extract(d.metadata, ?) = ?, 0)", [
+            path,
+            path,
+            v,
+        ]
     return "COALESCE(json_type(d.metadata, ?) = 'text' AND json_extract(d.metadata, ?) = ?, 0)", [path, path, v]
 
 
@@ -66,7 +72,9 @@ def _in_sql(path: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
     numbers = [v for v in values if _is_number(v)]
     bools = sorted({"true" if v else "false" for v in values if isinstance(v, bool)})
     if strings:
-        parts.append("COALESCE(json_type(d.metadata, ?) = 'text' AND json_extract(d.metadata, ?) IN (SELECT value FROM json_each(?)), 0)")
+        parts.append(
+            "COALESCE(json_type(d.metadata, ?) = 'text' AND json_extract(d.metadata, ?) IN (SELECT value FROM json_each(?)), 0)"
+        )
         params += [path, path, json.dumps(strings)]
     if numbers:
         parts.append(

@@ -1,6 +1,6 @@
 """The byte layout every in-memory index snapshot shares: magic, header length, JSON header, body.
 
-    magic (8 bytes) | uint32 little-endian header length | header JSON (has "format") | body
+magic (8 bytes) | uint32 little-endian header length | header JSON (has "format") | body
 """
 
 from __future__ import annotations

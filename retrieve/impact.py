@@ -28,7 +28,9 @@ def sparse_vector(terms: object, weights: object, where: str = "a sparse vector"
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"{where}: term ids and weights must be numbers ({exc})") from None
     if t.ndim != 1 or t.shape != w.shape:
-        raise InvalidInput(f"{where} needs term ids and weights of the same length; got {t.size} ids and {w.size} weights")
+        raise InvalidInput(
+            f"{where} needs term ids and weights of the same length; got {t.size} ids and {w.size} weights"
+        )
     if t.size and not np.issubdtype(t.dtype, np.integer):
         raise InvalidInput(f"{where}: term ids must be integers; got {t.dtype}")
     t = t.astype(np.int64)
@@ -66,11 +68,23 @@ class ImpactIndex(Postings):
             lengths.append(t.size)
         lens = np.asarray(lengths, dtype=np.int64)
         doc = np.repeat(np.arange(ids.size, dtype=np.int64), lens)
-        self._add_postings(ids, lens, doc, np.concatenate(terms) if terms else np.empty(0, np.int64),
-                           np.concatenate(weights) if weights else np.empty(0, np.float32))
+        self._add_postings(
+            ids,
+            lens,
+            doc,
+            np.concatenate(terms) if terms else np.empty(0, np.int64),
+            np.concatenate(weights) if weights else np.empty(0, np.float32),
+        )
 
-    def search(self, queries: list[tuple[np.ndarray, np.ndarray]], k: int, allowed: np.ndarray | None = None,
-               idf: bool = False, prune: bool | None = None, length_norm: float = 0.0) -> list[list[tuple[int, float]]]:
+    def search(
+        self,
+        queries: list[tuple[np.ndarray, np.ndarray]],
+        k: int,
+        allowed: np.ndarray | None = None,
+        idf: bool = False,
+        prune: bool | None = None,
+        length_norm: float = 0.0,
+    ) -> list[list[tuple[int, float]]]:
         """Per query vector, up to k (id, score) best first; only `allowed` ids are scored. idf:
         scale each query weight by the term's IDF over all live documents (a filter does not change it).
         prune: MaxScore (`_maxscore`, the same top k), or False to read every posting of every query
@@ -92,7 +106,9 @@ class ImpactIndex(Postings):
         for terms, weights in queries:
             terms, weights = sparse_vector(terms, weights, "a sparse query vector")
             plan = self._plan(terms, weights, idf, scale) if self.count else []
-            out.append(self._maxscore(plan, int(k), mask, norm) if prune else self._accumulate(plan, int(k), mask, norm))
+            out.append(
+                self._maxscore(plan, int(k), mask, norm) if prune else self._accumulate(plan, int(k), mask, norm)
+            )
         return out
 
     def _length_norm(self, b: float) -> np.ndarray | None:
@@ -113,7 +129,9 @@ class ImpactIndex(Postings):
         """Postings' contributions divided by their slots' length norm (both search paths, the same way)."""
         return contrib if norm is None else contrib / norm[slots]
 
-    def _plan(self, terms: np.ndarray, weights: np.ndarray, idf: bool, scale: float = 1.0) -> list[tuple[int, float, float]]:
+    def _plan(
+        self, terms: np.ndarray, weights: np.ndarray, idf: bool, scale: float = 1.0
+    ) -> list[tuple[int, float, float]]:
         """(term, effective query weight, upper bound of its contribution) of each query term (weights
         positive: `sparse_vector`) present in the index, by decreasing bound (stable): both search paths add a document's
         contributions in this order, so their sums agree to the bit. The bound is the weight times
@@ -143,8 +161,9 @@ class ImpactIndex(Postings):
             df = self._df_cache[term] = self._gather(term, None)[2]
         return df
 
-    def _accumulate(self, plan: list[tuple[int, float, float]], k: int, mask: np.ndarray | None,
-                    norm: np.ndarray | None = None) -> list[tuple[int, float]]:
+    def _accumulate(
+        self, plan: list[tuple[int, float, float]], k: int, mask: np.ndarray | None, norm: np.ndarray | None = None
+    ) -> list[tuple[int, float]]:
         """Plain accumulation: every posting of every query term."""
         slots_all, scores_all = [], []
         for t, w, _ in plan:
@@ -154,8 +173,9 @@ class ImpactIndex(Postings):
                 scores_all.append(self._scaled(w * dw, slots, norm))
         return self._top(slots_all, scores_all, k)
 
-    def _maxscore(self, plan: list[tuple[int, float, float]], k: int, mask: np.ndarray | None,
-                  norm: np.ndarray | None = None) -> list[tuple[int, float]]:
+    def _maxscore(
+        self, plan: list[tuple[int, float, float]], k: int, mask: np.ndarray | None, norm: np.ndarray | None = None
+    ) -> list[tuple[int, float]]:
         """MaxScore (Turtle & Flood), term at a time: terms in decreasing upper bound are accumulated
         until the bounds of those left sum below theta, a lower bound of the k-th best score; no document
         they alone match can then reach the top k. The terms left only look up the surviving
@@ -206,9 +226,14 @@ class ImpactIndex(Postings):
     def to_bytes(self) -> bytes:
         """Compacted snapshot: JSON header, then raw little-endian arrays."""
         seg = self._snapshot_segment()
-        arrays = {"slot_ids": self._slot_ids.astype("<i8"), "slot_len": self._slot_len.astype("<i4"),
-                  "terms": seg.terms.astype("<i4"), "starts": seg.starts.astype("<i8"), "slots": seg.slots.astype("<i4"),
-                  "weights": seg.tfs.astype("<f4")}
+        arrays = {
+            "slot_ids": self._slot_ids.astype("<i8"),
+            "slot_len": self._slot_len.astype("<i4"),
+            "terms": seg.terms.astype("<i4"),
+            "starts": seg.starts.astype("<i8"),
+            "slots": seg.slots.astype("<i4"),
+            "weights": seg.tfs.astype("<f4"),
+        }
         layout, body = pack_arrays(arrays)
         return frame(_MAGIC, {"format": FORMAT, "arrays": layout, "bytes": len(body)}, body)
 
@@ -223,7 +248,15 @@ class ImpactIndex(Postings):
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"ImpactIndex snapshot is corrupt: {exc}") from None
         self = cls()
-        segment = Segment(arrays["terms"].astype(np.int32), arrays["starts"].astype(np.int64),
-                          arrays["slots"].astype(np.int32), arrays["weights"].astype(np.float32)) if arrays["slots"].size else None
+        segment = (
+            Segment(
+                arrays["terms"].astype(np.int32),
+                arrays["starts"].astype(np.int64),
+                arrays["slots"].astype(np.int32),
+                arrays["weights"].astype(np.float32),
+            )
+            if arrays["slots"].size
+            else None
+        )
         self._restore(arrays["slot_ids"], arrays["slot_len"], segment)
         return self

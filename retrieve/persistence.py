@@ -51,7 +51,9 @@ class Persistence:
         c = Collection(name=directory.name, directory=directory)
         try:
             c.store = Store(directory)
-            c.config = CollectionConfig(**{"query_idf": False, **c.store.config})  # stored before query_idf existed: as they were
+            c.config = CollectionConfig(
+                **{"query_idf": False, **c.store.config}
+            )  # stored before query_idf existed: as they were
             c.dim = int(c.store.meta["dim"])
         except (StoreError, TypeError, KeyError, ValueError) as e:
             if c.store is not None:
@@ -70,7 +72,11 @@ class Persistence:
         if model and model != self.model_id():
             log.warning("collection %r was built with model %r; the server runs %r", c.name, model, self.model_id())
         built = self.load(c, use_snapshot=True)
-        if c.status == "ok" and c.applied_seq > c.snapshot_seq and (built or c.applied_seq - c.snapshot_seq >= self.snapshot_every):
+        if (
+            c.status == "ok"
+            and c.applied_seq > c.snapshot_seq
+            and (built or c.applied_seq - c.snapshot_seq >= self.snapshot_every)
+        ):
             try:  # so the next start loads instead of rebuilding or replaying a long log
                 self.snapshot_locked(c)
             except Exception:
@@ -92,9 +98,7 @@ class Persistence:
         kind = SPARSE_INDEXES.get(c.config.sparse)
         return kind() if kind is not None else None
 
-    def read_indexes(
-        self, c: Collection, snapshot: tuple[dict[str, bytes], dict[str, Any]] | None = None
-    ) -> Loaded:
+    def read_indexes(self, c: Collection, snapshot: tuple[dict[str, bytes], dict[str, Any]] | None = None) -> Loaded:
         """Verified snapshot (the collection's own, or `snapshot`) -> (dense, sparse, seq); CorruptSnapshot if not."""
         assert c.store is not None and c.config is not None
         files, manifest = snapshot if snapshot is not None else read_snapshot(c.snapshot_dir)
@@ -129,7 +133,11 @@ class Persistence:
                     c.applied_seq = last
                     c.status = "ok"
                     return False
-                log.warning("collection %r: the change log was pruned past snapshot seq %d; rebuilding from the store", c.name, seq)
+                log.warning(
+                    "collection %r: the change log was pruned past snapshot seq %d; rebuilding from the store",
+                    c.name,
+                    seq,
+                )
             else:
                 c.snapshot_seq = 0
             self._build(c)
@@ -137,8 +145,10 @@ class Persistence:
             log.exception("collection %r: loading the indexes failed", c.name)
             c.dense = c.sparse = None
             if isinstance(e, sqlite3.DatabaseError):  # the source of truth itself: a rebuild cannot help
-                c.status = (f"corrupt: the document store cannot be read ({e}); restore the folder {c.directory} "
-                            "from a backup or drop the collection")
+                c.status = (
+                    f"corrupt: the document store cannot be read ({e}); restore the folder {c.directory} "
+                    "from a backup or drop the collection"
+                )
             else:
                 c.status = f"corrupt: the indexes could not be loaded ({type(e).__name__}: {e}); {fix_hint(c.name)}"
             return False
@@ -187,8 +197,14 @@ class Persistence:
         for ids, vectors, texts in c.store.iter_chunks(c.dim):
             self._add(c, ids, vectors, texts)
 
-    def _add(self, c: Collection, ids: np.ndarray, vectors: np.ndarray, texts: list[str],
-             sparse: list[SparseVec] | None = None) -> None:
+    def _add(
+        self,
+        c: Collection,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        texts: list[str],
+        sparse: list[SparseVec] | None = None,
+    ) -> None:
         """Add chunks to the indexes; a learned-sparse index takes `sparse` (read from the store when None)."""
         assert c.dense is not None
         if not len(ids):
@@ -200,8 +216,14 @@ class Persistence:
         elif c.sparse is not None:
             c.sparse.add(ids, texts)
 
-    def apply(self, c: Collection, result: WriteResult, vectors: np.ndarray | None, texts: list[str],
-              sparse: list[SparseVec] | None = None) -> None:
+    def apply(
+        self,
+        c: Collection,
+        result: WriteResult,
+        vectors: np.ndarray | None,
+        texts: list[str],
+        sparse: list[SparseVec] | None = None,
+    ) -> None:
         """Apply a committed write to the indexes (write lock held); if that fails, rebuild them from the store."""
         assert c.dense is not None
         try:
@@ -212,7 +234,11 @@ class Persistence:
             if vectors is not None:
                 self._add(c, result.added, vectors, texts, sparse)
         except Exception:
-            log.exception("collection %r: applying change %d to the indexes failed; rebuilding them from the store", c.name, result.seq)
+            log.exception(
+                "collection %r: applying change %d to the indexes failed; rebuilding them from the store",
+                c.name,
+                result.seq,
+            )
             try:
                 self._build(c)
             except Exception as e:

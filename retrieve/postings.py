@@ -23,7 +23,9 @@ FORMAT = 1  # snapshot format of both index kinds
 
 def idf_weight(n: int, df: int) -> float:
     """Lucene's BM25 idf of a term in `df` of `n` documents: ln(1 + (n - df + 0.5) / (df + 0.5))."""
-    return np.float64(np.log1p((n - df + 0.5) / (df + 0.5)))  # a numpy scalar keeps float32 weights' products in float64
+    return np.float64(
+        np.log1p((n - df + 0.5) / (df + 0.5))
+    )  # a numpy scalar keeps float32 weights' products in float64
 
 
 @dataclass
@@ -103,8 +105,9 @@ class Postings:
         if present.any():
             raise InvalidInput(f"id {int(ids[present][0])} is already in the index; remove it before adding it again")
 
-    def _add_postings(self, ids: np.ndarray, lengths: np.ndarray, doc: np.ndarray, terms: np.ndarray,
-                      weights: np.ndarray) -> None:
+    def _add_postings(
+        self, ids: np.ndarray, lengths: np.ndarray, doc: np.ndarray, terms: np.ndarray, weights: np.ndarray
+    ) -> None:
         """New slots for `ids`; postings (doc index into ids, term, weight), one per (doc, term)."""
         self._df_cache.clear()
         base = self._nslots
@@ -248,7 +251,6 @@ class Postings:
         merged = self._compact_slots()
         self._segments = [merged] if merged.size else []
 
-
     # ------------------------------------------------------------------ snapshots
 
     def _snapshot_segment(self) -> Segment:
@@ -279,7 +281,9 @@ def pack_arrays(arrays: dict[str, np.ndarray]) -> tuple[dict[str, list[Any]], by
     return layout, b"".join(arr.tobytes() for arr in arrays.values())
 
 
-def unpack_arrays(body: bytes, layout: dict[str, list[Any]]) -> dict[str, np.ndarray]:
+def unpack_arrays(body: bytes | memoryview, layout: dict[str, list[Any]]) -> dict[str, np.ndarray]:
     """Inverse of `pack_arrays`: native-byte-order copies of the arrays `layout` places in `body`."""
-    return {name: np.frombuffer(body, dtype=np.dtype(dt), count=size, offset=off).astype(np.dtype(dt).newbyteorder("="))
-            for name, (dt, size, off) in layout.items()}
+    return {
+        name: np.frombuffer(body, dtype=np.dtype(dt), count=size, offset=off).astype(np.dtype(dt).newbyteorder("="))
+        for name, (dt, size, off) in layout.items()
+    }

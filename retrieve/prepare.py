@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from lodestar.embedding import EmbedOptions, Embedder
+from lodestar.embedding import Embedder, EmbedOptions
 from lodestar.errors import InvalidInput, Unavailable
 from lodestar.retrieve.chunking import chunk_spans
 from lodestar.retrieve.types import CollectionConfig, Document
@@ -80,7 +80,9 @@ def validate_document(doc: Document, limits: DocLimits, where: str) -> str:
     if not isinstance(text, str) or not text.strip():
         raise InvalidInput(f"{where}: text is empty")
     if len(text) > limits.max_text_chars:
-        raise InvalidInput(f"{where}: text is {len(text)} characters; the limit is max_text_chars={limits.max_text_chars}")
+        raise InvalidInput(
+            f"{where}: text is {len(text)} characters; the limit is max_text_chars={limits.max_text_chars}"
+        )
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -105,7 +107,9 @@ def validate_document(doc: Document, limits: DocLimits, where: str) -> str:
             f"{where}: metadata is not JSON-serialisable ({e}); use strings, finite numbers, booleans, null, lists and objects"
         ) from None
     if len(encoded) > limits.max_text_chars:
-        raise InvalidInput(f"{where}: metadata is {len(encoded)} characters as JSON; the limit is max_text_chars={limits.max_text_chars}")
+        raise InvalidInput(
+            f"{where}: metadata is {len(encoded)} characters as JSON; the limit is max_text_chars={limits.max_text_chars}"
+        )
     return encoded
 
 
@@ -123,8 +127,13 @@ def embed_options(cfg: CollectionConfig, query: bool) -> EmbedOptions:
 
 def sparse_options(cfg: CollectionConfig, query: bool) -> EmbedOptions:
     """How a learned-sparse collection encodes its chunks or its queries (SPLADE weights only)."""
-    return EmbedOptions(mode=cfg.sparse_mode, adapter=cfg.sparse_adapter, sparse=True, with_dense=False,
-                        sparse_top_k=cfg.query_top_k if query else cfg.sparse_top_k)
+    return EmbedOptions(
+        mode=cfg.sparse_mode,
+        adapter=cfg.sparse_adapter,
+        sparse=True,
+        with_dense=False,
+        sparse_top_k=cfg.query_top_k if query else cfg.sparse_top_k,
+    )
 
 
 def embed_sparse(embedder: Embedder, cfg: CollectionConfig, texts: list[str], query: bool) -> list[SparseVec]:
@@ -166,7 +175,9 @@ def embed_texts(embedder: Embedder, cfg: CollectionConfig, texts: list[str], dim
     for i in range(0, len(texts), step):
         vectors = np.asarray(embedder.embed(texts[i : i + step], options).vectors, dtype=np.float32)
         if vectors.shape != (len(texts[i : i + step]), dim):
-            raise Unavailable(f"collection {cfg.name!r} holds {dim}-dim vectors but the embedder returned shape {vectors.shape}")
+            raise Unavailable(
+                f"collection {cfg.name!r} holds {dim}-dim vectors but the embedder returned shape {vectors.shape}"
+            )
         out[i : i + step] = vectors
     check_finite(out, texts, "query" if query else "chunk")
     return out

@@ -73,7 +73,9 @@ class Searcher:
                 dense = self._rank(c, self._dense_fn(c, qvecs, allowed), len(queries), depth, c.dense.count, allowed)
             if request.retriever in ("sparse", "hybrid"):
                 assert c.sparse is not None
-                sparse = self._rank(c, self._sparse_fn(c, queries, allowed, request), len(queries), depth, c.sparse.count, allowed)
+                sparse = self._rank(
+                    c, self._sparse_fn(c, queries, allowed, request), len(queries), depth, c.sparse.count, allowed
+                )
             if request.retriever == "dense":
                 assert dense is not None
                 ranked = [[Ranked(r.doc_id, r.score, r.ref, dense=r.score) for r in row[:k]] for row in dense]
@@ -85,7 +87,9 @@ class Searcher:
                 ranked = [self._fuse(d, s, request)[:k] for d, s in zip(dense, sparse)]
             return self._hits(c, ranked, request.include_text)
 
-    def _dense_fn(self, c: Collection, qvecs: np.ndarray, allowed: np.ndarray | None) -> Callable[[int], list[list[tuple[int, float]]]]:
+    def _dense_fn(
+        self, c: Collection, qvecs: np.ndarray, allowed: np.ndarray | None
+    ) -> Callable[[int], list[list[tuple[int, float]]]]:
         """n -> per query the n best (chunk id, score) of the dense index (qvecs: (Q, D))."""
 
         def run(n: int) -> list[list[tuple[int, float]]]:
@@ -96,8 +100,9 @@ class Searcher:
 
         return run
 
-    def _sparse_fn(self, c: Collection, queries: list[str], allowed: np.ndarray | None,
-                   request: SearchRequest) -> Callable[[int], list[list[tuple[int, float]]]]:
+    def _sparse_fn(
+        self, c: Collection, queries: list[str], allowed: np.ndarray | None, request: SearchRequest
+    ) -> Callable[[int], list[list[tuple[int, float]]]]:
         """Call with the collection's read lock held. Learned sparse: encoded once (the ranking may ask
         for more candidates), and with feedback_chunks each query gets the first ranking's top chunks added
         (`feedback_query`) before the ranking that counts."""
@@ -109,9 +114,13 @@ class Searcher:
             options |= {"idf": c.config.query_idf, "length_norm": request.length_norm}
             if request.feedback_chunks:
                 first = c.sparse.search(encoded, request.feedback_chunks, allowed, **options)
-                vectors = iter(c.store.chunk_sparse(np.array([i for row in first for i, _ in row], dtype=np.int64), reader=True))
-                encoded = [feedback_query(q, [next(vectors) for _ in row], request.feedback_weight)  # one read for the batch
-                           for q, row in zip(encoded, first)]
+                vectors = iter(
+                    c.store.chunk_sparse(np.array([i for row in first for i, _ in row], dtype=np.int64), reader=True)
+                )
+                encoded = [
+                    feedback_query(q, [next(vectors) for _ in row], request.feedback_weight)  # one read for the batch
+                    for q, row in zip(encoded, first)
+                ]
 
         def run(n: int) -> list[list[tuple[int, float]]]:
             assert c.sparse is not None
@@ -226,7 +235,9 @@ class Searcher:
             raise InvalidInput(f"rrf_k={request.rrf_k} must be a non-negative integer (60 is the usual value)")
         fb, fw = request.feedback_chunks, request.feedback_weight
         if not isinstance(fb, int) or isinstance(fb, bool) or not 0 <= fb <= MAX_FEEDBACK_CHUNKS:
-            raise InvalidInput(f"feedback_chunks={fb} is out of range: use 0..{MAX_FEEDBACK_CHUNKS} (0 = no feedback; 3 is a good start)")
+            raise InvalidInput(
+                f"feedback_chunks={fb} is out of range: use 0..{MAX_FEEDBACK_CHUNKS} (0 = no feedback; 3 is a good start)"
+            )
         if not isinstance(fw, (int, float)) or not math.isfinite(fw) or not 0.0 < fw <= 10.0:
             raise InvalidInput(f"feedback_weight={fw} is out of range: use a number in (0, 10] (1 is the usual value)")
         b = request.length_norm

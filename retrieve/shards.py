@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Union
 
 import faiss
 import numpy as np
@@ -45,8 +44,9 @@ def _executor() -> ThreadPoolExecutor:
         return _pool
 
 
-def _search_on(shard: DenseIndex, queries: np.ndarray, k: int, allowed: np.ndarray | None, threads: int
-               ) -> tuple[np.ndarray, np.ndarray]:
+def _search_on(
+    shard: DenseIndex, queries: np.ndarray, k: int, allowed: np.ndarray | None, threads: int
+) -> tuple[np.ndarray, np.ndarray]:
     """One shard's search on a pool thread, with FAISS's OpenMP threads for this thread capped: N
     shards each running every core's worth of threads made one query slower, not faster (measured:
     100k x 576 Flat, 2 cores: 22 ms uncapped, 8.4 ms capped, 10.9 ms for one index)."""
@@ -63,8 +63,9 @@ def merge_topk(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray,
 class ShardedDenseIndex:
     """N DenseIndex shards behind DenseIndex's interface (what the collection engine calls)."""
 
-    def __init__(self, dim: int, spec: str = "Flat", metric: str = "cosine", shards: int = 2,
-                 train_size: int | None = None) -> None:
+    def __init__(
+        self, dim: int, spec: str = "Flat", metric: str = "cosine", shards: int = 2, train_size: int | None = None
+    ) -> None:
         check_shards(shards)
         self.shards = [DenseIndex(dim, spec, metric, train_size) for _ in range(shards)]
         self.dim, self.spec, self.metric = dim, spec, metric
@@ -164,7 +165,7 @@ class ShardedDenseIndex:
         return self
 
 
-AnyDense = Union[DenseIndex, ShardedDenseIndex]
+AnyDense = DenseIndex | ShardedDenseIndex
 
 
 def check_shards(shards: object) -> None:

@@ -94,7 +94,10 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         )
     files = manifest.get("files")
     if not isinstance(files, dict) or not all(
-        isinstance(e, dict) and isinstance(e.get("file"), str) and isinstance(e.get("bytes"), int) and isinstance(e.get("sha256"), str)
+        isinstance(e, dict)
+        and isinstance(e.get("file"), str)
+        and isinstance(e.get("bytes"), int)
+        and isinstance(e.get("sha256"), str)
         for e in files.values()
     ):
         raise CorruptSnapshot(f"snapshot manifest {path} has a malformed 'files' table")

@@ -209,7 +209,10 @@ class Store:
 
     def set_meta(self, key: str, value: str) -> None:
         """Durably set one meta value."""
-        self._writer.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+        self._writer.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
         self.meta[key] = value
 
     def close(self) -> None:
@@ -265,8 +268,14 @@ class Store:
                     new.append(int(cur.lastrowid))  # type: ignore[arg-type]
                     if doc.sparse is not None:
                         terms, weights = doc.sparse[i]
-                        conn.execute("INSERT INTO sparse_chunks (chunk_id, terms, weights) VALUES (?, ?, ?)", (
-                            new[-1], np.asarray(terms, dtype="<u4").tobytes(), np.asarray(weights, dtype="<f4").tobytes()))
+                        conn.execute(
+                            "INSERT INTO sparse_chunks (chunk_id, terms, weights) VALUES (?, ?, ?)",
+                            (
+                                new[-1],
+                                np.asarray(terms, dtype="<u4").tobytes(),
+                                np.asarray(weights, dtype="<f4").tobytes(),
+                            ),
+                        )
                 conn.execute(
                     "INSERT INTO changes (op, doc_id, chunk_ids, removed_ids) VALUES ('upsert', ?, ?, ?)",
                     (doc.id, json.dumps(new), json.dumps(old)),
@@ -356,12 +365,20 @@ class Store:
         """Learned-sparse vectors (term ids, weights) of `chunk_ids`, in that order (empty where none);
         reader: through this thread's read connection (searches), not the writer's (its own writes)."""
         conn = self._reader() if reader else self._writer
-        rows = dict((int(r[0]), (r[1], r[2])) for r in conn.execute(
-            "SELECT chunk_id, terms, weights FROM sparse_chunks WHERE chunk_id IN (SELECT value FROM json_each(?))",
-            (_ids_param(np.asarray(chunk_ids).tolist()),)))
+        rows = dict(
+            (int(r[0]), (r[1], r[2]))
+            for r in conn.execute(
+                "SELECT chunk_id, terms, weights FROM sparse_chunks WHERE chunk_id IN (SELECT value FROM json_each(?))",
+                (_ids_param(np.asarray(chunk_ids).tolist()),),
+            )
+        )
         empty = (np.empty(0, np.int64), np.empty(0, np.float32))
-        return [(np.frombuffer(rows[i][0], "<u4").astype(np.int64), np.frombuffer(rows[i][1], "<f4").astype(np.float32))
-                if i in rows else empty for i in np.asarray(chunk_ids).tolist()]
+        return [
+            (np.frombuffer(rows[i][0], "<u4").astype(np.int64), np.frombuffer(rows[i][1], "<f4").astype(np.float32))
+            if i in rows
+            else empty
+            for i in np.asarray(chunk_ids).tolist()
+        ]
 
     def iter_chunks(self, dim: int, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
         """Every chunk as (ids (N,), vectors (N, D), texts) batches in id order (for rebuilds)."""

@@ -5,7 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-SPARSE_KINDS = ("none", "bm25", "learned")  # learned: SPLADE weights from the LM head (an adapter of `lodestar train sparse`)
+SPARSE_KINDS = (
+    "none",
+    "bm25",
+    "learned",
+)  # learned: SPLADE weights from the LM head (an adapter of `lodestar train sparse`)
 METRICS = ("cosine", "ip", "l2")
 RETRIEVERS = ("dense", "sparse", "hybrid")
 FUSIONS = ("rrf", "weighted")
@@ -32,7 +36,9 @@ class CollectionConfig:
     sparse_adapter: str = ""  # learned: LoRA adapter of the sparse encoder ("" = the base model's LM head)
     sparse_top_k: int = 256  # learned: weights kept per chunk
     query_top_k: int = 64  # learned: weights kept per query
-    query_idf: bool = True  # learned: scale query weights by each term's IDF over the collection (collections made before it: False)
+    query_idf: bool = (
+        True  # learned: scale query weights by each term's IDF over the collection (collections made before it: False)
+    )
     shards: int = 1  # dense index shards, each chunk in shard id % shards, searched in parallel (1 = one index)
 
 

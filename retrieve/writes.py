@@ -22,8 +22,14 @@ from lodestar.retrieve.types import CollectionConfig, Document
 class Writer:
     """Upserts, deletes and reads of documents in the catalog's collections."""
 
-    def __init__(self, catalog: Catalog, persistence: Persistence, embedder: Embedder, limits: DocLimits,
-                 max_docs_per_upsert: int) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        persistence: Persistence,
+        embedder: Embedder,
+        limits: DocLimits,
+        max_docs_per_upsert: int,
+    ) -> None:
         self.catalog = catalog
         self.persistence = persistence
         self.embedder = embedder
@@ -53,21 +59,29 @@ class Writer:
         metadata = self._validate_docs(prepared.docs)
         c.check_serving()
         if model and model != self.persistence.model_id():
-            raise InvalidInput(f"vectors were made by model {model!r}; collection {name!r} is embedded with {self.persistence.model_id()!r}")
+            raise InvalidInput(
+                f"vectors were made by model {model!r}; collection {name!r} is embedded with {self.persistence.model_id()!r}"
+            )
         if len(prepared.spans) != len(prepared.docs):
             raise InvalidInput(f"{len(prepared.spans)} span lists for {len(prepared.docs)} documents")
         for i, (d, sp) in enumerate(zip(prepared.docs, prepared.spans)):
             if not sp or any(not 0 <= a < b <= len(d.text) for a, b in sp):
-                raise InvalidInput(f"document {i} ({d.id[:80]!r}): chunk spans {sp[:4]} are empty or outside its {len(d.text)} characters")
+                raise InvalidInput(
+                    f"document {i} ({d.id[:80]!r}): chunk spans {sp[:4]} are empty or outside its {len(d.text)} characters"
+                )
         chunks = sum(len(sp) for sp in prepared.spans)
         if prepared.vectors.shape != (chunks, c.dim):
-            raise InvalidInput(f"vectors have shape {tuple(prepared.vectors.shape)}; {chunks} chunks of collection {name!r} need ({chunks}, {c.dim})")
+            raise InvalidInput(
+                f"vectors have shape {tuple(prepared.vectors.shape)}; {chunks} chunks of collection {name!r} need ({chunks}, {c.dim})"
+            )
         prepared.vectors = np.ascontiguousarray(prepared.vectors, dtype=np.float32)
         check_finite(prepared.vectors, prepared.chunk_texts, "chunk")
         assert c.config is not None
         if (c.config.sparse == "learned") != (prepared.sparse is not None):
-            raise InvalidInput(f"collection {name!r} has sparse={c.config.sparse!r}: learned-sparse vectors are "
-                               f"{'needed' if c.config.sparse == 'learned' else 'not expected'}")
+            raise InvalidInput(
+                f"collection {name!r} has sparse={c.config.sparse!r}: learned-sparse vectors are "
+                f"{'needed' if c.config.sparse == 'learned' else 'not expected'}"
+            )
         if prepared.sparse is not None and len(prepared.sparse) != chunks:
             raise InvalidInput(f"{len(prepared.sparse)} sparse vectors for {chunks} chunks")
         return self._write(c, prepared, metadata)
@@ -80,11 +94,25 @@ class Writer:
         texts = prepared.chunk_texts
         # Checked before the store takes them (a worker's, or this server's embedder's): a stored
         # vector the index refuses would fail the apply and every rebuild after it.
-        sparse = None if prepared.sparse is None else [
-            sparse_vector(t, w, f"sparse vector {i} (of {len(prepared.sparse)} chunks)") for i, (t, w) in enumerate(prepared.sparse)]
+        sparse = (
+            None
+            if prepared.sparse is None
+            else [
+                sparse_vector(t, w, f"sparse vector {i} (of {len(prepared.sparse)} chunks)")
+                for i, (t, w) in enumerate(prepared.sparse)
+            ]
+        )
         for d, sp, meta in zip(prepared.docs, prepared.spans, metadata):
-            writes.append(DocWrite(id=d.id, text=d.text, metadata_json=meta, spans=sp, vectors=vectors[at : at + len(sp)],
-                                   sparse=sparse[at : at + len(sp)] if sparse is not None else None))
+            writes.append(
+                DocWrite(
+                    id=d.id,
+                    text=d.text,
+                    metadata_json=meta,
+                    spans=sp,
+                    vectors=vectors[at : at + len(sp)],
+                    sparse=sparse[at : at + len(sp)] if sparse is not None else None,
+                )
+            )
             at += len(sp)
         with c.lock.write():
             c.check_serving()

@@ -33,8 +33,12 @@ def compress_kwargs(r: cpb.CompressRequest) -> dict[str, Any]:
         kw["method"] = method
     if order := chosen(cpb.Order, r.sentence_order, r.order, "sentence_order"):
         kw["order"] = order
-    return kw | {"selective": r.selective, "options": sentence, "query_options": query if query is not None else sentence,
-                 "adapter": r.adapter}
+    return kw | {
+        "selective": r.selective,
+        "options": sentence,
+        "query_options": query if query is not None else sentence,
+        "adapter": r.adapter,
+    }
 
 
 def response_to_pb(res: ct.CompressResult) -> cpb.CompressResponse:
@@ -54,25 +58,37 @@ def response_to_pb(res: ct.CompressResult) -> cpb.CompressResponse:
         compressor=cpb.Method.Value("METHOD_" + res.method.upper()),
         compression_rate=res.compression_rate,
         faithfulness=cpb.Faithfulness(
-            content_words=f.content_words, unsupported_words=f.unsupported_words, unsupported=f.unsupported,
+            content_words=f.content_words,
+            unsupported_words=f.unsupported_words,
+            unsupported=f.unsupported,
             supported_ratio=f.supported_ratio,
-        ) if f is not None else None,
+        )
+        if f is not None
+        else None,
         seconds=res.seconds,
     )
 
 
 def info_to_pb(info: dict[str, Any], default_budget_ratio: float) -> cpb.InfoResponse:
     return cpb.InfoResponse(
-        methods=info["methods"], orders=info["orders"], default_mode=info["default_options"]["mode"],
-        threshold=info["threshold"], max_passages=info["max_passages"], max_input_tokens=info["max_input_tokens"],
+        methods=info["methods"],
+        orders=info["orders"],
+        default_mode=info["default_options"]["mode"],
+        threshold=info["threshold"],
+        max_passages=info["max_passages"],
+        max_input_tokens=info["max_input_tokens"],
         max_abstractive_input_tokens=info["max_abstractive_input_tokens"],
-        max_summary_tokens=info["max_summary_tokens"], default_budget_ratio=default_budget_ratio,
+        max_summary_tokens=info["max_summary_tokens"],
+        default_budget_ratio=default_budget_ratio,
     )
 
 
 class CompressServicer(cpb_grpc.CompressServiceServicer):
     SERVICE = cpb.DESCRIPTOR.services_by_name["CompressService"]
-    add_to_server = staticmethod(cpb_grpc.add_CompressServiceServicer_to_server)
+
+    @staticmethod
+    def add_to_server(servicer: CompressServicer, server: grpc.aio.Server) -> None:
+        cpb_grpc.add_CompressServiceServicer_to_server(servicer, server)
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -81,7 +97,9 @@ class CompressServicer(cpb_grpc.CompressServiceServicer):
         engine = self.runtime.compress_engine()
         kwargs = compress_kwargs(request)
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(None, lambda: engine.compress(request.query, list(request.passages), **kwargs))
+        result = await loop.run_in_executor(
+            None, lambda: engine.compress(request.query, list(request.passages), **kwargs)
+        )
         return response_to_pb(result)
 
     async def Info(self, request: cpb.InfoRequest, context: grpc.aio.ServicerContext) -> cpb.InfoResponse:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 
@@ -16,7 +16,11 @@ from lodestar.services.runtime import Runtime
 from lodestar.services.wire import enum_to_name
 
 STREAM_WINDOW = 8  # requests of one stream in flight at once
-TOKEN_PREPEND_FIELDS = ("start_layer", "end_layer", "output_layer")
+TOKEN_PREPEND_FIELDS: tuple[Literal["start_layer", "end_layer", "output_layer"], ...] = (
+    "start_layer",
+    "end_layer",
+    "output_layer",
+)
 
 
 def options_from_pb(req: pb.EmbedRequest) -> EmbedOptions:
@@ -26,13 +30,23 @@ def options_from_pb(req: pb.EmbedRequest) -> EmbedOptions:
     if req.HasField("normalize"):
         kw["normalize"] = req.normalize
     if sp.enabled:
-        kw.update(sparse=True, sparse_top_k=sp.top_k, sparse_threshold=sp.threshold, with_dense=sp.with_dense,
-                  sparse_tokens=sp.return_tokens)
+        kw.update(
+            sparse=True,
+            sparse_top_k=sp.top_k,
+            sparse_threshold=sp.threshold,
+            with_dense=sp.with_dense,
+            sparse_tokens=sp.return_tokens,
+        )
     return EmbedOptions(
-        mode=req.mode, prompt=req.prompt, instruction=req.instruction, adapter=req.adapter, dimensions=req.dimensions,
+        mode=req.mode,
+        prompt=req.prompt,
+        instruction=req.instruction,
+        adapter=req.adapter,
+        dimensions=req.dimensions,
         dtype=enum_to_name(pb.Dtype, req.dtype, "dtype") or "float32",
         truncate=enum_to_name(pb.Truncate, req.truncate, "truncate") != "none",
-        max_tokens=req.max_tokens, **kw,
+        max_tokens=req.max_tokens,
+        **kw,
     )
 
 
@@ -40,10 +54,16 @@ def response_to_pb(result: EmbedResult, request_id: str = "") -> pb.EmbedRespons
     tokens = result.sparse_tokens or [[] for _ in result.sparse or ()]
     return pb.EmbedResponse(
         embeddings=pb.Embeddings(
-            data=result.packed.data, shape=list(result.packed.shape),
+            data=result.packed.data,
+            shape=list(result.packed.shape),
             dtype=pb.Dtype.Value("DTYPE_" + result.packed.dtype.upper()),
-        ) if result.has_dense else None,
-        sparse=[pb.SparseVector(ids=i.tolist(), weights=w.tolist(), tokens=t) for (i, w), t in zip(result.sparse or (), tokens)],
+        )
+        if result.has_dense
+        else None,
+        sparse=[
+            pb.SparseVector(ids=i.tolist(), weights=w.tolist(), tokens=t)
+            for (i, w), t in zip(result.sparse or (), tokens)
+        ],
         token_counts=result.token_counts,
         truncated=result.truncated,
         model=result.model,
@@ -59,14 +79,19 @@ def info_to_pb(info: dict[str, Any]) -> pb.InfoResponse:
 
 class EmbedServicer(pb_grpc.EmbedServiceServicer):
     SERVICE = pb.DESCRIPTOR.services_by_name["EmbedService"]
-    add_to_server = staticmethod(pb_grpc.add_EmbedServiceServicer_to_server)
+
+    @staticmethod
+    def add_to_server(servicer: EmbedServicer, server: grpc.aio.Server) -> None:
+        pb_grpc.add_EmbedServiceServicer_to_server(servicer, server)
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         engine = self.runtime.embed_engine()
-        result = await engine.embed_async(list(request.texts), options_from_pb(request), timeout=context.time_remaining())
+        result = await engine.embed_async(
+            list(request.texts), options_from_pb(request), timeout=context.time_remaining()
+        )
         return response_to_pb(result, request.request_id)
 
     async def EmbedStream(

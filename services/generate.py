@@ -48,22 +48,35 @@ def answer_from_pb(r: gpb.AnswerRequest) -> AnswerRequest:
     kw = set_fields(r, _ANSWER_OPTIONAL) | search
     if compression := chosen(gpb.Compression, r.compressor, r.compression, "compressor"):
         kw["compression"] = compression
-    return AnswerRequest(question=r.question, collection=r.collection, selective=r.selective,
-                         params=params_from_pb(r.options, DEFAULT_PARAMS), datastore=r.options.datastore, **kw)
+    return AnswerRequest(
+        question=r.question,
+        collection=r.collection,
+        selective=r.selective,
+        params=params_from_pb(r.options, DEFAULT_PARAMS),
+        datastore=r.options.datastore,
+        **kw,
+    )
 
 
 def stats_to_pb(s: gt.DecodeStats) -> gpb.DecodeStats:
     return gpb.DecodeStats(
-        prompt_tokens=s.prompt_tokens, generated_tokens=s.generated_tokens, steps=s.steps,
-        draft_tokens=s.draft_tokens, accepted_draft_tokens=s.accepted_draft_tokens,
-        mean_accepted_tokens=s.mean_accepted_tokens, prefill_s=s.prefill_s, decode_s=s.decode_s,
+        prompt_tokens=s.prompt_tokens,
+        generated_tokens=s.generated_tokens,
+        steps=s.steps,
+        draft_tokens=s.draft_tokens,
+        accepted_draft_tokens=s.accepted_draft_tokens,
+        mean_accepted_tokens=s.mean_accepted_tokens,
+        prefill_s=s.prefill_s,
+        decode_s=s.decode_s,
         tokens_per_s=s.as_dict()["tokens_per_s"],
     )
 
 
 def chunk_to_pb(c: gt.GenerationChunk) -> gpb.GenerateChunk:
     return gpb.GenerateChunk(
-        text=c.text, token_ids=c.token_ids, finish_reason=c.finish_reason or "",
+        text=c.text,
+        token_ids=c.token_ids,
+        finish_reason=c.finish_reason or "",
         stats=stats_to_pb(c.stats) if c.finish_reason and c.stats is not None else None,
     )
 
@@ -72,44 +85,64 @@ def answer_chunk_to_pb(item: AnswerStart | gt.GenerationChunk) -> gpb.AnswerChun
     """AnswerStart -> the first message (sources, context); GenerationChunk -> a text message."""
     if isinstance(item, gt.GenerationChunk):
         g = chunk_to_pb(item)
-        return gpb.AnswerChunk(text=g.text, finish_reason=g.finish_reason, stats=g.stats if g.HasField("stats") else None)
+        return gpb.AnswerChunk(
+            text=g.text, finish_reason=g.finish_reason, stats=g.stats if g.HasField("stats") else None
+        )
     return gpb.AnswerChunk(
-        sources=[gpb.Source(id=h.id, score=h.score, chunk=h.chunk, text=h.chunk_text or h.text,
-                            metadata_json=to_json(h.metadata)) for h in item.sources],
-        context=item.context, decision=item.decision, context_tokens=item.context_tokens,
+        sources=[
+            gpb.Source(
+                id=h.id, score=h.score, chunk=h.chunk, text=h.chunk_text or h.text, metadata_json=to_json(h.metadata)
+            )
+            for h in item.sources
+        ],
+        context=item.context,
+        decision=item.decision,
+        context_tokens=item.context_tokens,
         passage_tokens=item.passage_tokens,
     )
 
 
 def datastore_to_pb(d: Any) -> gpb.DatastoreInfo:
-    return gpb.DatastoreInfo(name=d.name, tokens=d.tokens, documents=d.documents, segments=d.segments, path=d.path,
-                             is_default=d.is_default)
+    return gpb.DatastoreInfo(
+        name=d.name, tokens=d.tokens, documents=d.documents, segments=d.segments, path=d.path, is_default=d.is_default
+    )
 
 
 class GenerateServicer(gpb_grpc.GenerateServiceServicer):
     SERVICE = gpb.DESCRIPTOR.services_by_name["GenerateService"]
-    add_to_server = staticmethod(gpb_grpc.add_GenerateServiceServicer_to_server)
+
+    @staticmethod
+    def add_to_server(servicer: GenerateServicer, server: grpc.aio.Server) -> None:
+        gpb_grpc.add_GenerateServiceServicer_to_server(servicer, server)
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         # Generations hold a thread for their whole length: their own pool, so that they never
         # starve the default executor the other services' calls run on. The engine refuses more
         # than max_concurrent_generations; one spare thread runs the refusals.
-        self._pool = ThreadPoolExecutor(runtime.settings.max_concurrent_generations + 1, thread_name_prefix="lodestar-gen")
+        self._pool = ThreadPoolExecutor(
+            runtime.settings.max_concurrent_generations + 1, thread_name_prefix="lodestar-gen"
+        )
 
-    async def Generate(self, request: gpb.GenerateRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[gpb.GenerateChunk]:
+    async def Generate(
+        self, request: gpb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[gpb.GenerateChunk]:
         engine = self.runtime.generate_engine()
         kwargs = generate_kwargs(request)
         async for chunk in iterate_in_thread(lambda cancel: engine.stream(cancel=cancel, **kwargs), self._pool):
             yield chunk_to_pb(chunk)
 
-    async def Answer(self, request: gpb.AnswerRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[gpb.AnswerChunk]:
+    async def Answer(
+        self, request: gpb.AnswerRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[gpb.AnswerChunk]:
         pipeline = self.runtime.answer_pipeline()
         req = answer_from_pb(request)
         async for item in iterate_in_thread(lambda cancel: pipeline.answer(req, cancel), self._pool):
             yield answer_chunk_to_pb(item)
 
-    async def ListDatastores(self, request: gpb.ListDatastoresRequest, context: grpc.aio.ServicerContext) -> gpb.ListDatastoresResponse:
+    async def ListDatastores(
+        self, request: gpb.ListDatastoresRequest, context: grpc.aio.ServicerContext
+    ) -> gpb.ListDatastoresResponse:
         engine = self.runtime.generate_engine()
         stores = await asyncio.get_running_loop().run_in_executor(None, engine.list_datastores)
         return gpb.ListDatastoresResponse(datastores=[datastore_to_pb(d) for d in stores])
@@ -119,17 +152,24 @@ class GenerateServicer(gpb_grpc.GenerateServiceServicer):
     ) -> gpb.DatastoreInfo:
         """Collect the whole stream, then write one segment: a broken upload changes nothing."""
         engine = self.runtime.generate_engine()
-        name, texts, compact, chars = "", [], False, 0
+        name, compact, chars = "", False, 0
+        texts: list[str] = []
         async for req in requests:
             if req.name and name and req.name != name:
-                raise InvalidInput(f"one AddToDatastore call writes one datastore; got {name[:200]!r} then {req.name[:200]!r}")
+                raise InvalidInput(
+                    f"one AddToDatastore call writes one datastore; got {name[:200]!r} then {req.name[:200]!r}"
+                )
             name = name or req.name
             texts.extend(req.texts)
             compact = compact or req.compact
             if len(texts) > engine.config.max_add_texts:
-                raise InvalidInput(f"more than max_add_texts={engine.config.max_add_texts} texts in one call; split the upload")
+                raise InvalidInput(
+                    f"more than max_add_texts={engine.config.max_add_texts} texts in one call; split the upload"
+                )
             chars += sum(len(t) for t in req.texts)
             if chars > engine.config.max_add_chars:  # refused while streaming, before the rest is held
-                raise InvalidInput(f"more than max_add_chars={engine.config.max_add_chars} characters in one call; split the upload")
+                raise InvalidInput(
+                    f"more than max_add_chars={engine.config.max_add_chars} characters in one call; split the upload"
+                )
         info = await asyncio.get_running_loop().run_in_executor(None, engine.add_texts, name, texts, compact)
         return datastore_to_pb(info)

@@ -25,13 +25,26 @@ DEFAULT_MAX_ERRORS = 100
 
 def job_to_pb(info: Any, errors: Sequence[Any] = (), mode: str = "") -> ipb.Job:
     return ipb.Job(
-        id=info.id, collection=info.collection, source=info.source, state=info.state,
-        job_state=ipb.JobState.Value("JOB_STATE_" + info.state.upper()), lines=info.lines,
-        documents=info.documents, chunks=info.chunks, chunks_done=info.chunks_done, chunks_failed=info.chunks_failed,
-        written=info.written, errors_count=info.errors,
+        id=info.id,
+        collection=info.collection,
+        source=info.source,
+        state=info.state,
+        job_state=ipb.JobState.Value("JOB_STATE_" + info.state.upper()),
+        lines=info.lines,
+        documents=info.documents,
+        chunks=info.chunks,
+        chunks_done=info.chunks_done,
+        chunks_failed=info.chunks_failed,
+        written=info.written,
+        errors_count=info.errors,
         errors=[ipb.JobError(line=e.line, doc_id=e.doc_id, message=e.message) for e in errors],
-        created_at=info.created_at, updated_at=info.updated_at, finished_at=info.finished_at or 0.0,
-        message=info.message, workers=info.workers, mode=mode, processed=info.processed,
+        created_at=info.created_at,
+        updated_at=info.updated_at,
+        finished_at=info.finished_at or 0.0,
+        message=info.message,
+        workers=info.workers,
+        mode=mode,
+        processed=info.processed,
     )
 
 
@@ -39,8 +52,12 @@ def chunk_work_to_pb(w: Any) -> ipb.ChunkWork:
     if w.skip:
         return ipb.ChunkWork(skip=w.skip)
     return ipb.ChunkWork(
-        collection=w.collection, config=config_to_pb(w.config), dimensions=w.dim, model=w.model,
-        documents=[document_to_pb(d) for d in w.docs], lines=w.lines,
+        collection=w.collection,
+        config=config_to_pb(w.config),
+        dimensions=w.dim,
+        model=w.model,
+        documents=[document_to_pb(d) for d in w.docs],
+        lines=w.lines,
     )
 
 
@@ -48,7 +65,9 @@ def commit_from_pb(r: ipb.CommitChunkRequest) -> Commit:
     """A worker's CommitChunk -> a Commit, checking the flattened spans and vectors add up."""
     docs = documents_from_pb(list(r.documents))
     if len(r.span_counts) != len(docs) or len(r.lines) != len(docs):
-        raise InvalidInput(f"{len(docs)} documents need as many span_counts and lines; got {len(r.span_counts)} and {len(r.lines)}")
+        raise InvalidInput(
+            f"{len(docs)} documents need as many span_counts and lines; got {len(r.span_counts)} and {len(r.lines)}"
+        )
     for i, n in enumerate(r.lines):
         check_line(n, f"lines[{i}]")
     for i, e in enumerate(r.errors):
@@ -57,7 +76,9 @@ def commit_from_pb(r: ipb.CommitChunkRequest) -> Commit:
     if len(r.spans) != 2 * chunks:
         raise InvalidInput(f"{chunks} chunks need {2 * chunks} span offsets; got {len(r.spans)}")
     if r.dimensions == 0 or len(r.vectors) != 4 * chunks * r.dimensions:
-        raise InvalidInput(f"vectors hold {len(r.vectors)} bytes; {chunks} chunks x {r.dimensions} float32 need {4 * chunks * r.dimensions}")
+        raise InvalidInput(
+            f"vectors hold {len(r.vectors)} bytes; {chunks} chunks x {r.dimensions} float32 need {4 * chunks * r.dimensions}"
+        )
     flat = list(r.spans)
     spans, at = [], 0
     for n in r.span_counts:
@@ -66,14 +87,22 @@ def commit_from_pb(r: ipb.CommitChunkRequest) -> Commit:
     vectors = np.frombuffer(r.vectors, dtype="<f4").reshape(chunks, r.dimensions).astype(np.float32)  # (chunks, D)
     sparse = [(np.asarray(v.ids, dtype=np.int64), np.asarray(v.weights, dtype=np.float32)) for v in r.sparse] or None
     return Commit(
-        job_id=r.job_id, idx=r.chunk, prepared=Prepared(docs, spans, vectors, sparse), lines=list(r.lines),
-        errors=[JobError(e.line, e.doc_id, e.message) for e in r.errors], worker=r.worker, model=r.model,
+        job_id=r.job_id,
+        idx=r.chunk,
+        prepared=Prepared(docs, spans, vectors, sparse),
+        lines=list(r.lines),
+        errors=[JobError(e.line, e.doc_id, e.message) for e in r.errors],
+        worker=r.worker,
+        model=r.model,
     )
 
 
 class IndexServicer(ipb_grpc.IndexServiceServicer):
     SERVICE = ipb.DESCRIPTOR.services_by_name["IndexService"]
-    add_to_server = staticmethod(ipb_grpc.add_IndexServiceServicer_to_server)
+
+    @staticmethod
+    def add_to_server(servicer: IndexServicer, server: grpc.aio.Server) -> None:
+        ipb_grpc.add_IndexServiceServicer_to_server(servicer, server)
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -87,7 +116,9 @@ class IndexServicer(ipb_grpc.IndexServiceServicer):
         errors = await self._run(jobs.errors, job_id, max_errors) if max_errors else []
         return job_to_pb(info, errors, jobs.mode)
 
-    async def SubmitJob(self, requests: AsyncIterator[ipb.SubmitJobRequest], context: grpc.aio.ServicerContext) -> ipb.Job:
+    async def SubmitJob(
+        self, requests: AsyncIterator[ipb.SubmitJobRequest], context: grpc.aio.ServicerContext
+    ) -> ipb.Job:
         jobs = self.runtime.job_manager()
         job_id = ""
         try:
@@ -140,11 +171,17 @@ class IndexServicer(ipb_grpc.IndexServiceServicer):
         work = await self._run(self.runtime.job_manager().fetch, request.job_id, request.chunk)
         return chunk_work_to_pb(work)
 
-    async def CommitChunk(self, request: ipb.CommitChunkRequest, context: grpc.aio.ServicerContext) -> ipb.CommitChunkResponse:
+    async def CommitChunk(
+        self, request: ipb.CommitChunkRequest, context: grpc.aio.ServicerContext
+    ) -> ipb.CommitChunkResponse:
         await self._run(self.runtime.job_manager().commit, commit_from_pb(request))
         return ipb.CommitChunkResponse()
 
-    async def FailChunk(self, request: ipb.FailChunkRequest, context: grpc.aio.ServicerContext) -> ipb.CommitChunkResponse:
+    async def FailChunk(
+        self, request: ipb.FailChunkRequest, context: grpc.aio.ServicerContext
+    ) -> ipb.CommitChunkResponse:
         jobs = self.runtime.job_manager()
-        await self._run(lambda: jobs.chunk_failed(request.job_id, request.chunk, request.message, request.worker, request.final))
+        await self._run(
+            lambda: jobs.chunk_failed(request.job_id, request.chunk, request.message, request.worker, request.final)
+        )
         return ipb.CommitChunkResponse()

@@ -74,6 +74,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             return grpc.stream_unary_rpc_method_handler(_wrap_unary(handler.stream_unary, method), **kw)
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(_wrap_stream(handler.unary_stream, method), **kw)
+        assert handler.stream_stream is not None  # a handler carries exactly one of the four
         return grpc.stream_stream_rpc_method_handler(_wrap_stream(handler.stream_stream, method), **kw)
 
 

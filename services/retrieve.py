@@ -15,14 +15,24 @@ from lodestar.retrieve import types as rt
 from lodestar.retrieve.v1 import retrieve_pb2 as rpb
 from lodestar.retrieve.v1 import retrieve_pb2_grpc as rpb_grpc
 from lodestar.services.runtime import Runtime
-from lodestar.services.wire import chosen, enum_to_name, json_object, set_fields, to_json
+from lodestar.services.wire import chosen, enum_to_name, json_object, set_fields, stored_name_to_enum, to_json
 
 T = TypeVar("T")
 
 # CollectionConfig's optional fields: unset = the engine's default
 _CONFIG_OPTIONAL = ("chunk_tokens", "chunk_overlap", "sparse_top_k", "query_top_k", "query_idf")
-_CONFIG_STRINGS = ("name", "mode", "query_prompt", "query_instruction", "doc_prompt", "doc_instruction", "adapter",
-                   "index", "sparse_mode", "sparse_adapter")
+_CONFIG_STRINGS = (
+    "name",
+    "mode",
+    "query_prompt",
+    "query_instruction",
+    "doc_prompt",
+    "doc_instruction",
+    "adapter",
+    "index",
+    "sparse_mode",
+    "sparse_adapter",
+)
 # SearchOptions' scalar fields that pass through as they are when set
 _SEARCH_OPTIONAL = ("k", "alpha", "rrf_k", "include_text", "feedback_chunks", "feedback_weight", "length_norm")
 
@@ -44,20 +54,23 @@ def config_from_pb(c: rpb.CollectionConfig) -> rt.CollectionConfig:
 
 def config_to_pb(c: rt.CollectionConfig) -> rpb.CollectionConfig:
     """Both spellings of metric and sparse are filled, so clients of the first release read them too."""
-    fields = {f: getattr(c, f) for f in (*_CONFIG_STRINGS, *_CONFIG_OPTIONAL, "dimensions", "shards", "metric", "sparse")}
-    return rpb.CollectionConfig(**fields, metric_kind=_enum_value(rpb.Metric, c.metric),
-                                sparse_kind=_enum_value(rpb.SparseKind, c.sparse))
-
-
-def _enum_value(enum: Any, name: str) -> int:
-    """A stored engine name -> its enum number (0 for a name the enum lacks: never raised on output)."""
-    prefix = enum.Name(0).removesuffix("UNSPECIFIED")
-    return int(dict(enum.items()).get(prefix + name.upper(), 0))
+    fields = {
+        f: getattr(c, f) for f in (*_CONFIG_STRINGS, *_CONFIG_OPTIONAL, "dimensions", "shards", "metric", "sparse")
+    }
+    return rpb.CollectionConfig(
+        **fields,
+        metric_kind=stored_name_to_enum(rpb.Metric, c.metric),
+        sparse_kind=stored_name_to_enum(rpb.SparseKind, c.sparse),
+    )
 
 
 def documents_from_pb(docs: list[rpb.Document]) -> list[rt.Document]:
-    return [rt.Document(id=d.id, text=d.text, metadata=json_object(d.metadata_json, f"document {i} ({d.id[:200]!r}) metadata"))
-            for i, d in enumerate(docs)]
+    return [
+        rt.Document(
+            id=d.id, text=d.text, metadata=json_object(d.metadata_json, f"document {i} ({d.id[:200]!r}) metadata")
+        )
+        for i, d in enumerate(docs)
+    ]
 
 
 def document_to_pb(d: rt.Document | None) -> rpb.Document:
@@ -73,8 +86,12 @@ def filters_from_pb(filters: Any) -> tuple[rt.Filter, ...]:
         except json.JSONDecodeError as exc:
             raise InvalidInput(f"{where}: value_json is not valid JSON ({exc.msg})") from None
         except RecursionError:
-            raise InvalidInput(f"{where}: value_json is nested too deeply: give a scalar, or a list of scalars for in/nin") from None
-        out.append(rt.Filter(field=f.field, op=chosen(rpb.FilterOp, f.operator, f.op, where + ": operator"), value=value))
+            raise InvalidInput(
+                f"{where}: value_json is nested too deeply: give a scalar, or a list of scalars for in/nin"
+            ) from None
+        out.append(
+            rt.Filter(field=f.field, op=chosen(rpb.FilterOp, f.operator, f.op, where + ": operator"), value=value)
+        )
     return tuple(out)
 
 
@@ -82,8 +99,10 @@ def search_options_from_pb(o: rpb.SearchOptions) -> dict[str, Any]:
     """The set fields of a SearchOptions as keyword arguments of the consumer's dataclass (Search's
     SearchRequest, Answer's AnswerRequest): unset = its default."""
     kw = set_fields(o, _SEARCH_OPTIONAL)
-    names = {"retriever": enum_to_name(rpb.Retriever, o.retriever, "retriever"),
-             "fusion": enum_to_name(rpb.Fusion, o.fusion, "fusion")}
+    names = {
+        "retriever": enum_to_name(rpb.Retriever, o.retriever, "retriever"),
+        "fusion": enum_to_name(rpb.Fusion, o.fusion, "fusion"),
+    }
     return kw | {k: v for k, v in names.items() if v} | _filters_kw(o.filters)
 
 
@@ -108,22 +127,42 @@ def search_from_pb(r: rpb.SearchRequest) -> rt.SearchRequest:
 
 
 def hit_to_pb(h: rt.Hit) -> rpb.Hit:
-    return rpb.Hit(id=h.id, score=h.score, text=h.text, metadata_json=to_json(h.metadata), chunk=h.chunk,
-                   chunk_text=h.chunk_text, dense_score=h.dense_score, sparse_score=h.sparse_score)
+    return rpb.Hit(
+        id=h.id,
+        score=h.score,
+        text=h.text,
+        metadata_json=to_json(h.metadata),
+        chunk=h.chunk,
+        chunk_text=h.chunk_text,
+        dense_score=h.dense_score,
+        sparse_score=h.sparse_score,
+    )
 
 
 def stats_to_pb(s: rt.CollectionStats, config: rt.CollectionConfig | None = None) -> rpb.CollectionStats:
     return rpb.CollectionStats(
-        name=s.name, documents=s.documents, chunks=s.chunks, index=s.index, trained=s.trained,
-        index_vectors=s.index_vectors, bytes=s.bytes, dimensions=s.dimensions, sparse=s.sparse,
-        sparse_kind=_enum_value(rpb.SparseKind, s.sparse), status=s.status, note=s.note,
+        name=s.name,
+        documents=s.documents,
+        chunks=s.chunks,
+        index=s.index,
+        trained=s.trained,
+        index_vectors=s.index_vectors,
+        bytes=s.bytes,
+        dimensions=s.dimensions,
+        sparse=s.sparse,
+        sparse_kind=stored_name_to_enum(rpb.SparseKind, s.sparse),
+        status=s.status,
+        note=s.note,
         config=config_to_pb(config) if config else None,
     )
 
 
 class RetrieveServicer(rpb_grpc.RetrieveServiceServicer):
     SERVICE = rpb.DESCRIPTOR.services_by_name["RetrieveService"]
-    add_to_server = staticmethod(rpb_grpc.add_RetrieveServiceServicer_to_server)
+
+    @staticmethod
+    def add_to_server(servicer: RetrieveServicer, server: grpc.aio.Server) -> None:
+        rpb_grpc.add_RetrieveServiceServicer_to_server(servicer, server)
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -131,19 +170,25 @@ class RetrieveServicer(rpb_grpc.RetrieveServiceServicer):
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
-    async def CreateCollection(self, request: rpb.CreateCollectionRequest, context: grpc.aio.ServicerContext) -> rpb.CollectionStats:
+    async def CreateCollection(
+        self, request: rpb.CreateCollectionRequest, context: grpc.aio.ServicerContext
+    ) -> rpb.CollectionStats:
         engine = self.runtime.retrieve_engine()
         config = config_from_pb(request.config)
         stats = await self._run(engine.create, config)
         await self.runtime.refresh_collection_health()
         return stats_to_pb(stats, config)
 
-    async def DropCollection(self, request: rpb.DropCollectionRequest, context: grpc.aio.ServicerContext) -> rpb.DropCollectionResponse:
+    async def DropCollection(
+        self, request: rpb.DropCollectionRequest, context: grpc.aio.ServicerContext
+    ) -> rpb.DropCollectionResponse:
         await self._run(self.runtime.retrieve_engine().drop, request.name)
         await self.runtime.refresh_collection_health()
         return rpb.DropCollectionResponse()
 
-    async def ListCollections(self, request: rpb.ListCollectionsRequest, context: grpc.aio.ServicerContext) -> rpb.ListCollectionsResponse:
+    async def ListCollections(
+        self, request: rpb.ListCollectionsRequest, context: grpc.aio.ServicerContext
+    ) -> rpb.ListCollectionsResponse:
         stats = await self._run(self.runtime.retrieve_engine().list)
         return rpb.ListCollectionsResponse(collections=[stats_to_pb(s) for s in stats])
 

@@ -17,9 +17,9 @@ if TYPE_CHECKING:
     from lodestar.backbone import Backbone
     from lodestar.compress_ctx.engine import CompressionEngine
     from lodestar.embed.engine import EmbeddingEngine
+    from lodestar.generate.answer import AnswerPipeline
     from lodestar.generate.engine import GenerationEngine
     from lodestar.retrieve.engine import RetrievalEngine
-    from lodestar.generate.answer import AnswerPipeline
     from lodestar.retrieve.jobs import Dispatcher, JobManager, JobsConfig
 
 RETRIEVE_SERVICE = "lodestar.retrieve.v1.RetrieveService"
@@ -120,6 +120,7 @@ class Runtime:
             if self.serves & {"retrieve", "index"}:
                 self._retrieval = await loop.run_in_executor(None, self._build_retrieval, self._engine)
             if "index" in self.serves:
+                assert self._retrieval is not None  # built above: "index" is in the set it was built for
                 self._jobs = await loop.run_in_executor(None, self._build_jobs, self._retrieval, self._engine)
                 self._watchdog = asyncio.ensure_future(self._watch_jobs())
             if self.serves & {"compress", "generate"}:
@@ -174,17 +175,30 @@ class Runtime:
     def _build_retrieval(self, engine: EmbeddingEngine) -> RetrievalEngine:
         from lodestar.retrieve.engine import RetrievalEngine
 
-        return RetrievalEngine(Path(self.settings.data_dir) / "collections", engine, faiss_threads=self.settings.faiss_threads,
-                               restore_dirs=tuple(self.settings.restore_dirs))
+        return RetrievalEngine(
+            Path(self.settings.data_dir) / "collections",
+            engine,
+            faiss_threads=self.settings.faiss_threads,
+            restore_dirs=tuple(self.settings.restore_dirs),
+        )
 
     def _build_jobs(self, retrieval: RetrievalEngine, engine: EmbeddingEngine) -> JobManager:
         from lodestar.retrieve.jobs import JobManager, JobsConfig
 
         s = self.settings
-        return JobManager(retrieval, engine, JobsConfig(
-            data_dir=Path(s.data_dir), chunk_docs=s.job_chunk_docs, requeue_after_s=s.job_requeue_after_s,
-            broker_url=s.broker_url, result_backend=s.result_backend, visibility_timeout_s=s.broker_visibility_timeout_s,
-        ), _celery_dispatcher)
+        return JobManager(
+            retrieval,
+            engine,
+            JobsConfig(
+                data_dir=Path(s.data_dir),
+                chunk_docs=s.job_chunk_docs,
+                requeue_after_s=s.job_requeue_after_s,
+                broker_url=s.broker_url,
+                result_backend=s.result_backend,
+                visibility_timeout_s=s.broker_visibility_timeout_s,
+            ),
+            _celery_dispatcher,
+        )
 
     async def _watch_jobs(self) -> None:
         """Re-dispatch what needs it: chunks left pending (broker was down) and chunks whose

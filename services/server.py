@@ -12,7 +12,8 @@ import logging
 import signal
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from lodestar.backbone import Backbone
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
 
 class Servicer(Protocol):
     """What the factory needs of a servicer class: its service descriptor and its generated add function."""
@@ -164,7 +167,7 @@ class BackgroundServer:
         assert self.server is not None
         return runtime_of(self.server)
 
-    def _call(self, coro, timeout: float | None = None):  # type: ignore[no-untyped-def]
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     def stop(self, grace: float | None = None) -> None:

@@ -6,7 +6,6 @@ Read at start-up by `Settings()` (the CLI and server factory build one); never a
 from __future__ import annotations
 
 from pathlib import Path
-
 from typing import Annotated, Any
 
 from pydantic import Field, field_validator
@@ -32,24 +31,45 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="address the gRPC server binds")
     port: int = Field(50051, description="gRPC port; 0 picks a free one (tests)")
     server: str = Field("127.0.0.1:50051", description="HOST:PORT the CLI and client talk to")
-    only: Annotated[tuple[str, ...], NoDecode] = Field(SERVICES, description="services this process serves (comma-separated in env)")
+    only: Annotated[tuple[str, ...], NoDecode] = Field(
+        SERVICES, description="services this process serves (comma-separated in env)"
+    )
 
     # --- model ---
     model: str = Field("bundled", description="'bundled' (SmolLM2-135M-Instruct GGUF), a HF folder, or a .gguf file")
     dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16 (auto: bf16 only where native)")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     cache_dir: Path = Field(Path.home() / ".cache" / "lodestar", description="dequantised GGUF weights live here")
-    adapter_dirs: Annotated[tuple[Path, ...], NoDecode] = Field(default_factory=_default_adapter_dirs, description="folders whose subfolders are adapters offered by name (default ./adapters, then the ones this project ships)")
+    adapter_dirs: Annotated[tuple[Path, ...], NoDecode] = Field(
+        default_factory=_default_adapter_dirs,
+        description="folders whose subfolders are adapters offered by name (default ./adapters, then the ones this project ships)",
+    )
     max_resident_adapters: int = Field(4, ge=1, description="adapters kept loaded at once; LRU unloaded beyond")
-    restore_dirs: Annotated[tuple[Path, ...], NoDecode] = Field((), description="folders Restore may read snapshots from, comma-separated (empty: any folder the server can read; the chart sets its data volume)")
-    adapter_paths: bool = Field(True, description="requests may name an adapter by a path on the server (any folder holding a peft adapter); false: only the names adapter_dirs offer (where clients are not trusted with the server's files)")
-    max_adapter_bytes: int = Field(512 * 1024 * 1024, ge=0, description="memory cap over loaded adapters' weights (LRU unloaded beyond; 0 = none)")
-    torch_threads: int = Field(0, ge=0, description="torch intra-op threads of this process; 0 = torch's default (one per core)")
-    faiss_threads: int = Field(0, ge=0, description="OpenMP threads one dense search may use; 0 = one for fewer than 20 queries (FAISS gives each query one thread, the rest only spin up), FAISS's default (every core) for a batch")
+    restore_dirs: Annotated[tuple[Path, ...], NoDecode] = Field(
+        (),
+        description="folders Restore may read snapshots from, comma-separated (empty: any folder the server can read; the chart sets its data volume)",
+    )
+    adapter_paths: bool = Field(
+        True,
+        description="requests may name an adapter by a path on the server (any folder holding a peft adapter); false: only the names adapter_dirs offer (where clients are not trusted with the server's files)",
+    )
+    max_adapter_bytes: int = Field(
+        512 * 1024 * 1024, ge=0, description="memory cap over loaded adapters' weights (LRU unloaded beyond; 0 = none)"
+    )
+    torch_threads: int = Field(
+        0, ge=0, description="torch intra-op threads of this process; 0 = torch's default (one per core)"
+    )
+    faiss_threads: int = Field(
+        0,
+        ge=0,
+        description="OpenMP threads one dense search may use; 0 = one for fewer than 20 queries (FAISS gives each query one thread, the rest only spin up), FAISS's default (every core) for a batch",
+    )
 
     # --- embedding engine limits ---
     default_mode: str = Field("mean", description="mode used when a request names none")
-    max_texts_per_request: int = Field(1024, ge=1, description="texts one Embed request may carry (the client splits longer inputs)")
+    max_texts_per_request: int = Field(
+        1024, ge=1, description="texts one Embed request may carry (the client splits longer inputs)"
+    )
     max_tokens: int = Field(512, ge=8, description="tokens per text, template included")
     max_batch_tokens: int = Field(16384, ge=64, description="padded tokens per forward")
     max_queued_texts: int = Field(16384, ge=1, description="texts waiting in the batcher before RESOURCE_EXHAUSTED")
@@ -58,19 +78,40 @@ class Settings(BaseSettings):
     tp_output_layer: int = Field(-1, description="Token Prepending: output layer (-1 final)")
 
     # --- generation ---
-    datastore_dirs: Annotated[tuple[Path, ...], NoDecode] = Field((), description="folders whose subfolders are datastores offered by name (read-only); <data_dir>/datastores is always searched and holds the ones AddToDatastore creates")
-    default_datastore: str = Field("", description="datastore drafts come from when a request names none: a name or a datastore folder; empty = none")
+    datastore_dirs: Annotated[tuple[Path, ...], NoDecode] = Field(
+        (),
+        description="folders whose subfolders are datastores offered by name (read-only); <data_dir>/datastores is always searched and holds the ones AddToDatastore creates",
+    )
+    default_datastore: str = Field(
+        "",
+        description="datastore drafts come from when a request names none: a name or a datastore folder; empty = none",
+    )
     max_new_tokens: int = Field(2048, ge=1, description="largest max_new_tokens a generation may ask for")
     max_concurrent_generations: int = Field(4, ge=1, description="generations in flight before RESOURCE_EXHAUSTED")
-    generate_dtype: str = Field("float32", description="dtype generation runs in: float32 keeps speculative greedy identical to plain greedy (bf16 logits tie and round differently per path); auto = the model's dtype")
+    generate_dtype: str = Field(
+        "float32",
+        description="dtype generation runs in: float32 keeps speculative greedy identical to plain greedy (bf16 logits tie and round differently per path); auto = the model's dtype",
+    )
 
     # --- batch indexing (jobs) ---
-    broker_url: str = Field("", description="Celery broker, e.g. redis://127.0.0.1:6379/0; empty = jobs run inside the server")
+    broker_url: str = Field(
+        "", description="Celery broker, e.g. redis://127.0.0.1:6379/0; empty = jobs run inside the server"
+    )
     result_backend: str = Field("", description="Celery result backend; empty = the broker")
     job_chunk_docs: int = Field(64, ge=1, le=10000, description="documents per chunk (one task)")
-    job_requeue_after_s: float = Field(600.0, gt=0, description="a dispatched chunk not done by then is dispatched again (lost message, dead worker); keep it above the slowest chunk")
-    broker_visibility_timeout_s: int = Field(3600, ge=1, description="the broker redelivers an unacknowledged task after this long; keep it above the slowest chunk")
-    worker_concurrency: int = Field(1, ge=1, description="`lodestar worker`: tasks run at once (each process loads the model)")
+    job_requeue_after_s: float = Field(
+        600.0,
+        gt=0,
+        description="a dispatched chunk not done by then is dispatched again (lost message, dead worker); keep it above the slowest chunk",
+    )
+    broker_visibility_timeout_s: int = Field(
+        3600,
+        ge=1,
+        description="the broker redelivers an unacknowledged task after this long; keep it above the slowest chunk",
+    )
+    worker_concurrency: int = Field(
+        1, ge=1, description="`lodestar worker`: tasks run at once (each process loads the model)"
+    )
 
     # --- server behaviour ---
     max_concurrent_rpcs: int = Field(256, ge=1, description="RPCs in flight before RESOURCE_EXHAUSTED")

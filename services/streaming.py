@@ -17,7 +17,9 @@ T = TypeVar("T")
 _END = object()
 
 
-async def iterate_in_thread(make: Callable[[threading.Event], Iterator[T]], executor: Executor | None = None) -> AsyncIterator[T]:
+async def iterate_in_thread(
+    make: Callable[[threading.Event], Iterator[T]], executor: Executor | None = None
+) -> AsyncIterator[T]:
     """Yield what `make(cancel)` yields, computed on `executor`; errors (validation included) re-raise here."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[object, BaseException | None]] = asyncio.Queue()

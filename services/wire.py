@@ -4,27 +4,33 @@ the engines' names and back, JSON object fields, and "unset = engine default" fi
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from google.protobuf.message import Message
 
 from lodestar.errors import InvalidInput
 from lodestar.retrieve.prepare import TOO_DEEP
 
+if TYPE_CHECKING:
+    # the generic base of the enum wrappers mypy-protobuf generates (stub-only): `name_to_enum(rpb.Retriever, ...)`
+    # then returns `rpb.Retriever.ValueType`, what the message constructors take
+    from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
 
-def _prefix(enum: EnumTypeWrapper) -> str:
+_V = TypeVar("_V", bound=int)
+
+
+def _prefix(enum: _EnumTypeWrapper[Any]) -> str:
     """RETRIEVER_UNSPECIFIED -> RETRIEVER_: the prefix every value of a closed-set enum carries."""
     return enum.Name(0).removesuffix("UNSPECIFIED")
 
 
-def enum_names(enum: EnumTypeWrapper) -> list[str]:
+def enum_names(enum: _EnumTypeWrapper[Any]) -> list[str]:
     """The engine names of an enum's values, in number order ("dense", "sparse", ...)."""
     prefix = _prefix(enum)
     return [name.removeprefix(prefix).lower() for name, number in enum.items() if number != 0]
 
 
-def enum_to_name(enum: EnumTypeWrapper, value: int, what: str) -> str:
+def enum_to_name(enum: _EnumTypeWrapper[Any], value: int, what: str) -> str:
     """RETRIEVER_DENSE -> "dense"; 0 (unspecified) -> ""; a number this server does not know ->
     InvalidInput naming the valid ones (proto3 keeps unknown enum numbers instead of refusing them)."""
     if value == 0:
@@ -36,21 +42,26 @@ def enum_to_name(enum: EnumTypeWrapper, value: int, what: str) -> str:
     return name.removeprefix(_prefix(enum)).lower()
 
 
-def name_to_enum(enum: EnumTypeWrapper, name: str, what: str) -> int:
-    """"dense" -> RETRIEVER_DENSE; "" -> 0 (the engine's default); anything else -> ValueError naming the valid ones."""
+def name_to_enum(enum: _EnumTypeWrapper[_V], name: str, what: str) -> _V:
+    """ "dense" -> RETRIEVER_DENSE; "" -> 0 (the engine's default); anything else -> ValueError naming the valid ones."""
     if not name:
-        return 0
+        return cast(_V, 0)
     try:
-        return int(enum.Value(_prefix(enum) + name.upper()))
+        return enum.Value(_prefix(enum) + name.upper())
     except ValueError:
         raise ValueError(f"unknown {what} {name[:200]!r}: valid are {', '.join(enum_names(enum))}") from None
 
 
-def _valid(enum: EnumTypeWrapper) -> list[str]:
+def stored_name_to_enum(enum: _EnumTypeWrapper[_V], name: str) -> _V:
+    """A stored engine name -> its enum number (0 for a name the enum lacks: never raised on output)."""
+    return dict(enum.items()).get(_prefix(enum) + name.upper(), cast(_V, 0))
+
+
+def _valid(enum: _EnumTypeWrapper[Any]) -> list[str]:
     return [f"{name} ({number})" for name, number in enum.items() if number != 0]
 
 
-def chosen(enum: EnumTypeWrapper, value: int, legacy: str, what: str) -> str:
+def chosen(enum: _EnumTypeWrapper[Any], value: int, legacy: str, what: str) -> str:
     """The engine name an enum field picks, else the deprecated string field it replaced, else ""."""
     return enum_to_name(enum, value, what) or legacy
 

@@ -133,9 +133,17 @@ class ChunkTask(Task):
 
 
 @app.task(
-    name=TASK_NAME, bind=True, base=ChunkTask, acks_late=True, reject_on_worker_lost=True,
-    autoretry_for=(Exception,), dont_autoretry_for=(InvalidInput, NotFound),
-    retry_backoff=2, retry_backoff_max=60, retry_jitter=True, max_retries=MAX_RETRIES,
+    name=TASK_NAME,
+    bind=True,
+    base=ChunkTask,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(Exception,),
+    dont_autoretry_for=(InvalidInput, NotFound),
+    retry_backoff=2,
+    retry_backoff_max=60,
+    retry_jitter=True,
+    max_retries=MAX_RETRIES,
 )
 def index_chunk(self: Task, job_id: str, idx: int) -> dict[str, Any]:
     """Embed and commit chunk `idx` of job `job_id` (see retrieve/jobs/chunks.py)."""
@@ -156,6 +164,17 @@ def main(settings: Any, extra: list[str] | None = None) -> None:
         from celery.signals import worker_process_init
 
         worker_process_init.connect(lambda **_: _Process.get(), weak=False)
-    app.worker_main(["worker", "--loglevel", settings.log_level, "--pool", pool,
-                     "--concurrency", str(settings.worker_concurrency), "--without-gossip", "--without-mingle",
-                     *(extra or [])])
+    app.worker_main(
+        [
+            "worker",
+            "--loglevel",
+            settings.log_level,
+            "--pool",
+            pool,
+            "--concurrency",
+            str(settings.worker_concurrency),
+            "--without-gossip",
+            "--without-mingle",
+            *(extra or []),
+        ]
+    )

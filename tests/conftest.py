@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from tinymodel import CACHE_DIR, FIXTURES, build_tiny  # noqa: E402  (tests/ is on sys.path)
 
 from lodestar.backbone import Backbone, BackboneConfig, load_backbone
 from lodestar.backbone.loader import bundled_gguf, dequantised_cache
-
-from tinymodel import CACHE_DIR, FIXTURES, build_tiny  # noqa: E402  (tests/ is on sys.path)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -76,7 +76,7 @@ class LoopResult:
         }
 
 
-def atomic_dir(target: Path, write: Callable[[Path], None]) -> None:
+def atomic_dir(target: Path, write: Callable[[Path], object]) -> None:
     """Write a folder through `write(tmp)` then swap it in, so a crash never leaves half a folder."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -136,8 +136,9 @@ def adapter_folder(path: Path) -> Path:
     raise NotFound(f"no peft adapter at {path}: expected {path}/{ADAPTER_FILE} or {path}/adapter/{ADAPTER_FILE}")
 
 
-def lora_model(model: Any, r: int, alpha: int, dropout: float, target_modules: tuple[str, ...],
-               init_from: Path | None = None) -> Any:
+def lora_model(
+    model: Any, r: int, alpha: int, dropout: float, target_modules: tuple[str, ...], init_from: Path | None = None
+) -> Any:
     """Inject trainable LoRA layers (fp32 whatever the base dtype); `init_from` continues an
     existing adapter (e.g. stage 2 from stage 1)."""
     from peft import LoraConfig, PeftModel, get_peft_model
@@ -145,8 +146,9 @@ def lora_model(model: Any, r: int, alpha: int, dropout: float, target_modules: t
     if init_from is not None:
         peft_model = PeftModel.from_pretrained(model, str(adapter_folder(init_from)), is_trainable=True)
     else:
-        peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
-                                                      target_modules=list(target_modules)))
+        peft_model = get_peft_model(
+            model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules))
+        )
     for p in peft_model.parameters():
         if p.requires_grad:
             p.data = p.data.float()

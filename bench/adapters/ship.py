@@ -45,7 +45,9 @@ def main() -> int:
     readme = readme.replace("<this folder>/adapter", f"{args.dest.name} (by name) or this folder")
     if card.get("shipped_stage"):
         readme += f"\nThese are the weights after the `{card['shipped_stage']}` stage; later stages are not in them.\n"
-    (args.dest / "README.md").write_text(readme + "\nShipped from `" + str(args.run / args.adapter_dir) + "` (weights in float16).\n")
+    (args.dest / "README.md").write_text(
+        readme + "\nShipped from `" + str(args.run / args.adapter_dir) + "` (weights in float16).\n"
+    )
     size = (args.dest / "adapter_model.safetensors").stat().st_size
     print(f"{args.dest}: {size / 1e6:.1f} MB")
     return 0

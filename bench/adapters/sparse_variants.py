@@ -33,10 +33,14 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg  # noqa: F401  (sp.linalg.norm)
+
+if TYPE_CHECKING:
+    from lodestar.embed.engine import EmbeddingEngine
 
 
 def _setup(folder: Path):
@@ -71,8 +75,12 @@ def encode_dense(folder: Path, adapter: str, cache: Path) -> None:
     try:
         cfg = CollectionConfig(name="variants", mode="bidirectional", adapter=adapter)
         dim = int(engine.backbone.hidden_size)
-        dv = np.concatenate([embed_texts(engine, cfg, chunks[i : i + 32], dim, False)
-                             for i in tqdm(range(0, len(chunks), 32), desc="encode chunks (dense)", unit="batch")])
+        dv = np.concatenate(
+            [
+                embed_texts(engine, cfg, chunks[i : i + 32], dim, False)
+                for i in tqdm(range(0, len(chunks), 32), desc="encode chunks (dense)", unit="batch")
+            ]
+        )
         qv = embed_texts(engine, cfg, [queries[q] for q in judged], dim, True)
     finally:
         engine.close()
@@ -87,7 +95,9 @@ def encode(folder: Path, adapter: str, cache: Path) -> None:
 
     engine, docs, queries, judged, chunks, owner = _setup(folder)
     try:
-        cfg = CollectionConfig(name="variants", sparse="learned", sparse_adapter=adapter, sparse_top_k=1024, query_top_k=1024)
+        cfg = CollectionConfig(
+            name="variants", sparse="learned", sparse_adapter=adapter, sparse_top_k=1024, query_top_k=1024
+        )
         dv = []
         for i in tqdm(range(0, len(chunks), 32), desc="encode chunks", unit="batch"):
             dv += embed_sparse(engine, cfg, chunks[i : i + 32], False)
@@ -96,8 +106,16 @@ def encode(folder: Path, adapter: str, cache: Path) -> None:
     finally:
         engine.close()
 
-    np.savez(cache, owner=np.array(owner), doc_ids=np.array([d.id for d in docs]), judged=np.array(judged),
-             **_flat(qv, "q"), **_flat(dv, "d"), **tokens)
+    np.savez(
+        cache,
+        allow_pickle=True,  # numpy's default, named: the ** arrays below cannot then be taken for it
+        owner=np.array(owner),
+        doc_ids=np.array([d.id for d in docs]),
+        judged=np.array(judged),
+        **_flat(qv, "q"),
+        **_flat(dv, "d"),
+        **tokens,
+    )
 
 
 def from_collection(folder: Path, collection: Path, cache: Path, dense_cache: Path | None) -> None:
@@ -117,10 +135,13 @@ def from_collection(folder: Path, collection: Path, cache: Path, dense_cache: Pa
         raise SystemExit(f"{collection}: expected one collection (store.sqlite3) below it, found {len(found)}")
     conn = sqlite3.connect(f"file:{found[0]}?mode=ro", uri=True)
     try:
-        cfg = CollectionConfig(**{"query_idf": False, **json.loads(conn.execute("SELECT json FROM config").fetchone()[0])})
+        cfg = CollectionConfig(
+            **{"query_idf": False, **json.loads(conn.execute("SELECT json FROM config").fetchone()[0])}
+        )
         rows = conn.execute(
             "SELECT c.doc_id, c.char_start, c.char_end, c.vector, s.terms, s.weights, d.text FROM chunks c "
-            "JOIN docs d ON d.id = c.doc_id LEFT JOIN sparse_chunks s ON s.chunk_id = c.chunk_id ORDER BY c.chunk_id").fetchall()
+            "JOIN docs d ON d.id = c.doc_id LEFT JOIN sparse_chunks s ON s.chunk_id = c.chunk_id ORDER BY c.chunk_id"
+        ).fetchall()
     finally:
         conn.close()
     if cfg.sparse != "learned":
@@ -137,15 +158,28 @@ def from_collection(folder: Path, collection: Path, cache: Path, dense_cache: Pa
         tokens = _token_arrays(engine, [queries[q] for q in judged], chunks)
         if dense_cache is not None:
             d = np.stack([np.frombuffer(r[3], "<f4") for r in rows])
-            np.savez(dense_cache, owner=owner, judged=np.array(judged), d=d,
-                     q=embed_texts(engine, cfg, [queries[q] for q in judged], d.shape[1], True))
+            np.savez(
+                dense_cache,
+                owner=owner,
+                judged=np.array(judged),
+                d=d,
+                q=embed_texts(engine, cfg, [queries[q] for q in judged], d.shape[1], True),
+            )
     finally:
         engine.close()
-    np.savez(cache, owner=np.array(owner), doc_ids=np.array([d.id for d in docs]), judged=np.array(judged),
-             **_flat(qv, "q"), **_flat(dv, "d"), **tokens)
+    np.savez(
+        cache,
+        allow_pickle=True,  # numpy's default, named: the ** arrays below cannot then be taken for it
+        owner=np.array(owner),
+        doc_ids=np.array([d.id for d in docs]),
+        judged=np.array(judged),
+        **_flat(qv, "q"),
+        **_flat(dv, "d"),
+        **tokens,
+    )
 
 
-def _token_arrays(engine, query_texts: list[str], chunks: list[str]) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+def _token_arrays(engine: EmbeddingEngine, query_texts: list[str], chunks: list[str]) -> dict[str, np.ndarray]:
     """The cache's vocabulary size and each query's and chunk's own token ids (weight 1): the
     IDF-of-text and own-token variants read them."""
     tok = engine.backbone.tokenizer
@@ -153,22 +187,27 @@ def _token_arrays(engine, query_texts: list[str], chunks: list[str]) -> dict[str
     def ids(text: str) -> np.ndarray:
         return np.asarray(tok(text, add_special_tokens=False)["input_ids"])
 
-    return {"vocab": np.asarray(int(engine.backbone.model.get_output_embeddings().weight.shape[0])),
-            **_flat([(t, np.ones(len(t))) for t in map(ids, query_texts)], "qt"),
-            **_flat([(t, np.ones(len(t))) for t in map(ids, chunks)], "ct")}
+    return {
+        "vocab": np.asarray(int(engine.backbone.model.get_output_embeddings().weight.shape[0])),
+        **_flat([(t, np.ones(len(t))) for t in map(ids, query_texts)], "qt"),
+        **_flat([(t, np.ones(len(t))) for t in map(ids, chunks)], "ct"),
+    }
 
 
 def _flat(rows: list, name: str) -> dict[str, np.ndarray]:
-    return {f"{name}_len": np.array([len(r[0]) for r in rows]), f"{name}_ids": np.concatenate([r[0] for r in rows]),
-            f"{name}_w": np.concatenate([r[1] for r in rows]).astype(np.float32)}
+    return {
+        f"{name}_len": np.array([len(r[0]) for r in rows]),
+        f"{name}_ids": np.concatenate([r[0] for r in rows]),
+        f"{name}_w": np.concatenate([r[1] for r in rows]).astype(np.float32),
+    }
 
 
 def fold_map(stem_words: bool) -> np.ndarray:
     """(V,) representative token id of each vocabulary id: tokens spelling the same word up to case and a
     leading space (and, with stem_words, a plural) share the smallest id among them."""
     from lodestar.backbone.loader import BackboneConfig, load_tokenizer
-    from lodestar.text import stem
     from lodestar.services.cli.common import settings
+    from lodestar.text import stem
 
     s = settings()
     tok = load_tokenizer(BackboneConfig(model=s.model, cache_dir=s.cache_dir))
@@ -238,12 +277,22 @@ def cross_validated(rows: list[dict], qids: list[str], family: str, folds: int =
         best = max(rows, key=lambda r: float(r["_per_query"][~inside].mean()))
         held[inside] = best["_per_query"][inside]
         picks.append(best["variant"])
-    return scored(f"cross-validated pick among the {family} variants ({folds} folds: picked on the other "
-                  "folds' queries, scored on the held-out one)", held, picks=picks)
+    return scored(
+        f"cross-validated pick among the {family} variants ({folds} folds: picked on the other "
+        "folds' queries, scored on the held-out one)",
+        held,
+        picks=picks,
+    )
 
 
-def hybrid(args: argparse.Namespace, sides: dict[str, sp.csr_matrix], doc_of: np.ndarray, owner: np.ndarray,
-           judged: list[str], qrels: dict) -> list[dict]:
+def hybrid(
+    args: argparse.Namespace,
+    sides: dict[str, sp.csr_matrix],
+    doc_of: np.ndarray,
+    owner: np.ndarray,
+    judged: list[str],
+    qrels: dict,
+) -> list[dict]:
     """Dense alone and the hybrid of dense with each learned-sparse side (name -> (queries, chunks) scores),
     fused as the engine fuses: each side's top 100 documents by best chunk, then RRF and min-max weighting
     (`retrieve.fusion`)."""
@@ -266,8 +315,12 @@ def hybrid(args: argparse.Namespace, sides: dict[str, sp.csr_matrix], doc_of: np
         sparse = [ranked_docs(row, doc_of, 100) for row in scores.toarray()]
         out.append(scored(f"hybrid with {name}, rrf", score([rrf([d, s]) for d, s in zip(dense, sparse)])))
         for a in (float(x) for x in args.alphas.split(",")):
-            out.append(scored(f"hybrid with {name}, weighted alpha {a}",
-                              score([weighted(d, s, alpha=a) for d, s in zip(dense, sparse)])))
+            out.append(
+                scored(
+                    f"hybrid with {name}, weighted alpha {a}",
+                    score([weighted(d, s, alpha=a) for d, s in zip(dense, sparse)]),
+                )
+            )
     return out
 
 
@@ -277,13 +330,25 @@ def main() -> int:
     ap.add_argument("adapter")
     ap.add_argument("--cache", type=Path, required=True, help="npz of the encoded vectors (written when missing)")
     ap.add_argument("--out", type=Path)
-    ap.add_argument("--fold", default="", help="k/n: score only the queries of fold k (the adapter was trained on the rest)")
-    ap.add_argument("--dense", default="", help="bidirectional dense adapter: also score the hybrid with query_idf (as the engine fuses)")
-    ap.add_argument("--dense-cache", type=Path, help="npz of the dense vectors (written when missing; needed with --dense)")
+    ap.add_argument(
+        "--fold", default="", help="k/n: score only the queries of fold k (the adapter was trained on the rest)"
+    )
+    ap.add_argument(
+        "--dense",
+        default="",
+        help="bidirectional dense adapter: also score the hybrid with query_idf (as the engine fuses)",
+    )
+    ap.add_argument(
+        "--dense-cache", type=Path, help="npz of the dense vectors (written when missing; needed with --dense)"
+    )
     ap.add_argument("--alphas", default="0.3,0.5,0.7", help="weighted-fusion alphas of the hybrid (1 = dense only)")
-    ap.add_argument("--from-collection", type=Path, help="a folder holding one collection the stack indexed (eval beir "
-                    "--work-dir): take the chunk vectors (and with --dense-cache the dense ones) from its store, "
-                    "encode only the queries; `adapter` is then only a label")
+    ap.add_argument(
+        "--from-collection",
+        type=Path,
+        help="a folder holding one collection the stack indexed (eval beir "
+        "--work-dir): take the chunk vectors (and with --dense-cache the dense ones) from its store, "
+        "encode only the queries; `adapter` is then only a label",
+    )
     args = ap.parse_args()
     if args.dense and not args.dense_cache:
         ap.error("--dense needs --dense-cache")
@@ -363,13 +428,17 @@ def main() -> int:
         "query weights x IDF of stored vectors (query_idf)": (Q @ diag(idf_index), D),
         "query weights x IDF^0.5 of stored vectors": (Q @ diag(np.sqrt(idf_index)), D),
         "query weights x IDF^2 of stored vectors": (Q @ diag(idf_index**2), D),
-        "query_idf, expansion terms (not in the query text) at half weight":
-            (0.5 * (Q + own) @ diag(idf_index), D),
-        **{f"query_idf + chunk length normalisation b={b}": (Q @ diag(idf_index), normed(b)) for b in (0.25, 0.5, 0.75)},
+        "query_idf, expansion terms (not in the query text) at half weight": (0.5 * (Q + own) @ diag(idf_index), D),
+        **{
+            f"query_idf + chunk length normalisation b={b}": (Q @ diag(idf_index), normed(b)) for b in (0.25, 0.5, 0.75)
+        },
         "query_idf, chunk weights BM25-saturated k1=1.2 b=0.75": (Q @ diag(idf_index), saturated(1.2, 0.75)),
         "query_idf, chunk weights BM25-saturated k1=4 b=0": (Q @ diag(idf_index), saturated(4.0, 0.0)),
         "query_idf + the query's own tokens at their IDF": ((Q + Qtok) @ diag(idf_index), D),
-        **{f"query_idf, query cut to {k} weights instead of 64": (topk(csr("q"), k) @ diag(idf_index), D) for k in (32, 128, 256)},
+        **{
+            f"query_idf, query cut to {k} weights instead of 64": (topk(csr("q"), k) @ diag(idf_index), D)
+            for k in (32, 128, 256)
+        },
     }
     for stem_words in (False, True):  # one weight per word form: the case and space variants of a token merged
         rep = fold_map(stem_words)
@@ -398,34 +467,64 @@ def main() -> int:
         variants[name] = (fed[name], D)
         for b in (0.25, 0.5):  # both rankings length-normalised, as `length_norm` serves it
             fed[f"{name} + length normalisation b={b}"] = feedback(Q, m, beta, normed(b))
-            variants[f"{name} + chunk length normalisation b={b}"] = (fed[f"{name} + length normalisation b={b}"], normed(b))
+            variants[f"{name} + chunk length normalisation b={b}"] = (
+                fed[f"{name} + length normalisation b={b}"],
+                normed(b),
+            )
     for m, beta in ((3, 0.5), (3, 1.0)):  # the two that each added a little, together
         name = f"query_idf, expansion terms at half weight, + pseudo-relevance feedback (top {m} chunks, beta {beta}, 64 terms)"
         fed[name] = feedback(half, m, beta)
         variants[name] = (fed[name], D)
         variants[f"{name} + chunk length normalisation b=0.25"] = (feedback(half, m, beta, normed(0.25)), normed(0.25))
     results = [scored(name, ndcg(qm, dm)) for name, (qm, dm) in variants.items()]
-    results.append(scored("query_idf, each document one vector (max over its chunks)",
-                          ndcg(Q @ diag(idf_index), whole, np.arange(len(doc_ids)))))
+    results.append(
+        scored(
+            "query_idf, each document one vector (max over its chunks)",
+            ndcg(Q @ diag(idf_index), whole, np.arange(len(doc_ids))),
+        )
+    )
     learned = list(results)
     results.append(cross_validated(learned, scored_ids, "learned-sparse"))
     bm25 = BM25Index()
     bm25.add(np.arange(len(docs), dtype=np.int64), [d.text for d in docs])
     hits = bm25.search([queries[q] for q in scored_ids], 10)
-    results.append(scored("reference: BM25 on whole documents (the stack's bm25 side), same queries",
-                          per_query_ndcg([[docs[i].id for i, _ in h] for h in hits], scored_ids, qrels)))
+    results.append(
+        scored(
+            "reference: BM25 on whole documents (the stack's bm25 side), same queries",
+            per_query_ndcg([[docs[i].id for i, _ in h] for h in hits], scored_ids, qrels),
+        )
+    )
     if args.dense:
+
         def side(name: str) -> sp.csr_matrix:  # the chunks a fed query is scored against
             return normed(float(name.rsplit("b=", 1)[1])) if "length normalisation b=" in name else D
 
-        sides = {"query_idf": (Q @ diag(idf_index), D), "query_idf + length normalisation b=0.5": (Q @ diag(idf_index), normed(0.5))}
+        sides = {
+            "query_idf": (Q @ diag(idf_index), D),
+            "query_idf + length normalisation b=0.5": (Q @ diag(idf_index), normed(0.5)),
+        }
         sides |= {name.replace("pseudo-relevance ", ""): (qm, side(name)) for name, qm in fed.items()}
-        fused = hybrid(args, {name: qm[picked] @ dm.T for name, (qm, dm) in sides.items()}, doc_ids[owner], owner, scored_ids, qrels)
+        fused = hybrid(
+            args,
+            {name: qm[picked] @ dm.T for name, (qm, dm) in sides.items()},
+            doc_ids[owner],
+            owner,
+            scored_ids,
+            qrels,
+        )
         results += fused + [cross_validated(fused[1:], scored_ids, "hybrid")]
     for row in results:
         row.pop("_per_query")
-    report = {"dataset": str(args.beir), "adapter": args.adapter, "fold": args.fold or None, "queries": len(picked), "chunks": n,
-              "variants": results, "encoded": encoded, "seconds": round(time.perf_counter() - t0, 1)}
+    report = {
+        "dataset": str(args.beir),
+        "adapter": args.adapter,
+        "fold": args.fold or None,
+        "queries": len(picked),
+        "chunks": n,
+        "variants": results,
+        "encoded": encoded,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
     text = json.dumps(report, indent=2) + "\n"
     if args.out:
         args.out.write_text(text)

@@ -51,10 +51,21 @@ def main(argv: list[str] | None = None) -> int:
         for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
             t0 = time.perf_counter()
             out = eval_compress(
-                backbone, embedder, args.qa, args.corpus,
-                k=args.k, method=method, n=args.n, calibration=args.calibration, seed=args.seed,
-                retriever=args.retriever, budget_ratio=args.budget_ratio, budget_tokens=args.budget_tokens,
-                threshold=args.threshold, max_new_tokens=args.summary_tokens, engine=engine,
+                backbone,
+                embedder,
+                args.qa,
+                args.corpus,
+                k=args.k,
+                method=method,
+                n=args.n,
+                calibration=args.calibration,
+                seed=args.seed,
+                retriever=args.retriever,
+                budget_ratio=args.budget_ratio,
+                budget_tokens=args.budget_tokens,
+                threshold=args.threshold,
+                max_new_tokens=args.summary_tokens,
+                engine=engine,
                 progress=not args.quiet,
             )
             out["command"] = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
@@ -63,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
             tmp = path.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(out, indent=2) + "\n")
             os.replace(tmp, path)
-            summary = {key: out[key] for key in ("compression_rate", "answer_in_context_kept", "no_context", "full", "compressed")}
+            summary = {
+                key: out[key]
+                for key in ("compression_rate", "answer_in_context_kept", "no_context", "full", "compressed")
+            }
             summary["selective"] = out.get("selective")
             summary["timing"] = out["timing"]
             print(f"{method}: {json.dumps(summary)}\n  -> {path}", flush=True)

@@ -53,8 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--squad", type=Path, default=ROOT.parent / "shared/data/squad/qa.jsonl")
     ap.add_argument("--stdlib", type=Path, default=stdlib_dir(), help="Python source for the code datastore")
-    ap.add_argument("--code-src", type=Path, nargs="*", default=None,
-                    help="folders of held-out Python code for prompts (default: requests, flask, ... in site-packages)")
+    ap.add_argument(
+        "--code-src",
+        type=Path,
+        nargs="*",
+        default=None,
+        help="folders of held-out Python code for prompts (default: requests, flask, ... in site-packages)",
+    )
     ap.add_argument("--datastore-dir", type=Path, default=Path.home() / ".cache/lodestar/datastores")
     ap.add_argument("--workloads", nargs="+", default=["code", "rag"], choices=["code", "rag"])
     ap.add_argument("--n-code", type=int, default=12)
@@ -62,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--code-tokens", type=int, default=128)
     ap.add_argument("--rag-tokens", type=int, default=64)
     ap.add_argument("--max-nodes", type=int, default=None, help="draft tree budget (default: DraftConfig's)")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch intra-op threads; 0 (default) = torch's default (one per core)")
+    ap.add_argument(
+        "--threads", type=int, default=0, help="torch intra-op threads; 0 (default) = torch's default (one per core)"
+    )
     ap.add_argument("--model", default="bundled")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--results", type=Path, default=ROOT / "bench/results")
@@ -76,21 +82,56 @@ def main(argv: list[str] | None = None) -> int:
     draft = DraftConfig() if args.max_nodes is None else replace(DraftConfig(), max_nodes=args.max_nodes)
     config = DecoderConfig(draft=draft)
     env = {
-        "model": backbone.model_id, "torch_dtype": str(backbone.dtype).removeprefix("torch."),
-        "device": str(backbone.device), "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-        "torch": torch.__version__, "draft_config": asdict(draft),
+        "model": backbone.model_id,
+        "torch_dtype": str(backbone.dtype).removeprefix("torch."),
+        "device": str(backbone.device),
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "draft_config": asdict(draft),
     }
 
     def run(name: str, folder: Path, source: Path, store: Datastore, built_s: float, work: Any, target: float) -> None:
         print(f"== {name}: {len(work.prompts)} prompts, datastore {store}", file=sys.stderr)
-        res = eval_specdec(backbone, work.prompts, store, work.passages, work.max_new_tokens, work.chat, config,
-                           progress=not args.quiet)
-        res.update(env, workload=name, datastore={"path": str(folder), "tokens": store.num_tokens,
-                   "docs": store.num_docs, "source": str(source), "build_s": round(built_s, 2)},
-                   prompts=work.info, target_speedup=target)
+        res = eval_specdec(
+            backbone,
+            work.prompts,
+            store,
+            work.passages,
+            work.max_new_tokens,
+            work.chat,
+            config,
+            progress=not args.quiet,
+        )
+        res.update(
+            env,
+            workload=name,
+            datastore={
+                "path": str(folder),
+                "tokens": store.num_tokens,
+                "docs": store.num_docs,
+                "source": str(source),
+                "build_s": round(built_s, 2),
+            },
+            prompts=work.info,
+            target_speedup=target,
+        )
         write_json(args.results / f"specdec_{name}.json", res)
-        print(json.dumps({k: res[k] for k in ("speedup", "decode_speedup", "identical", "mean_accepted_tokens",
-                                             "plain_tokens_per_s", "spec_tokens_per_s")}))
+        print(
+            json.dumps(
+                {
+                    k: res[k]
+                    for k in (
+                        "speedup",
+                        "decode_speedup",
+                        "identical",
+                        "mean_accepted_tokens",
+                        "plain_tokens_per_s",
+                        "spec_tokens_per_s",
+                    )
+                }
+            )
+        )
 
     if "code" in args.workloads:
         folder = args.datastore_dir / "code-stdlib"
@@ -103,7 +144,15 @@ def main(argv: list[str] | None = None) -> int:
     if "rag" in args.workloads:
         folder = args.datastore_dir / "rag-squad"
         store, built_s = open_or_build(folder, lambda: rag_corpus(args.squad), backbone.tokenizer)
-        run("rag", folder, args.squad, store, built_s, rag_workload(args.squad, n=args.n_rag, max_new_tokens=args.rag_tokens), 1.5)
+        run(
+            "rag",
+            folder,
+            args.squad,
+            store,
+            built_s,
+            rag_workload(args.squad, n=args.n_rag, max_new_tokens=args.rag_tokens),
+            1.5,
+        )
     return 0
 
 

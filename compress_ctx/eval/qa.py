@@ -97,16 +97,25 @@ def _scores(answers: list[str], golds: list[list[str]], contexts: list[str]) -> 
 
 
 def _compress_all(
-    engine: CompressionEngine, method: str, questions: list[str], passages: list[list[str]], kwargs: dict[str, Any],
-    progress: bool, label: str,
+    engine: CompressionEngine,
+    method: str,
+    questions: list[str],
+    passages: list[list[str]],
+    kwargs: dict[str, Any],
+    progress: bool,
+    label: str,
 ) -> list[CompressResult]:
     if method == "abstractive":  # one batched generation is much faster than one call per question
         out: list[CompressResult] = []
         bar = _bar(progress, len(questions), f"{label} abstractive")
         step = 4
         for i in range(0, len(questions), step):
-            out += engine.abstractive_many(questions[i : i + step], passages[i : i + step],
-                                           max_new_tokens=kwargs.get("max_new_tokens"), adapter=kwargs.get("adapter", ""))
+            out += engine.abstractive_many(
+                questions[i : i + step],
+                passages[i : i + step],
+                max_new_tokens=kwargs.get("max_new_tokens"),
+                adapter=kwargs.get("adapter", ""),
+            )
             if bar:
                 bar.update(len(questions[i : i + step]))
         if bar:
@@ -181,12 +190,20 @@ def eval_compress(
     calibrate = method == "extractive" and threshold is None and calibration > 0
     items, calib = split_questions(read_qa(qa_file), n, calibration if calibrate else 0, seed)
     kwargs: dict[str, Any] = {
-        "budget_tokens": budget_tokens, "budget_ratio": budget_ratio, "top_n": top_n, "order": order,
-        "options": options, "query_options": query_options,
+        "budget_tokens": budget_tokens,
+        "budget_ratio": budget_ratio,
+        "top_n": top_n,
+        "order": order,
+        "options": options,
+        "query_options": query_options,
     }
     if method == "abstractive":
-        kwargs = {"max_new_tokens": max_new_tokens, "adapter": adapter, "preselect_tokens": engine.config.preselect_tokens,
-                  "min_support": engine.config.min_support}
+        kwargs = {
+            "max_new_tokens": max_new_tokens,
+            "adapter": adapter,
+            "preselect_tokens": engine.config.preselect_tokens,
+            "min_support": engine.config.min_support,
+        }
 
     t0 = time.perf_counter()
     everything = items + calib
@@ -252,19 +269,25 @@ def eval_compress(
                 "lexical_weight": engine.config.lexical_weight,
                 "passage_weight": engine.config.passage_weight,
                 "max_candidates": engine.config.max_candidates,
-            } if method == "extractive" else None,
+            }
+            if method == "extractive"
+            else None,
             "seed": seed,
         },
         "tokens_before": round(float(np.mean([r.tokens_before for r in results])), 1),
         "tokens_after": round(float(np.mean([r.tokens_after for r in results])), 1),
-        "compression_rate": round(sum(r.tokens_after for r in results) / max(1, sum(r.tokens_before for r in results)), 4),
+        "compression_rate": round(
+            sum(r.tokens_after for r in results) / max(1, sum(r.tokens_before for r in results)), 4
+        ),
         "no_context": _scores(ans_none, golds, [""] * len(items)),
         "full": _scores(ans_full, golds, full),
         "compressed": _scores(ans_comp, golds, compressed),
     }
-    out["answer_in_context_kept"] = round(
-        out["compressed"]["answer_in_context"] / out["full"]["answer_in_context"], 4
-    ) if out["full"]["answer_in_context"] else None
+    out["answer_in_context_kept"] = (
+        round(out["compressed"]["answer_in_context"] / out["full"]["answer_in_context"], 4)
+        if out["full"]["answer_in_context"]
+        else None
+    )
     if method == "extractive" and threshold is not None:
         keep = [r.score is not None and r.score >= threshold and r.decision == AUGMENT for r in results]
         ans_sel = [c if kp else nn for c, nn, kp in zip(ans_comp, ans_none, keep)]
@@ -282,7 +305,9 @@ def eval_compress(
         out["faithfulness"] = {
             "summaries": len(faith),
             "supported_ratio": round(float(np.mean([f.supported_ratio for f in faith])), 4) if faith else None,
-            "unsupported_words_per_summary": round(float(np.mean([f.unsupported_words for f in faith])), 2) if faith else None,
+            "unsupported_words_per_summary": round(float(np.mean([f.unsupported_words for f in faith])), 2)
+            if faith
+            else None,
         }
     nq = len(items)
     out["timing"] = {
@@ -297,9 +322,15 @@ def eval_compress(
         "total_s": round(time.perf_counter() - t_start, 1),
     }
     out["examples"] = [
-        {"question": questions[i], "answers": golds[i], "compressed": compressed[i][:400],
-         "full_answer": ans_full[i], "compressed_answer": ans_comp[i], "decision": results[i].decision,
-         "score": None if results[i].score is None else round(results[i].score, 4)}
+        {
+            "question": questions[i],
+            "answers": golds[i],
+            "compressed": compressed[i][:400],
+            "full_answer": ans_full[i],
+            "compressed_answer": ans_comp[i],
+            "decision": results[i].decision,
+            "score": None if (score := results[i].score) is None else round(score, 4),
+        }
         for i in range(min(5, nq))
     ]
     return out

@@ -77,7 +77,9 @@ class Reader:
         ids, mask = ids.to(self.backbone.device), mask.to(self.backbone.device)
         model = self.backbone.model
         with self.backbone.lock, self.backbone.adapters.use(None):
-            hidden = model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state  # (B, T, H)
+            hidden = model.get_decoder()(
+                input_ids=ids, attention_mask=mask, use_cache=False
+            ).last_hidden_state  # (B, T, H)
             # The LM head only where an answer token is predicted: full-vocabulary logits for every
             # prompt position would cost more than the decoder itself.
             starts = [len(r) - len(ans) for r in rows]

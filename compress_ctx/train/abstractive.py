@@ -25,13 +25,13 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from lodestar.backbone import Backbone
 from lodestar.backbone.chat import chat_ids, stop_ids
 from lodestar.backbone.train.loop import LoopConfig, fit
 from lodestar.compress_ctx.abstractive import NOTHING, messages
 from lodestar.compress_ctx.eval.qa import read_qa, retrieve, split_questions
 from lodestar.compress_ctx.eval.reader import Reader
-
 
 
 @dataclass
@@ -75,8 +75,9 @@ def label_summaries(backbone: Backbone, config: Any, path: Path | None, progress
                 for q, p in zip(qs, ps):
                     pre = engine.extractive.compress(q.question, p, budget_tokens=engine.config.preselect_tokens)
                     views.append([pre.text] if pre.text else p)
-                zero = engine.abstractive.compress_many([q.question for q in qs], ps, views=views,
-                                                        max_new_tokens=config.summary_tokens)
+                zero = engine.abstractive.compress_many(
+                    [q.question for q in qs], ps, views=views, max_new_tokens=config.summary_tokens
+                )
                 for q, p, view, z in zip(qs, ps, views, zero):
                     ext = engine.extractive.compress(q.question, p, budget_tokens=config.summary_tokens).text
                     cands = [(c, name) for c, name in ((z.text, "zero-shot"), (ext, "extractive")) if c.strip()]
@@ -150,28 +151,62 @@ def train_abstractive(backbone: Backbone, config: Any) -> dict[str, Any]:
 
     def dev_loss() -> dict[str, float]:
         b = config.batch_questions
-        return {"loss": float(np.mean([float(lm_loss(model, backbone.tokenizer, dev[i : i + b], backbone))
-                                       for i in range(0, len(dev), b)]))}
+        return {
+            "loss": float(
+                np.mean(
+                    [float(lm_loss(model, backbone.tokenizer, dev[i : i + b], backbone)) for i in range(0, len(dev), b)]
+                )
+            )
+        }
 
-    result = fit(peft_model, optimizer, step_loss, dev_loss, LoopConfig(
-        out_dir=out, steps=total, eval_every=config.eval_every, checkpoint_every=config.checkpoint_every,
-        patience=config.patience, resume=config.resume, progress=config.progress, desc="train abstractive",
-    ))
+    result = fit(
+        peft_model,
+        optimizer,
+        step_loss,
+        dev_loss,
+        LoopConfig(
+            out_dir=out,
+            steps=total,
+            eval_every=config.eval_every,
+            checkpoint_every=config.checkpoint_every,
+            patience=config.patience,
+            resume=config.resume,
+            progress=config.progress,
+            desc="train abstractive",
+        ),
+    )
     sources = {s: sum(e.source == s for e in train + dev) for s in ("zero-shot", "extractive", "nothing")}
-    card = {
+    card: dict[str, Any] = {
         "kind": "abstractive",
         "base_model": backbone.model_id,
         "torch_dtype": str(backbone.dtype).replace("torch.", ""),
         "objective": "RECOMP abstractive: target = the candidate summary (own zero-shot summary, or best extractive "
         "sentences) that most raises the reader's gold-answer log-likelihood over closed-book by min_gain, else "
         f"{NOTHING!r}; causal-LM loss on the reply",
-        "data": {"qa_file": str(config.qa_file), "corpus": str(config.corpus), "train_questions": len(train),
-                 "dev_questions": len(dev), "k": config.k, "targets": sources, "min_gain": config.min_gain,
-                 "summary_tokens": config.summary_tokens},
-        "lora": {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
-                 "target_modules": list(config.target_modules)},
-        "training": {**result.summary(steps_per_epoch), "planned_steps": total, "epochs": config.epochs,
-                     "lr": config.lr, "batch_questions": config.batch_questions, "seed": config.seed},
+        "data": {
+            "qa_file": str(config.qa_file),
+            "corpus": str(config.corpus),
+            "train_questions": len(train),
+            "dev_questions": len(dev),
+            "k": config.k,
+            "targets": sources,
+            "min_gain": config.min_gain,
+            "summary_tokens": config.summary_tokens,
+        },
+        "lora": {
+            "r": config.lora_r,
+            "alpha": config.lora_alpha,
+            "dropout": config.lora_dropout,
+            "target_modules": list(config.target_modules),
+        },
+        "training": {
+            **result.summary(steps_per_epoch),
+            "planned_steps": total,
+            "epochs": config.epochs,
+            "lr": config.lr,
+            "batch_questions": config.batch_questions,
+            "seed": config.seed,
+        },
         "adapter": str(out / "adapter"),
         "use": "Compress(method='abstractive', adapter=<this folder>/adapter)",
         "seconds": round(time.perf_counter() - t0, 1),

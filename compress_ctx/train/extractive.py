@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from lodestar.backbone import Backbone
 from lodestar.backbone.train.loop import LoopConfig, fit, lora_model, seed_everything
 from lodestar.compress_ctx.eval.qa import read_qa, retrieve, split_questions
@@ -36,7 +37,6 @@ from lodestar.compress_ctx.lexical import coverage_scores
 from lodestar.compress_ctx.sentences import split_sentences
 from lodestar.embed.train.data import split
 from lodestar.embed.train.encoder import TrainEncoder
-
 from lodestar.errors import InvalidInput
 
 TRAINABLE_MODES = ("mean", "last", "prompteol", "echo")  # causal: the scorer serves in these modes
@@ -119,8 +119,13 @@ def label_examples(
                     answer = q.answers[0]
                     scores = reader.answer_logprob(q.question, ["", *cands], answer)  # closed book first
                     best = int(np.argmax(scores[1:]))
-                    ex = Example(q.question, answer, cands[best], [c for i, c in enumerate(cands) if i != best],
-                                 float(scores[1 + best] - scores[0]))
+                    ex = Example(
+                        q.question,
+                        answer,
+                        cands[best],
+                        [c for i, c in enumerate(cands) if i != best],
+                        float(scores[1 + best] - scores[0]),
+                    )
                     done[q.id] = ex
                     if out is not None:
                         out.write(json.dumps({"id": q.id, **asdict(ex)}, ensure_ascii=False) + "\n")
@@ -169,7 +174,9 @@ def _dev(encoder: TrainEncoder, dev: list[Example], config: TrainConfig) -> tupl
     return float(np.mean(losses)), float(np.mean(accs))
 
 
-def start_run(backbone: Backbone, config: Any, label: Any, labels_file: str) -> tuple[Path, list[Any], list[Any], Any, Any]:
+def start_run(
+    backbone: Backbone, config: Any, label: Any, labels_file: str
+) -> tuple[Path, list[Any], list[Any], Any, Any]:
     """What both compressor trainers begin with: the out folder, the seed, labelled examples (cached in
     `labels_file`, resumable), the train/dev split, a LoRA model and its optimizer."""
     out = Path(config.out_dir)
@@ -179,7 +186,9 @@ def start_run(backbone: Backbone, config: Any, label: Any, labels_file: str) -> 
     if len(examples) < 4:
         raise InvalidInput(f"only {len(examples)} questions could be labelled; need at least 4 (raise questions)")
     train, dev = split(examples, config.dev_fraction, config.seed, max_dev=len(examples))
-    peft_model = lora_model(backbone.model, config.lora_r, config.lora_alpha, config.lora_dropout, config.target_modules)
+    peft_model = lora_model(
+        backbone.model, config.lora_r, config.lora_alpha, config.lora_dropout, config.target_modules
+    )
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=config.lr)
     return out, train, dev, peft_model, optimizer
 
@@ -201,8 +210,14 @@ def train_compressor(backbone: Backbone, config: TrainConfig) -> dict[str, Any]:
     out, train, dev, peft_model, optimizer = start_run(backbone, config, label_examples, "labels.jsonl")
     if config.mode not in TRAINABLE_MODES:
         raise InvalidInput(f"mode {config.mode!r} cannot be trained here: valid are {', '.join(TRAINABLE_MODES)}")
-    encoder = TrainEncoder(peft_model.base_model.model, backbone.tokenizer, config.mode, config.prompt,
-                           config.instruction, config.max_tokens)
+    encoder = TrainEncoder(
+        peft_model.base_model.model,
+        backbone.tokenizer,
+        config.mode,
+        config.prompt,
+        config.instruction,
+        config.max_tokens,
+    )
     steps_per_epoch = math.ceil(len(train) / config.batch_questions)
     total = steps_per_epoch * config.epochs
 
@@ -218,11 +233,23 @@ def train_compressor(backbone: Backbone, config: TrainConfig) -> dict[str, Any]:
         loss, acc = _dev(encoder, dev, config)
         return {"loss": loss, "acc": acc}
 
-    result = fit(peft_model, optimizer, step_loss, dev_loss, LoopConfig(
-        out_dir=out, steps=total, eval_every=config.eval_every, checkpoint_every=config.checkpoint_every,
-        patience=config.patience, resume=config.resume, progress=config.progress, desc="train compressor",
-        max_grad_norm=0.0,
-    ))
+    result = fit(
+        peft_model,
+        optimizer,
+        step_loss,
+        dev_loss,
+        LoopConfig(
+            out_dir=out,
+            steps=total,
+            eval_every=config.eval_every,
+            checkpoint_every=config.checkpoint_every,
+            patience=config.patience,
+            resume=config.resume,
+            progress=config.progress,
+            desc="train compressor",
+            max_grad_norm=0.0,
+        ),
+    )
     state, stopped_early, resumed_from = result.state, result.stopped_early, result.resumed_from
 
     devs = [h for h in state.history if "dev_loss" in h]
@@ -234,19 +261,41 @@ def train_compressor(backbone: Backbone, config: TrainConfig) -> dict[str, Any]:
         "torch_dtype": str(backbone.dtype).replace("torch.", ""),
         "objective": "RECOMP extractive: positive = sentence that most raises the reader's gold-answer "
         "log-likelihood; InfoNCE with own and in-batch negatives",
-        "data": {"qa_file": str(config.qa_file), "corpus": str(config.corpus), "train_questions": len(train),
-                 "dev_questions": len(dev), "k": config.k, "candidates_per_question": config.max_candidates,
-                 "mean_positive_gain": round(float(np.mean([e.gain for e in train + dev])), 4)},
+        "data": {
+            "qa_file": str(config.qa_file),
+            "corpus": str(config.corpus),
+            "train_questions": len(train),
+            "dev_questions": len(dev),
+            "k": config.k,
+            "candidates_per_question": config.max_candidates,
+            "mean_positive_gain": round(float(np.mean([e.gain for e in train + dev])), 4),
+        },
         "embedding": {"mode": config.mode, "prompt": config.prompt, "instruction": config.instruction},
-        "lora": {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
-                 "target_modules": list(config.target_modules)},
-        "training": {"steps": state.step, "planned_steps": total, "epochs": config.epochs, "lr": config.lr,
-                     "batch_questions": config.batch_questions, "temperature": config.temperature,
-                     "seed": config.seed, "stopped_early": stopped_early, "resumed_from_step": resumed_from,
-                     "train_loss_first": round(float(np.mean(trains[:window])), 4) if trains else None,
-                     "train_loss_last": round(float(np.mean(trains[-window:])), 4) if trains else None},
-        "dev": {"loss_before": devs[0]["dev_loss"] if devs else None, "acc_before": devs[0]["dev_acc"] if devs else None,
-                "best_loss": state.best_dev, "acc_at_best": next((h["dev_acc"] for h in devs if h["dev_loss"] == state.best_dev), None)},
+        "lora": {
+            "r": config.lora_r,
+            "alpha": config.lora_alpha,
+            "dropout": config.lora_dropout,
+            "target_modules": list(config.target_modules),
+        },
+        "training": {
+            "steps": state.step,
+            "planned_steps": total,
+            "epochs": config.epochs,
+            "lr": config.lr,
+            "batch_questions": config.batch_questions,
+            "temperature": config.temperature,
+            "seed": config.seed,
+            "stopped_early": stopped_early,
+            "resumed_from_step": resumed_from,
+            "train_loss_first": round(float(np.mean(trains[:window])), 4) if trains else None,
+            "train_loss_last": round(float(np.mean(trains[-window:])), 4) if trains else None,
+        },
+        "dev": {
+            "loss_before": devs[0]["dev_loss"] if devs else None,
+            "acc_before": devs[0]["dev_acc"] if devs else None,
+            "best_loss": state.best_dev,
+            "acc_at_best": next((h["dev_acc"] for h in devs if h["dev_loss"] == state.best_dev), None),
+        },
         "adapter": str(out / "adapter"),
         "seconds": round(time.perf_counter() - t0, 1),
     }

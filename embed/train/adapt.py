@@ -41,10 +41,16 @@ QUERY_PROMPT = "Write a search query for this passage.\n\n{passage}"
 # topical queries in the passage's own words ("how does a algorithm for variable-length proper name
 # compression work").
 QUERY_SHOTS = (
-    ("Effects of drought on wheat yields. Field trials over three seasons show that yields fell by 30% when "
-     "rainfall was below 200 mm, with late-sown varieties hit hardest.", "how does drought affect wheat yields"),
-    ("Lithium-ion battery ageing at high temperature. Cells cycled at 45 C lost capacity twice as fast as cells "
-     "at 25 C, mainly through growth of the solid electrolyte interphase.", "why do lithium-ion batteries age faster when hot"),
+    (
+        "Effects of drought on wheat yields. Field trials over three seasons show that yields fell by 30% when "
+        "rainfall was below 200 mm, with late-sown varieties hit hardest.",
+        "how does drought affect wheat yields",
+    ),
+    (
+        "Lithium-ion battery ageing at high temperature. Cells cycled at 45 C lost capacity twice as fast as cells "
+        "at 25 C, mainly through growth of the solid electrolyte interphase.",
+        "why do lithium-ion batteries age faster when hot",
+    ),
 )
 
 
@@ -52,7 +58,10 @@ def query_messages(passage: str) -> list[dict[str, str]]:
     """The few-shot chat that asks the backbone for one search query for `passage`."""
     messages = []
     for shot, query in QUERY_SHOTS:
-        messages += [{"role": "user", "content": QUERY_PROMPT.format(passage=shot)}, {"role": "assistant", "content": query}]
+        messages += [
+            {"role": "user", "content": QUERY_PROMPT.format(passage=shot)},
+            {"role": "assistant", "content": query},
+        ]
     return messages + [{"role": "user", "content": QUERY_PROMPT.format(passage=passage)}]
 
 
@@ -102,7 +111,7 @@ def read_corpus(path: Path) -> list[tuple[str, str]]:
 def untitled(title: str, text: str) -> str:
     """`text` without a leading copy of `title` (Cranfield's abstracts repeat it), else unchanged."""
     if title and text.lower().startswith(title.lower()):
-        return text[len(title):].lstrip(" .:;-\n")
+        return text[len(title) :].lstrip(" .:;-\n")
     return text
 
 
@@ -155,7 +164,9 @@ def _shot_terms() -> tuple[frozenset[str], ...]:
     return tuple(frozenset(analyze(f"{shot} {q}")) for shot, q in QUERY_SHOTS)
 
 
-def synthetic_queries(backbone: Backbone, docs: list[tuple[str, str]], cfg: AdaptConfig, path: Path) -> list[dict[str, Any]]:
+def synthetic_queries(
+    backbone: Backbone, docs: list[tuple[str, str]], cfg: AdaptConfig, path: Path
+) -> list[dict[str, Any]]:
     """One generated question per sampled passage; resumable through `path` (jsonl). Only the
     usable ones come back: degenerate (`clean_question`) or not about their passage (`grounded`)."""
     done: dict[str, dict[str, Any]] = {}
@@ -175,7 +186,9 @@ def synthetic_queries(backbone: Backbone, docs: list[tuple[str, str]], cfg: Adap
         for s in range(0, len(todo), 8):
             chunk = todo[s : s + 8]
             prompts = [chat_ids(backbone, query_messages(p)) for _, p in chunk]
-            for (doc_id, passage), g in zip(chunk, generate(backbone, prompts, cfg.question_tokens, newline_stops=True)):
+            for (doc_id, passage), g in zip(
+                chunk, generate(backbone, prompts, cfg.question_tokens, newline_stops=True)
+            ):
                 row = {"id": doc_id, "passage": passage, "query": clean_question(g.text)}
                 done[doc_id] = row
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -184,10 +197,14 @@ def synthetic_queries(backbone: Backbone, docs: list[tuple[str, str]], cfg: Adap
                 bar.update(len(chunk))
     if bar:
         bar.close()
-    return [done[i] for i, _ in picked if i in done and done[i]["query"] and grounded(done[i]["query"], done[i]["passage"])]
+    return [
+        done[i] for i, _ in picked if i in done and done[i]["query"] and grounded(done[i]["query"], done[i]["passage"])
+    ]
 
 
-def with_hard_negatives(rows: list[dict[str, Any]], docs: list[tuple[str, str]], tokenizer: Any, cfg: AdaptConfig) -> list[Triplet]:
+def with_hard_negatives(
+    rows: list[dict[str, Any]], docs: list[tuple[str, str]], tokenizer: Any, cfg: AdaptConfig
+) -> list[Triplet]:
     """(query, source passage, best BM25 passage that is not the source)."""
     from lodestar.retrieve.bm25 import BM25Index
 
@@ -222,32 +239,70 @@ def adapt(load: Callable[[], Backbone], cfg: AdaptConfig, command: str = "") -> 
         rows = synthetic_queries(backbone, docs, cfg, out / "synthetic.jsonl")
     triplets = with_hard_negatives(rows, docs, backbone.tokenizer, cfg)
     if len(triplets) < 8:
-        raise InvalidInput(f"only {len(triplets)} usable {'titled documents' if cfg.queries == 'title' else 'synthetic queries'}; "
-                           "give a larger corpus or raise --passages")
+        raise InvalidInput(
+            f"only {len(triplets)} usable {'titled documents' if cfg.queries == 'title' else 'synthetic queries'}; "
+            "give a larger corpus or raise --passages"
+        )
     path = out / "triplets.jsonl"
-    path.write_text("".join(json.dumps({"query": t.query, "positive": t.positive, "negatives": list(t.negatives)},
-                                       ensure_ascii=False) + "\n" for t in triplets))
+    path.write_text(
+        "".join(
+            json.dumps({"query": t.query, "positive": t.positive, "negatives": list(t.negatives)}, ensure_ascii=False)
+            + "\n"
+            for t in triplets
+        )
+    )
     cards: dict[str, Any] = {}
     for kind in cfg.kinds:
         run = replace(cfg.run, out_dir=out / kind)
         bb = backbone if not cards else load()  # each kind trains its own LoRA on a clean model
         if kind == "dense":
-            cards[kind] = train_bidirectional(bb, BidirectionalConfig(
-                run=run, triplets=path, stages=("supervised",), mode=cfg.dense_mode, supervised_steps=cfg.steps,
-                supervised_batch=cfg.batch * 4, supervised_lr=cfg.lr, init_adapter=cfg.dense_init, max_tokens=cfg.max_passage_tokens,
-            ), command)
+            cards[kind] = train_bidirectional(
+                bb,
+                BidirectionalConfig(
+                    run=run,
+                    triplets=path,
+                    stages=("supervised",),
+                    mode=cfg.dense_mode,
+                    supervised_steps=cfg.steps,
+                    supervised_batch=cfg.batch * 4,
+                    supervised_lr=cfg.lr,
+                    init_adapter=cfg.dense_init,
+                    max_tokens=cfg.max_passage_tokens,
+                ),
+                command,
+            )
         else:
-            cards[kind] = train_sparse(bb, SparseConfig(
-                run=run, mode=cfg.sparse_mode, steps=cfg.steps, batch=cfg.batch, lr=cfg.lr, init_adapter=cfg.sparse_init,
-                max_tokens=cfg.max_passage_tokens,
-            ), triplets, command)
+            cards[kind] = train_sparse(
+                bb,
+                SparseConfig(
+                    run=run,
+                    mode=cfg.sparse_mode,
+                    steps=cfg.steps,
+                    batch=cfg.batch,
+                    lr=cfg.lr,
+                    init_adapter=cfg.sparse_init,
+                    max_tokens=cfg.max_passage_tokens,
+                ),
+                triplets,
+                command,
+            )
     card = {
-        "kind": "adapt", "corpus": str(cfg.corpus), "queries": cfg.queries, "passages_sampled": min(cfg.passages, len(docs)),
-        "synthetic_queries": len(rows), "triplets": len(triplets), "kinds": list(cfg.kinds),
-        "adapters": {k: str(out / k / "adapter") for k in cfg.kinds}, "command": command,
+        "kind": "adapt",
+        "corpus": str(cfg.corpus),
+        "queries": cfg.queries,
+        "passages_sampled": min(cfg.passages, len(docs)),
+        "synthetic_queries": len(rows),
+        "triplets": len(triplets),
+        "kinds": list(cfg.kinds),
+        "adapters": {k: str(out / k / "adapter") for k in cfg.kinds},
+        "command": command,
         "seconds": round(time.perf_counter() - t0, 1),
-        "note": "no labels used: " + ("queries are the documents' own titles, positives their text without it"
-                                      if cfg.queries == "title" else "queries are written by the backbone for the corpus's own passages"),
+        "note": "no labels used: "
+        + (
+            "queries are the documents' own titles, positives their text without it"
+            if cfg.queries == "title"
+            else "queries are written by the backbone for the corpus's own passages"
+        ),
     }
     (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     return card

@@ -106,8 +106,9 @@ def mntp_loss(enc: TrainEncoder, texts: list[str], ratio: float, mask_id: int, g
     lengths = torch.tensor([len(e) for e in items], device=dev)
     mask = attention_mask(lengths, T, True)
     positions = torch.arange(T, device=dev)[None, :].expand(B, T)
-    hidden = enc.model.get_decoder()(input_ids=masked_ids.to(dev), attention_mask=mask, position_ids=positions,
-                                     use_cache=False).last_hidden_state  # (B, T, H)
+    hidden = enc.model.get_decoder()(
+        input_ids=masked_ids.to(dev), attention_mask=mask, position_ids=positions, use_cache=False
+    ).last_hidden_state  # (B, T, H)
     rows = torch.tensor([r for r, _, _ in targets], device=dev)
     before = torch.tensor([p - 1 for _, p, _ in targets], device=dev)
     gold = torch.tensor([t for _, _, t in targets], device=dev)
@@ -120,7 +121,9 @@ def simcse_loss(enc: TrainEncoder, texts: list[str], temperature: float) -> tupl
     return info_nce(enc.dense(texts), enc.dense(texts), temperature)
 
 
-def supervised_loss(enc: TrainEncoder, pairs: list[Pair], triplets: list[Triplet], cfg: BidirectionalConfig) -> torch.Tensor:
+def supervised_loss(
+    enc: TrainEncoder, pairs: list[Pair], triplets: list[Triplet], cfg: BidirectionalConfig
+) -> torch.Tensor:
     losses = []
     if pairs:
         a, b = enc.dense([p.a for p in pairs]), enc.dense([p.b for p in pairs])
@@ -164,24 +167,37 @@ def train_bidirectional(backbone: Backbone, cfg: BidirectionalConfig, command: s
         return lambda: {"loss": -pair_spearman(enc, dev_pairs), "spearman": pair_spearman(enc, dev_pairs)}
 
     if "mntp" in planned:
+
         def make_mntp() -> Any:
             enc = encoder()
 
             def step(s: int) -> tuple[torch.Tensor, dict[str, float]]:
                 gen = random.Random(run.seed * 1_000_003 + s)
-                return mntp_loss(enc, batches(train_sents, cfg.mntp_batch, s, run.seed), cfg.mask_ratio, mask_id, gen), {}
+                return mntp_loss(
+                    enc, batches(train_sents, cfg.mntp_batch, s, run.seed), cfg.mask_ratio, mask_id, gen
+                ), {}
 
             def dev() -> dict[str, float]:
                 gen = random.Random(run.seed)  # the same masks every evaluation
                 chunks = [dev_sents[i : i + cfg.mntp_batch] for i in range(0, len(dev_sents), cfg.mntp_batch)]
-                return {"loss": float(sum(float(mntp_loss(enc, c, cfg.mask_ratio, mask_id, gen)) for c in chunks) / len(chunks))}
+                return {
+                    "loss": float(
+                        sum(float(mntp_loss(enc, c, cfg.mask_ratio, mask_id, gen)) for c in chunks) / len(chunks)
+                    )
+                }
 
             return step, dev
 
-        stages.stage("mntp", cfg.mntp_steps, cfg.mntp_lr, make_mntp,
-                     {"sentences": len(train_sents), "mask_ratio": cfg.mask_ratio, "batch": cfg.mntp_batch})
+        stages.stage(
+            "mntp",
+            cfg.mntp_steps,
+            cfg.mntp_lr,
+            make_mntp,
+            {"sentences": len(train_sents), "mask_ratio": cfg.mask_ratio, "batch": cfg.mntp_batch},
+        )
 
     if "simcse" in planned:
+
         def make_simcse() -> Any:
             enc = encoder()
 
@@ -201,11 +217,21 @@ def train_bidirectional(backbone: Backbone, cfg: BidirectionalConfig, command: s
 
             return step, dev
 
-        stages.stage("simcse", cfg.simcse_steps, cfg.simcse_lr, make_simcse,
-                     {"sentences": len(train_sents), "batch": cfg.simcse_batch, "dropout": cfg.simcse_dropout,
-                      "temperature": cfg.temperature})
+        stages.stage(
+            "simcse",
+            cfg.simcse_steps,
+            cfg.simcse_lr,
+            make_simcse,
+            {
+                "sentences": len(train_sents),
+                "batch": cfg.simcse_batch,
+                "dropout": cfg.simcse_dropout,
+                "temperature": cfg.temperature,
+            },
+        )
 
     if "supervised" in planned:
+
         def make_supervised() -> Any:
             enc = encoder()
             n_t = max(1, cfg.supervised_batch // 4)
@@ -223,14 +249,31 @@ def train_bidirectional(backbone: Backbone, cfg: BidirectionalConfig, command: s
 
             return step, dev
 
-        stages.stage("supervised", cfg.supervised_steps, cfg.supervised_lr, make_supervised,
-                     {"pairs": len(pairs), "triplets": len(triplets), "batch": cfg.supervised_batch,
-                      "loss": ("cosent" if pairs else "") + ("+infonce" if triplets else "")})
+        stages.stage(
+            "supervised",
+            cfg.supervised_steps,
+            cfg.supervised_lr,
+            make_supervised,
+            {
+                "pairs": len(pairs),
+                "triplets": len(triplets),
+                "batch": cfg.supervised_batch,
+                "loss": ("cosent" if pairs else "") + ("+infonce" if triplets else ""),
+            },
+        )
 
-    return stages.finish("bidirectional", {
-        "mode": cfg.mode,
-        "data": {"corpus": [str(p) for p in cfg.corpus], "pairs": str(cfg.pairs or ""), "triplets": str(cfg.triplets or ""),
-                 "dev_pairs": str(cfg.dev_pairs or ("held out from pairs" if cfg.pairs else "")),
-                 "dev_pairs_count": len(dev_pairs)},
-        "use": f"mode={cfg.mode}, adapter=<this folder>/adapter",
-    }, command)
+    return stages.finish(
+        "bidirectional",
+        {
+            "mode": cfg.mode,
+            "data": {
+                "corpus": [str(p) for p in cfg.corpus],
+                "pairs": str(cfg.pairs or ""),
+                "triplets": str(cfg.triplets or ""),
+                "dev_pairs": str(cfg.dev_pairs or ("held out from pairs" if cfg.pairs else "")),
+                "dev_pairs_count": len(dev_pairs),
+            },
+            "use": f"mode={cfg.mode}, adapter=<this folder>/adapter",
+        },
+        command,
+    )

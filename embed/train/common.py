@@ -112,8 +112,13 @@ class Stages:
         self.peft_model = lora_model(base, lo.r, lo.alpha, lo.dropout, lo.target_modules, init_from)
 
     def stage(
-        self, name: str, steps: int, lr: float,
-        make: Callable[[], tuple[Callable[[int], tuple[torch.Tensor, dict[str, float]]], Callable[[], dict[str, float]]]],
+        self,
+        name: str,
+        steps: int,
+        lr: float,
+        make: Callable[
+            [], tuple[Callable[[int], tuple[torch.Tensor, dict[str, float]]], Callable[[], dict[str, float]]]
+        ],
         info: dict[str, Any],
     ) -> dict[str, Any]:
         """Run stage `name` (or reuse it when done): `make()` builds (step_loss, dev_loss) once the
@@ -134,12 +139,30 @@ class Stages:
         step_loss, dev_loss = make()
         optimizer = torch.optim.AdamW([p for p in self.peft_model.parameters() if p.requires_grad], lr=lr)
         r = self.run
-        result: LoopResult = fit(self.peft_model, optimizer, step_loss, dev_loss, LoopConfig(
-            out_dir=folder, steps=steps, eval_every=r.eval_every, checkpoint_every=r.eval_every, patience=r.patience,
-            resume=r.resume, progress=r.progress, desc=f"train {name}",
-        ))
-        report = {"stage": name, "lr": lr, "planned_steps": steps, **info, **result.summary(r.eval_every),
-                  "dev": result.dev[-1] if result.dev else None}
+        result: LoopResult = fit(
+            self.peft_model,
+            optimizer,
+            step_loss,
+            dev_loss,
+            LoopConfig(
+                out_dir=folder,
+                steps=steps,
+                eval_every=r.eval_every,
+                checkpoint_every=r.eval_every,
+                patience=r.patience,
+                resume=r.resume,
+                progress=r.progress,
+                desc=f"train {name}",
+            ),
+        )
+        report = {
+            "stage": name,
+            "lr": lr,
+            "planned_steps": steps,
+            **info,
+            **result.summary(r.eval_every),
+            "dev": result.dev[-1] if result.dev else None,
+        }
         done.write_text(json.dumps(report, indent=2) + "\n")
         self.last_adapter = folder / "adapter"  # the next stage starts from this stage's best weights
         self.reports.append(report)
@@ -147,8 +170,9 @@ class Stages:
 
     def finish(self, kind: str, extra: dict[str, Any], command: str = "") -> dict[str, Any]:
         """Copy the last stage's best adapter to <out>/adapter and write card.json + README.md."""
-        assert self.last_adapter is not None
-        atomic_dir(self.out / "adapter", lambda tmp: shutil.copytree(self.last_adapter, tmp, dirs_exist_ok=True))
+        adapter = self.last_adapter
+        assert adapter is not None
+        atomic_dir(self.out / "adapter", lambda tmp: shutil.copytree(adapter, tmp, dirs_exist_ok=True))
         card = {
             "kind": kind,
             "base_model": self.backbone.model_id,
@@ -168,9 +192,15 @@ class Stages:
             lines += [f"Use: {extra['use']}", ""]
         if command:
             lines += ["Reproduce:", "", "```bash", command, "```", ""]
-        lines += [f"Training data licence: {self.run.data_licence or 'not stated'}", "", "| stage | steps | dev before | dev best |",
-                  "|---|---|---|---|"]
+        lines += [
+            f"Training data licence: {self.run.data_licence or 'not stated'}",
+            "",
+            "| stage | steps | dev before | dev best |",
+            "|---|---|---|---|",
+        ]
         for s in self.reports:
-            lines.append(f"| {s['stage']} | {s['steps']} of {s['planned_steps']} | {s.get('dev_loss_before')} | {s.get('dev_loss_best')} |")
+            lines.append(
+                f"| {s['stage']} | {s['steps']} of {s['planned_steps']} | {s.get('dev_loss_before')} | {s.get('dev_loss_best')} |"
+            )
         (self.out / "README.md").write_text("\n".join(lines) + "\n")
         return card

@@ -56,8 +56,9 @@ def _texts_of(path: Path) -> Iterable[str]:
             yield line
 
 
-def read_sentences(paths: Iterable[Path], limit: int = 0, min_words: int = 4, max_words: int = 64,
-                   seed: int = 0) -> list[str]:
+def read_sentences(
+    paths: Iterable[Path], limit: int = 0, min_words: int = 4, max_words: int = 64, seed: int = 0
+) -> list[str]:
     """Distinct sentences (split on sentence ends) of `min_words`..`max_words` words, shuffled."""
     seen: dict[str, None] = {}
     for path in paths:

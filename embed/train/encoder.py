@@ -17,8 +17,9 @@ TRAINABLE_MODES = ("mean", "last", "prompteol", "echo", "bidirectional")  # toke
 
 
 class TrainEncoder:
-    def __init__(self, model: Any, tokenizer: Any, mode: str, prompt: str = "", instruction: str = "",
-                 max_tokens: int = 128) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, mode: str, prompt: str = "", instruction: str = "", max_tokens: int = 128
+    ) -> None:
         if mode not in TRAINABLE_MODES:
             raise InvalidInput(f"mode {mode!r} cannot be trained: valid are {', '.join(TRAINABLE_MODES)}")
         self.model = model  # a *ForCausalLM with LoRA layers injected (peft_model.base_model.model)
@@ -46,7 +47,9 @@ class TrainEncoder:
         dev = self.device
         mask = attention_mask(lengths.to(dev), T, self.mode.bidirectional)
         positions = torch.arange(T, device=dev)[None, :].expand(B, T)
-        out = self.model.get_decoder()(input_ids=ids.to(dev), attention_mask=mask, position_ids=positions, use_cache=False)
+        out = self.model.get_decoder()(
+            input_ids=ids.to(dev), attention_mask=mask, position_ids=positions, use_cache=False
+        )
         return out.last_hidden_state  # (B, T, H)
 
     def dense(self, texts: list[str]) -> torch.Tensor:

@@ -44,7 +44,9 @@ class SparseConfig:
     init_adapter: Path | None = None  # continue from an adapter (e.g. `lodestar adapt` from a base one)
 
 
-def sparse_loss(enc: TrainEncoder, batch: list[Triplet], lam_q: float, lam_d: float) -> tuple[torch.Tensor, dict[str, float]]:
+def sparse_loss(
+    enc: TrainEncoder, batch: list[Triplet], lam_q: float, lam_d: float
+) -> tuple[torch.Tensor, dict[str, float]]:
     q = enc.sparse([t.query for t in batch])  # (B, V)
     docs = [t.positive for t in batch] + [n for t in batch for n in t.negatives]
     d = enc.sparse(docs)  # (N, V)
@@ -52,14 +54,23 @@ def sparse_loss(enc: TrainEncoder, batch: list[Triplet], lam_q: float, lam_d: fl
     target = torch.arange(len(batch), device=scores.device)
     rank = F.cross_entropy(scores, target)
     reg = lam_q * flops(q) + lam_d * flops(d)
-    stats = {"rank_loss": float(rank.detach()), "q_nnz": float((q > 0).sum(1).float().mean()),
-             "d_nnz": float((d > 0).sum(1).float().mean()),
-             "acc": float((scores.argmax(1) == target).float().mean())}
+    stats = {
+        "rank_loss": float(rank.detach()),
+        "q_nnz": float((q > 0).sum(1).float().mean()),
+        "d_nnz": float((d > 0).sum(1).float().mean()),
+        "acc": float((scores.argmax(1) == target).float().mean()),
+    }
     return rank + reg, stats
 
 
-def train_sparse(backbone: Backbone, cfg: SparseConfig, triplets: list[Triplet] | None = None, command: str = "",
-                 stage: str = "sparse", stages: Stages | None = None) -> dict[str, Any]:
+def train_sparse(
+    backbone: Backbone,
+    cfg: SparseConfig,
+    triplets: list[Triplet] | None = None,
+    command: str = "",
+    stage: str = "sparse",
+    stages: Stages | None = None,
+) -> dict[str, Any]:
     """Train (or continue) the SPLADE adapter; returns the card. `triplets` overrides cfg.triplets."""
     run = cfg.run
     seed_everything(run.seed)
@@ -82,19 +93,35 @@ def train_sparse(backbone: Backbone, cfg: SparseConfig, triplets: list[Triplet] 
         def dev_loss() -> dict[str, float]:
             parts = [sparse_loss(enc, dev[i : i + cfg.batch], 0.0, 0.0) for i in range(0, len(dev), cfg.batch)]
             n = len(parts)
-            return {"loss": sum(float(p[0]) for p in parts) / n,
-                    **{k: sum(p[1][k] for p in parts) / n for k in ("acc", "q_nnz", "d_nnz")}}
+            return {
+                "loss": sum(float(p[0]) for p in parts) / n,
+                **{k: sum(p[1][k] for p in parts) / n for k in ("acc", "q_nnz", "d_nnz")},
+            }
 
         return step, dev_loss
 
-    stages.stage(stage, cfg.steps, cfg.lr, make, {
-        "triplets": len(train), "batch": cfg.batch, "lambda_q": cfg.lambda_q, "lambda_d": cfg.lambda_d, "mode": cfg.mode,
-    })
+    stages.stage(
+        stage,
+        cfg.steps,
+        cfg.lr,
+        make,
+        {
+            "triplets": len(train),
+            "batch": cfg.batch,
+            "lambda_q": cfg.lambda_q,
+            "lambda_d": cfg.lambda_d,
+            "mode": cfg.mode,
+        },
+    )
     if not own:
         return {}
-    return stages.finish("sparse", {
-        "mode": cfg.mode,
-        "data": {"triplets": str(cfg.triplets or "given"), "train": len(train), "dev": len(dev)},
-        "use": f"collection sparse='learned', sparse_mode='{cfg.mode}', sparse_adapter=<this folder>/adapter; "
-               f"or Embed with mode={cfg.mode}, sparse on, adapter=<this folder>/adapter",
-    }, command)
+    return stages.finish(
+        "sparse",
+        {
+            "mode": cfg.mode,
+            "data": {"triplets": str(cfg.triplets or "given"), "train": len(train), "dev": len(dev)},
+            "use": f"collection sparse='learned', sparse_mode='{cfg.mode}', sparse_adapter=<this folder>/adapter; "
+            f"or Embed with mode={cfg.mode}, sparse on, adapter=<this folder>/adapter",
+        },
+        command,
+    )

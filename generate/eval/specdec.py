@@ -7,21 +7,22 @@ hits both alike; the speedup is the ratio of summed wall times, prefill included
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from lodestar.backbone import Backbone
 from lodestar.generate.datastore import Datastore
 from lodestar.generate.decoder import DecoderConfig, SpeculativeDecoder
-from lodestar.generate.types import GenerationParams, GenerationResult
 
 # Re-exported: the benchmark workloads live beside the evaluation.
 from lodestar.generate.eval.workloads import Workload, code_workload, rag_workload  # noqa: F401
+from lodestar.generate.types import GenerationParams, GenerationResult
 
 
-def _timed(decoder: SpeculativeDecoder, prompt: str | Sequence[int], params: GenerationParams,
-           passages: Sequence[str] | None) -> tuple[GenerationResult, float]:
+def _timed(
+    decoder: SpeculativeDecoder, prompt: str | Sequence[int], params: GenerationParams, passages: Sequence[str] | None
+) -> tuple[GenerationResult, float]:
     t = time.perf_counter()
     res = decoder.generate(prompt, params, passages)
     return res, time.perf_counter() - t
@@ -45,7 +46,9 @@ def eval_specdec(
         raise ValueError(f"passages must have one entry per prompt ({len(prompts)}); got {len(passages)}")
     decoder = SpeculativeDecoder(backbone, datastore, config)
     plain = GenerationParams(max_new_tokens=max_new_tokens, speculative=False, chat=chat)
-    spec = GenerationParams(max_new_tokens=max_new_tokens, speculative=True, chat=chat, self_draft_layers=self_draft_layers)
+    spec = GenerationParams(
+        max_new_tokens=max_new_tokens, speculative=True, chat=chat, self_draft_layers=self_draft_layers
+    )
     if warmup and prompts:  # first forwards allocate and pick kernels: keep them out of the timing
         p0 = passages[0] if passages else None
         decoder.generate(prompts[0], GenerationParams(max_new_tokens=4, speculative=False, chat=chat))
@@ -64,24 +67,28 @@ def eval_specdec(
         else:
             s, ts = _timed(decoder, prompt, spec, ps)
             a, ta = _timed(decoder, prompt, plain, ps)
-        rows.append({
-            "prompt_tokens": s.stats.prompt_tokens,
-            "generated_tokens": len(s.token_ids),
-            "identical": a.token_ids == s.token_ids,
-            "plain_s": round(ta, 4),
-            "spec_s": round(ts, 4),
-            "plain_decode_s": round(a.stats.decode_s, 4),
-            "spec_decode_s": round(s.stats.decode_s, 4),
-            "steps": s.stats.steps,
-            "decode_tokens": sum(s.stats.tokens_per_step),
-            "draft_tokens": s.stats.draft_tokens,
-            "accepted_draft_tokens": s.stats.accepted_draft_tokens,
-            "draft_s": round(s.stats.draft_s, 4),
-            "speedup": round(ta / ts, 4) if ts > 0 else None,
-        })
+        rows.append(
+            {
+                "prompt_tokens": s.stats.prompt_tokens,
+                "generated_tokens": len(s.token_ids),
+                "identical": a.token_ids == s.token_ids,
+                "plain_s": round(ta, 4),
+                "spec_s": round(ts, 4),
+                "plain_decode_s": round(a.stats.decode_s, 4),
+                "spec_decode_s": round(s.stats.decode_s, 4),
+                "steps": s.stats.steps,
+                "decode_tokens": sum(s.stats.tokens_per_step),
+                "draft_tokens": s.stats.draft_tokens,
+                "accepted_draft_tokens": s.stats.accepted_draft_tokens,
+                "draft_s": round(s.stats.draft_s, 4),
+                "speedup": round(ta / ts, 4) if ts > 0 else None,
+            }
+        )
         if bar:
             bar.update(1)
-            bar.set_postfix(speedup=f"{sum(r['plain_s'] for r in rows) / max(sum(r['spec_s'] for r in rows), 1e-9):.2f}")
+            bar.set_postfix(
+                speedup=f"{sum(r['plain_s'] for r in rows) / max(sum(r['spec_s'] for r in rows), 1e-9):.2f}"
+            )
     if bar:
         bar.close()
     plain_s = sum(r["plain_s"] for r in rows)

@@ -66,8 +66,10 @@ def _function_openings(path: Path, context_lines: int, min_body_lines: int) -> l
         if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
         body = node.body
-        if not (body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant)
-                and isinstance(body[0].value.value, str)):
+        first = body[0] if body else None
+        if not (
+            isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)
+        ):
             continue
         doc_end = body[0].end_lineno or body[0].lineno
         if (node.end_lineno or 0) - doc_end < min_body_lines:
@@ -78,8 +80,13 @@ def _function_openings(path: Path, context_lines: int, min_body_lines: int) -> l
 
 
 def code_workload(
-    sources: Sequence[str | Path] | None = None, n: int = 16, seed: int = 0, context_lines: int = 24,
-    min_body_lines: int = 6, max_new_tokens: int = 128, corpus_text: str | None = None,
+    sources: Sequence[str | Path] | None = None,
+    n: int = 16,
+    seed: int = 0,
+    context_lines: int = 24,
+    min_body_lines: int = 6,
+    max_new_tokens: int = 128,
+    corpus_text: str | None = None,
 ) -> Workload:
     """Function-completion prompts from `sources` (default: held-out third-party packages).
 
@@ -109,10 +116,20 @@ def code_workload(
             break
     if not prompts:
         raise InvalidInput(f"no usable function openings found under {[str(f) for f in folders]}")
-    return Workload("code", prompts, None, False, max_new_tokens, {
-        "sources": [str(f) for f in folders], "origins": origins, "dropped_verbatim_in_corpus": verbatim,
-        "context_lines": context_lines, "seed": seed,
-    })
+    return Workload(
+        "code",
+        prompts,
+        None,
+        False,
+        max_new_tokens,
+        {
+            "sources": [str(f) for f in folders],
+            "origins": origins,
+            "dropped_verbatim_in_corpus": verbatim,
+            "context_lines": context_lines,
+            "seed": seed,
+        },
+    )
 
 
 def read_squad(path: str | Path) -> list[dict[str, Any]]:

@@ -20,10 +20,14 @@ from lodestar.retrieve.types import CollectionConfig, Document, SearchRequest
 
 def read_beir(folder: Path, split: str = "test") -> tuple[list[Document], dict[str, str], dict[str, dict[str, int]]]:
     """-> (corpus documents (title + text), queries {id: text}, qrels {qid: {doc_id: gain}})."""
-    corpus_file, queries_file, qrels_file = folder / "corpus.jsonl", folder / "queries.jsonl", folder / "qrels" / f"{split}.tsv"
-    for f in (corpus_file, queries_file, qrels_file):
-        if not f.is_file():
-            raise InvalidInput(f"{folder} is not a BEIR folder: {f.relative_to(folder)} is missing")
+    corpus_file, queries_file, qrels_file = (
+        folder / "corpus.jsonl",
+        folder / "queries.jsonl",
+        folder / "qrels" / f"{split}.tsv",
+    )
+    for path in (corpus_file, queries_file, qrels_file):
+        if not path.is_file():
+            raise InvalidInput(f"{folder} is not a BEIR folder: {path.relative_to(folder)} is missing")
     docs = []
     with open(corpus_file, encoding="utf-8") as f:
         for line in f:
@@ -85,7 +89,9 @@ def index_key(docs: list[Document], config: CollectionConfig, embedder: Any) -> 
     for name in (config.adapter, config.sparse_adapter):
         if name and backbone is not None:
             _, folder = backbone.adapters.resolve(name)
-            weights += [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(Path(folder).glob("adapter_model.*"))]
+            weights += [
+                (f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(Path(folder).glob("adapter_model.*"))
+            ]
     meta = {"config": dataclasses.asdict(config), "model": str(getattr(backbone, "model_id", "")), "adapters": weights}
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
@@ -119,13 +125,18 @@ def eval_beir(
     config = config or CollectionConfig(name="eval")
     kinds = {"dense": "dense", "bm25": "sparse", "sparse": "sparse", "hybrid": "hybrid"}
     if "bm25" in retrievers and config.sparse != "bm25":
-        raise InvalidInput(f"retriever bm25 needs the collection's sparse side to be bm25 (it is {config.sparse!r}); use 'sparse'")
+        raise InvalidInput(
+            f"retriever bm25 needs the collection's sparse side to be bm25 (it is {config.sparse!r}); use 'sparse'"
+        )
     for r in retrievers:
         if r not in kinds:
             raise InvalidInput(f"unknown retriever {r!r}: valid are {', '.join(kinds)}")
     dataset = folder.name if folder.name != "beir" else folder.parent.name
-    place: Any = (contextlib.nullcontext(Path(work_dir) / f"{dataset}-{index_key(docs, config, embedder)}") if work_dir
-                  else tempfile.TemporaryDirectory(prefix="lodestar-eval-"))
+    place: Any = (
+        contextlib.nullcontext(Path(work_dir) / f"{dataset}-{index_key(docs, config, embedder)}")
+        if work_dir
+        else tempfile.TemporaryDirectory(prefix="lodestar-eval-")
+    )
     with place as root:
         engine = RetrievalEngine(Path(root), embedder)
         try:
@@ -161,35 +172,45 @@ def eval_beir(
                 learned = retriever in ("sparse", "hybrid") and config.sparse == "learned"
                 fb, b = (feedback, length_norm) if learned else ((0, 1.0), 0.0)
                 request = SearchRequest(
-                    queries=[queries[q] for q in judged], k=100, retriever=kinds[retriever], fusion=fusion or "rrf", alpha=alpha,
-                    feedback_chunks=fb[0], feedback_weight=fb[1], length_norm=b,
+                    queries=[queries[q] for q in judged],
+                    k=100,
+                    retriever=kinds[retriever],
+                    fusion=fusion or "rrf",
+                    alpha=alpha,
+                    feedback_chunks=fb[0],
+                    feedback_weight=fb[1],
+                    length_norm=b,
                 )
                 results = engine.search(config.name, request)
                 search_s = time.perf_counter() - t0
                 ndcg = [ndcg_at([h.id for h in hits], qrels[q]) for q, hits in zip(judged, results)]
                 recall = [recall_at([h.id for h in hits], qrels[q]) for q, hits in zip(judged, results)]
-                out.append({
-                    "dataset": dataset,
-                    "retriever": retriever,
-                    "mode": config.mode,
-                    "sparse": config.sparse if retriever in ("sparse", "bm25", "hybrid") else None,
-                    "sparse_adapter": config.sparse_adapter or None,
-                    "query_idf": config.query_idf if config.sparse == "learned" and retriever in ("sparse", "hybrid") else None,
-                    "feedback": list(fb) if fb[0] else None,
-                    "length_norm": b or None,
-                    "adapter": config.adapter or None,
-                    "index": config.index,
-                    "fusion": fusion or None,
-                    "alpha": alpha if fusion == "weighted" else None,
-                    "ndcg@10": round(sum(ndcg) / len(ndcg), 4),
-                    "recall@100": round(sum(recall) / len(recall), 4),
-                    "queries": len(judged),
-                    "documents": len(docs),
-                    "index_s": round(index_s, 2),
-                    "reused_documents": reused,
-                    "search_s": round(search_s, 3),
-                    "per_query_ms": round(1000 * search_s / max(1, len(judged)), 2),
-                })
+                out.append(
+                    {
+                        "dataset": dataset,
+                        "retriever": retriever,
+                        "mode": config.mode,
+                        "sparse": config.sparse if retriever in ("sparse", "bm25", "hybrid") else None,
+                        "sparse_adapter": config.sparse_adapter or None,
+                        "query_idf": config.query_idf
+                        if config.sparse == "learned" and retriever in ("sparse", "hybrid")
+                        else None,
+                        "feedback": list(fb) if fb[0] else None,
+                        "length_norm": b or None,
+                        "adapter": config.adapter or None,
+                        "index": config.index,
+                        "fusion": fusion or None,
+                        "alpha": alpha if fusion == "weighted" else None,
+                        "ndcg@10": round(sum(ndcg) / len(ndcg), 4),
+                        "recall@100": round(sum(recall) / len(recall), 4),
+                        "queries": len(judged),
+                        "documents": len(docs),
+                        "index_s": round(index_s, 2),
+                        "reused_documents": reused,
+                        "search_s": round(search_s, 3),
+                        "per_query_ms": round(1000 * search_s / max(1, len(judged)), 2),
+                    }
+                )
         finally:
             engine.close()
     return out

@@ -7,7 +7,14 @@ the IndexService servicer and the Celery worker and dispatcher.
 from __future__ import annotations
 
 from lodestar.retrieve.jobs.chunks import ChunkSource, ChunkWork, Commit, merge, prepare_each, run_chunk, split
-from lodestar.retrieve.jobs.manager import IN_PROCESS, Dispatcher, InProcessDispatcher, JobManager, JobsConfig, check_staged
+from lodestar.retrieve.jobs.manager import (
+    IN_PROCESS,
+    Dispatcher,
+    InProcessDispatcher,
+    JobManager,
+    JobsConfig,
+    check_staged,
+)
 from lodestar.retrieve.jobs.store import (
     DB_NAME,
     MAX_LINE,
@@ -25,8 +32,30 @@ from lodestar.retrieve.jobs.store import (
 )
 
 __all__ = [
-    "DB_NAME", "IN_PROCESS", "MAX_LINE", "MAX_MESSAGE_CHARS", "MAX_WORKER_CHARS", "TERMINAL",
-    "ChunkSource", "ChunkWork", "Commit", "Dispatcher", "InProcessDispatcher", "JobError", "JobInfo", "JobManager",
-    "JobStore", "JobsConfig", "StagedChunk",
-    "check_line", "check_staged", "check_worker", "clip", "merge", "parse_line", "prepare_each", "run_chunk", "split",
+    "DB_NAME",
+    "IN_PROCESS",
+    "MAX_LINE",
+    "MAX_MESSAGE_CHARS",
+    "MAX_WORKER_CHARS",
+    "TERMINAL",
+    "ChunkSource",
+    "ChunkWork",
+    "Commit",
+    "Dispatcher",
+    "InProcessDispatcher",
+    "JobError",
+    "JobInfo",
+    "JobManager",
+    "JobStore",
+    "JobsConfig",
+    "StagedChunk",
+    "check_line",
+    "check_staged",
+    "check_worker",
+    "clip",
+    "merge",
+    "parse_line",
+    "prepare_each",
+    "run_chunk",
+    "split",
 ]

@@ -72,8 +72,9 @@ def merge(parts: list[Prepared], dim: int) -> Prepared:
     )
 
 
-def prepare_each(embedder: Embedder, cfg: CollectionConfig, dim: int, docs: list[Document], lines: list[int]
-                 ) -> tuple[Prepared, list[int], list[JobError]]:
+def prepare_each(
+    embedder: Embedder, cfg: CollectionConfig, dim: int, docs: list[Document], lines: list[int]
+) -> tuple[Prepared, list[int], list[JobError]]:
     """Prepare documents together; if that fails, one by one, keeping the failures as errors."""
     try:
         return prepare(embedder, cfg, dim, docs), list(lines), []
@@ -99,7 +100,9 @@ def run_chunk(source: ChunkSource, embedder: Embedder, job_id: str, idx: int, wo
     assert work.config is not None
     model = str(getattr(getattr(embedder, "backbone", None), "model_id", ""))
     if work.model and model and work.model != model:
-        raise InvalidInput(f"this worker runs model {model!r}; collection {work.collection!r} is embedded with {work.model!r}")
+        raise InvalidInput(
+            f"this worker runs model {model!r}; collection {work.collection!r} is embedded with {work.model!r}"
+        )
     prepared, lines, errors = prepare_each(embedder, work.config, work.dim, work.docs, work.lines)
     source.commit(Commit(job_id, idx, prepared, lines, errors, worker, model))
     return {"job": job_id, "chunk": idx, "written": len(prepared.docs), "errors": len(errors)}

@@ -9,6 +9,7 @@ dispatched again after `requeue_after_s`; a chunk already done is skipped; write
 
 from __future__ import annotations
 
+import builtins
 import logging
 import math
 import queue
@@ -62,11 +63,15 @@ def check_staged(staged: Any, c: Commit) -> None:
     for line, doc in zip(c.lines, c.prepared.docs):
         mine = by_line.get(line)
         if mine is None or (mine.id, mine.text, mine.metadata) != (doc.id, doc.text, doc.metadata):
-            raise InvalidInput(f"{where}: line {line} ({doc.id[:80]!r}) is not a document this chunk staged "
-                               "(commit the documents FetchChunk returned, unchanged)")
+            raise InvalidInput(
+                f"{where}: line {line} ({doc.id[:80]!r}) is not a document this chunk staged "
+                "(commit the documents FetchChunk returned, unchanged)"
+            )
     for e in c.errors:
         if e.line not in by_line:
-            raise InvalidInput(f"{where}: error for line {e.line}, which this chunk does not hold (lines {staged.lines[:3]}...)")
+            raise InvalidInput(
+                f"{where}: error for line {e.line}, which this chunk does not hold (lines {staged.lines[:3]}...)"
+            )
 
 
 class InProcessDispatcher:
@@ -111,10 +116,17 @@ class JobManager:
     With `config.broker_url` chunks go to `remote(config)` (the transport's dispatcher, e.g. Celery);
     without, this process runs them with `embedder`."""
 
-    def __init__(self, retrieval: RetrievalEngine, embedder: Embedder, config: JobsConfig,
-                 remote: Callable[[JobsConfig], Dispatcher] | None = None) -> None:
+    def __init__(
+        self,
+        retrieval: RetrievalEngine,
+        embedder: Embedder,
+        config: JobsConfig,
+        remote: Callable[[JobsConfig], Dispatcher] | None = None,
+    ) -> None:
         if config.broker_url and remote is None:
-            raise ValueError("jobs with a broker_url need a remote dispatcher (the server passes services.worker.CeleryDispatcher)")
+            raise ValueError(
+                "jobs with a broker_url need a remote dispatcher (the server passes services.worker.CeleryDispatcher)"
+            )
         self.retrieval = retrieval
         self.config = config
         self.store = JobStore(Path(config.data_dir) / DB_NAME, retrieval.limits)
@@ -223,7 +235,7 @@ class JobManager:
     def list(self, limit: int = 100) -> list[JobInfo]:
         return self.store.list(limit)
 
-    def errors(self, job_id: str, limit: int = 1000) -> list[JobError]:
+    def errors(self, job_id: str, limit: int = 1000) -> builtins.list[JobError]:
         return self.store.errors(job_id, limit)
 
     def cancel(self, job_id: str) -> JobInfo:

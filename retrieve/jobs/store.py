@@ -18,6 +18,7 @@ writing is an upsert by id, so even a chunk run twice writes nothing twice.
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 import threading
@@ -236,22 +237,40 @@ class JobStore:
                 if parsed is None:
                     continue
                 if isinstance(parsed, JobError):
-                    db.execute("INSERT INTO job_errors VALUES (?,?,?,?)", (job_id, parsed.line, parsed.doc_id, parsed.message))
+                    db.execute(
+                        "INSERT INTO job_errors VALUES (?,?,?,?)", (job_id, parsed.line, parsed.doc_id, parsed.message)
+                    )
                     continue
                 cur = db.execute(
                     "INSERT OR IGNORE INTO job_docs VALUES (?,?,?,?,?,?)",
-                    (job_id, documents // chunk_docs, number, parsed.id, parsed.text,
-                     json.dumps(parsed.metadata, ensure_ascii=False, separators=(",", ":"))),
+                    (
+                        job_id,
+                        documents // chunk_docs,
+                        number,
+                        parsed.id,
+                        parsed.text,
+                        json.dumps(parsed.metadata, ensure_ascii=False, separators=(",", ":")),
+                    ),
                 )
                 if cur.rowcount == 0:
-                    first = db.execute("SELECT line FROM job_docs WHERE job_id = ? AND doc_id = ?", (job_id, parsed.id)).fetchone()[0]
-                    db.execute("INSERT INTO job_errors VALUES (?,?,?,?)", (
-                        job_id, number, parsed.id,
-                        f"line {number} (id {parsed.id[:80]!r}): id repeats line {first}; the first one is indexed"))
+                    first = db.execute(
+                        "SELECT line FROM job_docs WHERE job_id = ? AND doc_id = ?", (job_id, parsed.id)
+                    ).fetchone()[0]
+                    db.execute(
+                        "INSERT INTO job_errors VALUES (?,?,?,?)",
+                        (
+                            job_id,
+                            number,
+                            parsed.id,
+                            f"line {number} (id {parsed.id[:80]!r}): id repeats line {first}; the first one is indexed",
+                        ),
+                    )
                     continue
                 documents += 1
-            db.execute("UPDATE jobs SET documents = ?, lines = ?, updated_at = ? WHERE id = ?",
-                       (documents, last_line, time.time(), job_id))
+            db.execute(
+                "UPDATE jobs SET documents = ?, lines = ?, updated_at = ? WHERE id = ?",
+                (documents, last_line, time.time(), job_id),
+            )
 
     def seal(self, job_id: str) -> JobInfo:
         """End the upload: chunks are created pending and the job runs (done at once when empty)."""
@@ -286,7 +305,9 @@ class JobStore:
             job = self._db.execute("SELECT collection, state FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if job is None:
                 raise NotFound(f"no job {job_id!r}")
-            row = self._db.execute("SELECT state FROM job_chunks WHERE job_id = ? AND idx = ?", (job_id, idx)).fetchone()
+            row = self._db.execute(
+                "SELECT state FROM job_chunks WHERE job_id = ? AND idx = ?", (job_id, idx)
+            ).fetchone()
             if row is None:
                 raise NotFound(f"job {job_id} has no chunk {idx}")
             docs, lines = [], []
@@ -311,15 +332,19 @@ class JobStore:
     def mark_pending(self, job_id: str, idxs: list[int]) -> None:
         """Dispatch failed (broker down): the chunks wait for the next dispatch round."""
         with self._tx() as db:
-            db.executemany("UPDATE job_chunks SET state = 'pending' WHERE job_id = ? AND idx = ? AND state = 'queued'",
-                           [(job_id, i) for i in idxs])
+            db.executemany(
+                "UPDATE job_chunks SET state = 'pending' WHERE job_id = ? AND idx = ? AND state = 'queued'",
+                [(job_id, i) for i in idxs],
+            )
 
     def due(self, stale_after_s: float, job_id: str | None = None) -> dict[str, list[int]]:
         """Chunks of running jobs to dispatch: pending ones, and queued ones older than
         `stale_after_s` (their message was lost with a broker, or their worker died)."""
         cutoff = time.time() - stale_after_s
-        sql = ("SELECT c.job_id, c.idx FROM job_chunks c JOIN jobs j ON j.id = c.job_id WHERE j.state = 'running' "
-               "AND (c.state = 'pending' OR (c.state = 'queued' AND c.queued_at < ?))")
+        sql = (
+            "SELECT c.job_id, c.idx FROM job_chunks c JOIN jobs j ON j.id = c.job_id WHERE j.state = 'running' "
+            "AND (c.state = 'pending' OR (c.state = 'queued' AND c.queued_at < ?))"
+        )
         args: list[object] = [cutoff]
         if job_id is not None:
             sql += " AND c.job_id = ?"
@@ -340,9 +365,13 @@ class JobStore:
             if row[0] == "done":
                 return False
             now = time.time()
-            db.execute("UPDATE job_chunks SET state = 'done', written = ?, done_at = ?, worker = ? WHERE job_id = ? AND idx = ?",
-                       (written, now, worker, job_id, idx))
-            db.executemany("INSERT INTO job_errors VALUES (?,?,?,?)", [(job_id, e.line, e.doc_id, e.message) for e in errors])
+            db.execute(
+                "UPDATE job_chunks SET state = 'done', written = ?, done_at = ?, worker = ? WHERE job_id = ? AND idx = ?",
+                (written, now, worker, job_id, idx),
+            )
+            db.executemany(
+                "INSERT INTO job_errors VALUES (?,?,?,?)", [(job_id, e.line, e.doc_id, e.message) for e in errors]
+            )
             db.execute("UPDATE jobs SET written = written + ?, updated_at = ? WHERE id = ?", (written, now, job_id))
             self._maybe_finish(db, job_id)
         return True
@@ -350,21 +379,26 @@ class JobStore:
     def fail_chunk(self, job_id: str, idx: int, message: str, worker: str = "") -> None:
         """A chunk that kept failing after its retries: the job goes on, and ends 'failed'."""
         with self._tx() as db:
-            db.execute("UPDATE job_chunks SET state = 'failed', message = ?, worker = ? WHERE job_id = ? AND idx = ? AND state != 'done'",
-                       (message[:MAX_MESSAGE_CHARS], worker, job_id, idx))
+            db.execute(
+                "UPDATE job_chunks SET state = 'failed', message = ?, worker = ? WHERE job_id = ? AND idx = ? AND state != 'done'",
+                (message[:MAX_MESSAGE_CHARS], worker, job_id, idx),
+            )
             db.execute("UPDATE jobs SET updated_at = ? WHERE id = ?", (time.time(), job_id))
             self._maybe_finish(db, job_id)
 
     def _maybe_finish(self, db: sqlite3.Connection, job_id: str) -> None:
         open_, failed = db.execute(
-            "SELECT SUM(state IN ('pending', 'queued')), SUM(state = 'failed') FROM job_chunks WHERE job_id = ?", (job_id,)
+            "SELECT SUM(state IN ('pending', 'queued')), SUM(state = 'failed') FROM job_chunks WHERE job_id = ?",
+            (job_id,),
         ).fetchone()
         if open_:
             return
         state = "failed" if failed else "done"
         message = f"{failed} chunk(s) failed; `lodestar jobs resume` retries them" if failed else ""
-        db.execute("UPDATE jobs SET state = ?, finished_at = ?, updated_at = ?, message = ? WHERE id = ? AND state = 'running'",
-                   (state, time.time(), time.time(), message, job_id))
+        db.execute(
+            "UPDATE jobs SET state = ?, finished_at = ?, updated_at = ?, message = ? WHERE id = ? AND state = 'running'",
+            (state, time.time(), time.time(), message, job_id),
+        )
         if state == "done":  # the staged copy is no longer needed
             db.execute("DELETE FROM job_docs WHERE job_id = ?", (job_id,))
 
@@ -374,8 +408,10 @@ class JobStore:
         with self._tx() as db:
             state = self._state(db, job_id)
             if state in ("staging", "running"):
-                db.execute("UPDATE jobs SET state = 'cancelled', finished_at = ?, updated_at = ?, message = ? WHERE id = ?",
-                           (time.time(), time.time(), "cancelled; `lodestar jobs resume` continues it", job_id))
+                db.execute(
+                    "UPDATE jobs SET state = 'cancelled', finished_at = ?, updated_at = ?, message = ? WHERE id = ?",
+                    (time.time(), time.time(), "cancelled; `lodestar jobs resume` continues it", job_id),
+                )
         return self.get(job_id)
 
     def resume(self, job_id: str) -> JobInfo:
@@ -386,16 +422,22 @@ class JobStore:
             if state == "staging":
                 raise InvalidInput(f"job {job_id} is still being uploaded")
             if state != "done":
-                db.execute("UPDATE job_chunks SET state = 'pending', message = '', attempts = 0 WHERE job_id = ? AND state != 'done'",
-                           (job_id,))
-                db.execute("UPDATE jobs SET state = 'running', finished_at = NULL, message = '', updated_at = ? WHERE id = ?",
-                           (time.time(), job_id))
+                db.execute(
+                    "UPDATE job_chunks SET state = 'pending', message = '', attempts = 0 WHERE job_id = ? AND state != 'done'",
+                    (job_id,),
+                )
+                db.execute(
+                    "UPDATE jobs SET state = 'running', finished_at = NULL, message = '', updated_at = ? WHERE id = ?",
+                    (time.time(), job_id),
+                )
                 self._maybe_finish(db, job_id)
         return self.get(job_id)
 
     def attempts(self, job_id: str, idx: int) -> int:
         with self._lock:
-            row = self._db.execute("SELECT attempts FROM job_chunks WHERE job_id = ? AND idx = ?", (job_id, idx)).fetchone()
+            row = self._db.execute(
+                "SELECT attempts FROM job_chunks WHERE job_id = ? AND idx = ?", (job_id, idx)
+            ).fetchone()
         return int(row[0]) if row else 0
 
     def requeue_all(self) -> None:
@@ -415,28 +457,53 @@ class JobStore:
         with self._lock:
             row = self._db.execute(
                 "SELECT id, collection, source, state, lines, documents, written, created_at, updated_at, finished_at, message "
-                "FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                "FROM jobs WHERE id = ?",
+                (job_id,),
+            ).fetchone()
             if row is None:
                 raise NotFound(f"no job {job_id!r} (`lodestar jobs` lists them)")
             chunks, done, failed, processed = self._db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(state = 'done'), 0), COALESCE(SUM(state = 'failed'), 0), "
                 "COALESCE(SUM(CASE WHEN state IN ('done', 'failed') THEN docs ELSE 0 END), 0) FROM job_chunks WHERE job_id = ?",
-                (job_id,)).fetchone()
+                (job_id,),
+            ).fetchone()
             errors = self._db.execute("SELECT COUNT(*) FROM job_errors WHERE job_id = ?", (job_id,)).fetchone()[0]
-            workers = dict(self._db.execute(
-                "SELECT worker, COUNT(*) FROM job_chunks WHERE job_id = ? AND state = 'done' GROUP BY worker", (job_id,)).fetchall())
+            workers = dict(
+                self._db.execute(
+                    "SELECT worker, COUNT(*) FROM job_chunks WHERE job_id = ? AND state = 'done' GROUP BY worker",
+                    (job_id,),
+                ).fetchall()
+            )
         jid, collection, source, state, lines, documents, written, created, updated, finished, message = row
-        return JobInfo(jid, collection, source, state, lines, documents, chunks, done, failed, written, errors,
-                       created, updated, finished, message, workers, processed)
+        return JobInfo(
+            jid,
+            collection,
+            source,
+            state,
+            lines,
+            documents,
+            chunks,
+            done,
+            failed,
+            written,
+            errors,
+            created,
+            updated,
+            finished,
+            message,
+            workers,
+            processed,
+        )
 
     def list(self, limit: int = 100) -> list[JobInfo]:
         with self._lock:
             ids = [r[0] for r in self._db.execute("SELECT id FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,))]
         return [self.get(i) for i in ids]
 
-    def errors(self, job_id: str, limit: int = 1000) -> list[JobError]:
+    def errors(self, job_id: str, limit: int = 1000) -> builtins.list[JobError]:
         with self._lock:
             self._state(self._db, job_id)
-            rows = self._db.execute("SELECT line, doc_id, message FROM job_errors WHERE job_id = ? ORDER BY line LIMIT ?",
-                                    (job_id, limit)).fetchall()
+            rows = self._db.execute(
+                "SELECT line, doc_id, message FROM job_errors WHERE job_id = ? ORDER BY line LIMIT ?", (job_id, limit)
+            ).fetchall()
         return [JobError(*r) for r in rows]

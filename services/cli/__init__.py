@@ -11,7 +11,6 @@ import json
 import sys
 
 import lodestar
-
 from lodestar.errors import LodestarError
 from lodestar.services.cli import (
     compress_cmds,
@@ -49,6 +48,7 @@ def _server_after_command(parser: argparse.ArgumentParser) -> None:
     """Let every command take --server too (`lodestar search q -c docs --server h:1`); given there,
     it overrides the global one, which stays the default."""
     for action in parser._subparsers._group_actions if parser._subparsers else ():  # noqa: SLF001 (argparse has no public walk)
+        assert isinstance(action, argparse._SubParsersAction)  # noqa: SLF001 (what _subparsers holds)
         for child in action.choices.values():
             if child._subparsers:  # noqa: SLF001
                 _server_after_command(child)

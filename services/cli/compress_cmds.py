@@ -31,23 +31,51 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     abstractive = args.method == "abstractive"
     scorer_adapter = None if abstractive else args.adapter
-    scorer = {k: v for k, v in (("mode", args.mode), ("adapter", scorer_adapter), ("instruction", args.instruction),
-                                ("prompt", args.prompt)) if v}
-    query_side = {k: v for k, v in (("mode", args.query_mode), ("prompt", args.query_prompt),
-                                    ("instruction", args.query_instruction), ("adapter", args.query_adapter)) if v}
+    scorer = {
+        k: v
+        for k, v in (
+            ("mode", args.mode),
+            ("adapter", scorer_adapter),
+            ("instruction", args.instruction),
+            ("prompt", args.prompt),
+        )
+        if v
+    }
+    query_side = {
+        k: v
+        for k, v in (
+            ("mode", args.query_mode),
+            ("prompt", args.query_prompt),
+            ("instruction", args.query_instruction),
+            ("adapter", args.query_adapter),
+        )
+        if v
+    }
     with Client(args.server, timeout=600) as c:
         res = c.compress(
-            args.query, _passages(args), method=args.method, budget_tokens=args.budget_tokens,
-            budget_ratio=args.budget_ratio, top_n=args.top_n, order=args.order, selective=args.selective,
-            threshold=args.threshold, max_new_tokens=args.max_new_tokens, sentence_options=scorer or None,
-            adapter=args.adapter if abstractive else None, query_options=query_side or None,
+            args.query,
+            _passages(args),
+            method=args.method,
+            budget_tokens=args.budget_tokens,
+            budget_ratio=args.budget_ratio,
+            top_n=args.top_n,
+            order=args.order,
+            selective=args.selective,
+            threshold=args.threshold,
+            max_new_tokens=args.max_new_tokens,
+            sentence_options=scorer or None,
+            adapter=args.adapter if abstractive else None,
+            query_options=query_side or None,
         )
     if args.json:
         print(json.dumps(asdict(res) | {"compression_rate": res.compression_rate}))
         return 0
     print(res.text if res.text else f"(no context: {res.reason})")
-    print(f"-- {res.method}, {res.decision}: {res.tokens_before} -> {res.tokens_after} tokens "
-          f"({res.compression_rate:.1%}); {res.reason}", flush=True)
+    print(
+        f"-- {res.method}, {res.decision}: {res.tokens_before} -> {res.tokens_after} tokens "
+        f"({res.compression_rate:.1%}); {res.reason}",
+        flush=True,
+    )
     return 0
 
 
@@ -65,10 +93,22 @@ def cmd_eval_compress(args: argparse.Namespace) -> int:
     backbone, embedder = _backbone_and_embedder(args)
     try:
         out = eval_compress(
-            backbone, embedder, Path(args.qa), Path(args.corpus), k=args.k, method=args.method, n=args.n,
-            calibration=args.calibration, seed=args.seed, retriever=args.retriever, budget_ratio=args.budget_ratio,
-            budget_tokens=args.budget_tokens, threshold=args.threshold, max_new_tokens=args.max_new_tokens,
-            adapter=args.adapter or "", progress=not args.quiet,
+            backbone,
+            embedder,
+            Path(args.qa),
+            Path(args.corpus),
+            k=args.k,
+            method=args.method,
+            n=args.n,
+            calibration=args.calibration,
+            seed=args.seed,
+            retriever=args.retriever,
+            budget_ratio=args.budget_ratio,
+            budget_tokens=args.budget_tokens,
+            threshold=args.threshold,
+            max_new_tokens=args.max_new_tokens,
+            adapter=args.adapter or "",
+            progress=not args.quiet,
             options=EmbedOptions(mode="prompteol", adapter=args.scorer_adapter) if args.scorer_adapter else None,
         )
     finally:
@@ -90,10 +130,23 @@ def cmd_train_compressor(args: argparse.Namespace) -> int:
     # Training injects LoRA layers into the model it is given: a backbone of its own, in fp32.
     backbone = load_backbone(BackboneConfig(model=s.model, dtype=args.dtype, device=s.device, cache_dir=s.cache_dir))
     config = TrainConfig(
-        qa_file=Path(args.qa), corpus=Path(args.corpus), out_dir=Path(args.out), kind=args.kind,
-        questions=args.questions, k=args.k, mode=args.mode, epochs=args.epochs, lr=args.lr, seed=args.seed,
-        lora_r=args.lora_r, batch_questions=args.batch_questions, patience=args.patience,
-        resume=not args.restart, progress=not args.quiet, summary_tokens=args.summary_tokens, min_gain=args.min_gain,
+        qa_file=Path(args.qa),
+        corpus=Path(args.corpus),
+        out_dir=Path(args.out),
+        kind=args.kind,
+        questions=args.questions,
+        k=args.k,
+        mode=args.mode,
+        epochs=args.epochs,
+        lr=args.lr,
+        seed=args.seed,
+        lora_r=args.lora_r,
+        batch_questions=args.batch_questions,
+        patience=args.patience,
+        resume=not args.restart,
+        progress=not args.quiet,
+        summary_tokens=args.summary_tokens,
+        min_gain=args.min_gain,
     )
     card = train_compressor(backbone, config)
     print_obj(card, True)
@@ -116,8 +169,11 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     cp.add_argument("--threshold", type=float, help="selective: score cut (default: the server's calibrated one)")
     cp.add_argument("--max-new-tokens", type=int, help="abstractive: summary length bound")
     cp.add_argument("--mode", help="extractive scorer: embedding mode (default prompteol)")
-    cp.add_argument("--adapter", help="LoRA adapter trained by `lodestar train compressor`: the extractive scorer's, or "
-                    "with --method abstractive the summariser's")
+    cp.add_argument(
+        "--adapter",
+        help="LoRA adapter trained by `lodestar train compressor`: the extractive scorer's, or "
+        "with --method abstractive the summariser's",
+    )
     cp.add_argument("--instruction", help="extractive scorer: instruction")
     cp.add_argument("--prompt", help="extractive scorer: prompt template with {text}")
     q = cp.add_argument_group("extractive scorer, query side (default: as the sentences)")
@@ -128,20 +184,26 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     cp.add_argument("--json", action="store_true")
     cp.set_defaults(func=cmd_compress)
 
-    ec = ev.add_parser("compress", help="retrieve -> compress -> read on a QA set: compression rate, answer kept, EM/F1")
+    ec = ev.add_parser(
+        "compress", help="retrieve -> compress -> read on a QA set: compression rate, answer kept, EM/F1"
+    )
     ec.add_argument("--qa", required=True, help="jsonl {id, question, answers} (e.g. DATA_DIR/squad/qa.jsonl)")
     ec.add_argument("--corpus", required=True, help="BEIR folder the passages are retrieved from")
     ec.add_argument("--k", type=int, default=5)
     ec.add_argument("--method", default="extractive", help="extractive | abstractive")
     ec.add_argument("--n", type=int, default=200, help="questions evaluated")
-    ec.add_argument("--calibration", type=int, default=100, help="further questions calibrating the selective threshold")
+    ec.add_argument(
+        "--calibration", type=int, default=100, help="further questions calibrating the selective threshold"
+    )
     ec.add_argument("--seed", type=int, default=0)
     ec.add_argument("--retriever", default="bm25", help="bm25 | dense | hybrid")
     ec.add_argument("--budget-ratio", type=float, default=0.15)
     ec.add_argument("--budget-tokens", type=int)
     ec.add_argument("--threshold", type=float, help="selective threshold (skips calibration)")
     ec.add_argument("--max-new-tokens", type=int, help="abstractive summary bound")
-    ec.add_argument("--adapter", help="abstractive: summariser adapter (`lodestar train compressor --kind abstractive`)")
+    ec.add_argument(
+        "--adapter", help="abstractive: summariser adapter (`lodestar train compressor --kind abstractive`)"
+    )
     ec.add_argument("--scorer-adapter", help="extractive: scorer adapter (`lodestar train compressor`), prompteol mode")
     add_result_args(ec)
     ec.set_defaults(func=cmd_eval_compress)
@@ -149,7 +211,9 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     tc = tsub.add_parser("compressor", help="RECOMP extractive scorer: label by reader gain, LoRA InfoNCE (resumable)")
     tc.add_argument("--kind", default="extractive", help="extractive (sentence scorer) | abstractive (summariser)")
     tc.add_argument("--summary-tokens", type=int, default=64, help="abstractive: summary length while labelling")
-    tc.add_argument("--min-gain", type=float, default=0.1, help="abstractive: a summary is kept when it beats closed-book by this")
+    tc.add_argument(
+        "--min-gain", type=float, default=0.1, help="abstractive: a summary is kept when it beats closed-book by this"
+    )
     tc.add_argument("--qa", required=True)
     tc.add_argument("--corpus", required=True)
     tc.add_argument("--out", required=True, help="output folder: adapter/, checkpoints, labels.jsonl, card")

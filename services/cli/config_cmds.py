@@ -46,7 +46,7 @@ def _default(name: str) -> str:
     if isinstance(value, Path):
         home = str(Path.home())
         text = str(value)
-        return "`~" + text[len(home):] + "`" if text.startswith(home) else f"`{text}`"
+        return "`~" + text[len(home) :] + "`" if text.startswith(home) else f"`{text}`"
     if isinstance(value, tuple):
         return "`" + ",".join(str(v) for v in value) + "`" if value else "empty"
     if isinstance(value, str):
@@ -67,7 +67,12 @@ def markdown() -> str:
 
     lines = [HEADER]
     for title, names in groups():
-        lines += [f"## {title[0].upper()}{title[1:]}", "", "| variable | type | default | meaning |", "|---|---|---|---|"]
+        lines += [
+            f"## {title[0].upper()}{title[1:]}",
+            "",
+            "| variable | type | default | meaning |",
+            "|---|---|---|---|",
+        ]
         for name in names:
             desc = (Settings.model_fields[name].description or "").replace("|", "\\|")
             lines.append(f"| `LODESTAR_{name.upper()}` | {_type(name)} | {_default(name)} | {desc} |")

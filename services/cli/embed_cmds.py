@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from lodestar.errors import LodestarError
-from lodestar.services.cli.common import add_embed_options, embed_options, local_engine, plain, read_texts, settings, write_result
+from lodestar.services.cli.common import (
+    add_embed_options,
+    embed_options,
+    local_engine,
+    plain,
+    read_texts,
+    settings,
+    write_result,
+)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -19,8 +27,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from lodestar.services.server import serve
 
     only = tuple(args.only.split(",")) if args.only else None
-    s = settings(port=args.port, host=args.host, only=only, model=args.model, data_dir=args.data_dir, dtype=args.dtype,
-                 device=args.device, log_level=args.log_level)
+    s = settings(
+        port=args.port,
+        host=args.host,
+        only=only,
+        model=args.model,
+        data_dir=args.data_dir,
+        dtype=args.dtype,
+        device=args.device,
+        log_level=args.log_level,
+    )
     logging.basicConfig(level=s.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(serve(s))
     return 0
@@ -76,7 +92,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
     opts = embed_options(args)
     sparse = args.sparse or args.no_dense
     if sparse:
-        opts.update(sparse=True, sparse_top_k=args.sparse_top_k, sparse_threshold=args.sparse_threshold, with_dense=not args.no_dense)
+        opts.update(
+            sparse=True,
+            sparse_top_k=args.sparse_top_k,
+            sparse_threshold=args.sparse_threshold,
+            with_dense=not args.no_dense,
+        )
     dense = not args.no_dense
     with Client(args.server) as client:
         if not args.file and not args.out:  # a few texts on the command line: print them
@@ -96,7 +117,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
                     if sparse and res.sparse is not None:
                         ids, w = res.sparse[i]
                         names = res.sparse_tokens[i] if res.sparse_tokens else [str(a) for a in ids.tolist()]
-                        line += f"  {ids.size} terms: {' '.join(f'{a}:{b:.2f}' for a, b in zip(names[:8], w[:8].tolist()))}"
+                        line += (
+                            f"  {ids.size} terms: {' '.join(f'{a}:{b:.2f}' for a, b in zip(names[:8], w[:8].tolist()))}"
+                        )
                     print(line)
             return 0
         out = Path(args.out or ("embeddings.npy" if dense else "embeddings.sparse.jsonl"))
@@ -106,13 +129,23 @@ def cmd_embed(args: argparse.Namespace) -> int:
         batches = [texts[i : i + args.batch_size] for i in range(0, len(texts), args.batch_size)]
 
         def done(i: int) -> bool:
-            return (not dense or (parts / f"{i:06d}.npy").exists()) and (not sparse or (parts / f"{i:06d}.jsonl").exists())
+            return (not dense or (parts / f"{i:06d}.npy").exists()) and (
+                not sparse or (parts / f"{i:06d}.jsonl").exists()
+            )
 
         todo = [i for i in range(len(batches)) if not done(i)]
-        bar = tqdm(total=len(texts), initial=len(texts) - sum(len(batches[i]) for i in todo), unit="text", desc="embed", disable=args.quiet)
+        bar = tqdm(
+            total=len(texts),
+            initial=len(texts) - sum(len(batches[i]) for i in todo),
+            unit="text",
+            desc="embed",
+            disable=args.quiet,
+        )
         for i, res in zip(todo, client.embed_stream((batches[i] for i in todo), **opts)):
             if sparse:
-                write_atomic(parts / f"{i:06d}.jsonl", "".join(json.dumps(v) + "\n" for v in _sparse_json(res)).encode())
+                write_atomic(
+                    parts / f"{i:06d}.jsonl", "".join(json.dumps(v) + "\n" for v in _sparse_json(res)).encode()
+                )
             if dense:
                 save_npy_atomic(parts / f"{i:06d}.npy", res.vectors)
             bar.update(len(batches[i]))
@@ -129,8 +162,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
                     f.write((parts / f"{i:06d}.jsonl").read_text())
             tmp.replace(sparse_out)
             summary.update(sparse_out=str(sparse_out), texts=len(texts))
-        for f in parts.iterdir():
-            f.unlink()
+        for part in parts.iterdir():
+            part.unlink()
         parts.rmdir()
         if args.json:
             print(json.dumps(summary))
@@ -143,9 +176,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from lodestar.services.client import Client
-
-    from lodestar.services.client import ClientError
+    from lodestar.services.client import Client, ClientError
 
     with Client(args.server) as client:
         info = plain(client.info())
@@ -167,9 +198,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"health      {info['health']}   version {info['version']}")
     if "compress" in info:
         ci = info["compress"]
-        print(f"compress    {', '.join(ci.get('methods', []))}; up to {ci.get('max_passages', 0)} passages, "
-              f"{ci.get('max_input_tokens', 0)} tokens in, {ci.get('max_summary_tokens', 0)} summary tokens; "
-              f"selective threshold {ci.get('threshold', 0):.3f} (mode {ci.get('default_mode', '')})")
+        print(
+            f"compress    {', '.join(ci.get('methods', []))}; up to {ci.get('max_passages', 0)} passages, "
+            f"{ci.get('max_input_tokens', 0)} tokens in, {ci.get('max_summary_tokens', 0)} summary tokens; "
+            f"selective threshold {ci.get('threshold', 0):.3f} (mode {ci.get('default_mode', '')})"
+        )
     return 0
 
 
@@ -179,7 +212,13 @@ def cmd_eval_sts(args: argparse.Namespace) -> int:
 
     engine = local_engine(args)
     try:
-        result = eval_sts(engine, Path(args.file), EmbedOptions(**embed_options(args)), batch_size=args.batch_size, progress=not args.quiet)
+        result = eval_sts(
+            engine,
+            Path(args.file),
+            EmbedOptions(**embed_options(args)),
+            batch_size=args.batch_size,
+            progress=not args.quiet,
+        )
     finally:
         engine.close()
     print(json.dumps(result))
@@ -203,35 +242,57 @@ def cmd_bench_embed(args: argparse.Namespace) -> int:
 def register(sub: Any, groups: dict[str, Any]) -> None:
     """Add this module's commands: `sub` top level, groups["eval" | "bench" | "train"] below those."""
     ev, bn = groups["eval"], groups["bench"]
-    s = sub.add_parser("serve", help="run the gRPC server (all services, bundled model by default)",
-                       description="Serve until SIGTERM/SIGINT (in-flight requests drain for LODESTAR_GRACE_PERIOD_S). "
-                       "Every option overrides its LODESTAR_* variable; the rest are read from the environment "
-                       "(docs/configuration.md lists them all).")
+    s = sub.add_parser(
+        "serve",
+        help="run the gRPC server (all services, bundled model by default)",
+        description="Serve until SIGTERM/SIGINT (in-flight requests drain for LODESTAR_GRACE_PERIOD_S). "
+        "Every option overrides its LODESTAR_* variable; the rest are read from the environment "
+        "(docs/configuration.md lists them all).",
+    )
     s.add_argument("--port", type=int, help="gRPC port (LODESTAR_PORT, default 50051; 0 picks a free one)")
     s.add_argument("--host", help="address to bind (LODESTAR_HOST, default 127.0.0.1; 0.0.0.0 for every interface)")
-    s.add_argument("--only", help="comma-separated services this process serves, of embed,retrieve,index,compress,generate "
-                   "(LODESTAR_ONLY, default all)")
-    s.add_argument("--data-dir", help="where collections, jobs and datastores live (LODESTAR_DATA_DIR, default ./.lodestar)")
-    s.add_argument("--model", help="bundled (SmolLM2-135M-Instruct), a Hugging Face model folder, or a .gguf file "
-                   "(LODESTAR_MODEL)")
-    s.add_argument("--dtype", help="auto | float32 | bfloat16 | float16 (LODESTAR_DTYPE; auto: bf16 only where the "
-                   "hardware computes it natively)")
+    s.add_argument(
+        "--only",
+        help="comma-separated services this process serves, of embed,retrieve,index,compress,generate "
+        "(LODESTAR_ONLY, default all)",
+    )
+    s.add_argument(
+        "--data-dir", help="where collections, jobs and datastores live (LODESTAR_DATA_DIR, default ./.lodestar)"
+    )
+    s.add_argument(
+        "--model", help="bundled (SmolLM2-135M-Instruct), a Hugging Face model folder, or a .gguf file (LODESTAR_MODEL)"
+    )
+    s.add_argument(
+        "--dtype",
+        help="auto | float32 | bfloat16 | float16 (LODESTAR_DTYPE; auto: bf16 only where the "
+        "hardware computes it natively)",
+    )
     s.add_argument("--device", help="auto | cpu | cuda | cuda:N (LODESTAR_DEVICE)")
-    s.add_argument("--log-level", metavar="LEVEL", help="DEBUG | INFO | WARNING | ERROR (LODESTAR_LOG_LEVEL, default INFO)")
+    s.add_argument(
+        "--log-level", metavar="LEVEL", help="DEBUG | INFO | WARNING | ERROR (LODESTAR_LOG_LEVEL, default INFO)"
+    )
     s.set_defaults(func=cmd_serve)
 
     e = sub.add_parser("embed", help="embed texts (arguments) or a file (jsonl with 'text', or one per line) into .npy")
     e.add_argument("texts", nargs="*")
     e.add_argument("--file", "-f")
-    e.add_argument("--out", "-o", help="output .npy (resumable: finished batches are kept in OUT.parts/); sparse vectors "
-                   "go to OUT with .sparse.jsonl for .npy, or to OUT itself with --no-dense")
+    e.add_argument(
+        "--out",
+        "-o",
+        help="output .npy (resumable: finished batches are kept in OUT.parts/); sparse vectors "
+        "go to OUT with .sparse.jsonl for .npy, or to OUT itself with --no-dense",
+    )
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--json", action="store_true")
     e.add_argument("--quiet", action="store_true")
     add_embed_options(e)
-    sp = e.add_argument_group("learned-sparse output (SPLADE weights from the LM head: use --mode echo and a "
-                              "sparse adapter, e.g. --adapter sparse-squad)")
-    sp.add_argument("--sparse", action="store_true", help="also return each text's sparse vector (token ids and weights)")
+    sp = e.add_argument_group(
+        "learned-sparse output (SPLADE weights from the LM head: use --mode echo and a "
+        "sparse adapter, e.g. --adapter sparse-squad)"
+    )
+    sp.add_argument(
+        "--sparse", action="store_true", help="also return each text's sparse vector (token ids and weights)"
+    )
     sp.add_argument("--no-dense", action="store_true", help="sparse vectors only (implies --sparse)")
     sp.add_argument("--sparse-top-k", type=int, default=0, help="weights kept per text (0: the server's 256)")
     sp.add_argument("--sparse-threshold", type=float, default=0.0, help="drop weights at or below this")

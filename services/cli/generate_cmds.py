@@ -16,8 +16,14 @@ from lodestar.services.cli.common import add_result_args, plain, print_obj, sett
 
 
 def _decoding(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
-                           "seed": args.seed, "stop": args.stop or (), "datastore": args.datastore or ""}
+    out: dict[str, Any] = {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "seed": args.seed,
+        "stop": args.stop or (),
+        "datastore": args.datastore or "",
+    }
     if args.no_speculative:
         out["speculative"] = False
     if args.self_draft_layers:
@@ -34,8 +40,12 @@ def _add_decoding(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--datastore", help="server datastore to draft from (default: the server's default)")
     g.add_argument("--no-speculative", action="store_true", help="plain decoding, one token per forward")
-    g.add_argument("--self-draft-layers", type=int, default=0,
-                   help="also draft from the model's first N layers (early exit); 0 = off")
+    g.add_argument(
+        "--self-draft-layers",
+        type=int,
+        default=0,
+        help="also draft from the model's first N layers (early exit); 0 = off",
+    )
     g.add_argument("--json", action="store_true", help="print one JSON object at the end instead of streaming text")
 
 
@@ -55,8 +65,11 @@ def _stream_out(items: Iterator[Any], as_json: bool, head: dict[str, Any] | None
         print(json.dumps({**(head or {}), "text": "".join(text), "finish_reason": finish, "stats": stats}))
     else:
         print()
-        print(f"-- {finish}: {stats.get('generated_tokens', 0)} tokens, {stats.get('tokens_per_s', 0)} tok/s, "
-              f"{stats.get('mean_accepted_tokens', 0)} tokens per forward", file=sys.stderr)
+        print(
+            f"-- {finish}: {stats.get('generated_tokens', 0)} tokens, {stats.get('tokens_per_s', 0)} tok/s, "
+            f"{stats.get('mean_accepted_tokens', 0)} tokens per forward",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -75,21 +88,39 @@ def cmd_answer(args: argparse.Namespace) -> int:
 
     filters = [parse_filter(f) for f in args.filter or []]
     with Client(args.server, timeout=None) as c:
-        items = iter(c.answer_stream(
-            args.question, args.collection, k=args.k, retriever=args.retriever or "", filters=filters,
-            compression=args.compression or "", budget_tokens=args.budget_tokens, selective=args.selective,
-            fusion=args.fusion or "", alpha=args.alpha, rrf_k=args.rrf_k, threshold=args.threshold,
-            feedback_chunks=args.feedback, feedback_weight=args.feedback_weight, length_norm=args.length_norm,
-            **_decoding(args),
-        ))
+        items = iter(
+            c.answer_stream(
+                args.question,
+                args.collection,
+                k=args.k,
+                retriever=args.retriever or "",
+                filters=filters,
+                compression=args.compression or "",
+                budget_tokens=args.budget_tokens,
+                selective=args.selective,
+                fusion=args.fusion or "",
+                alpha=args.alpha,
+                rrf_k=args.rrf_k,
+                threshold=args.threshold,
+                feedback_chunks=args.feedback,
+                feedback_weight=args.feedback_weight,
+                length_norm=args.length_norm,
+                **_decoding(args),
+            )
+        )
         head = next(items)
         assert isinstance(head, AnswerContext)
-        sources = [{"id": h.id, "score": round(h.score, 4), "chunk": h.chunk} for h in head.sources]
+        sources: list[dict[str, Any]] = [
+            {"id": h.id, "score": round(h.score, 4), "chunk": h.chunk} for h in head.sources
+        ]
         if not args.json:
-            print(f"-- sources: {', '.join(s['id'] for s in sources) or 'none'}; context {head.decision}, "
-                  f"{head.passage_tokens} -> {head.context_tokens} tokens", file=sys.stderr)
+            print(
+                f"-- sources: {', '.join(s['id'] for s in sources) or 'none'}; context {head.decision}, "
+                f"{head.passage_tokens} -> {head.context_tokens} tokens",
+                file=sys.stderr,
+            )
         info = {"sources": sources, "context": head.context, "decision": head.decision}
-        return _stream_out(items, args.json, info)  # type: ignore[arg-type]
+        return _stream_out(items, args.json, info)
 
 
 # --- datastores ----------------------------------------------------------------------------------
@@ -101,8 +132,9 @@ def _texts(args: argparse.Namespace) -> Iterator[str]:
     return iter_texts(args.input, pattern=args.pattern, field=args.field, exclude=args.exclude or ())
 
 
-def _resumable_upload(args: argparse.Namespace, progress_file: Path, write: Callable[[list[str]], Any],
-                      documents: Callable[[], int]) -> dict[str, Any]:
+def _resumable_upload(
+    args: argparse.Namespace, progress_file: Path, write: Callable[[list[str]], Any], documents: Callable[[], int]
+) -> dict[str, Any]:
     """Send the input texts in batches to `write`; `progress_file` keeps the count of texts done, so
     a rerun with the same inputs skips them. Before each batch it also notes the batch and the
     document count the datastore will have after it (`documents()` reads the count): a run stopped
@@ -117,7 +149,8 @@ def _resumable_upload(args: argparse.Namespace, progress_file: Path, write: Call
     if state.get("key") == key:
         pending = state.get("pending") or {}
         skip = pending["done"] if pending and have == pending["documents"] else state.get("done", 0)
-    done, batch = 0, []
+    done = 0
+    batch: list[str] = []
     bar = tqdm(desc="datastore", unit="text", initial=skip, disable=args.quiet)
     last: Any = None
 
@@ -162,16 +195,22 @@ def cmd_datastore(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(plain(stores)))
         for d in [] if args.json else stores:
-            print(f"{d.name:20} {d.tokens:>12} tokens {d.documents:>9} docs {d.segments:>3} segments"
-                  f"{'  (default)' if d.is_default else ''}  {d.path}")
+            print(
+                f"{d.name:20} {d.tokens:>12} tokens {d.documents:>9} docs {d.segments:>3} segments"
+                f"{'  (default)' if d.is_default else ''}  {d.path}"
+            )
         return 0
     if args.name:  # on the server, by name
         from lodestar.services.client import Client
 
         progress = Path(f".lodestar-datastore-{args.name}.progress")
         with Client(args.server, timeout=None) as c:
-            run = _resumable_upload(args, progress, lambda texts: c.add_to_datastore(args.name, texts),
-                                    lambda: next((d.documents for d in c.list_datastores() if d.name == args.name), 0))
+            run = _resumable_upload(
+                args,
+                progress,
+                lambda texts: c.add_to_datastore(args.name, texts),
+                lambda: next((d.documents for d in c.list_datastores() if d.name == args.name), 0),
+            )
             info = c.add_to_datastore(args.name, [], compact=True) if args.compact else run["last"]
         progress.unlink(missing_ok=True)
         print_obj({"name": args.name, **(plain(info) or {}), "resumed_after": run["resumed_after"]}, args.json)
@@ -211,9 +250,17 @@ def _local_datastore(args: argparse.Namespace) -> int:
     if args.action == "build" or args.compact:
         store.compact()
     progress.unlink(missing_ok=True)
-    print_obj({"path": str(out), "tokens": store.num_tokens, "documents": store.num_docs,
-               "segments": len(store.segments), "texts_read": run["texts"], "resumed_after": run["resumed_after"]},
-              args.json)
+    print_obj(
+        {
+            "path": str(out),
+            "tokens": store.num_tokens,
+            "documents": store.num_docs,
+            "segments": len(store.segments),
+            "texts_read": run["texts"],
+            "resumed_after": run["resumed_after"],
+        },
+        args.json,
+    )
     return 0
 
 
@@ -262,11 +309,23 @@ def cmd_eval_specdec(args: argparse.Namespace) -> int:
         else:  # a question: answer it from its passages, through the chat template
             prompts.append(rag_prompt(row["question"], "\n\n".join(ps or [])))
             chat = True
-    res = eval_specdec(backbone, prompts, store, passages if any(passages) else None, args.max_new_tokens, chat,
-                       progress=not args.quiet, self_draft_layers=args.self_draft_layers)
-    res.update(model=backbone.model_id, torch_dtype=str(backbone.dtype).removeprefix("torch."),
-               threads=torch.get_num_threads(), datastore=str(args.datastore or ""),
-               passages_from=str(args.passages_from or ""))
+    res = eval_specdec(
+        backbone,
+        prompts,
+        store,
+        passages if any(passages) else None,
+        args.max_new_tokens,
+        chat,
+        progress=not args.quiet,
+        self_draft_layers=args.self_draft_layers,
+    )
+    res.update(
+        model=backbone.model_id,
+        torch_dtype=str(backbone.dtype).removeprefix("torch."),
+        threads=torch.get_num_threads(),
+        datastore=str(args.datastore or ""),
+        passages_from=str(args.passages_from or ""),
+    )
     if not args.per_prompt:
         res.pop("per_prompt")
     write_result(res, args.out)
@@ -277,7 +336,9 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     """Add this module's commands: `sub` top level, groups["eval" | "bench" | "train"] below those."""
     g = sub.add_parser("generate", help="stream a continuation (retrieval-augmented speculative decoding)")
     g.add_argument("prompt")
-    g.add_argument("--passage", "-p", action="append", help="draft from this text too (repeatable; not put in the prompt)")
+    g.add_argument(
+        "--passage", "-p", action="append", help="draft from this text too (repeatable; not put in the prompt)"
+    )
     g.add_argument("--chat", action="store_true", help="wrap the prompt as a user turn of the chat template")
     _add_decoding(g, 128)
     g.set_defaults(func=cmd_generate)
@@ -291,12 +352,19 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     a.add_argument("--compression", help="extractive (default) | abstractive | none")
     a.add_argument("--budget-tokens", type=int)
     a.add_argument("--selective", action="store_true", help="answer closed-book when the passages do not help")
-    a.add_argument("--threshold", type=float, help="selective: skip below this best sentence score (default: calibrated)")
+    a.add_argument(
+        "--threshold", type=float, help="selective: skip below this best sentence score (default: calibrated)"
+    )
     a.add_argument("--fusion", help="hybrid: weighted (default, alpha 0.15) | rrf")
     a.add_argument("--alpha", type=float, help="weighted fusion: weight of dense (0..1)")
     a.add_argument("--rrf-k", type=int, help="rrf fusion: the k in 1 / (k + rank) (default 60)")
-    a.add_argument("--feedback", type=int, default=0, metavar="N",
-                   help="learned sparse: pseudo-relevance feedback from the first ranking's top N chunks (0 = off)")
+    a.add_argument(
+        "--feedback",
+        type=int,
+        default=0,
+        metavar="N",
+        help="learned sparse: pseudo-relevance feedback from the first ranking's top N chunks (0 = off)",
+    )
     a.add_argument("--feedback-weight", type=float, help="weight of the feedback chunks' mean (default 1)")
     a.add_argument("--length-norm", type=float, metavar="B", help="learned sparse: chunk length normalisation (0..1)")
     _add_decoding(a, 64)
@@ -304,8 +372,10 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
 
     ds = sub.add_parser("datastore", help="token datastores that drafts come from")
     ds_sub = ds.add_subparsers(dest="action", required=True)
-    for action, text in (("build", "build a datastore from files, folders or jsonl (resumable)"),
-                         ("add", "append texts to a datastore (one new segment per batch)")):
+    for action, text in (
+        ("build", "build a datastore from files, folders or jsonl (resumable)"),
+        ("add", "append texts to a datastore (one new segment per batch)"),
+    ):
         b = ds_sub.add_parser(action, help=text)
         b.add_argument("--input", nargs="+", required=True, help="files, folders (recursively) or .jsonl files")
         b.add_argument("--out", help="datastore folder here (uses the model's tokenizer)")
@@ -322,7 +392,9 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
         p.add_argument("--json", action="store_true")
     ds.set_defaults(func=cmd_datastore)
 
-    es = groups["eval"].add_parser("specdec", help="plain vs speculative greedy on the same prompts: speedup, identical")
+    es = groups["eval"].add_parser(
+        "specdec", help="plain vs speculative greedy on the same prompts: speedup, identical"
+    )
     es.add_argument("--prompts", required=True, help="jsonl with 'prompt' (optional 'passages'), or 'question'")
     es.add_argument("--datastore", help="datastore folder to draft from")
     es.add_argument("--passages-from", help="BEIR folder: draft also from each prompt's top-k BM25 passages")
@@ -332,8 +404,12 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     es.add_argument("--chat", action="store_true", help="wrap prompts with the chat template")
     es.add_argument("--dtype", default="float32", help="float32 keeps greedy speculative output identical")
     es.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, one per core)")
-    es.add_argument("--self-draft-layers", type=int, default=0,
-                    help="speculative runs also draft from the model's first N layers (early exit); 0 = off")
+    es.add_argument(
+        "--self-draft-layers",
+        type=int,
+        default=0,
+        help="speculative runs also draft from the model's first N layers (early exit); 0 = off",
+    )
     es.add_argument("--model")
     es.add_argument("--per-prompt", action="store_true", help="include every prompt's figures")
     add_result_args(es, model=False)

@@ -33,8 +33,20 @@ def _source(file: str) -> Path:
 
 
 def _summary(job: Job) -> dict[str, Any]:
-    keys = ("id", "collection", "state", "documents", "written", "errors_count", "chunks", "chunks_done",
-            "chunks_failed", "message", "workers", "mode")
+    keys = (
+        "id",
+        "collection",
+        "state",
+        "documents",
+        "written",
+        "errors_count",
+        "chunks",
+        "chunks_done",
+        "chunks_failed",
+        "message",
+        "workers",
+        "mode",
+    )
     return {k: getattr(job, k) for k in keys}
 
 
@@ -43,10 +55,10 @@ def follow(client: Any, job: Job, quiet: bool) -> Job:
     from tqdm import tqdm
 
     bar = tqdm(total=job.documents, unit="doc", desc=f"job {job.id}", disable=quiet)
-    for job in client.watch_job(job.id):
-        bar.total = job.documents
-        bar.n = job.processed
-        bar.set_postfix(chunks=f"{job.chunks_done}/{job.chunks}", errors=job.errors_count, refresh=False)
+    for state in client.watch_job(job.id):
+        bar.total = state.documents
+        bar.n = state.processed
+        bar.set_postfix(chunks=f"{state.chunks_done}/{state.chunks}", errors=state.errors_count, refresh=False)
         bar.refresh()
     bar.close()
     return client.get_job(job.id, max_errors=1000)
@@ -84,8 +96,11 @@ def cmd_index(args: argparse.Namespace) -> int:
         if args.wait:
             job = follow(c, job, args.quiet)
         elif not args.json:
-            print(f"job {job.id} submitted ({job.documents} documents, {job.chunks} chunks); "
-                  f"follow it with `lodestar jobs watch {job.id}`", file=sys.stderr)
+            print(
+                f"job {job.id} submitted ({job.documents} documents, {job.chunks} chunks); "
+                f"follow it with `lodestar jobs watch {job.id}`",
+                file=sys.stderr,
+            )
     return _report(job, args.json)
 
 
@@ -99,8 +114,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps([_summary(j) for j in jobs]))
             for j in [] if args.json else jobs:
-                print(f"{j.id}  {j.state:9} {j.collection:16} {j.written:>9}/{j.documents:<9} docs "
-                      f"{j.chunks_done:>5}/{j.chunks:<5} chunks {j.errors_count:>6} errors  {j.source}")
+                print(
+                    f"{j.id}  {j.state:9} {j.collection:16} {j.written:>9}/{j.documents:<9} docs "
+                    f"{j.chunks_done:>5}/{j.chunks:<5} chunks {j.errors_count:>6} errors  {j.source}"
+                )
             return 0
         if action == "show":
             return _report(c.get_job(args.id, max_errors=args.errors), args.json)
@@ -130,9 +147,15 @@ def cmd_bench_index(args: argparse.Namespace) -> int:
 
     path = _source(args.corpus)
     lines = [(n, data) for n, data in read_lines(path) if data.strip()][: args.docs or None]
-    result = bench_index(lines, mode=args.mode, worker_counts=tuple(int(w) for w in args.workers.split(",")),
-                         chunk_docs=args.chunk_docs, model=args.model, broker_url=args.broker or "",
-                         progress=not args.quiet)
+    result = bench_index(
+        lines,
+        mode=args.mode,
+        worker_counts=tuple(int(w) for w in args.workers.split(",")),
+        chunk_docs=args.chunk_docs,
+        model=args.model,
+        broker_url=args.broker or "",
+        progress=not args.quiet,
+    )
     result["corpus"] = str(path)
     write_result(result, args.out)
     return 0
@@ -151,9 +174,12 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
 
     jb = sub.add_parser("jobs", help="batch indexing jobs: list (default), show, watch, cancel, resume")
     jsub = jb.add_subparsers(dest="action")
-    for name, text in (("show", "a job's state and its errors"), ("watch", "follow a job until it ends"),
-                       ("cancel", "stop dispatching a job's chunks"),
-                       ("resume", "run a cancelled, failed or stalled job again")):
+    for name, text in (
+        ("show", "a job's state and its errors"),
+        ("watch", "follow a job until it ends"),
+        ("cancel", "stop dispatching a job's chunks"),
+        ("resume", "run a cancelled, failed or stalled job again"),
+    ):
         a = jsub.add_parser(name, help=text)
         a.add_argument("id")
         a.add_argument("--json", action="store_true")
@@ -166,7 +192,9 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
         p.add_argument("--json", action="store_true")
     jb.set_defaults(func=cmd_jobs)
 
-    bi = groups["bench"].add_parser("index", help="docs/s of an indexing job: in-process vs 1, 2 Celery worker processes")
+    bi = groups["bench"].add_parser(
+        "index", help="docs/s of an indexing job: in-process vs 1, 2 Celery worker processes"
+    )
     bi.add_argument("--corpus", required=True, help="BEIR folder or jsonl")
     bi.add_argument("--docs", type=int, default=0, help="only the first N documents")
     bi.add_argument("--workers", default="1,2", help="worker process counts, comma-separated")

@@ -17,10 +17,16 @@ def cmd_collection(args: argparse.Namespace) -> int:
     with Client(args.server) as c:
         if args.action == "create":
             config = {
-                "mode": args.mode or "", "index": args.index or "", "sparse": args.sparse or "",
-                "metric": args.metric or "", "dimensions": args.dimensions, "adapter": args.adapter or "",
-                "query_instruction": args.query_instruction or "", "doc_instruction": args.doc_instruction or "",
-                "query_prompt": args.query_prompt or "", "doc_prompt": args.doc_prompt or "",
+                "mode": args.mode or "",
+                "index": args.index or "",
+                "sparse": args.sparse or "",
+                "metric": args.metric or "",
+                "dimensions": args.dimensions,
+                "adapter": args.adapter or "",
+                "query_instruction": args.query_instruction or "",
+                "doc_instruction": args.doc_instruction or "",
+                "query_prompt": args.query_prompt or "",
+                "doc_prompt": args.doc_prompt or "",
             }
             if args.chunk_tokens is not None:
                 config["chunk_tokens"] = args.chunk_tokens
@@ -30,8 +36,18 @@ def cmd_collection(args: argparse.Namespace) -> int:
                 config["query_idf"] = args.query_idf
             if args.shards is not None:
                 config["shards"] = args.shards
-            config.update({k: v for k, v in (("sparse_mode", args.sparse_mode), ("sparse_adapter", args.sparse_adapter),
-                                             ("sparse_top_k", args.sparse_top_k), ("query_top_k", args.query_top_k)) if v})
+            config.update(
+                {
+                    k: v
+                    for k, v in (
+                        ("sparse_mode", args.sparse_mode),
+                        ("sparse_adapter", args.sparse_adapter),
+                        ("sparse_top_k", args.sparse_top_k),
+                        ("query_top_k", args.query_top_k),
+                    )
+                    if v
+                }
+            )
             print_obj(c.create_collection(args.name, **config), args.json)
         elif args.action == "drop":
             c.drop_collection(args.name)
@@ -93,7 +109,9 @@ def cmd_doc(args: argparse.Namespace) -> int:
                     raise LodestarError("--id needs --text")
                 docs = [Document(args.id, args.text, metadata)]
             written = [0, 0]
-            with tqdm(total=len(docs), unit="doc", desc="upsert", disable=args.quiet or len(docs) <= args.batch_size) as bar:
+            with tqdm(
+                total=len(docs), unit="doc", desc="upsert", disable=args.quiet or len(docs) <= args.batch_size
+            ) as bar:
                 for i in range(0, len(docs), args.batch_size):
                     n, chunks = c.upsert(args.collection, docs[i : i + args.batch_size])
                     written = [written[0] + n, written[1] + chunks]
@@ -101,8 +119,10 @@ def cmd_doc(args: argparse.Namespace) -> int:
             print_obj({"documents": written[0], "chunks": written[1]}, args.json)
         elif args.action == "get":
             found = c.get(args.collection, args.ids)
-            rows = [{"id": i, "found": d is not None, **({"text": d.text, "metadata": d.metadata} if d else {})}
-                    for i, d in zip(args.ids, found)]
+            rows = [
+                {"id": i, "found": d is not None, **({"text": d.text, "metadata": d.metadata} if d else {})}
+                for i, d in zip(args.ids, found)
+            ]
             if args.json:
                 print(json.dumps(rows))
             else:
@@ -122,20 +142,54 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     filters = [parse_filter(f) for f in args.filter or []]
     with Client(args.server) as c:
-        results = c.search(args.collection, args.queries, k=args.k, retriever=args.retriever, fusion=args.fusion, alpha=args.alpha,
-                           rrf_k=args.rrf_k, filters=filters, include_text=not args.no_text,
-                           feedback_chunks=args.feedback, feedback_weight=args.feedback_weight, length_norm=args.length_norm)
+        results = c.search(
+            args.collection,
+            args.queries,
+            k=args.k,
+            retriever=args.retriever,
+            fusion=args.fusion,
+            alpha=args.alpha,
+            rrf_k=args.rrf_k,
+            filters=filters,
+            include_text=not args.no_text,
+            feedback_chunks=args.feedback,
+            feedback_weight=args.feedback_weight,
+            length_norm=args.length_norm,
+        )
     if args.json:
-        print(json.dumps([[{"id": h.id, "score": h.score, "chunk": h.chunk, "text": h.text, "metadata": h.metadata} for h in hits] for hits in results]))
+        print(
+            json.dumps(
+                [
+                    [
+                        {"id": h.id, "score": h.score, "chunk": h.chunk, "text": h.text, "metadata": h.metadata}
+                        for h in hits
+                    ]
+                    for hits in results
+                ]
+            )
+        )
         return 0
     for q, hits in zip(args.queries, results):
         print(f"# {q}")
         for rank, h in enumerate(hits, 1):
-            print(f"{rank:3d}. {h.score:8.4f}  {h.id:20} {h.chunk_text[:80]!r}" if not args.no_text else f"{rank:3d}. {h.score:8.4f}  {h.id}")
+            print(
+                f"{rank:3d}. {h.score:8.4f}  {h.id:20} {h.chunk_text[:80]!r}"
+                if not args.no_text
+                else f"{rank:3d}. {h.score:8.4f}  {h.id}"
+            )
     return 0
 
 
-FILTER_OPS = [(">=", "gte"), ("<=", "lte"), ("!=", "ne"), ("=", "eq"), (">", "gt"), ("<", "lt"), (" nin ", "nin"), (" in ", "in")]
+FILTER_OPS = [
+    (">=", "gte"),
+    ("<=", "lte"),
+    ("!=", "ne"),
+    ("=", "eq"),
+    (">", "gt"),
+    ("<", "lt"),
+    (" nin ", "nin"),
+    (" in ", "in"),
+]
 
 
 def parse_filter(text: str) -> tuple[str, str, Any]:
@@ -148,7 +202,9 @@ def parse_filter(text: str) -> tuple[str, str, Any]:
             except json.JSONDecodeError:
                 value = raw.strip()
             return field.strip(), op, value
-    raise LodestarError(f"cannot parse filter {text!r}: use FIELD=VALUE, FIELD>=N, FIELD in [..] (ops: = != > >= < <= in nin)")
+    raise LodestarError(
+        f"cannot parse filter {text!r}: use FIELD=VALUE, FIELD>=N, FIELD in [..] (ops: = != > >= < <= in nin)"
+    )
 
 
 def cmd_eval_beir(args: argparse.Namespace) -> int:
@@ -157,18 +213,31 @@ def cmd_eval_beir(args: argparse.Namespace) -> int:
 
     engine = local_engine(args)
     config = CollectionConfig(
-        name="eval", mode=args.mode or "mean", adapter=args.adapter or "", index=args.index or "Flat",
-        query_instruction=args.query_instruction or "", query_prompt=args.query_prompt or "",
-        doc_prompt=args.doc_prompt or "", sparse=args.sparse, sparse_adapter=args.sparse_adapter or "",
-        sparse_mode=args.sparse_mode or "echo", query_idf=args.query_idf,
+        name="eval",
+        mode=args.mode or "mean",
+        adapter=args.adapter or "",
+        index=args.index or "Flat",
+        query_instruction=args.query_instruction or "",
+        query_prompt=args.query_prompt or "",
+        doc_prompt=args.doc_prompt or "",
+        sparse=args.sparse,
+        sparse_adapter=args.sparse_adapter or "",
+        sparse_mode=args.sparse_mode or "echo",
+        query_idf=args.query_idf,
         chunk_tokens=args.chunk_tokens if args.chunk_tokens is not None else 256,
     )
     try:
         results = eval_beir(
-            engine, Path(args.dir), retrievers=tuple(args.retriever.split(",")), config=config,
-            fusions=tuple(args.fusion.split(",")), alphas=tuple(float(a) for a in str(args.alpha).split(",")), progress=not args.quiet,
+            engine,
+            Path(args.dir),
+            retrievers=tuple(args.retriever.split(",")),
+            config=config,
+            fusions=tuple(args.fusion.split(",")),
+            alphas=tuple(float(a) for a in str(args.alpha).split(",")),
+            progress=not args.quiet,
             work_dir=Path(args.work_dir) if args.work_dir else None,
-            feedback=(args.feedback, args.feedback_weight), length_norm=args.length_norm,
+            feedback=(args.feedback, args.feedback_weight),
+            length_norm=args.length_norm,
         )
     finally:
         engine.close()
@@ -180,18 +249,28 @@ def cmd_eval_beir(args: argparse.Namespace) -> int:
 def cmd_bench_retrieve(args: argparse.Namespace) -> int:
     from lodestar.bench.retrieval import SPECS, bench_indexes
 
-    result: dict[str, Any] = {"indexes": bench_indexes(
-        n=args.vectors, dim=args.dim, queries=args.queries, batch=args.batch, threads=args.threads, specs=tuple(args.index) if args.index else SPECS,
-        progress=not args.quiet,
-    )}
+    result: dict[str, Any] = {
+        "indexes": bench_indexes(
+            n=args.vectors,
+            dim=args.dim,
+            queries=args.queries,
+            batch=args.batch,
+            threads=args.threads,
+            specs=tuple(args.index) if args.index else SPECS,
+            progress=not args.quiet,
+        )
+    }
     if args.corpus:
         from lodestar.bench.served import bench_search_latency
         from lodestar.retrieve.eval.beir import read_beir
 
         docs, queries, _ = read_beir(Path(args.corpus))
         result["grpc_latency"] = bench_search_latency(
-            docs[: args.docs], list(queries.values())[: args.latency_queries], mode=args.mode or "token_prepend",
-            model=args.model, progress=not args.quiet,
+            docs[: args.docs],
+            list(queries.values())[: args.latency_queries],
+            mode=args.mode or "token_prepend",
+            model=args.model,
+            progress=not args.quiet,
         )
         result["grpc_latency"]["corpus"] = str(args.corpus)
     write_result(result, args.out)
@@ -205,8 +284,18 @@ def cmd_bench_shards(args: argparse.Namespace) -> int:
         counts = tuple(int(x) for x in args.shards.split(","))
     except ValueError:
         raise SystemExit(f"--shards takes comma-separated shard counts; got {args.shards!r}") from None
-    write_result(bench_shards(n=args.vectors, dim=args.dim, queries=args.queries, k=args.k, shards=counts,
-                              specs=tuple(args.index) if args.index else ("Flat", "HNSW32"), progress=not args.quiet), args.out)
+    write_result(
+        bench_shards(
+            n=args.vectors,
+            dim=args.dim,
+            queries=args.queries,
+            k=args.k,
+            shards=counts,
+            specs=tuple(args.index) if args.index else ("Flat", "HNSW32"),
+            progress=not args.quiet,
+        ),
+        args.out,
+    )
     return 0
 
 
@@ -219,8 +308,18 @@ def cmd_bench_sparse(args: argparse.Namespace) -> int:
         raise SystemExit(f"--sizes takes comma-separated document counts; got {args.sizes!r}") from None
     if any(n < args.k for n in sizes):
         raise SystemExit(f"--sizes must each be at least k={args.k}; got {args.sizes!r}")
-    write_result(bench_impact(sizes=sizes, doc_nnz=args.doc_nnz, query_nnz=args.query_nnz, queries=args.queries,
-                              k=args.k, progress=not args.quiet, idf=args.idf), args.out)
+    write_result(
+        bench_impact(
+            sizes=sizes,
+            doc_nnz=args.doc_nnz,
+            query_nnz=args.query_nnz,
+            queries=args.queries,
+            k=args.k,
+            progress=not args.quiet,
+            idf=args.idf,
+        ),
+        args.out,
+    )
     return 0
 
 
@@ -239,8 +338,12 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     cc.add_argument("--sparse-adapter", help="learned: adapter from `lodestar train sparse`")
     cc.add_argument("--sparse-top-k", type=int, help="learned: weights per chunk (default 256)")
     cc.add_argument("--query-top-k", type=int, help="learned: weights per query (default 64)")
-    cc.add_argument("--query-idf", action=argparse.BooleanOptionalAction, default=None,
-                    help="learned: scale query weights by each term's IDF over the collection (default on)")
+    cc.add_argument(
+        "--query-idf",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="learned: scale query weights by each term's IDF over the collection (default on)",
+    )
     cc.add_argument("--metric", help="cosine | ip | l2")
     cc.add_argument("--dimensions", type=int, default=0)
     cc.add_argument("--adapter")
@@ -250,8 +353,12 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     cc.add_argument("--doc-prompt")
     cc.add_argument("--chunk-tokens", type=int)
     cc.add_argument("--chunk-overlap", type=int)
-    for action, helptext in (("drop", "delete a collection and its files"), ("stats", "documents, chunks, index, bytes, status"),
-                             ("snapshot", "write the indexes to disk now"), ("rebuild", "rebuild indexes from the document store")):
+    for action, helptext in (
+        ("drop", "delete a collection and its files"),
+        ("stats", "documents, chunks, index, bytes, status"),
+        ("snapshot", "write the indexes to disk now"),
+        ("rebuild", "rebuild indexes from the document store"),
+    ):
         a = col_sub.add_parser(action, help=helptext)
         a.add_argument("name")
     rs = col_sub.add_parser("restore", help="load a snapshot folder (on the server) into a collection")
@@ -272,18 +379,31 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     se.add_argument("--rrf-k", type=int, help="rrf fusion: the k in 1 / (k + rank) (default 60)")
     se.add_argument("--filter", action="append", help="FIELD=VALUE, FIELD>=N, FIELD in [..]; repeatable (AND)")
     se.add_argument("--no-text", action="store_true", help="ids and scores only (the server skips reading texts)")
-    se.add_argument("--feedback", type=int, default=0, metavar="N", help="learned sparse: pseudo-relevance feedback from "
-                    "the first ranking's top N chunks (0 = off; 3 did best on Cranfield)")
+    se.add_argument(
+        "--feedback",
+        type=int,
+        default=0,
+        metavar="N",
+        help="learned sparse: pseudo-relevance feedback from "
+        "the first ranking's top N chunks (0 = off; 3 did best on Cranfield)",
+    )
     se.add_argument("--feedback-weight", type=float, help="weight of the feedback chunks' mean (default 1)")
-    se.add_argument("--length-norm", type=float, metavar="B", help="learned sparse: chunk length normalisation, "
-                    "BM25's b (0..1, default 0 = off)")
+    se.add_argument(
+        "--length-norm",
+        type=float,
+        metavar="B",
+        help="learned sparse: chunk length normalisation, BM25's b (0..1, default 0 = off)",
+    )
     se.add_argument("--json", action="store_true")
     se.set_defaults(func=cmd_search)
 
     doc = sub.add_parser("doc", help="upsert, get or delete single documents (bulk loads: `lodestar index`)")
     doc_sub = doc.add_subparsers(dest="action", required=True)
-    du = doc_sub.add_parser("upsert", help="insert or replace documents: a jsonl FILE ({id|_id, text, title?, metadata?}) "
-                            "or one from --id/--text/--metadata")
+    du = doc_sub.add_parser(
+        "upsert",
+        help="insert or replace documents: a jsonl FILE ({id|_id, text, title?, metadata?}) "
+        "or one from --id/--text/--metadata",
+    )
     du.add_argument("file", nargs="?")
     du.add_argument("--id")
     du.add_argument("--text")
@@ -306,24 +426,49 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     bq.add_argument("--adapter")
     bq.add_argument("--index", help="FAISS factory string (default Flat)")
     bq.add_argument("--fusion", default="rrf", help="rrf | weighted, or both comma-separated (hybrid only)")
-    bq.add_argument("--alpha", default="0.5", help="weighted fusion: alpha * dense + (1 - alpha) * sparse; several comma-separated")
+    bq.add_argument(
+        "--alpha", default="0.5", help="weighted fusion: alpha * dense + (1 - alpha) * sparse; several comma-separated"
+    )
     bq.add_argument("--query-instruction")
     bq.add_argument("--query-prompt")
     bq.add_argument("--doc-prompt")
     bq.add_argument("--chunk-tokens", type=int)
-    bq.add_argument("--sparse", default="bm25", help="the collection's sparse side: bm25 | learned (retrievers sparse, hybrid use it)")
+    bq.add_argument(
+        "--sparse",
+        default="bm25",
+        help="the collection's sparse side: bm25 | learned (retrievers sparse, hybrid use it)",
+    )
     bq.add_argument("--sparse-adapter", help="learned: adapter from `lodestar train sparse`")
     bq.add_argument("--sparse-mode", help="learned: default echo")
-    bq.add_argument("--query-idf", action=argparse.BooleanOptionalAction, default=True,
-                    help="learned: scale query weights by each term's IDF over the collection (default on)")
+    bq.add_argument(
+        "--query-idf",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="learned: scale query weights by each term's IDF over the collection (default on)",
+    )
     bq.add_argument("--model")
-    bq.add_argument("--work-dir", help="keep the indexed corpus here: an interrupted run resumes, and a rerun with the "
-                    "same corpus, config, model and adapters (other retrievers, fusions, alphas) encodes nothing")
-    bq.add_argument("--feedback", type=int, default=0, metavar="N",
-                    help="learned sparse: pseudo-relevance feedback from the first ranking's top N chunks (0 = off)")
-    bq.add_argument("--feedback-weight", type=float, default=1.0, help="weight of the feedback chunks' mean (default 1)")
-    bq.add_argument("--length-norm", type=float, default=0.0, metavar="B",
-                    help="learned sparse: chunk length normalisation, BM25's b (0..1, default 0 = off)")
+    bq.add_argument(
+        "--work-dir",
+        help="keep the indexed corpus here: an interrupted run resumes, and a rerun with the "
+        "same corpus, config, model and adapters (other retrievers, fusions, alphas) encodes nothing",
+    )
+    bq.add_argument(
+        "--feedback",
+        type=int,
+        default=0,
+        metavar="N",
+        help="learned sparse: pseudo-relevance feedback from the first ranking's top N chunks (0 = off)",
+    )
+    bq.add_argument(
+        "--feedback-weight", type=float, default=1.0, help="weight of the feedback chunks' mean (default 1)"
+    )
+    bq.add_argument(
+        "--length-norm",
+        type=float,
+        default=0.0,
+        metavar="B",
+        help="learned sparse: chunk length normalisation, BM25's b (0..1, default 0 = off)",
+    )
     bq.add_argument("--quiet", action="store_true")
     bq.set_defaults(func=cmd_eval_beir)
 
@@ -333,8 +478,12 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     br.add_argument("--queries", type=int, default=1000)
     br.add_argument("--batch", type=int, default=1, help="queries per search call (1: as a service receives them)")
     br.add_argument("--threads", type=int, default=1, help="FAISS OpenMP threads")
-    br.add_argument("--index", action="append", help="FAISS factory string, repeatable; Flat (exact) must come first "
-                    "(default: Flat, HNSW32, IVF1024,Flat, IVF4096,Flat, IVF1024,SQ8, IVF1024,PQ32)")
+    br.add_argument(
+        "--index",
+        action="append",
+        help="FAISS factory string, repeatable; Flat (exact) must come first "
+        "(default: Flat, HNSW32, IVF1024,Flat, IVF4096,Flat, IVF1024,SQ8, IVF1024,PQ32)",
+    )
     br.add_argument("--corpus", help="BEIR folder: also measure gRPC search latency on its documents and queries")
     br.add_argument("--docs", type=int, default=300, help="documents of --corpus to index for the latency part")
     br.add_argument("--latency-queries", type=int, default=200)
@@ -352,14 +501,19 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     add_result_args(bh, model=False)
     bh.set_defaults(func=cmd_bench_shards)
 
-    bs = bn.add_parser("sparse", help="learned-sparse impact index latency (MaxScore, plain accumulation) vs exact CSR scoring")
+    bs = bn.add_parser(
+        "sparse", help="learned-sparse impact index latency (MaxScore, plain accumulation) vs exact CSR scoring"
+    )
     bs.add_argument("--sizes", default="10000,100000,300000", help="documents per run, comma-separated")
     bs.add_argument("--doc-nnz", type=int, default=200, help="non-zeros per document (sparse-squad: about 200)")
     bs.add_argument("--query-nnz", type=int, default=40, help="non-zeros per query (sparse-squad: about 40)")
     bs.add_argument("--queries", type=int, default=200)
     bs.add_argument("--k", type=int, default=10)
-    bs.add_argument("--idf", action=argparse.BooleanOptionalAction, default=True,
-                    help="scale query weights by IDF, as collections do by default (query_idf)")
+    bs.add_argument(
+        "--idf",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="scale query weights by IDF, as collections do by default (query_idf)",
+    )
     add_result_args(bs, model=False)
     bs.set_defaults(func=cmd_bench_sparse)
-

@@ -28,7 +28,9 @@ def _apply_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     known = {a.dest: a.default for a in parser._actions}
     unknown = set(values) - set(known)
     if unknown:
-        raise LodestarError(f"--config {args.config}: unknown keys {sorted(unknown)}; valid are {sorted(k for k in known if k != 'help')}")
+        raise LodestarError(
+            f"--config {args.config}: unknown keys {sorted(unknown)}; valid are {sorted(k for k in known if k != 'help')}"
+        )
     for key, value in values.items():
         if getattr(args, key) == known[key]:
             setattr(args, key, value)
@@ -46,8 +48,13 @@ def _run(args: argparse.Namespace) -> Any:
     from lodestar.embed.train.common import LoraSettings, RunSettings
 
     return RunSettings(
-        out_dir=Path(args.out), seed=args.seed, eval_every=args.eval_every, patience=args.patience,
-        resume=not args.restart, progress=not args.quiet, data_licence=args.data_licence or "",
+        out_dir=Path(args.out),
+        seed=args.seed,
+        eval_every=args.eval_every,
+        patience=args.patience,
+        resume=not args.restart,
+        progress=not args.quiet,
+        data_licence=args.data_licence or "",
         lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout),
     )
 
@@ -61,14 +68,25 @@ def cmd_train_bidirectional(args: argparse.Namespace) -> int:
 
     _apply_config(args, args._parser)
     cfg = BidirectionalConfig(
-        run=_run(args), corpus=tuple(Path(p) for p in args.corpus or ()),
-        pairs=Path(args.pairs) if args.pairs else None, triplets=Path(args.triplets) if args.triplets else None,
+        run=_run(args),
+        corpus=tuple(Path(p) for p in args.corpus or ()),
+        pairs=Path(args.pairs) if args.pairs else None,
+        triplets=Path(args.triplets) if args.triplets else None,
         dev_pairs=Path(args.dev_pairs) if args.dev_pairs else None,
-        stages=tuple(args.stages.split(",")) if args.stages else (), mode=args.mode, max_tokens=args.max_tokens,
-        max_sentences=args.max_sentences, mntp_steps=args.mntp_steps, simcse_steps=args.simcse_steps,
-        supervised_steps=args.supervised_steps, mntp_batch=args.mntp_batch, simcse_batch=args.simcse_batch,
-        supervised_batch=args.supervised_batch, mntp_lr=args.mntp_lr, simcse_lr=args.simcse_lr,
-        supervised_lr=args.supervised_lr, init_adapter=Path(args.init_adapter) if args.init_adapter else None,
+        stages=tuple(args.stages.split(",")) if args.stages else (),
+        mode=args.mode,
+        max_tokens=args.max_tokens,
+        max_sentences=args.max_sentences,
+        mntp_steps=args.mntp_steps,
+        simcse_steps=args.simcse_steps,
+        supervised_steps=args.supervised_steps,
+        mntp_batch=args.mntp_batch,
+        simcse_batch=args.simcse_batch,
+        supervised_batch=args.supervised_batch,
+        mntp_lr=args.mntp_lr,
+        simcse_lr=args.simcse_lr,
+        supervised_lr=args.supervised_lr,
+        init_adapter=Path(args.init_adapter) if args.init_adapter else None,
         simcse_dropout=args.simcse_dropout,
     )
     print_obj(train_bidirectional(_backbone(args), cfg, _command()), True)
@@ -82,8 +100,15 @@ def cmd_train_sparse(args: argparse.Namespace) -> int:
     if not args.triplets:
         raise LodestarError("train sparse needs --triplets (jsonl {query, positive, negatives})")
     cfg = SparseConfig(
-        run=_run(args), triplets=Path(args.triplets), mode=args.mode, steps=args.steps, batch=args.batch, lr=args.lr,
-        lambda_q=args.lambda_q, lambda_d=args.lambda_d, max_tokens=args.max_tokens,
+        run=_run(args),
+        triplets=Path(args.triplets),
+        mode=args.mode,
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        lambda_q=args.lambda_q,
+        lambda_d=args.lambda_d,
+        max_tokens=args.max_tokens,
         init_adapter=Path(args.init_adapter) if args.init_adapter else None,
     )
     print_obj(train_sparse(_backbone(args), cfg, command=_command()), True)
@@ -95,10 +120,16 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
     _apply_config(args, args._parser)
     cfg = AdaptConfig(
-        run=_run(args), corpus=Path(args.corpus), kinds=tuple(args.kinds.split(",")), passages=args.passages,
+        run=_run(args),
+        corpus=Path(args.corpus),
+        kinds=tuple(args.kinds.split(",")),
+        passages=args.passages,
         queries=args.queries,
         dense_init=Path(args.dense_init) if args.dense_init else None,
-        sparse_init=Path(args.sparse_init) if args.sparse_init else None, steps=args.steps, batch=args.batch, lr=args.lr,
+        sparse_init=Path(args.sparse_init) if args.sparse_init else None,
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
     )
     print_obj(adapt(lambda: _backbone(args), cfg, _command()), True)
     return 0
@@ -124,9 +155,13 @@ def _common(p: argparse.ArgumentParser, out_required: bool = True) -> None:
 def register(sub: Any, groups: dict[str, Any]) -> None:
     """Add this module's commands: `sub` top level, groups["eval" | "bench" | "train"] below those."""
     t = groups["train"]
-    b = t.add_parser("bidirectional", help="LLM2Vec: MNTP -> SimCSE -> supervised (CoSENT / InfoNCE) LoRA, mode bidirectional")
+    b = t.add_parser(
+        "bidirectional", help="LLM2Vec: MNTP -> SimCSE -> supervised (CoSENT / InfoNCE) LoRA, mode bidirectional"
+    )
     _common(b)
-    b.add_argument("--corpus", action="append", help="text for mntp/simcse: .txt, .jsonl, .tsv or a BEIR folder (repeatable)")
+    b.add_argument(
+        "--corpus", action="append", help="text for mntp/simcse: .txt, .jsonl, .tsv or a BEIR folder (repeatable)"
+    )
     b.add_argument("--pairs", help="scored pairs (STS TSV: sentence1, sentence2, score) for the supervised stage")
     b.add_argument("--triplets", help="jsonl {query, positive, negatives} for the supervised stage")
     b.add_argument("--dev-pairs", help="scored pairs for early stopping (default: 10%% held out of --pairs)")
@@ -143,7 +178,9 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     b.add_argument("--mntp-lr", type=float, default=2e-4)
     b.add_argument("--simcse-lr", type=float, default=1e-4)
     b.add_argument("--supervised-lr", type=float, default=1e-4)
-    b.add_argument("--simcse-dropout", type=float, default=0.1, help="attention dropout that makes SimCSE's two views differ")
+    b.add_argument(
+        "--simcse-dropout", type=float, default=0.1, help="attention dropout that makes SimCSE's two views differ"
+    )
     b.add_argument("--init-adapter", help="start from this adapter folder")
     b.set_defaults(func=cmd_train_bidirectional)
 
@@ -160,13 +197,18 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     s.add_argument("--init-adapter")
     s.set_defaults(func=cmd_train_sparse)
 
-    a = sub.add_parser("adapt", help="adapt dense and/or sparse adapters to your corpus with synthetic queries (no labels)")
+    a = sub.add_parser(
+        "adapt", help="adapt dense and/or sparse adapters to your corpus with synthetic queries (no labels)"
+    )
     _common(a)
     a.add_argument("--corpus", required=True, help="BEIR folder or jsonl {id, title?, text}")
     a.add_argument("--kinds", default="dense,sparse", help="dense, sparse or both")
     a.add_argument("--passages", type=int, default=800, help="passages sampled (one synthetic query each)")
-    a.add_argument("--queries", default="generate",
-                   help="pseudo-queries: written by the backbone (generate) or the documents' own titles (title)")
+    a.add_argument(
+        "--queries",
+        default="generate",
+        help="pseudo-queries: written by the backbone (generate) or the documents' own titles (title)",
+    )
     a.add_argument("--dense-init", help="continue this dense adapter (e.g. adapters/<name>/adapter)")
     a.add_argument("--sparse-init", help="continue this sparse adapter")
     a.add_argument("--steps", type=int, default=200)

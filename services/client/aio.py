@@ -1,9 +1,9 @@
 """The asyncio client: the same methods as `Client`, awaited (streaming ones are async iterators).
 
-    async with AsyncClient("127.0.0.1:50051") as c:
-        hits = await c.search("docs", "what is a suffix array?", k=5)
-        async for chunk in c.generate_stream("Once upon a time"):
-            print(chunk.text, end="")
+async with AsyncClient("127.0.0.1:50051") as c:
+    hits = await c.search("docs", "what is a suffix array?", k=5)
+    async for chunk in c.generate_stream("Once upon a time"):
+        print(chunk.text, end="")
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ class AsyncClient(Calls):
     embed_stream, generate_stream, answer_stream and watch_job return async iterators. Create it inside
     the event loop that uses it."""
 
-    def __init__(self, address: str = "127.0.0.1:50051", timeout: float | None = 60.0, *,
-                 channel: ChannelConfig | None = None) -> None:
+    def __init__(
+        self, address: str = "127.0.0.1:50051", timeout: float | None = 60.0, *, channel: ChannelConfig | None = None
+    ) -> None:
         self.address = address
         self.timeout = timeout
         self._channel = aio_channel(address, channel or ChannelConfig())
@@ -96,11 +97,13 @@ class AsyncClient(Calls):
         deadline = time.monotonic() + timeout
         while (status := await self.health()) != "SERVING":  # type: ignore[misc]
             if time.monotonic() > deadline:
-                raise ClientError("DEADLINE_EXCEEDED", f"{self.address} not SERVING after {timeout:.0f}s (last: {status})")
+                raise ClientError(
+                    "DEADLINE_EXCEEDED", f"{self.address} not SERVING after {timeout:.0f}s (last: {status})"
+                )
             await asyncio.sleep(0.2)
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(grace=None)
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -103,10 +103,20 @@ class Calls:
         per text token ids and weights, by weight), sparse_top_k, sparse_threshold, with_dense (False:
         sparse vectors only), sparse_tokens."""
         items, opts = embed.as_texts(texts), EmbedOptions(**options)
-        return self._run(Split(("embed", "Embed"), len(items), lambda n: embed.requests(items, opts, n), embed.result,
-                               embed.merged, self._t(timeout)))
+        return self._run(
+            Split(
+                ("embed", "Embed"),
+                len(items),
+                lambda n: embed.requests(items, opts, n),
+                embed.result,
+                embed.merged,
+                self._t(timeout),
+            )
+        )
 
-    def embed_stream(self, batches: Iterable[list[str]], *, timeout: float | None = None, **options: Any) -> Iterator[EmbedResult]:
+    def embed_stream(
+        self, batches: Iterable[list[str]], *, timeout: float | None = None, **options: Any
+    ) -> Iterator[EmbedResult]:
         """Stream many batches over one call; results come back in batch order."""
         opts = EmbedOptions(**options)
         reqs = (embed.request(embed.as_texts(b), opts, request_id=str(i)) for i, b in enumerate(batches))
@@ -127,33 +137,64 @@ class Calls:
         return self._run(Unary(("retrieve", "CreateCollection"), req, retrieve.collection_info, self.timeout))
 
     def drop_collection(self, name: str) -> None:
-        return self._run(Unary(("retrieve", "DropCollection"), rpb.DropCollectionRequest(name=name), _none, self.timeout))
+        return self._run(
+            Unary(("retrieve", "DropCollection"), rpb.DropCollectionRequest(name=name), _none, self.timeout)
+        )
 
     def list_collections(self) -> list[CollectionInfo]:
-        return self._run(Unary(("retrieve", "ListCollections"), rpb.ListCollectionsRequest(),
-                               lambda r: [retrieve.collection_info(s) for s in r.collections], self.timeout))
+        return self._run(
+            Unary(
+                ("retrieve", "ListCollections"),
+                rpb.ListCollectionsRequest(),
+                lambda r: [retrieve.collection_info(s) for s in r.collections],
+                self.timeout,
+            )
+        )
 
-    def upsert(self, collection: str, documents: Iterable[dict[str, Any] | rt.Document],
-               timeout: float | None = None) -> tuple[int, int]:
+    def upsert(
+        self, collection: str, documents: Iterable[dict[str, Any] | rt.Document], timeout: float | None = None
+    ) -> tuple[int, int]:
         """Insert or replace documents ({"id", "text", "metadata"} or Document); returns (documents, chunks)."""
         req = rpb.UpsertRequest(collection=collection, documents=[retrieve.document(d) for d in documents])
         return self._run(Unary(("retrieve", "Upsert"), req, lambda r: (r.documents, r.chunks), self._t(timeout)))
 
     def delete(self, collection: str, ids: list[str]) -> int:
-        return self._run(Unary(("retrieve", "Delete"), rpb.DeleteRequest(collection=collection, ids=ids),
-                               lambda r: r.deleted, self.timeout))
+        return self._run(
+            Unary(
+                ("retrieve", "Delete"),
+                rpb.DeleteRequest(collection=collection, ids=ids),
+                lambda r: r.deleted,
+                self.timeout,
+            )
+        )
 
     def get(self, collection: str, ids: list[str]) -> list[rt.Document | None]:
         """The documents by id, in order; None where an id is not stored."""
-        return self._run(Unary(("retrieve", "Get"), rpb.GetRequest(collection=collection, ids=ids),
-                               lambda r: [retrieve.document_from_pb(d) if found else None
-                                          for d, found in zip(r.documents, r.found)], self.timeout))
+        return self._run(
+            Unary(
+                ("retrieve", "Get"),
+                rpb.GetRequest(collection=collection, ids=ids),
+                lambda r: [retrieve.document_from_pb(d) if found else None for d, found in zip(r.documents, r.found)],
+                self.timeout,
+            )
+        )
 
     def search(
-        self, collection: str, queries: str | list[str], *, k: int | None = None, retriever: str = "",
-        fusion: str = "", alpha: float | None = None, rrf_k: int | None = None, filters: Iterable[FilterSpec] = (),
-        include_text: bool | None = None, feedback_chunks: int | None = None, feedback_weight: float | None = None,
-        length_norm: float | None = None, timeout: float | None = None,
+        self,
+        collection: str,
+        queries: str | list[str],
+        *,
+        k: int | None = None,
+        retriever: str = "",
+        fusion: str = "",
+        alpha: float | None = None,
+        rrf_k: int | None = None,
+        filters: Iterable[FilterSpec] = (),
+        include_text: bool | None = None,
+        feedback_chunks: int | None = None,
+        feedback_weight: float | None = None,
+        length_norm: float | None = None,
+        timeout: float | None = None,
     ) -> list[list[rt.Hit]]:
         """Search one query (str) or a batch: one hit list per query. Unset options take the server's
         defaults (k 10, retriever dense, fusion rrf). retriever: dense | sparse | hybrid; fusion: rrf |
@@ -162,33 +203,59 @@ class Calls:
         of the first ranking's top chunks to each query (pseudo-relevance feedback), length_norm is BM25's
         b for chunk length (0..1)."""
         options = retrieve.search_options(
-            k=k, retriever=retriever, fusion=fusion, alpha=alpha, rrf_k=rrf_k, filters=filters, include_text=include_text,
-            feedback_chunks=feedback_chunks, feedback_weight=feedback_weight, length_norm=length_norm,
+            k=k,
+            retriever=retriever,
+            fusion=fusion,
+            alpha=alpha,
+            rrf_k=rrf_k,
+            filters=filters,
+            include_text=include_text,
+            feedback_chunks=feedback_chunks,
+            feedback_weight=feedback_weight,
+            length_norm=length_norm,
         )
         req = rpb.SearchRequest(collection=collection, queries=embed.as_texts(queries), options=options)
         return self._run(Unary(("retrieve", "Search"), req, retrieve.hits, self._t(timeout)))
 
     def snapshot(self, collection: str) -> dict[str, Any]:
         """Write the collection's indexes to disk now; returns the snapshot's manifest."""
-        return self._run(Unary(("retrieve", "Snapshot"), rpb.SnapshotRequest(collection=collection),
-                               lambda r: json.loads(r.manifest_json), self.timeout))
+        return self._run(
+            Unary(
+                ("retrieve", "Snapshot"),
+                rpb.SnapshotRequest(collection=collection),
+                lambda r: json.loads(r.manifest_json),
+                self.timeout,
+            )
+        )
 
     def restore(self, collection: str, path: str) -> CollectionInfo:
-        return self._run(Unary(("retrieve", "Restore"), rpb.RestoreRequest(collection=collection, path=path),
-                               retrieve.collection_info, self.timeout))
+        return self._run(
+            Unary(
+                ("retrieve", "Restore"),
+                rpb.RestoreRequest(collection=collection, path=path),
+                retrieve.collection_info,
+                self.timeout,
+            )
+        )
 
     def rebuild(self, collection: str) -> CollectionInfo:
         """Rebuild the indexes from the document store (no time limit: it can take long)."""
-        return self._run(Unary(("retrieve", "Rebuild"), rpb.RebuildRequest(collection=collection),
-                               retrieve.collection_info, None))
+        return self._run(
+            Unary(("retrieve", "Rebuild"), rpb.RebuildRequest(collection=collection), retrieve.collection_info, None)
+        )
 
     def stats(self, collection: str) -> CollectionInfo:
-        return self._run(Unary(("retrieve", "Stats"), rpb.StatsRequest(collection=collection), retrieve.collection_info,
-                               self.timeout))
+        return self._run(
+            Unary(
+                ("retrieve", "Stats"), rpb.StatsRequest(collection=collection), retrieve.collection_info, self.timeout
+            )
+        )
 
     # --- compression --------------------------------------------------------------------------
 
-    def compress(self, query: str, passages: list[str], *, timeout: float | None = None, **options: Any) -> CompressResult:
+    def compress(
+        self, query: str, passages: list[str], *, timeout: float | None = None, **options: Any
+    ) -> CompressResult:
         """Compress passages for a query. Options: method (extractive|abstractive), budget_tokens,
         budget_ratio, top_n, order (original|score), selective, threshold, max_new_tokens,
         sentence_options / query_options ({mode, prompt, instruction, adapter}), adapter (abstractive)."""
@@ -200,8 +267,15 @@ class Calls:
 
     # --- generation ---------------------------------------------------------------------------
 
-    def generate_stream(self, prompt: str | list[int], *, passages: list[str] | None = None, chat: bool = False,
-                        timeout: float | None = None, **decoding: Any) -> Iterator[Chunk]:
+    def generate_stream(
+        self,
+        prompt: str | list[int],
+        *,
+        passages: list[str] | None = None,
+        chat: bool = False,
+        timeout: float | None = None,
+        **decoding: Any,
+    ) -> Iterator[Chunk]:
         """Stream a continuation; leaving the loop early cancels the call (the server stops). Decoding
         options: max_new_tokens, stop, temperature, top_p, seed, speculative, datastore, self_draft_layers.
         `passages` feed the drafts only (they are not put in the prompt)."""
@@ -213,21 +287,51 @@ class Calls:
         return self._fold(self.generate_stream(prompt, **kwargs), generate.collect)
 
     def answer_stream(
-        self, question: str, collection: str, *, k: int | None = None, retriever: str = "",
-        filters: Iterable[FilterSpec] = (), compression: str = "", budget_tokens: int | None = None,
-        selective: bool = False, fusion: str = "", alpha: float | None = None, rrf_k: int | None = None,
-        threshold: float | None = None, feedback_chunks: int | None = None, feedback_weight: float | None = None,
-        length_norm: float | None = None, timeout: float | None = None, **decoding: Any,
+        self,
+        question: str,
+        collection: str,
+        *,
+        k: int | None = None,
+        retriever: str = "",
+        filters: Iterable[FilterSpec] = (),
+        compression: str = "",
+        budget_tokens: int | None = None,
+        selective: bool = False,
+        fusion: str = "",
+        alpha: float | None = None,
+        rrf_k: int | None = None,
+        threshold: float | None = None,
+        feedback_chunks: int | None = None,
+        feedback_weight: float | None = None,
+        length_norm: float | None = None,
+        timeout: float | None = None,
+        **decoding: Any,
     ) -> Iterator[AnswerContext | Chunk]:
         """Retrieve -> compress -> generate; the first item is the AnswerContext, then text Chunks.
         Retrieval options as in search (Answer's defaults: k 5, hybrid where the collection has a sparse
         side, weighted fusion with alpha 0.15); compression: extractive | abstractive | none; threshold is
         the selective cut (default: the compressor's calibrated one)."""
-        search = retrieve.search_options(k=k, retriever=retriever, fusion=fusion, alpha=alpha, rrf_k=rrf_k, filters=filters,
-                                         feedback_chunks=feedback_chunks, feedback_weight=feedback_weight,
-                                         length_norm=length_norm)
-        req = generate.answer_request(question, collection, search, compression=compression, budget_tokens=budget_tokens,
-                                      selective=selective, threshold=threshold, **decoding)
+        search = retrieve.search_options(
+            k=k,
+            retriever=retriever,
+            fusion=fusion,
+            alpha=alpha,
+            rrf_k=rrf_k,
+            filters=filters,
+            feedback_chunks=feedback_chunks,
+            feedback_weight=feedback_weight,
+            length_norm=length_norm,
+        )
+        req = generate.answer_request(
+            question,
+            collection,
+            search,
+            compression=compression,
+            budget_tokens=budget_tokens,
+            selective=selective,
+            threshold=threshold,
+            **decoding,
+        )
         return self._run(Stream(("generate", "Answer"), req, generate.answer_items, timeout))
 
     def answer(self, question: str, collection: str, **kwargs: Any) -> Generated:
@@ -235,31 +339,55 @@ class Calls:
         return self._fold(self.answer_stream(question, collection, **kwargs), generate.collect)
 
     def list_datastores(self) -> list[Datastore]:
-        return self._run(Unary(("generate", "ListDatastores"), gpb.ListDatastoresRequest(),
-                               lambda r: [generate.datastore(d) for d in r.datastores], self.timeout))
+        return self._run(
+            Unary(
+                ("generate", "ListDatastores"),
+                gpb.ListDatastoresRequest(),
+                lambda r: [generate.datastore(d) for d in r.datastores],
+                self.timeout,
+            )
+        )
 
-    def add_to_datastore(self, name: str, texts: Iterable[str], *, batch: int = 256, compact: bool = False,
-                         timeout: float | None = None) -> Datastore:
+    def add_to_datastore(
+        self, name: str, texts: Iterable[str], *, batch: int = 256, compact: bool = False, timeout: float | None = None
+    ) -> Datastore:
         """Create datastore `name` on the server or append `texts` to it (streamed in batches)."""
-        return self._run(Upload(("generate", "AddToDatastore"), generate.add_requests(name, texts, batch, compact),
-                                generate.datastore, self._t(timeout)))
+        return self._run(
+            Upload(
+                ("generate", "AddToDatastore"),
+                generate.add_requests(name, texts, batch, compact),
+                generate.datastore,
+                self._t(timeout),
+            )
+        )
 
     # --- batch indexing jobs ---------------------------------------------------------------
 
-    def submit_job(self, collection: str, lines: Iterable[tuple[int, bytes]], *, source: str = "",
-                   chunk_docs: int = 0, batch: int = 256, timeout: float | None = None) -> Job:
+    def submit_job(
+        self,
+        collection: str,
+        lines: Iterable[tuple[int, bytes]],
+        *,
+        source: str = "",
+        chunk_docs: int = 0,
+        batch: int = 256,
+        timeout: float | None = None,
+    ) -> Job:
         """Upload (line number, raw jsonl line) pairs as one job; it starts when the upload ends.
         Lines the server cannot use are listed in the job's errors, with their numbers."""
         reqs = index.submit_requests(collection, lines, source, chunk_docs, batch)
         return self._run(Upload(("index", "SubmitJob"), reqs, index.job, timeout))
 
     def get_job(self, job_id: str, max_errors: int | None = None) -> Job:
-        return self._run(Unary(("index", "GetJob"), ipb.GetJobRequest(id=job_id, max_errors=max_errors), index.job,
-                               self.timeout))
+        return self._run(
+            Unary(("index", "GetJob"), ipb.GetJobRequest(id=job_id, max_errors=max_errors), index.job, self.timeout)
+        )
 
     def watch_job(self, job_id: str, timeout: float | None = None) -> Iterator[Job]:
         """The job's state now and at every change, until it ends."""
-        return self._run(Stream(("index", "WatchJob"), ipb.GetJobRequest(id=job_id), lambda j, _: [index.job(j)], timeout))
+        return self._run(
+            Stream(("index", "WatchJob"), ipb.GetJobRequest(id=job_id), lambda j, _: [index.job(j)], timeout)
+        )
 
     def cancel_job(self, job_id: str) -> Job:
         return self._run(Unary(("index", "CancelJob"), ipb.JobRequest(id=job_id), index.job, self.timeout))
@@ -268,8 +396,14 @@ class Calls:
         return self._run(Unary(("index", "ResumeJob"), ipb.JobRequest(id=job_id), index.job, self.timeout))
 
     def list_jobs(self, limit: int | None = None) -> list[Job]:
-        return self._run(Unary(("index", "ListJobs"), ipb.ListJobsRequest(limit=limit),
-                               lambda r: [index.job(j) for j in r.jobs], self.timeout))
+        return self._run(
+            Unary(
+                ("index", "ListJobs"),
+                ipb.ListJobsRequest(limit=limit),
+                lambda r: [index.job(j) for j in r.jobs],
+                self.timeout,
+            )
+        )
 
     # worker side
 
@@ -288,9 +422,15 @@ class Calls:
 
     def health(self, service: str = "") -> str:
         """SERVING, NOT_SERVING, SERVICE_UNKNOWN, or the call's status (UNAVAILABLE: nothing answers)."""
-        return self._run(Unary(("health", "Check"), health_pb2.HealthCheckRequest(service=service),
-                               lambda r: health_pb2.HealthCheckResponse.ServingStatus.Name(r.status), 5.0,
-                               on_error=lambda exc: exc.code().name))
+        return self._run(
+            Unary(
+                ("health", "Check"),
+                health_pb2.HealthCheckRequest(service=service),
+                lambda r: health_pb2.HealthCheckResponse.ServingStatus.Name(r.status),
+                5.0,
+                on_error=lambda exc: exc.code().name,
+            )
+        )
 
 
 def _none(_: Any) -> None:

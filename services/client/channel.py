@@ -35,16 +35,18 @@ def service_config(c: ChannelConfig) -> str:
     (a health probe reports UNAVAILABLE at once instead of retrying it)."""
     methods: list[dict[str, Any]] = [{"name": [{"service": "grpc.health.v1.Health"}]}]
     if c.retries:
-        methods.append({
-            "name": [{}],  # the default for every other method
-            "retryPolicy": {
-                "maxAttempts": c.retries + 1,
-                "initialBackoff": f"{c.initial_backoff_s}s",
-                "maxBackoff": f"{c.max_backoff_s}s",
-                "backoffMultiplier": 2,
-                "retryableStatusCodes": list(RETRYABLE),
-            },
-        })
+        methods.append(
+            {
+                "name": [{}],  # the default for every other method
+                "retryPolicy": {
+                    "maxAttempts": c.retries + 1,
+                    "initialBackoff": f"{c.initial_backoff_s}s",
+                    "maxBackoff": f"{c.max_backoff_s}s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": list(RETRYABLE),
+                },
+            }
+        )
     return json.dumps({"loadBalancingConfig": [{c.load_balancing: {}}], "methodConfig": methods})
 
 
@@ -56,8 +58,11 @@ def options(c: ChannelConfig) -> list[tuple[str, Any]]:
         ("grpc.enable_retries", 1 if c.retries else 0),
     ]
     if c.keepalive_s:
-        out += [("grpc.keepalive_time_ms", int(c.keepalive_s * 1000)), ("grpc.keepalive_timeout_ms", 20_000),
-                ("grpc.http2.max_pings_without_data", 0)]
+        out += [
+            ("grpc.keepalive_time_ms", int(c.keepalive_s * 1000)),
+            ("grpc.keepalive_timeout_ms", 20_000),
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
     return out
 
 

@@ -23,26 +23,53 @@ def decoding_options(**kw: Any) -> gpb.DecodingOptions:
     return gpb.DecodingOptions(stop=[stop] if isinstance(stop, str) else list(stop or ()), **kw)
 
 
-def generate_request(prompt: str | list[int], passages: list[str] | None, chat: bool, **decoding: Any) -> gpb.GenerateRequest:
-    text = isinstance(prompt, str)
-    return gpb.GenerateRequest(prompt=prompt if text else "", prompt_token_ids=[] if text else prompt,
-                               options=decoding_options(**decoding), passages=passages or [], chat=chat)
+def generate_request(
+    prompt: str | list[int], passages: list[str] | None, chat: bool, **decoding: Any
+) -> gpb.GenerateRequest:
+    text, ids = (prompt, []) if isinstance(prompt, str) else ("", prompt)
+    return gpb.GenerateRequest(
+        prompt=text,
+        prompt_token_ids=ids,
+        options=decoding_options(**decoding),
+        passages=passages or [],
+        chat=chat,
+    )
 
 
-def answer_request(question: str, collection: str, search: rpb.SearchOptions, *, compression: str,
-                   budget_tokens: int | None, selective: bool, threshold: float | None, **decoding: Any) -> gpb.AnswerRequest:
+def answer_request(
+    question: str,
+    collection: str,
+    search: rpb.SearchOptions,
+    *,
+    compression: str,
+    budget_tokens: int | None,
+    selective: bool,
+    threshold: float | None,
+    **decoding: Any,
+) -> gpb.AnswerRequest:
     return gpb.AnswerRequest(
-        question=question, collection=collection, search=search,
-        compressor=name_to_enum(gpb.Compression, compression, "compression"), budget_tokens=budget_tokens,
-        selective=selective, threshold=threshold, options=decoding_options(**decoding),
+        question=question,
+        collection=collection,
+        search=search,
+        compressor=name_to_enum(gpb.Compression, compression, "compression"),
+        budget_tokens=budget_tokens,
+        selective=selective,
+        threshold=threshold,
+        options=decoding_options(**decoding),
     )
 
 
 def stats(s: gpb.DecodeStats) -> GenerationStats:
     return GenerationStats(
-        prompt_tokens=s.prompt_tokens, generated_tokens=s.generated_tokens, steps=s.steps, draft_tokens=s.draft_tokens,
-        accepted_draft_tokens=s.accepted_draft_tokens, mean_accepted_tokens=round(s.mean_accepted_tokens, 4),
-        prefill_s=round(s.prefill_s, 4), decode_s=round(s.decode_s, 4), tokens_per_s=round(s.tokens_per_s, 3),
+        prompt_tokens=s.prompt_tokens,
+        generated_tokens=s.generated_tokens,
+        steps=s.steps,
+        draft_tokens=s.draft_tokens,
+        accepted_draft_tokens=s.accepted_draft_tokens,
+        mean_accepted_tokens=round(s.mean_accepted_tokens, 4),
+        prefill_s=round(s.prefill_s, 4),
+        decode_s=round(s.decode_s, 4),
+        tokens_per_s=round(s.tokens_per_s, 3),
     )
 
 
@@ -60,8 +87,14 @@ def answer_items(c: gpb.AnswerChunk, first: bool) -> list[AnswerContext | Chunk]
     """The first message carries the AnswerContext; any message may carry text."""
     out: list[AnswerContext | Chunk] = []
     if first:
-        sources = [hit(rpb.Hit(id=s.id, score=s.score, chunk=s.chunk, text=s.text, chunk_text=s.text,
-                               metadata_json=s.metadata_json)) for s in c.sources]
+        sources = [
+            hit(
+                rpb.Hit(
+                    id=s.id, score=s.score, chunk=s.chunk, text=s.text, chunk_text=s.text, metadata_json=s.metadata_json
+                )
+            )
+            for s in c.sources
+        ]
         out.append(AnswerContext(sources, c.context, c.decision, c.context_tokens, c.passage_tokens))
     if c.text or c.finish_reason:
         out.append(chunk(c))
@@ -84,8 +117,9 @@ def collect(items: Iterable[AnswerContext | Chunk]) -> Generated:
 
 
 def datastore(d: gpb.DatastoreInfo) -> Datastore:
-    return Datastore(name=d.name, tokens=d.tokens, documents=d.documents, segments=d.segments, path=d.path,
-                     is_default=d.is_default)
+    return Datastore(
+        name=d.name, tokens=d.tokens, documents=d.documents, segments=d.segments, path=d.path, is_default=d.is_default
+    )
 
 
 def add_requests(name: str, texts: Iterable[str], batch: int, compact: bool) -> Iterator[gpb.AddToDatastoreRequest]:

@@ -21,7 +21,9 @@ def config(name: str, **options: Any) -> rpb.CollectionConfig:
     """A CollectionConfig; metric and sparse go as their enums; unknown keys -> TypeError naming the valid ones."""
     unknown = set(options) - _CONFIG_FIELDS
     if unknown:
-        raise TypeError(f"unknown collection option(s) {sorted(unknown)}; valid are {', '.join(sorted(_CONFIG_FIELDS - {'name'}))}")
+        raise TypeError(
+            f"unknown collection option(s) {sorted(unknown)}; valid are {', '.join(sorted(_CONFIG_FIELDS - {'name'}))}"
+        )
     metric = name_to_enum(rpb.Metric, options.pop("metric", ""), "metric")
     sparse = name_to_enum(rpb.SparseKind, options.pop("sparse", ""), "sparse kind")
     return rpb.CollectionConfig(name=name, metric_kind=metric, sparse_kind=sparse, **options)
@@ -38,9 +40,18 @@ def config_from_pb(c: rpb.CollectionConfig) -> rt.CollectionConfig:
 
 def collection_info(s: rpb.CollectionStats) -> CollectionInfo:
     return CollectionInfo(
-        name=s.name, documents=s.documents, chunks=s.chunks, index=s.index, trained=s.trained,
-        index_vectors=s.index_vectors, bytes=s.bytes, dimensions=s.dimensions, sparse=s.sparse, status=s.status,
-        note=s.note, config=config_from_pb(s.config) if s.HasField("config") else None,
+        name=s.name,
+        documents=s.documents,
+        chunks=s.chunks,
+        index=s.index,
+        trained=s.trained,
+        index_vectors=s.index_vectors,
+        bytes=s.bytes,
+        dimensions=s.dimensions,
+        sparse=s.sparse,
+        status=s.status,
+        note=s.note,
+        config=config_from_pb(s.config) if s.HasField("config") else None,
     )
 
 
@@ -59,29 +70,51 @@ def filters_pb(specs: Iterable[FilterSpec]) -> list[rpb.Filter]:
     out = []
     for f in specs:
         name, op, value = (f["field"], f["op"], f["value"]) if isinstance(f, dict) else f
-        out.append(rpb.Filter(field=name, operator=name_to_enum(rpb.FilterOp, op, "filter operator"),
-                              value_json=json.dumps(value)))
+        out.append(
+            rpb.Filter(
+                field=name, operator=name_to_enum(rpb.FilterOp, op, "filter operator"), value_json=json.dumps(value)
+            )
+        )
     return out
 
 
 def search_options(
-    *, k: int | None = None, retriever: str = "", fusion: str = "", alpha: float | None = None,
-    rrf_k: int | None = None, filters: Iterable[FilterSpec] = (), include_text: bool | None = None,
-    feedback_chunks: int | None = None, feedback_weight: float | None = None, length_norm: float | None = None,
+    *,
+    k: int | None = None,
+    retriever: str = "",
+    fusion: str = "",
+    alpha: float | None = None,
+    rrf_k: int | None = None,
+    filters: Iterable[FilterSpec] = (),
+    include_text: bool | None = None,
+    feedback_chunks: int | None = None,
+    feedback_weight: float | None = None,
+    length_norm: float | None = None,
 ) -> rpb.SearchOptions:
     """SearchOptions; None/"" leave a field unset, so the server's default applies."""
     return rpb.SearchOptions(
-        k=k, retriever=name_to_enum(rpb.Retriever, retriever, "retriever"),
-        fusion=name_to_enum(rpb.Fusion, fusion, "fusion"), alpha=alpha, rrf_k=rrf_k, filters=filters_pb(filters),
-        include_text=include_text, feedback_chunks=feedback_chunks, feedback_weight=feedback_weight,
+        k=k,
+        retriever=name_to_enum(rpb.Retriever, retriever, "retriever"),
+        fusion=name_to_enum(rpb.Fusion, fusion, "fusion"),
+        alpha=alpha,
+        rrf_k=rrf_k,
+        filters=filters_pb(filters),
+        include_text=include_text,
+        feedback_chunks=feedback_chunks,
+        feedback_weight=feedback_weight,
         length_norm=length_norm,
     )
 
 
 def hit(h: Any) -> rt.Hit:
     return rt.Hit(
-        id=h.id, score=h.score, text=h.text, metadata=json.loads(h.metadata_json or "{}"), chunk=h.chunk,
-        chunk_text=h.chunk_text, dense_score=h.dense_score if h.HasField("dense_score") else None,
+        id=h.id,
+        score=h.score,
+        text=h.text,
+        metadata=json.loads(h.metadata_json or "{}"),
+        chunk=h.chunk,
+        chunk_text=h.chunk_text,
+        dense_score=h.dense_score if h.HasField("dense_score") else None,
         sparse_score=h.sparse_score if h.HasField("sparse_score") else None,
     )
 

@@ -1,7 +1,7 @@
 """The blocking client: `from lodestar import Client`.
 
-    with Client("127.0.0.1:50051") as c:
-        vecs = c.embed(["hello", "world"], mode="prompteol").vectors   # (2, 576) float32
+with Client("127.0.0.1:50051") as c:
+    vecs = c.embed(["hello", "world"], mode="prompteol").vectors   # (2, 576) float32
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from lodestar.embed.v1 import embed_pb2_grpc as pb_grpc
 from lodestar.generate.v1 import generate_pb2_grpc as gpb_grpc
 from lodestar.retrieve.v1 import index_pb2_grpc as ipb_grpc
 from lodestar.retrieve.v1 import retrieve_pb2_grpc as rpb_grpc
-
 from lodestar.services.client.calls import Calls, Split, Stream, Unary, Upload
 from lodestar.services.client.channel import ChannelConfig, sync_channel
 from lodestar.services.client.types import ClientError
@@ -33,8 +32,10 @@ STUBS = {
     "health": health_pb2_grpc.HealthStub,
 }
 
+
 def error(exc: grpc.RpcError) -> ClientError:
-    return ClientError(exc.code().name, exc.details() or "")  # type: ignore[attr-defined]
+    return ClientError(exc.code().name, exc.details() or "")
+
 
 class Client(Calls):
     """Talks to a Lodestar server (`address`: host:port, or dns:///name:port for several replicas,
@@ -42,8 +43,14 @@ class Client(Calls):
     `channel` tunes message size, keepalive, retries (UNAVAILABLE, RESOURCE_EXHAUSTED, with backoff)
     and load balancing."""
 
-    def __init__(self, address: str = "127.0.0.1:50051", timeout: float | None = 60.0, *,
-                 max_message_bytes: int | None = None, channel: ChannelConfig | None = None) -> None:
+    def __init__(
+        self,
+        address: str = "127.0.0.1:50051",
+        timeout: float | None = 60.0,
+        *,
+        max_message_bytes: int | None = None,
+        channel: ChannelConfig | None = None,
+    ) -> None:
         config = channel or ChannelConfig()
         if max_message_bytes is not None:
             config = ChannelConfig(**{**config.__dict__, "max_message_bytes": max_message_bytes})
@@ -106,7 +113,9 @@ class Client(Calls):
         deadline = time.monotonic() + timeout
         while (status := self.health()) != "SERVING":
             if time.monotonic() > deadline:
-                raise ClientError("DEADLINE_EXCEEDED", f"{self.address} not SERVING after {timeout:.0f}s (last: {status})")
+                raise ClientError(
+                    "DEADLINE_EXCEEDED", f"{self.address} not SERVING after {timeout:.0f}s (last: {status})"
+                )
             time.sleep(0.2)
 
     def close(self) -> None:
@@ -117,4 +126,3 @@ class Client(Calls):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-

@@ -39,9 +39,7 @@ NORM_SHAPES: list[tuple[int, int]] = [(5, 300), (1, 2100), (256, 4096), (64, 576
 VARIANTS: list[str] = ["basic", "zero_row", "transposed", "sliced", "bool", "int64", "soft", "nan_padding"]
 
 
-def _pool_inputs(
-    B: int, T: int, H: int, dtype: torch.dtype, variant: str
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _pool_inputs(B: int, T: int, H: int, dtype: torch.dtype, variant: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Build CUDA (hidden (B,T,H), weights (B,T)) in the requested layout/weight flavour."""
     g = torch.Generator(device=DEVICE).manual_seed(0)
     if variant == "transposed":

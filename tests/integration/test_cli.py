@@ -20,7 +20,10 @@ FIXTURES = Path(__file__).parent.parent / "fixtures"
 def lodestar(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "lodestar.services.cli", *args],
-        capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -65,7 +68,9 @@ def test_embed_file_to_npy_resumes(server, tmp_path: Path) -> None:  # type: ign
 
 def test_embed_sparse_on_the_command_line_and_to_a_file(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     texts = ["the cat sat on the mat", "bond yields rose"]
-    out = lodestar("--server", server.address, "embed", *texts, "--json", "--mode", "echo", "--sparse", "--sparse-top-k", "12")
+    out = lodestar(
+        "--server", server.address, "embed", *texts, "--json", "--mode", "echo", "--sparse", "--sparse-top-k", "12"
+    )
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)
     assert res["shape"] == [2, 576] and len(res["sparse"]) == 2
@@ -73,7 +78,9 @@ def test_embed_sparse_on_the_command_line_and_to_a_file(server, tmp_path: Path) 
         want = c.embed(texts, mode="echo", sparse=True, sparse_top_k=12).sparse
     for got, (ids, weights) in zip(res["sparse"], want):
         assert 0 < len(got["ids"]) <= 12 and got["ids"] == ids.tolist() and len(got["tokens"]) == len(got["ids"])
-        assert np.allclose(got["weights"], weights, rtol=1e-4) and got["weights"] == sorted(got["weights"], reverse=True)
+        assert np.allclose(got["weights"], weights, rtol=1e-4) and got["weights"] == sorted(
+            got["weights"], reverse=True
+        )
     human = lodestar("--server", server.address, "embed", texts[0], "--mode", "echo", "--no-dense")
     assert human.returncode == 0, human.stderr
     assert "terms: " in human.stdout and "[" not in human.stdout
@@ -82,14 +89,38 @@ def test_embed_sparse_on_the_command_line_and_to_a_file(server, tmp_path: Path) 
     src = tmp_path / "docs.txt"
     src.write_text("\n".join(texts * 3) + "\n")
     dest = tmp_path / "vecs.npy"
-    run = lodestar("--server", server.address, "embed", "--file", str(src), "--out", str(dest), "--mode", "echo",
-                   "--sparse", "--batch-size", "4", "--quiet")
+    run = lodestar(
+        "--server",
+        server.address,
+        "embed",
+        "--file",
+        str(src),
+        "--out",
+        str(dest),
+        "--mode",
+        "echo",
+        "--sparse",
+        "--batch-size",
+        "4",
+        "--quiet",
+    )
     assert run.returncode == 0, run.stderr
     assert np.load(dest).shape == (6, 576)
     rows = [json.loads(line) for line in (tmp_path / "vecs.sparse.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and rows[0]["ids"] == rows[2]["ids"] and rows[1]["ids"] != rows[0]["ids"]
-    only = lodestar("--server", server.address, "embed", "--file", str(src), "--out", str(tmp_path / "s.jsonl"),
-                    "--mode", "echo", "--no-dense", "--quiet")
+    only = lodestar(
+        "--server",
+        server.address,
+        "embed",
+        "--file",
+        str(src),
+        "--out",
+        str(tmp_path / "s.jsonl"),
+        "--mode",
+        "echo",
+        "--no-dense",
+        "--quiet",
+    )
     assert only.returncode == 0, only.stderr
     assert len((tmp_path / "s.jsonl").read_text().splitlines()) == 6 and not (tmp_path / "s.npy").exists()
 
@@ -101,13 +132,37 @@ def test_embed_file_does_not_resume_from_other_options(server, tmp_path: Path) -
     src.write_text("".join(f"text number {i}\n" for i in range(6)))
     out = tmp_path / "vecs.npy"
     parts = tmp_path / "vecs.npy.parts"
-    first = lodestar("--server", server.address, "embed", "--file", str(src), "--out", str(out), "--batch-size", "4", "--mode", "last")
+    first = lodestar(
+        "--server",
+        server.address,
+        "embed",
+        "--file",
+        str(src),
+        "--out",
+        str(out),
+        "--batch-size",
+        "4",
+        "--mode",
+        "last",
+    )
     assert first.returncode == 0, first.stderr
     last = np.load(out)
     parts.mkdir()  # an interrupted run in mean mode: batch 0 done (zeros stand for its vectors)
     (parts / "KEY").write_text("made-from-something-else\n")
     np.save(parts / "000000.npy", np.zeros((4, 576), dtype=np.float32))
-    again = lodestar("--server", server.address, "embed", "--file", str(src), "--out", str(out), "--batch-size", "4", "--mode", "last")
+    again = lodestar(
+        "--server",
+        server.address,
+        "embed",
+        "--file",
+        str(src),
+        "--out",
+        str(out),
+        "--batch-size",
+        "4",
+        "--mode",
+        "last",
+    )
     assert again.returncode == 0, again.stderr
     assert "starting over" in again.stderr
     table = np.load(out)
@@ -142,8 +197,23 @@ def test_bench_sparse_writes_json_and_names_bad_sizes(tmp_path: Path) -> None:
 
 def test_bench_shards_writes_json_and_names_bad_counts(tmp_path: Path) -> None:
     out = tmp_path / "shards.json"
-    run = lodestar("bench", "shards", "--vectors", "500", "--dim", "16", "--queries", "5", "--shards", "1,3",
-                   "--index", "Flat", "--quiet", "--out", str(out))
+    run = lodestar(
+        "bench",
+        "shards",
+        "--vectors",
+        "500",
+        "--dim",
+        "16",
+        "--queries",
+        "5",
+        "--shards",
+        "1,3",
+        "--index",
+        "Flat",
+        "--quiet",
+        "--out",
+        str(out),
+    )
     assert run.returncode == 0, run.stderr
     runs = json.loads(out.read_text())["runs"]
     one = sorted({1, os.cpu_count() or 1})  # one index also runs with FAISS's default threads (every core)
@@ -153,13 +223,25 @@ def test_bench_shards_writes_json_and_names_bad_counts(tmp_path: Path) -> None:
     assert bad.returncode != 0 and "--shards" in bad.stderr
 
 
-PASSAGE = ("The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, a region "
-           "in France. They were descended from Norse raiders and pirates from Denmark, Iceland and Norway.")
+PASSAGE = (
+    "The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, a region "
+    "in France. They were descended from Norse raiders and pirates from Denmark, Iceland and Norway."
+)
 
 
 def test_compress_prints_context_and_json(server) -> None:  # type: ignore[no-untyped-def]
-    args = ["--server", server.address, "compress", "Who gave their name to Normandy?", "-p", PASSAGE,
-            "-p", "Paris is the capital of France.", "--top-n", "1"]
+    args = [
+        "--server",
+        server.address,
+        "compress",
+        "Who gave their name to Normandy?",
+        "-p",
+        PASSAGE,
+        "-p",
+        "Paris is the capital of France.",
+        "--top-n",
+        "1",
+    ]
     run = lodestar(*args)
     assert run.returncode == 0, run.stderr
     assert "gave their name to Normandy" in run.stdout and "extractive, augment" in run.stdout
@@ -185,15 +267,37 @@ def test_datastore_build_add_upload_and_generate(server, tmp_path: Path) -> None
     assert info["documents"] == 2 and info["segments"] == 1 and not (tmp_path / "store.progress").exists()
     again = lodestar("datastore", "build", "--input", str(src), "--out", str(store))
     assert again.returncode == 2 and "datastore add" in again.stderr
-    added = json.loads(lodestar("datastore", "add", "--input", str(src / "a.py"), "--out", str(store), "--json", "--quiet").stdout)
+    added = json.loads(
+        lodestar("datastore", "add", "--input", str(src / "a.py"), "--out", str(store), "--json", "--quiet").stdout
+    )
     assert added["documents"] == 3 and added["segments"] == 2
-    up = lodestar("--server", server.address, "datastore", "build", "--input", str(src), "--name", "cli_store", "--json", "--quiet")
+    up = lodestar(
+        "--server",
+        server.address,
+        "datastore",
+        "build",
+        "--input",
+        str(src),
+        "--name",
+        "cli_store",
+        "--json",
+        "--quiet",
+    )
     assert up.returncode == 0, up.stderr
     assert json.loads(up.stdout)["documents"] == 2
     listed = json.loads(lodestar("--server", server.address, "datastore", "list", "--json").stdout)
     assert "cli_store" in [d["name"] for d in listed]
-    gen = lodestar("--server", server.address, "generate", "The Normans were the people who", "--datastore", "cli_store",
-                   "--max-new-tokens", "12", "--json")
+    gen = lodestar(
+        "--server",
+        server.address,
+        "generate",
+        "The Normans were the people who",
+        "--datastore",
+        "cli_store",
+        "--max-new-tokens",
+        "12",
+        "--json",
+    )
     assert gen.returncode == 0, gen.stderr
     res = json.loads(gen.stdout)
     assert res["finish_reason"] == "length" and res["stats"]["generated_tokens"] == 12 and res["text"]
@@ -203,12 +307,34 @@ def test_datastore_build_add_upload_and_generate(server, tmp_path: Path) -> None
 
 def test_answer_streams_with_sources(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     corpus = FIXTURES / "compress" / "beir"
-    assert lodestar("--server", server.address, "collection", "create", "cli_answer", "--mode", "prompteol").returncode == 0
+    assert (
+        lodestar("--server", server.address, "collection", "create", "cli_answer", "--mode", "prompteol").returncode
+        == 0
+    )
     try:
-        assert lodestar("--server", server.address, "index", str(corpus), "-c", "cli_answer", "--wait",
-                        "--quiet").returncode == 0
-        run = lodestar("--server", server.address, "answer", "Who were the Normans descended from?", "-c", "cli_answer",
-                       "-k", "2", "--max-new-tokens", "16", "--json", "--fusion", "rrf", "--rrf-k", "30")
+        assert (
+            lodestar(
+                "--server", server.address, "index", str(corpus), "-c", "cli_answer", "--wait", "--quiet"
+            ).returncode
+            == 0
+        )
+        run = lodestar(
+            "--server",
+            server.address,
+            "answer",
+            "Who were the Normans descended from?",
+            "-c",
+            "cli_answer",
+            "-k",
+            "2",
+            "--max-new-tokens",
+            "16",
+            "--json",
+            "--fusion",
+            "rrf",
+            "--rrf-k",
+            "30",
+        )
         assert run.returncode == 0, run.stderr
         res = json.loads(run.stdout)
         assert len(res["sources"]) == 2 and res["decision"] == "augment" and "Norse" in res["context"]
@@ -223,10 +349,15 @@ def test_eval_specdec_reports_identical_and_speedup(tmp_path: Path) -> None:
     src.write_text(json.dumps({"text": PASSAGE}) + "\n")
     assert lodestar("datastore", "build", "--input", str(src), "--out", str(store), "--quiet").returncode == 0
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text(json.dumps({"prompt": "The Normans were the people who"}) + "\n"
-                       + json.dumps({"question": "Where is Normandy?", "passages": [PASSAGE]}) + "\n")
-    run = lodestar("eval", "specdec", "--prompts", str(prompts), "--datastore", str(store), "--max-new-tokens", "12",
-                   "--quiet")
+    prompts.write_text(
+        json.dumps({"prompt": "The Normans were the people who"})
+        + "\n"
+        + json.dumps({"question": "Where is Normandy?", "passages": [PASSAGE]})
+        + "\n"
+    )
+    run = lodestar(
+        "eval", "specdec", "--prompts", str(prompts), "--datastore", str(store), "--max-new-tokens", "12", "--quiet"
+    )
     assert run.returncode == 0, run.stderr
     res = json.loads(run.stdout.strip().splitlines()[-1])
     assert res["n"] == 2 and res["identical"] is True and res["speedup"] > 0 and res["mean_accepted_tokens"] >= 1.0
@@ -234,9 +365,23 @@ def test_eval_specdec_reports_identical_and_speedup(tmp_path: Path) -> None:
 
 def test_eval_compress_prints_one_json_line(tmp_path: Path) -> None:
     out = tmp_path / "compress.json"
-    run = lodestar("eval", "compress", "--qa", str(FIXTURES / "compress" / "qa.jsonl"), "--corpus",
-                   str(FIXTURES / "compress" / "beir"), "--n", "3", "--calibration", "0", "--k", "2", "--quiet",
-                   "--out", str(out))
+    run = lodestar(
+        "eval",
+        "compress",
+        "--qa",
+        str(FIXTURES / "compress" / "qa.jsonl"),
+        "--corpus",
+        str(FIXTURES / "compress" / "beir"),
+        "--n",
+        "3",
+        "--calibration",
+        "0",
+        "--k",
+        "2",
+        "--quiet",
+        "--out",
+        str(out),
+    )
     assert run.returncode == 0, run.stderr
     res = json.loads(run.stdout.strip().splitlines()[-1])
     assert res["method"] == "extractive" and res["questions"] == 3
@@ -246,18 +391,25 @@ def test_eval_compress_prints_one_json_line(tmp_path: Path) -> None:
 
 def test_doc_commands_and_search_flags(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Upsert / Get / Delete from the command line, and search's --rrf-k and --no-text."""
+
     def run(*args: str) -> subprocess.CompletedProcess:
         return lodestar(*args, "-c", "cli_docs", "--server", server.address)
 
     assert lodestar("--server", server.address, "collection", "create", "cli_docs", "--mode", "mean").returncode == 0
     try:
         src = tmp_path / "docs.jsonl"
-        src.write_text(json.dumps({"id": "cat", "text": "The cat sat on the mat.", "lang": "en"}) + "\n\n"
-                       + json.dumps({"_id": "bond", "title": "Markets", "text": "Bond yields rose again."}) + "\n")
+        src.write_text(
+            json.dumps({"id": "cat", "text": "The cat sat on the mat.", "lang": "en"})
+            + "\n\n"
+            + json.dumps({"_id": "bond", "title": "Markets", "text": "Bond yields rose again."})
+            + "\n"
+        )
         up = run("doc", "upsert", str(src), "--json")
         assert up.returncode == 0, up.stderr
         assert json.loads(up.stdout) == {"documents": 2, "chunks": 2}
-        one = run("doc", "upsert", "--id", "dog", "--text", "A dog barked at the mailman.", "--metadata", '{"lang": "de"}')
+        one = run(
+            "doc", "upsert", "--id", "dog", "--text", "A dog barked at the mailman.", "--metadata", '{"lang": "de"}'
+        )
         assert one.returncode == 0, one.stderr
         got = run("doc", "get", "cat", "dog", "--json")
         assert got.returncode == 0, got.stderr
@@ -270,19 +422,28 @@ def test_doc_commands_and_search_flags(server, tmp_path: Path) -> None:  # type:
         assert {h["id"] for h in hits} == {"cat", "bond", "dog"} and all(h["text"] == "" for h in hits)
         assert run("doc", "delete", "cat", "nope", "--json").stdout.strip() == '{"deleted": 1}'
         missing = run("doc", "get", "cat", "bond")
-        assert missing.returncode == 3 and "cat: not found" in missing.stdout and "Markets. Bond yields" in missing.stdout
+        assert (
+            missing.returncode == 3 and "cat: not found" in missing.stdout and "Markets. Bond yields" in missing.stdout
+        )
         bad = tmp_path / "bad.jsonl"
         bad.write_text(json.dumps({"id": "x", "text": "ok"}) + "\n{nope\n")
         refused = run("doc", "upsert", str(bad))
         assert refused.returncode == 2 and "line 2: not valid JSON" in refused.stderr
-        assert json.loads(lodestar("--server", server.address, "collection", "stats", "cli_docs", "--json").stdout)["documents"] == 2
+        assert (
+            json.loads(lodestar("--server", server.address, "collection", "stats", "cli_docs", "--json").stdout)[
+                "documents"
+            ]
+            == 2
+        )
     finally:
         lodestar("--server", server.address, "collection", "drop", "cli_docs")
 
 
 def test_index_job_then_jobs_commands(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     src = tmp_path / "docs.jsonl"
-    src.write_text("".join(json.dumps({"id": f"j{i}", "text": f"job document {i}"}) + "\n" for i in range(5)) + "not json\n")
+    src.write_text(
+        "".join(json.dumps({"id": f"j{i}", "text": f"job document {i}"}) + "\n" for i in range(5)) + "not json\n"
+    )
     assert lodestar("--server", server.address, "collection", "create", "cli_jobs", "--mode", "mean").returncode == 0
     try:
         sub = lodestar("--server", server.address, "index", str(src), "-c", "cli_jobs", "--json", "--quiet")
@@ -308,11 +469,37 @@ def test_train_commands_with_config_and_resume(tiny_backbone, tmp_path: Path) ->
     tiny_backbone.tokenizer.save_pretrained(model)
     sts = FIXTURES / "stsb_dev_head.tsv"
     config = tmp_path / "bidi.json"
-    config.write_text(json.dumps({"mntp_steps": 2, "simcse_steps": 2, "supervised_steps": 2, "eval_every": 1,
-                                  "lora_r": 2, "lora_alpha": 4, "max_tokens": 24}))
+    config.write_text(
+        json.dumps(
+            {
+                "mntp_steps": 2,
+                "simcse_steps": 2,
+                "supervised_steps": 2,
+                "eval_every": 1,
+                "lora_r": 2,
+                "lora_alpha": 4,
+                "max_tokens": 24,
+            }
+        )
+    )
     out = tmp_path / "bidi"
-    args = ["train", "bidirectional", "--model", str(model), "--corpus", str(sts), "--pairs", str(sts),
-            "--out", str(out), "--config", str(config), "--simcse-steps", "3", "--quiet"]
+    args = [
+        "train",
+        "bidirectional",
+        "--model",
+        str(model),
+        "--corpus",
+        str(sts),
+        "--pairs",
+        str(sts),
+        "--out",
+        str(out),
+        "--config",
+        str(config),
+        "--simcse-steps",
+        "3",
+        "--quiet",
+    ]
     run = lodestar(*args)
     assert run.returncode == 0, run.stderr
     card = json.loads(run.stdout)
@@ -321,10 +508,32 @@ def test_train_commands_with_config_and_resume(tiny_backbone, tmp_path: Path) ->
     again = lodestar(*args)
     assert again.returncode == 0 and json.loads(again.stdout)["stages"] == card["stages"]  # all stages done: reused
     triplets = tmp_path / "t.jsonl"
-    triplets.write_text("".join(json.dumps({"query": f"q{i} about music", "positive": f"doc {i} on music",
-                                            "negatives": [f"doc {i} on finance"]}) + "\n" for i in range(8)))
-    sparse = lodestar("train", "sparse", "--model", str(model), "--triplets", str(triplets), "--out",
-                      str(tmp_path / "sparse"), "--steps", "2", "--eval-every", "1", "--lora-r", "2", "--quiet")
+    triplets.write_text(
+        "".join(
+            json.dumps(
+                {"query": f"q{i} about music", "positive": f"doc {i} on music", "negatives": [f"doc {i} on finance"]}
+            )
+            + "\n"
+            for i in range(8)
+        )
+    )
+    sparse = lodestar(
+        "train",
+        "sparse",
+        "--model",
+        str(model),
+        "--triplets",
+        str(triplets),
+        "--out",
+        str(tmp_path / "sparse"),
+        "--steps",
+        "2",
+        "--eval-every",
+        "1",
+        "--lora-r",
+        "2",
+        "--quiet",
+    )
     assert sparse.returncode == 0, sparse.stderr
     assert json.loads(sparse.stdout)["stages"][0]["stage"] == "sparse"
     bad = lodestar("train", "sparse", "--model", str(model), "--out", str(tmp_path / "x"))

@@ -97,7 +97,10 @@ def test_retries_with_backoff_on_overload_and_unavailable(code: grpc.StatusCode)
             assert c.info().model.startswith("flaky") and flaky.calls == 3
         never = _Flaky(10, code)
         server2, port2 = _serve(never)
-        with Client(f"127.0.0.1:{port2}", channel=ChannelConfig(retries=0)) as c, pytest.raises(ClientError, match=code.name):
+        with (
+            Client(f"127.0.0.1:{port2}", channel=ChannelConfig(retries=0)) as c,
+            pytest.raises(ClientError, match=code.name),
+        ):
             c.info()
         assert never.calls == 1
         server2.stop(0)

@@ -210,11 +210,19 @@ def test_sparse_output_over_grpc(client, tokenizer) -> None:  # type: ignore[no-
     assert 0 < len(ids) <= 32 and (weights > 0).all() and list(weights) == sorted(weights, reverse=True)
     # the same batch without the dense side: the same weights (a different batch could pad differently,
     # and bf16 kernels, AMX's among them, round near-ties differently with the shape)
-    only = client.embed(["A man plays a guitar.", "Markets fell."], mode="echo", sparse=True, sparse_top_k=32, with_dense=False)
+    only = client.embed(
+        ["A man plays a guitar.", "Markets fell."], mode="echo", sparse=True, sparse_top_k=32, with_dense=False
+    )
     assert only.vectors.shape == (2, 0) and list(only.sparse[0][0]) == list(ids)
     assert both.sparse_tokens is None and only.sparse_tokens is None  # asked for only
-    named = client.embed(["A man plays a guitar.", "Markets fell."], mode="echo", sparse=True, sparse_top_k=32,
-                         with_dense=False, sparse_tokens=True)
+    named = client.embed(
+        ["A man plays a guitar.", "Markets fell."],
+        mode="echo",
+        sparse=True,
+        sparse_top_k=32,
+        with_dense=False,
+        sparse_tokens=True,
+    )
     assert named.sparse_tokens == [tokenizer.convert_ids_to_tokens(v.tolist()) for v, _ in named.sparse]
     assert "Ġguitar" in named.sparse_tokens[0]
     with pytest.raises(ClientError) as err:

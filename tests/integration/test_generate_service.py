@@ -4,7 +4,6 @@ datastores by name, stop strings, seeded sampling, cancellation, capacity, Answe
 from __future__ import annotations
 
 import dataclasses
-
 import time
 
 import pytest
@@ -86,8 +85,9 @@ def test_seeded_sampling_is_reproducible(client: Client) -> None:
 
 def test_client_cancel_stops_generation(client: Client, server: BackgroundServer) -> None:
     engine = server.runtime.generate_engine()
-    stream = client.generate_stream("Count from 1 to 1000, separated by commas.", chat=True, max_new_tokens=1500,
-                                    speculative=False)
+    stream = client.generate_stream(
+        "Count from 1 to 1000, separated by commas.", chat=True, max_new_tokens=1500, speculative=False
+    )
     got = [next(stream), next(stream)]
     assert engine.in_flight == 1 and all(c.finish_reason == "" for c in got)
     stream.close()  # leaves the loop early: the call is cancelled
@@ -136,16 +136,28 @@ def test_answer_retrieves_compresses_and_cites(client: Client) -> None:
         assert items[-1].finish_reason in ("length", "eos") and items[-1].stats.generated_tokens > 0
         answer = "".join(c.text for c in items[1:])
         assert answer.strip()
-        full = client.answer("Who gave their name to Normandy?", "answer_docs", k=2, compression="none", max_new_tokens=8)
+        full = client.answer(
+            "Who gave their name to Normandy?", "answer_docs", k=2, compression="none", max_new_tokens=8
+        )
         assert full.context is not None and PASSAGE in full.context.context
-        skipped = client.answer("Who gave their name to Normandy?", "answer_docs", selective=True, budget_tokens=64,
-                                max_new_tokens=8, k=1, retriever="sparse")
+        skipped = client.answer(
+            "Who gave their name to Normandy?",
+            "answer_docs",
+            selective=True,
+            budget_tokens=64,
+            max_new_tokens=8,
+            k=1,
+            retriever="sparse",
+        )
         assert skipped.context is not None and skipped.context.decision in ("augment", "skip")
         q = "Who gave their name to Normandy?"
         for threshold, decision in ((10.0, "skip"), (-10.0, "augment")):  # the selective cut, per request
             ctx = client.answer(q, "answer_docs", k=2, selective=True, threshold=threshold, max_new_tokens=2).context
             assert ctx is not None and ctx.decision == decision
-        for fusion in ({"fusion": "rrf", "rrf_k": 1}, {"fusion": "weighted", "alpha": 1.0}):  # retrieval as Search does it
+        for fusion in (
+            {"fusion": "rrf", "rrf_k": 1},
+            {"fusion": "weighted", "alpha": 1.0},
+        ):  # retrieval as Search does it
             ctx = client.answer(q, "answer_docs", k=3, retriever="hybrid", max_new_tokens=2, **fusion).context
             want = client.search("answer_docs", q, k=3, retriever="hybrid", **fusion)[0]
             assert ctx is not None and [h.id for h in ctx.sources] == [h.id for h in want]
@@ -159,8 +171,11 @@ def test_answer_retrieves_compresses_and_cites(client: Client) -> None:
             with pytest.raises(ClientError) as err:
                 client.answer("Who?", "answer_docs", **kwargs)
             assert err.value.code == code and words in err.value.message
-        for kwargs, words in (({"fusion": "magic"}, "rrf, weighted"), ({"compression": "zip"}, "extractive, abstractive, none"),
-                              ({"retriever": "psychic"}, "dense, sparse, hybrid")):
+        for kwargs, words in (
+            ({"fusion": "magic"}, "rrf, weighted"),
+            ({"compression": "zip"}, "extractive, abstractive, none"),
+            ({"retriever": "psychic"}, "dense, sparse, hybrid"),
+        ):
             with pytest.raises(ValueError, match=words):  # names the enums lack: refused before sending
                 client.answer("Who?", "answer_docs", **kwargs)
         _server_refuses_unknown_strings(client.address)
@@ -180,9 +195,11 @@ def _server_refuses_unknown_strings(address: str) -> None:
 
     with grpc.insecure_channel(address) as channel:
         stub = gpb_grpc.GenerateServiceStub(channel)
-        for fields, words in (({"fusion": "magic", "retriever": "hybrid"}, "rrf, weighted"),
-                              ({"compression": "zip"}, "valid are extractive, abstractive, none"),
-                              ({"retriever": "psychic"}, "psychic")):
+        for fields, words in (
+            ({"fusion": "magic", "retriever": "hybrid"}, "rrf, weighted"),
+            ({"compression": "zip"}, "valid are extractive, abstractive, none"),
+            ({"retriever": "psychic"}, "psychic"),
+        ):
             with pytest.raises(grpc.RpcError) as err:
                 list(stub.Answer(gpb.AnswerRequest(question="Who?", collection="answer_docs", **fields), timeout=60))
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and words in err.value.details()
@@ -202,7 +219,13 @@ def test_answer_retrieves_with_learned_sparse_feedback(tiny_server) -> None:  # 
         c.create_collection("learned_answer", mode="mean", sparse="learned", sparse_mode="echo", chunk_tokens=0)
         c.upsert("learned_answer", docs)
         for retriever in ("sparse", "hybrid"):
-            how = {"retriever": retriever, "fusion": "weighted", "alpha": 0.3, "feedback_weight": 0.5, "length_norm": 0.5}
+            how = {
+                "retriever": retriever,
+                "fusion": "weighted",
+                "alpha": 0.3,
+                "feedback_weight": 0.5,
+                "length_norm": 0.5,
+            }
             fed = c.answer(q, "learned_answer", k=3, feedback_chunks=2, max_new_tokens=2, **how).context
             want = c.search("learned_answer", q, k=3, feedback_chunks=2, **how)[0]
             plain = c.search("learned_answer", q, k=3, **how)[0]
@@ -210,8 +233,9 @@ def test_answer_retrieves_with_learned_sparse_feedback(tiny_server) -> None:  # 
             assert [round(h.score, 4) for h in fed.sources] == [round(h.score, 4) for h in want]
             assert [round(h.score, 4) for h in want] != [round(h.score, 4) for h in plain]
         with pytest.raises(ClientError) as err:
-            c.answer(q, "learned_answer", k=3, retriever="sparse", feedback_chunks=2, feedback_weight=11.0,
-                     max_new_tokens=2)
+            c.answer(
+                q, "learned_answer", k=3, retriever="sparse", feedback_chunks=2, feedback_weight=11.0, max_new_tokens=2
+            )
         assert err.value.code == "INVALID_ARGUMENT" and "feedback_weight=11.0 is out of range" in err.value.message
 
 

@@ -15,12 +15,11 @@ from typing import Any
 import pytest
 
 from lodestar.backbone import Backbone
+from lodestar.bench.procs import RedisProcess, WorkerProcess
+from lodestar.errors import Unavailable
 from lodestar.services.client import Client, ClientError, Job
 from lodestar.services.server import BackgroundServer
 from lodestar.services.settings import Settings
-
-from lodestar.errors import Unavailable
-from lodestar.bench.procs import RedisProcess, WorkerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -61,22 +60,33 @@ def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
 
 
 @pytest.fixture(scope="module")
-def celery_server(backbone: Backbone, redis: RedisProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundServer]:
-    settings = Settings(port=0, data_dir=tmp_path_factory.mktemp("jobs-data"), broker_url=redis.url,
-                        job_chunk_docs=6, job_requeue_after_s=REQUEUE_S, broker_visibility_timeout_s=30)
+def celery_server(
+    backbone: Backbone, redis: RedisProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BackgroundServer]:
+    settings = Settings(
+        port=0,
+        data_dir=tmp_path_factory.mktemp("jobs-data"),
+        broker_url=redis.url,
+        job_chunk_docs=6,
+        job_requeue_after_s=REQUEUE_S,
+        broker_visibility_timeout_s=30,
+    )
     srv = BackgroundServer(settings, backbone=backbone).start()
     yield srv
     srv.stop(grace=0)
 
 
 @pytest.fixture(scope="module")
-def workers(celery_server: BackgroundServer, redis: RedisProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def workers(
+    celery_server: BackgroundServer, redis: RedisProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
     logs = tmp_path_factory.mktemp("worker-logs")
     started: list[WorkerProcess] = []
 
     def start(name: str) -> WorkerProcess:
-        w = WorkerProcess(name, redis.url, celery_server.address, logs / f"{name}.log",
-                          {"LODESTAR_BROKER_VISIBILITY_TIMEOUT_S": "30"})
+        w = WorkerProcess(
+            name, redis.url, celery_server.address, logs / f"{name}.log", {"LODESTAR_BROKER_VISIBILITY_TIMEOUT_S": "30"}
+        )
         started.append(w)
         return w
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket
@@ -97,10 +96,19 @@ def test_serve_process_drains_on_sigterm(tmp_path: Path, tiny_backbone: Backbone
     tiny_backbone.model.save_pretrained(folder)
     tiny_backbone.tokenizer.save_pretrained(folder)
     port = _free_port()
-    env = {**os.environ, "LODESTAR_MODEL": str(folder), "LODESTAR_DATA_DIR": str(tmp_path / "data"), "LODESTAR_DTYPE": "float32", "LODESTAR_GRACE_PERIOD_S": "60"}
+    env = {
+        **os.environ,
+        "LODESTAR_MODEL": str(folder),
+        "LODESTAR_DATA_DIR": str(tmp_path / "data"),
+        "LODESTAR_DTYPE": "float32",
+        "LODESTAR_GRACE_PERIOD_S": "60",
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "lodestar.services.cli", "serve", "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         with Client(f"127.0.0.1:{port}", timeout=120) as c:
@@ -125,8 +133,13 @@ def test_every_service_reports_health_and_reflection_lists_them(tiny_server) -> 
     from lodestar.services.settings import SERVICES
 
     srv = tiny_server()
-    names = ["lodestar.embed.v1.EmbedService", "lodestar.retrieve.v1.RetrieveService", "lodestar.index.v1.IndexService",
-             "lodestar.compress.v1.CompressService", "lodestar.generate.v1.GenerateService"]
+    names = [
+        "lodestar.embed.v1.EmbedService",
+        "lodestar.retrieve.v1.RetrieveService",
+        "lodestar.index.v1.IndexService",
+        "lodestar.compress.v1.CompressService",
+        "lodestar.generate.v1.GenerateService",
+    ]
     assert len(names) == len(SERVICES)
     with Client(srv.address) as c:
         assert [c.health(n) for n in names] == ["SERVING"] * len(names)

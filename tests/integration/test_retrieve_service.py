@@ -22,11 +22,31 @@ from lodestar.services.client import Client, ClientError
 pytestmark = pytest.mark.slow
 
 CORPUS = [
-    {"id": "guitar", "text": "A man plays an acoustic guitar on a small stage.", "metadata": {"topic": "music", "year": 2001}},
-    {"id": "piano", "text": "The pianist performed a Chopin nocturne at the concert hall.", "metadata": {"topic": "music", "year": 2015}},
-    {"id": "stocks", "text": "Stock markets fell sharply after the central bank raised rates.", "metadata": {"topic": "finance", "year": 2015}},
-    {"id": "bonds", "text": "Government bond yields climbed to their highest level in a decade.", "metadata": {"topic": "finance", "year": 2020}},
-    {"id": "soccer", "text": "The football team won the championship after a penalty shootout.", "metadata": {"topic": "sport", "year": 2020}},
+    {
+        "id": "guitar",
+        "text": "A man plays an acoustic guitar on a small stage.",
+        "metadata": {"topic": "music", "year": 2001},
+    },
+    {
+        "id": "piano",
+        "text": "The pianist performed a Chopin nocturne at the concert hall.",
+        "metadata": {"topic": "music", "year": 2015},
+    },
+    {
+        "id": "stocks",
+        "text": "Stock markets fell sharply after the central bank raised rates.",
+        "metadata": {"topic": "finance", "year": 2015},
+    },
+    {
+        "id": "bonds",
+        "text": "Government bond yields climbed to their highest level in a decade.",
+        "metadata": {"topic": "finance", "year": 2020},
+    },
+    {
+        "id": "soccer",
+        "text": "The football team won the championship after a penalty shootout.",
+        "metadata": {"topic": "sport", "year": 2020},
+    },
 ]
 
 
@@ -45,7 +65,9 @@ def test_dense_sparse_hybrid_search(client: Client, collection: str) -> None:
     sparse = client.search(collection, "bond yields", retriever="sparse", k=2)[0]
     assert sparse[0].id == "bonds"
     for fusion in ("rrf", "weighted"):
-        hybrid = client.search(collection, "central bank rates and stock markets", retriever="hybrid", fusion=fusion, k=3)[0]
+        hybrid = client.search(
+            collection, "central bank rates and stock markets", retriever="hybrid", fusion=fusion, k=3
+        )[0]
         assert hybrid[0].id == "stocks"
         assert hybrid[0].dense_score is not None and hybrid[0].sparse_score is not None
 
@@ -59,14 +81,21 @@ def test_batch_search_and_hit_fields(client: Client, collection: str) -> None:
 
 def test_filters_apply_before_ranking(client: Client, collection: str) -> None:
     # The only finance document from 2020 is ranked low for a music query, yet k=1 returns it.
-    hits = client.search(collection, "guitar music", k=1, filters=[("topic", "eq", "finance"), ("year", "gte", 2016)])[0]
+    hits = client.search(collection, "guitar music", k=1, filters=[("topic", "eq", "finance"), ("year", "gte", 2016)])[
+        0
+    ]
     assert [h.id for h in hits] == ["bonds"]
-    hits = client.search(collection, "guitar music", k=5, retriever="hybrid", filters=[("topic", "in", ["sport", "finance"])])[0]
+    hits = client.search(
+        collection, "guitar music", k=5, retriever="hybrid", filters=[("topic", "in", ["sport", "finance"])]
+    )[0]
     assert {h.id for h in hits} == {"stocks", "bonds", "soccer"}
 
 
 def test_upsert_replaces_and_delete_removes(client: Client, collection: str) -> None:
-    client.upsert(collection, [{"id": "guitar", "text": "A recipe for lemon cake with butter and sugar.", "metadata": {"topic": "food"}}])
+    client.upsert(
+        collection,
+        [{"id": "guitar", "text": "A recipe for lemon cake with butter and sugar.", "metadata": {"topic": "food"}}],
+    )
     (doc,) = client.get(collection, ["guitar"])
     assert doc is not None and "lemon" in doc.text and doc.metadata == {"topic": "food"}
     hits = client.search(collection, "baking a cake", k=1)[0]
@@ -95,15 +124,35 @@ def _raw_search(client: Client, collection: str, **fields: object) -> object:
         (lambda c, n: c.create_collection(n), "ALREADY_EXISTS", "exists"),
         (lambda c, n: c.search(n, "x", k=0), "INVALID_ARGUMENT", "k"),
         (lambda c, n: c.search(n, "x", k=100000), "INVALID_ARGUMENT", "k"),
-        (lambda c, n: c.search(n, "x", retriever="magic"), "ValueError", "dense, sparse, hybrid"),  # refused by the client
+        (
+            lambda c, n: c.search(n, "x", retriever="magic"),
+            "ValueError",
+            "dense, sparse, hybrid",
+        ),  # refused by the client
         (lambda c, n: _raw_search(c, n, retriever="magic"), "INVALID_ARGUMENT", "dense"),  # ...and by the server
-        (lambda c, n: c.search(n, "x", retriever="sparse", feedback_chunks=3), "INVALID_ARGUMENT", "learned sparse side"),
+        (
+            lambda c, n: c.search(n, "x", retriever="sparse", feedback_chunks=3),
+            "INVALID_ARGUMENT",
+            "learned sparse side",
+        ),
         (lambda c, n: c.search(n, "x", retriever="sparse", feedback_chunks=500), "INVALID_ARGUMENT", "0..100"),
-        (lambda c, n: c.search(n, "x", retriever="sparse", length_norm=2.0), "INVALID_ARGUMENT", "length_norm=2.0 is out of range: use 0..1"),
+        (
+            lambda c, n: c.search(n, "x", retriever="sparse", length_norm=2.0),
+            "INVALID_ARGUMENT",
+            "length_norm=2.0 is out of range: use 0..1",
+        ),
         (lambda c, n: c.search(n, "x", retriever="sparse", length_norm=0.5), "INVALID_ARGUMENT", "learned sparse side"),
         (lambda c, n: c.search(n, "x", filters=[("year", "between", 3)]), "ValueError", "gte"),
-        (lambda c, n: _raw_search(c, n, filters=[rpb.Filter(field="year", op="between", value_json="3")]), "INVALID_ARGUMENT", "gte"),
-        (lambda c, n: _raw_search(c, n, options=rpb.SearchOptions(fusion=7)), "INVALID_ARGUMENT", "fusion: unknown value 7"),
+        (
+            lambda c, n: _raw_search(c, n, filters=[rpb.Filter(field="year", op="between", value_json="3")]),
+            "INVALID_ARGUMENT",
+            "gte",
+        ),
+        (
+            lambda c, n: _raw_search(c, n, options=rpb.SearchOptions(fusion=7)),
+            "INVALID_ARGUMENT",
+            "fusion: unknown value 7",
+        ),
         (lambda c, n: c.upsert(n, [{"id": "x" * 600, "text": "long id"}]), "INVALID_ARGUMENT", "512"),
         (lambda c, n: c.upsert(n, [{"id": "", "text": "no id"}]), "INVALID_ARGUMENT", "id"),
         (lambda c, n: c.create_collection("bad_index", index="NotAnIndex"), "INVALID_ARGUMENT", "HNSW32"),
@@ -126,10 +175,13 @@ def test_bad_input(client: Client, collection: str, call, code: str, needle: str
 def test_metadata_must_be_a_json_object_and_rejected_batch_changes_nothing(client: Client, collection: str) -> None:
     from lodestar.retrieve.v1 import retrieve_pb2 as rpb
 
-    bad = rpb.UpsertRequest(collection=collection, documents=[
-        rpb.Document(id="new1", text="fine document"),
-        rpb.Document(id="new2", text="bad metadata", metadata_json="[1, 2]"),
-    ])
+    bad = rpb.UpsertRequest(
+        collection=collection,
+        documents=[
+            rpb.Document(id="new1", text="fine document"),
+            rpb.Document(id="new2", text="bad metadata", metadata_json="[1, 2]"),
+        ],
+    )
     with pytest.raises(Exception) as err:
         client._stubs["retrieve"].Upsert(bad)
     assert "must be a JSON object" in str(err.value)
@@ -144,11 +196,30 @@ def test_collection_cli(server, tmp_path: Path) -> None:  # type: ignore[no-unty
     corpus.write_text("".join(json.dumps({"_id": d["id"], "title": "", "text": d["text"]}) + "\n" for d in CORPUS))
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "lodestar.services.cli", "--server", server.address, *args],
-                              capture_output=True, text=True, timeout=600)
+        return subprocess.run(
+            [sys.executable, "-m", "lodestar.services.cli", "--server", server.address, *args],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
 
-    assert run("collection", "create", "cli_col", "--mode", "mean", "--index", "HNSW32", "--sparse", "bm25",
-               "--no-query-idf", "--shards", "2").returncode == 0
+    assert (
+        run(
+            "collection",
+            "create",
+            "cli_col",
+            "--mode",
+            "mean",
+            "--index",
+            "HNSW32",
+            "--sparse",
+            "bm25",
+            "--no-query-idf",
+            "--shards",
+            "2",
+        ).returncode
+        == 0
+    )
     out = run("index", str(corpus), "--collection", "cli_col", "--json", "--wait", "--chunk-docs", "2")
     assert out.returncode == 0, out.stderr
     job = json.loads(out.stdout)
@@ -157,7 +228,9 @@ def test_collection_cli(server, tmp_path: Path) -> None:  # type: ignore[no-unty
     assert stats["documents"] == 5 and stats["index"] == "HNSW32" and {"chunks", "bytes"} <= set(stats)
     assert stats["config"]["mode"] == "mean" and stats["config"]["query_idf"] is False  # the config it was made with
     assert stats["config"]["shards"] == 2 and stats["index_vectors"] == stats["chunks"] == 5  # over two HNSW shards
-    hits = json.loads(run("search", "bond yields", "-c", "cli_col", "--retriever", "hybrid", "-k", "2", "--json").stdout)
+    hits = json.loads(
+        run("search", "bond yields", "-c", "cli_col", "--retriever", "hybrid", "-k", "2", "--json").stdout
+    )
     assert hits[0][0]["id"] == "bonds"
     listed = run("collection", "list", "--json")
     assert "cli_col" in {c["name"] for c in json.loads(listed.stdout)}
@@ -177,8 +250,12 @@ def _free_port() -> int:
 
 def _start(folder: Path, data: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "LODESTAR_MODEL": str(folder), "LODESTAR_DTYPE": "float32", "LODESTAR_DATA_DIR": str(data)}
-    return subprocess.Popen([sys.executable, "-m", "lodestar.services.cli", "serve", "--port", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lodestar.services.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 @pytest.fixture
@@ -202,7 +279,9 @@ def test_sigkill_mid_upserts_loses_no_acknowledged_document(tmp_path: Path, tiny
             def writer() -> None:
                 i = 0
                 while not stop.is_set():
-                    batch = [{"id": f"d{i}-{j}", "text": f"document {i} part {j} about topic {j % 7}"} for j in range(20)]
+                    batch = [
+                        {"id": f"d{i}-{j}", "text": f"document {i} part {j} about topic {j % 7}"} for j in range(20)
+                    ]
                     try:
                         c.upsert("crash", batch)
                     except ClientError:
@@ -254,7 +333,11 @@ def test_flipped_byte_in_snapshot_is_detected(tmp_path: Path, tiny_folder: Path)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
-    files = [p for p in (data / "collections" / "victim").rglob("*") if p.is_file() and p.parent.name == "snapshot" and p.name != "manifest.json"]
+    files = [
+        p
+        for p in (data / "collections" / "victim").rglob("*")
+        if p.is_file() and p.parent.name == "snapshot" and p.name != "manifest.json"
+    ]
     target = max(files, key=lambda p: p.stat().st_size)
     raw = bytearray(target.read_bytes())
     raw[len(raw) // 2] ^= 0xFF

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from tinymodel import build_tiny
+
 from lodestar.backbone import Backbone, BackboneConfig
 from lodestar.embed.engine import EmbeddingEngine
 from lodestar.embed.modes import Encoded, ForwardSpec
@@ -70,7 +70,9 @@ def test_adapter_by_path_changes_vectors_and_disabling_restores_them(eng: Embedd
     np.testing.assert_allclose(direct, base, atol=1e-6)
 
 
-def test_names_that_differ_only_in_punctuation_keep_their_own_weights(tokenizer, adapter_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_names_that_differ_only_in_punctuation_keep_their_own_weights(
+    tokenizer, adapter_dir: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     """peft's slot name came from the key with punctuation made "_" (and cut to its last 48 characters):
     "my-lora" and "my_lora" shared one slot, so loading the second overwrote the first's weights."""
     import shutil
@@ -159,7 +161,9 @@ def test_adapter_paths_can_be_turned_off(tokenizer, adapter_dir: Path) -> None: 
     finally:
         engine.close()
     open_cfg = BackboneConfig(model="tiny", adapter_dirs=(adapter_dir,), adapter_paths=False)
-    engine = EmbeddingEngine(Backbone.from_model(build_tiny(tokenizer, seed=0).model, tokenizer, "tiny-llama", open_cfg))
+    engine = EmbeddingEngine(
+        Backbone.from_model(build_tiny(tokenizer, seed=0).model, tokenizer, "tiny-llama", open_cfg)
+    )
     try:
         assert not np.allclose(vecs(engine, "beta"), vecs(engine))  # a name still works
     finally:
@@ -172,7 +176,9 @@ def test_adapter_that_does_not_fit_the_model(eng: EmbeddingEngine, tmp_path: Pat
     config = json.loads((adapter_dir / "alpha" / "adapter_config.json").read_text())
     config["target_modules"] = ["no_such_proj"]
     (broken / "adapter_config.json").write_text(json.dumps(config))
-    (broken / "adapter_model.safetensors").write_bytes((adapter_dir / "alpha" / "adapter_model.safetensors").read_bytes())
+    (broken / "adapter_model.safetensors").write_bytes(
+        (adapter_dir / "alpha" / "adapter_model.safetensors").read_bytes()
+    )
     base = vecs(eng)
     with pytest.raises(InvalidInput, match="cannot be loaded on this model"):
         eng.embed(TEXTS, EmbedOptions(adapter=str(broken)))
@@ -238,7 +244,9 @@ def test_model_is_left_without_adapter_outside_requests(eng: EmbeddingEngine, bb
 
 def test_memory_cap_unloads_least_recently_used(tokenizer, adapter_dir: Path) -> None:  # type: ignore[no-untyped-def]
     one = sum(f.stat().st_size for f in (adapter_dir / "alpha").glob("adapter_model.*"))
-    cfg = BackboneConfig(model="tiny", adapter_dirs=(adapter_dir,), max_resident_adapters=10, max_adapter_bytes=int(one * 1.5))
+    cfg = BackboneConfig(
+        model="tiny", adapter_dirs=(adapter_dir,), max_resident_adapters=10, max_adapter_bytes=int(one * 1.5)
+    )
     bb = Backbone.from_model(build_tiny(tokenizer, seed=0).model, tokenizer, "tiny-llama", cfg)
     eng = EmbeddingEngine(bb)
     try:

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from tinymodel import CACHE_DIR, build_tiny
-from lodestar.backbone import Backbone, BackboneConfig, load_backbone, resolve_device, resolve_dtype
-from lodestar.backbone import devices
+
+from lodestar.backbone import Backbone, BackboneConfig, devices, load_backbone, resolve_device, resolve_dtype
 from lodestar.backbone.loader import BUNDLED_ID, bundled_gguf, dequantised_cache, resolve_source
 from lodestar.embed.forward import hidden_states
 from lodestar.embed.modes import ForwardSpec, InputBuilder, get_mode

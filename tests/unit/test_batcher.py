@@ -295,7 +295,9 @@ def test_cancel_racing_the_deadline_drop_does_not_kill_the_batcher(make_batcher,
 
 def test_padding_and_row_caps_split_batches() -> None:
     """Sorted items: a long text does not pad sixteen short ones; rows stop at max_batch_rows."""
-    b = Batcher(lambda spec, items: torch.zeros(len(items), 2), max_batch_tokens=10**6, max_batch_rows=20, min_batch_rows=16)
+    b = Batcher(
+        lambda spec, items: torch.zeros(len(items), 2), max_batch_tokens=10**6, max_batch_rows=20, min_batch_rows=16
+    )
     try:
         short = [(type("Q", (), {"items": [item(i, 10) for i in range(16)] + [item(99, 100)]})(), i) for i in range(17)]
         chunks = b._chunks(short)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lodestar.compress_ctx.abstractive import AbstractiveCompressor, is_nothing, tidy
 from lodestar.backbone.chat import chat_ids, generate
+from lodestar.compress_ctx.abstractive import AbstractiveCompressor, is_nothing, tidy
 from lodestar.compress_ctx.types import AUGMENT, SKIP
 from lodestar.errors import InvalidInput
 
@@ -79,6 +79,10 @@ def test_prompt_and_summary_must_fit_the_model_context(tiny_backbone, tiny_engin
     with pytest.raises(InvalidInput, match="exceeds the model's context of 512 tokens") as err:
         eng.compress(query, ["The Normans gave their name to Normandy."], "abstractive", max_new_tokens=8)
     assert "max_new_tokens=8" in str(err.value)
-    ok = eng.compress("Who gave their name to Normandy?", ["The Normans gave their name to Normandy."], "abstractive",
-                      max_new_tokens=8)
+    ok = eng.compress(
+        "Who gave their name to Normandy?",
+        ["The Normans gave their name to Normandy."],
+        "abstractive",
+        max_new_tokens=8,
+    )
     assert ok.method == "abstractive"  # a request that fits still runs

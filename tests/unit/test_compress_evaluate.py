@@ -15,8 +15,16 @@ FIXTURES = Path(__file__).parents[1] / "fixtures" / "compress"
 
 def test_eval_compress_reports_every_condition(tiny_backbone, tiny_engine) -> None:  # type: ignore[no-untyped-def]
     out = eval_compress(
-        tiny_backbone, tiny_engine, FIXTURES / "qa.jsonl", FIXTURES / "beir",
-        k=2, n=4, calibration=3, budget_ratio=0.2, cold_questions=1, progress=False,
+        tiny_backbone,
+        tiny_engine,
+        FIXTURES / "qa.jsonl",
+        FIXTURES / "beir",
+        k=2,
+        n=4,
+        calibration=3,
+        budget_ratio=0.2,
+        cold_questions=1,
+        progress=False,
     )
     assert out["questions"] == 4 and out["method"] == "extractive"
     assert 0 < out["compression_rate"] <= 0.2

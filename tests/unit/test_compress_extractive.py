@@ -27,7 +27,9 @@ def compressor(backbone, engine) -> CompressionEngine:  # type: ignore[no-untype
     return CompressionEngine(backbone, engine)
 
 
-def test_keeps_the_answer_within_the_budget_with_exact_spans(compressor: CompressionEngine, passages: list[str]) -> None:
+def test_keeps_the_answer_within_the_budget_with_exact_spans(
+    compressor: CompressionEngine, passages: list[str]
+) -> None:
     r = compressor.compress(QUERY, passages, budget_tokens=60)
     assert r.decision == AUGMENT and r.method == "extractive"
     assert "William the Conqueror" in r.text

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from lodestar.compress_ctx.eval.selective import calibrate_threshold
 from lodestar.compress_ctx.faithfulness import faithfulness
 from lodestar.compress_ctx.lexical import coverage_scores
 from lodestar.compress_ctx.metrics import answer_in_context, exact_match, f1_score, normalize_answer
-from lodestar.compress_ctx.eval.selective import calibrate_threshold
 from lodestar.errors import InvalidInput
 
 

@@ -19,19 +19,35 @@ def texts(s: str) -> list[str]:
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("Dr. Smith went to Washington. He arrived at 3.30 p.m. on Monday.",
-         ["Dr. Smith went to Washington.", "He arrived at 3.30 p.m. on Monday."]),
-        ("J. R. R. Tolkien wrote it. It sold 150.5 million copies!",
-         ["J. R. R. Tolkien wrote it.", "It sold 150.5 million copies!"]),
+        (
+            "Dr. Smith went to Washington. He arrived at 3.30 p.m. on Monday.",
+            ["Dr. Smith went to Washington.", "He arrived at 3.30 p.m. on Monday."],
+        ),
+        (
+            "J. R. R. Tolkien wrote it. It sold 150.5 million copies!",
+            ["J. R. R. Tolkien wrote it.", "It sold 150.5 million copies!"],
+        ),
         ('He said "Stop." Then he left.', ['He said "Stop."', "Then he left."]),
-        ("The U.S. Army won. It was in the U.S. The war ended.",
-         ["The U.S. Army won.", "It was in the U.S.", "The war ended."]),
-        ("See Fig. 3 and No. 5 for details. Prices rose e.g. in Spain.",
-         ["See Fig. 3 and No. 5 for details.", "Prices rose e.g. in Spain."]),
-        ("Is it? Yes (see the appendix). Wait... what? Fine.",
-         ["Is it?", "Yes (see the appendix).", "Wait... what?", "Fine."]),
-        ("Apple Inc. The firm grew. Apple Inc. makes phones.", ["Apple Inc.", "The firm grew.", "Apple Inc. makes phones."]),
-        ("World War II. The war ended in 1945. 1946 was calm.", ["World War II.", "The war ended in 1945.", "1946 was calm."]),
+        (
+            "The U.S. Army won. It was in the U.S. The war ended.",
+            ["The U.S. Army won.", "It was in the U.S.", "The war ended."],
+        ),
+        (
+            "See Fig. 3 and No. 5 for details. Prices rose e.g. in Spain.",
+            ["See Fig. 3 and No. 5 for details.", "Prices rose e.g. in Spain."],
+        ),
+        (
+            "Is it? Yes (see the appendix). Wait... what? Fine.",
+            ["Is it?", "Yes (see the appendix).", "Wait... what?", "Fine."],
+        ),
+        (
+            "Apple Inc. The firm grew. Apple Inc. makes phones.",
+            ["Apple Inc.", "The firm grew.", "Apple Inc. makes phones."],
+        ),
+        (
+            "World War II. The war ended in 1945. 1946 was calm.",
+            ["World War II.", "The war ended in 1945.", "1946 was calm."],
+        ),
         ("Version 2.0.1 shipped.Node.js too. Done", ["Version 2.0.1 shipped.Node.js too.", "Done"]),
         ("Line one\nLine two. Three\n\n  Four.  ", ["Line one", "Line two.", "Three", "Four."]),
         ("George W. Bush met Mr. Blair in St. Louis.", ["George W. Bush met Mr. Blair in St. Louis."]),

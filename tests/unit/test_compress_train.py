@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tinymodel import build_tiny  # noqa: E402  (tests/ is on sys.path)
 
 from lodestar.compress_ctx.train.extractive import TrainConfig, train_compressor
 from lodestar.embed.engine import EmbeddingEngine
 from lodestar.embed.train.encoder import TrainEncoder
 from lodestar.embed.types import EmbedOptions
-
-from tinymodel import build_tiny  # noqa: E402  (tests/ is on sys.path)
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "compress"
 TEXTS = ["The Normans were in Normandy.", "Complexity theory classifies problems."]
@@ -36,9 +35,24 @@ def test_encoder_pools_like_the_engine(tokenizer) -> None:  # type: ignore[no-un
 def test_train_smoke_loss_drops_adapter_loads_and_resumes(tokenizer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "compressor"
     cfg = TrainConfig(
-        qa_file=FIXTURES / "qa.jsonl", corpus=FIXTURES / "beir", out_dir=out, questions=6, dev_fraction=0.34,
-        k=2, max_candidates=3, mode="mean", max_tokens=48, lora_r=4, lr=2e-3, epochs=4, batch_questions=2,
-        temperature=0.1, eval_every=4, checkpoint_every=4, patience=100, progress=False,
+        qa_file=FIXTURES / "qa.jsonl",
+        corpus=FIXTURES / "beir",
+        out_dir=out,
+        questions=6,
+        dev_fraction=0.34,
+        k=2,
+        max_candidates=3,
+        mode="mean",
+        max_tokens=48,
+        lora_r=4,
+        lr=2e-3,
+        epochs=4,
+        batch_questions=2,
+        temperature=0.1,
+        eval_every=4,
+        checkpoint_every=4,
+        patience=100,
+        progress=False,
     )
     card = train_compressor(build_tiny(tokenizer), cfg)  # a fresh model: training injects LoRA into it
     t = card["training"]
@@ -71,9 +85,23 @@ def test_abstractive_train_smoke_labels_targets_and_adapter_serves(tokenizer, tm
 
     out = tmp_path / "abstractive"
     cfg = TrainConfig(
-        qa_file=FIXTURES / "qa.jsonl", corpus=FIXTURES / "beir", out_dir=out, kind="abstractive", questions=6,
-        dev_fraction=0.34, k=2, lora_r=4, lr=2e-3, epochs=3, batch_questions=2, eval_every=2, checkpoint_every=2,
-        patience=100, progress=False, summary_tokens=16, min_gain=0.0,
+        qa_file=FIXTURES / "qa.jsonl",
+        corpus=FIXTURES / "beir",
+        out_dir=out,
+        kind="abstractive",
+        questions=6,
+        dev_fraction=0.34,
+        k=2,
+        lora_r=4,
+        lr=2e-3,
+        epochs=3,
+        batch_questions=2,
+        eval_every=2,
+        checkpoint_every=2,
+        patience=100,
+        progress=False,
+        summary_tokens=16,
+        min_gain=0.0,
     )
     card = train_compressor(build_tiny(tokenizer), cfg)
     t = card["training"]
@@ -88,9 +116,16 @@ def test_abstractive_train_smoke_labels_targets_and_adapter_serves(tokenizer, tm
     embedder = EmbeddingEngine(bb)
     try:
         engine = CompressionEngine(bb, embedder)
-        passages = [json.loads(line)["text"] for line in (FIXTURES / "beir" / "corpus.jsonl").read_text().splitlines()][:2]
-        res = engine.compress("Who were the Normans?", passages, "abstractive", max_new_tokens=8,
-                              adapter=str(out / "checkpoint" / "adapter"))
+        passages = [json.loads(line)["text"] for line in (FIXTURES / "beir" / "corpus.jsonl").read_text().splitlines()][
+            :2
+        ]
+        res = engine.compress(
+            "Who were the Normans?",
+            passages,
+            "abstractive",
+            max_new_tokens=8,
+            adapter=str(out / "checkpoint" / "adapter"),
+        )
         assert res.method == "abstractive" and res.tokens_after <= 12
     finally:
         embedder.close()

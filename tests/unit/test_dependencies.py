@@ -62,7 +62,9 @@ def test_engines_import_only_what_the_dependency_rule_allows() -> None:
             parts = module.split(".")
             target = parts[1] if len(parts) > 1 else ""
             if target in ENGINES and target not in may:
-                broken.append(f"{rel} imports {module}: {engine} may import {', '.join(sorted(may - {engine}))} and the root lodestar modules")
+                broken.append(
+                    f"{rel} imports {module}: {engine} may import {', '.join(sorted(may - {engine}))} and the root lodestar modules"
+                )
             elif target == "services" or not target:
                 broken.append(f"{rel} imports {module}: engines never import the transport (services, the client)")
     assert not broken, "\n".join(broken)

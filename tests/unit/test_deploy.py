@@ -20,11 +20,17 @@ VAR = re.compile(r"\bLODESTAR_[A-Z0-9_]+\b")
 
 
 def test_every_variable_set_anywhere_is_a_setting() -> None:
-    files = [ROOT / "Dockerfile", ROOT / "docker-compose.yml", *sorted((ROOT / "charts").rglob("*.y*ml")),
-             *sorted((ROOT / "charts").rglob("*.tpl"))]
+    files = [
+        ROOT / "Dockerfile",
+        ROOT / "docker-compose.yml",
+        *sorted((ROOT / "charts").rglob("*.y*ml")),
+        *sorted((ROOT / "charts").rglob("*.tpl")),
+    ]
     for path in files:
         unknown = set(VAR.findall(path.read_text())) - FIELDS
-        assert not unknown, f"{path.relative_to(ROOT)} sets {sorted(unknown)}, which services/settings.py does not declare"
+        assert not unknown, (
+            f"{path.relative_to(ROOT)} sets {sorted(unknown)}, which services/settings.py does not declare"
+        )
 
 
 def test_compose_services_and_chart_values() -> None:

@@ -215,7 +215,9 @@ def test_token_prepend_default_range_fits_a_shallow_model(small_engine: Embeddin
     p = small_engine.prepare(["a"], EmbedOptions(mode="token_prepend"))
     assert p.spec.prepend is not None
     assert (p.spec.prepend.start, p.spec.prepend.end) == (2, 3)
-    explicit = small_engine.prepare(["a"], EmbedOptions(mode="token_prepend", start_layer=0, end_layer=2, output_layer=1))
+    explicit = small_engine.prepare(
+        ["a"], EmbedOptions(mode="token_prepend", start_layer=0, end_layer=2, output_layer=1)
+    )
     assert explicit.spec.prepend is not None
     assert (explicit.spec.prepend.start, explicit.spec.prepend.end, explicit.spec.output_layer) == (0, 2, 1)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tinymodel import FIXTURES, build_tiny  # noqa: E402  (tests/ is on sys.path)
 
 from lodestar.backbone.train.loop import adapter_folder
 from lodestar.embed.engine import EmbeddingEngine
@@ -19,8 +20,6 @@ from lodestar.embed.train.encoder import TrainEncoder
 from lodestar.embed.train.losses import cosent, flops, info_nce
 from lodestar.embed.types import EmbedOptions
 from lodestar.errors import InvalidInput, NotFound
-
-from tinymodel import FIXTURES, build_tiny  # noqa: E402  (tests/ is on sys.path)
 
 STS = FIXTURES / "stsb_dev_head.tsv"
 CORPUS = FIXTURES / "compress" / "beir"
@@ -49,11 +48,30 @@ def test_data_readers() -> None:
 
 def test_bidirectional_stages_train_save_serve_and_resume(tokenizer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "bidi"
-    run = RunSettings(out_dir=out, eval_every=2, patience=100, progress=False, data_licence="CC BY-SA 4.0",
-                      lora=LoraSettings(r=4, alpha=8))
-    cfg = BidirectionalConfig(run=run, corpus=(CORPUS,), pairs=STS, dev_fraction=0.25, mntp_steps=4, mntp_batch=4,
-                              mntp_lr=5e-3, simcse_steps=4, simcse_batch=4, simcse_lr=5e-3, supervised_steps=4,
-                              supervised_batch=8, supervised_lr=5e-3, max_tokens=32)
+    run = RunSettings(
+        out_dir=out,
+        eval_every=2,
+        patience=100,
+        progress=False,
+        data_licence="CC BY-SA 4.0",
+        lora=LoraSettings(r=4, alpha=8),
+    )
+    cfg = BidirectionalConfig(
+        run=run,
+        corpus=(CORPUS,),
+        pairs=STS,
+        dev_fraction=0.25,
+        mntp_steps=4,
+        mntp_batch=4,
+        mntp_lr=5e-3,
+        simcse_steps=4,
+        simcse_batch=4,
+        simcse_lr=5e-3,
+        supervised_steps=4,
+        supervised_batch=8,
+        supervised_lr=5e-3,
+        max_tokens=32,
+    )
     card = train_bidirectional(build_tiny(tokenizer), cfg, command="lodestar train bidirectional ...")
     assert [s["stage"] for s in card["stages"]] == ["mntp", "simcse", "supervised"]
     mntp = card["stages"][0]
@@ -64,7 +82,9 @@ def test_bidirectional_stages_train_save_serve_and_resume(tokenizer, tmp_path: P
     engine = EmbeddingEngine(build_tiny(tokenizer))
     try:
         base = engine.embed(TEXTS, EmbedOptions(mode="bidirectional")).vectors
-        tuned = engine.embed(TEXTS, EmbedOptions(mode="bidirectional", adapter=str(out / "supervised" / "checkpoint" / "adapter"))).vectors
+        tuned = engine.embed(
+            TEXTS, EmbedOptions(mode="bidirectional", adapter=str(out / "supervised" / "checkpoint" / "adapter"))
+        ).vectors
         assert not np.allclose(base, tuned, atol=1e-4)
     finally:
         engine.close()
@@ -91,14 +111,17 @@ def test_bidirectional_refuses_missing_data(tokenizer, tmp_path: Path) -> None: 
     assert mask_token_id(tokenizer) >= 0
     missing = tmp_path / "no-such-adapter"
     with pytest.raises(NotFound, match="no peft adapter at .*no-such-adapter"):
-        train_bidirectional(build_tiny(tokenizer), BidirectionalConfig(run=run, pairs=STS, stages=("supervised",),
-                                                                       init_adapter=missing))
+        train_bidirectional(
+            build_tiny(tokenizer), BidirectionalConfig(run=run, pairs=STS, stages=("supervised",), init_adapter=missing)
+        )
 
 
 def test_init_adapter_accepts_the_adapter_or_its_run_folder(tmp_path: Path) -> None:
     (tmp_path / "run" / "adapter").mkdir(parents=True)
     (tmp_path / "run" / "adapter" / "adapter_config.json").write_text("{}")
-    assert adapter_folder(tmp_path / "run") == adapter_folder(tmp_path / "run" / "adapter") == tmp_path / "run" / "adapter"
+    assert (
+        adapter_folder(tmp_path / "run") == adapter_folder(tmp_path / "run" / "adapter") == tmp_path / "run" / "adapter"
+    )
 
 
 def test_splade_weights_are_standardised_logits_above_the_shift() -> None:
@@ -128,7 +151,9 @@ def test_sparse_output_matches_the_trainer_and_respects_top_k(tiny_engine, token
         assert 0 < len(ids) <= 16 and np.all(np.diff(w) <= 1e-6)  # by decreasing weight
         assert np.allclose(row[ids], w, atol=1e-4)
         assert np.isclose(w[0], row.max(), atol=1e-4)
-    cut = tiny_engine.embed(texts[:1], EmbedOptions(mode="echo", sparse=True, sparse_threshold=float(res.sparse[0][1][3])))
+    cut = tiny_engine.embed(
+        texts[:1], EmbedOptions(mode="echo", sparse=True, sparse_threshold=float(res.sparse[0][1][3]))
+    )
     assert len(cut.sparse[0][0]) == 3  # strictly above the 4th weight
     alone = tiny_engine.embed(texts[1:2], EmbedOptions(mode="echo", sparse=True, sparse_top_k=16)).sparse[0]
     assert list(alone[0]) == list(res.sparse[1][0])  # independent of the batch
@@ -137,16 +162,19 @@ def test_sparse_output_matches_the_trainer_and_respects_top_k(tiny_engine, token
 
 
 def triplets_file(tmp_path: Path) -> Path:
-    rows = [{"query": q, "positive": p, "negatives": [n]} for q, p, n in [
-        ("who plays guitar", "A man plays an acoustic guitar on stage.", "Bond yields climbed."),
-        ("bond yields", "Government bond yields climbed to a decade high.", "The team won a penalty shootout."),
-        ("football final", "The football team won the championship.", "A man plays the guitar."),
-        ("central bank", "The central bank raised interest rates again.", "A cat sleeps on the sofa."),
-        ("cat sofa", "A cat sleeps on the sofa all afternoon.", "Rates went up."),
-        ("piano concert", "The pianist performed Chopin at the concert hall.", "Stocks fell sharply."),
-        ("stock market", "Stocks fell sharply after the announcement.", "The pianist bowed."),
-        ("rainy weather", "It rained all day in the city.", "The orchestra tuned up."),
-    ]]
+    rows = [
+        {"query": q, "positive": p, "negatives": [n]}
+        for q, p, n in [
+            ("who plays guitar", "A man plays an acoustic guitar on stage.", "Bond yields climbed."),
+            ("bond yields", "Government bond yields climbed to a decade high.", "The team won a penalty shootout."),
+            ("football final", "The football team won the championship.", "A man plays the guitar."),
+            ("central bank", "The central bank raised interest rates again.", "A cat sleeps on the sofa."),
+            ("cat sofa", "A cat sleeps on the sofa all afternoon.", "Rates went up."),
+            ("piano concert", "The pianist performed Chopin at the concert hall.", "Stocks fell sharply."),
+            ("stock market", "Stocks fell sharply after the announcement.", "The pianist bowed."),
+            ("rainy weather", "It rained all day in the city.", "The orchestra tuned up."),
+        ]
+    ]
     path = tmp_path / "triplets.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -157,8 +185,16 @@ def test_sparse_training_lowers_the_loss_and_serves(tokenizer, tmp_path: Path) -
 
     out = tmp_path / "sparse"
     run = RunSettings(out_dir=out, eval_every=3, patience=100, progress=False, lora=LoraSettings(r=4, alpha=8))
-    cfg = SparseConfig(run=run, triplets=triplets_file(tmp_path), steps=6, batch=4, lr=5e-3, flops_warmup=2,
-                       dev_fraction=0.25, max_tokens=32)
+    cfg = SparseConfig(
+        run=run,
+        triplets=triplets_file(tmp_path),
+        steps=6,
+        batch=4,
+        lr=5e-3,
+        flops_warmup=2,
+        dev_fraction=0.25,
+        max_tokens=32,
+    )
     card = train_sparse(build_tiny(tokenizer), cfg)
     stage = card["stages"][0]
     assert stage["stage"] == "sparse" and stage["steps"] == 6 and stage["train_loss_last"] < stage["train_loss_first"]
@@ -183,12 +219,19 @@ def test_adapt_resumes_synthetic_queries_and_trains_both(tokenizer, tmp_path: Pa
     out.mkdir()
     # A previous run wrote 20 of the 24 queries (the tiny random model cannot write questions itself).
     docs = read_corpus(corpus)
-    (out / "synthetic.jsonl").write_text("".join(
-        json.dumps({"id": i, "passage": clip(tokenizer, t, 32), "query": f"what about the {' and '.join(t.split()[1:4])}?"}) + "\n"
-        for i, t in docs[:20]))
+    (out / "synthetic.jsonl").write_text(
+        "".join(
+            json.dumps(
+                {"id": i, "passage": clip(tokenizer, t, 32), "query": f"what about the {' and '.join(t.split()[1:4])}?"}
+            )
+            + "\n"
+            for i, t in docs[:20]
+        )
+    )
     run = RunSettings(out_dir=out, eval_every=2, patience=100, progress=False, lora=LoraSettings(r=4, alpha=8))
-    cfg = AdaptConfig(run=run, corpus=corpus, passages=24, question_tokens=8, steps=2, batch=2, lr=5e-3,
-                      max_passage_tokens=32)
+    cfg = AdaptConfig(
+        run=run, corpus=corpus, passages=24, question_tokens=8, steps=2, batch=2, lr=5e-3, max_passage_tokens=32
+    )
     card = adapt(lambda: build_tiny(tokenizer), cfg, command="lodestar adapt ...")
     assert card["triplets"] >= 20 and len((out / "synthetic.jsonl").read_text().splitlines()) == 24  # 4 new
     triplets = [json.loads(line) for line in (out / "triplets.jsonl").read_text().splitlines()]
@@ -203,12 +246,19 @@ def test_adapt_resumes_synthetic_queries_and_trains_both(tokenizer, tmp_path: Pa
 def test_synthetic_queries_from_the_real_model(backbone, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from lodestar.embed.train.adapt import AdaptConfig, synthetic_queries
 
-    docs = [(f"d{i}", t) for i, t in enumerate([
-        "The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, a region in France.",
-        "Computational complexity theory classifies computational problems according to their inherent difficulty.",
-        "The Huguenots were French Protestants who followed the teachings of John Calvin.",
-    ])]
-    cfg = AdaptConfig(run=RunSettings(out_dir=tmp_path, progress=False), corpus=tmp_path, passages=3, question_tokens=32)
+    docs = [
+        (f"d{i}", t)
+        for i, t in enumerate(
+            [
+                "The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, a region in France.",
+                "Computational complexity theory classifies computational problems according to their inherent difficulty.",
+                "The Huguenots were French Protestants who followed the teachings of John Calvin.",
+            ]
+        )
+    ]
+    cfg = AdaptConfig(
+        run=RunSettings(out_dir=tmp_path, progress=False), corpus=tmp_path, passages=3, question_tokens=32
+    )
     rows = synthetic_queries(backbone, docs, cfg, tmp_path / "synthetic.jsonl")
     assert len(rows) >= 2 and all(len(r["query"].split()) >= 3 for r in rows)
 
@@ -242,17 +292,27 @@ def test_title_queries_use_titles_and_strip_them_from_every_passage(tmp_path: Pa
 
     corpus = tmp_path / "corpus.jsonl"
     rows = [
-        {"_id": "1", "title": "wing in a slipstream .", "text": "wing in a slipstream . lift rises behind the propeller at every angle"},
-        {"_id": "2", "title": "shear flow past a plate", "text": "the boundary layer grows along the flat plate downstream"},
+        {
+            "_id": "1",
+            "title": "wing in a slipstream .",
+            "text": "wing in a slipstream . lift rises behind the propeller at every angle",
+        },
+        {
+            "_id": "2",
+            "title": "shear flow past a plate",
+            "text": "the boundary layer grows along the flat plate downstream",
+        },
         {"_id": "3", "title": "", "text": "an untitled note about heat transfer in nozzles and ducts"},
     ]
     corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = AdaptConfig(run=RunSettings(out_dir=tmp_path, progress=False), corpus=corpus, queries="title", passages=10)
     picked, docs = title_queries(corpus, cfg)
     assert {r["id"]: r["query"] for r in picked} == {"1": "wing in a slipstream", "2": "shear flow past a plate"}
-    assert dict(docs) == {"1": "lift rises behind the propeller at every angle",
-                          "2": "the boundary layer grows along the flat plate downstream",
-                          "3": rows[2]["text"]}  # negatives come from these: none carries its title
+    assert dict(docs) == {
+        "1": "lift rises behind the propeller at every angle",
+        "2": "the boundary layer grows along the flat plate downstream",
+        "3": rows[2]["text"],
+    }  # negatives come from these: none carries its title
     assert all(r["passage"] == dict(docs)[r["id"]] for r in picked)
     untitled = tmp_path / "untitled.jsonl"
     untitled.write_text(json.dumps({"_id": "1", "text": "no title here at all, only text"}) + "\n")
@@ -265,11 +325,26 @@ def test_adapt_with_title_queries_trains_without_generating(tokenizer, tmp_path:
 
     corpus = tmp_path / "corpus.jsonl"
     sentences = read_sentences([STS], seed=0)[:24]
-    corpus.write_text("".join(json.dumps({"_id": f"d{i}", "title": " ".join(s.split()[:4]),
-                                          "text": f"{s} {sentences[i - 1]}"}) + "\n" for i, s in enumerate(sentences)))
-    run = RunSettings(out_dir=tmp_path / "adapt", eval_every=2, patience=100, progress=False, lora=LoraSettings(r=4, alpha=8))
-    cfg = AdaptConfig(run=run, corpus=corpus, kinds=("sparse",), queries="title", passages=24, steps=2, batch=2, lr=5e-3,
-                      max_passage_tokens=32)
+    corpus.write_text(
+        "".join(
+            json.dumps({"_id": f"d{i}", "title": " ".join(s.split()[:4]), "text": f"{s} {sentences[i - 1]}"}) + "\n"
+            for i, s in enumerate(sentences)
+        )
+    )
+    run = RunSettings(
+        out_dir=tmp_path / "adapt", eval_every=2, patience=100, progress=False, lora=LoraSettings(r=4, alpha=8)
+    )
+    cfg = AdaptConfig(
+        run=run,
+        corpus=corpus,
+        kinds=("sparse",),
+        queries="title",
+        passages=24,
+        steps=2,
+        batch=2,
+        lr=5e-3,
+        max_passage_tokens=32,
+    )
     with pytest.raises(InvalidInput, match="valid are generate, title"):
         adapt(lambda: build_tiny(tokenizer), AdaptConfig(run=run, corpus=corpus, queries="headings"))
     card = adapt(lambda: build_tiny(tokenizer), cfg, command="lodestar adapt --queries title ...")

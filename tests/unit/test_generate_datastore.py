@@ -197,7 +197,10 @@ def test_iter_texts_reads_files_folders_and_jsonl(tmp_path: Path) -> None:
     (tmp_path / "a" / "test" / "t.py").write_text("skipped\n")
     (tmp_path / "b.jsonl").write_text('{"text": "one"}\n\n{"text": "two"}\n')
     assert list(iter_texts([tmp_path / "a", tmp_path / "b.jsonl"], pattern="**/*.py", exclude=("test",))) == [
-        "print(1)\n", "one", "two"]
+        "print(1)\n",
+        "one",
+        "two",
+    ]
     (tmp_path / "bad.jsonl").write_text('{"body": "x"}\n')
     with pytest.raises(InvalidInput, match="'text'"):
         list(iter_texts([tmp_path / "bad.jsonl"]))

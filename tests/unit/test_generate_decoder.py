@@ -38,9 +38,14 @@ def tiny_decoder(tiny_backbone: Backbone) -> SpeculativeDecoder:
 def hf_greedy(bb: Backbone, prompt: str, n: int) -> list[int]:
     ids = bb.tokenizer(prompt, return_tensors="pt")["input_ids"]
     with torch.inference_mode():
-        out = bb.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
-                                pad_token_id=bb.tokenizer.pad_token_id)
-    return out[0, ids.shape[1]:].tolist()
+        out = bb.model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=n,
+            do_sample=False,
+            pad_token_id=bb.tokenizer.pad_token_id,
+        )
+    return out[0, ids.shape[1] :].tolist()
 
 
 def test_tiny_speculative_greedy_is_identical(tiny_decoder: SpeculativeDecoder, tiny_backbone: Backbone) -> None:
@@ -164,21 +169,34 @@ def test_validation_names_the_limits(tiny_decoder: SpeculativeDecoder, tiny_back
 def _tiny_windowed(tokenizer, kind: str, window: int) -> Backbone:  # type: ignore[no-untyped-def]
     """A tiny random model with sliding-window attention: every layer (Mistral) or alternate ones (Qwen2
     with `layer_types`), so that prompts longer than the window exercise it."""
+    from tinymodel import CACHE_DIR
     from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     from lodestar.backbone import BackboneConfig
-    from tinymodel import CACHE_DIR
 
     torch.manual_seed(0)
-    common = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                  pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, attn_implementation="sdpa")
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+        attn_implementation="sdpa",
+    )
     if kind == "mistral":
         model = MistralForCausalLM(MistralConfig(sliding_window=window, **common))
     else:
         layer_types = ["sliding_attention", "full_attention"] * 2
-        model = Qwen2ForCausalLM(Qwen2Config(use_sliding_window=True, sliding_window=window, layer_types=layer_types, **common))
-    return Backbone.from_model(model.float().eval(), tokenizer, f"tiny-{kind}", BackboneConfig(model="tiny", cache_dir=CACHE_DIR))
+        model = Qwen2ForCausalLM(
+            Qwen2Config(use_sliding_window=True, sliding_window=window, layer_types=layer_types, **common)
+        )
+    return Backbone.from_model(
+        model.float().eval(), tokenizer, f"tiny-{kind}", BackboneConfig(model="tiny", cache_dir=CACHE_DIR)
+    )
 
 
 @pytest.mark.parametrize("kind", ["mistral", "qwen2-mixed"])

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from lodestar.backbone import Backbone
 from lodestar.generate.costmodel import CostModel, OnlineCost

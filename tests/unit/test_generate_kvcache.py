@@ -12,7 +12,6 @@ from lodestar.generate.decoder import SpeculativeDecoder
 from lodestar.generate.kvcache import cache_length, keep_path
 from lodestar.generate.tree import flatten
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -46,7 +45,9 @@ def test_tree_forward_and_rollback_match_feeding_the_path(tiny_backbone: Backbon
     # Decoding goes on from the rolled-back cache as from the reference one.
     nxt = dec._forward_one(123, cache)
     with torch.inference_mode():
-        ref_next = bb.model(input_ids=torch.tensor([[123]]), **cache_kwargs(bb.model, ref_cache), use_cache=True).logits[0, -1]
+        ref_next = bb.model(
+            input_ids=torch.tensor([[123]]), **cache_kwargs(bb.model, ref_cache), use_cache=True
+        ).logits[0, -1]
     torch.testing.assert_close(nxt, ref_next, atol=1e-4, rtol=1e-4)
 
 
@@ -54,7 +55,9 @@ def test_chain_path_is_a_crop(tiny_backbone: Backbone) -> None:
     cache, _ = prefill(tiny_backbone, [1, 2, 3, 4])
     before = [layer.keys.clone() for layer in cache.layers]
     with torch.inference_mode():
-        tiny_backbone.model(input_ids=torch.tensor([[5, 6, 7]]), **cache_kwargs(tiny_backbone.model, cache), use_cache=True)
+        tiny_backbone.model(
+            input_ids=torch.tensor([[5, 6, 7]]), **cache_kwargs(tiny_backbone.model, cache), use_cache=True
+        )
         keep_path(cache, 4, [0, 1])
     assert cache_length(cache) == 6
     for layer, old in zip(cache.layers, before):
@@ -74,10 +77,17 @@ def test_tree_mask_cuts_sliding_layers_to_their_window() -> None:
     assert isinstance(tree_mask(allowed, q, SimpleNamespace(sliding_window=8), torch.float32), torch.Tensor)  # inside
     mistral = tree_mask(allowed, q, SimpleNamespace(sliding_window=3), torch.float32)
     assert isinstance(mistral, torch.Tensor)
-    assert (mistral[0, 0] == 0).tolist() == [[False, False, True, True, True, False], [False, False, False, True, True, True]]
+    assert (mistral[0, 0] == 0).tolist() == [
+        [False, False, True, True, True, False],
+        [False, False, False, True, True, True],
+    ]
     assert mistral[0, 0, 0, 0] == blocked
-    mixed = tree_mask(allowed, q, SimpleNamespace(sliding_window=3, layer_types=["sliding_attention", "full_attention"]),
-                      torch.float32)
+    mixed = tree_mask(
+        allowed,
+        q,
+        SimpleNamespace(sliding_window=3, layer_types=["sliding_attention", "full_attention"]),
+        torch.float32,
+    )
     assert isinstance(mixed, dict) and torch.equal(mixed["full_attention"], plain)
     assert torch.equal(mixed["sliding_attention"], mistral)
     no_sliding = SimpleNamespace(sliding_window=3, layer_types=["full_attention"])  # Qwen2 without use_sliding_window

@@ -10,16 +10,15 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import chisquare
+from tinymodel import CACHE_DIR  # noqa: E402
 
 from lodestar.backbone import Backbone, BackboneConfig
 from lodestar.generate.datastore import Datastore, build_segment
 from lodestar.generate.decoder import SpeculativeDecoder
-from lodestar.generate.suffix_array import SEPARATOR
 from lodestar.generate.sampling import target_probs, verify_children
+from lodestar.generate.suffix_array import SEPARATOR
 from lodestar.generate.tree import flatten
 from lodestar.generate.types import GenerationParams
-
-from tinymodel import CACHE_DIR  # noqa: E402
 
 MIN_P = 1e-3  # fixed seeds make these tests deterministic; the threshold only guards against a wrong sampler
 
@@ -71,13 +70,16 @@ def test_tree_walk_sampling_matches_target_per_node(tiny_backbone: Backbone) -> 
     accepted child ~ that child's row."""
     dec = SpeculativeDecoder(tiny_backbone)
     tree = flatten([9, 0, 1, 2], [-1, 0, 0, 1])  # root -> {0 -> 2, 1}
-    V = 5
-    logits = torch.log(torch.tensor([
-        [0.30, 0.20, 0.10, 0.35, 0.05],  # root: children 0 and 1 carry half the mass
-        [0.10, 0.15, 0.40, 0.30, 0.05],  # after 0: its child 2 is likely
-        [0.20, 0.20, 0.20, 0.20, 0.20],
-        [0.50, 0.10, 0.10, 0.10, 0.20],
-    ]))
+    logits = torch.log(
+        torch.tensor(
+            [
+                [0.30, 0.20, 0.10, 0.35, 0.05],  # root: children 0 and 1 carry half the mass
+                [0.10, 0.15, 0.40, 0.30, 0.05],  # after 0: its child 2 is likely
+                [0.20, 0.20, 0.20, 0.20, 0.20],
+                [0.50, 0.10, 0.10, 0.10, 0.20],
+            ]
+        )
+    )
     params = GenerationParams(temperature=0.8, top_p=0.95)
     rng = torch.Generator().manual_seed(2)
     firsts, seconds = [], []
@@ -97,9 +99,17 @@ def micro(tokenizer) -> Backbone:  # type: ignore[no-untyped-def]
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(3)
-    config = LlamaConfig(vocab_size=24, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         tie_word_embeddings=True, attn_implementation="sdpa")
+    config = LlamaConfig(
+        vocab_size=24,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        attn_implementation="sdpa",
+    )
     model = LlamaForCausalLM(config).float().eval()
     with torch.no_grad():
         model.model.norm.weight.mul_(6.0)  # sharper distributions: likely drafts get accepted
@@ -110,6 +120,7 @@ def exact_marginals(bb: Backbone, prompt: list[int], temperature: float) -> tupl
     """P(x1), P(x2), P(x3) after `prompt` by brute force over all continuations (batched forwards)."""
     V = int(bb.model.config.vocab_size)
     with torch.inference_mode():
+
         def probs(seqs: torch.Tensor) -> torch.Tensor:
             return torch.softmax(bb.model(input_ids=seqs).logits[:, -1].double() / temperature, -1)  # (B, V)
 
@@ -152,8 +163,9 @@ def test_speculative_sampling_keeps_the_distribution(micro: Backbone) -> None:
     accepted = multi = 0
     for spec in (False, True):
         for seed in range(runs):
-            r = dec.generate(prompt, GenerationParams(max_new_tokens=3, temperature=temperature, seed=seed,
-                                                      speculative=spec))
+            r = dec.generate(
+                prompt, GenerationParams(max_new_tokens=3, temperature=temperature, seed=seed, speculative=spec)
+            )
             assert len(r.token_ids) == 3
             samples[spec].append(r.token_ids)
             if spec:
@@ -185,6 +197,10 @@ def test_seeded_sampling_does_not_depend_on_the_measured_costs(micro: Backbone, 
         monkeypatch.setattr(decoder_module, "measure", lambda *a, _t=table, **k: CostModel(_t))
         dec = SpeculativeDecoder(micro, store)
         dec.eos_ids = set()
-        outputs.append([dec.generate(prompt, GenerationParams(max_new_tokens=12, temperature=0.8, seed=seed)).token_ids
-                        for seed in range(8)])
+        outputs.append(
+            [
+                dec.generate(prompt, GenerationParams(max_new_tokens=12, temperature=0.8, seed=seed)).token_ids
+                for seed in range(8)
+            ]
+        )
     assert outputs[0] == outputs[1]

@@ -110,11 +110,14 @@ def test_early_exit_chain_reaches_the_tree(tiny_backbone: Backbone) -> None:
     assert prompt is not None, "every candidate prompt's first greedy token repeats a prompt token"
     params = GenerationParams(max_new_tokens=3)
     none = dec.generate(prompt, params, datastore=None)
-    early = dec.generate(prompt, GenerationParams(max_new_tokens=3, self_draft_layers=tiny_backbone.num_layers - 1),
-                         datastore=None)
+    early = dec.generate(
+        prompt, GenerationParams(max_new_tokens=3, self_draft_layers=tiny_backbone.num_layers - 1), datastore=None
+    )
     assert early.token_ids == none.token_ids
     assert none.stats.draft_tokens == 0
     assert early.stats.draft_tokens > 0
-    longer = [dec.generate(prompt, GenerationParams(max_new_tokens=12, self_draft_layers=n), datastore=None).token_ids
-              for n in (0, tiny_backbone.num_layers - 1)]
+    longer = [
+        dec.generate(prompt, GenerationParams(max_new_tokens=12, self_draft_layers=n), datastore=None).token_ids
+        for n in (0, tiny_backbone.num_layers - 1)
+    ]
     assert longer[0] == longer[1]

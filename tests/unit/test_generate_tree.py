@@ -24,15 +24,18 @@ def test_flatten_hand_made_tree() -> None:
     tree = flatten([10, 11, 12, 13, 14, 15, 16], [-1, 0, 0, 1, 1, 2, 3], [1, 0.9, 0.2, 0.5, 0.6, 0.1, 0.4])
     assert tree.depth.tolist() == [0, 1, 1, 2, 2, 2, 3]
     assert tree.position_ids(7).tolist() == [7, 8, 8, 9, 9, 9, 10]
-    expected = np.array([
-        [1, 0, 0, 0, 0, 0, 0],
-        [1, 1, 0, 0, 0, 0, 0],
-        [1, 0, 1, 0, 0, 0, 0],
-        [1, 1, 0, 1, 0, 0, 0],
-        [1, 1, 0, 0, 1, 0, 0],
-        [1, 0, 1, 0, 0, 1, 0],
-        [1, 1, 0, 1, 0, 0, 1],
-    ], dtype=bool)
+    expected = np.array(
+        [
+            [1, 0, 0, 0, 0, 0, 0],
+            [1, 1, 0, 0, 0, 0, 0],
+            [1, 0, 1, 0, 0, 0, 0],
+            [1, 1, 0, 1, 0, 0, 0],
+            [1, 1, 0, 0, 1, 0, 0],
+            [1, 0, 1, 0, 0, 1, 0],
+            [1, 1, 0, 1, 0, 0, 1],
+        ],
+        dtype=bool,
+    )
     assert (tree.mask == expected).all()
     assert tree.children[0] == [1, 2] and tree.children[1] == [4, 3]  # best score first
     assert tree.path_to(6) == [0, 1, 3, 6]

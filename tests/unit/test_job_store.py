@@ -13,7 +13,17 @@ import pytest
 
 from lodestar.errors import InvalidInput, NotFound
 from lodestar.retrieve.engine import RetrievalEngine
-from lodestar.retrieve.jobs import Commit, JobError, JobManager, JobsConfig, JobStore, merge, parse_line, prepare_each, run_chunk
+from lodestar.retrieve.jobs import (
+    Commit,
+    JobError,
+    JobManager,
+    JobsConfig,
+    JobStore,
+    merge,
+    parse_line,
+    prepare_each,
+    run_chunk,
+)
 from lodestar.retrieve.prepare import DocLimits, Prepared, prepare
 from lodestar.retrieve.types import CollectionConfig, Document
 
@@ -28,9 +38,13 @@ def test_parse_line_cases() -> None:
     assert isinstance(doc, Document) and doc.id == "7" and doc.text == "T. body" and doc.metadata == {"year": 2020}
     assert parse_line(2, b"   ", limits) is None
     cases = {
-        b"\xc3\x28": "not valid UTF-8", b"{oops": "not valid JSON", b"[1]": "a JSON object is expected",
-        b'{"text": "x"}': "id is empty", b'{"id": "a", "text": ""}': "text is empty",
-        b'{"id": "a", "text": 5}': "must be strings", b'{"id": "123456789", "text": "x"}': "max_id_bytes=8",
+        b"\xc3\x28": "not valid UTF-8",
+        b"{oops": "not valid JSON",
+        b"[1]": "a JSON object is expected",
+        b'{"text": "x"}': "id is empty",
+        b'{"id": "a", "text": ""}': "text is empty",
+        b'{"id": "a", "text": 5}': "must be strings",
+        b'{"id": "123456789", "text": "x"}': "max_id_bytes=8",
         json.dumps({"id": "a", "text": "x" * 21}).encode(): "max_text_chars=20",
         b'{"id": "a", "text": "x", "m": ' + b"[" * 5000 + b"]" * 5000 + b"}": "nested too deeply",  # RecursionError
         b'{"id": "a", "text": "x", "m": ' + b"[" * 100 + b"]" * 100 + b"}": "nested too deeply: the limit is 64",
@@ -94,13 +108,24 @@ def test_line_numbers_sqlite_cannot_hold_are_refused(tmp_path: Path) -> None:
 
     store = JobStore(tmp_path / "jobs.sqlite3")
     job = store.create("c", "-", chunk_docs=2)
-    with pytest.raises(InvalidInput, match=r"line number 9223372036854775808 is out of range: use 0\.\.9223372036854775807"):
+    with pytest.raises(
+        InvalidInput, match=r"line number 9223372036854775808 is out of range: use 0\.\.9223372036854775807"
+    ):
         store.stage(job, lines(1) + [(2**63, b'{"id": "x", "text": "y"}')])
     store.stage(job, lines(2))  # the refused batch staged nothing; the job still takes lines
     assert store.seal(job).documents == 2
     doc = Document("a", "hello world")
-    good = commit_request(CommitT(job, 0, Prepared([doc], [[(0, 11)]], np.zeros((1, 4), np.float32)), [1],
-                                  [JobError(2, "b", "nope")], "w", "m"))
+    good = commit_request(
+        CommitT(
+            job,
+            0,
+            Prepared([doc], [[(0, 11)]], np.zeros((1, 4), np.float32)),
+            [1],
+            [JobError(2, "b", "nope")],
+            "w",
+            "m",
+        )
+    )
     assert commit_from_pb(good).errors == [JobError(2, "b", "nope")]
     for field in ("lines", "errors"):
         bad = type(good)()

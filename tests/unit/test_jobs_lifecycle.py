@@ -36,7 +36,8 @@ def wait_done(jobs: JobManager, job: str, timeout: float = 60) -> None:
 
 
 def test_close_stops_after_the_running_chunk_and_a_restart_finishes_the_job(
-        retrieval: RetrievalEngine, tiny_engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    retrieval: RetrievalEngine, tiny_engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
     """close() used to queue its stop signal behind every chunk already queued: shutdown blocked for
     up to 30 s while the thread went on running chunks, then closed the job store under it."""
     real = jobs_mod.run_chunk
@@ -69,7 +70,8 @@ def test_close_stops_after_the_running_chunk_and_a_restart_finishes_the_job(
 
 
 def test_an_upload_cut_off_by_a_crash_is_discarded_at_the_next_start(
-        retrieval: RetrievalEngine, tiny_engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    retrieval: RetrievalEngine, tiny_engine, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     """The upload stream of a 'staging' job lives only in the process that died: the job used to stay
     'staging' for good (WatchJob polled it forever, ResumeJob said it was still being uploaded)."""
     from lodestar.errors import NotFound
@@ -93,7 +95,8 @@ def test_an_upload_cut_off_by_a_crash_is_discarded_at_the_next_start(
 
 
 def test_worker_names_and_failure_messages_are_bounded(
-        retrieval: RetrievalEngine, tiny_engine, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    retrieval: RetrievalEngine, tiny_engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
     """A worker's name is kept per chunk and listed in every Job (GetJob, WatchJob, ListJobs): unbounded,
     a few long ones made every later Job message larger than the gRPC limit. A FailChunk message was
     logged whole, however long."""
@@ -110,13 +113,25 @@ def test_worker_names_and_failure_messages_are_bounded(
         work = jobs.fetch(job, 0)
         prepared = prepare(tiny_engine, work.config, work.dim, work.docs)
         long_name = "w" * (MAX_WORKER_CHARS + 1)
-        with pytest.raises(InvalidInput, match=rf"worker name is {MAX_WORKER_CHARS + 1} characters; the limit is {MAX_WORKER_CHARS}"):
+        with pytest.raises(
+            InvalidInput, match=rf"worker name is {MAX_WORKER_CHARS + 1} characters; the limit is {MAX_WORKER_CHARS}"
+        ):
             jobs.commit(Commit(job, 0, prepared, work.lines, [], long_name, work.model))
         assert jobs.get(job).chunks_done == 0 and retrieval.stats("docs").documents == 0  # refused before writing
         with pytest.raises(InvalidInput, match="the limit is"):
             jobs.chunk_failed(job, 1, "boom", long_name, final=True)
         assert jobs.get(job).chunks_failed == 0
-        jobs.commit(Commit(job, 0, prepared, work.lines, [JobError(work.lines[0], "e", "e" * 100_000)], "w" * MAX_WORKER_CHARS, work.model))
+        jobs.commit(
+            Commit(
+                job,
+                0,
+                prepared,
+                work.lines,
+                [JobError(work.lines[0], "e", "e" * 100_000)],
+                "w" * MAX_WORKER_CHARS,
+                work.model,
+            )
+        )
         assert jobs.get(job).workers == {"w" * MAX_WORKER_CHARS: 1}
         assert len(jobs.errors(job)[0].message) <= MAX_MESSAGE_CHARS
         with caplog.at_level(logging.WARNING, logger="lodestar.retrieve.jobs.manager"):
@@ -128,7 +143,8 @@ def test_worker_names_and_failure_messages_are_bounded(
 
 
 def test_resume_counts_retries_afresh_and_refuses_a_dropped_collection(
-        retrieval: RetrievalEngine, tiny_engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    retrieval: RetrievalEngine, tiny_engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
     """A resumed job's chunks get a fresh set of retries (they used to get one more try), and resuming
     a job whose collection is gone is NOT_FOUND at once instead of a job that fails after its retries."""
     from lodestar.errors import NotFound
@@ -158,8 +174,9 @@ def test_resume_counts_retries_afresh_and_refuses_a_dropped_collection(
         jobs.close()
 
 
-def test_a_commit_holds_only_the_documents_the_chunk_staged(retrieval: RetrievalEngine, tiny_engine, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_commit_holds_only_the_documents_the_chunk_staged(
+    retrieval: RetrievalEngine, tiny_engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
     """CommitChunk is on the public port: a worker (or anyone) could write other ids or texts into the
     collection under a job's chunk. Such a commit is refused and nothing of it is written."""
     from lodestar.retrieve.jobs import Commit, JobError, prepare_each

@@ -246,9 +246,7 @@ def test_pool_reference_matches_float64_loop() -> None:
     """The reference equals a direct float64 evaluation of sum_t w*h / max(sum_t w, eps)."""
     hidden, weights = _make_pool_inputs(PoolCase("x", 3, 11, 7, "bf16", "soft_weights"))
     h64, w64 = hidden.double(), weights.double()
-    want = torch.stack(
-        [(w64[b, :, None] * h64[b]).sum(0) / max(w64[b].sum().item(), 1e-9) for b in range(3)]
-    )
+    want = torch.stack([(w64[b, :, None] * h64[b]).sum(0) / max(w64[b].sum().item(), 1e-9) for b in range(3)])
     got = masked_mean_pool_ref(hidden, weights)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got.double(), want, atol=1e-6, rtol=1e-6)

@@ -35,7 +35,10 @@ def test_windows_without_overlap_and_exact_fit() -> None:
     ten = " ".join(TEXT.split()[:10])
     assert words(ten, chunk_spans(word_offsets(ten), 5, 0)) == ["one two three four five", "six seven eight nine ten"]
     assert words(ten, chunk_spans(word_offsets(ten), 4, 1)) == [
-        "one two three four", "four five six seven", "seven eight nine ten"]  # no empty/duplicate tail
+        "one two three four",
+        "four five six seven",
+        "seven eight nine ten",
+    ]  # no empty/duplicate tail
     assert len(chunk_spans(word_offsets(ten), 3, 2)) == 8  # step 1: starts 0..7, last is tokens 7..9
 
 

@@ -199,7 +199,12 @@ def test_round_trip_gives_identical_results(spec: str, data: tuple[np.ndarray, n
     assert blob == index.to_bytes()  # deterministic
     again = DenseIndex.from_bytes(blob)
     assert (again.count, again.trained, again.spec, again.metric, again.nprobe) == (
-        index.count, index.trained, spec, "cosine", 5)
+        index.count,
+        index.trained,
+        spec,
+        "cosine",
+        5,
+    )
     np.testing.assert_array_equal(again.ids(), index.ids())
     for allowed in (None, ids[100:400]):
         s1, i1 = index.search(x[:40], 10, allowed=allowed)
@@ -296,7 +301,9 @@ def test_specs_that_parse_but_would_fail_later_are_refused(spec: str, message: s
     assert f"index spec '{spec}'" in str(err.value) and "examples: Flat, HNSW32" in str(err.value)
 
 
-@pytest.mark.parametrize("spec", ["HNSW2", "HNSW256", "PCA16,Flat", "PCAR32,IVF4,Flat", "OPQ8_64,Flat", "IVF4_HNSW32,Flat", "HNSW8_PQ4"])
+@pytest.mark.parametrize(
+    "spec", ["HNSW2", "HNSW256", "PCA16,Flat", "PCAR32,IVF4,Flat", "OPQ8_64,Flat", "IVF4_HNSW32,Flat", "HNSW8_PQ4"]
+)
 def test_specs_at_the_limits_work(spec: str, data: tuple[np.ndarray, np.ndarray]) -> None:
     ids, x = data
     DenseIndex.validate(DIM, spec, "l2")

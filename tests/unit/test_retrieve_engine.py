@@ -49,7 +49,7 @@ class FakeEmbedder:
         self.lock = threading.Lock()
 
     @staticmethod
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def word_vector(word: str) -> np.ndarray:
         concept = SYNONYMS.get(word, word)
         seed = int.from_bytes(hashlib.sha256(concept.encode()).digest()[:8], "little")
@@ -75,7 +75,14 @@ class FakeEmbedder:
         out = out[:, : o.dimensions or D]
         if o.normalize:
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-        return EmbedResult(vectors=out, packed=None, token_counts=[1] * len(texts), truncated=[False] * len(texts), model="fake", mode=mode.name)  # type: ignore[arg-type]
+        return EmbedResult(
+            vectors=out,
+            packed=None,
+            token_counts=[1] * len(texts),
+            truncated=[False] * len(texts),
+            model="fake",
+            mode=mode.name,
+        )  # type: ignore[arg-type]
 
     def token_offsets(self, text: str) -> list[tuple[int, int]]:
         return [(m.start(), m.end()) for m in WORD.finditer(text)]
@@ -118,7 +125,9 @@ def corpus(n: int, seed: int = 0) -> list[Document]:
     fake 32-dim embedding finds it among hundreds)."""
     rng = np.random.default_rng(seed)
     return [
-        Document(f"doc-{i}", " ".join([f"uniq{i}", *rng.choice(VOCAB, 4), f"uniq{i} uniq{i}"]), {"n": i, "even": i % 2 == 0})
+        Document(
+            f"doc-{i}", " ".join([f"uniq{i}", *rng.choice(VOCAB, 4), f"uniq{i} uniq{i}"]), {"n": i, "even": i % 2 == 0}
+        )
         for i in range(n)
     ]
 
@@ -129,7 +138,13 @@ def corpus(n: int, seed: int = 0) -> list[Document]:
 def test_create_list_config_drop(engine: RetrievalEngine) -> None:
     stats = engine.create(CollectionConfig(name="a"))
     assert (stats.name, stats.documents, stats.chunks, stats.dimensions, stats.index, stats.sparse, stats.status) == (
-        "a", 0, 0, D, "Flat", "bm25", "ok",
+        "a",
+        0,
+        0,
+        D,
+        "Flat",
+        "bm25",
+        "ok",
     )
     with pytest.raises(AlreadyExists, match="'a' already exists"):
         engine.create(CollectionConfig(name="a", index="HNSW32"))
@@ -185,15 +200,23 @@ def test_failed_drop_keeps_the_collection_served(engine: RetrievalEngine, monkey
         # parses, but would fail at training (the acknowledged writes then break every rebuild) or crash the server
         (CollectionConfig(name="c", index="PCA64,Flat"), "PCAMatrix cannot output 64 dimensions from 32: use 1..32"),
         (CollectionConfig(name="c", index="HNSW0"), "HNSW needs M (neighbours per node) in 2..256"),
-        (CollectionConfig(name="c", chunk_tokens=16, chunk_overlap=16), "chunk_overlap=16 must be at least 0 and less than chunk_tokens=16"),
+        (
+            CollectionConfig(name="c", chunk_tokens=16, chunk_overlap=16),
+            "chunk_overlap=16 must be at least 0 and less than chunk_tokens=16",
+        ),
         (CollectionConfig(name="c", chunk_tokens=-1), "chunk_tokens=-1 is out of range"),
         (CollectionConfig(name="c", dimensions=33), "dimensions=33 is out of range: use 1..32"),
         (CollectionConfig(name="c", dimensions=-1), "dimensions=-1 is out of range"),
-        (CollectionConfig(name="c", doc_prompt="no placeholder"), "doc_prompt: prompt for mode 'mean' must contain '{text}'"),
+        (
+            CollectionConfig(name="c", doc_prompt="no placeholder"),
+            "doc_prompt: prompt for mode 'mean' must contain '{text}'",
+        ),
         (CollectionConfig(name="c", adapter="missing"), "unknown adapter 'missing'"),
     ],
 )
-def test_bad_configs_are_rejected_and_create_nothing(engine: RetrievalEngine, config: CollectionConfig, message: str) -> None:
+def test_bad_configs_are_rejected_and_create_nothing(
+    engine: RetrievalEngine, config: CollectionConfig, message: str
+) -> None:
     with pytest.raises(InvalidInput) as e:
         engine.create(config)
     assert message in str(e.value)
@@ -304,11 +327,16 @@ def test_ivf_trains_and_notes(engine: RetrievalEngine) -> None:
         (Document("z", "t", {"when": {1, 2}}), "metadata is not JSON-serialisable"),
         (Document("z", "t", {"x": float("nan")}), "metadata is not JSON-serialisable"),
         (Document("z", "t", {1: "int key"}), "metadata key 1 is not a string"),
-        (Document("z", "t", {"a": json.loads("[" * 64 + "]" * 64)}), "metadata is nested too deeply: the limit is 64 levels"),
+        (
+            Document("z", "t", {"a": json.loads("[" * 64 + "]" * 64)}),
+            "metadata is nested too deeply: the limit is 64 levels",
+        ),
         (Document("z", "t", ["not", "a", "dict"]), "metadata must be an object"),  # type: ignore[arg-type]
     ],
 )
-def test_rejected_batch_changes_nothing(engine: RetrievalEngine, embedder: FakeEmbedder, bad: Document, message: str) -> None:
+def test_rejected_batch_changes_nothing(
+    engine: RetrievalEngine, embedder: FakeEmbedder, bad: Document, message: str
+) -> None:
     engine.create(CollectionConfig(name="c"))
     engine.upsert("c", [Document("keep", "already here")])
     before, calls = engine.stats("c"), len(embedder.calls)
@@ -318,7 +346,11 @@ def test_rejected_batch_changes_nothing(engine: RetrievalEngine, embedder: FakeE
     assert len(embedder.calls) == calls  # nothing was even embedded
     assert engine.get("c", ["doc-0", "doc-1", "keep"])[:2] == [None, None]
     after = engine.stats("c")
-    assert (after.documents, after.chunks, after.index_vectors) == (before.documents, before.chunks, before.index_vectors)
+    assert (after.documents, after.chunks, after.index_vectors) == (
+        before.documents,
+        before.chunks,
+        before.index_vectors,
+    )
 
 
 def test_non_finite_embeddings_are_never_written(engine: RetrievalEngine) -> None:
@@ -350,11 +382,19 @@ def test_batch_limits(tmp_path: Path, embedder: FakeEmbedder) -> None:
 
 def test_filters_apply_before_ranking(engine: RetrievalEngine) -> None:
     engine.create(CollectionConfig(name="c"))
-    docs = [Document(f"d{i}", f"red apple fruit {' '.join(VOCAB[i:i + 3])}", {"lang": "en", "year": 2000 + i}) for i in range(30)]
+    docs = [
+        Document(f"d{i}", f"red apple fruit {' '.join(VOCAB[i : i + 3])}", {"lang": "en", "year": 2000 + i})
+        for i in range(30)
+    ]
     docs.append(Document("odd", "blue ocean waves deep water", {"lang": "fr", "year": 1990, "tags": "x"}))
     engine.upsert("c", docs)
     assert search(engine, "c", "red apple fruit", k=31)[-1].id == "odd"  # least similar of all
-    for f in (Filter("lang", "eq", "fr"), Filter("lang", "in", ["fr", "de"]), Filter("year", "lt", 2000), Filter("lang", "ne", "en")):
+    for f in (
+        Filter("lang", "eq", "fr"),
+        Filter("lang", "in", ["fr", "de"]),
+        Filter("year", "lt", 2000),
+        Filter("lang", "ne", "en"),
+    ):
         for retriever in ("dense", "hybrid"):
             hits = search(engine, "c", "red apple fruit", k=1, filters=(f,), retriever=retriever)
             assert ids(hits) == ["odd"], (f, retriever)
@@ -369,16 +409,19 @@ def test_filters_apply_before_ranking(engine: RetrievalEngine) -> None:
 
 def test_hybrid_puts_the_document_good_at_both_first(engine: RetrievalEngine) -> None:
     engine.create(CollectionConfig(name="c"))
-    engine.upsert("c", [
-        # every query token (and the only "car"), diluted by unrelated words: wins BM25, weak densely
-        Document("lexical", "cheap car repair museum history archive gallery painting sculpture statue"),
-        Document("semantic", "inexpensive automobile mend"),  # synonyms only: no token in common
-        Document("both", "cheap automobile repair shop"),  # two tokens and one synonym: second at both
-        Document("near1", "inexpensive vehicle fix garage tools"),
-        Document("near2", "automobile mend inexpensive paint shop wheels"),
-        *[Document(f"manual{i}", f"repair manual {' '.join(VOCAB[i:i + 6])}") for i in range(3)],
-        *[Document(f"filler{i}", f"garden flowers {VOCAB[i]} {VOCAB[i + 1]}") for i in range(10)],
-    ])
+    engine.upsert(
+        "c",
+        [
+            # every query token (and the only "car"), diluted by unrelated words: wins BM25, weak densely
+            Document("lexical", "cheap car repair museum history archive gallery painting sculpture statue"),
+            Document("semantic", "inexpensive automobile mend"),  # synonyms only: no token in common
+            Document("both", "cheap automobile repair shop"),  # two tokens and one synonym: second at both
+            Document("near1", "inexpensive vehicle fix garage tools"),
+            Document("near2", "automobile mend inexpensive paint shop wheels"),
+            *[Document(f"manual{i}", f"repair manual {' '.join(VOCAB[i : i + 6])}") for i in range(3)],
+            *[Document(f"filler{i}", f"garden flowers {VOCAB[i]} {VOCAB[i + 1]}") for i in range(10)],
+        ],
+    )
     q = "cheap car repair"
     dense = ids(search(engine, "c", q, k=5))
     sparse = ids(search(engine, "c", q, k=5, retriever="sparse"))
@@ -407,7 +450,9 @@ def test_batch_search_one_list_per_query(engine: RetrievalEngine) -> None:
         assert all(r[0].score >= r[-1].score for r in results)
 
 
-def test_long_document_is_chunked_and_the_matched_chunk_reported(engine: RetrievalEngine, embedder: FakeEmbedder) -> None:
+def test_long_document_is_chunked_and_the_matched_chunk_reported(
+    engine: RetrievalEngine, embedder: FakeEmbedder
+) -> None:
     engine.create(CollectionConfig(name="c", chunk_tokens=8, chunk_overlap=2))
     words = [f"filler{i}" for i in range(40)]
     words[30] = "needle"
@@ -436,8 +481,14 @@ def test_many_chunks_per_document_still_fill_k(engine: RetrievalEngine) -> None:
 
 def test_prompts_and_options_reach_the_embedder(engine: RetrievalEngine, embedder: FakeEmbedder) -> None:
     cfg = CollectionConfig(
-        name="c", query_prompt="query: {text}", query_instruction="find it", doc_prompt="passage: {text}",
-        doc_instruction="store it", adapter="legal", dimensions=16, metric="ip",
+        name="c",
+        query_prompt="query: {text}",
+        query_instruction="find it",
+        doc_prompt="passage: {text}",
+        doc_instruction="store it",
+        adapter="legal",
+        dimensions=16,
+        metric="ip",
     )
     engine.create(cfg)
     embedder.calls.clear()
@@ -518,7 +569,12 @@ def test_close_and_reopen_gives_the_same_results(engine: RetrievalEngine, index:
     engine2 = reopen(engine)
     assert snapshot_results(engine2, "c") == before
     after = engine2.stats("c")
-    assert (after.documents, after.chunks, after.index_vectors, after.trained) == (stats.documents, stats.chunks, stats.index_vectors, stats.trained)
+    assert (after.documents, after.chunks, after.index_vectors, after.trained) == (
+        stats.documents,
+        stats.chunks,
+        stats.index_vectors,
+        stats.trained,
+    )
     assert engine2.get("c", ["doc-10"]) == [None]
     engine2.close()
 
@@ -592,7 +648,11 @@ def test_corrupt_snapshot_marks_only_that_collection(engine: RetrievalEngine, pa
     assert status["bad"].startswith("corrupt: ") and path.name in status["bad"] and "SHA-256" in status["bad"]
     with pytest.raises(Unavailable) as e:
         search(engine2, "bad", "uniq3")
-    assert "is not serving" in str(e.value) and "lodestar collection rebuild bad" in str(e.value) and "restore" in str(e.value)
+    assert (
+        "is not serving" in str(e.value)
+        and "lodestar collection rebuild bad" in str(e.value)
+        and "restore" in str(e.value)
+    )
     with pytest.raises(Unavailable):
         engine2.upsert("bad", [Document("x", "y")])
     assert engine2.stats("bad").status == status["bad"] and engine2.stats("bad").documents == 100
@@ -751,7 +811,9 @@ def test_restore_refuses_a_collection_the_model_cannot_serve(engine: RetrievalEn
     narrow.backbone = type("Narrow", (), {"hidden_size": D // 2, "model_id": "fake-16"})()
     e = RetrievalEngine(engine.root, narrow)
     assert e.status()["c"].startswith("incompatible")
-    with pytest.raises(Unavailable, match="cannot be restored with this model: it holds 32-dim vectors, the model gives 16"):
+    with pytest.raises(
+        Unavailable, match="cannot be restored with this model: it holds 32-dim vectors, the model gives 16"
+    ):
         e.restore("c", engine.root / "c" / "snapshot")  # it set the status to "ok"
     assert e.status()["c"].startswith("incompatible")
     with pytest.raises(Unavailable, match="cannot be rebuilt with this model"):
@@ -764,7 +826,14 @@ def test_stats_fields(engine: RetrievalEngine) -> None:
     engine.upsert("c", [Document("a", "one two three four five six seven"), Document("b", "eight")])
     s = engine.stats("c")
     assert (s.name, s.documents, s.chunks, s.index, s.index_vectors, s.dimensions, s.sparse, s.status) == (
-        "c", 2, 3, "IVF4,Flat", 3, 16, "bm25", "ok",
+        "c",
+        2,
+        3,
+        "IVF4,Flat",
+        3,
+        16,
+        "bm25",
+        "ok",
     )
     assert s.trained is False and s.note and s.bytes > 0
     engine.snapshot("c")
@@ -798,12 +867,16 @@ def test_concurrent_writers_and_searchers(engine: RetrievalEngine) -> None:
     def searcher() -> None:
         try:
             for _ in range(20):
-                for hits in engine.search("c", SearchRequest(queries=["uniq5", "thread item"], k=5, retriever="hybrid")):
+                for hits in engine.search(
+                    "c", SearchRequest(queries=["uniq5", "thread item"], k=5, retriever="hybrid")
+                ):
                     assert len(ids(hits)) == len(set(ids(hits)))
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
 
-    threads = [threading.Thread(target=writer, args=(t,)) for t in range(3)] + [threading.Thread(target=searcher) for _ in range(3)]
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(3)] + [
+        threading.Thread(target=searcher) for _ in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads:

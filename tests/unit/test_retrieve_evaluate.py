@@ -66,8 +66,21 @@ def test_bad_fold_names_the_form(spec: str) -> None:
 def test_triplets_leave_the_held_out_fold_out(tmp_path: Path) -> None:
     folder = beir(tmp_path / "beir")
     out = tmp_path / "t.jsonl"
-    subprocess.run([sys.executable, "-P", str(ROOT / "bench/adapters/triplets.py"), "beir", str(folder), str(out),
-                    "--exclude-fold", "0/2"], check=True, capture_output=True, cwd=ROOT)
+    subprocess.run(
+        [
+            sys.executable,
+            "-P",
+            str(ROOT / "bench/adapters/triplets.py"),
+            "beir",
+            str(folder),
+            str(out),
+            "--exclude-fold",
+            "0/2",
+        ],
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+    )
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     kept = {f"drag of wing {q % 6}" for q in range(12) if not in_fold(str(q), "0/2")}
     assert rows and {r["query"] for r in rows} <= kept
@@ -109,17 +122,30 @@ def test_eval_beir_work_dir_resumes_and_reuses_the_index(tiny_engine, tmp_path: 
     folder = beir(tmp_path / "set")
     work = tmp_path / "work"
     cfg = CollectionConfig(name="eval", mode="mean")
-    first = eval_beir(tiny_engine, folder, retrievers=("dense", "bm25"), config=cfg, batch_docs=2, progress=False, work_dir=work)
+    first = eval_beir(
+        tiny_engine, folder, retrievers=("dense", "bm25"), config=cfg, batch_docs=2, progress=False, work_dir=work
+    )
     assert [r["reused_documents"] for r in first] == [0, 0]
-    again = eval_beir(tiny_engine, folder, retrievers=("dense", "hybrid"), config=cfg, batch_docs=2, progress=False, work_dir=work)
+    again = eval_beir(
+        tiny_engine, folder, retrievers=("dense", "hybrid"), config=cfg, batch_docs=2, progress=False, work_dir=work
+    )
     assert again[0]["reused_documents"] == 6 and again[0]["ndcg@10"] == first[0]["ndcg@10"]
     (index,) = list(work.iterdir())
     assert index.name == f"set-{index_key(read_beir(folder)[0], cfg, tiny_engine)}"
     stored = RetrievalEngine(index, tiny_engine)  # a run that stopped before its last batch
     stored.delete("eval", ["d5"])
     stored.close()
-    resumed = eval_beir(tiny_engine, folder, retrievers=("dense",), config=cfg, batch_docs=2, progress=False, work_dir=work)
+    resumed = eval_beir(
+        tiny_engine, folder, retrievers=("dense",), config=cfg, batch_docs=2, progress=False, work_dir=work
+    )
     assert resumed[0]["reused_documents"] == 4 and resumed[0]["ndcg@10"] == first[0]["ndcg@10"]
-    other = eval_beir(tiny_engine, folder, retrievers=("dense",), config=CollectionConfig(name="eval", mode="last"),
-                      batch_docs=2, progress=False, work_dir=work)
+    other = eval_beir(
+        tiny_engine,
+        folder,
+        retrievers=("dense",),
+        config=CollectionConfig(name="eval", mode="last"),
+        batch_docs=2,
+        progress=False,
+        work_dir=work,
+    )
     assert other[0]["reused_documents"] == 0 and len(list(work.iterdir())) == 2

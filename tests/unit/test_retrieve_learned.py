@@ -18,8 +18,9 @@ DOCS = [
     Document("bonds", "Government bond yields climbed to their highest level in a decade."),
     Document("soccer", "The football team won the championship after a penalty shootout."),
 ]
-CFG = CollectionConfig(name="learned", mode="mean", sparse="learned", sparse_mode="echo", chunk_tokens=0,
-                       sparse_top_k=64, query_top_k=16)
+CFG = CollectionConfig(
+    name="learned", mode="mean", sparse="learned", sparse_mode="echo", chunk_tokens=0, sparse_top_k=64, query_top_k=16
+)
 
 
 def search(engine: RetrievalEngine, query: str, retriever: str = "sparse") -> list[str]:
@@ -102,13 +103,18 @@ def test_query_idf_default_stored_and_kept_for_older_collections(tiny_engine, tm
     again.close()
 
 
-@pytest.mark.parametrize("bad, words", [
-    ("repeat", "repeats a term id"),
-    ("length", "same length"),
-    ("term", "term ids must lie in"),
-    ("nan", "weights must be finite"),
-])
-def test_worker_sparse_vectors_are_checked_before_they_are_stored(tiny_engine, tmp_path: Path, bad: str, words: str) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        ("repeat", "repeats a term id"),
+        ("length", "same length"),
+        ("term", "term ids must lie in"),
+        ("nan", "weights must be finite"),
+    ],
+)
+def test_worker_sparse_vectors_are_checked_before_they_are_stored(
+    tiny_engine, tmp_path: Path, bad: str, words: str
+) -> None:  # type: ignore[no-untyped-def]
     """A worker's commit (CommitChunk) carries its own sparse vectors: one the index cannot take is refused
     before the store keeps it; stored, it would fail the apply and every rebuild after it."""
     engine = RetrievalEngine(tmp_path / "c", tiny_engine)
@@ -156,7 +162,10 @@ def test_pseudo_relevance_feedback_at_search_time(tiny_engine, tmp_path: Path) -
     for bad, words in (
         ({"feedback_chunks": 101}, r"feedback_chunks=101 is out of range: use 0..100"),
         ({"feedback_chunks": -1}, r"feedback_chunks=-1 is out of range"),
-        ({"feedback_chunks": 2, "feedback_weight": 0.0}, r"feedback_weight=0.0 is out of range: use a number in \(0, 10\]"),
+        (
+            {"feedback_chunks": 2, "feedback_weight": 0.0},
+            r"feedback_weight=0.0 is out of range: use a number in \(0, 10\]",
+        ),
         ({"feedback_chunks": 2, "feedback_weight": float("nan")}, "feedback_weight=nan is out of range"),
         ({"feedback_chunks": 2, "retriever": "dense"}, "feedback_chunks needs a learned sparse side searched"),
     ):
@@ -181,7 +190,10 @@ def test_chunk_length_normalisation_at_search_time(tiny_engine, tmp_path: Path) 
     mean = sum(lengths.values()) / len(lengths)
 
     def run(**kw) -> dict[str, float]:  # type: ignore[no-untyped-def]
-        return {h.id: h.score for h in engine.search("learned", SearchRequest([DOCS[1].text], k=3, retriever="sparse", **kw))[0]}
+        return {
+            h.id: h.score
+            for h in engine.search("learned", SearchRequest([DOCS[1].text], k=3, retriever="sparse", **kw))[0]
+        }
 
     plain, normed = run(), run(length_norm=0.5)
     assert normed == pytest.approx({i: s / (0.5 + 0.5 * lengths[i] / mean) for i, s in plain.items()}, rel=1e-5)
@@ -196,4 +208,3 @@ def test_chunk_length_normalisation_at_search_time(tiny_engine, tmp_path: Path) 
         with pytest.raises(InvalidInput, match=words):
             engine.search("learned", SearchRequest([DOCS[1].text], k=3, **{"retriever": "sparse", **bad}))
     engine.close()
-

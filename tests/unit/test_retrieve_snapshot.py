@@ -57,7 +57,9 @@ def test_truncated_missing_and_bad_manifest(tmp_path: Path) -> None:
     write_snapshot(tmp_path, FILES, {"seq": 1})
     sparse = data_file(tmp_path, "sparse")
     sparse.write_bytes(FILES["sparse"][:-3])
-    with pytest.raises(CorruptSnapshot, match=rf"is {len(FILES['sparse']) - 3} bytes; the manifest expects {len(FILES['sparse'])}"):
+    with pytest.raises(
+        CorruptSnapshot, match=rf"is {len(FILES['sparse']) - 3} bytes; the manifest expects {len(FILES['sparse'])}"
+    ):
         read_snapshot(tmp_path)
     sparse.unlink()
     with pytest.raises(CorruptSnapshot, match="named by the manifest is missing"):

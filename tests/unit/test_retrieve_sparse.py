@@ -252,8 +252,15 @@ def test_impact_index_idf_weights_query_terms_by_rarity() -> None:
 
     index = ImpactIndex()
     # term 1 is in every document, term 2 in one: equal raw dot products, IDF breaks the tie
-    index.add(np.array([1, 2, 3, 4]), [(np.array([1]), np.array([2.0])), (np.array([1, 2]), np.array([1.0, 1.0])),
-                                       (np.array([1]), np.array([1.0])), (np.array([1]), np.array([1.0]))])
+    index.add(
+        np.array([1, 2, 3, 4]),
+        [
+            (np.array([1]), np.array([2.0])),
+            (np.array([1, 2]), np.array([1.0, 1.0])),
+            (np.array([1]), np.array([1.0])),
+            (np.array([1]), np.array([1.0])),
+        ],
+    )
     q = (np.array([1, 2]), np.array([1.0, 1.0]))
     assert [i for i, _ in index.search([q], 2)[0]] == [1, 2]  # 2.0 vs 1.0 + 1.0: the smaller id wins the tie
     got = index.search([q], 4, idf=True)[0]
@@ -295,8 +302,10 @@ def test_impact_maxscore_returns_what_plain_accumulation_returns(idf: bool, inte
 
     def vectors(n: int, nnz: int) -> list[tuple[np.ndarray, np.ndarray]]:  # nnz: the most terms a vector has
         sizes = rng.integers(max(1, nnz // 5), nnz + 1, n)
-        return [(t, (rng.integers(1, 4, t.size) if integer else rng.pareto(1.5, t.size) + 0.05).astype(np.float32))
-                for t in (rng.choice(vocab, size=size, replace=False, p=p / p.sum()) for size in sizes)]
+        return [
+            (t, (rng.integers(1, 4, t.size) if integer else rng.pareto(1.5, t.size) + 0.05).astype(np.float32))
+            for t in (rng.choice(vocab, size=size, replace=False, p=p / p.sum()) for size in sizes)
+        ]
 
     index = ImpactIndex()
     start = 0
@@ -321,8 +330,14 @@ def test_impact_length_normalisation_divides_by_chunk_length_over_the_live_mean(
     from lodestar.retrieve.impact import ImpactIndex
 
     index = ImpactIndex()  # one term in chunk 1, three in chunk 2, five in chunk 3: mean 3 live terms
-    index.add(np.array([1, 2, 3]), [(np.array([7]), np.array([1.0])), (np.array([7, 8, 9]), np.array([1.0, 1.0, 1.0])),
-                                    (np.arange(5, 10), np.full(5, 2.0))])
+    index.add(
+        np.array([1, 2, 3]),
+        [
+            (np.array([7]), np.array([1.0])),
+            (np.array([7, 8, 9]), np.array([1.0, 1.0, 1.0])),
+            (np.arange(5, 10), np.full(5, 2.0)),
+        ],
+    )
     q = [(np.array([7]), np.array([1.0]))]
     assert index.search(q, 3) == index.search(q, 3, length_norm=0.0) == [[(3, 2.0), (1, 1.0), (2, 1.0)]]
     for b in (0.5, 1.0):
@@ -361,4 +376,3 @@ def test_feedback_query_is_the_unit_query_plus_the_mean_unit_chunk_cut_to_its_la
     assert set(q[0]) <= set(t.tolist()) and t.size <= 3 + 5
     same_t, same_w = feedback_query(q, [chunks[3]], 1.0)  # nothing to add: the query as it was
     assert same_t.tolist() == [3, 7, 11] and same_w.tolist() == [1.0, 2.0, 2.0]
-

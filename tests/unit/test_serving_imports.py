@@ -126,7 +126,12 @@ def test_importing_cli_and_server_loads_no_train_eval_bench(tmp_path: Path) -> N
     # The `lodestar` console script imports the CLI package; `serve` then imports the server factory.
     out = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", "import lodestar.services.cli, lodestar.services.server"],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300, check=False,
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     names = [line.rpartition("|")[2].strip() for line in out.stderr.splitlines() if line.startswith("import time:")]
@@ -175,7 +180,12 @@ def test_a_loaded_server_imports_no_train_eval_bench(tmp_path: Path, bundled_fol
 
     out = subprocess.run(
         [sys.executable, "-c", SERVE, str(TESTS), str(bundled_folder), str(tmp_path / "data")],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300, check=False,
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])

@@ -28,10 +28,11 @@ def test_each_adapter_is_small_and_carded(name: str) -> None:
 
 
 def test_served_by_name_and_change_the_embeddings(tmp_path: Path) -> None:
+    from tinymodel import CACHE_DIR
+
     from lodestar.backbone import BackboneConfig, load_backbone
     from lodestar.embed.engine import EmbeddingEngine
     from lodestar.embed.types import EmbedOptions
-    from tinymodel import CACHE_DIR
 
     bb = load_backbone(BackboneConfig(cache_dir=CACHE_DIR, adapter_dirs=(SHIPPED_ADAPTERS,)))
     assert set(SHIPPED) <= set(bb.adapters.available())
@@ -42,16 +43,23 @@ def test_served_by_name_and_change_the_embeddings(tmp_path: Path) -> None:
         tuned = engine.embed(texts, EmbedOptions(mode="bidirectional", adapter="bidirectional-stsb")).vectors
         assert not np.allclose(base, tuned, atol=1e-3)
         # The supervised adapter ranks a paraphrase above an unrelated sentence.
-        pair = engine.embed(["A man is playing a guitar.", "A man plays the guitar.", "The stock market fell."],
-                            EmbedOptions(mode="bidirectional", adapter="bidirectional-stsb")).vectors
+        pair = engine.embed(
+            ["A man is playing a guitar.", "A man plays the guitar.", "The stock market fell."],
+            EmbedOptions(mode="bidirectional", adapter="bidirectional-stsb"),
+        ).vectors
         assert pair[0] @ pair[1] > pair[0] @ pair[2]
         # The SPLADE adapter: sparser than the base LM head, and a query meets its passage's terms.
-        docs = ["The pianist performed Chopin nocturnes at the concert hall.", "Stocks fell sharply after the announcement."]
+        docs = [
+            "The pianist performed Chopin nocturnes at the concert hall.",
+            "Stocks fell sharply after the announcement.",
+        ]
         opts = dict(mode="echo", sparse=True, sparse_top_k=1024, with_dense=False)
         base_rows = engine.embed(docs, EmbedOptions(**opts)).sparse
         rows = engine.embed(docs, EmbedOptions(**opts, adapter="sparse-squad")).sparse
         assert all(len(t[0]) < len(b[0]) for t, b in zip(rows, base_rows))
-        (q_ids, q_w), = engine.embed(["who played Chopin at the concert"], EmbedOptions(**opts, adapter="sparse-squad")).sparse
+        ((q_ids, q_w),) = engine.embed(
+            ["who played Chopin at the concert"], EmbedOptions(**opts, adapter="sparse-squad")
+        ).sparse
 
         def score(ids: np.ndarray, w: np.ndarray) -> float:
             common = dict(zip(q_ids.tolist(), q_w.tolist()))

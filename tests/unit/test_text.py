@@ -10,6 +10,16 @@ def test_analyze() -> None:
     assert analyze("Über große Straße 3.14") == ["über", "große", "straße", "3", "14"]
     assert analyze("the and of to") == [] and analyze("") == []
     assert {"the", "and", "of", "is", "which", "would"} <= STOPWORDS and 120 <= len(STOPWORDS) <= 200
-    pairs = {"books": "book", "queries": "query", "boxes": "box", "classes": "class", "status": "status",
-             "analysis": "analysis", "sizes": "size", "matches": "match", "cache": "cach", "bus": "bus"}
+    pairs = {
+        "books": "book",
+        "queries": "query",
+        "boxes": "box",
+        "classes": "class",
+        "status": "status",
+        "analysis": "analysis",
+        "sizes": "size",
+        "matches": "match",
+        "cache": "cach",
+        "bus": "bus",
+    }
     assert {w: stem(w) for w in pairs} == pairs

@@ -70,7 +70,10 @@ def test_placeholder_sits_before_the_text(tiny_engine, tokenizer) -> None:  # ty
 
 @pytest.mark.parametrize(("start", "end"), [(1, 2), (0, 3), (2, 2)])
 def test_only_the_placeholder_changes_and_only_inside_the_range(
-    tiny_engine, tiny_backbone: Backbone, start: int, end: int  # type: ignore[no-untyped-def]
+    tiny_engine,
+    tiny_backbone: Backbone,
+    start: int,
+    end: int,  # type: ignore[no-untyped-def]
 ) -> None:
     items = prepared(tiny_engine)
     spec = spec_for(start, end)
