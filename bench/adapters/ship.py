@@ -39,7 +39,7 @@ def main() -> int:
     card.update(json.loads(args.extra))
     card["adapter"] = str(args.dest)
     card["weights_dtype"] = "float16"
-    card["reproduce"] = "bash bench/adapters/train.sh ../shared/data  # then this script"
+    card["reproduce"] = "bash bench/adapters/train.sh DATA_DIR  # then this script"
     (args.dest / "card.json").write_text(json.dumps(card, indent=2, default=str) + "\n")
     readme = (args.run / "README.md").read_text() if (args.run / "README.md").exists() else ""
     readme = readme.replace("<this folder>/adapter", f"{args.dest.name} (by name) or this folder")

@@ -3,7 +3,7 @@
 #
 #   bash bench/adapters/train.sh [DATA_DIR] [WORK_DIR]
 #
-# DATA_DIR defaults to ../shared/data; WORK_DIR (checkpoints, labels) to .lodestar/adapters-work.
+# DATA_DIR (bench/README.md, "Data") must be given; WORK_DIR (checkpoints, labels) to .lodestar/adapters-work.
 # The commands with --dtype bfloat16 ran on a CPU with AVX512-BF16 (bf16 about 4x faster than float32
 # there). Where the CPU lacks it (AVX2 only: `grep -c avx512_bf16 /proc/cpuinfo` prints 0) bf16 is emulated,
 # about 100x slower than float32: replace it with --dtype auto (float32 there; numbers will differ slightly).
@@ -12,7 +12,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
-DATA="${1:-../shared/data}"
+DATA="${1:-${DATA_DIR:-}}"
+[[ -n "$DATA" ]] || { echo "usage: bash bench/adapters/train.sh DATA_DIR [WORK_DIR] (see bench/README.md, Data)" >&2; exit 2; }
 WORK="${2:-.lodestar/adapters-work}"
 if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY="${PY:-python3}"; fi
 LODESTAR=("$PY" -m lodestar.services.cli)

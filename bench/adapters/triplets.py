@@ -1,7 +1,7 @@
 """Retrieval triplets for `lodestar train sparse` / `train bidirectional --triplets`, from SQuAD or a BEIR set.
 
-    python bench/adapters/triplets.py squad ../shared/data/squad/qa.jsonl out.jsonl [--exclude-titles T1,T2]
-    python bench/adapters/triplets.py beir ../shared/data/cisi/beir out.jsonl [--per-query 16] [--exclude-fold 0/2]
+    python bench/adapters/triplets.py squad DATA_DIR/squad/qa.jsonl out.jsonl [--exclude-titles T1,T2]
+    python bench/adapters/triplets.py beir DATA_DIR/cisi/beir out.jsonl [--per-query 16] [--exclude-fold 0/2]
     python bench/adapters/triplets.py mix out.jsonl a.jsonl b.jsonl [--seed 0]
 
 Each (query, relevant passage) becomes {query, positive, negatives: [the best BM25 passage that is

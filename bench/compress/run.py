@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--qa", type=Path, default=ROOT.parent / "shared/data/squad/qa.jsonl")
-    p.add_argument("--corpus", type=Path, default=ROOT.parent / "shared/data/squad/beir")
+    p.add_argument("--qa", type=Path, required=True, help="SQuAD-style jsonl, e.g. DATA_DIR/squad/qa.jsonl")
+    p.add_argument("--corpus", type=Path, required=True, help="its BEIR corpus, e.g. DATA_DIR/squad/beir")
     p.add_argument("--methods", default="extractive,abstractive", help="comma-separated: extractive,abstractive")
     p.add_argument("--n", type=int, default=150, help="questions evaluated per method")
     p.add_argument("--calibration", type=int, default=100, help="further questions to calibrate the threshold")

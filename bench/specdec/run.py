@@ -1,6 +1,6 @@
 """Speculative decoding benchmark: plain vs speculative greedy on code completion and SQuAD RAG.
 
-    python bench/specdec/run.py --squad ../shared/data/squad/qa.jsonl [--stdlib DIR] [--code-src DIR ...]
+    python bench/specdec/run.py --squad DATA_DIR/squad/qa.jsonl [--stdlib DIR] [--code-src DIR ...]
 
 Writes bench/results/specdec_code.json and bench/results/specdec_rag.json (atomically, when each
 workload finishes). The code datastore (stdlib source) is built once into --datastore-dir and reused.
@@ -51,7 +51,7 @@ def open_or_build(folder: Path, texts_fn: Any, tokenizer: Any) -> tuple[Datastor
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--squad", type=Path, default=ROOT.parent / "shared/data/squad/qa.jsonl")
+    ap.add_argument("--squad", type=Path, required=True, help="SQuAD-style jsonl, e.g. DATA_DIR/squad/qa.jsonl")
     ap.add_argument("--stdlib", type=Path, default=stdlib_dir(), help="Python source for the code datastore")
     ap.add_argument(
         "--code-src",
