@@ -1,4 +1,4 @@
-"""Batch-indexing jobs, the engine side: the durable job store (`store.py`), one chunk's run (`chunks.py`:
+"""Batch-indexing jobs, the engine side: what a job is made of (`records.py`), the durable job store (`store.py`), one chunk's run (`chunks.py`:
 fetch, chunk and embed, commit; the same code in the server and in workers) and the server's
 JobManager (`manager.py`: submission, dispatch, commits, control). The transport stays in services/:
 the IndexService servicer and the Celery worker and dispatcher.
@@ -15,21 +15,20 @@ from lodestar.retrieve.jobs.manager import (
     JobsConfig,
     check_staged,
 )
-from lodestar.retrieve.jobs.store import (
-    DB_NAME,
+from lodestar.retrieve.jobs.records import (
     MAX_LINE,
     MAX_MESSAGE_CHARS,
     MAX_WORKER_CHARS,
     TERMINAL,
     JobError,
     JobInfo,
-    JobStore,
     StagedChunk,
     check_line,
     check_worker,
     clip,
     parse_line,
 )
+from lodestar.retrieve.jobs.store import DB_NAME, JobStore
 
 __all__ = [
     "DB_NAME",

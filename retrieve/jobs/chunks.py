@@ -16,7 +16,7 @@ import numpy as np
 
 from lodestar.embedding import Embedder
 from lodestar.errors import InvalidInput
-from lodestar.retrieve.jobs.store import JobError
+from lodestar.retrieve.jobs.records import JobError
 from lodestar.retrieve.prepare import Prepared, prepare
 from lodestar.retrieve.types import CollectionConfig, Document
 

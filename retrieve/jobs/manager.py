@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from lodestar.embedding import Embedder
 from lodestar.errors import InvalidInput, LodestarError
 from lodestar.retrieve.jobs.chunks import ChunkWork, Commit, run_chunk, split
-from lodestar.retrieve.jobs.store import DB_NAME, JobError, JobInfo, JobStore, check_worker, clip
+from lodestar.retrieve.jobs.records import JobError, JobInfo, check_worker, clip
+from lodestar.retrieve.jobs.store import DB_NAME, JobStore
 
 if TYPE_CHECKING:
     from lodestar.retrieve.engine import RetrievalEngine
