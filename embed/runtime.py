@@ -65,7 +65,7 @@ class Runtime:
         return contextlib.nullcontext()
 
     def decoder(self, backbone: Backbone) -> Callable[..., Any]:
-        return backbone.decoder  # type: ignore[no-any-return]
+        return backbone.decoder
 
     def padded_length(self, T: int) -> int:
         """Sequence length the batch is padded to (padding is masked out; real tokens never see it)."""
@@ -107,7 +107,9 @@ class Compiled(Runtime):
         if spec.output_layer != -1:
             return "an intermediate output layer needs a hook on that layer"
         if spec.adapter is not None:
-            return f"adapter {spec.adapter!r} switches LoRA weights per request, which the compiled graph does not track"
+            return (
+                f"adapter {spec.adapter!r} switches LoRA weights per request, which the compiled graph does not track"
+            )
         return None
 
     def decoder(self, backbone: Backbone) -> Callable[..., Any]:
@@ -117,7 +119,7 @@ class Compiled(Runtime):
             if fn is None:
                 fn = torch.compile(module, dynamic=True)
                 self._compiled[id(module)] = fn
-        return fn  # type: ignore[no-any-return]
+        return fn
 
     def padded_length(self, T: int) -> int:
         return -(-T // self.BUCKET) * self.BUCKET

@@ -30,7 +30,11 @@ class SuccessorTable:
         self.table[np.asarray(tokens, dtype=np.int64)] = top.to(torch.int32).cpu().numpy()
 
     def candidates(
-        self, root: int, max_paths: int = 16, max_depth: int = 6, rank_weights: tuple[float, ...] = (1.0, 0.3, 0.15, 0.08)
+        self,
+        root: int,
+        max_paths: int = 16,
+        max_depth: int = 6,
+        rank_weights: tuple[float, ...] = (1.0, 0.3, 0.15, 0.08),
     ) -> Candidates | None:
         """Best-first paths through the table from `root`: a path's weight is the product of its
         ranks' weights, so the tree is wide near the root and follows top-1 chains deeper."""

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from external import EXTERNAL, external_engine  # noqa: E402
 
-MODES = {
+MODES: dict[str, dict[str, Any]] = {
     "mean": {},
     "last": {},
     "prompteol": {},
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         "bf16_matmul": lambda: EmbeddingEngine(fp32, EngineConfig(runtime="bf16_matmul")),
         "compile": lambda: EmbeddingEngine(fp32, EngineConfig(runtime="compile")),
         "int8_dynamic": lambda: int8_engine(fp32),
-        **{name: (lambda name=name: external_engine(name, fp32)) for name in EXTERNAL},
+        **{name: _external(name, fp32) for name in EXTERNAL},
     }
     result: dict[str, Any] = {
         "machine": {
@@ -227,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
         result["machine"]["load_avg_end"] = os.getloadavg()
         write_json(args.out, result)
     return 0
+
+
+def _external(name: str, fp32: Any) -> Callable[[], EmbeddingEngine | str]:
+    return lambda: external_engine(name, fp32)
 
 
 def int8_engine(fp32: Any) -> EmbeddingEngine | str:

@@ -63,7 +63,9 @@ def test_compile_falls_back_to_eager_for_hooks_and_adapters(
         compiled.close()
 
 
-def test_bf16_matmul_falls_back_on_a_model_not_in_fp32(tiny_backbone: Backbone, caplog: pytest.LogCaptureFixture) -> None:
+def test_bf16_matmul_falls_back_on_a_model_not_in_fp32(
+    tiny_backbone: Backbone, caplog: pytest.LogCaptureFixture
+) -> None:
     half = tiny_backbone.with_dtype(torch.bfloat16)
     engine = EmbeddingEngine(half, EngineConfig(runtime="bf16_matmul"))
     try:
