@@ -2,10 +2,11 @@
 model, or torch.compile (inductor). A runtime that cannot run a batch's forward falls back to eager
 by itself and says why in the log, once per reason.
 
-Measured per mode against eager fp32 in docs/results.md (`bench/runtime/run.py`): on a CPU with
-AVX512-BF16 or AMX, `bf16_matmul` (torch.autocast: every matmul in bf16, the residual stream, norms
-and softmax in fp32) keeps every vector within cosine 0.999 of fp32, where a model cast to bf16
-whole does not; `auto` picks it there and eager elsewhere.
+Measured per mode against eager fp32 (docs/results.md, `bench/runtime/run.py`): on the shared
+AVX512-BF16 EPYC, `bf16_matmul` (torch.autocast: matmuls in bf16, the residual stream, norms and
+softmax in fp32) kept every vector within cosine 0.9998 of fp32 but ran at 0.85x of eager fp32 (it
+casts every weight on every forward), and a model cast to bf16 whole ran about 2x faster but fell
+below cosine 0.999. Until a runtime is measured faster with quality held, `auto` is eager.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from lodestar.errors import InvalidInput
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "eager", "bf16_matmul", "compile")
+# What `auto` picks per device type: a runtime enters here only once bench/runtime/run.py shows it
+# faster than eager fp32 with every mode within cosine 0.999 (none has on CPU yet).
+AUTO: dict[str, str] = {"cpu": "eager", "cuda": "eager"}
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -36,12 +40,11 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def resolve_runtime(name: str, device: torch.device) -> str:
-    """`auto` -> bf16_matmul where bf16 is native on a CPU, else eager; other names are checked."""
+    """`auto` -> the measured best runtime that holds quality on this hardware (eager so far, see
+    the module docstring); other names are checked."""
     if name not in RUNTIMES:
         raise InvalidInput(f"unknown embedding runtime {name!r}: valid are {', '.join(RUNTIMES)}")
-    if name != "auto":
-        return name
-    return "bf16_matmul" if device.type == "cpu" and native_bf16(device) else "eager"
+    return AUTO.get(device.type, "eager") if name == "auto" else name
 
 
 def model_dtype(runtime: str, dtype: str, device: torch.device) -> str:

@@ -80,7 +80,7 @@ class Settings(BaseSettings):
     # --- embedding runtime ---
     embed_runtime: str = Field(
         "auto",
-        description="how embedding forwards run: auto | eager | bf16_matmul | compile. auto = bf16_matmul (bf16 matmuls over fp32 weights and residual stream; every vector within cosine 0.999 of fp32) on a CPU with AVX512-BF16/AMX, eager elsewhere; it loads the model in float32 when dtype is auto. A forward a runtime cannot run (compile: token prepending, output layers, adapters) runs eager, logged once per reason",
+        description="how embedding forwards run: auto | eager | bf16_matmul | compile. auto = the runtime measured fastest with every vector within cosine 0.999 of fp32 on this hardware: eager so far (bf16_matmul held quality but ran at 0.85x on an AVX512-BF16 CPU). bf16_matmul loads the model in float32 when dtype is auto. A forward a runtime cannot run (compile: token prepending, output layers, adapters) runs eager, logged once per reason",
     )
 
     # --- generation ---
