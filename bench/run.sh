@@ -7,7 +7,7 @@
 # cranfield/beir/, cisi/beir/, squad/qa.jsonl and squad/beir/ (layout: bench/README.md, "Data").
 # Environment knobs (defaults in brackets):
 #   STEPS         which benchmarks, space-separated [sts embed kernels]; also: beir retrieve shards index
-#                 sparse compress specdec adapters (the slow ones: run them by name)
+#                 sparse compress specdec runtime adapters (the slow ones: run them by name)
 #   RESULTS       output folder [bench/results]
 #   MODES         STS modes [mean last prompteol echo token_prepend bidirectional]
 #   STS_FILE      STS TSV [$DATA/stsb/dev.tsv]
@@ -156,6 +156,11 @@ fi
 if [[ " $STEPS " == *" compress "* ]]; then
     echo "== compress (SQuAD: extractive, abstractive)"
     "$PY" bench/compress/run.py --qa "$DATA/squad/qa.jsonl" --corpus "$DATA/squad/beir" --results "$RESULTS" --quiet
+fi
+
+if [[ " $STEPS " == *" runtime "* ]]; then
+    echo "== runtime (embedding forward runtimes vs eager fp32 per mode: speed on STS-B train, quality on dev)"
+    "$PY" bench/runtime/run.py --stsb "$DATA/stsb" --out "$RESULTS/embed_runtime.json"
 fi
 
 if [[ " $STEPS " == *" specdec "* ]]; then

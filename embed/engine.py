@@ -16,6 +16,7 @@ from lodestar.embed.batcher import Batcher
 from lodestar.embed.forward import embed_batch
 from lodestar.embed.modes import MODES, Encoded, ForwardSpec, InputBuilder, TokenPrepend, get_mode
 from lodestar.embed.output import DTYPES, pack, shape_vectors
+from lodestar.embed.runtime import Chooser, build_runtime
 from lodestar.embed.types import SPARSE_CAP, EmbedOptions, EmbedResult
 from lodestar.errors import InvalidInput
 
@@ -41,6 +42,7 @@ class EngineConfig:
     max_batch_tokens: int = 16384  # padded tokens per forward
     max_queued_texts: int = 16384  # beyond this, RESOURCE_EXHAUSTED
     token_prepend: TokenPrepend = field(default_factory=TokenPrepend)
+    runtime: str = "eager"  # how forwards run (embed/runtime.py); the server's setting defaults to auto
 
 
 @dataclass
@@ -58,6 +60,7 @@ class EmbeddingEngine:
         get_mode(self.config.default_mode)
         self.max_tokens = min(self.config.max_tokens, backbone.max_tokens)
         self.inputs = InputBuilder(backbone.tokenizer)
+        self.runtime = Chooser(build_runtime(self.config.runtime, backbone.device))
         self.batcher = Batcher(
             lambda spec, batch: self._run(spec, batch),  # looked up per call, so it can be wrapped
             max_batch_tokens=max(self.config.max_batch_tokens, self.max_tokens),
@@ -65,7 +68,7 @@ class EmbeddingEngine:
         )
 
     def _run(self, spec: ForwardSpec, batch: list[Encoded]) -> Any:
-        return embed_batch(self.backbone, batch, spec)
+        return embed_batch(self.backbone, batch, spec, self.runtime.for_spec(self.backbone, spec))
 
     def close(self) -> None:
         self.batcher.close()
@@ -209,6 +212,7 @@ class EmbeddingEngine:
             "adapters": sorted(set(bb.adapters.available()) | set(bb.adapters.resident())),
             "dtypes": list(DTYPES),
             "torch_dtype": str(bb.dtype).replace("torch.", ""),
+            "runtime": self.runtime.runtime.name,
             "device": str(bb.device),
             "num_layers": bb.num_layers,
         }

@@ -12,6 +12,7 @@ import torch
 
 from lodestar.backbone import Backbone
 from lodestar.embed.modes import Encoded, ForwardSpec
+from lodestar.embed.runtime import Runtime
 from lodestar.embed.types import SPARSE_CAP, SPARSE_SHIFT
 from lodestar.kernels import masked_mean_pool
 
@@ -42,10 +43,14 @@ def _prepend_hook(placeholder: torch.Tensor, last: torch.Tensor) -> Any:
     return hook
 
 
-def hidden_states(backbone: Backbone, batch: list[Encoded], spec: ForwardSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the decoder -> (hidden (B, T, H) at spec.output_layer, lengths (B,))."""
+def hidden_states(
+    backbone: Backbone, batch: list[Encoded], spec: ForwardSpec, runtime: Runtime | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the decoder (on `runtime`, default eager; embed/runtime.py) -> (hidden (B, T, H) at
+    spec.output_layer, lengths (B,)); T may include padding the runtime asked for."""
     device = backbone.device
-    B, T = len(batch), max(len(e) for e in batch)
+    runtime = runtime or Runtime()
+    B, T = len(batch), runtime.padded_length(max(len(e) for e in batch))
     pad = backbone.tokenizer.pad_token_id if backbone.tokenizer.pad_token_id is not None else 0
     ids = torch.full((B, T), pad, dtype=torch.long)
     for i, e in enumerate(batch):
@@ -78,8 +83,10 @@ def hidden_states(backbone: Backbone, batch: list[Encoded], spec: ForwardSpec) -
                     captured["h"] = output[0] if isinstance(output, tuple) else output
 
                 handles.append(target.register_forward_hook(capture))
-            with backbone.adapters.use(spec.adapter), torch.inference_mode():
-                out = backbone.decoder(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+            with backbone.adapters.use(spec.adapter), torch.inference_mode(), runtime.context(backbone):
+                out = runtime.decoder(backbone)(
+                    input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
+                )
         finally:
             for h in handles:
                 h.remove()
@@ -95,10 +102,10 @@ def pool_weights(batch: list[Encoded], T: int, device: torch.device) -> torch.Te
     return w.to(device)
 
 
-def embed_batch(backbone: Backbone, batch: list[Encoded], spec: ForwardSpec) -> Any:
+def embed_batch(backbone: Backbone, batch: list[Encoded], spec: ForwardSpec, runtime: Runtime | None = None) -> Any:
     """Pooled float32 embeddings (B, H) for one batch that shares `spec`; with spec.sparse, also
     the SPARSE_CAP largest vocabulary weights per text -> (dense, ids (B, K), weights (B, K))."""
-    hidden, _ = hidden_states(backbone, batch, spec)
+    hidden, _ = hidden_states(backbone, batch, spec, runtime)
     weights = pool_weights(batch, hidden.shape[1], hidden.device)
     dense = masked_mean_pool(hidden, weights).float().cpu()  # (B, H)
     if not spec.sparse:

@@ -88,7 +88,9 @@ class SpeculativeDecoder:
             draft = replace(draft, cost=measure(backbone, max_len=draft.cost.max_len, reps=3))
         # Seeded sampling sizes its trees with the configured table, never the measured one (timings
         # differ between starts, and tree shapes decide which random numbers a request draws).
-        self.drafter = Drafter(draft, datastore, fixed_cost=self.config.draft.cost)
+        self.drafter = Drafter(
+            draft, datastore, fixed_cost=self.config.draft.cost, vocab_size=int(backbone.model.config.vocab_size)
+        )
         self.eos_ids = _eos_ids(backbone)
         self.max_positions = backbone.max_tokens
 
@@ -331,7 +333,9 @@ class SpeculativeDecoder:
 
         t = time.perf_counter()
         store = Datastore.from_texts(passages, bb.tokenizer) if params.speculative and passages else None
-        state = self.drafter.start(store, datastore, reproducible=rng is not None and params.seed is not None)
+        state = self.drafter.start(
+            store, datastore, reproducible=rng is not None and params.seed is not None, shared=params.speculative
+        )
         stats.draft_s += time.perf_counter() - t
         context = np.asarray(ids + generated, dtype=np.int64)  # (T,) drafting context, pending token last
         t_decode = time.perf_counter()
@@ -356,9 +360,14 @@ class SpeculativeDecoder:
                 tree = self.drafter.draft(context, state, max_depth=depth, extra=extra)
                 stats.draft_s += time.perf_counter() - t
             if tree is None or tree.size == 1:
-                new = [self._choose(self._forward_one(pending, cache), params, rng)]
+                one = self._forward_one(pending, cache)  # (V,)
+                if state.recycle is not None:
+                    state.recycle.update(np.asarray([pending]), one[None])
+                new = [self._choose(one, params, rng)]
             else:
                 logits = self._forward_tree(tree, cache, prefix_len, state.cost)  # (N, V)
+                if state.recycle is not None:
+                    state.recycle.update(tree.tokens, logits)
                 path, nxt = self._walk(tree, logits, params, rng)
                 with bb.lock, torch.inference_mode():
                     keep_path(cache, prefix_len, path)
@@ -375,4 +384,6 @@ class SpeculativeDecoder:
                 context = np.concatenate([context, np.asarray(taken, dtype=np.int64)])
             else:
                 stats.decode_s = time.perf_counter() - t_decode
+                if state.history is not None:
+                    state.history.add(generated)
             yield GenerationChunk(taken, delta, finish, stats if finish else None)

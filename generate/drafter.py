@@ -15,7 +15,9 @@ import numpy as np
 
 from lodestar.generate.costmodel import CostModel, OnlineCost
 from lodestar.generate.datastore import Datastore, LookupConfig
+from lodestar.generate.history import OutputHistory
 from lodestar.generate.ngram import context_candidates
+from lodestar.generate.recycle import SuccessorTable
 from lodestar.generate.tree import DraftTree, FlatTree, match_confidence
 from lodestar.generate.types import Candidates
 
@@ -44,6 +46,17 @@ class DraftConfig:
     self_prior: float = 0.5  # early-exit self-drafting (a request's self_draft_layers > 0)
     self_tokens: int = 4  # chain length the early exit writes per step
     self_min_trust: float = 0.15  # below this trust ratio a request stops paying for self-drafts
+    # Sources shared across requests (off for seeded sampling, whose draws must not depend on them):
+    history: bool = True  # earlier outputs of this decoder (SuffixDecoding's global tree), see history.py
+    history_prior: float = 0.8
+    history_tokens: int = 1_000_000  # outputs kept, oldest dropped first
+    history_lookup: LookupConfig = field(
+        default_factory=lambda: LookupConfig(max_match=16, min_match=2, max_continuation=16)
+    )
+    recycle: bool = True  # token recycling: each token's top-k successors from past logits, see recycle.py
+    recycle_prior: float = 0.5
+    recycle_paths: int = 16
+    recycle_depth: int = 6
     context_max_n: int = 8
     context_min_n: int = 1
     context_matches: int = 8
@@ -84,6 +97,8 @@ class DraftState:
     passages: Datastore | None
     trust: SourceTrust
     datastore: Datastore | None = None  # the global datastore this request drafts from
+    history: OutputHistory | None = None  # earlier outputs (None: not for this request)
+    recycle: SuccessorTable | None = None
     cost: CostModel | OnlineCost | None = None  # sizes and pads this request's trees
     probes: list[Probe] = field(default_factory=list)
     expected: float = 0.0  # decayed sum of expected accepted draft tokens over verified trees
@@ -98,33 +113,62 @@ class Drafter:
     """Builds the draft tree for one step from the global datastore, request passages and the context."""
 
     def __init__(
-        self, config: DraftConfig | None = None, datastore: Datastore | None = None, fixed_cost: CostModel | None = None
+        self,
+        config: DraftConfig | None = None,
+        datastore: Datastore | None = None,
+        fixed_cost: CostModel | None = None,
+        vocab_size: int | None = None,
     ) -> None:
         self.config = config or DraftConfig()
         self.datastore = datastore
+        self.history = OutputHistory(self.config.history_tokens) if self.config.history else None
+        self.recycle = SuccessorTable(vocab_size) if self.config.recycle and vocab_size else None
         # Sizes the trees of seeded sampling requests: it must not come from this machine's timings
         # (a calibrated config.cost differs from one start to the next), see start().
         self.fixed_cost = fixed_cost or self.config.cost
         self.cost: CostModel | OnlineCost = OnlineCost(self.config.cost) if self.config.learn_cost else self.config.cost
 
     def start(
-        self, passages: Datastore | None = None, datastore: Datastore | None | bool = True, reproducible: bool = False
+        self,
+        passages: Datastore | None = None,
+        datastore: Datastore | None | bool = True,
+        reproducible: bool = False,
+        shared: bool = True,
     ) -> DraftState:
         """State of one request: `passages` its own datastore; `datastore` the global one to draft
         from (True: the drafter's own, None/False: none). `reproducible`: size trees with the fixed
         cost table (`fixed_cost`), neither the one learned from timings nor one measured at start-up,
         so that a seeded sampling request draws the same tokens on every run and every server start
-        (tree shapes decide which random numbers are used)."""
+        (tree shapes decide which random numbers are used). `shared`: the request reads and feeds
+        the tables shared across requests (output history, recycled successors); plain decoding
+        does not, so an A/B of plain and speculative runs of one prompt never drafts from itself."""
         cfg = self.config
         priors = {
             "context": cfg.context_prior,
             "passages": cfg.passages_prior,
             "datastore": cfg.datastore_prior,
             "self": cfg.self_prior,
+            "history": cfg.history_prior,
+            "recycle": cfg.recycle_prior,
         }
         store = self.datastore if datastore is True else (datastore or None)
         cost = self.fixed_cost if reproducible else self.cost
-        return DraftState(passages, SourceTrust(priors, cfg.prior_strength), store, cost=cost)
+        shared = shared and not reproducible  # shared tables change with other requests: not for seeded sampling
+        return DraftState(
+            passages,
+            SourceTrust(priors, cfg.prior_strength),
+            store,
+            history=self.history if shared else None,
+            recycle=self.recycle if shared else None,
+            cost=cost,
+        )
+
+    def forget(self) -> None:
+        """Empty the tables shared across requests (evaluation: a clean start after warm-up)."""
+        if self.history is not None:
+            self.history.clear()
+        if self.recycle is not None:
+            self.recycle.table.fill(-1)
 
     def wants_self(self, state: DraftState) -> bool:
         """Whether this step should pay for an early-exit chain: its trust has not fallen too low."""
@@ -134,7 +178,9 @@ class Drafter:
         if found is None:
             return
         # A model-written chain has no context match: its trust ratio alone says how far to follow it.
-        shape = 1.0 if found.source == "self" else match_confidence(1.0, found.match_len, self.config.half_life)
+        # So does a recycled chain: what followed the token last time, no context match at all.
+        model_written = found.source in ("self", "recycle")
+        shape = 1.0 if model_written else match_confidence(1.0, found.match_len, self.config.half_life)
         conf = min(0.99, state.trust.ratio(found.source) * shape)
         tree.add(found, conf, depth)
         first: dict[int, float] = {}
@@ -173,6 +219,11 @@ class Drafter:
                 self._add(tree, state, state.passages.lookup(ctx, cfg.passages, source="passages"), depth)
             if state.datastore is not None:
                 self._add(tree, state, state.datastore.lookup(ctx, cfg.datastore, source="datastore"), depth)
+            if state.history is not None:
+                self._add(tree, state, state.history.lookup(ctx, cfg.history_lookup), depth)
+            if state.recycle is not None:
+                found = state.recycle.candidates(int(context[-1]), cfg.recycle_paths, cfg.recycle_depth)
+                self._add(tree, state, found, depth)
             for found in extra:
                 self._add(tree, state, found, depth)
         return tree.prune(

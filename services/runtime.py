@@ -139,8 +139,10 @@ class Runtime:
 
     def _build_engine(self, backbone: Backbone | None) -> EmbeddingEngine:
         from lodestar.backbone import BackboneConfig, load_backbone
+        from lodestar.backbone.devices import resolve_device
         from lodestar.embed.engine import EmbeddingEngine, EngineConfig
         from lodestar.embed.modes import TokenPrepend
+        from lodestar.embed.runtime import model_dtype
 
         s = self.settings
         if s.torch_threads:
@@ -151,7 +153,7 @@ class Runtime:
             backbone = load_backbone(
                 BackboneConfig(
                     model=s.model,
-                    dtype=s.dtype,
+                    dtype=model_dtype(s.embed_runtime, s.dtype, resolve_device(s.device)),
                     device=s.device,
                     cache_dir=s.cache_dir,
                     adapter_dirs=tuple(s.adapter_dirs),
@@ -169,6 +171,7 @@ class Runtime:
                 max_batch_tokens=s.max_batch_tokens,
                 max_queued_texts=s.max_queued_texts,
                 token_prepend=TokenPrepend(s.tp_start_layer, s.tp_end_layer, s.tp_output_layer),
+                runtime=s.embed_runtime,
             ),
         )
 

@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     tp_end_layer: int = Field(7, description="Token Prepending: last layer (inclusive)")
     tp_output_layer: int = Field(-1, description="Token Prepending: output layer (-1 final)")
 
+    # --- embedding runtime ---
+    embed_runtime: str = Field(
+        "auto",
+        description="how embedding forwards run: auto | eager | bf16_matmul | compile. auto = the runtime measured fastest with every vector within cosine 0.999 of fp32 on this hardware: eager so far (bf16_matmul held quality but ran at 0.85x on an AVX512-BF16 CPU). bf16_matmul loads the model in float32 when dtype is auto. A forward a runtime cannot run (compile: token prepending, output layers, adapters) runs eager, logged once per reason",
+    )
+
     # --- generation ---
     datastore_dirs: Annotated[tuple[Path, ...], NoDecode] = Field(
         (),

@@ -68,6 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rag-tokens", type=int, default=64)
     ap.add_argument("--max-nodes", type=int, default=None, help="draft tree budget (default: DraftConfig's)")
     ap.add_argument(
+        "--no-shared",
+        action="store_true",
+        help="draft without the sources shared across requests (output history, token recycling): the earlier drafter",
+    )
+    ap.add_argument("--self-draft-layers", type=int, default=0, help="add early-exit self-drafts from N layers")
+    ap.add_argument("--tag", default="", help="suffix of the result files: specdec_<workload><tag>.json")
+    ap.add_argument(
         "--threads", type=int, default=0, help="torch intra-op threads; 0 (default) = torch's default (one per core)"
     )
     ap.add_argument("--model", default="bundled")
@@ -80,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     backbone = load_backbone(BackboneConfig(model=args.model, dtype=args.dtype))
     draft = DraftConfig() if args.max_nodes is None else replace(DraftConfig(), max_nodes=args.max_nodes)
+    if args.no_shared:
+        draft = replace(draft, history=False, recycle=False)
     config = DecoderConfig(draft=draft)
     env = {
         "model": backbone.model_id,
@@ -102,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             work.chat,
             config,
             progress=not args.quiet,
+            self_draft_layers=args.self_draft_layers,
         )
         res.update(
             env,
@@ -116,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             prompts=work.info,
             target_speedup=target,
         )
-        write_json(args.results / f"specdec_{name}.json", res)
+        write_json(args.results / f"specdec_{name}{args.tag}.json", res)
         print(
             json.dumps(
                 {

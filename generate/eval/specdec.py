@@ -53,6 +53,7 @@ def eval_specdec(
         p0 = passages[0] if passages else None
         decoder.generate(prompts[0], GenerationParams(max_new_tokens=4, speculative=False, chat=chat))
         decoder.generate(prompts[0], replace(spec, max_new_tokens=4), p0)
+        decoder.drafter.forget()  # the warm-up's output must not feed prompt 0's measured drafts
     rows: list[dict[str, Any]] = []
     bar = None
     if progress:

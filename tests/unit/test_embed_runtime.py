@@ -1,0 +1,143 @@
+"""Embedding runtimes: `auto` per hardware, the fall-back to eager (with a log line saying why) where a
+runtime cannot run a forward, and on the real model bf16_matmul's vectors within cosine 0.999 of
+eager fp32 for every mode (adapters included) and for learned-sparse output."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from lodestar.backbone import Backbone, BackboneConfig, load_backbone
+from lodestar.embed import runtime as rt
+from lodestar.embed.engine import EmbeddingEngine, EngineConfig
+from lodestar.embed.modes import ForwardSpec
+from lodestar.embed.types import EmbedOptions
+from lodestar.errors import InvalidInput
+
+CPU = torch.device("cpu")
+TEXTS = ["A cat sat.", "The old lighthouse keeper watched the storm roll in from the sea.", "Fresh bread"]
+
+
+def test_auto_picks_the_measured_runtime_and_bf16_matmul_loads_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert rt.resolve_runtime("auto", CPU) == rt.AUTO["cpu"]
+    assert rt.resolve_runtime("compile", CPU) == "compile"
+    assert rt.model_dtype("bf16_matmul", "auto", CPU) == "float32"  # bf16_matmul needs fp32 weights
+    assert rt.model_dtype("bf16_matmul", "bfloat16", CPU) == "bfloat16"  # an explicit dtype is kept
+    assert rt.model_dtype("eager", "auto", CPU) == "auto"
+    monkeypatch.setitem(rt.AUTO, "cpu", "bf16_matmul")  # a machine where it measured faster
+    assert rt.resolve_runtime("auto", CPU) == "bf16_matmul"
+    assert rt.model_dtype("auto", "auto", CPU) == "float32"
+
+
+def test_unknown_runtime_lists_the_valid_ones() -> None:
+    with pytest.raises(InvalidInput, match="eager, bf16_matmul, compile"):
+        rt.resolve_runtime("tensorrt", CPU)
+
+
+def test_compile_falls_back_to_eager_for_hooks_and_adapters(
+    tiny_backbone: Backbone, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Token prepending's layer hooks cannot run in the compiled graph: the batch runs eager, the
+    vectors equal the eager engine's, and the log says why (once)."""
+    eager = EmbeddingEngine(tiny_backbone)
+    compiled = EmbeddingEngine(tiny_backbone, EngineConfig(runtime="compile"))
+    try:
+        opts = EmbedOptions(mode="token_prepend")
+        with caplog.at_level(logging.WARNING, logger="lodestar.embed.runtime"):
+            a = compiled.embed(TEXTS, opts).vectors
+            compiled.embed(TEXTS, opts)
+        b = eager.embed(TEXTS, opts).vectors
+        np.testing.assert_array_equal(a, b)
+        said = [r.getMessage() for r in caplog.records if "falls back to eager" in r.getMessage()]
+        assert len(said) == 1 and "token prepending" in said[0] and "compile" in said[0]
+        with_adapter = ForwardSpec(bidirectional=True, adapter="some-adapter")
+        assert compiled.runtime.for_spec(tiny_backbone, with_adapter).name == "eager"
+        assert compiled.runtime.for_spec(tiny_backbone, compiled.prepare(["x"], EmbedOptions()).spec).name == "compile"
+    finally:
+        eager.close()
+        compiled.close()
+
+
+def test_bf16_matmul_falls_back_on_a_model_not_in_fp32(
+    tiny_backbone: Backbone, caplog: pytest.LogCaptureFixture
+) -> None:
+    half = tiny_backbone.with_dtype(torch.bfloat16)
+    engine = EmbeddingEngine(half, EngineConfig(runtime="bf16_matmul"))
+    try:
+        with caplog.at_level(logging.WARNING, logger="lodestar.embed.runtime"):
+            engine.embed(TEXTS[:1], EmbedOptions())
+        assert any("loaded in bfloat16, not float32" in r.getMessage() for r in caplog.records)
+    finally:
+        engine.close()
+
+
+# --- the real bundled model (slow) --------------------------------------------------------------
+
+MODES = [
+    EmbedOptions(mode="mean"),
+    EmbedOptions(mode="last"),
+    EmbedOptions(mode="prompteol"),
+    EmbedOptions(mode="echo"),
+    EmbedOptions(mode="token_prepend"),
+    EmbedOptions(mode="bidirectional", adapter="bidirectional-stsb"),
+]
+REAL = [
+    "A man is playing a guitar.",
+    "The committee postponed the vote on the new harbour bridge until next spring.",
+    "Stocks fell sharply after the announcement.",
+    "Fresh bread",
+]
+
+
+@pytest.fixture(scope="module")
+def fp32_backbone() -> Backbone:
+    from tinymodel import CACHE_DIR
+
+    from lodestar.services.settings import SHIPPED_ADAPTERS
+
+    return load_backbone(BackboneConfig(dtype="float32", cache_dir=CACHE_DIR, adapter_dirs=(SHIPPED_ADAPTERS,)))
+
+
+@pytest.fixture(scope="module")
+def pair(fp32_backbone: Backbone) -> Iterator[tuple[EmbeddingEngine, EmbeddingEngine]]:
+    """(eager fp32 reference, bf16_matmul: the fast path `auto` may pick once measured faster; on a
+    CPU without native bf16 it falls back to eager, which the bound then holds trivially)."""
+    ref = EmbeddingEngine(fp32_backbone)
+    fast = EmbeddingEngine(fp32_backbone, EngineConfig(runtime="bf16_matmul"))
+    yield ref, fast
+    ref.close()
+    fast.close()
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("opts", MODES, ids=[f"{o.mode}{'+' + o.adapter if o.adapter else ''}" for o in MODES])
+def test_chosen_runtime_within_cosine_bound_of_eager_fp32(pair, opts: EmbedOptions) -> None:  # type: ignore[no-untyped-def]
+    ref, fast = pair
+    spec = fast.prepare(["x"], opts).spec
+    if rt.native_bf16(fast.backbone.device):  # hooks, echo, bidirectional masks and adapters run on it
+        assert fast.runtime.for_spec(fast.backbone, spec).name == "bf16_matmul"
+    a = ref.embed(REAL, opts).vectors
+    b = fast.embed(REAL, opts).vectors
+    cos = (unit(a) * unit(b)).sum(axis=1)
+    assert (cos >= 0.999).all(), f"{opts.mode}: cosines to eager fp32 {cos}"
+
+
+@pytest.mark.slow
+def test_chosen_runtime_learned_sparse_within_bound(pair) -> None:  # type: ignore[no-untyped-def]
+    ref, fast = pair
+    opts = EmbedOptions(mode="echo", adapter="sparse-squad", sparse=True, with_dense=True, sparse_top_k=256)
+    a, b = ref.embed(REAL, opts), fast.embed(REAL, opts)
+    assert ((unit(a.vectors) * unit(b.vectors)).sum(axis=1) >= 0.999).all()
+    for (ia, wa), (ib, wb) in zip(a.sparse, b.sparse):
+        da, db = dict(zip(ia.tolist(), wa.tolist())), dict(zip(ib.tolist(), wb.tolist()))
+        dot = sum(w * db.get(t, 0.0) for t, w in da.items())
+        cos = dot / np.sqrt(sum(w * w for w in da.values()) * sum(w * w for w in db.values()))
+        assert cos >= 0.999, f"learned-sparse cosine to eager fp32 {cos}"
