@@ -23,7 +23,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -101,7 +101,7 @@ def measure(
     op: str,
     shape: dict[str, Any],
     dtype_name: str,
-    paths: dict[str, Callable[[], torch.Tensor] | None],
+    paths: Mapping[str, Callable[[], torch.Tensor] | None],
     device: torch.device,
     warmup: int,
     repeat: int,

@@ -158,7 +158,7 @@ class DenseIndex:
         self._dead = 0  # tombstoned vectors still in the main index
         self._gpu: Any = None  # lazily built GPU clone of the main index (use_gpu, faiss-gpu + CUDA only)
         self._gpu_res: Any = None
-        self._gpu_device = _GPU_DEVICE
+        self._gpu_device = _GPU_DEVICE or 0
         self._gpu_ok = _GPU_DEVICE is not None
 
     # ------------------------------------------------------------------ validation / properties

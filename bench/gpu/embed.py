@@ -21,10 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpucommon import DEVICE, ROOT, cuda_seconds, environment, load, sync, write_json  # noqa: E402
+from gpucommon import DEVICE, ROOT, cuda_seconds, environment, load, release, require_device, sync, write_json  # noqa: E402
 
 MODES = ("mean", "last", "prompteol", "echo", "token_prepend", "bidirectional")
 
@@ -83,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=64, help="texts per forward")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/gpu/embed.json")
     args = ap.parse_args(argv)
-    if DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        ap.error("needs a CUDA device (GPU_BENCH_DEVICE=cpu smoke-tests the script)")
+    require_device(ap)
 
     import lodestar.embed.forward as forward
     from lodestar.embed.engine import EmbeddingEngine, EngineConfig
@@ -108,11 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         sparse = EmbedOptions(mode="echo", sparse=True)
         rows["echo+sparse (triton)"] = run_mode(engine, batch, sparse, args.batch)
         fused = forward.sparse_head
-        forward.sparse_head = functools.partial(fused, backend="torch")  # type: ignore[assignment]  # the PyTorch path, for comparison
+        forward.sparse_head = functools.partial(fused, backend="torch")  # the PyTorch path, for comparison
         try:
             rows["echo+sparse (torch)"] = run_mode(engine, batch, sparse, args.batch)
         finally:
-            forward.sparse_head = fused  # type: ignore[assignment]
+            forward.sparse_head = fused
         print(name, "sparse", rows["echo+sparse (triton)"], rows["echo+sparse (torch)"], flush=True)
         sample = sorted(batch, key=len)[-args.batch :]  # the longest texts: the forward at its heaviest
         profiles = {
@@ -122,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         report["models"][name] = {"weights": weights, "modes": rows, "profile_longest_batch": profiles}
         engine.close()
         del engine, backbone
-        if DEVICE.startswith("cuda"):
-            torch.cuda.empty_cache()
+        release()
     write_json(args.out, report)
     return 0
 

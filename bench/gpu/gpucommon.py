@@ -9,11 +9,11 @@ configurations with random weights. Speed does not depend on the values of the w
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -93,10 +93,12 @@ def load(name: str, dtype: torch.dtype = torch.bfloat16) -> tuple[Any, str]:
     shape = MODELS["smollm2-135m" if name == "bundled" else name]
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder())
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    config = LlamaConfig(**shape, max_position_embeddings=8192, pad_token_id=pad, attn_implementation="sdpa")
+    extra: dict[str, Any] = {"attn_implementation": "sdpa"}  # as the loader's models run
+    config = LlamaConfig(**shape, max_position_embeddings=8192, pad_token_id=pad, **extra)
     torch.manual_seed(0)
     with torch.device(DEVICE):
-        model = LlamaForCausalLM(config).to(dtype).eval()
+        model = LlamaForCausalLM(config)
+    model.to(dtype).eval()  # type: ignore[arg-type]  # transformers wraps `to` (functools.wraps) and mistypes self
     return Backbone.from_model(model, tokenizer, f"{name} (random weights)", BackboneConfig()), "random"
 
 
@@ -104,6 +106,19 @@ def sync() -> None:
     """Wait for the GPU's queued work (nothing to wait for on a CPU smoke run)."""
     if DEVICE.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def require_device(parser: Any) -> None:
+    """Stop a script with a usage error where the device it is to measure is missing."""
+    if DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("needs a CUDA device (GPU_BENCH_DEVICE=cpu smoke-tests the script)")
+
+
+def release() -> None:
+    """Hand a dropped model's GPU memory back before the next one is built."""
+    gc.collect()
+    if DEVICE.startswith("cuda"):
+        torch.cuda.empty_cache()
 
 
 def cuda_seconds(fn: Callable[[], Any], warmup: int = 2, repeat: int = 5) -> float:
@@ -138,10 +153,8 @@ def environment() -> dict[str, Any]:
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write `data` atomically (a failed run never leaves half a result)."""
+    from lodestar.durable import write_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(data, indent=1) + "\n").encode())
     print(f"wrote {path}")

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpucommon import DEVICE, ROOT, cuda_seconds, environment, load, write_json  # noqa: E402
+from gpucommon import ROOT, cuda_seconds, environment, load, release, require_device, write_json  # noqa: E402
 
 SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
 
@@ -85,8 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prefix", type=int, default=512)
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/gpu/specdec.json")
     args = ap.parse_args(argv)
-    if DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        ap.error("needs a CUDA device (GPU_BENCH_DEVICE=cpu smoke-tests the script)")
+    require_device(ap)
     report: dict[str, Any] = {"env": environment(), "prefix_tokens": args.prefix, "dtype": "bfloat16", "models": {}}
     for name in args.models.split(","):
         backbone, weights = load(name)
@@ -100,8 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(name, relative, flush=True)
         del backbone
-        if DEVICE.startswith("cuda"):
-            torch.cuda.empty_cache()
+        release()
     write_json(args.out, report)
     return 0
 

@@ -8,9 +8,6 @@ coming back as JSON for its own parametrized test.
 
 from __future__ import annotations
 
-import json
-import os
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_kernels import RESULT_MARKER, _run_child
+from test_kernels import _run_child, interpreter_results_of, run_checks
 
 import lodestar.kernels as kernels
 from lodestar.bench.kernels import peak_memory_bytes
@@ -222,25 +219,13 @@ def _interpreter_main() -> None:
     checks: list[tuple[str, Callable[[], None]]] = [(c.name, lambda c=c: _check_sparse_case(c)) for c in SPARSE_CASES]
     checks += [(c.name, lambda c=c: _check_embed_case(c)) for c in EMBED_CASES]
     checks += list(zip(DISPATCH_CHECKS, [_check_dispatch_sparse, _check_dispatch_pool_embed]))
-    results: dict[str, str] = {}
-    for name, check in checks:
-        try:
-            check()
-            results[name] = "ok"
-        except Exception:  # report every failure, not just the first
-            results[name] = traceback.format_exc()
-    print(RESULT_MARKER + json.dumps(results))
+    run_checks(checks)
 
 
 @pytest.fixture(scope="module")
 def interpreter_results() -> dict[str, str]:
     """Run all Triton-interpreter cases once in a child process: {case name: "ok" | traceback}."""
-    pytest.importorskip("triton")
-    proc = _run_child([os.path.abspath(__file__)], {"TRITON_INTERPRET": "1"})
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_MARKER)]
-    if proc.returncode != 0 or not lines:
-        pytest.fail(f"interpreter child failed (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return json.loads(lines[-1][len(RESULT_MARKER) :])
+    return interpreter_results_of(__file__)
 
 
 @pytest.mark.parametrize("case", SPARSE_CASES, ids=lambda c: c.name)
