@@ -197,6 +197,8 @@ for p in sorted(results.glob("kernels_*.json")):
     r = json.loads(p.read_text())
     print(f"\nkernels on {r['device']} ({r['device_name']}):")
     for row in r["results"]:
-        tri = "" if row["triton_ms"] is None else f"  triton {row['triton_ms']:.3f} ms  x{row['speedup']}"
-        print(f"  {row['op']:17s} {'x'.join(map(str, row['shape'])):>14s} {row['dtype']:5s} torch {row['torch_ms']:.3f} ms{tri}")
+        tri = "" if row.get("triton_ms") is None else f"  triton {row['triton_ms']:.3f} ms  x{row['speedup']}"
+        shape = "x".join(map(str, row["shape"])) if "shape" in row else f"{row['head']} {row['texts']}x{row['positions']}"
+        peak = "" if row.get("torch_peak_mib") is None else f" ({row['torch_peak_mib']} MiB)"
+        print(f"  {row['op']:17s} {shape:>24s} {row['dtype']:5s} torch {row['torch_ms']:.3f} ms{peak}{tri}")
 PY

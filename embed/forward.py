@@ -14,7 +14,8 @@ from lodestar.backbone import Backbone
 from lodestar.embed.modes import Encoded, ForwardSpec
 from lodestar.embed.runtime import Runtime
 from lodestar.embed.types import SPARSE_CAP, SPARSE_SHIFT
-from lodestar.kernels import masked_mean_pool
+from lodestar.kernels import masked_mean_pool, sparse_head
+from lodestar.kernels.sparse import sparse_weights_ref
 
 
 def attention_mask(lengths: torch.Tensor, T: int, bidirectional: bool) -> torch.Tensor:
@@ -122,15 +123,14 @@ def splade_weights(logits: torch.Tensor) -> torch.Tensor:
     A decoder's softmax ignores where its logits sit (SmolLM2's are positive for ~90% of the
     vocabulary at every position), so raw log(1 + relu(logits)) would be dense from the start;
     standardised and shifted, a text starts with its own tokens (which the echo copy predicts at
-    z ~ 6) plus a few hundred expansions, and training moves the weights from there."""
-    z = (logits - logits.mean(-1, keepdim=True)) / logits.std(-1, keepdim=True).clamp_min(1e-6)
-    return torch.log1p(torch.relu(z - SPARSE_SHIFT)).amax(dim=0)
+    z ~ 6) plus a few hundred expansions, and training moves the weights from there.
+    The definition, with its order of arithmetic, is lodestar.kernels.sparse."""
+    return sparse_weights_ref(logits, SPARSE_SHIFT)
 
 
 def vocab_weights(lm_head: Any, hidden: torch.Tensor, batch: list[Encoded]) -> torch.Tensor:
     """Learned-sparse (SPLADE) weights (B, V) of each row's pooled span (echo: the second copy,
     which has seen the whole text; see splade_weights). The LM head runs on the pooled positions
-    only: full (B, T, V) logits would cost more than the decoder."""
-    return torch.stack(
-        [splade_weights(lm_head(hidden[i, e.pool_start : e.pool_end]).float()) for i, e in enumerate(batch)]
-    )
+    only: full (B, T, V) logits would cost more than the decoder. The kernels' dispatcher runs it:
+    fused on a GPU (the logits never leave registers), a tile at a time on CPU (bounded memory)."""
+    return sparse_head(hidden, [(e.pool_start, e.pool_end) for e in batch], lm_head, SPARSE_SHIFT)

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .reference import NORM_EPS, POOL_EPS, validate_normalize_input, validate_pool_inputs
+from .triton_common import INTERPRETED, SUPPORTED_DTYPES, check_block, next_pow2, unsupported_reason
 
 __all__ = [
     "INTERPRETED",
@@ -30,9 +31,6 @@ __all__ = [
     "l2_normalize_triton",
     "unsupported_reason",
 ]
-
-# Input dtypes the kernels load natively (they upcast to float32 in registers).
-SUPPORTED_DTYPES: frozenset[torch.dtype] = frozenset({torch.float32, torch.float16, torch.bfloat16})
 
 # Default tile sizes: 32 tokens x 128 features per loop step keeps loads coalesced
 # along H (the contiguous axis of a transformer's hidden states) at ~32 fp32 values
@@ -120,38 +118,6 @@ def _l2_normalize_kernel(
         tl.store(out_row + offs * stride_oh, x / norm, mask=mask)
 
 
-# True when the kernels above were built by the Triton interpreter (TRITON_INTERPRET=1 at
-# import time) and can therefore run on CPU tensors.
-INTERPRETED: bool = type(_masked_mean_pool_kernel).__name__ == "InterpretedFunction"
-
-
-def unsupported_reason(*tensors: Tensor) -> str | None:
-    """Say why these kernels cannot run on the given inputs, or None if they can (used by auto-dispatch)."""
-    for t in tensors:
-        if t.device.type != "cuda" and not INTERPRETED:
-            return (
-                f"tensor is on {t.device}: the triton kernels need CUDA tensors, or TRITON_INTERPRET=1 "
-                "set before lodestar.kernels.triton_pooling is first imported to run on CPU"
-            )
-        if t.dtype not in SUPPORTED_DTYPES:
-            names = ", ".join(sorted(str(d) for d in SUPPORTED_DTYPES))
-            return f"dtype {t.dtype} is not supported by the triton kernels (supported: {names})"
-        if t.requires_grad and torch.is_grad_enabled():
-            return "the triton kernels have no backward pass; use backend='torch' when gradients are needed"
-    return None
-
-
-def _next_pow2(n: int) -> int:
-    """Smallest power of two >= n (at least 1); Triton block shapes must be powers of two."""
-    return 1 << max(0, (n - 1).bit_length())
-
-
-def _check_block(name: str, value: int) -> None:
-    """Reject block sizes Triton cannot compile (must be a power of two)."""
-    if value < 1 or value & (value - 1):
-        raise ValueError(f"{name} must be a positive power of two, got {value}")
-
-
 def masked_mean_pool_triton(
     hidden: Tensor,
     weights: Tensor,
@@ -173,10 +139,10 @@ def masked_mean_pool_triton(
     if B == 0 or H == 0:
         return out
 
-    bt = block_t if block_t is not None else min(DEFAULT_BLOCK_T, _next_pow2(max(T, 1)))
-    bh = block_h if block_h is not None else min(DEFAULT_BLOCK_H, _next_pow2(H))
-    _check_block("block_t", bt)
-    _check_block("block_h", bh)
+    bt = block_t if block_t is not None else min(DEFAULT_BLOCK_T, next_pow2(max(T, 1)))
+    bh = block_h if block_h is not None else min(DEFAULT_BLOCK_H, next_pow2(H))
+    check_block("block_t", bt)
+    check_block("block_h", bh)
 
     grid = (B, triton.cdiv(H, bh))
     _masked_mean_pool_kernel[grid](
@@ -212,8 +178,8 @@ def l2_normalize_triton(x: Tensor, eps: float = NORM_EPS, *, block_h: int | None
     if B == 0 or H == 0:
         return out
 
-    bh = block_h if block_h is not None else min(MAX_NORM_BLOCK, _next_pow2(H))
-    _check_block("block_h", bh)
+    bh = block_h if block_h is not None else min(MAX_NORM_BLOCK, next_pow2(H))
+    check_block("block_h", bh)
     num_warps = 8 if bh >= 1024 else 4
 
     _l2_normalize_kernel[(B,)](

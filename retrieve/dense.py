@@ -53,6 +53,10 @@ _FORMAT = 1
 _TRAIN_SEED = 0
 _EXACT_BLOCK = 65536  # rows of reconstructed vectors scored at once on the exact path
 
+# Which GPU dense indexes search on, or None for none; set once at start-up by `use_gpu` from
+# LODESTAR_DEVICE (services/runtime.py), read when an index is built or restored.
+_GPU_DEVICE: int | None = None
+
 # FAISS parallelises a search over its queries (and brute-force scans switch to BLAS from 20 queries),
 # so one query gains nothing from more OpenMP threads; here they cost (100k x 576 Flat, 2 cores, one
 # query per search: 20 ms p50 with both threads, 10.9 ms with one).
@@ -152,9 +156,10 @@ class DenseIndex:
         self._keys = np.empty(0, dtype=np.int64)  # (N,) sorted live ids
         self._pos = np.empty(0, dtype=np.int64)  # (N,) graph indexes: internal position of each key
         self._dead = 0  # tombstoned vectors still in the main index
-        self._gpu: Any = None  # lazily built GPU clone of the main index (faiss-gpu + CUDA only)
+        self._gpu: Any = None  # lazily built GPU clone of the main index (use_gpu, faiss-gpu + CUDA only)
         self._gpu_res: Any = None
-        self._gpu_ok = _gpu_count() > 0
+        self._gpu_device = _GPU_DEVICE or 0
+        self._gpu_ok = _GPU_DEVICE is not None
 
     # ------------------------------------------------------------------ validation / properties
 
@@ -397,7 +402,7 @@ class DenseIndex:
             if self._gpu is None:
                 if self._gpu_res is None:
                     self._gpu_res = faiss.StandardGpuResources()
-                self._gpu = faiss.index_cpu_to_gpu(self._gpu_res, 0, self._main)
+                self._gpu = faiss.index_cpu_to_gpu(self._gpu_res, self._gpu_device, self._main)
                 if self.nlist:
                     faiss.GpuParameterSpace().set_index_parameter(self._gpu, "nprobe", self.nprobe)
             dist, labels = self._gpu.search(q, k)
@@ -509,3 +514,13 @@ def _gpu_count() -> int:
         return int(faiss.get_num_gpus())
     except (AttributeError, RuntimeError):
         return 0
+
+
+def use_gpu(device: str) -> bool:
+    """Search dense indexes built or restored from now on with a GPU copy on `device` ('cuda',
+    'cuda:N'; anything else: CPU only) when FAISS has GPU support; returns whether they will. The CPU
+    index stays the one written to and snapshotted, so the GPU copy never needs copying back."""
+    global _GPU_DEVICE
+    index = int(device.partition(":")[2] or 0) if device.startswith("cuda") else None
+    _GPU_DEVICE = index if index is not None and index < _gpu_count() else None
+    return _GPU_DEVICE is not None

@@ -176,8 +176,10 @@ class Runtime:
         )
 
     def _build_retrieval(self, engine: EmbeddingEngine) -> RetrievalEngine:
+        from lodestar.retrieve.dense import use_gpu
         from lodestar.retrieve.engine import RetrievalEngine
 
+        use_gpu(str(engine.backbone.device))  # LODESTAR_DEVICE=cuda: dense searches on that GPU, where FAISS can
         return RetrievalEngine(
             Path(self.settings.data_dir) / "collections",
             engine,

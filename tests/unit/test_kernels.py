@@ -12,8 +12,8 @@ import os
 import subprocess
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 import torch
@@ -182,14 +182,9 @@ def _check_dispatch_under_interpreter() -> None:
     torch.testing.assert_close(normed, l2_normalize_ref(pooled), atol=1e-5, rtol=1e-5)
 
 
-def _interpreter_main() -> None:
-    """Child-process entry point: run every Triton case under the interpreter, print verdicts as JSON."""
-    if not dispatch._interpret_requested():
-        raise SystemExit("run this script with TRITON_INTERPRET=1")
+def run_checks(checks: list[tuple[str, Callable[[], None]]]) -> None:
+    """Child side: run every check, print {name: "ok" | traceback} as JSON after RESULT_MARKER."""
     results: dict[str, str] = {}
-    checks: list[tuple[str, Any]] = [(c.name, lambda c=c: _check_pool_case(c)) for c in POOL_CASES]
-    checks += [(c.name, lambda c=c: _check_norm_case(c)) for c in NORM_CASES]
-    checks.append((DISPATCH_CHECKS[0], _check_dispatch_under_interpreter))
     for name, check in checks:
         try:
             check()
@@ -197,6 +192,16 @@ def _interpreter_main() -> None:
         except Exception:  # report every failure, not just the first
             results[name] = traceback.format_exc()
     print(RESULT_MARKER + json.dumps(results))
+
+
+def _interpreter_main() -> None:
+    """Child-process entry point: run every Triton case under the interpreter, print verdicts as JSON."""
+    if not dispatch._interpret_requested():
+        raise SystemExit("run this script with TRITON_INTERPRET=1")
+    checks: list[tuple[str, Callable[[], None]]] = [(c.name, lambda c=c: _check_pool_case(c)) for c in POOL_CASES]
+    checks += [(c.name, lambda c=c: _check_norm_case(c)) for c in NORM_CASES]
+    checks.append((DISPATCH_CHECKS[0], _check_dispatch_under_interpreter))
+    run_checks(checks)
 
 
 def _run_child(code_or_script: list[str], extra_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -207,15 +212,20 @@ def _run_child(code_or_script: list[str], extra_env: dict[str, str]) -> subproce
     )
 
 
-@pytest.fixture(scope="module")
-def interpreter_results() -> dict[str, str]:
-    """Run all Triton-interpreter cases once in a child process and return {case name: "ok" | traceback}."""
+def interpreter_results_of(script: str) -> dict[str, str]:
+    """Parent side: run `script` under TRITON_INTERPRET=1 and return its {case name: "ok" | traceback}."""
     pytest.importorskip("triton")
-    proc = _run_child([os.path.abspath(__file__)], {"TRITON_INTERPRET": "1"})
+    proc = _run_child([os.path.abspath(script)], {"TRITON_INTERPRET": "1"})
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_MARKER)]
     if proc.returncode != 0 or not lines:
         pytest.fail(f"interpreter child failed (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return json.loads(lines[-1][len(RESULT_MARKER) :])
+
+
+@pytest.fixture(scope="module")
+def interpreter_results() -> dict[str, str]:
+    """Run all Triton-interpreter cases once in a child process and return {case name: "ok" | traceback}."""
+    return interpreter_results_of(__file__)
 
 
 # ---------------------------------------------------------------- triton kernels (interpreter)
