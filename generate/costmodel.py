@@ -13,6 +13,7 @@ import statistics
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +92,14 @@ class CostModel:
         return self.cost(self.padded_length(n))
 
 
+def synchronizer(device: torch.device) -> Callable[[], None]:
+    """What waits for a device's queued work: CUDA calls return before their kernels finish, so a
+    timer around a forward measures launches unless it waits; on the CPU, nothing."""
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
 def measure(backbone: Any, max_len: int = 32, reps: int = 5, prefix_len: int = 256, seed: int = 0) -> CostModel:
     """Time forwards of 1..max_len tokens over a `prefix_len` cache (shuffled, interleaved; medians)."""
     model = backbone.model
@@ -101,6 +110,7 @@ def measure(backbone: Any, max_len: int = 32, reps: int = 5, prefix_len: int = 2
     times: dict[int, list[float]] = {n: [] for n in range(1, max_len + 1)}
     order = list(range(1, max_len + 1))
     rng = random.Random(seed)
+    sync = synchronizer(dev)
     with backbone.lock, torch.inference_mode():
         cache = output_cache(model(input_ids=ids, **cache_kwargs(model, full_cache()), use_cache=True))
         for _ in range(reps + 1):  # the first round warms kernels up and is dropped
@@ -111,6 +121,7 @@ def measure(backbone: Any, max_len: int = 32, reps: int = 5, prefix_len: int = 2
                 allowed = torch.ones(1, 1, n, prefix_len + n, dtype=torch.bool, device=dev)  # (1, 1, n, P + n): a chain
                 allowed[0, 0, :, prefix_len:] = torch.ones(n, n, dtype=torch.bool, device=dev).tril()
                 mask = tree_mask(allowed, pos[0], model.config, backbone.dtype)
+                sync()
                 t = time.perf_counter()
                 if n == 1:
                     model(input_ids=x, **cache_kwargs(model, cache), use_cache=True)
@@ -118,6 +129,7 @@ def measure(backbone: Any, max_len: int = 32, reps: int = 5, prefix_len: int = 2
                     model(
                         input_ids=x, attention_mask=mask, position_ids=pos, **cache_kwargs(model, cache), use_cache=True
                     )
+                sync()
                 times[n].append(time.perf_counter() - t)
                 cache.crop(-n)
     base = statistics.median(times[1][1:])

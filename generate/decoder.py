@@ -23,7 +23,7 @@ import torch
 from lodestar.backbone import Backbone
 from lodestar.backbone.compat import cache_kwargs, output_cache
 from lodestar.errors import InvalidInput
-from lodestar.generate.costmodel import measure
+from lodestar.generate.costmodel import measure, synchronizer
 from lodestar.generate.datastore import Datastore
 from lodestar.generate.drafter import DraftConfig, Drafter
 from lodestar.generate.kvcache import cache_length, full_cache, keep_path, tree_mask
@@ -82,6 +82,7 @@ class SpeculativeDecoder:
         self, backbone: Backbone, datastore: Datastore | None = None, config: DecoderConfig | None = None
     ) -> None:
         self.backbone = backbone
+        self._sync = synchronizer(backbone.device)  # timings observed per forward wait for the device
         self.config = config or DecoderConfig()
         draft = self.config.draft
         if self.config.calibrate_cost:
@@ -206,8 +207,10 @@ class SpeculativeDecoder:
         """Plain decode step: one token on top of the cache -> (V,) logits."""
         x = torch.tensor([[token]], device=self.backbone.device)  # (1, 1)
         with self.backbone.lock, torch.inference_mode():
+            self._sync()
             t = time.perf_counter()
             out = self.backbone.model(input_ids=x, **cache_kwargs(self.backbone.model, cache), use_cache=True)
+            self._sync()
             self._observe_cost(1, time.perf_counter() - t)
         return out.logits[0, -1]  # (V,)
 
@@ -237,6 +240,7 @@ class SpeculativeDecoder:
         mask = tree_mask(allowed, pos[0], self.backbone.model.config, self.backbone.dtype)
         x = torch.from_numpy(tokens).to(dev)[None]  # (1, L)
         with self.backbone.lock, torch.inference_mode():
+            self._sync()
             t = time.perf_counter()
             out = self.backbone.model(
                 input_ids=x,
@@ -245,6 +249,7 @@ class SpeculativeDecoder:
                 **cache_kwargs(self.backbone.model, cache),
                 use_cache=True,
             )
+            self._sync()
             self._observe_cost(length, time.perf_counter() - t)
         return out.logits[0, :n]  # (N, V)
 
