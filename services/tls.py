@@ -86,5 +86,7 @@ class CertificateFiles:
 def server_credentials(files: CertificateFiles) -> grpc.ServerCredentials:
     """Credentials that follow `files`; with a client CA, a client must present a certificate it signed."""
     return grpc.dynamic_ssl_server_credentials(
-        files.initial, files.fetch, require_client_authentication=files.client_ca is not None
+        files.initial,
+        files.fetch,  # type: ignore[arg-type]  # gRPC documents None as "no change"; its stubs do not
+        require_client_authentication=files.client_ca is not None,
     )

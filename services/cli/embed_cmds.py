@@ -235,6 +235,19 @@ def cmd_eval_sts(args: argparse.Namespace) -> int:
 def cmd_bench_embed(args: argparse.Namespace) -> int:
     from lodestar.bench.served import bench_embed
 
+    if args.edge:
+        from lodestar.bench.edge import bench_edge_cost
+
+        result = bench_edge_cost(
+            texts=read_texts(Path(args.texts))[: args.limit or None],
+            options=embed_options(args),
+            concurrency=args.concurrency,
+            batch_size=args.batch_size,
+            model=args.model,
+            repeats=args.repeats,
+        )
+        write_result(result, args.out)
+        return 0
     result = bench_embed(
         texts=read_texts(Path(args.texts))[: args.limit or None],
         options=embed_options(args),
@@ -340,6 +353,13 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     be.add_argument("--batch-size", type=int, default=16, help="texts per client request")
     be.add_argument("--limit", type=int, default=0, help="use only the first N texts")
     be.add_argument("--model")
+    be.add_argument(
+        "--edge",
+        action="store_true",
+        help="instead: served throughput with TLS + token + metrics + access log on vs all off, interleaved "
+        "(needs `cryptography`, in the test extra)",
+    )
+    be.add_argument("--repeats", type=int, default=5, help="--edge: runs of each side")
     be.add_argument("--out", help="also write the JSON here")
     add_embed_options(be)
     be.set_defaults(func=cmd_bench_embed)

@@ -77,8 +77,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        if getattr(record, "request_id", ""):
-            out["request_id"] = record.request_id
+        if request_id := getattr(record, "request_id", ""):
+            out["request_id"] = request_id
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             out.update(fields)

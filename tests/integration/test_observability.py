@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from lodestar.embed.v1 import embed_pb2, embed_pb2_grpc
-from lodestar.services.client import Client
+from lodestar.services.client import Client, ClientError
 from lodestar.services.observability import tracing
 from lodestar.services.observability.context import JsonFormatter, RequestFilter
 
@@ -72,7 +72,7 @@ def test_refusals_are_counted_with_their_code(tiny_server: Any, tmp_path: Any) -
 
     add_token(tmp_path / "tokens.json", "reader", "read")
     srv = tiny_server(only=("embed",), metrics_port=0, tokens_file=tmp_path / "tokens.json")
-    with Client(srv.address) as c, pytest.raises(Exception):
+    with Client(srv.address) as c, pytest.raises(ClientError):
         c.info()
     after = scrape(srv.edge.metrics.port)
     labels = {"service": "lodestar.embed.v1.EmbedService", "method": "Info", "code": "UNAUTHENTICATED"}

@@ -8,12 +8,11 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from certs import CA
 
 from lodestar.backbone import Backbone
+from lodestar.bench.certs import CA
 from lodestar.bench.procs import RedisProcess, WorkerProcess
 from lodestar.errors import Unavailable
 from lodestar.services.client import Client, ClientError
@@ -42,9 +41,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_worker_with_a_worker_token_indexes_over_tls(
-    backbone: Backbone, redis: RedisProcess, tmp_path: Path
-) -> None:
+def test_worker_with_a_worker_token_indexes_over_tls(backbone: Backbone, redis: RedisProcess, tmp_path: Path) -> None:
     ca = CA()
     cert, key = ca.issue("lodestar", server=True).write(tmp_path, "server")
     ca_file = ca.write(tmp_path / "ca.crt")
@@ -77,7 +74,9 @@ def test_worker_with_a_worker_token_indexes_over_tls(
             worker.wait_ready()
             with Client(srv.address, ca=ca_file, token=app, timeout=300) as c:
                 c.create_collection("secure", sparse="bm25")
-                lines = [json.dumps({"id": f"d{i}", "text": f"document number {i} about TLS"}).encode() for i in range(10)]
+                lines = [
+                    json.dumps({"id": f"d{i}", "text": f"document number {i} about TLS"}).encode() for i in range(10)
+                ]
                 job = c.submit_job("secure", list(enumerate(lines, 1)), source="test")
                 deadline = time.monotonic() + 300
                 while not (job := c.get_job(job.id)).finished:

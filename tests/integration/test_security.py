@@ -13,9 +13,9 @@ from typing import Any
 
 import grpc
 import pytest
-from certs import CA, Pair
 from google.protobuf.message_factory import GetMessageClass
 
+from lodestar.bench.certs import CA, Pair
 from lodestar.services.auth import OPEN_SERVICES, SCOPE_OF
 from lodestar.services.client import ChannelConfig, Client, ClientError
 from lodestar.services.server import SERVICERS

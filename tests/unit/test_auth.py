@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from certs import CA
 
+from lodestar.bench.certs import CA
 from lodestar.errors import AlreadyExists, InvalidInput, NotFound
 from lodestar.services.auth import OPEN, SCOPE_OF, bearer, scope_for
 from lodestar.services.cli import main

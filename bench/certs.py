@@ -1,4 +1,5 @@
-"""Test certificates made on the spot (`cryptography`): a CA, and server and client certificates it signs."""
+"""Certificates made on the spot (`cryptography`, from the test extra): a CA, and server and client
+certificates it signs. For tests and the TLS benchmark; never imported by a serving process."""
 
 from __future__ import annotations
 
