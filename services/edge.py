@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry
@@ -110,13 +109,3 @@ def _announce(s: Settings, edge: Edge) -> None:
     else:
         log.info("authentication: bearer tokens from %s (%d tokens)", edge.tokens.path, len(edge.tokens.entries()))
 
-
-def describe(edge: Edge) -> dict[str, Any]:
-    """What the edge has on (for tests and `lodestar serve`'s first lines)."""
-    return {
-        "tls": edge.certificates is not None,
-        "mtls": edge.certificates is not None and edge.certificates.client_ca is not None,
-        "auth": edge.tokens is not None,
-        "metrics_port": edge.metrics.port if edge.metrics else None,
-        "tracing": edge.tracing is not None,
-    }

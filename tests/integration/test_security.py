@@ -229,3 +229,49 @@ def test_client_tokens_messages_and_revocation(tiny_server: Any, tokens: tuple[P
                 break
             assert time.monotonic() < deadline, "a revoked token still works"
             time.sleep(0.2)
+
+
+def test_cli_and_async_client_connect_with_tls_and_a_token(
+    tiny_server: Any, pki: dict[str, Any], tokens: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import json
+    import subprocess
+    import sys
+
+    from lodestar.services.client import AsyncClient
+
+    path, made = tokens
+    srv = tiny_server(only=("embed",), tls_cert=pki["cert"], tls_key=pki["key"], tokens_file=path)
+    base = [sys.executable, "-m", "lodestar.services.cli"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LODESTAR_")}
+    ok = subprocess.run(
+        [*base, "info", "--server", srv.address, "--tls-ca", str(pki["ca"]), "--json"],
+        capture_output=True,
+        text=True,
+        env={**env, "LODESTAR_TOKEN": made["read"]},
+        timeout=300,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["health"] == "SERVING"
+    refused = subprocess.run(
+        [*base, "--server", srv.address, "--tls-ca", str(pki["ca"]), "embed", "hello", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert refused.returncode == 1 and json.loads(refused.stdout)["error"]["code"] == "UNAUTHENTICATED"
+
+    async def call() -> str:
+        async with AsyncClient(srv.address, ca=pki["ca"], token=made["read"]) as c:
+            return (await c.info()).model  # type: ignore[misc]
+
+    assert asyncio.run(call())
+
+
+def test_startup_log_says_what_is_open(tiny_server: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    tiny_server(only=("embed",))
+    assert "transport: plaintext" in caplog.text
+    assert "authentication: off -- every RPC is open" in caplog.text
