@@ -108,4 +108,3 @@ def _announce(s: Settings, edge: Edge) -> None:
         )
     else:
         log.info("authentication: bearer tokens from %s (%d tokens)", edge.tokens.path, len(edge.tokens.entries()))
-
