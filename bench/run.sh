@@ -92,6 +92,10 @@ if [[ " $STEPS " == *" embed "* ]]; then
     "${LODESTAR[@]}" bench embed --texts "$TMP/texts.txt" --mode mean --concurrency "$CONCURRENCY" \
         --batch-size "$EMBED_BATCH" --out "$TMP/embed_throughput.json" > /dev/null
     publish "$TMP/embed_throughput.json" "$RESULTS/embed_throughput.json"
+    echo "== bench embed --edge (TLS + token + metrics + access log on vs off, interleaved)"
+    "${LODESTAR[@]}" bench embed --edge --texts "$TMP/texts.txt" --mode mean --concurrency "$CONCURRENCY" \
+        --batch-size "$EMBED_BATCH" --out "$TMP/embed_edge_cost.json" > /dev/null
+    publish "$TMP/embed_edge_cost.json" "$RESULTS/embed_edge_cost.json"
 fi
 
 if [[ " $STEPS " == *" kernels "* ]]; then

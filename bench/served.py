@@ -65,11 +65,18 @@ def _direct_pass(engine: Any, ordered: list[str], options: Any, batch_size: int,
 class _Clients:
     """`concurrency` threads, each with its own Client, send `batch_size`-text requests round-robin."""
 
-    def __init__(self, address: str, options: dict[str, Any], concurrency: int, warm_texts: list[str]) -> None:
+    def __init__(
+        self,
+        address: str,
+        options: dict[str, Any],
+        concurrency: int,
+        warm_texts: list[str],
+        client_kw: dict[str, Any] | None = None,
+    ) -> None:
         from lodestar.services.client import Client
 
         self.options = options
-        self.clients = [Client(address, timeout=600) for _ in range(concurrency)]
+        self.clients = [Client(address, timeout=600, **(client_kw or {})) for _ in range(concurrency)]
         for c in self.clients:  # connect and warm every channel before any clock starts
             c.wait_ready(timeout=60)
             c.embed(warm_texts, **options)

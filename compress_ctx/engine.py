@@ -21,6 +21,7 @@ from lodestar.compress_ctx.extractive import (
 from lodestar.compress_ctx.types import METHODS, ORDERS, SKIP, CompressResult
 from lodestar.embedding import EmbedOptions, TextEmbedder
 from lodestar.errors import InvalidInput
+from lodestar.telemetry import NOOP, Telemetry
 
 # Selective-augmentation threshold for the default scorer (DEFAULT_OPTIONS, DEFAULT_LEXICAL_WEIGHT),
 # calibrated on SQuAD dev questions disjoint from the benchmark's (bench/compress/run.py).
@@ -55,6 +56,7 @@ class CompressionEngine:
         self.embedder = embedder
         self.config = config or CompressConfig()
         self.cache = VectorCache(self.config.cache_entries)
+        self.telemetry: Telemetry = NOOP  # the server sets its metrics here
         self.extractive = ExtractiveCompressor(
             embedder,
             lexical_weight=self.config.lexical_weight,
@@ -175,11 +177,13 @@ class CompressionEngine:
         if method == "abstractive":
             if adapter:
                 self.backbone.adapters.resolve(adapter)  # unknown -> InvalidInput naming the valid ones
-            return self.abstractive_many([query], [passages], max_new_tokens=max_new_tokens, adapter=adapter)[0]
+            result = self.abstractive_many([query], [passages], max_new_tokens=max_new_tokens, adapter=adapter)[0]
+            self.telemetry.compressed(result.tokens_before, result.tokens_after)
+            return result
         if budget_tokens is None and budget_ratio is None and top_n is None:
             budget_ratio = self.config.default_budget_ratio
         cut = self._threshold(threshold, options, query_options) if selective else None
-        return self.extractive.compress(
+        result = self.extractive.compress(
             query,
             passages,
             budget_tokens=budget_tokens or 0,
@@ -190,6 +194,8 @@ class CompressionEngine:
             options=options,
             query_options=query_options,
         )
+        self.telemetry.compressed(result.tokens_before, result.tokens_after)
+        return result
 
     def abstractive_many(
         self,

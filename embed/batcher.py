@@ -19,6 +19,7 @@ import torch
 
 from lodestar.embed.modes import Encoded, ForwardSpec
 from lodestar.errors import DeadlineExceeded, Overloaded
+from lodestar.telemetry import NOOP, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._closed = False
         self.stats = BatcherStats()
+        self.telemetry: Telemetry = NOOP  # the server sets its metrics here
         self._thread = threading.Thread(target=self._loop, name="lodestar-batcher", daemon=True)
         self._thread.start()
 
@@ -198,10 +200,12 @@ class Batcher:
                 if not req.future.done():
                     _settle(req.future, exc=exc)
             return
+        tokens, padded = sum(len(e) for e in items), len(items) * max(len(e) for e in items)
         self.stats.batches += 1
         self.stats.texts += len(items)
-        self.stats.tokens += sum(len(e) for e in items)
-        self.stats.padded_tokens += len(items) * max(len(e) for e in items)
+        self.stats.tokens += tokens
+        self.stats.padded_tokens += padded
+        self.telemetry.embed_batch(len(items), tokens, padded)
         # `out` is a (B, ...) tensor, or a tuple of them (dense vectors with sparse ids and weights).
         parts = out if isinstance(out, tuple) else None
         for b, (req, i) in enumerate(chunk):

@@ -20,6 +20,7 @@ from lodestar.generate.prompts import rag_prompt
 from lodestar.generate.types import GenerationChunk, GenerationParams
 from lodestar.retrieve.engine import RetrievalEngine
 from lodestar.retrieve.types import Filter, Hit, SearchRequest
+from lodestar.telemetry import NOOP, Telemetry
 
 COMPRESSIONS = ("extractive", "abstractive", "none")
 MAX_K = 50
@@ -63,8 +64,13 @@ class AnswerStart:
 
 class AnswerPipeline:
     def __init__(
-        self, retrieval: RetrievalEngine, compression: CompressionEngine, generation: GenerationEngine
+        self,
+        retrieval: RetrievalEngine,
+        compression: CompressionEngine,
+        generation: GenerationEngine,
+        telemetry: Telemetry = NOOP,
     ) -> None:
+        self.telemetry = telemetry  # a span per stage: retrieve, compress, generate
         self.retrieval = retrieval
         self.compression = compression
         self.generation = generation
@@ -101,15 +107,17 @@ class AnswerPipeline:
         if r.length_norm:
             tuning["length_norm"] = r.length_norm
         request = SearchRequest([r.question], k=r.k, retriever=retriever, filters=r.filters, fusion=fusion, **tuning)
-        hits = self.retrieval.search(r.collection, request)[0]
+        with self.telemetry.stage("retrieve"):
+            hits = self.retrieval.search(r.collection, request)[0]
         passages = [h.chunk_text or h.text for h in hits]
         passages = [p for p in passages if p.strip()]
-        start = self._context(r, hits, passages)
+        with self.telemetry.stage("compress"):
+            start = self._context(r, hits, passages)
         params = replace(r.params, chat=True)
         chunks = self.generation.stream(
             rag_prompt(r.question, start.context), params, passages or None, r.datastore, cancel, slot=slot
         )
-        return self._chain(start, chunks)
+        return self._chain(start, chunks, self.telemetry)
 
     def _context(self, r: AnswerRequest, hits: list[Hit], passages: list[str]) -> AnswerStart:
         if not passages:
@@ -127,10 +135,13 @@ class AnswerPipeline:
         return AnswerStart(hits, result.text, result.decision, result.tokens_after, result.tokens_before)
 
     @staticmethod
-    def _chain(start: AnswerStart, chunks: Iterator[GenerationChunk]) -> Iterator[AnswerStart | GenerationChunk]:
+    def _chain(
+        start: AnswerStart, chunks: Iterator[GenerationChunk], telemetry: Telemetry
+    ) -> Iterator[AnswerStart | GenerationChunk]:
         try:
             yield start
-            yield from chunks
+            with telemetry.stage("generate"):
+                yield from chunks
         finally:
             close = getattr(chunks, "close", None)
             if close is not None:

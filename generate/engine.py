@@ -20,6 +20,7 @@ from lodestar.errors import InvalidInput, NotFound, Overloaded
 from lodestar.generate.datastore import MANIFEST, Datastore, StaleDatastore
 from lodestar.generate.decoder import Cancel, DecoderConfig, SpeculativeDecoder
 from lodestar.generate.types import GenerationChunk, GenerationParams
+from lodestar.telemetry import NOOP, Telemetry
 
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
@@ -62,6 +63,7 @@ class GenerationEngine:
         # into the same folder, the second manifest dropping (and unlinking) the first's segment.
         self._write_locks: dict[str, threading.Lock] = {}
         self._in_flight = 0
+        self.telemetry: Telemetry = NOOP  # the server sets its metrics here
         self._default_name = ""
         if config.default_datastore:
             self._default_name = self._open_default(config.default_datastore)
@@ -198,7 +200,7 @@ class GenerationEngine:
         except BaseException:
             release()
             raise
-        return _Counted(chunks, release)
+        return _Counted(chunks, release, self.telemetry)
 
     def admit(self) -> Callable[[], None]:
         """Take one of the max_concurrent generation slots now (Overloaded when none is free);
@@ -227,21 +229,29 @@ class GenerationEngine:
 
 class _Counted:
     """Iterates a generation and releases its in-flight slot exactly once: when it ends, fails, is
-    closed, or is dropped unstarted (a generator's `finally` would not run in that last case)."""
+    closed, or is dropped unstarted (a generator's `finally` would not run in that last case).
+    Reports each step's tokens, and at the end the tokens per verification forward, to `telemetry`."""
 
-    def __init__(self, chunks: Iterator[GenerationChunk], release: Callable[[], None]) -> None:
+    def __init__(
+        self, chunks: Iterator[GenerationChunk], release: Callable[[], None], telemetry: Telemetry = NOOP
+    ) -> None:
         self._chunks = chunks
         self._release: Callable[[], None] | None = release
+        self._telemetry = telemetry
 
     def __iter__(self) -> _Counted:
         return self
 
     def __next__(self) -> GenerationChunk:
         try:
-            return next(self._chunks)
+            chunk = next(self._chunks)
         except BaseException:
             self.close()
             raise
+        self._telemetry.generated(len(chunk.token_ids))
+        if chunk.finish_reason and chunk.stats is not None:
+            self._telemetry.verified(chunk.stats.tokens_per_step)
+        return chunk
 
     def close(self) -> None:
         release, self._release = self._release, None

@@ -19,6 +19,7 @@ collection and its locks), `persistence.py` (open, load, replay, apply, snapshot
 from __future__ import annotations
 
 import builtins
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,10 @@ from lodestar.retrieve.catalog import Catalog
 from lodestar.retrieve.persistence import SNAPSHOT_EVERY, Persistence
 from lodestar.retrieve.prepare import DocLimits, Prepared
 from lodestar.retrieve.search import Searcher
+from lodestar.retrieve.snapshot import MANIFEST
 from lodestar.retrieve.types import CollectionConfig, CollectionStats, Document, Hit, SearchRequest
 from lodestar.retrieve.writes import Writer
+from lodestar.telemetry import NOOP, Telemetry
 
 
 class RetrievalEngine:
@@ -59,6 +62,7 @@ class RetrievalEngine:
         self.catalog = Catalog(self.root, embedder, self.persistence, self.restore_dirs)  # opens every collection
         self.writer = Writer(self.catalog, self.persistence, embedder, self.limits, max_docs_per_upsert)
         self.searcher = Searcher(self.catalog, embedder, max_k, faiss_threads)
+        self.telemetry: Telemetry = NOOP  # the server sets its metrics here
 
     @property
     def hidden_size(self) -> int:
@@ -95,6 +99,16 @@ class RetrievalEngine:
     def status(self) -> dict[str, str]:
         """collection -> "ok" or why it is not serving."""
         return self.catalog.status()
+
+    def snapshot_times(self) -> dict[str, float | None]:
+        """collection -> when its current snapshot was written (epoch seconds), None before the first."""
+        out: dict[str, float | None] = {}
+        for name, c in list(self.catalog.collections.items()):
+            try:
+                out[name] = (c.snapshot_dir / MANIFEST).stat().st_mtime
+            except OSError:
+                out[name] = None
+        return out
 
     def stats(self, name: str) -> CollectionStats:
         """Counts, index state and bytes on disk."""
@@ -142,4 +156,7 @@ class RetrievalEngine:
 
     def search(self, name: str, request: SearchRequest) -> builtins.list[builtins.list[Hit]]:
         """One list of document hits per query, best first."""
-        return self.searcher.search(name, request)
+        start = time.perf_counter()
+        hits = self.searcher.search(name, request)
+        self.telemetry.searched(request.retriever, time.perf_counter() - start)
+        return hits

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,6 +14,7 @@ from grpc_health.v1._async import HealthServicer
 
 from lodestar.errors import Unavailable
 from lodestar.services.settings import Settings
+from lodestar.telemetry import NOOP, Telemetry
 
 if TYPE_CHECKING:
     from lodestar.backbone import Backbone
@@ -53,6 +56,9 @@ class Runtime:
         self._shutting_down = False
         self.loaded = asyncio.Event()
         self.load_task: asyncio.Future | None = None  # the background model load (kept referenced)
+        self.load_seconds: float | None = None  # how long the model and engines took to load
+        self.telemetry: Telemetry = NOOP  # handed to every engine once built (metrics, tracing)
+        self._on_close: list[Callable[[], None]] = []
 
     async def set_health(self, status: int) -> None:
         for name in ["", *self.service_names]:
@@ -102,7 +108,7 @@ class Runtime:
                 f"Answer needs the retrieve, compress and generate services in one process; this one serves "
                 f"{', '.join(sorted(self.serves))} (start it with --only retrieve,compress,generate or without --only)"
             )
-        return AnswerPipeline(self._retrieval, self._compression, self._generation)
+        return AnswerPipeline(self._retrieval, self._compression, self._generation, self.telemetry)
 
     async def refresh_collection_health(self) -> None:
         """Per-collection health (`lodestar.retrieve.v1.RetrieveService/<name>`): NOT_SERVING for a
@@ -115,6 +121,7 @@ class Runtime:
     async def load(self, backbone: Backbone | None = None) -> None:
         """Load the model off the event loop, then report SERVING."""
         loop = asyncio.get_running_loop()
+        start = time.perf_counter()
         try:
             self._engine = await loop.run_in_executor(None, self._build_engine, backbone)
             if self.serves & {"retrieve", "index"}:
@@ -133,9 +140,23 @@ class Runtime:
             return
         finally:
             self.loaded.set()
+        self.load_seconds = time.perf_counter() - start
+        self._attach_telemetry()
         await self.set_health(SERVING)
         await self.refresh_collection_health()
         log.info("model %s loaded; serving", self._engine.backbone.model_id)
+
+    def _attach_telemetry(self) -> None:
+        """Give every engine built the process's telemetry (a no-op unless metrics or tracing are on)."""
+        if self._engine is not None:
+            self._engine.batcher.telemetry = self.telemetry
+        for engine in (self._retrieval, self._compression, self._generation):
+            if engine is not None:
+                engine.telemetry = self.telemetry
+
+    def on_close(self, fn: Callable[[], None]) -> None:
+        """Run `fn` when the runtime closes (the metrics server, the tracer's exporter)."""
+        self._on_close.append(fn)
 
     def _build_engine(self, backbone: Backbone | None) -> EmbeddingEngine:
         from lodestar.backbone import BackboneConfig, load_backbone
@@ -254,3 +275,9 @@ class Runtime:
             self._retrieval.close()
         if self._engine is not None:
             self._engine.close()
+        callbacks, self._on_close = self._on_close, []
+        for fn in callbacks:
+            try:
+                fn()
+            except Exception:
+                log.exception("closing %r failed", fn)

@@ -1,7 +1,8 @@
 """Server factory and process entry point.
 
 `create_server(settings) -> (server, port)` builds a grpc.aio server with every requested service,
-health (NOT_SERVING until the model is loaded, and again during shutdown), reflection, the error
+health (NOT_SERVING until the model is loaded, and again during shutdown), reflection, the edge
+(TLS, tokens, request ids, access log, metrics, tracing: services/edge.py) and the error
 interceptor, message-size and concurrency caps, and starts loading the model in the background.
 """
 
@@ -21,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from lodestar.errors import InvalidInput, Unavailable
 from lodestar.services.compress import CompressServicer
+from lodestar.services.edge import Edge, build_edge
 from lodestar.services.embed import EmbedServicer
 from lodestar.services.generate import GenerateServicer
 from lodestar.services.index import IndexServicer
@@ -48,10 +50,15 @@ class Servicer(Protocol):
 
 
 _RUNTIMES: weakref.WeakKeyDictionary[grpc.aio.Server, Runtime] = weakref.WeakKeyDictionary()
+_EDGES: weakref.WeakKeyDictionary[grpc.aio.Server, Edge] = weakref.WeakKeyDictionary()
 
 
 def runtime_of(server: grpc.aio.Server) -> Runtime:
     return _RUNTIMES[server]
+
+
+def edge_of(server: grpc.aio.Server) -> Edge:
+    return _EDGES[server]
 
 
 # Every servicer, by the short name `--only` uses; each class names its gRPC service and how it is added.
@@ -90,12 +97,14 @@ async def create_server(settings: Settings, *, backbone: Backbone | None = None)
         ("grpc.keepalive_time_ms", 120_000),
         ("grpc.keepalive_timeout_ms", 20_000),
     ]
+    runtime = Runtime(settings, [])
+    edge = build_edge(settings, runtime)
+    runtime.on_close(edge.close)
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor()],
+        interceptors=[*edge.interceptors, ErrorInterceptor()],
         options=options,
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
-    runtime = Runtime(settings, [])
     runtime.service_names = _register(server, runtime, settings.only)
     health_pb2_grpc.add_HealthServicer_to_server(runtime.health, server)
     reflection.enable_server_reflection(
@@ -104,11 +113,13 @@ async def create_server(settings: Settings, *, backbone: Backbone | None = None)
     )
     address = f"{settings.host}:{settings.port}"
     try:
-        port = server.add_insecure_port(address)
+        port = edge.bind(server, address)
     except RuntimeError as exc:
+        edge.close()
         raise Unavailable(f"cannot bind {address}: {exc}") from exc
     await runtime.set_health(NOT_SERVING)
     _RUNTIMES[server] = runtime
+    _EDGES[server] = edge
     runtime.load_task = asyncio.ensure_future(runtime.load(backbone))
     return server, port
 
@@ -166,6 +177,11 @@ class BackgroundServer:
     def runtime(self) -> Runtime:
         assert self.server is not None
         return runtime_of(self.server)
+
+    @property
+    def edge(self) -> Edge:
+        assert self.server is not None
+        return edge_of(self.server)
 
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)

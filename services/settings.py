@@ -6,9 +6,9 @@ Read at start-up by `Settings()` (the CLI and server factory build one); never a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 SERVICES = ("embed", "retrieve", "index", "compress", "generate")
@@ -125,6 +125,60 @@ class Settings(BaseSettings):
     grace_period_s: float = Field(10.0, ge=0, description="how long shutdown waits for in-flight RPCs")
     data_dir: Path = Field(Path(".lodestar"), description="on-disk state (indexes, jobs)")
     log_level: str = Field("INFO", description="DEBUG | INFO | WARNING | ERROR")
+
+    # --- security ---
+    tls_cert: Path | None = Field(
+        None,
+        description="this process's certificate (PEM chain): the server's (TLS on the gRPC port; re-read when the file changes), or a client's for mTLS",
+    )
+    tls_key: Path | None = Field(None, description="the private key (PEM) of tls_cert")
+    tls_client_ca: Path | None = Field(
+        None,
+        description="server: CA bundle (PEM) that client certificates must chain to; set = mTLS, clients without one are refused at the handshake",
+    )
+    tls_ca: Path | None = Field(
+        None, description="client/CLI/worker: CA bundle (PEM) the server's certificate must chain to; set = TLS"
+    )
+    tls: bool = Field(
+        False, description="client/CLI/worker: TLS with the system's root CAs (implied by tls_ca or tls_cert)"
+    )
+    tokens_file: Path | None = Field(
+        None,
+        description="server: JSON list of {name, sha256, scopes} (`lodestar token create`); unset = no authentication (every RPC open); re-read when it changes",
+    )
+    token: SecretStr = Field(SecretStr(""), description="client/CLI: bearer token sent with every call")
+    worker_token: SecretStr = Field(
+        SecretStr(""),
+        description="`lodestar worker`: bearer token (scope worker) it calls the server with; empty = token",
+    )
+
+    # --- observability ---
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="serve Prometheus /metrics over HTTP on this port (on host); unset = no metrics; 0 picks a free one (tests)",
+    )
+    worker_metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="`lodestar worker`: Prometheus /metrics port; unset = none"
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: one readable line per event; json: one JSON object per line (log collectors)"
+    )
+    access_log: bool = Field(
+        True,
+        description="one log line per RPC (method, status, duration, peer, token name, request id) on logger lodestar.access",
+    )
+    otlp_endpoint: str = Field(
+        "",
+        description="OpenTelemetry collector (OTLP/gRPC, e.g. http://otel-collector:4317): spans for every RPC and Answer's stages; needs `pip install lodestar[otel]`; empty = no tracing",
+    )
+
+    def client_security(self, worker: bool = False) -> dict[str, Any]:
+        """Client keyword arguments (tls, ca, cert, key, token) these settings give; a worker's token
+        is worker_token, else token."""
+        token = (self.worker_token.get_secret_value() if worker else "") or self.token.get_secret_value()
+        return {"tls": self.tls, "ca": self.tls_ca, "cert": self.tls_cert, "key": self.tls_key, "token": token or None}
 
     @field_validator("only", "adapter_dirs", "datastore_dirs", "restore_dirs", mode="before")
     @classmethod

@@ -8,6 +8,7 @@ step: no forward runs for a caller that is gone.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor
@@ -48,7 +49,9 @@ async def iterate_in_thread(
                 close()
         put(_END)
 
-    future = loop.run_in_executor(executor, work)
+    # The worker runs in a copy of the caller's context: its log lines carry the request id, and
+    # the spans it opens (Answer's stages) nest under the RPC's span.
+    future = loop.run_in_executor(executor, contextvars.copy_context().run, work)
     try:
         while True:
             item, exc = await queue.get()

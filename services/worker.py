@@ -116,7 +116,7 @@ class _Process:
 
                 cls.settings = cls.settings or Settings()
                 cls.embedder = Runtime(cls.settings, [])._build_engine(None)
-                cls.client = Client(cls.settings.server, timeout=600)
+                cls.client = Client(cls.settings.server, timeout=600, **cls.settings.client_security(worker=True))
             return cls.embedder, cls.client
 
 
@@ -157,6 +157,11 @@ def main(settings: Any, extra: list[str] | None = None) -> None:
         raise InvalidInput("no broker configured: set LODESTAR_BROKER_URL (e.g. redis://127.0.0.1:6379/0)")
     configure(app, settings.broker_url, settings.result_backend, settings.broker_visibility_timeout_s)
     _Process.settings = settings
+    if settings.worker_metrics_port is not None:
+        from lodestar.services.observability import worker as worker_metrics
+
+        worker_metrics.prepare(settings.worker_concurrency)
+        worker_metrics.WorkerMetrics(settings.host, settings.worker_metrics_port, settings.worker_concurrency).connect()
     pool = "solo" if settings.worker_concurrency == 1 else "prefork"
     if pool == "solo":
         _Process.get()  # load the model before the worker says it is ready

@@ -405,6 +405,13 @@ class JobStore:
             processed,
         )
 
+    def counts(self) -> tuple[dict[str, int], int]:
+        """(chunks by state over every job, documents written by every job): what metrics report."""
+        with self._lock:
+            states = dict(self._db.execute("SELECT state, COUNT(*) FROM job_chunks GROUP BY state").fetchall())
+            written = self._db.execute("SELECT COALESCE(SUM(written), 0) FROM jobs").fetchone()[0]
+        return states, int(written)
+
     def list(self, limit: int = 100) -> list[JobInfo]:
         with self._lock:
             ids = [r[0] for r in self._db.execute("SELECT id FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,))]

@@ -1,7 +1,8 @@
 """The `lodestar` command line. Each `*_cmds` module holds one side's commands and registers them.
 
-Commands that talk to a server take `--server HOST:PORT` (before or after the command); `--json` prints one JSON
-object for scripts. Errors exit non-zero with the server's message.
+Commands that talk to a server take `--server HOST:PORT` and the connection options (`--tls`, `--tls-ca`,
+`--tls-cert`, `--tls-key`, `--token`; before or after the command, or their LODESTAR_* variables); `--json`
+prints one JSON object for scripts. Errors exit non-zero with the server's message.
 """
 
 from __future__ import annotations
@@ -19,10 +20,21 @@ from lodestar.services.cli import (
     generate_cmds,
     jobs_cmds,
     retrieve_cmds,
+    token_cmds,
     train_cmds,
 )
 
-MODULES = (embed_cmds, retrieve_cmds, jobs_cmds, compress_cmds, generate_cmds, train_cmds, config_cmds)
+MODULES = (embed_cmds, retrieve_cmds, jobs_cmds, compress_cmds, generate_cmds, train_cmds, config_cmds, token_cmds)
+
+# How a command reaches a server: option -> help. Each is taken before or after the command name.
+CONNECTION = {
+    "--server": "HOST:PORT of a running server (LODESTAR_SERVER)",
+    "--tls": "connect with TLS, trusting the system's root CAs (LODESTAR_TLS)",
+    "--tls-ca": "connect with TLS, trusting this CA bundle (PEM) for the server's certificate (LODESTAR_TLS_CA)",
+    "--tls-cert": "client certificate (PEM) for servers that require one (mTLS) (LODESTAR_TLS_CERT)",
+    "--tls-key": "the client certificate's key (PEM) (LODESTAR_TLS_KEY)",
+    "--token": "bearer token sent with every call (LODESTAR_TOKEN; prefer the variable: arguments show in ps)",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lodestar", description="Lodestar retrieval-and-embedding stack")
     p.add_argument("--version", action="version", version=f"lodestar {lodestar.__version__}")
     p.add_argument("--server", default=default_server, help=f"HOST:PORT of a running server (default {default_server})")
+    for option, text in CONNECTION.items():
+        if option != "--server":
+            _add_connection(p, option, text, None)
     sub = p.add_subparsers(dest="command", required=True)
     groups = {
         "eval": sub.add_parser("eval", help="quality evaluations").add_subparsers(dest="eval", required=True),
@@ -44,16 +59,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_connection(parser: argparse.ArgumentParser, option: str, text: str, default: object) -> None:
+    if option == "--tls":
+        parser.add_argument(option, action="store_true", default=default if default is not None else False, help=text)
+    else:
+        parser.add_argument(option, default=default, help=text, metavar="TOKEN" if option == "--token" else None)
+
+
 def _server_after_command(parser: argparse.ArgumentParser) -> None:
-    """Let every command take --server too (`lodestar search q -c docs --server h:1`); given there,
-    it overrides the global one, which stays the default."""
+    """Let every command take the connection options too (`lodestar search q -c docs --server h:1`);
+    given there, they override the global ones, which stay the defaults. A command that declares one
+    itself (serve's --tls-cert is the server's certificate) keeps its own."""
     for action in parser._subparsers._group_actions if parser._subparsers else ():  # noqa: SLF001 (argparse has no public walk)
         assert isinstance(action, argparse._SubParsersAction)  # noqa: SLF001 (what _subparsers holds)
         for child in action.choices.values():
             if child._subparsers:  # noqa: SLF001
                 _server_after_command(child)
-            elif not any("--server" in a.option_strings for a in child._actions):  # noqa: SLF001
-                child.add_argument("--server", default=argparse.SUPPRESS, help="HOST:PORT of a running server")
+                continue
+            taken = {o for a in child._actions for o in a.option_strings}  # noqa: SLF001
+            for option, text in CONNECTION.items():
+                if option not in taken:
+                    _add_connection(child, option, text, argparse.SUPPRESS)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,27 @@ def settings(**overrides: Any) -> Any:
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
+def connection(args: argparse.Namespace) -> dict[str, Any]:
+    """The Settings fields the connection options (--tls, --tls-ca, --tls-cert, --tls-key, --token) override."""
+    return {
+        "tls": getattr(args, "tls", False) or None,
+        "tls_ca": getattr(args, "tls_ca", None),
+        "tls_cert": getattr(args, "tls_cert", None),
+        "tls_key": getattr(args, "tls_key", None),
+        "token": getattr(args, "token", None),
+    }
+
+
+def connect(args: argparse.Namespace, timeout: float | None = 60.0) -> Any:
+    """A Client for the command's --server, with TLS and the token from the options or LODESTAR_*."""
+    from lodestar.services.client import Client
+
+    try:
+        return Client(args.server, timeout=timeout, **settings(**connection(args)).client_security())
+    except ValueError as exc:  # an unreadable certificate file, a certificate without its key
+        raise LodestarError(str(exc)) from None
+
+
 def plain(obj: Any) -> Any:
     """Client results (dataclasses, lists of them) as JSON-ready values."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):

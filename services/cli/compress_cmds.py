@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lodestar.errors import LodestarError
-from lodestar.services.cli.common import add_result_args, print_obj, settings
+from lodestar.services.cli.common import add_result_args, connect, print_obj, settings
 
 
 def _passages(args: argparse.Namespace) -> list[str]:
@@ -26,8 +26,6 @@ def _passages(args: argparse.Namespace) -> list[str]:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from dataclasses import asdict
-
-    from lodestar.services.client import Client
 
     abstractive = args.method == "abstractive"
     scorer_adapter = None if abstractive else args.adapter
@@ -51,7 +49,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         )
         if v
     }
-    with Client(args.server, timeout=600) as c:
+    with connect(args, timeout=600) as c:
         res = c.compress(
             args.query,
             _passages(args),

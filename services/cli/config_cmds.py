@@ -7,6 +7,7 @@ import argparse
 import inspect
 import json
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,10 @@ def _default(name: str) -> str:
     if field.default_factory is not None:
         return "(see description)"
     value = field.default
+    if value is None:
+        return "unset"
+    if hasattr(value, "get_secret_value"):  # a SecretStr: its default is empty or it would not be secret
+        value = value.get_secret_value()
     if isinstance(value, Path):
         home = str(Path.home())
         text = str(value)
@@ -58,8 +63,14 @@ def _type(name: str) -> str:
     from lodestar.services.settings import Settings
 
     annotation = Settings.model_fields[name].annotation
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Literal:
+        return " \\| ".join(str(a) for a in args)
+    if type(None) in args:  # `X | None`: unset is a value of its own (the default says what it means)
+        annotation = next(a for a in args if a is not type(None))
     text = getattr(annotation, "__name__", None) or str(annotation)
-    return {"tuple": "list", "PosixPath": "path", "Path": "path"}.get(text, text).replace("typing.", "")
+    names = {"tuple": "list", "PosixPath": "path", "Path": "path", "SecretStr": "secret"}
+    return names.get(text, text).replace("typing.", "")
 
 
 def markdown() -> str:

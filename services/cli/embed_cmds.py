@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 from lodestar.errors import LodestarError
 from lodestar.services.cli.common import (
     add_embed_options,
+    connect,
     embed_options,
     local_engine,
     plain,
@@ -24,6 +24,7 @@ from lodestar.services.cli.common import (
 def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
+    from lodestar.services.observability.context import configure_logging
     from lodestar.services.server import serve
 
     only = tuple(args.only.split(",")) if args.only else None
@@ -36,8 +37,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         device=args.device,
         log_level=args.log_level,
+        tls_cert=getattr(args, "tls_cert", None),
+        tls_key=getattr(args, "tls_key", None),
+        tls_client_ca=args.tls_client_ca,
+        tokens_file=args.tokens_file,
+        metrics_port=args.metrics_port,
+        log_format=args.log_format,
+        otlp_endpoint=args.otlp_endpoint,
     )
-    logging.basicConfig(level=s.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(s.log_level, s.log_format)
     asyncio.run(serve(s))
     return 0
 
@@ -81,7 +89,6 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from lodestar.durable import save_npy_atomic, write_atomic
-    from lodestar.services.client import Client
 
     if args.file:
         texts = read_texts(Path(args.file))
@@ -99,7 +106,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
             with_dense=not args.no_dense,
         )
     dense = not args.no_dense
-    with Client(args.server) as client:
+    with connect(args) as client:
         if not args.file and not args.out:  # a few texts on the command line: print them
             res = client.embed(texts, **(opts | {"sparse_tokens": True} if sparse else opts))
             if args.json:
@@ -176,9 +183,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from lodestar.services.client import Client, ClientError
+    from lodestar.services.client import ClientError
 
-    with Client(args.server) as client:
+    with connect(args) as client:
         info = plain(client.info())
         info["health"] = client.health()
         try:
@@ -228,6 +235,19 @@ def cmd_eval_sts(args: argparse.Namespace) -> int:
 def cmd_bench_embed(args: argparse.Namespace) -> int:
     from lodestar.bench.served import bench_embed
 
+    if args.edge:
+        from lodestar.bench.edge import bench_edge_cost
+
+        result = bench_edge_cost(
+            texts=read_texts(Path(args.texts))[: args.limit or None],
+            options=embed_options(args),
+            concurrency=args.concurrency,
+            batch_size=args.batch_size,
+            model=args.model,
+            repeats=args.repeats,
+        )
+        write_result(result, args.out)
+        return 0
     result = bench_embed(
         texts=read_texts(Path(args.texts))[: args.limit or None],
         options=embed_options(args),
@@ -270,6 +290,23 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     s.add_argument("--device", help="auto | cpu | cuda | cuda:N (LODESTAR_DEVICE)")
     s.add_argument(
         "--log-level", metavar="LEVEL", help="DEBUG | INFO | WARNING | ERROR (LODESTAR_LOG_LEVEL, default INFO)"
+    )
+    s.add_argument("--log-format", choices=["text", "json"], help="log lines as text or JSON (LODESTAR_LOG_FORMAT)")
+    sec = s.add_argument_group("security (docs/security.md; unset: plaintext, every RPC open)")
+    sec.add_argument(
+        "--tls-cert", default=argparse.SUPPRESS, help="server certificate chain, PEM: TLS on (LODESTAR_TLS_CERT)"
+    )
+    sec.add_argument("--tls-key", default=argparse.SUPPRESS, help="its private key, PEM (LODESTAR_TLS_KEY)")
+    sec.add_argument(
+        "--tls-client-ca", help="require client certificates signed by this CA bundle: mTLS (LODESTAR_TLS_CLIENT_CA)"
+    )
+    sec.add_argument(
+        "--tokens-file", help="bearer tokens and their scopes (`lodestar token create`) (LODESTAR_TOKENS_FILE)"
+    )
+    obs = s.add_argument_group("observability")
+    obs.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (LODESTAR_METRICS_PORT)")
+    obs.add_argument(
+        "--otlp-endpoint", help="send OpenTelemetry spans here, e.g. http://collector:4317 (LODESTAR_OTLP_ENDPOINT)"
     )
     s.set_defaults(func=cmd_serve)
 
@@ -316,6 +353,13 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     be.add_argument("--batch-size", type=int, default=16, help="texts per client request")
     be.add_argument("--limit", type=int, default=0, help="use only the first N texts")
     be.add_argument("--model")
+    be.add_argument(
+        "--edge",
+        action="store_true",
+        help="instead: served throughput with TLS + token + metrics + access log on vs all off, interleaved "
+        "(needs `cryptography`, in the test extra)",
+    )
+    be.add_argument("--repeats", type=int, default=5, help="--edge: runs of each side")
     be.add_argument("--out", help="also write the JSON here")
     add_embed_options(be)
     be.set_defaults(func=cmd_bench_embed)

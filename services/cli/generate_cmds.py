@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lodestar.errors import LodestarError
-from lodestar.services.cli.common import add_result_args, plain, print_obj, settings, write_result
+from lodestar.services.cli.common import add_result_args, connect, plain, print_obj, settings, write_result
 
 
 def _decoding(args: argparse.Namespace) -> dict[str, Any]:
@@ -74,20 +74,19 @@ def _stream_out(items: Iterator[Any], as_json: bool, head: dict[str, Any] | None
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from lodestar.services.client import Client
 
     passages = list(args.passage or [])
-    with Client(args.server, timeout=None) as c:
+    with connect(args, timeout=None) as c:
         chunks = c.generate_stream(args.prompt, passages=passages, chat=args.chat, **_decoding(args))
         return _stream_out(chunks, args.json)
 
 
 def cmd_answer(args: argparse.Namespace) -> int:
     from lodestar.services.cli.retrieve_cmds import parse_filter
-    from lodestar.services.client import AnswerContext, Client
+    from lodestar.services.client import AnswerContext
 
     filters = [parse_filter(f) for f in args.filter or []]
-    with Client(args.server, timeout=None) as c:
+    with connect(args, timeout=None) as c:
         items = iter(
             c.answer_stream(
                 args.question,
@@ -188,9 +187,7 @@ def _resumable_upload(
 
 def cmd_datastore(args: argparse.Namespace) -> int:
     if args.action == "list":
-        from lodestar.services.client import Client
-
-        with Client(args.server) as c:
+        with connect(args) as c:
             stores = c.list_datastores()
         if args.json:
             print(json.dumps(plain(stores)))
@@ -201,10 +198,8 @@ def cmd_datastore(args: argparse.Namespace) -> int:
             )
         return 0
     if args.name:  # on the server, by name
-        from lodestar.services.client import Client
-
         progress = Path(f".lodestar-datastore-{args.name}.progress")
-        with Client(args.server, timeout=None) as c:
+        with connect(args, timeout=None) as c:
             run = _resumable_upload(
                 args,
                 progress,

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lodestar.errors import LodestarError
-from lodestar.services.cli.common import add_result_args, plain, print_obj, settings
+from lodestar.services.cli.common import add_result_args, connect, connection, plain, print_obj, settings
 
 if TYPE_CHECKING:
     from lodestar.services.client import Job
@@ -79,11 +79,9 @@ def _report(job: Job, as_json: bool) -> int:
 def cmd_index(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from lodestar.services.client import Client
-
     path = _source(args.file)
     total = sum(1 for _ in open(path, "rb"))
-    with Client(args.server, timeout=None) as c:
+    with connect(args, timeout=None) as c:
         bar = tqdm(total=total, unit="line", desc="upload", disable=args.quiet)
 
         def lines() -> Iterator[tuple[int, bytes]]:
@@ -105,9 +103,8 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from lodestar.services.client import Client
 
-    with Client(args.server, timeout=None) as c:
+    with connect(args, timeout=None) as c:
         action = args.action or "list"
         if action == "list":
             jobs = c.list_jobs(args.limit)
@@ -130,12 +127,20 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    import logging
-
+    from lodestar.services.observability.context import configure_logging
     from lodestar.services.worker import main
 
-    s = settings(broker_url=args.broker, worker_concurrency=args.concurrency, model=args.model, server=args.server)
-    logging.basicConfig(level=s.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = connection(args)
+    overrides["worker_token"] = overrides.pop("token")  # --token: the one this worker calls with
+    s = settings(
+        broker_url=args.broker,
+        worker_concurrency=args.concurrency,
+        model=args.model,
+        server=args.server,
+        worker_metrics_port=args.metrics_port,
+        **overrides,
+    )
+    configure_logging(s.log_level, s.log_format)
     extra = ["--hostname", args.hostname] if args.hostname else []
     main(s, extra)
     return 0
@@ -209,4 +214,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     w.add_argument("--concurrency", type=int, help="tasks at once (default 1; each process loads the model)")
     w.add_argument("--hostname", help="worker name, e.g. w1@%%h")
     w.add_argument("--model")
+    w.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus /metrics on this port (LODESTAR_WORKER_METRICS_PORT)"
+    )
     w.set_defaults(func=cmd_worker)

@@ -8,13 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from lodestar.errors import LodestarError
-from lodestar.services.cli.common import add_result_args, local_engine, plain, print_obj, write_result
+from lodestar.services.cli.common import add_result_args, connect, local_engine, plain, print_obj, write_result
 
 
 def cmd_collection(args: argparse.Namespace) -> int:
-    from lodestar.services.client import Client
 
-    with Client(args.server) as c:
+    with connect(args) as c:
         if args.action == "create":
             config = {
                 "mode": args.mode or "",
@@ -92,9 +91,8 @@ def cmd_doc(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from lodestar.retrieve.types import Document
-    from lodestar.services.client import Client
 
-    with Client(args.server) as c:
+    with connect(args) as c:
         if args.action == "upsert":
             if bool(args.file) == bool(args.id):
                 raise LodestarError("give a jsonl FILE, or --id with --text")
@@ -138,10 +136,9 @@ def cmd_doc(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from lodestar.services.client import Client
 
     filters = [parse_filter(f) for f in args.filter or []]
-    with Client(args.server) as c:
+    with connect(args) as c:
         results = c.search(
             args.collection,
             args.queries,

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
+from functools import partial
 from typing import Any, TypeVar
 
 import grpc
 
 from lodestar.services.client.calls import Calls, Split, Stream, Unary, Upload
-from lodestar.services.client.channel import ChannelConfig, aio_channel
+from lodestar.services.client.channel import PEM, ChannelConfig, Security, aio_channel
 from lodestar.services.client.sync import STUBS, error
 from lodestar.services.client.types import ClientError
 
@@ -26,19 +27,31 @@ T = TypeVar("T")
 class AsyncClient(Calls):
     """`Client` for asyncio (grpc.aio): every unary method returns an awaitable of what Client's returns;
     embed_stream, generate_stream, answer_stream and watch_job return async iterators. Create it inside
-    the event loop that uses it."""
+    the event loop that uses it. TLS and the token as for Client."""
 
     def __init__(
-        self, address: str = "127.0.0.1:50051", timeout: float | None = 60.0, *, channel: ChannelConfig | None = None
+        self,
+        address: str = "127.0.0.1:50051",
+        timeout: float | None = 60.0,
+        *,
+        channel: ChannelConfig | None = None,
+        tls: bool = False,
+        ca: PEM | None = None,
+        cert: PEM | None = None,
+        key: PEM | None = None,
+        token: str | None = None,
     ) -> None:
         self.address = address
         self.timeout = timeout
-        self._channel = aio_channel(address, channel or ChannelConfig())
+        self._security = Security.of(tls, ca, cert, key, token)
+        self._metadata = self._security.metadata()
+        self._channel = aio_channel(address, channel or ChannelConfig(), self._security)
         self._stubs = {name: stub(self._channel) for name, stub in STUBS.items()}
         self._max_texts: int | None = None
 
     def _method(self, rpc: tuple[str, str]) -> Any:
-        return getattr(self._stubs[rpc[0]], rpc[1])
+        """The stub's method with this client's call metadata (the token) bound."""
+        return partial(getattr(self._stubs[rpc[0]], rpc[1]), metadata=self._metadata)
 
     def _run(self, plan: Any) -> Any:
         if isinstance(plan, Stream):
@@ -58,7 +71,7 @@ class AsyncClient(Calls):
         except grpc.RpcError as exc:
             if isinstance(plan, Unary) and plan.on_error is not None:
                 return plan.on_error(exc)
-            raise error(exc) from None
+            raise error(exc, self._security) from None
         raise TypeError(f"unknown plan {plan!r}")
 
     async def _per_request(self, count: int) -> int:
@@ -82,7 +95,7 @@ class AsyncClient(Calls):
                     yield item
                 first = False
         except grpc.RpcError as exc:
-            raise error(exc) from None
+            raise error(exc, self._security) from None
         finally:
             call.cancel()
 

@@ -1,9 +1,11 @@
-"""How the client's channel is made: message size, keepalive, retries with backoff, load balancing."""
+"""How the client's channel is made: message size, keepalive, retries with backoff, load balancing,
+TLS (server CA, client certificate for mTLS) and the bearer token sent with every call."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -66,9 +68,84 @@ def options(c: ChannelConfig) -> list[tuple[str, Any]]:
     return out
 
 
-def sync_channel(target: str, c: ChannelConfig) -> grpc.Channel:
-    return grpc.insecure_channel(target, options=options(c))
+PEM = str | Path | bytes  # a file's path, or the PEM bytes themselves
 
 
-def aio_channel(target: str, c: ChannelConfig) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(target, options=options(c))
+def _pem(value: PEM | None) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    try:
+        return Path(value).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read {value}: {exc.strerror}") from None
+
+
+@dataclass(frozen=True)
+class Security:
+    """Who the client trusts and who it says it is: TLS (the system's roots, or `ca`), a client
+    certificate for mTLS (`cert` and `key`), and a bearer token sent in every call's metadata."""
+
+    tls: bool = False
+    ca: bytes | None = field(default=None, repr=False)
+    cert: bytes | None = field(default=None, repr=False)
+    key: bytes | None = field(default=None, repr=False)
+    token: str = field(default="", repr=False)  # never printed
+
+    @classmethod
+    def of(
+        cls,
+        tls: bool = False,
+        ca: PEM | None = None,
+        cert: PEM | None = None,
+        key: PEM | None = None,
+        token: str | None = None,
+    ) -> Security:
+        """From paths or PEM bytes; a CA or a client certificate implies TLS."""
+        if (cert is None) != (key is None):
+            raise ValueError("a client certificate needs its key: give cert and key together")
+        return cls(bool(tls or ca or cert), _pem(ca), _pem(cert), _pem(key), token or "")
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        """TLS channel credentials, or None for plaintext."""
+        if not self.tls:
+            return None
+        return grpc.ssl_channel_credentials(self.ca, self.key, self.cert)
+
+    def metadata(self) -> tuple[tuple[str, str], ...] | None:
+        """What every call carries: the token as `authorization: Bearer ...` (None: nothing)."""
+        return (("authorization", f"Bearer {self.token}"),) if self.token else None
+
+    def explain(self, code: str, details: str) -> str:
+        """A transport failure's message with what to change when TLS is the likely cause."""
+        if code != "UNAVAILABLE":
+            return details
+        if "CERTIFICATE_VERIFY_FAILED" in details:
+            return (
+                f"{details} -- the server's certificate is not signed by a CA this client trusts: "
+                "pass the server's CA (ca=..., --tls-ca or LODESTAR_TLS_CA)"
+            )
+        if "Socket closed" in details or "WRONG_VERSION_NUMBER" in details:
+            if not self.tls:
+                return (
+                    f"{details} -- if the server uses TLS, connect with TLS (tls=True or ca=...; "
+                    "--tls / --tls-ca or LODESTAR_TLS_CA)"
+                )
+            hint = "if the server is plaintext, connect without TLS"
+            if self.cert is None:
+                hint += "; if it requires client certificates (mTLS), pass cert= and key= (--tls-cert, --tls-key)"
+            return f"{details} -- {hint}"
+        return details
+
+
+def sync_channel(target: str, c: ChannelConfig, security: Security | None = None) -> grpc.Channel:
+    creds = security.credentials() if security else None
+    if creds is None:
+        return grpc.insecure_channel(target, options=options(c))
+    return grpc.secure_channel(target, creds, options=options(c))
+
+
+def aio_channel(target: str, c: ChannelConfig, security: Security | None = None) -> grpc.aio.Channel:
+    creds = security.credentials() if security else None
+    if creds is None:
+        return grpc.aio.insecure_channel(target, options=options(c))
+    return grpc.aio.secure_channel(target, creds, options=options(c))

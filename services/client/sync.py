@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from typing import Any, TypeVar
 
 import grpc
@@ -19,7 +20,7 @@ from lodestar.generate.v1 import generate_pb2_grpc as gpb_grpc
 from lodestar.retrieve.v1 import index_pb2_grpc as ipb_grpc
 from lodestar.retrieve.v1 import retrieve_pb2_grpc as rpb_grpc
 from lodestar.services.client.calls import Calls, Split, Stream, Unary, Upload
-from lodestar.services.client.channel import ChannelConfig, sync_channel
+from lodestar.services.client.channel import PEM, ChannelConfig, Security, sync_channel
 from lodestar.services.client.types import ClientError
 
 T = TypeVar("T")
@@ -33,15 +34,17 @@ STUBS = {
 }
 
 
-def error(exc: grpc.RpcError) -> ClientError:
-    return ClientError(exc.code().name, exc.details() or "")
+def error(exc: grpc.RpcError, security: Security | None = None) -> ClientError:
+    code, details = exc.code().name, exc.details() or ""
+    return ClientError(code, security.explain(code, details) if security else details)
 
 
 class Client(Calls):
     """Talks to a Lodestar server (`address`: host:port, or dns:///name:port for several replicas,
     balanced per call). `timeout` is the default deadline of unary calls in seconds (None: none);
     `channel` tunes message size, keepalive, retries (UNAVAILABLE, RESOURCE_EXHAUSTED, with backoff)
-    and load balancing."""
+    and load balancing. TLS: `tls=True` (the system's roots) or `ca` (the server's CA: a path or PEM
+    bytes); `cert` and `key` present a client certificate (mTLS); `token` is sent as a bearer token."""
 
     def __init__(
         self,
@@ -50,18 +53,26 @@ class Client(Calls):
         *,
         max_message_bytes: int | None = None,
         channel: ChannelConfig | None = None,
+        tls: bool = False,
+        ca: PEM | None = None,
+        cert: PEM | None = None,
+        key: PEM | None = None,
+        token: str | None = None,
     ) -> None:
         config = channel or ChannelConfig()
         if max_message_bytes is not None:
             config = ChannelConfig(**{**config.__dict__, "max_message_bytes": max_message_bytes})
         self.address = address
         self.timeout = timeout
-        self._channel = sync_channel(address, config)
+        self._security = Security.of(tls, ca, cert, key, token)
+        self._metadata = self._security.metadata()
+        self._channel = sync_channel(address, config, self._security)
         self._stubs = {name: stub(self._channel) for name, stub in STUBS.items()}
         self._max_texts: int | None = None
 
     def _method(self, rpc: tuple[str, str]) -> Any:
-        return getattr(self._stubs[rpc[0]], rpc[1])
+        """The stub's method with this client's call metadata (the token) bound."""
+        return partial(getattr(self._stubs[rpc[0]], rpc[1]), metadata=self._metadata)
 
     def _run(self, plan: Any) -> Any:
         if isinstance(plan, Stream):
@@ -78,7 +89,7 @@ class Client(Calls):
         except grpc.RpcError as exc:
             if isinstance(plan, Unary) and plan.on_error is not None:
                 return plan.on_error(exc)
-            raise error(exc) from None
+            raise error(exc, self._security) from None
         raise TypeError(f"unknown plan {plan!r}")
 
     def _per_request(self, count: int) -> int:
@@ -101,7 +112,7 @@ class Client(Calls):
                 yield from plan.read(response, first)
                 first = False
         except grpc.RpcError as exc:
-            raise error(exc) from None
+            raise error(exc, self._security) from None
         finally:
             call.cancel()
 
