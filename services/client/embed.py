@@ -116,4 +116,5 @@ def server_info(resp: pb.InfoResponse) -> ServerInfo:
         device=resp.device,
         num_layers=resp.num_layers,
         version=resp.version,
+        runtime=resp.runtime,
     )

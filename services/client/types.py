@@ -46,6 +46,7 @@ class ServerInfo:
     device: str
     num_layers: int
     version: str
+    runtime: str = ""
 
 
 @dataclass(frozen=True)
