@@ -196,7 +196,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info))
         return 0
-    print(f"model       {info['model']}  ({info['torch_dtype']} on {info['device']}, {info['num_layers']} layers, {info['runtime']} runtime)")
+    print(
+        f"model       {info['model']}  ({info['torch_dtype']} on {info['device']}, {info['num_layers']} layers, {info['runtime']} runtime)"
+    )
     print(f"dimensions  {info['dimensions']}")
     print(f"max tokens  {info['max_tokens']} per text, {info['max_texts_per_request']} texts per request")
     print(f"modes       {', '.join(m['name'] for m in info['modes'])} (default {info['default_mode']})")
