@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lodestar.cancel import checkpoint
 from lodestar.compress_ctx.cache import VectorCache
 from lodestar.compress_ctx.lexical import coverage_scores, terms
 from lodestar.compress_ctx.sentences import split_sentences
@@ -116,6 +117,7 @@ class ExtractiveCompressor:
         fresh: dict[str, np.ndarray] = {}
         step = self._step()
         for i in range(0, len(missing), step):
+            checkpoint()  # a cancelled call (lodestar.cancel) stops between embedding steps
             chunk = missing[i : i + step]
             vecs = np.asarray(self.embedder.embed(chunk, options).vectors, dtype=np.float32)  # (n, D)
             self.cache.put_many(options, chunk, vecs)

@@ -6,19 +6,21 @@ Plain Python and tensors: no gRPC here. The servicer converts protos to `EmbedOp
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import CancelledError
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from lodestar.backbone import Backbone
+from lodestar.cancel import current as current_token
 from lodestar.embed.batcher import Batcher
 from lodestar.embed.forward import embed_batch
 from lodestar.embed.modes import MODES, Encoded, ForwardSpec, InputBuilder, TokenPrepend, get_mode
 from lodestar.embed.output import DTYPES, pack, shape_vectors
 from lodestar.embed.runtime import Chooser, build_runtime
 from lodestar.embed.types import SPARSE_CAP, EmbedOptions, EmbedResult
-from lodestar.errors import InvalidInput
+from lodestar.errors import Cancelled, InvalidInput
 
 DEFAULT_SPARSE_TOP_K = 256
 
@@ -159,9 +161,23 @@ class EmbeddingEngine:
     # --- entry points ------------------------------------------------------------------------
 
     def embed(self, texts: list[str], options: EmbedOptions | None = None, timeout: float | None = None) -> EmbedResult:
-        """Blocking embed through the shared batcher."""
+        """Blocking embed through the shared batcher. Under a cancellation token (lodestar.cancel) the
+        request leaves the batcher when the token is cancelled, and its deadline bounds the wait."""
         prepared = self.prepare(texts, options or EmbedOptions())
-        raw = self.batcher.submit(prepared.spec, prepared.items, timeout).result()
+        token = current_token()
+        if token is not None:
+            token.check()
+            left = token.remaining()
+            timeout = left if timeout is None else min(timeout, left) if left is not None else timeout
+        future = self.batcher.submit(prepared.spec, prepared.items, timeout)
+        if token is not None:
+            token.on_cancel(future.cancel)
+        try:
+            raw = future.result()
+        except CancelledError:
+            if token is not None:
+                token.check()
+            raise Cancelled("the embedding was cancelled (the server is shutting down)") from None
         return self.finish(prepared, raw)
 
     async def embed_async(self, texts: list[str], options: EmbedOptions, timeout: float | None = None) -> EmbedResult:

@@ -20,7 +20,12 @@ class AlreadyExists(LodestarError):
 
 
 class Overloaded(LodestarError):
-    """The server is over capacity; the client may retry later (-> RESOURCE_EXHAUSTED)."""
+    """The server is over capacity; the client may retry later (-> RESOURCE_EXHAUSTED, with the
+    trailing metadata `retry-after-ms` when `retry_after_ms` is set)."""
+
+    def __init__(self, message: str, retry_after_ms: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
 
 
 class Unavailable(LodestarError):
@@ -29,3 +34,20 @@ class Unavailable(LodestarError):
 
 class DeadlineExceeded(LodestarError):
     """The request's deadline passed before its work ran (-> DEADLINE_EXCEEDED)."""
+
+
+class Cancelled(LodestarError):
+    """The caller went away or the server is shutting down; the work was stopped (-> CANCELLED)."""
+
+
+MAX_SHOWN = 200  # characters of a caller's value an error message repeats
+
+
+def shown(value: object, limit: int = MAX_SHOWN) -> str:
+    """A caller's value for an error message: its repr, cut to `limit` characters plus its length,
+    so a huge value cannot blow up the status message."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = len(value) if isinstance(value, (str, bytes, list, tuple, dict)) else len(text)
+    return f"{text[:limit]}... ({size} characters)" if isinstance(value, str) else f"{text[:limit]}... (length {size})"

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from lodestar.embedding import SPARSE_CAP, Embedder
-from lodestar.errors import AlreadyExists, InvalidInput, NotFound, Unavailable
+from lodestar.errors import AlreadyExists, InvalidInput, NotFound, Unavailable, shown
 from lodestar.retrieve.collection import Collection, disk_space
 from lodestar.retrieve.dense import DenseIndex
 from lodestar.retrieve.persistence import Persistence
@@ -35,6 +35,8 @@ from lodestar.retrieve.types import METRICS, SPARSE_KINDS, CollectionConfig, Col
 log = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+MAX_PATH_CHARS = 4096
+NAME_RULE = "use 1 to 64 characters from A-Z a-z 0-9 _ . - , not starting with '.' or '-'"
 MAX_CHUNK_TOKENS = 8192
 
 
@@ -65,25 +67,26 @@ class Catalog:
                     log.error("collection %r is not serving: %s", c.name, c.status)
 
     def get(self, name: str) -> Collection:
-        """The open collection `name`; NotFound lists the ones there are."""
+        """The open collection `name`. NotFound names only the one asked for (never the others: a
+        caller may not be allowed to know them); a name no collection could have says why."""
         if self.closed:
             raise Unavailable("the retrieval engine is closed")
         if not isinstance(name, str) or not name:
             raise InvalidInput("collection name is empty")
+        if not NAME_RE.fullmatch(name):
+            raise NotFound(
+                f"collection {shown(name)} does not exist: collection names {NAME_RULE.removeprefix('use ')}"
+            )
         c = self.collections.get(name)
         if c is None:
-            names = sorted(self.collections)
-            have = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "") if names else "none"
-            raise NotFound(f"collection {name!r} does not exist (collections: {have})")
+            raise NotFound(f"collection {name!r} does not exist (ListCollections lists the ones there are)")
         return c
 
     def _validate_config(self, config: CollectionConfig) -> int:
         """Check every field of a new collection's config; returns its vector dimension."""
         name = config.name
         if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-            raise InvalidInput(
-                f"bad collection name {name!r}: use 1 to 64 characters from A-Z a-z 0-9 _ . - , not starting with '.' or '-'"
-            )
+            raise InvalidInput(f"bad collection name {shown(name)}: {NAME_RULE}")
         self.embedder.check_mode(config.mode)
         for field_name in ("query_prompt", "doc_prompt"):
             try:
@@ -232,10 +235,16 @@ class Catalog:
         """Load a verified snapshot of this collection (e.g. a backup copy), then replay the store's
         log (or rebuild from the store if the log no longer reaches back to the snapshot)."""
         c = self.get(name)
+        text = str(snapshot_dir)
+        if not text or "\x00" in text or len(text) > MAX_PATH_CHARS:
+            raise InvalidInput(
+                f"cannot restore {name!r} from {shown(text)}: give a folder path of 1 to {MAX_PATH_CHARS} characters without NUL"
+            )
         snapshot_dir = Path(snapshot_dir)
         if self.restore_dirs and not any(snapshot_dir.resolve().is_relative_to(d) for d in self.restore_dirs):
+            # said before the path is touched: the answer tells nothing of what exists outside them
             raise InvalidInput(
-                f"cannot restore {name!r} from {str(snapshot_dir)!r}: snapshots are read only from "
+                f"cannot restore {name!r} from {shown(text)}: snapshots are read only from "
                 f"{', '.join(map(str, self.restore_dirs))} (LODESTAR_RESTORE_DIRS)"
             )
         try:

@@ -25,9 +25,10 @@ from typing import Any
 
 from lodestar.embedding import Embedder
 from lodestar.retrieve.catalog import Catalog
+from lodestar.retrieve.filters import MAX_FILTERS
 from lodestar.retrieve.persistence import SNAPSHOT_EVERY, Persistence
 from lodestar.retrieve.prepare import DocLimits, Prepared
-from lodestar.retrieve.search import Searcher
+from lodestar.retrieve.search import MAX_QUERIES, Searcher
 from lodestar.retrieve.snapshot import MANIFEST
 from lodestar.retrieve.types import CollectionConfig, CollectionStats, Document, Hit, SearchRequest
 from lodestar.retrieve.writes import Writer
@@ -48,6 +49,8 @@ class RetrievalEngine:
         max_text_chars: int = 1_000_000,
         faiss_threads: int = 0,
         restore_dirs: tuple[Path, ...] = (),
+        max_queries: int = MAX_QUERIES,
+        max_filters: int = MAX_FILTERS,
     ) -> None:
         self.root = Path(root)
         self.restore_dirs = tuple(Path(d).resolve() for d in restore_dirs)  # () = any folder the server can read
@@ -61,7 +64,7 @@ class RetrievalEngine:
         self.persistence = Persistence(embedder, SNAPSHOT_EVERY)
         self.catalog = Catalog(self.root, embedder, self.persistence, self.restore_dirs)  # opens every collection
         self.writer = Writer(self.catalog, self.persistence, embedder, self.limits, max_docs_per_upsert)
-        self.searcher = Searcher(self.catalog, embedder, max_k, faiss_threads)
+        self.searcher = Searcher(self.catalog, embedder, max_k, faiss_threads, max_queries, max_filters)
         self.telemetry: Telemetry = NOOP  # the server sets its metrics here
 
     @property

@@ -10,11 +10,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lodestar.errors import InvalidInput
+from lodestar.errors import InvalidInput, shown
 from lodestar.retrieve.types import Filter
 
 FILTER_OPS = ("eq", "ne", "in", "nin", "gt", "gte", "lt", "lte")
 MAX_FILTER_VALUES = 1024  # values in one in/nin list
+MAX_FILTERS = 64  # conditions in one search (SQLite refuses an expression tree near 1000 deep)
+MAX_TOTAL_VALUES = 8192  # values over all of a search's filters (SQLite's bound parameters)
 MAX_FIELD_CHARS = 256
 _INT64 = (-(2**63), 2**63 - 1)
 
@@ -94,7 +96,7 @@ def _in_sql(path: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
 _RANGE = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 
 
-def compile_filters(filters: Sequence[Filter]) -> CompiledFilter | None:
+def compile_filters(filters: Sequence[Filter], max_filters: int = MAX_FILTERS) -> CompiledFilter | None:
     """Validate `filters` and turn their AND into SQL; None when there are none.
 
     eq/ne compare a top-level metadata value with its JSON type respected; eq null matches a null or
@@ -103,11 +105,16 @@ def compile_filters(filters: Sequence[Filter]) -> CompiledFilter | None:
     """
     if not filters:
         return None
+    if len(filters) > max_filters:
+        raise InvalidInput(f"{len(filters)} filters in one search; the limit is max_filters_per_search={max_filters}")
+    total = sum(len(f.value) for f in filters if isinstance(getattr(f, "value", None), (list, tuple)))
+    if total > MAX_TOTAL_VALUES:
+        raise InvalidInput(f"{total} filter values in one search; the limit is {MAX_TOTAL_VALUES} over all filters")
     clauses: list[str] = []
     params: list[Any] = []
     for i, f in enumerate(filters):
         name = getattr(f, "field", None)
-        where = f"filter {i} ({name!r} {getattr(f, 'op', None)!r})"
+        where = f"filter {i} ({shown(name)} {shown(getattr(f, 'op', None), 40)})"
         if not isinstance(name, str) or not name:
             raise InvalidInput(f"filter {i}: field is empty: name a top-level metadata key")
         if len(name) > MAX_FIELD_CHARS or '"' in name or any(ord(c) < 32 for c in name):
@@ -116,7 +123,7 @@ def compile_filters(filters: Sequence[Filter]) -> CompiledFilter | None:
             )
         op = getattr(f, "op", None)
         if op not in FILTER_OPS:
-            raise InvalidInput(f"{where}: unknown op {op!r}: valid ops are {', '.join(FILTER_OPS)}")
+            raise InvalidInput(f"{where}: unknown op {shown(op, 40)}: valid ops are {', '.join(FILTER_OPS)}")
         value = f.value
         path = f'$."{name}"'
         if op in ("in", "nin"):

@@ -9,11 +9,13 @@ indexed by a worker is chunked and embedded exactly as one upserted directly.
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from lodestar.cancel import checkpoint
 from lodestar.embedding import Embedder, EmbedOptions
 from lodestar.errors import InvalidInput, Unavailable
 from lodestar.retrieve.chunking import chunk_spans
@@ -64,6 +66,20 @@ class Prepared:
         return [d.text[s:e] for d, sp in zip(self.docs, self.spans) for s, e in sp]
 
 
+# Bidirectional controls: an id holding one displays as a different id in logs and tools.
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def check_id(doc_id: str, where: str) -> None:
+    """Refuse an id holding a control character (NUL, newline, ...) or a bidirectional control."""
+    for j, ch in enumerate(doc_id):
+        if ch in _BIDI or unicodedata.category(ch) == "Cc":
+            raise InvalidInput(
+                f"{where}: id holds the control character U+{ord(ch):04X} at position {j}: "
+                "ids may not hold control or bidirectional-control characters"
+            )
+
+
 def validate_document(doc: Document, limits: DocLimits, where: str) -> str:
     """Check one document; -> its metadata as compact JSON. Raises InvalidInput saying what is wrong."""
     doc_id = getattr(doc, "id", None)
@@ -76,6 +92,7 @@ def validate_document(doc: Document, limits: DocLimits, where: str) -> str:
         raise InvalidInput(f"{where}: id is not valid Unicode (lone surrogate)") from None
     if size > limits.max_id_bytes:
         raise InvalidInput(f"{where}: id is {size} UTF-8 bytes; the limit is max_id_bytes={limits.max_id_bytes}")
+    check_id(doc_id, where)
     text = getattr(doc, "text", None)
     if not isinstance(text, str) or not text.strip():
         raise InvalidInput(f"{where}: text is empty")
@@ -142,6 +159,7 @@ def embed_sparse(embedder: Embedder, cfg: CollectionConfig, texts: list[str], qu
     step = embed_limit(embedder)
     out: list[SparseVec] = []
     for i in range(0, len(texts), step):
+        checkpoint()
         res = embedder.embed(texts[i : i + step], options)
         if res.sparse is None or len(res.sparse) != len(texts[i : i + step]):
             raise Unavailable("the embedder returned no sparse vectors for a learned-sparse collection")
@@ -173,6 +191,7 @@ def embed_texts(embedder: Embedder, cfg: CollectionConfig, texts: list[str], dim
     step = embed_limit(embedder)
     out = np.empty((len(texts), dim), dtype=np.float32)  # (N, D)
     for i in range(0, len(texts), step):
+        checkpoint()
         vectors = np.asarray(embedder.embed(texts[i : i + step], options).vectors, dtype=np.float32)
         if vectors.shape != (len(texts[i : i + step]), dim):
             raise Unavailable(
@@ -191,8 +210,13 @@ def check_finite(vectors: np.ndarray, texts: list[str], what: str) -> None:
 
 
 def prepare(embedder: Embedder, cfg: CollectionConfig, dim: int, docs: list[Document]) -> Prepared:
-    """Chunk and embed documents (already validated) for a collection with `cfg` and width `dim`."""
-    spans = [chunk_document(embedder, cfg, d.text) for d in docs]
+    """Chunk and embed documents (already validated) for a collection with `cfg` and width `dim`; a
+    cancelled call (lodestar.cancel) stops between documents and between embedding steps."""
+    spans = []
+    for i, d in enumerate(docs):
+        if i % 64 == 0:
+            checkpoint()
+        spans.append(chunk_document(embedder, cfg, d.text))
     prepared = Prepared(docs, spans, np.empty((0, dim), dtype=np.float32))
     texts = prepared.chunk_texts
     prepared.vectors = embed_texts(embedder, cfg, texts, dim, query=False)

@@ -13,20 +13,22 @@ from typing import Any
 
 import numpy as np
 
+from lodestar.cancel import checkpoint
 from lodestar.embedding import Embedder
 from lodestar.errors import InvalidInput
 from lodestar.retrieve.catalog import Catalog
 from lodestar.retrieve.collection import Collection
 from lodestar.retrieve.dense import search_threads
 from lodestar.retrieve.feedback import MAX_FEEDBACK_CHUNKS, feedback_query
-from lodestar.retrieve.filters import CompiledFilter, compile_filters
+from lodestar.retrieve.filters import MAX_FILTERS, CompiledFilter, compile_filters
 from lodestar.retrieve.fusion import rrf, weighted
 from lodestar.retrieve.impact import ImpactIndex
 from lodestar.retrieve.prepare import embed_sparse, embed_texts
 from lodestar.retrieve.store import ChunkRef
 from lodestar.retrieve.types import FUSIONS, RETRIEVERS, Hit, SearchRequest
 
-MAX_QUERIES = 10000  # queries in one search request
+MAX_QUERIES = 1024  # queries in one search request (the server's max_queries_per_search)
+QUERY_BLOCK = 128  # queries ranked between two cancellation checks
 CANDIDATE_FACTOR = 4  # chunk candidates fetched per wanted document (chunks aggregate to documents)
 HYBRID_DEPTH = 100  # each retriever's document ranking depth before fusion: max(k, this)
 
@@ -46,20 +48,32 @@ class Searcher:
     """Searches the catalog's collections; `faiss_threads` per dense search (0 = one for a few
     queries, FAISS's default for a batch)."""
 
-    def __init__(self, catalog: Catalog, embedder: Embedder, max_k: int, faiss_threads: int = 0) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        embedder: Embedder,
+        max_k: int,
+        faiss_threads: int = 0,
+        max_queries: int = MAX_QUERIES,
+        max_filters: int = MAX_FILTERS,
+    ) -> None:
         self.catalog = catalog
         self.embedder = embedder
         self.max_k = max_k
         self.faiss_threads = faiss_threads
+        self.max_queries = max_queries
+        self.max_filters = max_filters
 
     def search(self, name: str, request: SearchRequest) -> list[list[Hit]]:
-        """One list of document hits per query, best first."""
+        """One list of document hits per query, best first. A cancelled call (lodestar.cancel) stops
+        between stages and between blocks of QUERY_BLOCK queries."""
         c = self.catalog.get(name)
         c.check_serving()
         where = self._validate(c, request)
         queries = list(request.queries)
         qvecs = self._embed(c, queries, query=True) if request.retriever != "sparse" else None  # (Q, D)
         k = request.k
+        checkpoint()
         with c.lock.read():
             c.check_serving()
             assert c.store is not None and c.dense is not None
@@ -94,9 +108,14 @@ class Searcher:
 
         def run(n: int) -> list[list[tuple[int, float]]]:
             assert c.dense is not None
-            with search_threads(len(qvecs), self.faiss_threads):
-                scores, ids = c.dense.search(qvecs, n, allowed)  # (Q, n), (Q, n) with -1 padding
-            return [[(int(i), float(s)) for s, i in zip(srow, irow) if i >= 0] for srow, irow in zip(scores, ids)]
+            out: list[list[tuple[int, float]]] = []
+            for lo in range(0, len(qvecs), QUERY_BLOCK):
+                checkpoint()
+                block = qvecs[lo : lo + QUERY_BLOCK]  # (b, D)
+                with search_threads(len(block), self.faiss_threads):
+                    scores, ids = c.dense.search(block, n, allowed)  # (b, n), (b, n) with -1 padding
+                out += [[(int(i), float(s)) for s, i in zip(sr, ir) if i >= 0] for sr, ir in zip(scores, ids)]
+            return out
 
         return run
 
@@ -113,6 +132,7 @@ class Searcher:
             encoded = embed_sparse(self.embedder, c.config, queries, query=True)
             options |= {"idf": c.config.query_idf, "length_norm": request.length_norm}
             if request.feedback_chunks:
+                checkpoint()
                 first = c.sparse.search(encoded, request.feedback_chunks, allowed, **options)
                 vectors = iter(
                     c.store.chunk_sparse(np.array([i for row in first for i, _ in row], dtype=np.int64), reader=True)
@@ -124,7 +144,12 @@ class Searcher:
 
         def run(n: int) -> list[list[tuple[int, float]]]:
             assert c.sparse is not None
-            return [[(int(i), float(s)) for i, s in row] for row in c.sparse.search(encoded, n, allowed, **options)]
+            out: list[list[tuple[int, float]]] = []
+            for lo in range(0, len(encoded), QUERY_BLOCK):
+                checkpoint()
+                rows = c.sparse.search(encoded[lo : lo + QUERY_BLOCK], n, allowed, **options)
+                out += [[(int(i), float(s)) for i, s in row] for row in rows]
+            return out
 
         return run
 
@@ -145,6 +170,7 @@ class Searcher:
             return [[] for _ in range(nq)]
         n = min(available, depth * CANDIDATE_FACTOR)
         while True:
+            checkpoint()
             chunk_rows = run(n)
             refs = c.store.chunk_refs(sorted({i for row in chunk_rows for i, _ in row}))
             out: list[list[Ranked]] = []
@@ -216,9 +242,11 @@ class Searcher:
         """Check every field of the request against the collection; -> its compiled filter (None = none)."""
         queries = request.queries
         if not isinstance(queries, (list, tuple)) or not queries:
-            raise InvalidInput(f"queries is empty: send 1 to {MAX_QUERIES} queries")
-        if len(queries) > MAX_QUERIES:
-            raise InvalidInput(f"{len(queries)} queries in one search; the limit is {MAX_QUERIES}")
+            raise InvalidInput(f"queries is empty: send 1 to {self.max_queries} queries")
+        if len(queries) > self.max_queries:
+            raise InvalidInput(
+                f"{len(queries)} queries in one search; the limit is max_queries_per_search={self.max_queries}: split the request"
+            )
         for i, q in enumerate(queries):
             if not isinstance(q, str) or not q.strip():
                 raise InvalidInput(f"query {i} is empty")
@@ -255,4 +283,4 @@ class Searcher:
                 f"retriever {request.retriever!r} needs a sparse index, but collection {c.name!r} was created with sparse='none'; "
                 f"use retriever='dense' or create a collection with sparse='bm25'"
             )
-        return compile_filters(list(request.filters or ()))
+        return compile_filters(list(request.filters or ()), self.max_filters)

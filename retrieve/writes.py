@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from lodestar.cancel import checkpoint
 from lodestar.embedding import Embedder
-from lodestar.errors import InvalidInput, Unavailable
+from lodestar.errors import InvalidInput, Unavailable, shown
 from lodestar.retrieve.catalog import Catalog
 from lodestar.retrieve.collection import Collection
 from lodestar.retrieve.impact import sparse_vector
 from lodestar.retrieve.persistence import Persistence
-from lodestar.retrieve.prepare import DocLimits, Prepared, check_finite, prepare, validate_document
+from lodestar.retrieve.prepare import DocLimits, Prepared, check_finite, check_id, prepare, validate_document
 from lodestar.retrieve.store import DocWrite
 from lodestar.retrieve.types import CollectionConfig, Document
 
@@ -114,8 +115,10 @@ class Writer:
                 )
             )
             at += len(sp)
+        checkpoint()  # a cancelled call writes nothing; once the transaction begins it completes
         with c.lock.write():
             c.check_serving()
+            checkpoint()
             assert c.store is not None
             result = c.store.write_docs(writes)  # committed: acknowledged = durable
             self.persistence.apply(c, result, vectors, texts, sparse)
@@ -177,5 +180,6 @@ class Writer:
             raise InvalidInput(f"{len(ids)} ids in one {what}; the limit is max_docs_per_upsert={limit}")
         for i, doc_id in enumerate(ids):
             if not isinstance(doc_id, str) or not doc_id:
-                raise InvalidInput(f"id {i} ({doc_id!r}) is not a non-empty string")
+                raise InvalidInput(f"id {i} ({shown(doc_id)}) is not a non-empty string")
+            check_id(doc_id, f"id {i} ({shown(doc_id, 80)})")
         return list(ids)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import grpc
@@ -13,6 +12,7 @@ from lodestar.compress_ctx.v1 import compress_pb2_grpc as cpb_grpc
 from lodestar.embed.types import EmbedOptions
 from lodestar.services.runtime import Runtime
 from lodestar.services.wire import chosen, set_fields
+from lodestar.services.work import run_blocking
 
 _OPTIONAL = ("budget_tokens", "budget_ratio", "top_n", "threshold", "max_new_tokens")
 
@@ -96,9 +96,8 @@ class CompressServicer(cpb_grpc.CompressServiceServicer):
     async def Compress(self, request: cpb.CompressRequest, context: grpc.aio.ServicerContext) -> cpb.CompressResponse:
         engine = self.runtime.compress_engine()
         kwargs = compress_kwargs(request)
-        loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(
-            None, lambda: engine.compress(request.query, list(request.passages), **kwargs)
+        result = await run_blocking(
+            self.runtime.tokens, context, lambda: engine.compress(request.query, list(request.passages), **kwargs)
         )
         return response_to_pb(result)
 

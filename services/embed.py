@@ -89,9 +89,10 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         engine = self.runtime.embed_engine()
-        result = await engine.embed_async(
-            list(request.texts), options_from_pb(request), timeout=context.time_remaining()
-        )
+        with self.runtime.admit("texts", len(request.texts), context):
+            result = await engine.embed_async(
+                list(request.texts), options_from_pb(request), timeout=context.time_remaining()
+            )
         return response_to_pb(result, request.request_id)
 
     async def EmbedStream(
@@ -105,7 +106,10 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
         running: set[asyncio.Task] = set()
 
         async def one(req: pb.EmbedRequest) -> pb.EmbedResponse:
-            result = await engine.embed_async(list(req.texts), options_from_pb(req), timeout=context.time_remaining())
+            with self.runtime.admit("texts", len(req.texts), context):
+                result = await engine.embed_async(
+                    list(req.texts), options_from_pb(req), timeout=context.time_remaining()
+                )
             return response_to_pb(result, req.request_id)
 
         async def reader() -> None:

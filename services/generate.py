@@ -123,22 +123,33 @@ class GenerateServicer(gpb_grpc.GenerateServiceServicer):
         self._pool = ThreadPoolExecutor(
             runtime.settings.max_concurrent_generations + 1, thread_name_prefix="lodestar-gen"
         )
+        runtime.on_close(lambda: self._pool.shutdown(wait=False, cancel_futures=True))
 
     async def Generate(
         self, request: gpb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gpb.GenerateChunk]:
         engine = self.runtime.generate_engine()
         kwargs = generate_kwargs(request)
-        async for chunk in iterate_in_thread(lambda cancel: engine.stream(cancel=cancel, **kwargs), self._pool):
-            yield chunk_to_pb(chunk)
+        token = self.runtime.tokens.new(context)
+        try:
+            async for chunk in iterate_in_thread(
+                lambda cancel: engine.stream(cancel=cancel, **kwargs), self._pool, token
+            ):
+                yield chunk_to_pb(chunk)
+        finally:
+            self.runtime.tokens.done(token)
 
     async def Answer(
         self, request: gpb.AnswerRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gpb.AnswerChunk]:
         pipeline = self.runtime.answer_pipeline()
         req = answer_from_pb(request)
-        async for item in iterate_in_thread(lambda cancel: pipeline.answer(req, cancel), self._pool):
-            yield answer_chunk_to_pb(item)
+        token = self.runtime.tokens.new(context)
+        try:
+            async for item in iterate_in_thread(lambda cancel: pipeline.answer(req, cancel), self._pool, token):
+                yield answer_chunk_to_pb(item)
+        finally:
+            self.runtime.tokens.done(token)
 
     async def ListDatastores(
         self, request: gpb.ListDatastoresRequest, context: grpc.aio.ServicerContext

@@ -1,7 +1,10 @@
 """One place that turns domain errors into gRPC status codes.
 
-Typed errors keep their message (it says what was wrong and what is allowed). Anything else is
-logged with a request id and reaches the client as INTERNAL carrying only that id.
+Typed errors keep their message (it says what was wrong and what is allowed), cut to
+MAX_MESSAGE_CHARS so a status never outgrows the client's metadata limit; RESOURCE_EXHAUSTED carries
+the trailing metadata `retry-after-ms` when the engine gave a hint. Anything else is logged with the
+call's request id (x-request-id, the one in the access log) and reaches the client as INTERNAL
+carrying only that id.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import grpc
 
 from lodestar.errors import (
     AlreadyExists,
+    Cancelled,
     DeadlineExceeded,
     InvalidInput,
     LodestarError,
@@ -22,6 +26,7 @@ from lodestar.errors import (
     Overloaded,
     Unavailable,
 )
+from lodestar.services.observability import context as request_context
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +37,27 @@ STATUS: dict[type[LodestarError], grpc.StatusCode] = {
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Cancelled: grpc.StatusCode.CANCELLED,
 }
+MAX_MESSAGE_CHARS = 900  # a status message's length at most (clients cap metadata near 8 KB; fuzzing asks < 1 KB)
+RETRY_AFTER = "retry-after-ms"
+
+
+def cut(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """`message`, cut to `limit` characters with a note of how long it was."""
+    if len(message) <= limit:
+        return message
+    note = f"... ({len(message)} characters, cut)"
+    return message[: limit - len(note)] + note
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """(code, message) for an exception; unexpected ones are logged with a fresh request id."""
     for cls in type(exc).__mro__:
         if cls in STATUS:
-            return STATUS[cls], str(exc)
-    request_id = uuid.uuid4().hex[:12]
+            return STATUS[cls], cut(str(exc))
+    info = request_context.current()
+    request_id = info.request_id if info is not None else uuid.uuid4().hex[:16]
     log.error("unexpected error, request id %s", request_id, exc_info=exc)
     return grpc.StatusCode.INTERNAL, f"internal error (request id {request_id}); the server log has the details"
 
@@ -49,7 +66,14 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str)
     code, message = status_for(exc)
     if code != grpc.StatusCode.INTERNAL:
         log.info("%s -> %s: %s", method, code.name, message)
-    await context.abort(code, message)
+    retry = getattr(exc, "retry_after_ms", None)
+    if retry is None:
+        await context.abort(code, message)  # keeps the trailers already set (the request id)
+    info = request_context.current()
+    trailers = [(RETRY_AFTER, str(int(retry)))]
+    if info is not None:
+        trailers.append((request_context.REQUEST_ID_HEADER, info.request_id))
+    await context.abort(code, message, trailing_metadata=tuple(trailers))
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):

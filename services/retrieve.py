@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ from lodestar.retrieve.v1 import retrieve_pb2 as rpb
 from lodestar.retrieve.v1 import retrieve_pb2_grpc as rpb_grpc
 from lodestar.services.runtime import Runtime
 from lodestar.services.wire import chosen, enum_to_name, json_object, set_fields, stored_name_to_enum, to_json
+from lodestar.services.work import run_blocking
 
 T = TypeVar("T")
 
@@ -167,8 +167,9 @@ class RetrieveServicer(rpb_grpc.RetrieveServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+    async def _run(self, fn: Callable[..., T], *args: Any, context: grpc.aio.ServicerContext | None = None) -> T:
+        """A blocking engine call off the loop, stopped at its next checkpoint once the call is gone."""
+        return await run_blocking(self.runtime.tokens, context, fn, *args)
 
     async def CreateCollection(
         self, request: rpb.CreateCollectionRequest, context: grpc.aio.ServicerContext
@@ -194,11 +195,15 @@ class RetrieveServicer(rpb_grpc.RetrieveServiceServicer):
 
     async def Upsert(self, request: rpb.UpsertRequest, context: grpc.aio.ServicerContext) -> rpb.UpsertResponse:
         docs = documents_from_pb(list(request.documents))
-        n_docs, n_chunks = await self._run(self.runtime.retrieve_engine().upsert, request.collection, docs)
+        engine = self.runtime.retrieve_engine()
+        with self.runtime.admit("documents", len(docs), context):
+            n_docs, n_chunks = await self._run(engine.upsert, request.collection, docs, context=context)
         return rpb.UpsertResponse(documents=n_docs, chunks=n_chunks)
 
     async def Delete(self, request: rpb.DeleteRequest, context: grpc.aio.ServicerContext) -> rpb.DeleteResponse:
-        deleted = await self._run(self.runtime.retrieve_engine().delete, request.collection, list(request.ids))
+        deleted = await self._run(
+            self.runtime.retrieve_engine().delete, request.collection, list(request.ids), context=context
+        )
         return rpb.DeleteResponse(deleted=deleted)
 
     async def Get(self, request: rpb.GetRequest, context: grpc.aio.ServicerContext) -> rpb.GetResponse:
@@ -206,7 +211,9 @@ class RetrieveServicer(rpb_grpc.RetrieveServiceServicer):
         return rpb.GetResponse(documents=[document_to_pb(d) for d in docs], found=[d is not None for d in docs])
 
     async def Search(self, request: rpb.SearchRequest, context: grpc.aio.ServicerContext) -> rpb.SearchResponse:
-        results = await self._run(self.runtime.retrieve_engine().search, request.collection, search_from_pb(request))
+        engine, search = self.runtime.retrieve_engine(), search_from_pb(request)
+        with self.runtime.admit("texts", len(search.queries), context):
+            results = await self._run(engine.search, request.collection, search, context=context)
         return rpb.SearchResponse(results=[rpb.QueryResult(hits=[hit_to_pb(h) for h in hits]) for hits in results])
 
     async def Snapshot(self, request: rpb.SnapshotRequest, context: grpc.aio.ServicerContext) -> rpb.SnapshotResponse:

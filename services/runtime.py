@@ -6,14 +6,18 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import grpc
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
 from lodestar.errors import Unavailable
+from lodestar.services.admission import Budget
 from lodestar.services.settings import Settings
+from lodestar.services.work import Tokens
 from lodestar.telemetry import NOOP, Telemetry
 
 if TYPE_CHECKING:
@@ -59,6 +63,18 @@ class Runtime:
         self.load_seconds: float | None = None  # how long the model and engines took to load
         self.telemetry: Telemetry = NOOP  # handed to every engine once built (metrics, tracing)
         self._on_close: list[Callable[[], None]] = []
+        self.tokens = Tokens()  # the cancellation tokens of blocking calls in flight (services/work.py)
+        self.budgets = {  # admission control, by kind of work (services/admission.py)
+            "texts": Budget("texts", settings.max_queued_texts, "max_queued_texts"),
+            "documents": Budget("documents", settings.max_inflight_documents, "max_inflight_documents"),
+        }
+
+    def admit(self, kind: str, n: int, context: grpc.aio.ServicerContext | None) -> AbstractContextManager[None]:
+        """Hold `n` units of the `kind` budget for a call (refused at once past it, or when the call's
+        deadline would pass before the work ahead of it is done); UNAVAILABLE once shutting down."""
+        if self._shutting_down:
+            raise Unavailable("the server is shutting down; retry on another replica")
+        return self.budgets[kind].admit(n, context.time_remaining() if context is not None else None)
 
     async def set_health(self, status: int) -> None:
         for name in ["", *self.service_names]:
@@ -205,7 +221,9 @@ class Runtime:
             Path(self.settings.data_dir) / "collections",
             engine,
             faiss_threads=self.settings.faiss_threads,
-            restore_dirs=tuple(self.settings.restore_dirs),
+            restore_dirs=tuple(self.settings.restore_dirs) or (Path(self.settings.data_dir),),
+            max_queries=self.settings.max_queries_per_search,
+            max_filters=self.settings.max_filters_per_search,
         )
 
     def _build_jobs(self, retrieval: RetrievalEngine, engine: EmbeddingEngine) -> JobManager:
@@ -233,6 +251,8 @@ class Runtime:
         loop = asyncio.get_running_loop()
         while not self._shutting_down:
             await asyncio.sleep(interval)
+            if self._shutting_down:
+                return
             if self._jobs is not None:
                 try:
                     await loop.run_in_executor(None, self._jobs.dispatch_due)
@@ -263,6 +283,7 @@ class Runtime:
 
     async def begin_shutdown(self) -> None:
         """Health goes NOT_SERVING for good; new requests get UNAVAILABLE."""
+        self._shutting_down = True
         await self.health.enter_graceful_shutdown()
 
     def close(self) -> None:

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import sys
 import threading
+import time
 import weakref
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -124,18 +127,45 @@ async def create_server(settings: Settings, *, backbone: Backbone | None = None)
     return server, port
 
 
-async def shutdown(server: grpc.aio.Server, grace: float) -> None:
-    """Graceful stop: health NOT_SERVING, refuse new RPCs, let in-flight ones finish within `grace`."""
+CLOSE_S = 1.5  # after the grace period: cancelling what is left and closing the engines, at most this long
+
+
+async def shutdown(server: grpc.aio.Server, grace: float, close_s: float = CLOSE_S) -> bool:
+    """Graceful stop: health NOT_SERVING and nothing more admitted; in-flight calls get `grace` seconds,
+    then the rest are cancelled (their engine work stops at its next checkpoint) and the engines close
+    (batcher, job dispatcher, collections' snapshots) within `close_s`. -> whether the close finished
+    in time (a collection's snapshot cut short is no loss: its store has every acknowledged write)."""
     runtime = _RUNTIMES.get(server)
     if runtime is not None:
         await runtime.begin_shutdown()
+        # a call still running when the grace period ends is cancelled by grpc; its engine work too
+        cancel = asyncio.get_running_loop().call_later(
+            grace, runtime.tokens.cancel_all, "the server is shutting down; retry on another replica"
+        )
     await server.stop(grace)
-    if runtime is not None:
-        runtime.close()
+    if runtime is None:
+        return True
+    cancel.cancel()
+    cancelled = runtime.tokens.cancel_all("the server is shutting down; retry on another replica")
+    if cancelled:
+        log.info("shutdown: cancelled %d calls still running", cancelled)
+    closing = threading.Thread(target=runtime.close, name="lodestar-close", daemon=True)
+    closing.start()
+    end = time.monotonic() + close_s
+    while closing.is_alive() and time.monotonic() < end:
+        await asyncio.sleep(0.02)
+    if closing.is_alive():
+        log.warning(
+            "shutdown: engines still closing after %.1fs; exiting anyway (every acknowledged write is stored)", close_s
+        )
+        return False
+    return True
 
 
 async def serve(settings: Settings, *, backbone: Backbone | None = None) -> None:
-    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+    """Run until SIGTERM/SIGINT, then shut down within grace_period_s + CLOSE_S (see `shutdown`); the
+    caller exits the process at once after (`exit_process`): threads still finishing cancelled work
+    (FAISS, torch, the executor) are not waited for."""
     server, port = await create_server(settings, backbone=backbone)
     await server.start()
     log.info("lodestar serving %s on %s:%d (model loading)", ",".join(settings.only), settings.host, port)
@@ -147,7 +177,21 @@ async def serve(settings: Settings, *, backbone: Backbone | None = None) -> None
     await stop.wait()
     log.info("signal received; draining for up to %.1fs", settings.grace_period_s)
     await shutdown(server, settings.grace_period_s)
-    log.info("stopped")
+    busy = [t.name for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
+    log.info("stopped%s", f" (not waiting for threads: {', '.join(busy[:8])})" if busy else "")
+
+
+def run_and_exit(settings: Settings) -> None:
+    """`lodestar serve`: serve until a signal, then exit 0 at once. Not asyncio.run: closing its loop
+    waits for every executor thread (a cancelled search still inside FAISS), and interpreter
+    teardown with native threads alive aborts ("terminate called without an active exception")."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(serve(settings))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 class BackgroundServer:
@@ -191,7 +235,8 @@ class BackgroundServer:
         if not self._loop.is_running():
             return
         if self.server is not None:
-            self._call(shutdown(self.server, self.settings.grace_period_s if grace is None else grace))
+            grace = self.settings.grace_period_s if grace is None else grace
+            self._call(shutdown(self.server, grace, close_s=60))  # tests reuse the data folder: close fully
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
 

@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     max_resident_adapters: int = Field(4, ge=1, description="adapters kept loaded at once; LRU unloaded beyond")
     restore_dirs: Annotated[tuple[Path, ...], NoDecode] = Field(
         (),
-        description="folders Restore may read snapshots from, comma-separated (empty: any folder the server can read; the chart sets its data volume)",
+        description="folders Restore may read snapshots from, comma-separated (empty: the server's data_dir only)",
     )
     adapter_paths: bool = Field(
         True,
@@ -72,7 +72,11 @@ class Settings(BaseSettings):
     )
     max_tokens: int = Field(512, ge=8, description="tokens per text, template included")
     max_batch_tokens: int = Field(16384, ge=64, description="padded tokens per forward")
-    max_queued_texts: int = Field(16384, ge=1, description="texts waiting in the batcher before RESOURCE_EXHAUSTED")
+    max_queued_texts: int = Field(
+        16384,
+        ge=1,
+        description="texts in flight (Embed's texts and Search's queries, queued or being embedded) before a request is refused with RESOURCE_EXHAUSTED and a retry-after-ms hint",
+    )
     tp_start_layer: int = Field(2, description="Token Prepending: first layer (2..7 chosen on STS-B train)")
     tp_end_layer: int = Field(7, description="Token Prepending: last layer (inclusive)")
     tp_output_layer: int = Field(-1, description="Token Prepending: output layer (-1 final)")
@@ -119,10 +123,27 @@ class Settings(BaseSettings):
         1, ge=1, description="`lodestar worker`: tasks run at once (each process loads the model)"
     )
 
+    # --- retrieval limits ---
+    max_queries_per_search: int = Field(
+        1024, ge=1, description="queries one Search may carry (INVALID_ARGUMENT beyond)"
+    )
+    max_filters_per_search: int = Field(
+        64, ge=1, le=512, description="metadata filters one Search or Answer may carry (INVALID_ARGUMENT beyond)"
+    )
+    max_inflight_documents: int = Field(
+        20000,
+        ge=1,
+        description="documents of Upserts in flight (chunked, embedded or written) before one is refused with RESOURCE_EXHAUSTED and a retry-after-ms hint",
+    )
+
     # --- server behaviour ---
     max_concurrent_rpcs: int = Field(256, ge=1, description="RPCs in flight before RESOURCE_EXHAUSTED")
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest gRPC message in either direction")
-    grace_period_s: float = Field(10.0, ge=0, description="how long shutdown waits for in-flight RPCs")
+    grace_period_s: float = Field(
+        10.0,
+        ge=0,
+        description="how long shutdown (SIGTERM) waits for in-flight RPCs; then the rest are cancelled and the process exits 0 within 2 s more",
+    )
     data_dir: Path = Field(Path(".lodestar"), description="on-disk state (indexes, jobs)")
     log_level: str = Field("INFO", description="DEBUG | INFO | WARNING | ERROR")
 

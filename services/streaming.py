@@ -14,17 +14,21 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor
 from typing import TypeVar
 
+from lodestar.cancel import Token, running
+
 T = TypeVar("T")
 _END = object()
 
 
 async def iterate_in_thread(
-    make: Callable[[threading.Event], Iterator[T]], executor: Executor | None = None
+    make: Callable[[threading.Event], Iterator[T]], executor: Executor | None = None, cancel: Token | None = None
 ) -> AsyncIterator[T]:
-    """Yield what `make(cancel)` yields, computed on `executor`; errors (validation included) re-raise here."""
+    """Yield what `make(cancel)` yields, computed on `executor`; errors (validation included) re-raise here.
+    `cancel` (a fresh token by default) is also the worker's current token (lodestar.cancel), so the
+    engines it calls (Answer's search and compression) stop at their checkpoints."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[object, BaseException | None]] = asyncio.Queue()
-    cancel = threading.Event()
+    cancel = cancel if cancel is not None else Token()
 
     def put(item: object, exc: BaseException | None = None) -> None:
         try:
@@ -33,6 +37,10 @@ async def iterate_in_thread(
             cancel.set()
 
     def work() -> None:
+        with running(cancel):
+            produce()
+
+    def produce() -> None:
         it: Iterator[T] | None = None
         try:
             it = make(cancel)

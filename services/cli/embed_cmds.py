@@ -22,10 +22,8 @@ from lodestar.services.cli.common import (
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import asyncio
-
     from lodestar.services.observability.context import configure_logging
-    from lodestar.services.server import serve
+    from lodestar.services.server import run_and_exit
 
     only = tuple(args.only.split(",")) if args.only else None
     s = settings(
@@ -46,7 +44,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         otlp_endpoint=args.otlp_endpoint,
     )
     configure_logging(s.log_level, s.log_format)
-    asyncio.run(serve(s))
+    run_and_exit(s)  # exits the process
     return 0
 
 
