@@ -41,6 +41,7 @@ STATUS: dict[type[LodestarError], grpc.StatusCode] = {
 }
 MAX_MESSAGE_CHARS = 900  # a status message's length at most (clients cap metadata near 8 KB; fuzzing asks < 1 KB)
 RETRY_AFTER = "retry-after-ms"
+PUSHBACK = "grpc-retry-pushback-ms"
 
 
 def cut(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
@@ -70,7 +71,8 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str)
     if retry is None:
         await context.abort(code, message)  # keeps the trailers already set (the request id)
     info = request_context.current()
-    trailers = [(RETRY_AFTER, str(int(retry)))]
+    # both spellings: our documented hint, and gRPC's own pushback, which clients' retry policies obey
+    trailers = [(RETRY_AFTER, str(int(retry))), (PUSHBACK, str(int(retry)))]
     if info is not None:
         trailers.append((request_context.REQUEST_ID_HEADER, info.request_id))
     await context.abort(code, message, trailing_metadata=tuple(trailers))

@@ -1,0 +1,132 @@
+"""The pieces that keep a loaded or abused server answering: cancellation tokens, work budgets,
+bounded messages (lodestar/cancel.py, services/admission.py, lodestar/errors.py, services/interceptor.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from lodestar.cancel import Token, checkpoint, current, running
+from lodestar.errors import Cancelled, DeadlineExceeded, InvalidInput, Overloaded, shown
+from lodestar.retrieve.filters import compile_filters
+from lodestar.retrieve.types import Filter
+from lodestar.services.admission import Budget
+from lodestar.services.interceptor import MAX_MESSAGE_CHARS, cut, status_for
+
+
+def test_token_is_an_event_set_by_cancel_or_its_deadline() -> None:
+    token = Token()
+    assert not token.is_set() and token.remaining() is None
+    seen: list[str] = []
+    token.on_cancel(lambda: seen.append("first"))
+    token.cancel("going away")
+    token.cancel("twice")  # idempotent: callbacks run once, the first reason stays
+    assert token.is_set() and seen == ["first"]
+    token.on_cancel(lambda: seen.append("late"))  # already cancelled: runs at once
+    assert seen == ["first", "late"]
+    with pytest.raises(Cancelled, match="going away"):
+        token.check()
+    expired = Token(time.monotonic() - 1)
+    assert expired.is_set()
+    with pytest.raises(DeadlineExceeded):
+        expired.check()
+
+
+def test_checkpoint_follows_the_current_token_of_this_context() -> None:
+    checkpoint()  # outside a call: never cancelled
+    token = Token()
+    with running(token):
+        assert current() is token
+        checkpoint()
+        token.cancel()
+        with pytest.raises(Cancelled):
+            checkpoint()
+    assert current() is None
+    checkpoint()
+
+
+def test_budget_refuses_past_its_limit_with_a_retry_hint_and_frees_on_exit() -> None:
+    budget = Budget("texts", 10, "max_queued_texts")
+    with budget.admit(8, None):
+        with pytest.raises(Overloaded, match="max_queued_texts=10") as err:
+            with budget.admit(3, None):
+                pass
+        assert err.value.retry_after_ms is not None and err.value.retry_after_ms > 0
+        with budget.admit(2, None):
+            assert budget.in_flight == 10
+    assert budget.in_flight == 0 and budget.refused == 1
+    with pytest.raises(InvalidInput, match="at most max_queued_texts=10"):
+        with budget.admit(11, None):
+            pass
+
+
+def test_budget_refuses_a_request_whose_deadline_the_queue_would_outlast() -> None:
+    budget = Budget("texts", 100, "max_queued_texts")
+    budget.per_unit = 0.5  # as measured: half a second per text
+    with budget.admit(10, None):  # about 5 s of work ahead
+        with pytest.raises(Overloaded, match="outlast this request's deadline"):
+            with budget.admit(1, 1.0):
+                pass
+        with budget.admit(1, 60.0):  # a deadline the queue fits in is admitted
+            pass
+        with budget.admit(1, None):
+            pass
+
+
+def test_budget_measures_seconds_per_unit_from_finished_requests() -> None:
+    budget = Budget("documents", 100, "max_inflight_documents")
+    with budget.admit(4, None):
+        time.sleep(0.04)
+    assert budget.per_unit is not None and budget.per_unit > 0
+    failed = budget.per_unit
+    with pytest.raises(RuntimeError):
+        with budget.admit(4, None):
+            raise RuntimeError("failed work is not a measurement")
+    assert budget.per_unit == failed and budget.in_flight == 0
+
+
+def test_budget_is_safe_under_threads() -> None:
+    budget = Budget("texts", 50, "max_queued_texts")
+    refused = []
+
+    def worker() -> None:
+        for _ in range(200):
+            try:
+                with budget.admit(5, None):
+                    assert budget.in_flight <= 50
+            except Overloaded:
+                refused.append(1)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert budget.in_flight == 0
+
+
+def test_shown_and_cut_bound_what_a_message_repeats() -> None:
+    assert shown("abc") == "'abc'"
+    long = shown("x" * 20_000)
+    assert len(long) < 260 and "20000 characters" in long
+    assert "length 5000" in shown(list(range(5000)))
+    message = cut("y" * 50_000)
+    assert len(message) == MAX_MESSAGE_CHARS and "50000 characters" in message
+    code, text = status_for(InvalidInput("z" * 30_000))
+    assert code.name == "INVALID_ARGUMENT" and len(text) <= MAX_MESSAGE_CHARS
+    assert status_for(Cancelled("gone"))[0].name == "CANCELLED"
+
+
+def test_filters_per_search_have_a_limit_naming_the_setting() -> None:
+    many = [Filter(field=f"f{i}", op="eq", value=i) for i in range(995)]
+    with pytest.raises(InvalidInput, match="995 filters in one search; the limit is max_filters_per_search=64"):
+        compile_filters(many)
+    assert compile_filters(many[:64]) is not None
+    wide = [Filter(field=f"f{i}", op="in", value=list(range(1000))) for i in range(10)]
+    with pytest.raises(InvalidInput, match="10000 filter values"):
+        compile_filters(wide)
+    with pytest.raises(InvalidInput) as err:
+        compile_filters([Filter(field="x" * 10_000, op="eq", value=1)])
+    assert len(str(err.value)) < 600
