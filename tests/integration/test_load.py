@@ -79,17 +79,19 @@ def test_bad_input_gets_a_clear_bounded_status(tiny_server: Any) -> None:
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "snapshots are read only from" in msg
         # huge collection names: NOT_FOUND with a short message (was RESOURCE_EXHAUSTED: metadata too big)
         for size in (10_000, 20_000):
-            code, msg, _ = _status(lambda: retrieve.Stats(rpb.StatsRequest(collection="n" * size)))
+            code, msg, _ = _status(lambda size=size: retrieve.Stats(rpb.StatsRequest(collection="n" * size)))
             assert code == grpc.StatusCode.NOT_FOUND and len(msg) < 1000 and f"{size} characters" in msg
         code, msg, _ = _status(lambda: retrieve.Stats(rpb.StatsRequest(collection="missing")))
         assert code == grpc.StatusCode.NOT_FOUND and "secret-other" not in msg  # no enumeration
         # ids with control or bidi characters
         for bad in ("a\x00b", "evil\u202egnp.exe", "line\nbreak"):
             code, msg, _ = _status(
-                lambda: retrieve.Upsert(rpb.UpsertRequest(collection="c", documents=[rpb.Document(id=bad, text="t")]))
+                lambda bad=bad: retrieve.Upsert(
+                    rpb.UpsertRequest(collection="c", documents=[rpb.Document(id=bad, text="t")])
+                )
             )
             assert code == grpc.StatusCode.INVALID_ARGUMENT and "control character" in msg, bad
-            code, msg, _ = _status(lambda: retrieve.Delete(rpb.DeleteRequest(collection="c", ids=[bad])))
+            code, msg, _ = _status(lambda bad=bad: retrieve.Delete(rpb.DeleteRequest(collection="c", ids=[bad])))
             assert code == grpc.StatusCode.INVALID_ARGUMENT, bad
         # an unknown truncate number is refused, as an unknown dtype is
         code, msg, _ = _status(lambda: embed.Embed(epb.EmbedRequest(texts=["x"], truncate=7)))
