@@ -117,6 +117,8 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
                 task = asyncio.ensure_future(one(req))
                 running.add(task)
                 task.add_done_callback(running.discard)
+                # one that fails after the stream has ended (on an earlier error) is not reported twice
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
                 await window.put(task)
             await window.put(None)
 

@@ -39,17 +39,18 @@ STATUS: dict[type[LodestarError], grpc.StatusCode] = {
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     Cancelled: grpc.StatusCode.CANCELLED,
 }
-MAX_MESSAGE_CHARS = 900  # a status message's length at most (clients cap metadata near 8 KB; fuzzing asks < 1 KB)
+MAX_MESSAGE_CHARS = 900  # a status message's UTF-8 bytes at most (clients cap metadata near 8 KB; fuzzing asks < 1 KB)
 RETRY_AFTER = "retry-after-ms"
 PUSHBACK = "grpc-retry-pushback-ms"
 
 
 def cut(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
-    """`message`, cut to `limit` characters with a note of how long it was."""
-    if len(message) <= limit:
+    """`message`, cut to `limit` UTF-8 bytes (what travels in the status) with a note of how long it was."""
+    data = message.encode("utf-8", "replace")
+    if len(data) <= limit:
         return message
     note = f"... ({len(message)} characters, cut)"
-    return message[: limit - len(note)] + note
+    return data[: limit - len(note)].decode("utf-8", "ignore") + note
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:

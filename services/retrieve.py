@@ -40,6 +40,7 @@ _SEARCH_OPTIONAL = ("k", "alpha", "rrf_k", "include_text", "feedback_chunks", "f
 def config_from_pb(c: rpb.CollectionConfig) -> rt.CollectionConfig:
     """Unset (empty, zero, absent) fields keep CollectionConfig's defaults."""
     kw: dict[str, Any] = {name: getattr(c, name) for name in _CONFIG_STRINGS if getattr(c, name)}
+    kw["name"] = c.name  # required: an empty one is refused by the engine, naming the rule
     kw |= set_fields(c, _CONFIG_OPTIONAL)
     if c.dimensions:
         kw["dimensions"] = c.dimensions

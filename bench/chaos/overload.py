@@ -1,0 +1,117 @@
+"""Overload: many concurrent clients over Embed, Search and Upsert against a server process.
+
+What must hold: a request past the server's budget is refused at once (RESOURCE_EXHAUSTED, p99 well
+under 50 ms), accepted ones finish, no INTERNAL/UNKNOWN, and the server's CPU goes idle soon after
+the last client leaves (no work continues for callers that are gone).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import grpc
+import numpy as np
+
+from lodestar.bench.chaos.server import ServerProcess
+from lodestar.embed.v1 import embed_pb2 as epb
+from lodestar.embed.v1 import embed_pb2_grpc as epb_grpc
+from lodestar.retrieve.v1 import retrieve_pb2 as rpb
+from lodestar.retrieve.v1 import retrieve_pb2_grpc as rpb_grpc
+
+TEXT = "an ordinary sentence about retrieval, embeddings and the servers that answer them " * 4
+COLLECTION = "load"
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 1) if values else None
+
+
+def overload(
+    server: ServerProcess, clients: int = 256, seconds: float = 20.0, batch: int = 64, deadline: float = 30.0
+) -> dict[str, Any]:
+    """`clients` threads, each with its own channel, loop Embed/Search/Upsert of `batch` items for `seconds`."""
+    with grpc.insecure_channel(server.address) as ch:
+        retrieve = rpb_grpc.RetrieveServiceStub(ch)
+        try:
+            retrieve.CreateCollection(
+                rpb.CreateCollectionRequest(config=rpb.CollectionConfig(name=COLLECTION)), timeout=60
+            )
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.ALREADY_EXISTS:
+                raise
+    stop = threading.Event()
+    lock = threading.Lock()
+    codes: Counter = Counter()
+    refused_ms: list[float] = []
+    ok_ms: list[float] = []
+    retry_hints = 0
+
+    def client(n: int) -> None:
+        nonlocal retry_hints
+        rng = random.Random(n)
+        with grpc.insecure_channel(server.address) as ch:
+            embed, retrieve = epb_grpc.EmbedServiceStub(ch), rpb_grpc.RetrieveServiceStub(ch)
+            i = 0
+            while not stop.is_set():
+                i += 1
+                kind = rng.choice(("embed", "search", "upsert"))
+                start = time.monotonic()
+                code, hint = grpc.StatusCode.OK, False
+                try:
+                    if kind == "embed":
+                        embed.Embed(epb.EmbedRequest(texts=[TEXT] * batch), timeout=deadline)
+                    elif kind == "search":
+                        retrieve.Search(
+                            rpb.SearchRequest(collection=COLLECTION, queries=[TEXT] * batch), timeout=deadline
+                        )
+                    else:
+                        docs = [rpb.Document(id=f"c{n}-{i}-{j}", text=TEXT) for j in range(batch)]
+                        retrieve.Upsert(rpb.UpsertRequest(collection=COLLECTION, documents=docs), timeout=deadline)
+                except grpc.RpcError as e:
+                    code = e.code()
+                    hint = any(k == "retry-after-ms" for k, _ in e.trailing_metadata() or ())
+                ms = 1000 * (time.monotonic() - start)
+                with lock:
+                    codes[code.name] += 1
+                    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        refused_ms.append(ms)
+                        retry_hints += hint
+                    elif code == grpc.StatusCode.OK:
+                        ok_ms.append(ms)
+                if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    time.sleep(0.05 + rng.random() * 0.2)  # a client backs off a little before its next request
+
+    threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(clients)]
+    cpu0, t0 = server.cpu_seconds(), time.monotonic()
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    end = time.monotonic() + deadline + 10
+    for t in threads:
+        t.join(max(0.1, end - time.monotonic()))
+    left = time.monotonic()
+    cpu_busy = (server.cpu_seconds() - cpu0) / (left - t0)
+    idle = server.idle_after(left)
+    return {
+        "clients": clients,
+        "seconds": seconds,
+        "batch": batch,
+        "requests": sum(codes.values()),
+        "codes": dict(codes.most_common()),
+        "ok": codes["OK"],
+        "refused": codes["RESOURCE_EXHAUSTED"],
+        "refused_with_retry_hint": retry_hints,
+        "refused_p50_ms": _pct(refused_ms, 50),
+        "refused_p99_ms": _pct(refused_ms, 99),
+        "ok_p50_ms": _pct(ok_ms, 50),
+        "ok_p99_ms": _pct(ok_ms, 99),
+        "internal_or_unknown": codes["INTERNAL"] + codes["UNKNOWN"],
+        "unfinished_clients": sum(t.is_alive() for t in threads),
+        "server_cpu_cores_during": round(cpu_busy, 2),
+        "idle_after_s": None if idle is None else round(idle, 2),
+    }
