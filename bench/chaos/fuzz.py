@@ -121,7 +121,7 @@ class FuzzReport:
         }
 
 
-def _plausible_string(f: FieldDescriptor, rng: random.Random) -> str:
+def _plausible_string(f: Any, rng: random.Random) -> str:
     name = f.name
     if name in ("collection", "name") or name.endswith("collection"):
         return COLLECTION
@@ -138,7 +138,7 @@ def _plausible_string(f: FieldDescriptor, rng: random.Random) -> str:
     return rng.choice(["hello world", "the quick brown fox", "a", "what is retrieval?"])
 
 
-def _plausible(f: FieldDescriptor, rng: random.Random) -> Any:
+def _plausible(f: Any, rng: random.Random) -> Any:
     t = f.type
     if t == F.TYPE_STRING:
         return _plausible_string(f, rng)
@@ -176,8 +176,9 @@ def fill(msg: Message, rng: random.Random, depth: int = 0) -> None:
             setattr(msg, f.name, _plausible(f, rng))
 
 
-def _hostile(f: FieldDescriptor, rng: random.Random) -> tuple[Any, str]:
+def _hostile(f: Any, rng: random.Random) -> tuple[Any, str]:
     t = f.type
+    v: Any
     if t == F.TYPE_STRING:
         v = rng.choice(HOSTILE_STRINGS)
         return v, repr(v[:40]) + (f"..({len(v)})" if len(v) > 40 else "")

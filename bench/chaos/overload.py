@@ -73,7 +73,8 @@ def overload(
                         retrieve.Upsert(rpb.UpsertRequest(collection=COLLECTION, documents=docs), timeout=deadline)
                 except grpc.RpcError as e:
                     code = e.code()
-                    hint = any(k == "retry-after-ms" for k, _ in e.trailing_metadata() or ())
+                    trailers: Any = e.trailing_metadata() or ()
+                    hint = any(item[0] == "retry-after-ms" for item in trailers)
                 ms = 1000 * (time.monotonic() - start)
                 with lock:
                     codes[code.name] += 1
