@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run lint test test-gpu bench protos clean
+.PHONY: install run lint test test-gpu bench chaos protos clean
 
 install: $(STAMP)
 
@@ -51,6 +51,12 @@ test-gpu: $(if $(filter $(BIN)/python,$(GPU_PY)),install)
 
 bench: install
 	bash bench/run.sh
+
+# The chaos and fuzz suite (bench/chaos/, loopback only, about 15 minutes on 2 cores): 10,000 fuzzed
+# requests, 256 clients overloading, 100 SIGKILL rounds during writes, 10 SIGTERM rounds under load;
+# writes bench/results/chaos.json. Its fast part runs in `make test` (tests/integration/test_chaos.py).
+chaos: install
+	PYTHONSAFEPATH=1 $(BIN)/python -m lodestar.bench.chaos.run --out bench/results/chaos.json $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

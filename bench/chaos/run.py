@@ -1,0 +1,91 @@
+"""`make chaos` (or `python -m lodestar.bench.chaos.run`): the whole chaos and fuzz suite, bounded and on
+loopback; writes bench/results/chaos.json. Every part runs against a server with a tiny random model
+(the suite tests the server, not the model) unless --model names a model folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from lodestar.bench.chaos.crash import kill_rounds, term_rounds
+from lodestar.bench.chaos.fuzz import fuzz
+from lodestar.bench.chaos.overload import overload
+from lodestar.bench.chaos.server import ServerProcess, tiny_model
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "loadavg_at_start": os.getloadavg(),
+        "python": platform.python_version(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", type=Path, default=Path("bench/results/chaos.json"))
+    ap.add_argument("--model", type=Path, default=None, help="a model folder (default: a tiny random Llama)")
+    ap.add_argument("--requests", type=int, default=10_000, help="fuzzed requests")
+    ap.add_argument("--clients", type=int, default=256, help="overload: concurrent clients")
+    ap.add_argument("--overload-s", type=float, default=20.0)
+    ap.add_argument("--batch", type=int, default=128, help="overload: texts, queries or documents per request")
+    ap.add_argument("--kill-rounds", type=int, default=100)
+    ap.add_argument("--term-rounds", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", default="fuzz,overload,kill,term", help="parts to run, comma-separated")
+    args = ap.parse_args(argv)
+    parts = set(args.only.split(","))
+    result: dict[str, Any] = {"machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    with tempfile.TemporaryDirectory(prefix="lodestar-chaos-") as tmp:
+        work = Path(tmp)
+        model = args.model or tiny_model(work / "tiny")
+        result["model"] = "tiny random Llama (4 layers, 64 wide)" if args.model is None else str(args.model)
+        if "fuzz" in parts:
+            with ServerProcess(model, work / "fuzz", {"LODESTAR_MAX_NEW_TOKENS": "32"}) as server:
+                report = fuzz(server.address, args.requests, seed=args.seed)
+                result["fuzz"] = report.to_json() | {"pass": report.ok}
+            print("fuzz:", json.dumps({k: v for k, v in result["fuzz"].items() if k != "findings"}), flush=True)
+        if "overload" in parts:
+            with ServerProcess(model, work / "overload") as server:
+                o = overload(server, clients=args.clients, seconds=args.overload_s, batch=args.batch)
+            o["pass"] = bool(
+                o["internal_or_unknown"] == 0
+                and o["unfinished_clients"] == 0
+                and (o["refused_p99_ms"] is None or o["refused_p99_ms"] < 50)
+                and o["idle_after_s"] is not None
+                and o["idle_after_s"] <= 2
+            )
+            result["overload"] = o
+            print("overload:", json.dumps(o), flush=True)
+        if "kill" in parts:
+            k = kill_rounds(model, work, rounds=args.kill_rounds, seed=args.seed)
+            k["pass"] = k["lost"] == 0 and k["phantoms"] == 0
+            result["sigkill"] = k
+            print("sigkill:", json.dumps(k), flush=True)
+        if "term" in parts:
+            t = term_rounds(model, work, rounds=args.term_rounds)
+            t["pass"] = t["ok"] == t["rounds"]
+            result["sigterm"] = t
+            print("sigterm:", json.dumps(t), flush=True)
+    result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    failed = [name for name, part in result.items() if isinstance(part, dict) and part.get("pass") is False]
+    print(f"wrote {args.out}; " + (f"FAILED: {', '.join(failed)}" if failed else "every part passed"))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
