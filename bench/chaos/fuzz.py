@@ -205,15 +205,13 @@ def mutate(msg: Message, rng: random.Random, path: str = "") -> str:
         return f"{path or msg.DESCRIPTOR.name}: (no fields)"
     f = rng.choice(fields)
     where = f"{path}{f.name}"
-    repeated = f.is_repeated
+    if f.is_repeated and rng.random() < 0.2:
+        msg.ClearField(f.name)
+        return f"{where}=[]"
     if f.type == F.TYPE_MESSAGE:
-        if repeated:
+        if f.is_repeated:
             box = getattr(msg, f.name)
-            roll = rng.random()
-            if roll < 0.2:
-                del box[:]
-                return f"{where}=[]"
-            if roll < 0.4:
+            if rng.random() < 0.25:
                 item = box.add()
                 fill(item, rng, MUTANT_DEPTH - 1)
                 n = rng.choice([500, 2000])
@@ -230,12 +228,8 @@ def mutate(msg: Message, rng: random.Random, path: str = "") -> str:
         sub.SetInParent()
         return mutate(sub, rng, where + ".")
     value, shown = _hostile(f, rng)
-    if repeated:
+    if f.is_repeated:
         box = getattr(msg, f.name)
-        roll = rng.random()
-        if roll < 0.2:
-            del box[:]
-            return f"{where}=[]"
         n = rng.choice([1, 3, 1025, 5000]) if f.type != F.TYPE_STRING or len(value) < 1000 else rng.choice([1, 3])
         del box[:]
         box.extend([value] * n)

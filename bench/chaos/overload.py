@@ -7,8 +7,8 @@ the last client leaves (no work continues for callers that are gone).
 
 from __future__ import annotations
 
+import asyncio
 import random
-import threading
 import time
 from collections import Counter
 from typing import Any
@@ -33,71 +33,70 @@ def _pct(values: list[float], q: float) -> float | None:
 def overload(
     server: ServerProcess, clients: int = 256, seconds: float = 20.0, batch: int = 64, deadline: float = 30.0
 ) -> dict[str, Any]:
-    """`clients` threads, each with its own channel, loop Embed/Search/Upsert of `batch` items for `seconds`."""
-    with grpc.insecure_channel(server.address) as ch:
-        retrieve = rpb_grpc.RetrieveServiceStub(ch)
+    """`clients` concurrent clients, each with its own channel, loop Embed/Search/Upsert of `batch`
+    items for `seconds`. The clients are coroutines on one event loop (grpc.aio): 256 client threads
+    would measure their own GIL contention instead of the server's answer time."""
+    return asyncio.run(_overload(server, clients, seconds, batch, deadline))
+
+
+async def _overload(server: ServerProcess, clients: int, seconds: float, batch: int, deadline: float) -> dict[str, Any]:
+    async with grpc.aio.insecure_channel(server.address) as ch:
         try:
-            retrieve.CreateCollection(
+            await rpb_grpc.RetrieveServiceStub(ch).CreateCollection(
                 rpb.CreateCollectionRequest(config=rpb.CollectionConfig(name=COLLECTION)), timeout=60
             )
-        except grpc.RpcError as e:
+        except grpc.aio.AioRpcError as e:
             if e.code() != grpc.StatusCode.ALREADY_EXISTS:
                 raise
-    stop = threading.Event()
-    lock = threading.Lock()
     codes: Counter = Counter()
     refused_ms: list[float] = []
     ok_ms: list[float] = []
-    retry_hints = 0
+    hints = 0
+    stop_at = time.monotonic() + seconds
 
-    def client(n: int) -> None:
-        nonlocal retry_hints
+    async def client(n: int) -> None:
+        nonlocal hints
         rng = random.Random(n)
-        with grpc.insecure_channel(server.address) as ch:
+        async with grpc.aio.insecure_channel(server.address) as ch:
             embed, retrieve = epb_grpc.EmbedServiceStub(ch), rpb_grpc.RetrieveServiceStub(ch)
             i = 0
-            while not stop.is_set():
+            while time.monotonic() < stop_at:
                 i += 1
                 kind = rng.choice(("embed", "search", "upsert"))
                 start = time.monotonic()
-                code, hint = grpc.StatusCode.OK, False
+                code = grpc.StatusCode.OK
                 try:
                     if kind == "embed":
-                        embed.Embed(epb.EmbedRequest(texts=[TEXT] * batch), timeout=deadline)
+                        await embed.Embed(epb.EmbedRequest(texts=[TEXT] * batch), timeout=deadline)
                     elif kind == "search":
-                        retrieve.Search(
+                        await retrieve.Search(
                             rpb.SearchRequest(collection=COLLECTION, queries=[TEXT] * batch), timeout=deadline
                         )
                     else:
                         docs = [rpb.Document(id=f"c{n}-{i}-{j}", text=TEXT) for j in range(batch)]
-                        retrieve.Upsert(rpb.UpsertRequest(collection=COLLECTION, documents=docs), timeout=deadline)
-                except grpc.RpcError as e:
+                        await retrieve.Upsert(
+                            rpb.UpsertRequest(collection=COLLECTION, documents=docs), timeout=deadline
+                        )
+                except grpc.aio.AioRpcError as e:
                     code = e.code()
                     trailers: Any = e.trailing_metadata() or ()
-                    hint = any(item[0] == "retry-after-ms" for item in trailers)
+                    hints += any(item[0] == "retry-after-ms" for item in trailers)
                 ms = 1000 * (time.monotonic() - start)
-                with lock:
-                    codes[code.name] += 1
-                    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                        refused_ms.append(ms)
-                        retry_hints += hint
-                    elif code == grpc.StatusCode.OK:
-                        ok_ms.append(ms)
+                codes[code.name] += 1
                 if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    time.sleep(0.05 + rng.random() * 0.2)  # a client backs off a little before its next request
+                    refused_ms.append(ms)
+                    await asyncio.sleep(0.05 + rng.random() * 0.2)  # a client backs off a little
+                elif code == grpc.StatusCode.OK:
+                    ok_ms.append(ms)
 
-    threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(clients)]
     cpu0, t0 = server.cpu_seconds(), time.monotonic()
-    for t in threads:
-        t.start()
-    time.sleep(seconds)
-    stop.set()
-    end = time.monotonic() + deadline + 10
-    for t in threads:
-        t.join(max(0.1, end - time.monotonic()))
+    tasks = [asyncio.ensure_future(client(n)) for n in range(clients)]
+    _, unfinished = await asyncio.wait(tasks, timeout=seconds + deadline + 10)
+    for task in unfinished:
+        task.cancel()
     left = time.monotonic()
     cpu_busy = (server.cpu_seconds() - cpu0) / (left - t0)
-    idle = server.idle_after(left)
+    idle = await asyncio.get_running_loop().run_in_executor(None, server.idle_after, left)
     return {
         "clients": clients,
         "seconds": seconds,
@@ -106,13 +105,13 @@ def overload(
         "codes": dict(codes.most_common()),
         "ok": codes["OK"],
         "refused": codes["RESOURCE_EXHAUSTED"],
-        "refused_with_retry_hint": retry_hints,
+        "refused_with_retry_hint": hints,
         "refused_p50_ms": _pct(refused_ms, 50),
         "refused_p99_ms": _pct(refused_ms, 99),
         "ok_p50_ms": _pct(ok_ms, 50),
         "ok_p99_ms": _pct(ok_ms, 99),
         "internal_or_unknown": codes["INTERNAL"] + codes["UNKNOWN"],
-        "unfinished_clients": sum(t.is_alive() for t in threads),
+        "unfinished_clients": len(unfinished),
         "server_cpu_cores_during": round(cpu_busy, 2),
         "idle_after_s": None if idle is None else round(idle, 2),
     }

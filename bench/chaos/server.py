@@ -102,20 +102,14 @@ class ServerProcess:
         self.kill()
 
 
-def tiny_model(folder: Path, layers: int = 4) -> Path:
-    """A randomly initialised tiny Llama with the bundled model's tokenizer, saved as a model folder:
-    fast enough for hundreds of server starts (the chaos suite tests the server, not the model)."""
+def tiny_llama(tokenizer: Any, layers: int = 4, seed: int = 0) -> Any:
+    """A randomly initialised Llama small enough to run in milliseconds (float32, eval mode); the
+    tests' tiny backbone is this model."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lodestar.backbone.loader import bundled_gguf, dequantised_cache
-    from lodestar.services.settings import Settings
-
-    if (folder / "config.json").exists():
-        return folder
-    tokenizer = AutoTokenizer.from_pretrained(dequantised_cache(bundled_gguf(), Settings().cache_dir))
-    torch.manual_seed(0)
-    config = LlamaConfig(
+    torch.manual_seed(seed)
+    shape: dict[str, Any] = dict(
         vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=128,
@@ -125,7 +119,22 @@ def tiny_model(folder: Path, layers: int = 4) -> Path:
         max_position_embeddings=512,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
+        attn_implementation="sdpa",
     )
-    LlamaForCausalLM(config).float().eval().save_pretrained(folder)
+    return LlamaForCausalLM(LlamaConfig(**shape)).float().eval()
+
+
+def tiny_model(folder: Path, layers: int = 4) -> Path:
+    """`tiny_llama` with the bundled model's tokenizer, saved as a model folder: fast enough for
+    hundreds of server starts (the chaos suite tests the server, not the model)."""
+    from transformers import AutoTokenizer
+
+    from lodestar.backbone.loader import bundled_gguf, dequantised_cache
+    from lodestar.services.settings import Settings
+
+    if (folder / "config.json").exists():
+        return folder
+    tokenizer = AutoTokenizer.from_pretrained(dequantised_cache(bundled_gguf(), Settings().cache_dir))
+    tiny_llama(tokenizer, layers).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

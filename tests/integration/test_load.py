@@ -5,11 +5,6 @@ budget is refused at once with a retry hint, and `lodestar serve` under load exi
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,6 +14,7 @@ import grpc
 import pytest
 
 from lodestar.backbone import Backbone
+from lodestar.bench.chaos.server import ServerProcess
 from lodestar.embed.v1 import embed_pb2 as epb
 from lodestar.embed.v1 import embed_pb2_grpc as epb_grpc
 from lodestar.retrieve.v1 import retrieve_pb2 as rpb
@@ -171,44 +167,20 @@ def test_work_past_the_budget_is_refused_at_once_with_a_retry_hint(tiny_server: 
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "deadline" in msg
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_sigterm_under_load_exits_zero(tmp_path: Path, tiny_backbone: Backbone) -> None:
     """8 clients embedding and a 1,024-query Search grinding when SIGTERM lands: exit code 0 (it
-    aborted with SIGABRT, or stayed alive computing), and the grace period is what it waits."""
+    aborted with SIGABRT, or stayed alive computing), after the grace period and the close."""
     folder = tmp_path / "tiny"
     tiny_backbone.model.save_pretrained(folder)
     tiny_backbone.tokenizer.save_pretrained(folder)
-    port = _free_port()
-    grace = 2.0
-    env = {
-        **os.environ,
-        "LODESTAR_MODEL": str(folder),
-        "LODESTAR_DATA_DIR": str(tmp_path / "data"),
-        "LODESTAR_DTYPE": "float32",
-        "LODESTAR_GRACE_PERIOD_S": str(grace),
-        "LODESTAR_MAX_BATCH_TOKENS": "1024",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lodestar.services.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
     stop = threading.Event()
-    try:
-        with Client(f"127.0.0.1:{port}", timeout=120) as c:
-            c.wait_ready(timeout=120)
+    with ServerProcess(folder, tmp_path / "data", {"LODESTAR_MAX_BATCH_TOKENS": "1024"}, grace_s=2.0) as server:
+        with Client(server.address, timeout=120) as c:
             c.create_collection("c", sparse="none")
             c.upsert("c", [{"id": "a", "text": "some text"}])
 
         def load(kind: str) -> None:
-            with Client(f"127.0.0.1:{port}", timeout=60) as c:
+            with Client(server.address, timeout=60) as c:
                 while not stop.is_set():
                     try:
                         if kind == "embed":
@@ -223,14 +195,13 @@ def test_sigterm_under_load_exits_zero(tmp_path: Path, tiny_backbone: Backbone) 
         for t in threads:
             t.start()
         time.sleep(2.0)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0
-    finally:
-        stop.set()
-        if proc.poll() is None:
-            proc.kill()
-        out = proc.stdout.read() if proc.stdout else ""
-    assert "terminate called" not in out and "stopped" in out, out[-2000:]
+        try:
+            code, _ = server.terminate(timeout=60)
+        finally:
+            stop.set()
+        out = server.output()
+    assert code == 0, out[-2000:]
+    assert "terminate called" not in out
 
 
 def test_interceptor_request_id_is_the_calls(tiny_server: Any) -> None:
