@@ -89,8 +89,24 @@ async def _overload(server: ServerProcess, clients: int, seconds: float, batch: 
                 elif code == grpc.StatusCode.OK:
                     ok_ms.append(ms)
 
+    probe_ms: list[float] = []
+
+    async def probe() -> None:
+        """The cheapest call (EmbedService.Info), every 50 ms: what any answer costs on this machine
+        now, next to which the refusals' latency reads."""
+        async with grpc.aio.insecure_channel(server.address) as ch:
+            info = epb_grpc.EmbedServiceStub(ch)
+            while time.monotonic() < stop_at:
+                start = time.monotonic()
+                try:
+                    await info.Info(epb.InfoRequest(), timeout=deadline)
+                    probe_ms.append(1000 * (time.monotonic() - start))
+                except grpc.aio.AioRpcError:
+                    pass
+                await asyncio.sleep(0.05)
+
     cpu0, t0 = server.cpu_seconds(), time.monotonic()
-    tasks = [asyncio.ensure_future(client(n)) for n in range(clients)]
+    tasks = [asyncio.ensure_future(client(n)) for n in range(clients)] + [asyncio.ensure_future(probe())]
     _, unfinished = await asyncio.wait(tasks, timeout=seconds + deadline + 10)
     for task in unfinished:
         task.cancel()
@@ -108,6 +124,8 @@ async def _overload(server: ServerProcess, clients: int, seconds: float, batch: 
         "refused_with_retry_hint": hints,
         "refused_p50_ms": _pct(refused_ms, 50),
         "refused_p99_ms": _pct(refused_ms, 99),
+        "info_probe_p50_ms": _pct(probe_ms, 50),
+        "info_probe_p99_ms": _pct(probe_ms, 99),
         "ok_p50_ms": _pct(ok_ms, 50),
         "ok_p99_ms": _pct(ok_ms, 99),
         "internal_or_unknown": codes["INTERNAL"] + codes["UNKNOWN"],

@@ -19,6 +19,11 @@ from lodestar.bench.chaos.overload import overload
 from lodestar.bench.chaos.server import ServerProcess, tiny_model
 
 
+def stamp() -> dict[str, Any]:
+    """When a part finished and how loaded the machine was (parts can be rerun alone with --update)."""
+    return {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "loadavg": os.getloadavg()}
+
+
 def machine() -> dict[str, Any]:
     cpu = ""
     try:
@@ -45,9 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--term-rounds", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", default="fuzz,overload,kill,term", help="parts to run, comma-separated")
+    ap.add_argument("--update", action="store_true", help="keep the other parts' results already in --out")
     args = ap.parse_args(argv)
     parts = set(args.only.split(","))
-    result: dict[str, Any] = {"machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    result: dict[str, Any] = json.loads(args.out.read_text()) if args.update and args.out.exists() else {}
+    result |= {"machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     with tempfile.TemporaryDirectory(prefix="lodestar-chaos-") as tmp:
         work = Path(tmp)
         model = args.model or tiny_model(work / "tiny")
@@ -55,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         if "fuzz" in parts:
             with ServerProcess(model, work / "fuzz", {"LODESTAR_MAX_NEW_TOKENS": "32"}) as server:
                 report = fuzz(server.address, args.requests, seed=args.seed)
-                result["fuzz"] = report.to_json() | {"pass": report.ok}
+                result["fuzz"] = stamp() | report.to_json() | {"pass": report.ok}
             print("fuzz:", json.dumps({k: v for k, v in result["fuzz"].items() if k != "findings"}), flush=True)
         if "overload" in parts:
             with ServerProcess(model, work / "overload") as server:
@@ -67,17 +74,17 @@ def main(argv: list[str] | None = None) -> int:
                 and o["idle_after_s"] is not None
                 and o["idle_after_s"] <= 2
             )
-            result["overload"] = o
+            result["overload"] = stamp() | o
             print("overload:", json.dumps(o), flush=True)
         if "kill" in parts:
             k = kill_rounds(model, work, rounds=args.kill_rounds, seed=args.seed)
             k["pass"] = k["lost"] == 0 and k["phantoms"] == 0
-            result["sigkill"] = k
+            result["sigkill"] = stamp() | k
             print("sigkill:", json.dumps(k), flush=True)
         if "term" in parts:
             t = term_rounds(model, work, rounds=args.term_rounds)
             t["pass"] = t["ok"] == t["rounds"]
-            result["sigterm"] = t
+            result["sigterm"] = stamp() | t
             print("sigterm:", json.dumps(t), flush=True)
     result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -103,8 +103,8 @@ class ServerProcess:
 
 
 def tiny_llama(tokenizer: Any, layers: int = 4, seed: int = 0) -> Any:
-    """A randomly initialised Llama small enough to run in milliseconds (float32, eval mode); the
-    tests' tiny backbone is this model."""
+    """A randomly initialised Llama small enough to run in milliseconds (float32, eval mode): the shape
+    of the tests' tiny backbone (tests/tinymodel.py, which serving-import tests keep apart from bench)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -4,6 +4,7 @@ mid-stream leaves no request of the stream running (each holds batcher queue slo
 from __future__ import annotations
 
 import asyncio
+from contextlib import nullcontext
 from types import SimpleNamespace
 from typing import Any
 
@@ -34,7 +35,8 @@ class Context:
 
 def test_client_gone_mid_stream_cancels_every_started_request() -> None:
     engine = BlockingEngine()
-    servicer = EmbedServicer(SimpleNamespace(embed_engine=lambda: engine))  # type: ignore[arg-type]
+    runtime = SimpleNamespace(embed_engine=lambda: engine, admit=lambda *args: nullcontext())
+    servicer = EmbedServicer(runtime)  # type: ignore[arg-type]
 
     async def requests() -> Any:
         for i in range(3 * STREAM_WINDOW):
