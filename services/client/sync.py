@@ -36,7 +36,10 @@ STUBS = {
 
 def error(exc: grpc.RpcError, security: Security | None = None) -> ClientError:
     code, details = exc.code().name, exc.details() or ""
-    return ClientError(code, security.explain(code, details) if security else details)
+    trailers: Any = exc.trailing_metadata() or ()
+    hint = next((value for key, value in trailers if key == "retry-after-ms"), None)
+    retry = int(hint) if isinstance(hint, str) and hint.isdigit() else None
+    return ClientError(code, security.explain(code, details) if security else details, retry)
 
 
 class Client(Calls):

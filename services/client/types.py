@@ -8,12 +8,14 @@ from lodestar.retrieve.types import CollectionConfig, CollectionStats, Hit
 
 
 class ClientError(Exception):
-    """A call failed; `code` is the gRPC status name (e.g. INVALID_ARGUMENT), `message` the server's words."""
+    """A call failed; `code` is the gRPC status name (e.g. INVALID_ARGUMENT), `message` the server's words;
+    `retry_after_ms` the server's hint when it refused the call for load (RESOURCE_EXHAUSTED), else None."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, retry_after_ms: int | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.retry_after_ms = retry_after_ms
 
 
 @dataclass

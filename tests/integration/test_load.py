@@ -19,7 +19,8 @@ from lodestar.embed.v1 import embed_pb2 as epb
 from lodestar.embed.v1 import embed_pb2_grpc as epb_grpc
 from lodestar.retrieve.v1 import retrieve_pb2 as rpb
 from lodestar.retrieve.v1 import retrieve_pb2_grpc as rpb_grpc
-from lodestar.services.client import Client
+from lodestar.services.client import Client, ClientError
+from lodestar.services.client.channel import ChannelConfig
 
 LONG = "a long query to keep the model busy for a while " * 30
 
@@ -155,6 +156,10 @@ def test_work_past_the_budget_is_refused_at_once_with_a_retry_hint(tiny_server: 
             code, msg, _ = _status(lambda: retrieve.Search(rpb.SearchRequest(collection="c", queries=["q"] * 8)))
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_queued_texts=64" in msg
             assert embed.Embed(epb.EmbedRequest(texts=["x"] * 4)).embeddings.shape[0] == 4  # what fits runs
+            with Client(srv.address, channel=ChannelConfig(retries=0)) as c:  # the client shows the hint
+                with pytest.raises(ClientError) as err:
+                    c.embed(["x"] * 8)
+                assert err.value.code == "RESOURCE_EXHAUSTED" and (err.value.retry_after_ms or 0) > 0
         code, msg, _ = _status(lambda: embed.Embed(epb.EmbedRequest(texts=["x"] * 65)))
         assert code == grpc.StatusCode.INVALID_ARGUMENT  # never fits: retrying cannot help
         docs = [rpb.Document(id=f"e{i}", text="t") for i in range(11)]
