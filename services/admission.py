@@ -47,7 +47,7 @@ class Budget:
         with self._lock:
             if n > self.limit:
                 raise InvalidInput(
-                    f"{n} {self.unit} in one request; this server takes at most {self.setting}={self.limit} at once: split it"
+                    f"{n} {self.unit} in one request; this server takes at most {self.setting}={self.limit}: split the request"
                 )
             if self.in_flight + n > self.limit:
                 self.refused += 1

@@ -57,7 +57,7 @@ def test_budget_refuses_past_its_limit_with_a_retry_hint_and_frees_on_exit() -> 
         with budget.admit(2, None):
             assert budget.in_flight == 10
     assert budget.in_flight == 0 and budget.refused == 1
-    with pytest.raises(InvalidInput, match="at most max_queued_texts=10"):
+    with pytest.raises(InvalidInput, match="at most max_queued_texts=10: split the request"):
         with budget.admit(11, None):
             pass
 
