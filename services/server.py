@@ -164,7 +164,7 @@ async def shutdown(server: grpc.aio.Server, grace: float, close_s: float = CLOSE
 
 async def serve(settings: Settings, *, backbone: Backbone | None = None) -> None:
     """Run until SIGTERM/SIGINT, then shut down within grace_period_s + CLOSE_S (see `shutdown`); the
-    caller exits the process at once after (`exit_process`): threads still finishing cancelled work
+    caller exits the process at once after (`run_and_exit`): threads still finishing cancelled work
     (FAISS, torch, the executor) are not waited for."""
     server, port = await create_server(settings, backbone=backbone)
     await server.start()
