@@ -30,6 +30,7 @@ from lodestar.embedding import Embedder
 from lodestar.errors import AlreadyExists, FailedPrecondition, InvalidInput, NotFound
 from lodestar.retrieve.backends import BACKENDS, Backend
 from lodestar.retrieve.backends.faiss import FaissBackend
+from lodestar.retrieve.backends.milvus_store import MilvusOptions
 from lodestar.retrieve.prepare import DocLimits, Prepared
 from lodestar.retrieve.snapshot import MANIFEST
 from lodestar.retrieve.types import CollectionConfig, CollectionStats, Document, Hit, SearchRequest
@@ -51,7 +52,7 @@ class RetrievalEngine:
         max_text_chars: int = 1_000_000,
         faiss_threads: int = 0,
         restore_dirs: tuple[Path, ...] = (),
-        milvus: Backend | None = None,
+        milvus: MilvusOptions | None = None,
     ) -> None:
         self.root = Path(root)
         self.restore_dirs = tuple(Path(d).resolve() for d in restore_dirs)  # () = any folder the server can read
@@ -75,7 +76,11 @@ class RetrievalEngine:
         self.catalog = self.faiss.catalog
         self.writer = self.faiss.writer
         self.searcher = self.faiss.searcher
-        self.milvus = milvus  # None: every collection is embedded
+        self.milvus: Backend | None = None  # None: every collection is embedded
+        if milvus is not None:
+            from lodestar.retrieve.backends.milvus import MilvusBackend
+
+            self.milvus = MilvusBackend(milvus, embedder, self.catalog, self.writer, self.persistence.model_id, max_k)
         self.telemetry: Telemetry = NOOP  # the server sets its metrics here
 
     @property

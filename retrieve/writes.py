@@ -19,6 +19,37 @@ from lodestar.retrieve.store import DocWrite
 from lodestar.retrieve.types import CollectionConfig, Document
 
 
+def check_prepared(
+    name: str, config: CollectionConfig, dim: int, prepared: Prepared, model: str, model_id: str
+) -> None:
+    """Check documents a worker chunked and embedded against the documents and the collection (any
+    backend): spans inside each text, vectors of the right shape and finite, sparse vectors when the
+    collection is learned-sparse; makes the vectors contiguous float32."""
+    if model and model != model_id:
+        raise InvalidInput(f"vectors were made by model {model!r}; collection {name!r} is embedded with {model_id!r}")
+    if len(prepared.spans) != len(prepared.docs):
+        raise InvalidInput(f"{len(prepared.spans)} span lists for {len(prepared.docs)} documents")
+    for i, (d, sp) in enumerate(zip(prepared.docs, prepared.spans)):
+        if not sp or any(not 0 <= a < b <= len(d.text) for a, b in sp):
+            raise InvalidInput(
+                f"document {i} ({d.id[:80]!r}): chunk spans {sp[:4]} are empty or outside its {len(d.text)} characters"
+            )
+    chunks = sum(len(sp) for sp in prepared.spans)
+    if prepared.vectors.shape != (chunks, dim):
+        raise InvalidInput(
+            f"vectors have shape {tuple(prepared.vectors.shape)}; {chunks} chunks of collection {name!r} need ({chunks}, {dim})"
+        )
+    prepared.vectors = np.ascontiguousarray(prepared.vectors, dtype=np.float32)
+    check_finite(prepared.vectors, prepared.chunk_texts, "chunk")
+    if (config.sparse == "learned") != (prepared.sparse is not None):
+        raise InvalidInput(
+            f"collection {name!r} has sparse={config.sparse!r}: learned-sparse vectors are "
+            f"{'needed' if config.sparse == 'learned' else 'not expected'}"
+        )
+    if prepared.sparse is not None and len(prepared.sparse) != chunks:
+        raise InvalidInput(f"{len(prepared.sparse)} sparse vectors for {chunks} chunks")
+
+
 class Writer:
     """Upserts, deletes and reads of documents in the catalog's collections."""
 
@@ -58,32 +89,8 @@ class Writer:
         c = self.catalog.get(name)
         metadata = self._validate_docs(prepared.docs)
         c.check_serving()
-        if model and model != self.persistence.model_id():
-            raise InvalidInput(
-                f"vectors were made by model {model!r}; collection {name!r} is embedded with {self.persistence.model_id()!r}"
-            )
-        if len(prepared.spans) != len(prepared.docs):
-            raise InvalidInput(f"{len(prepared.spans)} span lists for {len(prepared.docs)} documents")
-        for i, (d, sp) in enumerate(zip(prepared.docs, prepared.spans)):
-            if not sp or any(not 0 <= a < b <= len(d.text) for a, b in sp):
-                raise InvalidInput(
-                    f"document {i} ({d.id[:80]!r}): chunk spans {sp[:4]} are empty or outside its {len(d.text)} characters"
-                )
-        chunks = sum(len(sp) for sp in prepared.spans)
-        if prepared.vectors.shape != (chunks, c.dim):
-            raise InvalidInput(
-                f"vectors have shape {tuple(prepared.vectors.shape)}; {chunks} chunks of collection {name!r} need ({chunks}, {c.dim})"
-            )
-        prepared.vectors = np.ascontiguousarray(prepared.vectors, dtype=np.float32)
-        check_finite(prepared.vectors, prepared.chunk_texts, "chunk")
         assert c.config is not None
-        if (c.config.sparse == "learned") != (prepared.sparse is not None):
-            raise InvalidInput(
-                f"collection {name!r} has sparse={c.config.sparse!r}: learned-sparse vectors are "
-                f"{'needed' if c.config.sparse == 'learned' else 'not expected'}"
-            )
-        if prepared.sparse is not None and len(prepared.sparse) != chunks:
-            raise InvalidInput(f"{len(prepared.sparse)} sparse vectors for {chunks} chunks")
+        check_prepared(name, c.config, c.dim, prepared, model, self.persistence.model_id())
         return self._write(c, prepared, metadata)
 
     def _write(self, c: Collection, prepared: Prepared, metadata: list[str]) -> tuple[int, int]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from milvuslite import MilvusLiteServer
 from tinymodel import CACHE_DIR, FIXTURES, build_tiny  # noqa: E402  (tests/ is on sys.path)
 
 from lodestar.backbone import Backbone, BackboneConfig, load_backbone
@@ -73,3 +74,11 @@ def tiny_engine(tiny_backbone: Backbone) -> Iterator:  # type: ignore[type-arg]
     eng = EmbeddingEngine(tiny_backbone)
     yield eng
     eng.close()
+
+
+@pytest.fixture(scope="session")
+def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Milvus Lite server process for the session (tests/milvuslite.py); collections get unique names."""
+    server = MilvusLiteServer(tmp_path_factory.mktemp("milvus") / "data")
+    yield server.uri
+    server.stop()

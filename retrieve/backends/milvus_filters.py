@@ -58,6 +58,11 @@ def string_literal(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
+def id_list(ids: Sequence[str]) -> str:
+    """Strings (document ids) as a list literal for `field in [...]`, every one escaped."""
+    return "[" + ", ".join(string_literal(i) for i in ids) + "]"
+
+
 def literal(value: Any) -> str:
     """A typed value (number or string) as an expression literal."""
     if isinstance(value, bool):  # typed() never returns one; guard the int branch anyway
