@@ -114,13 +114,13 @@ class MilvusBackend:
     # --- collections ---------------------------------------------------------------------------
 
     def create(self, config: CollectionConfig) -> CollectionStats:
-        dim = self.catalog.validate_new(config)
         dense_index(config.index)
         if config.sparse == "learned" and config.query_idf:
             raise FailedPrecondition(
                 "query_idf is not available on backend milvus (Milvus keeps no per-term document counts for "
                 "learned-sparse vectors): create the collection with query_idf=false (`--no-query-idf`)"
             )
+        dim = self.catalog.validate_new(config)
         if self.has(config.name):
             raise AlreadyExists(f"collection {config.name!r} already exists (backend milvus)")
         physical = f"lodestar_{secrets.token_hex(8)}"
@@ -168,7 +168,7 @@ class MilvusBackend:
         return {r.config.name: "ok" for r in self.configs.all()}
 
     def stats(self, name: str) -> CollectionStats:
-        return self._fresh(name, self._stats)  # type: ignore[no-any-return]
+        return self._fresh(name, self._stats)
 
     def _stats(self, record: Record) -> CollectionStats:
         what = f"counting collection {record.config.name!r}"
@@ -296,7 +296,7 @@ class MilvusBackend:
     # --- search --------------------------------------------------------------------------------
 
     def search(self, name: str, request: SearchRequest) -> builtins.list[builtins.list[Hit]]:
-        return self._fresh(name, lambda record: self.searcher.search(record, request))  # type: ignore[no-any-return]
+        return self._fresh(name, lambda record: self.searcher.search(record, request))
 
     # --- maintenance: Milvus's own ------------------------------------------------------------
 
