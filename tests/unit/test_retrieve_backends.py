@@ -1,5 +1,5 @@
 """The collection suite on both backends: `faiss` (embedded) and `milvus` (a Milvus Lite server
-process the session starts, tests/milvuslite.py). The same documents, filters, upserts, deletes and
+process the session starts, bench/milvus_lite.py). The same documents, filters, upserts, deletes and
 searches give the same ids in the same order on exact indexes; what Milvus cannot do is refused
 with FAILED_PRECONDITION naming the backend; filter keys and values are matched literally."""
 
@@ -236,7 +236,7 @@ def test_without_a_milvus_uri_the_backend_is_refused(tmp_path: Path) -> None:
 
 
 def test_unreachable_milvus_is_unavailable(tmp_path: Path) -> None:
-    from milvuslite import free_port
+    from lodestar.bench.milvus_lite import free_port
 
     e = RetrievalEngine(tmp_path, FakeEmbedder(), milvus=MilvusOptions(f"http://127.0.0.1:{free_port()}", timeout_s=2))
     with pytest.raises(Unavailable, match="Milvus is unreachable"):

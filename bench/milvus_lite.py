@@ -1,7 +1,7 @@
 """Milvus Lite's own gRPC server (`milvus-lite server`, from the milvus-lite package) started as a
 separate process on a free loopback port, so several Lodestar engines or `lodestar serve` processes
-share one Milvus exactly as replicas share a Milvus deployment (importable as `milvuslite`: tests/ is
-on sys.path)."""
+share one Milvus exactly as replicas share a Milvus deployment. The tests and `lodestar bench
+retrieve --backend milvus` start it; a deployment runs Milvus itself (docs/scaling.md)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def server_command() -> list[str]:
     beside = Path(sys.executable).with_name("milvus-lite")
     found = str(beside) if beside.exists() else shutil.which("milvus-lite")
     if not found:
-        raise RuntimeError("milvus-lite is not installed: pip install 'lodestar[milvus]' (the test extra has it)")
+        raise RuntimeError("milvus-lite is not installed: pip install 'lodestar[milvus]' (the milvus extra)")
     return [found, "server"]
 
 
@@ -54,6 +54,12 @@ class MilvusLiteServer:
                 time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"milvus-lite server did not listen on {self.port} within 60 s")
+
+    def __enter__(self) -> MilvusLiteServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
