@@ -22,12 +22,13 @@ at creation.
 from __future__ import annotations
 
 import builtins
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from lodestar.embedding import Embedder
-from lodestar.errors import AlreadyExists, FailedPrecondition, InvalidInput, NotFound
+from lodestar.errors import AlreadyExists, FailedPrecondition, InvalidInput, LodestarError
 from lodestar.retrieve.backends import BACKENDS, Backend
 from lodestar.retrieve.backends.faiss import FaissBackend
 from lodestar.retrieve.backends.milvus_store import MilvusOptions
@@ -35,6 +36,8 @@ from lodestar.retrieve.prepare import DocLimits, Prepared
 from lodestar.retrieve.snapshot import MANIFEST
 from lodestar.retrieve.types import CollectionConfig, CollectionStats, Document, Hit, SearchRequest
 from lodestar.telemetry import NOOP, Telemetry
+
+log = logging.getLogger(__name__)
 
 
 class RetrievalEngine:
@@ -142,8 +145,8 @@ class RetrievalEngine:
         if self.milvus is not None:
             try:
                 out |= self.milvus.status()
-            except (NotFound, FailedPrecondition):
-                pass
+            except LodestarError as e:  # Milvus down: the embedded collections still serve
+                log.warning("the Milvus collections' status is unknown: %s", e)
         return dict(sorted(out.items()))
 
     def snapshot_times(self) -> dict[str, float | None]:
