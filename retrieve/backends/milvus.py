@@ -24,7 +24,13 @@ from typing import Any
 from lodestar.embedding import Embedder
 from lodestar.errors import AlreadyExists, FailedPrecondition, InvalidInput, NotFound
 from lodestar.retrieve.backends.milvus_filters import id_list, typed_metadata
-from lodestar.retrieve.backends.milvus_schema import MAX_ID_CHARS, chunk_indexes, chunk_schema, dense_index
+from lodestar.retrieve.backends.milvus_schema import (
+    MAX_ID_CHARS,
+    bm25_text,
+    chunk_indexes,
+    chunk_schema,
+    dense_index,
+)
 from lodestar.retrieve.backends.milvus_search import MilvusSearch
 from lodestar.retrieve.backends.milvus_store import (
     MAX_VARCHAR,
@@ -228,6 +234,7 @@ class MilvusBackend:
         rows: list[dict[str, Any]] = []
         at = 0
         texts = prepared.chunk_texts
+        bm25 = record.config.sparse == "bm25"
         for d, spans, meta in zip(prepared.docs, prepared.spans, metadata):
             typed = typed_metadata(d.metadata)
             for idx, (start, end) in enumerate(spans):
@@ -237,7 +244,7 @@ class MilvusBackend:
                     "chunk": idx,
                     "start": int(start),
                     "end": int(end),
-                    "text": texts[at],
+                    "text": bm25_text(texts[at]) if bm25 else "",
                     "doc_text": d.text if idx == 0 else "",
                     "doc_meta": meta if idx == 0 else "",
                     "meta": typed,

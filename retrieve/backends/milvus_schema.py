@@ -1,8 +1,8 @@
 """How a Lodestar collection looks in Milvus: one Milvus collection of chunks, one row each.
 
 Row: `pk` "<chunk index>:<document id>", `doc_id`, `chunk`, `start`/`end` (the chunk's span in its
-document), `text` (the chunk's text; with sparse=bm25 Milvus's BM25 function analyses it into the
-`bm25` sparse field), `vector` (the dense embedding), `learned` (sparse=learned: the SPLADE weights),
+document), `text` (with sparse=bm25 the chunk's terms as lodestar.text analyses them, which Milvus's BM25
+function turns into the `bm25` sparse field), `vector` (the dense embedding), `learned` (sparse=learned: the SPLADE weights),
 `meta` (the document's metadata, typed for filtering: milvus_filters.py), and on chunk 0 only
 `doc_text` and `doc_meta` (the document as upserted, for Get and hits).
 
@@ -18,7 +18,7 @@ from typing import Any
 
 from lodestar.errors import InvalidInput
 from lodestar.retrieve.backends.milvus_store import MAX_VARCHAR
-from lodestar.text import STOPWORDS
+from lodestar.text import analyze
 
 MILVUS_INDEXES = "Flat, HNSW{M}, IVF{n},Flat, IVF{n},SQ8, IVF{n},PQ{m}"
 METRIC_TYPES = {"cosine": "COSINE", "ip": "IP", "l2": "L2"}
@@ -26,8 +26,10 @@ MAX_ID_CHARS = 4096  # doc_id column; Lodestar's max_id_bytes must fit
 HNSW_EF_CONSTRUCTION = 40  # FAISS's default, so both backends build the same graph quality
 HNSW_EF_SEARCH = 128  # dense.py's efSearch floor
 BM25_K1, BM25_B = 1.5, 0.75  # bm25.py's
-# Milvus's analyzer reading text as close to lodestar.text as its filters allow (no plural stemming)
-ANALYZER = {"tokenizer": "standard", "filter": ["lowercase", {"type": "stop", "stop_words": sorted(STOPWORDS)}]}
+# BM25 text goes to Milvus already analysed by lodestar.text (words, stop words out, plural stemming),
+# one term per word, so Milvus's standard tokenizer only splits it again on the spaces: both backends
+# score the same terms
+ANALYZER = {"tokenizer": "standard", "filter": ["lowercase"]}
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,11 @@ def dense_index(spec: str) -> DenseIndex:
             return DenseIndex("IVF_SQ8", {"nlist": nlist}, nlist)
         return DenseIndex("IVF_PQ", {"nlist": nlist, "m": int(m.group(3)), "nbits": 8}, nlist)
     raise InvalidInput(f"index {spec!r} has no Milvus counterpart: on backend milvus use one of {MILVUS_INDEXES}")
+
+
+def bm25_text(text: str) -> str:
+    """What Milvus's BM25 function reads for a chunk or a query: Lodestar's terms, space-separated."""
+    return " ".join(analyze(text))
 
 
 def chunk_schema(client: Any, dim: int, sparse: str) -> Any:

@@ -17,7 +17,7 @@ from typing import Any
 from lodestar.embedding import Embedder
 from lodestar.errors import FailedPrecondition
 from lodestar.retrieve.backends.milvus_filters import id_list, milvus_expression
-from lodestar.retrieve.backends.milvus_schema import dense_index
+from lodestar.retrieve.backends.milvus_schema import bm25_text, dense_index
 from lodestar.retrieve.backends.milvus_store import MAX_TOPK, Milvus, Record
 from lodestar.retrieve.fusion import rrf, weighted
 from lodestar.retrieve.prepare import embed_sparse, embed_texts
@@ -98,7 +98,7 @@ class MilvusSearch:
             data: list[Any] = [{int(t): float(w) for t, w in zip(*vec) if float(w) != 0.0} for vec in encoded]
             field, params = "learned", {"metric_type": "IP"}
         else:
-            data, field, params = list(queries), "bm25", {"metric_type": "BM25"}
+            data, field, params = [bm25_text(q) for q in queries], "bm25", {"metric_type": "BM25"}
 
         def run(n: int) -> list[list[dict[str, Any]]]:
             rows = self._call(record, data, field, params, n, expr)
@@ -110,8 +110,8 @@ class MilvusSearch:
         return run
 
     def _call(self, record: Record, data: list[Any], field: str, params: dict[str, Any], n: int, expr: str) -> Any:
-        keep = [i for i, q in enumerate(data) if q or field != "learned"]
-        if len(keep) < len(data):  # a learned query with no weight left matches nothing
+        keep = [i for i, q in enumerate(data) if q or field == "vector"]
+        if len(keep) < len(data):  # a sparse query with no term or weight left matches nothing
             rows = self._call(record, [data[i] for i in keep], field, params, n, expr) if keep else []
             by_query = dict(zip(keep, rows))
             return [by_query.get(i, []) for i in range(len(data))]
