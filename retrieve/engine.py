@@ -56,6 +56,7 @@ class RetrievalEngine:
         faiss_threads: int = 0,
         restore_dirs: tuple[Path, ...] = (),
         milvus: MilvusOptions | None = None,
+        milvus_only: bool = False,
     ) -> None:
         self.root = Path(root)
         self.restore_dirs = tuple(Path(d).resolve() for d in restore_dirs)  # () = any folder the server can read
@@ -80,6 +81,7 @@ class RetrievalEngine:
         self.writer = self.faiss.writer
         self.searcher = self.faiss.searcher
         self.milvus: Backend | None = None  # None: every collection is embedded
+        self.milvus_only = milvus_only  # a stateless replica: new collections must be on Milvus
         if milvus is not None:
             from lodestar.retrieve.backends.milvus import MilvusBackend
 
@@ -114,6 +116,11 @@ class RetrievalEngine:
         if config.backend not in BACKENDS:
             raise InvalidInput(f"unknown backend {config.backend!r}: valid backends are {', '.join(BACKENDS)}")
         if config.backend == "faiss":
+            if self.milvus_only:
+                raise FailedPrecondition(
+                    "this server is a stateless replica (LODESTAR_MILVUS_ONLY): its own disk is not kept, so it "
+                    "creates collections on backend milvus only; create this one with backend milvus"
+                )
             if self.milvus is not None and self.milvus.has(config.name):
                 raise AlreadyExists(f"collection {config.name!r} already exists (backend milvus)")
             return self.faiss.create(config)

@@ -208,6 +208,7 @@ class Runtime:
             faiss_threads=self.settings.faiss_threads,
             restore_dirs=tuple(self.settings.restore_dirs),
             milvus=milvus_options(self.settings),
+            milvus_only=self.settings.milvus_only,
         )
 
     def _build_jobs(self, retrieval: RetrievalEngine, engine: EmbeddingEngine) -> JobManager:

@@ -124,6 +124,10 @@ class Settings(BaseSettings):
         "",
         description="Milvus that collections created with backend milvus live in: a Milvus Lite file path (./milvus.db, one process) or http(s)://host:19530 (Standalone or Distributed; every replica pointed at it serves the same collections); empty = backend milvus refused; needs `pip install lodestar[milvus]`",
     )
+    milvus_only: bool = Field(
+        False,
+        description="a stateless query replica: refuse to create embedded (faiss) collections, whose files would live on this replica's disk alone (the chart's query replicas set it)",
+    )
     milvus_token: SecretStr = Field(SecretStr(""), description="Milvus credentials: user:password or an API key")
     milvus_db: str = Field("", description="Milvus database; empty = its default")
     milvus_timeout_s: float = Field(30.0, gt=0, description="deadline of one call to Milvus (past it: UNAVAILABLE)")

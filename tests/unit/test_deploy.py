@@ -39,7 +39,7 @@ def test_compose_services_and_chart_values() -> None:
     assert compose["services"]["worker"]["command"] == ["worker"]
     values = yaml.safe_load((ROOT / "charts/lodestar/values.yaml").read_text())
     assert set(values["server"]["services"].split(",")) <= set(SERVICES)
-    for role in ("server", "embed", "worker"):
+    for role in ("server", "embed", "worker", "query"):
         assert set(values[role]["env"]) <= FIELDS
     chart = yaml.safe_load((ROOT / "charts/lodestar/Chart.yaml").read_text())
     assert chart["name"] == "lodestar" and chart["apiVersion"] == "v2"

@@ -235,6 +235,13 @@ def test_without_a_milvus_uri_the_backend_is_refused(tmp_path: Path) -> None:
     e.close()
 
 
+def test_a_stateless_replica_refuses_embedded_collections(tmp_path: Path, milvus_uri: str) -> None:
+    e = RetrievalEngine(tmp_path, FakeEmbedder(), milvus=MilvusOptions(milvus_uri), milvus_only=True)
+    with pytest.raises(FailedPrecondition, match="stateless replica.*backend milvus"):
+        e.create(CollectionConfig(name="local"))
+    e.close()
+
+
 def test_unreachable_milvus_is_unavailable(tmp_path: Path) -> None:
     from lodestar.bench.milvus_lite import free_port
 

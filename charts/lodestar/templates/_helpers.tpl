@@ -31,3 +31,15 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 {{- end -}}
 {{ toYaml $r }}
 {{- end -}}
+
+{{/* Milvus connection (backend milvus) for the server and the query replicas */}}
+{{- define "lodestar.milvusEnv" -}}
+{{- if .Values.milvus.uri }}
+- name: LODESTAR_MILVUS_URI
+  value: {{ .Values.milvus.uri | quote }}
+{{- if .Values.milvus.tokenSecret }}
+- name: LODESTAR_MILVUS_TOKEN
+  valueFrom: {secretKeyRef: {name: {{ .Values.milvus.tokenSecret | quote }}, key: token}}
+{{- end }}
+{{- end }}
+{{- end -}}
