@@ -316,3 +316,31 @@ def test_approximate_indexes_give_the_same_ndcg_on_a_beir_slice(engine: Retrieva
             )
         assert scores[milvus] == pytest.approx(scores[faiss], abs=0.005), (retriever, scores)
         assert scores[faiss] > 0.05  # the fake embedder finds something: the comparison means something
+
+
+def test_an_indexing_job_writes_into_a_milvus_collection(tiny_engine, tmp_path: Path, milvus_uri: str) -> None:  # type: ignore[no-untyped-def]
+    """The coordinator's job manager (in-process dispatch here) commits prepared chunks to Milvus."""
+    import time
+
+    from test_job_store import lines
+
+    from lodestar.retrieve.jobs import JobManager, JobsConfig
+
+    retrieval = RetrievalEngine(tmp_path / "collections", tiny_engine, milvus=MilvusOptions(milvus_uri))
+    drop_all(retrieval)
+    retrieval.create(CollectionConfig(name="docs", mode="mean", chunk_tokens=0, backend="milvus"))
+    jobs = JobManager(retrieval, tiny_engine, JobsConfig(data_dir=tmp_path, chunk_docs=3))
+    try:
+        job = jobs.open("docs", "mem")
+        jobs.stage(job, lines(7) + [(8, b'{"id": "x"}')])
+        jobs.seal(job)
+        deadline = time.monotonic() + 60
+        while not jobs.get(job).finished and time.monotonic() < deadline:
+            time.sleep(0.05)
+        info = jobs.get(job)
+        assert info.state == "done" and info.written == 7 and info.errors == 1
+        assert retrieval.stats("docs").documents == 7
+    finally:
+        jobs.close()
+        drop_all(retrieval)
+        retrieval.close()
