@@ -70,7 +70,7 @@ class Writer:
     def upsert(self, name: str, docs: list[Document]) -> tuple[int, int]:
         """Insert or replace documents; returns (documents, chunks) written. Durable on return."""
         c = self.catalog.get(name)
-        metadata = self._validate_docs(docs)
+        metadata = self.validate_docs(docs)
         c.check_serving()
         assert c.config is not None
         prepared = prepare(self.embedder, c.config, c.dim, docs)  # no lock held while the model runs
@@ -87,7 +87,7 @@ class Writer:
         """Write documents a worker chunked and embedded (see prepare.py): the spans and vectors are
         checked against the documents and the collection first; a rejected batch writes nothing."""
         c = self.catalog.get(name)
-        metadata = self._validate_docs(prepared.docs)
+        metadata = self.validate_docs(prepared.docs)
         c.check_serving()
         assert c.config is not None
         check_prepared(name, c.config, c.dim, prepared, model, self.persistence.model_id())
@@ -132,7 +132,7 @@ class Writer:
     def delete(self, name: str, ids: list[str]) -> int:
         """Delete documents by id (unknown ids are ignored); returns how many were deleted."""
         c = self.catalog.get(name)
-        ids = self._validate_ids(ids, "delete")
+        ids = self.validate_ids(ids, "delete")
         if not ids:
             return 0
         with c.lock.write():
@@ -148,7 +148,7 @@ class Writer:
     def get(self, name: str, ids: list[str]) -> list[Document | None]:
         """The documents for `ids` in order (None where absent); served from the store."""
         c = self.catalog.get(name)
-        ids = self._validate_ids(ids, "get")
+        ids = self.validate_ids(ids, "get")
         with c.lock.read():
             c.check_open()
             if c.store is None:
@@ -157,7 +157,7 @@ class Writer:
 
     # --- validation --------------------------------------------------------------------------
 
-    def _validate_docs(self, docs: list[Document]) -> list[str]:
+    def validate_docs(self, docs: list[Document]) -> list[str]:
         """Check the whole batch before anything is written; returns each document's metadata JSON."""
         limit = self.max_docs_per_upsert
         if not isinstance(docs, (list, tuple)) or not docs:
@@ -175,7 +175,7 @@ class Writer:
             seen[doc.id] = i
         return out
 
-    def _validate_ids(self, ids: list[str], what: str) -> list[str]:
+    def validate_ids(self, ids: list[str], what: str) -> list[str]:
         """Check a list of document ids (for a delete or get) against the batch limit."""
         limit = self.max_docs_per_upsert
         if not isinstance(ids, (list, tuple)):

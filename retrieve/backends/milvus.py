@@ -216,7 +216,7 @@ class MilvusBackend:
 
     def _check_docs(self, docs: builtins.list[Document]) -> builtins.list[str]:
         """The embedded backend's checks, then Milvus's field limits; -> each document's metadata JSON."""
-        metadata = self.writer._validate_docs(docs)
+        metadata = self.writer.validate_docs(docs)
         for i, (d, meta) in enumerate(zip(docs, metadata)):
             for what, text in (("text", d.text), ("metadata (as JSON)", meta)):
                 size = len(text.encode("utf-8"))
@@ -266,7 +266,7 @@ class MilvusBackend:
 
     def delete(self, name: str, ids: builtins.list[str]) -> int:
         record = self.record(name)
-        ids = self.writer._validate_ids(ids, "delete")
+        ids = self.writer.validate_ids(ids, "delete")
         if not ids:
             return 0
         found = [d for d in self._documents(record, ids, fields=["doc_id"]) if d is not None]
@@ -275,7 +275,7 @@ class MilvusBackend:
 
     def get(self, name: str, ids: builtins.list[str]) -> builtins.list[Document | None]:
         record = self.record(name)
-        ids = self.writer._validate_ids(ids, "get")
+        ids = self.writer.validate_ids(ids, "get")
         return self._documents(record, ids)
 
     def _documents(
