@@ -14,7 +14,6 @@ that need collection-wide statistics (`query_idf`, `length_norm`).
 from __future__ import annotations
 
 import builtins
-import json
 import secrets
 import threading
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from lodestar.retrieve.backends.milvus_schema import (
     chunk_schema,
     dense_index,
 )
-from lodestar.retrieve.backends.milvus_search import MilvusSearch
+from lodestar.retrieve.backends.milvus_search import MilvusSearch, read_documents
 from lodestar.retrieve.backends.milvus_store import (
     MAX_VARCHAR,
     QUERY_LIMIT,
@@ -269,7 +268,7 @@ class MilvusBackend:
         ids = self.writer.validate_ids(ids, "delete")
         if not ids:
             return 0
-        found = [d for d in self._documents(record, ids, fields=["doc_id"]) if d is not None]
+        found = [d for d in self._documents(record, ids, fields=("doc_id",)) if d is not None]
         self._delete_ids(record, ids, f"deleting from collection {name!r}")
         return len(found)
 
@@ -279,25 +278,10 @@ class MilvusBackend:
         return self._documents(record, ids)
 
     def _documents(
-        self, record: Record, ids: builtins.list[str], fields: tuple[str, ...] | builtins.list[str] = ()
+        self, record: Record, ids: builtins.list[str], fields: tuple[str, ...] = ()
     ) -> builtins.list[Document | None]:
         """The documents for `ids` in order (None where absent), from their chunk-0 rows."""
-        found: dict[str, Document] = {}
-        unique = sorted(set(ids))
-        output = list(fields) or ["doc_id", "doc_text", "doc_meta"]
-        for i in range(0, len(unique), QUERY_LIMIT):
-            part = unique[i : i + QUERY_LIMIT]
-            rows = self.milvus.call(
-                f"reading documents of {record.config.name!r}",
-                "query",
-                record.physical,
-                filter=f"chunk == 0 and doc_id in {id_list(part)}",
-                output_fields=output,
-                limit=len(part),
-            )
-            for r in rows:
-                meta = r.get("doc_meta")
-                found[r["doc_id"]] = Document(r["doc_id"], r.get("doc_text", ""), json.loads(meta) if meta else {})
+        found = read_documents(self.milvus, record, ids, fields)
         return [found.get(i) for i in ids]
 
     # --- search --------------------------------------------------------------------------------

@@ -18,11 +18,11 @@ from lodestar.embedding import Embedder
 from lodestar.errors import FailedPrecondition
 from lodestar.retrieve.backends.milvus_filters import id_list, milvus_expression
 from lodestar.retrieve.backends.milvus_schema import bm25_text, dense_index
-from lodestar.retrieve.backends.milvus_store import MAX_TOPK, Milvus, Record
+from lodestar.retrieve.backends.milvus_store import MAX_TOPK, QUERY_LIMIT, Milvus, Record
 from lodestar.retrieve.fusion import rrf, weighted
 from lodestar.retrieve.prepare import embed_sparse, embed_texts
 from lodestar.retrieve.search import CANDIDATE_FACTOR, HYBRID_DEPTH, validate_search
-from lodestar.retrieve.types import Hit, SearchRequest
+from lodestar.retrieve.types import Document, Hit, SearchRequest
 
 CHUNK_FIELDS = ["doc_id", "chunk", "start", "end"]
 
@@ -150,25 +150,14 @@ class MilvusSearch:
 
     def _hits(self, record: Record, ranked: list[list[Scored]], include_text: bool) -> list[list[Hit]]:
         """Hits with each document's text and metadata (a document deleted meanwhile is left out)."""
-        ids = sorted({r.doc_id for row in ranked for r in row})
-        docs: dict[str, tuple[str, dict[str, Any]]] = {}
-        if ids:
-            rows = self.milvus.call(
-                f"reading documents of {record.config.name!r}",
-                "query",
-                record.physical,
-                filter=f"chunk == 0 and doc_id in {id_list(ids)}",
-                output_fields=["doc_id", "doc_text", "doc_meta"],
-                limit=len(ids),
-            )
-            docs = {r["doc_id"]: (r["doc_text"], json.loads(r["doc_meta"]) if r["doc_meta"] else {}) for r in rows}
+        docs = read_documents(self.milvus, record, sorted({r.doc_id for row in ranked for r in row}))
         out = []
         for row in ranked:
             hits = []
             for r in row:
                 if r.doc_id not in docs:
                     continue
-                text, metadata = docs[r.doc_id]
+                text, metadata = docs[r.doc_id].text, docs[r.doc_id].metadata
                 hits.append(
                     Hit(
                         id=r.doc_id,
@@ -183,6 +172,27 @@ class MilvusSearch:
                 )
             out.append(hits)
         return out
+
+
+def read_documents(milvus: Milvus, record: Record, ids: list[str], fields: tuple[str, ...] = ()) -> dict[str, Document]:
+    """id -> document for the `ids` that exist, read from their chunk-0 rows (QUERY_LIMIT ids a query)."""
+    found: dict[str, Document] = {}
+    unique = sorted(set(ids))
+    output = list(fields) or ["doc_id", "doc_text", "doc_meta"]
+    for i in range(0, len(unique), QUERY_LIMIT):
+        part = unique[i : i + QUERY_LIMIT]
+        rows = milvus.call(
+            f"reading documents of {record.config.name!r}",
+            "query",
+            record.physical,
+            filter=f"chunk == 0 and doc_id in {id_list(part)}",
+            output_fields=output,
+            limit=len(part),
+        )
+        for r in rows:
+            meta = r.get("doc_meta")
+            found[r["doc_id"]] = Document(r["doc_id"], r.get("doc_text", ""), json.loads(meta) if meta else {})
+    return found
 
 
 def _as(r: Scored, dense: float | None = None, sparse: float | None = None) -> Scored:
