@@ -5,6 +5,7 @@ drops the other no longer serves; Milvus-only refusals reach the client as FAILE
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 
 from lodestar.backbone import Backbone
 from lodestar.bench.milvus_lite import free_port
+from lodestar.services.cli import main
 from lodestar.services.client import Client, ClientError
 
 pytestmark = pytest.mark.slow
@@ -79,7 +81,9 @@ def replicas(tmp_path: Path, tiny_backbone: Backbone, milvus_uri: str) -> Iterat
                 p.kill()
 
 
-def test_two_replicas_share_collections_through_milvus(replicas: tuple[Client, Client]) -> None:
+def test_two_replicas_share_collections_through_milvus(
+    replicas: tuple[Client, Client], capsys: pytest.CaptureFixture[str]
+) -> None:
     a, b = replicas
     info = a.create_collection("shared", backend="milvus", chunk_tokens=0)
     assert info.config is not None and info.config.backend == "milvus"
@@ -109,3 +113,9 @@ def test_two_replicas_share_collections_through_milvus(replicas: tuple[Client, C
         b.search("shared", "guitar")
     assert e.value.code == "NOT_FOUND"
     assert b.list_collections() == []
+
+    # the command line creates one through B; A lists it with its backend
+    assert main(["collection", "create", "cli-made", "--backend", "milvus", "--server", b.address, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["backend"] == "milvus"
+    assert [(s.name, a.stats(s.name).config.backend) for s in a.list_collections()] == [("cli-made", "milvus")]  # type: ignore[union-attr]
+    a.drop_collection("cli-made")
