@@ -119,3 +119,30 @@ def test_two_replicas_share_collections_through_milvus(
     assert json.loads(capsys.readouterr().out)["config"]["backend"] == "milvus"
     assert [(s.name, a.stats(s.name).config.backend) for s in a.list_collections()] == [("cli-made", "milvus")]  # type: ignore[union-attr]
     a.drop_collection("cli-made")
+
+
+def test_milvus_errors_reach_the_client_as_statuses_never_internal(tiny_server, milvus_uri: str) -> None:  # type: ignore[no-untyped-def]
+    dead = tiny_server(milvus_uri=f"http://127.0.0.1:{free_port()}", milvus_timeout_s=2)
+    live = tiny_server(milvus_uri=milvus_uri)
+    with Client(dead.address, timeout=60) as c:
+        with pytest.raises(ClientError) as e:
+            c.create_collection("m", backend="milvus")
+        assert e.value.code == "UNAVAILABLE" and "Milvus is unreachable" in e.value.message
+        with pytest.raises(ClientError) as e:  # names are unique across backends: checked in Milvus too
+            c.create_collection("local")
+        assert e.value.code == "UNAVAILABLE"
+        assert c.embed(["the server itself still serves"]).vectors.shape[0] == 1
+    with Client(live.address, timeout=60) as c:
+        for s in c.list_collections():
+            c.drop_collection(s.name)
+        c.create_collection("m", backend="milvus", chunk_tokens=0)
+        with pytest.raises(ClientError) as e:
+            c.upsert("m", [{"id": "big", "text": "word " * 20000}])
+        assert e.value.code == "INVALID_ARGUMENT" and "65535" in e.value.message
+        with pytest.raises(ClientError) as e:
+            c.search("m", "x", retriever="sparse", feedback_chunks=2)
+        assert e.value.code == "INVALID_ARGUMENT"  # needs a learned side: the same check as on FAISS
+        with pytest.raises(ClientError) as e:
+            c.create_collection("p", backend="milvus", index="PCA16,Flat")
+        assert e.value.code == "INVALID_ARGUMENT" and "on backend milvus use one of" in e.value.message
+        c.drop_collection("m")
