@@ -145,7 +145,7 @@ def eval_beir(
     )
     with place as root:
         if config.backend == "milvus" and milvus is None:
-            milvus = MilvusOptions(uri=str(Path(root) / "milvus.db"))  # pymilvus runs Milvus Lite in-process
+            milvus = MilvusOptions(uri=str(Path(root) / ".milvus-lite.db"))  # in-process; not a collection folder
         engine = RetrievalEngine(Path(root), embedder, milvus=milvus if config.backend == "milvus" else None)
         try:
             if config.name not in {c.name for c in engine.list()}:
