@@ -103,13 +103,19 @@ class MilvusBackend:
         with self._lock:
             return self._cache[name]
 
+    def current(self, name: str) -> Record:
+        """The collection's record read from Milvus now (for a drop, a config: a cached one may be stale)."""
+        self._forget(name)
+        return self.record(name)
+
     def _forget(self, name: str) -> None:
         with self._lock:
             self._cache.pop(name, None)
 
     def _fresh(self, name: str, fn: Callable[[Record], Any]) -> Any:
         """fn(record); when Milvus says the chunk collection is gone (dropped, maybe re-created, through
-        another replica), forget the cached record and try once more with a fresh one."""
+        another replica), forget the cached record and try once more with a fresh one. Every call on a
+        collection's data goes through here, so a replica's cache is never wrong twice."""
         try:
             return fn(self.record(name))
         except NotFound:
@@ -150,7 +156,7 @@ class MilvusBackend:
         return self.stats(config.name)
 
     def drop(self, name: str) -> None:
-        record = self.record(name)
+        record = self.current(name)
         self.configs.delete(name)  # other replicas stop finding it first
         self._forget(name)
         self.milvus.call(f"dropping collection {name!r}", "drop_collection", record.physical)
@@ -167,7 +173,7 @@ class MilvusBackend:
         return out
 
     def config(self, name: str) -> CollectionConfig:
-        return self.record(name).config
+        return self.current(name).config
 
     def status(self) -> dict[str, str]:
         return {r.config.name: "ok" for r in self.configs.all()}
@@ -198,20 +204,25 @@ class MilvusBackend:
     # --- documents -----------------------------------------------------------------------------
 
     def upsert(self, name: str, docs: builtins.list[Document]) -> tuple[int, int]:
-        record = self.record(name)
         metadata = self._check_docs(docs)
-        prepared = prepare(self.embedder, record.config, record.dim, docs)
-        return self._write(record, prepared, metadata)
+
+        def write(record: Record) -> tuple[int, int]:
+            return self._write(record, prepare(self.embedder, record.config, record.dim, docs), metadata)
+
+        return self._fresh(name, write)  # type: ignore[no-any-return]
 
     def target(self, name: str) -> tuple[CollectionConfig, int, str]:
-        record = self.record(name)
+        record = self.current(name)
         return record.config, record.dim, self.model_id()
 
     def upsert_prepared(self, name: str, prepared: Prepared, model: str = "") -> tuple[int, int]:
-        record = self.record(name)
         metadata = self._check_docs(prepared.docs)
-        check_prepared(name, record.config, record.dim, prepared, model, self.model_id())
-        return self._write(record, prepared, metadata)
+
+        def write(record: Record) -> tuple[int, int]:
+            check_prepared(name, record.config, record.dim, prepared, model, self.model_id())
+            return self._write(record, prepared, metadata)
+
+        return self._fresh(name, write)  # type: ignore[no-any-return]
 
     def _check_docs(self, docs: builtins.list[Document]) -> builtins.list[str]:
         """The embedded backend's checks, then Milvus's field limits; -> each document's metadata JSON."""
@@ -264,18 +275,18 @@ class MilvusBackend:
             self.milvus.call(what, "delete", record.physical, filter=f"doc_id in {id_list(ids[i : i + QUERY_LIMIT])}")
 
     def delete(self, name: str, ids: builtins.list[str]) -> int:
-        record = self.record(name)
         ids = self.writer.validate_ids(ids, "delete")
-        if not ids:
-            return 0
-        found = [d for d in self._documents(record, ids, fields=("doc_id",)) if d is not None]
-        self._delete_ids(record, ids, f"deleting from collection {name!r}")
-        return len(found)
+
+        def delete(record: Record) -> int:
+            found = [d for d in self._documents(record, ids, fields=("doc_id",)) if d is not None]
+            self._delete_ids(record, ids, f"deleting from collection {name!r}")
+            return len(found)
+
+        return self._fresh(name, delete) if ids else 0  # type: ignore[no-any-return]
 
     def get(self, name: str, ids: builtins.list[str]) -> builtins.list[Document | None]:
-        record = self.record(name)
         ids = self.writer.validate_ids(ids, "get")
-        return self._documents(record, ids)
+        return self._fresh(name, lambda record: self._documents(record, ids))  # type: ignore[no-any-return]
 
     def _documents(
         self, record: Record, ids: builtins.list[str], fields: tuple[str, ...] = ()

@@ -33,7 +33,12 @@ QUERY_LIMIT = 16384  # rows one query may return
 _OVERLOAD_CODES = {8, 9, 48, 49, 52, 53, 54}
 _OVERLOAD_WORDS = ("rate limit", "quota", "memory", "too many", "exhausted")
 _UNAVAILABLE_WORDS = ("fail connecting", "unavailable", "deadline", "timeout", "timed out", "connection refused")
-_NOT_FOUND_WORDS = ("collection not found", "can't find collection", "does not exist", "not exist")
+_NOT_FOUND_WORDS = (
+    "collection not found",
+    "can't find collection",
+    "collection not exist",
+    "collection does not exist",
+)
 
 
 @dataclass(frozen=True)

@@ -267,7 +267,16 @@ def test_two_engines_on_one_milvus_share_collections(engine: RetrievalEngine, tm
         CollectionConfig(name="shared", backend="milvus", sparse="none")
     )  # re-created: a new Milvus collection
     engine.upsert("shared", corpus(3))
-    assert ids(other, "shared", "uniq1", k=1) == ["doc-1"]
+    assert ids(other, "shared", "uniq1", k=1) == ["doc-1"]  # other's cached record was replaced on the miss
+    engine.drop("shared")
+    engine.create(CollectionConfig(name="shared", backend="milvus", metric="ip"))
+    assert other.config("shared").metric == "ip"  # a config is read fresh
+    other.search("shared", SearchRequest(queries=["x"]))  # caches the record ...
+    engine.drop("shared")
+    engine.create(CollectionConfig(name="shared", backend="milvus"))  # ... which is now stale
+    assert other.upsert("shared", corpus(2)) == (2, 2)  # replaced on the first miss, written to the new one
+    assert engine.get("shared", ["doc-1"])[0] is not None
+    assert other.delete("shared", ["doc-0"]) == 1
     other.close()
 
 
