@@ -209,7 +209,7 @@ class MilvusBackend:
         def write(record: Record) -> tuple[int, int]:
             return self._write(record, prepare(self.embedder, record.config, record.dim, docs), metadata)
 
-        return self._fresh(name, write)  # type: ignore[no-any-return]
+        return self._fresh(name, write)
 
     def target(self, name: str) -> tuple[CollectionConfig, int, str]:
         record = self.current(name)
@@ -222,7 +222,7 @@ class MilvusBackend:
             check_prepared(name, record.config, record.dim, prepared, model, self.model_id())
             return self._write(record, prepared, metadata)
 
-        return self._fresh(name, write)  # type: ignore[no-any-return]
+        return self._fresh(name, write)
 
     def _check_docs(self, docs: builtins.list[Document]) -> builtins.list[str]:
         """The embedded backend's checks, then Milvus's field limits; -> each document's metadata JSON."""
@@ -282,11 +282,11 @@ class MilvusBackend:
             self._delete_ids(record, ids, f"deleting from collection {name!r}")
             return len(found)
 
-        return self._fresh(name, delete) if ids else 0  # type: ignore[no-any-return]
+        return self._fresh(name, delete) if ids else 0
 
     def get(self, name: str, ids: builtins.list[str]) -> builtins.list[Document | None]:
         ids = self.writer.validate_ids(ids, "get")
-        return self._fresh(name, lambda record: self._documents(record, ids))  # type: ignore[no-any-return]
+        return self._fresh(name, lambda record: self._documents(record, ids))
 
     def _documents(
         self, record: Record, ids: builtins.list[str], fields: tuple[str, ...] = ()
