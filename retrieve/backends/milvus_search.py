@@ -205,7 +205,12 @@ def fuse(dense: list[Scored], sparse: list[Scored], request: SearchRequest) -> l
     s = {r.doc_id: r for r in sparse}
     dl = [(r.doc_id, r.score) for r in dense]
     sl = [(r.doc_id, r.score) for r in sparse]
-    fused = rrf([dl, sl], k=request.rrf_k) if request.fusion == "rrf" else weighted(dl, sl, alpha=request.alpha)
+    if request.fusion == "rrf":
+        fused = rrf([dl, sl], k=request.rrf_k)
+    elif request.fusion == "weighted":
+        fused = weighted(dl, sl, alpha=request.alpha)
+    else:  # a fusion added to search.py but not here
+        raise FailedPrecondition(f"fusion {request.fusion!r} is not available on backend milvus: use rrf or weighted")
     out = []
     for doc_id, score in fused:
         best = d.get(doc_id) or s[doc_id]
