@@ -32,6 +32,13 @@ class ChannelConfig:
             raise ValueError(f"retries must be in 0..4 (gRPC allows 5 attempts in all); got {self.retries}")
 
 
+def with_overrides(config: ChannelConfig | None, **given: Any) -> ChannelConfig:
+    """`config` (default ChannelConfig()) with the fields given as keywords that are not None."""
+    base = config or ChannelConfig()
+    changes = {k: v for k, v in given.items() if v is not None}
+    return ChannelConfig(**{**base.__dict__, **changes}) if changes else base
+
+
 def service_config(c: ChannelConfig) -> str:
     """gRPC service config: the balancing policy and a retry policy for every method but health checks
     (a health probe reports UNAVAILABLE at once instead of retrying it)."""
