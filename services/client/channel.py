@@ -24,6 +24,9 @@ class ChannelConfig:
     initial_backoff_s: float = 0.2  # first retry after up to this long (gRPC adds jitter), then x2 up to max_backoff_s
     max_backoff_s: float = 5.0
     load_balancing: str = "round_robin"  # round_robin: each call to the next address `dns:///name` resolves to
+    tls_server_name: str = (
+        ""  # the name the server's certificate must carry when it is not the address's host (a probe on 127.0.0.1)
+    )
 
     def __post_init__(self) -> None:
         if self.load_balancing not in LOAD_BALANCING:
@@ -66,6 +69,8 @@ def options(c: ChannelConfig) -> list[tuple[str, Any]]:
         ("grpc.service_config", service_config(c)),
         ("grpc.enable_retries", 1 if c.retries else 0),
     ]
+    if c.tls_server_name:
+        out.append(("grpc.ssl_target_name_override", c.tls_server_name))
     if c.keepalive_s:
         out += [
             ("grpc.keepalive_time_ms", int(c.keepalive_s * 1000)),
