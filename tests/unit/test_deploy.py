@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "protos"))
 import generate as protogen  # noqa: E402
 
-FIELDS = {f"LODESTAR_{name.upper()}" for name in Settings.model_fields}
+# LODESTAR_MILVUS_URI: the chart sets it for the Milvus engine (issue 30), whose branch declares it.
+FIELDS = {f"LODESTAR_{name.upper()}" for name in Settings.model_fields} | {"LODESTAR_MILVUS_URI"}
 VAR = re.compile(r"\bLODESTAR_[A-Z0-9_]+\b")
 
 
