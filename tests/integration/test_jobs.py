@@ -132,7 +132,7 @@ def assert_exact(client: Client, name: str, ids: list[str]) -> None:
     assert all(d is not None for d in client.get(name, ids))
 
 
-def test_two_workers_with_bad_lines(client: Client, workers: Any) -> None:
+def test_two_workers_with_bad_lines(client: Client, workers: Any, redis: RedisProcess) -> None:
     w1, w2 = workers("w1"), workers("w2")
     w1.wait_ready()
     w2.wait_ready()
