@@ -121,6 +121,8 @@ def test_round_robin_over_several_addresses() -> None:
             assert len({c.info().model for _ in range(6)}) == 1  # every call to the first address that answers
         with pytest.raises(ValueError, match="valid are round_robin, pick_first"):
             Client("127.0.0.1:1", load_balancing="least_request")
+        with pytest.raises(ValueError, match="valid are round_robin, pick_first"):
+            AsyncClient("127.0.0.1:1", load_balancing="least_request")
     finally:
         sa.stop(0)
         sb.stop(0)
