@@ -23,7 +23,7 @@ def _resolve(node: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
     ref = node.get("$ref")
     if not ref:
         return node
-    return {**schema["$defs"][ref.rsplit("/", 1)[1]], **{k: v for k, v in node.items() if k != "$ref"}}
+    return {**schema["definitions"][ref.rsplit("/", 1)[1]], **{k: v for k, v in node.items() if k != "$ref"}}
 
 
 def _type(node: dict[str, Any]) -> str:
