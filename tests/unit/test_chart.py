@@ -128,6 +128,18 @@ def test_every_lodestar_variable_is_a_setting(chart: Any, scenario: str) -> None
             assert not unknown, f"{name} sets {sorted(unknown)}, which services/settings.py does not declare"
 
 
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_every_long_running_container_is_probed(chart: Any, scenario: str) -> None:
+    for name, spec in pods(render(chart, SCENARIOS[scenario] | {"embed": {"enabled": True}})):
+        for c in spec["containers"]:
+            if name.endswith("test-health"):
+                continue
+            needed = {"livenessProbe"} if c["name"] == "redis" else {"startupProbe", "livenessProbe"}
+            if c["name"] in ("server", "embed", "redis"):
+                needed.add("readinessProbe")  # Services send calls only to ready pods
+            assert needed <= set(c), f"{scenario}: {name}/{c['name']} lacks {sorted(needed - set(c))}"
+
+
 def test_server_statefulset_probes_and_headless_service(chart: Any) -> None:
     objects = render(chart, {})
     sts = find(objects, "StatefulSet", "rag-lodestar")
