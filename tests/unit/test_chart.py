@@ -169,6 +169,25 @@ def test_more_than_one_server_needs_a_shared_engine(chart: Any) -> None:
     assert env_of(sts["spec"]["template"]["spec"]["containers"][0])["LODESTAR_MILVUS_URI"].startswith("http://milvus")
 
 
+def test_query_replicas_serve_the_collections_in_milvus(chart: Any) -> None:
+    with pytest.raises(helm.HelmError, match="query.enabled needs milvus.uri"):
+        render(chart, {"query": {"enabled": True}})
+    objects = render(chart, SCENARIOS["milvus"])
+    query = find(objects, "Deployment", "rag-lodestar-query")
+    container = query["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == [
+        "serve",
+        "--only",
+        "embed,retrieve,compress,generate",
+    ]  # no index: jobs stay on the server
+    env = env_of(container)
+    assert env["LODESTAR_MILVUS_URI"].startswith("http://milvus") and env["LODESTAR_MILVUS_ONLY"] == "true"
+    assert "replicas" not in query["spec"]  # the HPA owns the count
+    hpa = find(objects, "HorizontalPodAutoscaler", "rag-lodestar-query")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "rag-lodestar-query" and hpa["spec"]["maxReplicas"] == 10
+    assert find(objects, "Service", "rag-lodestar-query-headless")["spec"]["clusterIP"] == "None"
+
+
 def test_tls_tokens_and_cert_manager(chart: Any) -> None:
     objects = render(chart, SCENARIOS["tls-tokens"])
     cert = find(objects, "Certificate", "rag-lodestar-tls")
