@@ -17,7 +17,7 @@ from lodestar.embedding import Embedder
 from lodestar.errors import InvalidInput
 from lodestar.retrieve.catalog import Catalog
 from lodestar.retrieve.collection import Collection
-from lodestar.retrieve.dense import search_threads
+from lodestar.retrieve.faiss_runtime import search_threads
 from lodestar.retrieve.feedback import MAX_FEEDBACK_CHUNKS, feedback_query
 from lodestar.retrieve.filters import CompiledFilter, compile_filters
 from lodestar.retrieve.fusion import rrf, weighted

@@ -198,8 +198,8 @@ class Runtime:
         )
 
     def _build_retrieval(self, engine: EmbeddingEngine) -> RetrievalEngine:
-        from lodestar.retrieve.dense import use_gpu
         from lodestar.retrieve.engine import RetrievalEngine
+        from lodestar.retrieve.faiss_runtime import use_gpu
 
         use_gpu(str(engine.backbone.device))  # LODESTAR_DEVICE=cuda: dense searches on that GPU, where FAISS can
         return RetrievalEngine(
