@@ -36,6 +36,11 @@ class DeadlineExceeded(LodestarError):
     """The request's deadline passed before its work ran (-> DEADLINE_EXCEEDED)."""
 
 
+class FailedPrecondition(LodestarError):
+    """The request is valid but the system is not in a state to run it, e.g. an operation the
+    collection's backend does not offer (-> FAILED_PRECONDITION); the message says what to do instead."""
+
+
 class Cancelled(LodestarError):
     """The caller went away or the server is shutting down; the work was stopped (-> CANCELLED)."""
 

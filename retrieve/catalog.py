@@ -128,16 +128,11 @@ class Catalog:
         DenseIndex.validate(dim, config.index, config.metric)
         return dim
 
-    # --- collections -------------------------------------------------------------------------
-
-    def create(self, config: CollectionConfig) -> CollectionStats:
-        """Create an empty collection; its config is fixed from now on."""
-        if self.closed:
-            raise Unavailable("the retrieval engine is closed")
+    def validate_new(self, config: CollectionConfig) -> int:
+        """Check a new collection's config (every backend's), then probe the embedder with it (what only
+        it knows: adapter, prompts, the width); returns the collection's vector dimension."""
         dim = self._validate_config(config)
-        if config.name in self.collections:
-            raise AlreadyExists(f"collection {config.name!r} already exists")
-        for query in (False, True):  # the embedder checks what only it knows (adapter, prompts) and the width
+        for query in (False, True):
             vectors = self.embedder.embed(["probe"], embed_options(config, query)).vectors
             if np.asarray(vectors).shape != (1, dim):
                 raise InvalidInput(
@@ -150,6 +145,17 @@ class Catalog:
                     raise InvalidInput(
                         f"sparse encoder (sparse_mode={config.sparse_mode!r}, sparse_adapter={config.sparse_adapter!r}): {e}"
                     ) from None
+        return dim
+
+    # --- collections -------------------------------------------------------------------------
+
+    def create(self, config: CollectionConfig) -> CollectionStats:
+        """Create an empty collection; its config is fixed from now on."""
+        if self.closed:
+            raise Unavailable("the retrieval engine is closed")
+        dim = self.validate_new(config)
+        if config.name in self.collections:
+            raise AlreadyExists(f"collection {config.name!r} already exists")
         with self.lock:
             if self.closed:
                 raise Unavailable("the retrieval engine is closed")

@@ -25,14 +25,13 @@ Not thread-safe for writes: the collection engine serialises add/remove/compact 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import faiss
 import numpy as np
 
 from lodestar.errors import InvalidInput
+from lodestar.retrieve.faiss_runtime import gpu_device
 from lodestar.retrieve.faiss_specs import (
     build_index,
     core_index,
@@ -52,31 +51,6 @@ _MAGIC = b"LSDENSE1"
 _FORMAT = 1
 _TRAIN_SEED = 0
 _EXACT_BLOCK = 65536  # rows of reconstructed vectors scored at once on the exact path
-
-# Which GPU dense indexes search on, or None for none; set once at start-up by `use_gpu` from
-# LODESTAR_DEVICE (services/runtime.py), read when an index is built or restored.
-_GPU_DEVICE: int | None = None
-
-# FAISS parallelises a search over its queries (and brute-force scans switch to BLAS from 20 queries),
-# so one query gains nothing from more OpenMP threads; here they cost (100k x 576 Flat, 2 cores, one
-# query per search: 20 ms p50 with both threads, 10.9 ms with one).
-FEW_QUERIES = 20
-
-
-@contextmanager
-def search_threads(n_queries: int, configured: int = 0) -> Iterator[None]:
-    """FAISS's OpenMP threads on the calling thread for one search of `n_queries`, restored after:
-    `configured` when set, else one for a few queries and FAISS's own default for a batch."""
-    n = configured if configured > 0 else (1 if n_queries < FEW_QUERIES else 0)
-    if n == 0:
-        yield
-        return
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(n)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
 
 
 def _topk_rows(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -158,8 +132,9 @@ class DenseIndex:
         self._dead = 0  # tombstoned vectors still in the main index
         self._gpu: Any = None  # lazily built GPU clone of the main index (use_gpu, faiss-gpu + CUDA only)
         self._gpu_res: Any = None
-        self._gpu_device = _GPU_DEVICE or 0
-        self._gpu_ok = _GPU_DEVICE is not None
+        device = gpu_device()
+        self._gpu_device = device or 0
+        self._gpu_ok = device is not None
 
     # ------------------------------------------------------------------ validation / properties
 
@@ -506,21 +481,3 @@ class DenseIndex:
             self._side = None
         self._rebuild_keys()
         return self
-
-
-def _gpu_count() -> int:
-    """GPUs FAISS can use (0 with faiss-cpu, or without CUDA)."""
-    try:
-        return int(faiss.get_num_gpus())
-    except (AttributeError, RuntimeError):
-        return 0
-
-
-def use_gpu(device: str) -> bool:
-    """Search dense indexes built or restored from now on with a GPU copy on `device` ('cuda',
-    'cuda:N'; anything else: CPU only) when FAISS has GPU support; returns whether they will. The CPU
-    index stays the one written to and snapshotted, so the GPU copy never needs copying back."""
-    global _GPU_DEVICE
-    index = int(device.partition(":")[2] or 0) if device.startswith("cuda") else None
-    _GPU_DEVICE = index if index is not None and index < _gpu_count() else None
-    return _GPU_DEVICE is not None

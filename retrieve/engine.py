@@ -11,32 +11,40 @@ On start each collection loads its verified snapshot and replays the changes log
 (or rebuilds from SQLite when there is no snapshot); a snapshot that fails verification marks only
 that collection "corrupt: ..." until `rebuild` or `restore`.
 
-`RetrievalEngine` is the one entry point; its parts hold one concept each: `collection.py` (an open
+`RetrievalEngine` is the one entry point. It routes each call by collection name to the backend
+that holds the collection (`backends/`): `faiss` (this folder's parts: `collection.py` (an open
 collection and its locks), `persistence.py` (open, load, replay, apply, snapshot), `catalog.py`
-(create, drop, list, stats, restore, rebuild), `writes.py` (upsert, delete, get), `search.py`.
+(create, drop, list, stats, restore, rebuild), `writes.py` (upsert, delete, get), `search.py`), or
+`milvus` when the server has a Milvus URI (`backends/milvus.py`), chosen by `CollectionConfig.backend`
+at creation.
 """
 
 from __future__ import annotations
 
 import builtins
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from lodestar.embedding import Embedder
-from lodestar.retrieve.catalog import Catalog
+from lodestar.errors import AlreadyExists, FailedPrecondition, InvalidInput, LodestarError
+from lodestar.retrieve.backends import BACKENDS, Backend
+from lodestar.retrieve.backends.faiss import FaissBackend
+from lodestar.retrieve.backends.milvus_store import MilvusOptions
 from lodestar.retrieve.filters import MAX_FILTERS
-from lodestar.retrieve.persistence import SNAPSHOT_EVERY, Persistence
 from lodestar.retrieve.prepare import DocLimits, Prepared
-from lodestar.retrieve.search import MAX_QUERIES, Searcher
+from lodestar.retrieve.search import MAX_QUERIES
 from lodestar.retrieve.snapshot import MANIFEST
 from lodestar.retrieve.types import CollectionConfig, CollectionStats, Document, Hit, SearchRequest
-from lodestar.retrieve.writes import Writer
 from lodestar.telemetry import NOOP, Telemetry
+
+log = logging.getLogger(__name__)
 
 
 class RetrievalEngine:
-    """Collections under `root` (one folder each); thread-safe: a lock per collection."""
+    """Collections under `root` (FAISS, one folder each) and, with `milvus`, in a Milvus deployment;
+    thread-safe: a lock per embedded collection, Milvus's own consistency for the others."""
 
     def __init__(
         self,
@@ -49,6 +57,8 @@ class RetrievalEngine:
         max_text_chars: int = 1_000_000,
         faiss_threads: int = 0,
         restore_dirs: tuple[Path, ...] = (),
+        milvus: MilvusOptions | None = None,
+        milvus_only: bool = False,
         max_queries: int = MAX_QUERIES,
         max_filters: int = MAX_FILTERS,
     ) -> None:
@@ -61,10 +71,27 @@ class RetrievalEngine:
         self.max_docs_per_upsert = max_docs_per_upsert
         self.max_text_chars = max_text_chars
         self.limits = DocLimits(max_id_bytes=max_id_bytes, max_text_chars=max_text_chars)
-        self.persistence = Persistence(embedder, SNAPSHOT_EVERY)
-        self.catalog = Catalog(self.root, embedder, self.persistence, self.restore_dirs)  # opens every collection
-        self.writer = Writer(self.catalog, self.persistence, embedder, self.limits, max_docs_per_upsert)
-        self.searcher = Searcher(self.catalog, embedder, max_k, faiss_threads, max_queries, max_filters)
+        self.faiss = FaissBackend(
+            self.root,
+            embedder,
+            self.limits,
+            max_k=max_k,
+            max_docs_per_upsert=max_docs_per_upsert,
+            faiss_threads=faiss_threads,
+            restore_dirs=self.restore_dirs,
+            max_queries=max_queries,
+            max_filters=max_filters,
+        )
+        self.persistence = self.faiss.persistence
+        self.catalog = self.faiss.catalog
+        self.writer = self.faiss.writer
+        self.searcher = self.faiss.searcher
+        self.milvus: Backend | None = None  # None: every collection is embedded
+        self.milvus_only = milvus_only  # a stateless replica: new collections must be on Milvus
+        if milvus is not None:
+            from lodestar.retrieve.backends.milvus import MilvusBackend
+
+            self.milvus = MilvusBackend(milvus, embedder, self.catalog, self.writer, self.persistence.model_id, max_k)
         self.telemetry: Telemetry = NOOP  # the server sets its metrics here
 
     @property
@@ -81,32 +108,64 @@ class RetrievalEngine:
     def snapshot_every(self, value: int) -> None:
         self.persistence.snapshot_every = value
 
-    # --- collections (catalog.py) ------------------------------------------------------------
+    def backend(self, name: str) -> Backend:
+        """The backend holding collection `name`; the embedded one (whose NotFound lists its
+        collections) when no backend has it."""
+        if self.faiss.has(name) or self.milvus is None:
+            return self.faiss
+        return self.milvus if self.milvus.has(name) else self.faiss
+
+    # --- collections ---------------------------------------------------------------------------
 
     def create(self, config: CollectionConfig) -> CollectionStats:
-        """Create an empty collection; its config is fixed from now on."""
-        return self.catalog.create(config)
+        """Create an empty collection in the backend its config names; its config is fixed from now on."""
+        if config.backend not in BACKENDS:
+            raise InvalidInput(f"unknown backend {config.backend!r}: valid backends are {', '.join(BACKENDS)}")
+        if config.backend == "faiss":
+            if self.milvus_only:
+                raise FailedPrecondition(
+                    "this server is a stateless replica (LODESTAR_MILVUS_ONLY): its own disk is not kept, so it "
+                    "creates collections on backend milvus only; create this one with backend milvus"
+                )
+            if self.milvus is not None and self.milvus.has(config.name):
+                raise AlreadyExists(f"collection {config.name!r} already exists (backend milvus)")
+            return self.faiss.create(config)
+        if self.milvus is None:
+            raise FailedPrecondition(
+                "backend 'milvus' is not configured on this server: set LODESTAR_MILVUS_URI "
+                "(a Milvus Lite folder, or http://host:19530) and restart it"
+            )
+        if self.faiss.has(config.name):
+            raise AlreadyExists(f"collection {config.name!r} already exists (backend faiss)")
+        return self.milvus.create(config)
 
     def drop(self, name: str) -> None:
-        """Delete a collection and its files."""
-        self.catalog.drop(name)
+        """Delete a collection and everything it holds."""
+        self.backend(name).drop(name)
 
-    def list(self) -> list[CollectionStats]:
-        """Stats of every collection, by name."""
-        return self.catalog.list()
+    def list(self) -> builtins.list[CollectionStats]:
+        """Stats of every collection of every backend, by name."""
+        out = self.faiss.list() + (self.milvus.list() if self.milvus is not None else [])
+        return sorted(out, key=lambda s: s.name)
 
     def config(self, name: str) -> CollectionConfig:
         """The collection's config as created."""
-        return self.catalog.config(name)
+        return self.backend(name).config(name)
 
     def status(self) -> dict[str, str]:
         """collection -> "ok" or why it is not serving."""
-        return self.catalog.status()
+        out = self.faiss.status()
+        if self.milvus is not None:
+            try:
+                out |= self.milvus.status()
+            except LodestarError as e:  # Milvus down: the embedded collections still serve
+                log.warning("the Milvus collections' status is unknown: %s", e)
+        return dict(sorted(out.items()))
 
     def snapshot_times(self) -> dict[str, float | None]:
-        """collection -> when its current snapshot was written (epoch seconds), None before the first."""
+        """embedded collection -> when its current snapshot was written (epoch seconds), None before the first."""
         out: dict[str, float | None] = {}
-        for name, c in list(self.catalog.collections.items()):
+        for name, c in builtins.list(self.catalog.collections.items()):
             try:
                 out[name] = (c.snapshot_dir / MANIFEST).stat().st_mtime
             except OSError:
@@ -115,51 +174,53 @@ class RetrievalEngine:
 
     def stats(self, name: str) -> CollectionStats:
         """Counts, index state and bytes on disk."""
-        return self.catalog.stats(name)
+        return self.backend(name).stats(name)
 
     def snapshot(self, name: str) -> dict[str, Any]:
         """Write the collection's indexes as a verified snapshot now; returns the manifest."""
-        return self.catalog.snapshot(name)
+        return self.backend(name).snapshot(name)
 
     def restore(self, name: str, snapshot_dir: Path) -> CollectionStats:
         """Load a verified snapshot of this collection, then replay the store's log (see Catalog.restore)."""
-        return self.catalog.restore(name, snapshot_dir)
+        return self.backend(name).restore(name, snapshot_dir)
 
     def rebuild(self, name: str) -> CollectionStats:
         """Rebuild the indexes from the store, clear a corrupt status, write a fresh snapshot."""
-        return self.catalog.rebuild(name)
+        return self.backend(name).rebuild(name)
 
     def close(self) -> None:
         """Snapshot collections with unsnapshotted changes, then close every store."""
-        self.catalog.close()
+        self.faiss.close()
+        if self.milvus is not None:
+            self.milvus.close()
 
-    # --- documents (writes.py) ---------------------------------------------------------------
+    # --- documents -----------------------------------------------------------------------------
 
     def upsert(self, name: str, docs: builtins.list[Document]) -> tuple[int, int]:
         """Insert or replace documents; returns (documents, chunks) written. Durable on return."""
-        return self.writer.upsert(name, docs)
+        return self.backend(name).upsert(name, docs)
 
     def target(self, name: str) -> tuple[CollectionConfig, int, str]:
         """(config, vector width, model id) a worker must prepare documents for."""
-        return self.writer.target(name)
+        return self.backend(name).target(name)
 
     def upsert_prepared(self, name: str, prepared: Prepared, model: str = "") -> tuple[int, int]:
         """Write documents a worker chunked and embedded, checked first (see Writer.upsert_prepared)."""
-        return self.writer.upsert_prepared(name, prepared, model)
+        return self.backend(name).upsert_prepared(name, prepared, model)
 
     def delete(self, name: str, ids: builtins.list[str]) -> int:
         """Delete documents by id (unknown ids are ignored); returns how many were deleted."""
-        return self.writer.delete(name, ids)
+        return self.backend(name).delete(name, ids)
 
     def get(self, name: str, ids: builtins.list[str]) -> builtins.list[Document | None]:
-        """The documents for `ids` in order (None where absent); served from the store."""
-        return self.writer.get(name, ids)
+        """The documents for `ids` in order (None where absent)."""
+        return self.backend(name).get(name, ids)
 
-    # --- search (search.py) ------------------------------------------------------------------
+    # --- search --------------------------------------------------------------------------------
 
     def search(self, name: str, request: SearchRequest) -> builtins.list[builtins.list[Hit]]:
         """One list of document hits per query, best first."""
         start = time.perf_counter()
-        hits = self.searcher.search(name, request)
+        hits = self.backend(name).search(name, request)
         self.telemetry.searched(request.retriever, time.perf_counter() - start)
         return hits

@@ -18,14 +18,14 @@ from lodestar.embedding import Embedder
 from lodestar.errors import InvalidInput
 from lodestar.retrieve.catalog import Catalog
 from lodestar.retrieve.collection import Collection
-from lodestar.retrieve.dense import search_threads
+from lodestar.retrieve.faiss_runtime import search_threads
 from lodestar.retrieve.feedback import MAX_FEEDBACK_CHUNKS, feedback_query
 from lodestar.retrieve.filters import MAX_FILTERS, CompiledFilter, compile_filters
 from lodestar.retrieve.fusion import rrf, weighted
 from lodestar.retrieve.impact import ImpactIndex
 from lodestar.retrieve.prepare import embed_sparse, embed_texts
 from lodestar.retrieve.store import ChunkRef
-from lodestar.retrieve.types import FUSIONS, RETRIEVERS, Hit, SearchRequest
+from lodestar.retrieve.types import FUSIONS, RETRIEVERS, CollectionConfig, Hit, SearchRequest
 
 MAX_QUERIES = 1024  # queries in one search request (the server's max_queries_per_search)
 QUERY_BLOCK = 128  # queries ranked between two cancellation checks
@@ -240,47 +240,55 @@ class Searcher:
 
     def _validate(self, c: Collection, request: SearchRequest) -> CompiledFilter | None:
         """Check every field of the request against the collection; -> its compiled filter (None = none)."""
-        queries = request.queries
-        if not isinstance(queries, (list, tuple)) or not queries:
-            raise InvalidInput(f"queries is empty: send 1 to {self.max_queries} queries")
-        if len(queries) > self.max_queries:
-            raise InvalidInput(
-                f"{len(queries)} queries in one search; the limit is max_queries_per_search={self.max_queries}: split the request"
-            )
-        for i, q in enumerate(queries):
-            if not isinstance(q, str) or not q.strip():
-                raise InvalidInput(f"query {i} is empty")
-        if not isinstance(request.k, int) or isinstance(request.k, bool) or not 1 <= request.k <= self.max_k:
-            raise InvalidInput(f"k={request.k} is out of range: use 1..{self.max_k}")
-        if request.retriever not in RETRIEVERS:
-            raise InvalidInput(f"unknown retriever {request.retriever!r}: valid retrievers are {', '.join(RETRIEVERS)}")
-        if request.fusion not in FUSIONS:
-            raise InvalidInput(f"unknown fusion {request.fusion!r}: valid fusions are {', '.join(FUSIONS)}")
-        alpha = request.alpha
-        if not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or not 0.0 <= alpha <= 1.0:
-            raise InvalidInput(f"alpha={alpha} is out of range: use 0..1 (1 = dense only, 0 = sparse only)")
-        if not isinstance(request.rrf_k, int) or request.rrf_k < 0:
-            raise InvalidInput(f"rrf_k={request.rrf_k} must be a non-negative integer (60 is the usual value)")
-        fb, fw = request.feedback_chunks, request.feedback_weight
-        if not isinstance(fb, int) or isinstance(fb, bool) or not 0 <= fb <= MAX_FEEDBACK_CHUNKS:
-            raise InvalidInput(
-                f"feedback_chunks={fb} is out of range: use 0..{MAX_FEEDBACK_CHUNKS} (0 = no feedback; 3 is a good start)"
-            )
-        if not isinstance(fw, (int, float)) or not math.isfinite(fw) or not 0.0 < fw <= 10.0:
-            raise InvalidInput(f"feedback_weight={fw} is out of range: use a number in (0, 10] (1 is the usual value)")
-        b = request.length_norm
-        if not isinstance(b, (int, float)) or not math.isfinite(b) or not 0.0 <= b <= 1.0:
-            raise InvalidInput(f"length_norm={b} is out of range: use 0..1 (0 = off; 0.5 is a good start)")
         assert c.config is not None
-        for name, value in (("feedback_chunks", fb), ("length_norm", b)):
-            if value and (request.retriever == "dense" or c.config.sparse != "learned"):
-                raise InvalidInput(
-                    f"{name} needs a learned sparse side searched (retriever sparse or hybrid); collection {c.name!r} has "
-                    f"sparse={c.config.sparse!r} and the request retriever={request.retriever!r}"
-                )
-        if request.retriever in ("sparse", "hybrid") and c.config.sparse == "none":
-            raise InvalidInput(
-                f"retriever {request.retriever!r} needs a sparse index, but collection {c.name!r} was created with sparse='none'; "
-                f"use retriever='dense' or create a collection with sparse='bm25'"
-            )
+        validate_search(c.name, c.config, request, self.max_k, self.max_queries)
         return compile_filters(list(request.filters or ()), self.max_filters)
+
+
+def validate_search(
+    name: str, config: CollectionConfig, request: SearchRequest, max_k: int, max_queries: int = MAX_QUERIES
+) -> None:
+    """Check every field of a search request against collection `name` (any backend); filters are
+    checked where they are compiled."""
+    queries = request.queries
+    if not isinstance(queries, (list, tuple)) or not queries:
+        raise InvalidInput(f"queries is empty: send 1 to {max_queries} queries")
+    if len(queries) > max_queries:
+        raise InvalidInput(
+            f"{len(queries)} queries in one search; the limit is max_queries_per_search={max_queries}: split the request"
+        )
+    for i, q in enumerate(queries):
+        if not isinstance(q, str) or not q.strip():
+            raise InvalidInput(f"query {i} is empty")
+    if not isinstance(request.k, int) or isinstance(request.k, bool) or not 1 <= request.k <= max_k:
+        raise InvalidInput(f"k={request.k} is out of range: use 1..{max_k}")
+    if request.retriever not in RETRIEVERS:
+        raise InvalidInput(f"unknown retriever {request.retriever!r}: valid retrievers are {', '.join(RETRIEVERS)}")
+    if request.fusion not in FUSIONS:
+        raise InvalidInput(f"unknown fusion {request.fusion!r}: valid fusions are {', '.join(FUSIONS)}")
+    alpha = request.alpha
+    if not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or not 0.0 <= alpha <= 1.0:
+        raise InvalidInput(f"alpha={alpha} is out of range: use 0..1 (1 = dense only, 0 = sparse only)")
+    if not isinstance(request.rrf_k, int) or request.rrf_k < 0:
+        raise InvalidInput(f"rrf_k={request.rrf_k} must be a non-negative integer (60 is the usual value)")
+    fb, fw = request.feedback_chunks, request.feedback_weight
+    if not isinstance(fb, int) or isinstance(fb, bool) or not 0 <= fb <= MAX_FEEDBACK_CHUNKS:
+        raise InvalidInput(
+            f"feedback_chunks={fb} is out of range: use 0..{MAX_FEEDBACK_CHUNKS} (0 = no feedback; 3 is a good start)"
+        )
+    if not isinstance(fw, (int, float)) or not math.isfinite(fw) or not 0.0 < fw <= 10.0:
+        raise InvalidInput(f"feedback_weight={fw} is out of range: use a number in (0, 10] (1 is the usual value)")
+    b = request.length_norm
+    if not isinstance(b, (int, float)) or not math.isfinite(b) or not 0.0 <= b <= 1.0:
+        raise InvalidInput(f"length_norm={b} is out of range: use 0..1 (0 = off; 0.5 is a good start)")
+    for option, value in (("feedback_chunks", fb), ("length_norm", b)):
+        if value and (request.retriever == "dense" or config.sparse != "learned"):
+            raise InvalidInput(
+                f"{option} needs a learned sparse side searched (retriever sparse or hybrid); collection {name!r} has "
+                f"sparse={config.sparse!r} and the request retriever={request.retriever!r}"
+            )
+    if request.retriever in ("sparse", "hybrid") and config.sparse == "none":
+        raise InvalidInput(
+            f"retriever {request.retriever!r} needs a sparse index, but collection {name!r} was created with sparse='none'; "
+            f"use retriever='dense' or create a collection with sparse='bm25'"
+        )

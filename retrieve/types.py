@@ -40,6 +40,7 @@ class CollectionConfig:
         True  # learned: scale query weights by each term's IDF over the collection (collections made before it: False)
     )
     shards: int = 1  # dense index shards, each chunk in shard id % shards, searched in parallel (1 = one index)
+    backend: str = "faiss"  # faiss (embedded) | milvus (the server's LODESTAR_MILVUS_URI); see retrieve/backends
 
 
 @dataclass

@@ -20,6 +20,37 @@ from lodestar.retrieve.store import DocWrite
 from lodestar.retrieve.types import CollectionConfig, Document
 
 
+def check_prepared(
+    name: str, config: CollectionConfig, dim: int, prepared: Prepared, model: str, model_id: str
+) -> None:
+    """Check documents a worker chunked and embedded against the documents and the collection (any
+    backend): spans inside each text, vectors of the right shape and finite, sparse vectors when the
+    collection is learned-sparse; makes the vectors contiguous float32."""
+    if model and model != model_id:
+        raise InvalidInput(f"vectors were made by model {model!r}; collection {name!r} is embedded with {model_id!r}")
+    if len(prepared.spans) != len(prepared.docs):
+        raise InvalidInput(f"{len(prepared.spans)} span lists for {len(prepared.docs)} documents")
+    for i, (d, sp) in enumerate(zip(prepared.docs, prepared.spans)):
+        if not sp or any(not 0 <= a < b <= len(d.text) for a, b in sp):
+            raise InvalidInput(
+                f"document {i} ({d.id[:80]!r}): chunk spans {sp[:4]} are empty or outside its {len(d.text)} characters"
+            )
+    chunks = sum(len(sp) for sp in prepared.spans)
+    if prepared.vectors.shape != (chunks, dim):
+        raise InvalidInput(
+            f"vectors have shape {tuple(prepared.vectors.shape)}; {chunks} chunks of collection {name!r} need ({chunks}, {dim})"
+        )
+    prepared.vectors = np.ascontiguousarray(prepared.vectors, dtype=np.float32)
+    check_finite(prepared.vectors, prepared.chunk_texts, "chunk")
+    if (config.sparse == "learned") != (prepared.sparse is not None):
+        raise InvalidInput(
+            f"collection {name!r} has sparse={config.sparse!r}: learned-sparse vectors are "
+            f"{'needed' if config.sparse == 'learned' else 'not expected'}"
+        )
+    if prepared.sparse is not None and len(prepared.sparse) != chunks:
+        raise InvalidInput(f"{len(prepared.sparse)} sparse vectors for {chunks} chunks")
+
+
 class Writer:
     """Upserts, deletes and reads of documents in the catalog's collections."""
 
@@ -40,7 +71,7 @@ class Writer:
     def upsert(self, name: str, docs: list[Document]) -> tuple[int, int]:
         """Insert or replace documents; returns (documents, chunks) written. Durable on return."""
         c = self.catalog.get(name)
-        metadata = self._validate_docs(docs)
+        metadata = self.validate_docs(docs)
         c.check_serving()
         assert c.config is not None
         prepared = prepare(self.embedder, c.config, c.dim, docs)  # no lock held while the model runs
@@ -57,34 +88,10 @@ class Writer:
         """Write documents a worker chunked and embedded (see prepare.py): the spans and vectors are
         checked against the documents and the collection first; a rejected batch writes nothing."""
         c = self.catalog.get(name)
-        metadata = self._validate_docs(prepared.docs)
+        metadata = self.validate_docs(prepared.docs)
         c.check_serving()
-        if model and model != self.persistence.model_id():
-            raise InvalidInput(
-                f"vectors were made by model {model!r}; collection {name!r} is embedded with {self.persistence.model_id()!r}"
-            )
-        if len(prepared.spans) != len(prepared.docs):
-            raise InvalidInput(f"{len(prepared.spans)} span lists for {len(prepared.docs)} documents")
-        for i, (d, sp) in enumerate(zip(prepared.docs, prepared.spans)):
-            if not sp or any(not 0 <= a < b <= len(d.text) for a, b in sp):
-                raise InvalidInput(
-                    f"document {i} ({d.id[:80]!r}): chunk spans {sp[:4]} are empty or outside its {len(d.text)} characters"
-                )
-        chunks = sum(len(sp) for sp in prepared.spans)
-        if prepared.vectors.shape != (chunks, c.dim):
-            raise InvalidInput(
-                f"vectors have shape {tuple(prepared.vectors.shape)}; {chunks} chunks of collection {name!r} need ({chunks}, {c.dim})"
-            )
-        prepared.vectors = np.ascontiguousarray(prepared.vectors, dtype=np.float32)
-        check_finite(prepared.vectors, prepared.chunk_texts, "chunk")
         assert c.config is not None
-        if (c.config.sparse == "learned") != (prepared.sparse is not None):
-            raise InvalidInput(
-                f"collection {name!r} has sparse={c.config.sparse!r}: learned-sparse vectors are "
-                f"{'needed' if c.config.sparse == 'learned' else 'not expected'}"
-            )
-        if prepared.sparse is not None and len(prepared.sparse) != chunks:
-            raise InvalidInput(f"{len(prepared.sparse)} sparse vectors for {chunks} chunks")
+        check_prepared(name, c.config, c.dim, prepared, model, self.persistence.model_id())
         return self._write(c, prepared, metadata)
 
     def _write(self, c: Collection, prepared: Prepared, metadata: list[str]) -> tuple[int, int]:
@@ -128,7 +135,7 @@ class Writer:
     def delete(self, name: str, ids: list[str]) -> int:
         """Delete documents by id (unknown ids are ignored); returns how many were deleted."""
         c = self.catalog.get(name)
-        ids = self._validate_ids(ids, "delete")
+        ids = self.validate_ids(ids, "delete")
         if not ids:
             return 0
         with c.lock.write():
@@ -144,7 +151,7 @@ class Writer:
     def get(self, name: str, ids: list[str]) -> list[Document | None]:
         """The documents for `ids` in order (None where absent); served from the store."""
         c = self.catalog.get(name)
-        ids = self._validate_ids(ids, "get")
+        ids = self.validate_ids(ids, "get")
         with c.lock.read():
             c.check_open()
             if c.store is None:
@@ -153,7 +160,7 @@ class Writer:
 
     # --- validation --------------------------------------------------------------------------
 
-    def _validate_docs(self, docs: list[Document]) -> list[str]:
+    def validate_docs(self, docs: list[Document]) -> list[str]:
         """Check the whole batch before anything is written; returns each document's metadata JSON."""
         limit = self.max_docs_per_upsert
         if not isinstance(docs, (list, tuple)) or not docs:
@@ -171,7 +178,7 @@ class Writer:
             seen[doc.id] = i
         return out
 
-    def _validate_ids(self, ids: list[str], what: str) -> list[str]:
+    def validate_ids(self, ids: list[str], what: str) -> list[str]:
         """Check a list of document ids (for a delete or get) against the batch limit."""
         limit = self.max_docs_per_upsert
         if not isinstance(ids, (list, tuple)):

@@ -20,6 +20,7 @@ from lodestar.errors import (
     AlreadyExists,
     Cancelled,
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidInput,
     LodestarError,
     NotFound,
@@ -38,6 +39,7 @@ STATUS: dict[type[LodestarError], grpc.StatusCode] = {
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     Cancelled: grpc.StatusCode.CANCELLED,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
 }
 MAX_MESSAGE_CHARS = 900  # a status message's UTF-8 bytes at most (clients cap metadata near 8 KB; fuzzing asks < 1 KB)
 RETRY_AFTER = "retry-after-ms"

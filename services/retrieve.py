@@ -50,6 +50,8 @@ def config_from_pb(c: rpb.CollectionConfig) -> rt.CollectionConfig:
         kw["metric"] = metric
     if sparse := chosen(rpb.SparseKind, c.sparse_kind, c.sparse, "sparse_kind"):
         kw["sparse"] = sparse
+    if backend := enum_to_name(rpb.Backend, c.backend, "backend"):
+        kw["backend"] = backend
     return rt.CollectionConfig(**kw)
 
 
@@ -62,6 +64,7 @@ def config_to_pb(c: rt.CollectionConfig) -> rpb.CollectionConfig:
         **fields,
         metric_kind=stored_name_to_enum(rpb.Metric, c.metric),
         sparse_kind=stored_name_to_enum(rpb.SparseKind, c.sparse),
+        backend=stored_name_to_enum(rpb.Backend, c.backend),
     )
 
 

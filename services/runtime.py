@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from lodestar.embed.engine import EmbeddingEngine
     from lodestar.generate.answer import AnswerPipeline
     from lodestar.generate.engine import GenerationEngine
+    from lodestar.retrieve.backends.milvus_store import MilvusOptions
     from lodestar.retrieve.engine import RetrievalEngine
     from lodestar.retrieve.jobs import Dispatcher, JobManager, JobsConfig
 
@@ -213,8 +214,8 @@ class Runtime:
         )
 
     def _build_retrieval(self, engine: EmbeddingEngine) -> RetrievalEngine:
-        from lodestar.retrieve.dense import use_gpu
         from lodestar.retrieve.engine import RetrievalEngine
+        from lodestar.retrieve.faiss_runtime import use_gpu
 
         use_gpu(str(engine.backbone.device))  # LODESTAR_DEVICE=cuda: dense searches on that GPU, where FAISS can
         return RetrievalEngine(
@@ -222,6 +223,8 @@ class Runtime:
             engine,
             faiss_threads=self.settings.faiss_threads,
             restore_dirs=tuple(self.settings.restore_dirs) or (Path(self.settings.data_dir),),
+            milvus=milvus_options(self.settings),
+            milvus_only=self.settings.milvus_only,
             max_queries=self.settings.max_queries_per_search,
             max_filters=self.settings.max_filters_per_search,
         )
@@ -302,3 +305,21 @@ class Runtime:
                 fn()
             except Exception:
                 log.exception("closing %r failed", fn)
+
+
+def milvus_options(s: Settings) -> MilvusOptions | None:
+    """How the engine reaches Milvus (LODESTAR_MILVUS_*); None without a URI (backend milvus refused)."""
+    from lodestar.retrieve.backends.milvus_store import MilvusOptions
+
+    if not s.milvus_uri:
+        return None
+    return MilvusOptions(
+        uri=s.milvus_uri,
+        token=s.milvus_token.get_secret_value(),
+        db_name=s.milvus_db,
+        timeout_s=s.milvus_timeout_s,
+        tls_ca_file=str(s.milvus_tls_ca or ""),
+        tls_cert_file=str(s.milvus_tls_cert or ""),
+        tls_key_file=str(s.milvus_tls_key or ""),
+        tls_server_name=s.milvus_tls_server_name,
+    )

@@ -136,6 +136,25 @@ class Settings(BaseSettings):
         description="documents of Upserts in flight (chunked, embedded or written) before one is refused with RESOURCE_EXHAUSTED and a retry-after-ms hint",
     )
 
+    # --- collections on Milvus (backend milvus) ---
+    milvus_uri: str = Field(
+        "",
+        description="Milvus that collections created with backend milvus live in: a Milvus Lite file path (./milvus.db, one process) or http(s)://host:19530 (Standalone or Distributed; every replica pointed at it serves the same collections); empty = backend milvus refused; needs `pip install lodestar[milvus]`",
+    )
+    milvus_only: bool = Field(
+        False,
+        description="a stateless query replica: refuse to create embedded (faiss) collections, whose files would live on this replica's disk alone (the chart's query replicas set it)",
+    )
+    milvus_token: SecretStr = Field(SecretStr(""), description="Milvus credentials: user:password or an API key")
+    milvus_db: str = Field("", description="Milvus database; empty = its default")
+    milvus_timeout_s: float = Field(30.0, gt=0, description="deadline of one call to Milvus (past it: UNAVAILABLE)")
+    milvus_tls_ca: Path | None = Field(
+        None, description="CA bundle (PEM) Milvus's certificate must chain to (an https:// URI); set = TLS"
+    )
+    milvus_tls_cert: Path | None = Field(None, description="client certificate (PEM) for Milvus with mTLS")
+    milvus_tls_key: Path | None = Field(None, description="the private key (PEM) of milvus_tls_cert")
+    milvus_tls_server_name: str = Field("", description="the name on Milvus's certificate, when the URI's host differs")
+
     # --- server behaviour ---
     max_concurrent_rpcs: int = Field(256, ge=1, description="RPCs in flight before RESOURCE_EXHAUSTED")
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest gRPC message in either direction")

@@ -151,6 +151,22 @@ def index_chunk(self: Task, job_id: str, idx: int) -> dict[str, Any]:
     return run_chunk(RemoteSource(client), embedder, job_id, idx, self.request.hostname or "worker")
 
 
+def ping(settings: Any, hostname: str | None = None, timeout_s: float = 5.0) -> tuple[str, bool]:
+    """-> (node name, whether it answered): a broker ping to one worker (`hostname` as `lodestar worker
+    --hostname` takes it, %h expanded; default celery@ this host's name), the workers' liveness check."""
+    from celery.utils.nodenames import default_nodename, host_format
+
+    if not settings.broker_url:
+        raise InvalidInput("no broker configured: set LODESTAR_BROKER_URL (e.g. redis://127.0.0.1:6379/0)")
+    name = host_format(default_nodename(hostname))
+    celery = make_app(settings.broker_url, settings.result_backend, settings.broker_visibility_timeout_s)
+    try:
+        replies = celery.control.ping(destination=[name], timeout=timeout_s, limit=1)
+    finally:
+        celery.close()
+    return name, any(name in reply for reply in replies)
+
+
 def main(settings: Any, extra: list[str] | None = None) -> None:
     """Run a worker in this process (blocks): `lodestar worker`."""
     if not settings.broker_url:

@@ -12,6 +12,7 @@ from tinymodel import CACHE_DIR, FIXTURES, build_tiny  # noqa: E402  (tests/ is 
 
 from lodestar.backbone import Backbone, BackboneConfig, load_backbone
 from lodestar.backbone.loader import bundled_gguf, dequantised_cache
+from lodestar.bench.milvus_lite import MilvusLiteServer
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -73,3 +74,11 @@ def tiny_engine(tiny_backbone: Backbone) -> Iterator:  # type: ignore[type-arg]
     eng = EmbeddingEngine(tiny_backbone)
     yield eng
     eng.close()
+
+
+@pytest.fixture(scope="session")
+def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Milvus Lite server process for the session (bench/milvus_lite.py); collections get unique names."""
+    server = MilvusLiteServer(tmp_path_factory.mktemp("milvus") / "data")
+    yield server.uri
+    server.stop()

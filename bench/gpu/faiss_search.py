@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpucommon import ROOT, environment, write_json  # noqa: E402
 
 from lodestar.bench.retrieval import _timed_search, embedding_like, recall  # noqa: E402
-from lodestar.retrieve import dense  # noqa: E402
-from lodestar.retrieve.dense import DenseIndex, use_gpu  # noqa: E402
+from lodestar.retrieve import faiss_runtime  # noqa: E402
+from lodestar.retrieve.dense import DenseIndex  # noqa: E402
+from lodestar.retrieve.faiss_runtime import use_gpu  # noqa: E402
 
 SPECS = ("Flat", "IVF1024,Flat")
 CALL_SIZES = (1, 16, 256)
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     x = embedding_like(args.n, args.dim, rng)
     q = embedding_like(2048, args.dim, rng)
-    gpus = dense._gpu_count()
+    gpus = faiss_runtime.gpu_count()
     report: dict[str, Any] = {"env": environment(), "n": args.n, "dim": args.dim, "faiss_gpus": gpus, "results": {}}
     if gpus == 0:
         report["gpu_unavailable"] = "this FAISS has no GPU support (faiss-cpu, or faiss-gpu without a CUDA device)"

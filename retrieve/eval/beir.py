@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lodestar.errors import InvalidInput
+from lodestar.retrieve.backends.milvus_store import MilvusOptions
 from lodestar.retrieve.types import CollectionConfig, Document, SearchRequest
 
 
@@ -92,7 +93,10 @@ def index_key(docs: list[Document], config: CollectionConfig, embedder: Any) -> 
             weights += [
                 (f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(Path(folder).glob("adapter_model.*"))
             ]
-    meta = {"config": dataclasses.asdict(config), "model": str(getattr(backbone, "model_id", "")), "adapters": weights}
+    fields = dataclasses.asdict(config)
+    if fields.get("backend") == "faiss":  # the key of an index made before backends existed
+        del fields["backend"]
+    meta = {"config": fields, "model": str(getattr(backbone, "model_id", "")), "adapters": weights}
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
@@ -110,6 +114,7 @@ def eval_beir(
     work_dir: Path | None = None,
     feedback: tuple[int, float] = (0, 1.0),
     length_norm: float = 0.0,
+    milvus: MilvusOptions | None = None,
 ) -> list[dict[str, Any]]:
     """Index `folder`'s corpus once with `config`, then search with each retriever
     (dense | bm25 | sparse | hybrid); one result dict per retriever, and for hybrid per fusion (and
@@ -117,7 +122,8 @@ def eval_beir(
     an interrupted run resumes from its last stored batch and a rerun with other retrievers, fusions
     or alphas encodes nothing; None = a temporary folder. feedback: (chunks, weight) of learned-sparse
     pseudo-relevance feedback at search time (`SearchRequest.feedback_chunks`; not part of the index);
-    length_norm: learned-sparse chunk length normalisation at search time (`SearchRequest.length_norm`)."""
+    length_norm: learned-sparse chunk length normalisation at search time (`SearchRequest.length_norm`).
+    milvus: where a collection with backend milvus lives; None = Milvus Lite in the index folder."""
     from lodestar.retrieve.engine import RetrievalEngine
 
     docs, queries, qrels = read_beir(folder)
@@ -138,7 +144,9 @@ def eval_beir(
         else tempfile.TemporaryDirectory(prefix="lodestar-eval-")
     )
     with place as root:
-        engine = RetrievalEngine(Path(root), embedder)
+        if config.backend == "milvus" and milvus is None:
+            milvus = MilvusOptions(uri=str(Path(root) / ".milvus-lite.db"))  # in-process; not a collection folder
+        engine = RetrievalEngine(Path(root), embedder, milvus=milvus if config.backend == "milvus" else None)
         try:
             if config.name not in {c.name for c in engine.list()}:
                 engine.create(config)
@@ -188,6 +196,7 @@ def eval_beir(
                 out.append(
                     {
                         "dataset": dataset,
+                        "backend": config.backend,
                         "retriever": retriever,
                         "mode": config.mode,
                         "sparse": config.sparse if retriever in ("sparse", "bm25", "hybrid") else None,

@@ -14,6 +14,7 @@ import sys
 import lodestar
 from lodestar.errors import LodestarError
 from lodestar.services.cli import (
+    bench_retrieve_cmds,
     compress_cmds,
     config_cmds,
     embed_cmds,
@@ -24,7 +25,17 @@ from lodestar.services.cli import (
     train_cmds,
 )
 
-MODULES = (embed_cmds, retrieve_cmds, jobs_cmds, compress_cmds, generate_cmds, train_cmds, config_cmds, token_cmds)
+MODULES = (
+    embed_cmds,
+    retrieve_cmds,
+    bench_retrieve_cmds,
+    jobs_cmds,
+    compress_cmds,
+    generate_cmds,
+    train_cmds,
+    config_cmds,
+    token_cmds,
+)
 
 # How a command reaches a server: option -> help. Each is taken before or after the command name.
 CONNECTION = {

@@ -28,12 +28,12 @@ def connection(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def connect(args: argparse.Namespace, timeout: float | None = 60.0) -> Any:
+def connect(args: argparse.Namespace, timeout: float | None = 60.0, channel: Any = None) -> Any:
     """A Client for the command's --server, with TLS and the token from the options or LODESTAR_*."""
     from lodestar.services.client import Client
 
     try:
-        return Client(args.server, timeout=timeout, **settings(**connection(args)).client_security())
+        return Client(args.server, timeout=timeout, channel=channel, **settings(**connection(args)).client_security())
     except ValueError as exc:  # an unreadable certificate file, a certificate without its key
         raise LodestarError(str(exc)) from None
 

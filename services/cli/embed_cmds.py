@@ -213,6 +213,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 when the server (or one of its services) reports SERVING, 1 otherwise: the image's
+    HEALTHCHECK and the chart's `helm test` pod (health checks need no token)."""
+    from lodestar.services.client import ChannelConfig
+
+    with connect(args, channel=ChannelConfig(retries=0, tls_server_name=args.tls_server_name)) as client:
+        status = client.health(args.service)
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
 def cmd_eval_sts(args: argparse.Namespace) -> int:
     from lodestar.embed.eval.sts import eval_sts
     from lodestar.embed.types import EmbedOptions
@@ -338,6 +349,17 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     i = sub.add_parser("info", help="what the server offers (model, modes, adapters, limits; compression limits)")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_info)
+
+    h = sub.add_parser("health", help="exit 0 when the server reports SERVING (grpc.health.v1), else 1")
+    h.add_argument(
+        "--service", default="", help="one service, e.g. lodestar.embed.v1.EmbedService (default: the server)"
+    )
+    h.add_argument(
+        "--tls-server-name",
+        default="",
+        help="the name the server's certificate carries, when --server is an address it does not (a probe on 127.0.0.1)",
+    )
+    h.set_defaults(func=cmd_health)
 
     sts = ev.add_parser("sts", help="STS Spearman of cosine vs gold (TSV: sentence1 sentence2 score)")
     sts.add_argument("file")

@@ -140,6 +140,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         worker_metrics_port=args.metrics_port,
         **overrides,
     )
+    if args.ping:
+        from lodestar.services.worker import ping
+
+        name, ok = ping(s, args.hostname)
+        print(f"{name} {'answered' if ok else 'did not answer'}")
+        return 0 if ok else 1
     configure_logging(s.log_level, s.log_format)
     extra = ["--hostname", args.hostname] if args.hostname else []
     main(s, extra)
@@ -216,5 +222,10 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     w.add_argument("--model")
     w.add_argument(
         "--metrics-port", type=int, help="serve Prometheus /metrics on this port (LODESTAR_WORKER_METRICS_PORT)"
+    )
+    w.add_argument(
+        "--ping",
+        action="store_true",
+        help="do not run a worker: exit 0 when the worker named --hostname (default celery@ this host) answers a ping over the broker (the chart's liveness probe)",
     )
     w.set_defaults(func=cmd_worker)

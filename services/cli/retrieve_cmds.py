@@ -1,4 +1,5 @@
-"""Commands of the retrieval side: collection, search, eval beir, bench retrieve, bench sparse."""
+"""Commands of the retrieval side: collection, doc, search, eval beir (the retrieval benchmarks are in
+bench_retrieve_cmds.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from lodestar.errors import LodestarError
-from lodestar.services.cli.common import add_result_args, connect, local_engine, plain, print_obj, write_result
+from lodestar.services.cli.bench_retrieve_cmds import add_backend_args, milvus_args
+from lodestar.services.cli.common import connect, local_engine, plain, print_obj
 
 
 def cmd_collection(args: argparse.Namespace) -> int:
@@ -35,6 +37,8 @@ def cmd_collection(args: argparse.Namespace) -> int:
                 config["query_idf"] = args.query_idf
             if args.shards is not None:
                 config["shards"] = args.shards
+            if args.backend:
+                config["backend"] = args.backend
             config.update(
                 {
                     k: v
@@ -222,6 +226,7 @@ def cmd_eval_beir(args: argparse.Namespace) -> int:
         sparse_mode=args.sparse_mode or "echo",
         query_idf=args.query_idf,
         chunk_tokens=args.chunk_tokens if args.chunk_tokens is not None else 256,
+        backend=args.backend,
     )
     try:
         results = eval_beir(
@@ -235,6 +240,7 @@ def cmd_eval_beir(args: argparse.Namespace) -> int:
             work_dir=Path(args.work_dir) if args.work_dir else None,
             feedback=(args.feedback, args.feedback_weight),
             length_norm=args.length_norm,
+            milvus=milvus_args(args),
         )
     finally:
         engine.close()
@@ -243,86 +249,9 @@ def cmd_eval_beir(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench_retrieve(args: argparse.Namespace) -> int:
-    from lodestar.bench.retrieval import SPECS, bench_indexes
-
-    result: dict[str, Any] = {
-        "indexes": bench_indexes(
-            n=args.vectors,
-            dim=args.dim,
-            queries=args.queries,
-            batch=args.batch,
-            threads=args.threads,
-            specs=tuple(args.index) if args.index else SPECS,
-            progress=not args.quiet,
-        )
-    }
-    if args.corpus:
-        from lodestar.bench.served import bench_search_latency
-        from lodestar.retrieve.eval.beir import read_beir
-
-        docs, queries, _ = read_beir(Path(args.corpus))
-        result["grpc_latency"] = bench_search_latency(
-            docs[: args.docs],
-            list(queries.values())[: args.latency_queries],
-            mode=args.mode or "token_prepend",
-            model=args.model,
-            progress=not args.quiet,
-        )
-        result["grpc_latency"]["corpus"] = str(args.corpus)
-    write_result(result, args.out)
-    return 0
-
-
-def cmd_bench_shards(args: argparse.Namespace) -> int:
-    from lodestar.bench.retrieval import bench_shards
-
-    try:
-        counts = tuple(int(x) for x in args.shards.split(","))
-    except ValueError:
-        raise SystemExit(f"--shards takes comma-separated shard counts; got {args.shards!r}") from None
-    write_result(
-        bench_shards(
-            n=args.vectors,
-            dim=args.dim,
-            queries=args.queries,
-            k=args.k,
-            shards=counts,
-            specs=tuple(args.index) if args.index else ("Flat", "HNSW32"),
-            progress=not args.quiet,
-        ),
-        args.out,
-    )
-    return 0
-
-
-def cmd_bench_sparse(args: argparse.Namespace) -> int:
-    from lodestar.bench.retrieval import bench_impact
-
-    try:
-        sizes = tuple(int(x) for x in args.sizes.split(","))
-    except ValueError:
-        raise SystemExit(f"--sizes takes comma-separated document counts; got {args.sizes!r}") from None
-    if any(n < args.k for n in sizes):
-        raise SystemExit(f"--sizes must each be at least k={args.k}; got {args.sizes!r}")
-    write_result(
-        bench_impact(
-            sizes=sizes,
-            doc_nnz=args.doc_nnz,
-            query_nnz=args.query_nnz,
-            queries=args.queries,
-            k=args.k,
-            progress=not args.quiet,
-            idf=args.idf,
-        ),
-        args.out,
-    )
-    return 0
-
-
 def register(sub: Any, groups: dict[str, Any]) -> None:
     """Add this module's commands: `sub` top level, groups["eval" | "bench" | "train"] below those."""
-    ev, bn = groups["eval"], groups["bench"]
+    ev = groups["eval"]
     col = sub.add_parser("collection", help="manage retrieval collections")
     col_sub = col.add_subparsers(dest="action", required=True)
     cc = col_sub.add_parser("create", help="create a collection (config is fixed at creation)")
@@ -330,6 +259,11 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     cc.add_argument("--mode", help="embedding mode (default mean)")
     cc.add_argument("--index", help="FAISS factory string: Flat, HNSW32, IVF1024,Flat, IVF1024,PQ16")
     cc.add_argument("--shards", type=int, help="dense index shards searched in parallel, 1..64 (default 1)")
+    cc.add_argument(
+        "--backend",
+        choices=("faiss", "milvus"),
+        help="where the collection lives: faiss (in the server, default) | milvus (the server's LODESTAR_MILVUS_URI)",
+    )
     cc.add_argument("--sparse", help="none | bm25 | learned (default bm25)")
     cc.add_argument("--sparse-mode", help="learned: mode whose span the SPLADE weights pool (default echo)")
     cc.add_argument("--sparse-adapter", help="learned: adapter from `lodestar train sparse`")
@@ -466,51 +400,6 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
         metavar="B",
         help="learned sparse: chunk length normalisation, BM25's b (0..1, default 0 = off)",
     )
+    add_backend_args(bq)
     bq.add_argument("--quiet", action="store_true")
     bq.set_defaults(func=cmd_eval_beir)
-
-    br = bn.add_parser("retrieve", help="QPS and recall@10 vs exact per index type; gRPC search latency")
-    br.add_argument("--vectors", type=int, default=100_000)
-    br.add_argument("--dim", type=int, default=128)
-    br.add_argument("--queries", type=int, default=1000)
-    br.add_argument("--batch", type=int, default=1, help="queries per search call (1: as a service receives them)")
-    br.add_argument("--threads", type=int, default=1, help="FAISS OpenMP threads")
-    br.add_argument(
-        "--index",
-        action="append",
-        help="FAISS factory string, repeatable; Flat (exact) must come first "
-        "(default: Flat, HNSW32, IVF1024,Flat, IVF4096,Flat, IVF1024,SQ8, IVF1024,PQ32)",
-    )
-    br.add_argument("--corpus", help="BEIR folder: also measure gRPC search latency on its documents and queries")
-    br.add_argument("--docs", type=int, default=300, help="documents of --corpus to index for the latency part")
-    br.add_argument("--latency-queries", type=int, default=200)
-    br.add_argument("--mode")
-    add_result_args(br)
-    br.set_defaults(func=cmd_bench_retrieve)
-
-    bh = bn.add_parser("shards", help="single-query latency of one dense index vs N shards searched in parallel")
-    bh.add_argument("--vectors", type=int, default=100_000)
-    bh.add_argument("--dim", type=int, default=576, help="576: SmolLM2-135M's width")
-    bh.add_argument("--queries", type=int, default=200)
-    bh.add_argument("--k", type=int, default=10)
-    bh.add_argument("--shards", default="1,2,4", help="shard counts, comma-separated (1 = the unsharded baseline)")
-    bh.add_argument("--index", action="append", help="FAISS spec (repeatable; default Flat and HNSW32)")
-    add_result_args(bh, model=False)
-    bh.set_defaults(func=cmd_bench_shards)
-
-    bs = bn.add_parser(
-        "sparse", help="learned-sparse impact index latency (MaxScore, plain accumulation) vs exact CSR scoring"
-    )
-    bs.add_argument("--sizes", default="10000,100000,300000", help="documents per run, comma-separated")
-    bs.add_argument("--doc-nnz", type=int, default=200, help="non-zeros per document (sparse-squad: about 200)")
-    bs.add_argument("--query-nnz", type=int, default=40, help="non-zeros per query (sparse-squad: about 40)")
-    bs.add_argument("--queries", type=int, default=200)
-    bs.add_argument("--k", type=int, default=10)
-    bs.add_argument(
-        "--idf",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="scale query weights by IDF, as collections do by default (query_idf)",
-    )
-    add_result_args(bs, model=False)
-    bs.set_defaults(func=cmd_bench_sparse)

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import grpc
 
 from lodestar.services.client.calls import Calls, Split, Stream, Unary, Upload
-from lodestar.services.client.channel import PEM, ChannelConfig, Security, aio_channel
+from lodestar.services.client.channel import PEM, ChannelConfig, Security, aio_channel, with_overrides
 from lodestar.services.client.sync import STUBS, error
 from lodestar.services.client.types import ClientError
 
@@ -27,13 +27,14 @@ T = TypeVar("T")
 class AsyncClient(Calls):
     """`Client` for asyncio (grpc.aio): every unary method returns an awaitable of what Client's returns;
     embed_stream, generate_stream, answer_stream and watch_job return async iterators. Create it inside
-    the event loop that uses it. TLS and the token as for Client."""
+    the event loop that uses it. TLS, the token and load balancing as for Client."""
 
     def __init__(
         self,
         address: str = "127.0.0.1:50051",
         timeout: float | None = 60.0,
         *,
+        load_balancing: str | None = None,
         channel: ChannelConfig | None = None,
         tls: bool = False,
         ca: PEM | None = None,
@@ -45,7 +46,7 @@ class AsyncClient(Calls):
         self.timeout = timeout
         self._security = Security.of(tls, ca, cert, key, token)
         self._metadata = self._security.metadata()
-        self._channel = aio_channel(address, channel or ChannelConfig(), self._security)
+        self._channel = aio_channel(address, with_overrides(channel, load_balancing=load_balancing), self._security)
         self._stubs = {name: stub(self._channel) for name, stub in STUBS.items()}
         self._max_texts: int | None = None
 

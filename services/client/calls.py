@@ -132,7 +132,8 @@ class Calls:
         """Config keys: mode, query_prompt, query_instruction, doc_prompt, doc_instruction, adapter,
         dimensions, metric (cosine|ip|l2), index (FAISS factory string), shards (1..64: dense index
         shards searched in parallel), sparse (none|bm25|learned), chunk_tokens, chunk_overlap; for
-        learned sparse also sparse_mode, sparse_adapter, sparse_top_k, query_top_k, query_idf."""
+        learned sparse also sparse_mode, sparse_adapter, sparse_top_k, query_top_k, query_idf; backend
+        (faiss|milvus: milvus needs the server's LODESTAR_MILVUS_URI)."""
         req = rpb.CreateCollectionRequest(config=retrieve.config(name, **config))
         return self._run(Unary(("retrieve", "CreateCollection"), req, retrieve.collection_info, self.timeout))
 

@@ -24,12 +24,22 @@ class ChannelConfig:
     initial_backoff_s: float = 0.2  # first retry after up to this long (gRPC adds jitter), then x2 up to max_backoff_s
     max_backoff_s: float = 5.0
     load_balancing: str = "round_robin"  # round_robin: each call to the next address `dns:///name` resolves to
+    tls_server_name: str = (
+        ""  # the name the server's certificate must carry when it is not the address's host (a probe on 127.0.0.1)
+    )
 
     def __post_init__(self) -> None:
         if self.load_balancing not in LOAD_BALANCING:
             raise ValueError(f"unknown load_balancing {self.load_balancing!r}: valid are {', '.join(LOAD_BALANCING)}")
         if not 0 <= self.retries <= 4:
             raise ValueError(f"retries must be in 0..4 (gRPC allows 5 attempts in all); got {self.retries}")
+
+
+def with_overrides(config: ChannelConfig | None, **given: Any) -> ChannelConfig:
+    """`config` (default ChannelConfig()) with the fields given as keywords that are not None."""
+    base = config or ChannelConfig()
+    changes = {k: v for k, v in given.items() if v is not None}
+    return ChannelConfig(**{**base.__dict__, **changes}) if changes else base
 
 
 def service_config(c: ChannelConfig) -> str:
@@ -59,6 +69,8 @@ def options(c: ChannelConfig) -> list[tuple[str, Any]]:
         ("grpc.service_config", service_config(c)),
         ("grpc.enable_retries", 1 if c.retries else 0),
     ]
+    if c.tls_server_name:
+        out.append(("grpc.ssl_target_name_override", c.tls_server_name))
     if c.keepalive_s:
         out += [
             ("grpc.keepalive_time_ms", int(c.keepalive_s * 1000)),

@@ -26,7 +26,8 @@ def config(name: str, **options: Any) -> rpb.CollectionConfig:
         )
     metric = name_to_enum(rpb.Metric, options.pop("metric", ""), "metric")
     sparse = name_to_enum(rpb.SparseKind, options.pop("sparse", ""), "sparse kind")
-    return rpb.CollectionConfig(name=name, metric_kind=metric, sparse_kind=sparse, **options)
+    backend = name_to_enum(rpb.Backend, options.pop("backend", ""), "backend")
+    return rpb.CollectionConfig(name=name, metric_kind=metric, sparse_kind=sparse, backend=backend, **options)
 
 
 def config_from_pb(c: rpb.CollectionConfig) -> rt.CollectionConfig:
@@ -35,6 +36,7 @@ def config_from_pb(c: rpb.CollectionConfig) -> rt.CollectionConfig:
         fields["metric"] = rpb.Metric.Name(c.metric_kind).removeprefix("METRIC_").lower()
     if c.sparse_kind:
         fields["sparse"] = rpb.SparseKind.Name(c.sparse_kind).removeprefix("SPARSE_KIND_").lower()
+    fields["backend"] = rpb.Backend.Name(c.backend).removeprefix("BACKEND_").lower() if c.backend else "faiss"
     return rt.CollectionConfig(**fields)
 
 

@@ -20,7 +20,7 @@ from lodestar.generate.v1 import generate_pb2_grpc as gpb_grpc
 from lodestar.retrieve.v1 import index_pb2_grpc as ipb_grpc
 from lodestar.retrieve.v1 import retrieve_pb2_grpc as rpb_grpc
 from lodestar.services.client.calls import Calls, Split, Stream, Unary, Upload
-from lodestar.services.client.channel import PEM, ChannelConfig, Security, sync_channel
+from lodestar.services.client.channel import PEM, ChannelConfig, Security, sync_channel, with_overrides
 from lodestar.services.client.types import ClientError
 
 T = TypeVar("T")
@@ -45,8 +45,9 @@ def error(exc: grpc.RpcError, security: Security | None = None) -> ClientError:
 class Client(Calls):
     """Talks to a Lodestar server (`address`: host:port, or dns:///name:port for several replicas,
     balanced per call). `timeout` is the default deadline of unary calls in seconds (None: none);
-    `channel` tunes message size, keepalive, retries (UNAVAILABLE, RESOURCE_EXHAUSTED, with backoff)
-    and load balancing. TLS: `tls=True` (the system's roots) or `ca` (the server's CA: a path or PEM
+    `load_balancing` is how calls spread over the addresses a name resolves to: round_robin (the
+    default: each call to the next, e.g. the pods behind a headless Service) or pick_first;
+    `channel` tunes message size, keepalive and retries (UNAVAILABLE, RESOURCE_EXHAUSTED, with backoff). TLS: `tls=True` (the system's roots) or `ca` (the server's CA: a path or PEM
     bytes); `cert` and `key` present a client certificate (mTLS); `token` is sent as a bearer token."""
 
     def __init__(
@@ -55,6 +56,7 @@ class Client(Calls):
         timeout: float | None = 60.0,
         *,
         max_message_bytes: int | None = None,
+        load_balancing: str | None = None,
         channel: ChannelConfig | None = None,
         tls: bool = False,
         ca: PEM | None = None,
@@ -62,9 +64,7 @@ class Client(Calls):
         key: PEM | None = None,
         token: str | None = None,
     ) -> None:
-        config = channel or ChannelConfig()
-        if max_message_bytes is not None:
-            config = ChannelConfig(**{**config.__dict__, "max_message_bytes": max_message_bytes})
+        config = with_overrides(channel, max_message_bytes=max_message_bytes, load_balancing=load_balancing)
         self.address = address
         self.timeout = timeout
         self._security = Security.of(tls, ca, cert, key, token)

@@ -10,12 +10,13 @@ import pytest
 
 faiss = pytest.importorskip("faiss")
 
-from lodestar.retrieve import dense  # noqa: E402
-from lodestar.retrieve.dense import DenseIndex, use_gpu  # noqa: E402
+from lodestar.retrieve import faiss_runtime  # noqa: E402
+from lodestar.retrieve.dense import DenseIndex  # noqa: E402
+from lodestar.retrieve.faiss_runtime import use_gpu  # noqa: E402
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(dense._gpu_count() == 0, reason="needs faiss-gpu and a CUDA device"),
+    pytest.mark.skipif(faiss_runtime.gpu_count() == 0, reason="needs faiss-gpu and a CUDA device"),
 ]
 
 

@@ -37,6 +37,15 @@ def test_info_json(server) -> None:  # type: ignore[no-untyped-def]
     assert "dimensions  576" in human.stdout and "compress    extractive" in human.stdout
 
 
+def test_health_exit_status(server) -> None:  # type: ignore[no-untyped-def]
+    ok = lodestar("health", "--server", server.address)
+    assert ok.returncode == 0 and ok.stdout.strip() == "SERVING", ok.stderr
+    one = lodestar("health", "--server", server.address, "--service", "lodestar.embed.v1.EmbedService")
+    assert one.returncode == 0 and one.stdout.strip() == "SERVING"
+    down = lodestar("health", "--server", "127.0.0.1:1")  # nothing listens: the image's HEALTHCHECK fails
+    assert down.returncode == 1 and down.stdout.strip() == "UNAVAILABLE"
+
+
 def test_embed_texts_prints_vectors(server) -> None:  # type: ignore[no-untyped-def]
     out = lodestar("--server", server.address, "embed", "hello there", "general kenobi", "--json", "--mode", "last")
     assert out.returncode == 0, out.stderr

@@ -117,6 +117,12 @@ def test_round_robin_over_several_addresses() -> None:
         assert len(models) == 2 and a.calls >= 2 and b.calls >= 2  # calls spread over both
         with Client(f"dns:///localhost:{pa}") as c:  # a dns:/// name works as well
             assert c.info().model == f"flaky-{id(a)}"
+        with Client(f"ipv4:127.0.0.1:{pa},127.0.0.1:{pb_}", load_balancing="pick_first") as c:
+            assert len({c.info().model for _ in range(6)}) == 1  # every call to the first address that answers
+        with pytest.raises(ValueError, match="valid are round_robin, pick_first"):
+            Client("127.0.0.1:1", load_balancing="least_request")
+        with pytest.raises(ValueError, match="valid are round_robin, pick_first"):
+            AsyncClient("127.0.0.1:1", load_balancing="least_request")
     finally:
         sa.stop(0)
         sb.stop(0)

@@ -8,6 +8,9 @@ Every job is checked the same way: it ends `done`, the collection holds exactly 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -116,16 +119,24 @@ def wait_for(client: Client, job_id: str, pred: Any, timeout: float = 300) -> Jo
     raise AssertionError(f"job {job_id} did not get there in {timeout}s: {client.get_job(job_id)}")
 
 
+def ping(hostname: str, redis: RedisProcess) -> int:
+    """`lodestar worker --ping`'s exit status."""
+    env = {**os.environ, "LODESTAR_BROKER_URL": redis.url}
+    cmd = [sys.executable, "-m", "lodestar.services.cli", "worker", "--ping", "--hostname", hostname]
+    return subprocess.run(cmd, env=env, capture_output=True, timeout=120).returncode
+
+
 def assert_exact(client: Client, name: str, ids: list[str]) -> None:
     stats = client.stats(name)
     assert stats.documents == len(ids) and stats.chunks == len(ids)  # none missing, none duplicated
     assert all(d is not None for d in client.get(name, ids))
 
 
-def test_two_workers_with_bad_lines(client: Client, workers: Any) -> None:
+def test_two_workers_with_bad_lines(client: Client, workers: Any, redis: RedisProcess) -> None:
     w1, w2 = workers("w1"), workers("w2")
     w1.wait_ready()
     w2.wait_ready()
+    assert ping("w1@%h", redis) == 0 and ping("nobody@%h", redis) == 1  # the chart's worker liveness probe
     name = collection(client, "jobs_two")
     lines = corpus(60, "a") + BAD_LINES
     job = client.submit_job(name, numbered(lines), source="test")

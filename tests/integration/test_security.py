@@ -275,3 +275,22 @@ def test_startup_log_says_what_is_open(tiny_server: Any, caplog: pytest.LogCaptu
     tiny_server(only=("embed",))
     assert "transport: plaintext" in caplog.text
     assert "authentication: off -- every RPC is open" in caplog.text
+
+
+def test_health_command_as_the_chart_probes_a_tls_server(tiny_server: Any, pki: dict[str, Any]) -> None:
+    """The chart's exec probe: `lodestar health` on 127.0.0.1 naming the certificate's host, with the pod's
+    own certificate under mTLS; a name the certificate lacks fails the handshake (exit 1)."""
+    import subprocess
+    import sys
+
+    srv = tiny_server(only=("embed",), tls_cert=pki["cert"], tls_key=pki["key"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LODESTAR_")}
+    base = [sys.executable, "-m", "lodestar.services.cli", "health", "--server", f"127.0.0.1:{srv.port}"]
+
+    def health(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*base, *extra], capture_output=True, text=True, env=env, timeout=120)
+
+    ok = health("--tls-ca", str(pki["ca"]), "--tls-server-name", "localhost")
+    assert ok.returncode == 0 and ok.stdout.strip() == "SERVING", ok.stderr
+    wrong = health("--tls-ca", str(pki["ca"]), "--tls-server-name", "elsewhere.example")
+    assert wrong.returncode == 1 and wrong.stdout.strip() == "UNAVAILABLE"

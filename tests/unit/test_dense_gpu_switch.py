@@ -1,4 +1,4 @@
-"""LODESTAR_DEVICE decides whether dense indexes search on a GPU copy (retrieve.dense.use_gpu).
+"""LODESTAR_DEVICE decides whether dense indexes search on a GPU copy (retrieve.faiss_runtime.use_gpu).
 
 No GPU here: FAISS's GPU entry points are replaced by stand-ins that clone the index on the CPU and
 record what they were asked, which is enough to check the switch, the device number, that searches
@@ -15,8 +15,9 @@ import faiss
 import numpy as np
 import pytest
 
-from lodestar.retrieve import dense
-from lodestar.retrieve.dense import DenseIndex, use_gpu
+from lodestar.retrieve import faiss_runtime
+from lodestar.retrieve.dense import DenseIndex
+from lodestar.retrieve.faiss_runtime import use_gpu
 
 
 class _FakeGpu:
@@ -48,10 +49,10 @@ class _FakeGpu:
 def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> Iterator[_FakeGpu]:
     """One pretend GPU; the module's switch is restored after the test."""
     fake = _FakeGpu()
-    monkeypatch.setattr(dense, "_gpu_count", lambda: 1)
+    monkeypatch.setattr(faiss_runtime, "gpu_count", lambda: 1)
     monkeypatch.setattr(faiss, "StandardGpuResources", lambda: object(), raising=False)
     monkeypatch.setattr(faiss, "index_cpu_to_gpu", fake.to_gpu, raising=False)
-    monkeypatch.setattr(dense, "_GPU_DEVICE", None)
+    monkeypatch.setattr(faiss_runtime, "_GPU_DEVICE", None)
     yield fake
 
 
@@ -108,5 +109,5 @@ def test_filtered_searches_stay_on_the_cpu(fake_gpu: _FakeGpu) -> None:
 def test_a_gpu_faiss_does_not_have_stays_on_the_cpu(fake_gpu: _FakeGpu, monkeypatch: pytest.MonkeyPatch) -> None:
     """cuda:3 on a one-GPU machine, or faiss-cpu (no GPUs): CPU only."""
     assert use_gpu("cuda:3") is False
-    monkeypatch.setattr(dense, "_gpu_count", lambda: 0)
+    monkeypatch.setattr(faiss_runtime, "gpu_count", lambda: 0)
     assert use_gpu("cuda") is False

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from lodestar.errors import InvalidInput
-from lodestar.retrieve.dense import FEW_QUERIES, TOMBSTONE, DenseIndex, search_threads
+from lodestar.retrieve.dense import TOMBSTONE, DenseIndex
+from lodestar.retrieve.faiss_runtime import FEW_QUERIES, search_threads
 
 DIM = 32
 N = 1000
