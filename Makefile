@@ -52,7 +52,7 @@ test-gpu: $(if $(filter $(BIN)/python,$(GPU_PY)),install)
 bench: install
 	bash bench/run.sh
 
-# The chaos and fuzz suite (bench/chaos/, loopback only, about 15 minutes on 2 cores): 10,000 fuzzed
+# The chaos and fuzz suite (bench/chaos/, loopback only, about 20 minutes on 2 cores): 10,000 fuzzed
 # requests, 256 clients overloading, 100 SIGKILL rounds during writes, 10 SIGTERM rounds under load;
 # writes bench/results/chaos.json. Its fast part runs in `make test` (tests/integration/test_chaos.py).
 chaos: install
