@@ -91,7 +91,9 @@ class RetrievalEngine:
         if milvus is not None:
             from lodestar.retrieve.backends.milvus import MilvusBackend
 
-            self.milvus = MilvusBackend(milvus, embedder, self.catalog, self.writer, self.persistence.model_id, max_k)
+            self.milvus = MilvusBackend(
+                milvus, embedder, self.catalog, self.writer, self.persistence.model_id, max_k, max_queries, max_filters
+            )
         self.telemetry: Telemetry = NOOP  # the server sets its metrics here
 
     @property

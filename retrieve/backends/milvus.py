@@ -40,7 +40,9 @@ from lodestar.retrieve.backends.milvus_store import (
     Record,
 )
 from lodestar.retrieve.catalog import Catalog
+from lodestar.retrieve.filters import MAX_FILTERS
 from lodestar.retrieve.prepare import Prepared, prepare
+from lodestar.retrieve.search import MAX_QUERIES
 from lodestar.retrieve.types import CollectionConfig, CollectionStats, Document, Hit, SearchRequest
 from lodestar.retrieve.writes import Writer, check_prepared
 
@@ -68,6 +70,8 @@ class MilvusBackend:
         writer: Writer,
         model_id: Callable[[], str],
         max_k: int,
+        max_queries: int = MAX_QUERIES,
+        max_filters: int = MAX_FILTERS,
     ) -> None:
         self.milvus = Milvus(options)
         self.configs = ConfigStore(self.milvus)
@@ -75,7 +79,7 @@ class MilvusBackend:
         self.catalog = catalog
         self.writer = writer
         self.model_id = model_id
-        self.searcher = MilvusSearch(self.milvus, embedder, max_k)
+        self.searcher = MilvusSearch(self.milvus, embedder, max_k, max_queries, max_filters)
         self._cache: dict[str, Record] = {}
         self._lock = threading.Lock()
 

@@ -17,7 +17,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from lodestar.retrieve.filters import compile_filters
+from lodestar.retrieve.filters import MAX_FILTERS, compile_filters
 from lodestar.retrieve.types import Filter
 
 META = "meta"
@@ -100,10 +100,10 @@ def _range(ref: str, op: str, value: Any) -> str:
     return f"({ref} {sign} {literal(value)})"
 
 
-def milvus_expression(filters: Sequence[Filter]) -> str:
+def milvus_expression(filters: Sequence[Filter], max_filters: int = MAX_FILTERS) -> str:
     """The AND of `filters` as a Milvus expression ("" = no filter); validated as filters.py does
     (the same InvalidInput messages for a bad field, op or value)."""
-    if compile_filters(filters) is None:
+    if compile_filters(filters, max_filters) is None:
         return ""
     clauses = []
     for f in filters:

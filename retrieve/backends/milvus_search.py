@@ -19,9 +19,10 @@ from lodestar.errors import FailedPrecondition
 from lodestar.retrieve.backends.milvus_filters import id_list, milvus_expression
 from lodestar.retrieve.backends.milvus_schema import bm25_text, dense_index
 from lodestar.retrieve.backends.milvus_store import MAX_TOPK, QUERY_LIMIT, Milvus, Record
+from lodestar.retrieve.filters import MAX_FILTERS
 from lodestar.retrieve.fusion import rrf, weighted
 from lodestar.retrieve.prepare import embed_sparse, embed_texts
-from lodestar.retrieve.search import CANDIDATE_FACTOR, HYBRID_DEPTH, validate_search
+from lodestar.retrieve.search import CANDIDATE_FACTOR, HYBRID_DEPTH, MAX_QUERIES, validate_search
 from lodestar.retrieve.types import Document, Hit, SearchRequest
 
 CHUNK_FIELDS = ["doc_id", "chunk", "start", "end"]
@@ -44,21 +45,30 @@ Run = Callable[[int], list[list[dict[str, Any]]]]  # n -> per query up to n chun
 
 
 class MilvusSearch:
-    def __init__(self, milvus: Milvus, embedder: Embedder, max_k: int) -> None:
+    def __init__(
+        self,
+        milvus: Milvus,
+        embedder: Embedder,
+        max_k: int,
+        max_queries: int = MAX_QUERIES,
+        max_filters: int = MAX_FILTERS,
+    ) -> None:
         self.milvus = milvus
         self.embedder = embedder
         self.max_k = max_k
+        self.max_queries = max_queries  # the server's max_queries_per_search / max_filters_per_search
+        self.max_filters = max_filters
 
     def search(self, record: Record, request: SearchRequest) -> list[list[Hit]]:
         config = record.config
-        validate_search(config.name, config, request, self.max_k)
+        validate_search(config.name, config, request, self.max_k, self.max_queries)
         for option in ("feedback_chunks", "length_norm"):
             if getattr(request, option):
                 raise FailedPrecondition(
                     f"{option} is not available on backend milvus (collection {config.name!r}): it needs per-chunk "
                     f"statistics Milvus does not keep; search without it, or use a collection on backend faiss"
                 )
-        expr = milvus_expression(list(request.filters or ()))
+        expr = milvus_expression(list(request.filters or ()), self.max_filters)
         queries = list(request.queries)
         k = request.k
         depth = max(k, HYBRID_DEPTH) if request.retriever == "hybrid" else k

@@ -242,6 +242,25 @@ def test_a_stateless_replica_refuses_embedded_collections(tmp_path: Path, milvus
     e.close()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_servers_search_limits_hold_on_both_backends(tmp_path: Path, milvus_uri: str, backend: str) -> None:
+    """max_queries_per_search and max_filters_per_search, as the server sets them, bind every backend."""
+    e = RetrievalEngine(tmp_path / "c", FakeEmbedder(), milvus=MilvusOptions(milvus_uri), max_queries=2, max_filters=1)
+    drop_all(e)
+    try:
+        e.create(CollectionConfig(name="lim", backend=backend))
+        e.upsert("lim", corpus(4))
+        assert len(e.search("lim", SearchRequest(queries=["a", "b"], k=2))) == 2
+        with pytest.raises(InvalidInput, match="3 queries in one search; the limit is max_queries_per_search=2"):
+            e.search("lim", SearchRequest(queries=["a", "b", "c"], k=2))
+        two = [Filter("lang", "eq", "en"), Filter("year", "gte", 2000)]
+        with pytest.raises(InvalidInput, match="2 filters in one search; the limit is max_filters_per_search=1"):
+            e.search("lim", SearchRequest(queries=["a"], k=2, filters=two))
+    finally:
+        drop_all(e)
+        e.close()
+
+
 def test_unreachable_milvus_is_unavailable(tmp_path: Path) -> None:
     from lodestar.bench.milvus_lite import free_port
 
