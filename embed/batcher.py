@@ -1,11 +1,17 @@
-"""Dynamic batcher: merges texts from concurrent requests into length-sorted, token-bounded batches.
+"""Continuous batcher: each time the backbone frees, the next forward is formed from everything queued.
 
-Runs the model on its own thread (never on the gRPC event loop). Requests only share a batch when
-they share a forward (`ForwardSpec`); each request gets its own rows back in its own order.
+Like text-embeddings-inference's queue, nothing is fixed in advance: a request that arrives while a
+forward runs is a candidate for the very next one. The candidates (queued texts of the oldest
+request's forward kind, FIFO, up to a window) are sorted by length and cut into token-bounded
+batches (padding costs as much as a real token on CPU, so a long text does not pad many short
+ones); the batch that holds most of the oldest request's texts runs, the rest stay queued and meet
+the next arrivals. Each request gets its rows back in its own order, packed with one index copy
+per request per batch. The model runs on the batcher's own thread, never on the gRPC event loop.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -13,7 +19,6 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
@@ -38,18 +43,31 @@ def _settle(future: Future, result: object = None, exc: BaseException | None = N
         pass
 
 
+Taken = list[tuple["_Request", int]]  # (request, index of one of its texts)
+
+
 @dataclass(eq=False)
 class _Request:
     key: ForwardSpec
     items: list[Encoded]
     deadline: float | None  # time.monotonic() by which the work must start
     future: Future = field(default_factory=Future)
-    cursor: int = 0  # items before it are dispatched
-    done: int = 0
-    rows: list[torch.Tensor | None] = field(default_factory=list)
+    left: list[int] = field(default_factory=list)  # indices of the texts not yet dispatched
+    done: int = 0  # texts whose rows are in `out`
+    out: tuple[torch.Tensor, ...] | None = None  # the result's parts, filled batch by batch
 
     def expired(self, now: float) -> bool:
         return self.deadline is not None and now > self.deadline
+
+    def fill(self, parts: tuple[torch.Tensor, ...], rows: list[int], idx: list[int]) -> None:
+        """Copy batch rows `rows` of every part to this request's positions `idx` (one copy per part)."""
+        if self.out is None:
+            n = len(self.items)
+            self.out = tuple(torch.empty((n, *p.shape[1:]), dtype=p.dtype) for p in parts)
+        r, i = torch.tensor(rows), torch.tensor(idx)
+        for dst, src in zip(self.out, parts):
+            dst.index_copy_(0, i, src.index_select(0, r))
+        self.done += len(idx)
 
 
 @dataclass
@@ -59,6 +77,8 @@ class BatcherStats:
     tokens: int = 0  # real tokens
     padded_tokens: int = 0  # tokens run, padding included
     dropped: int = 0  # requests dropped for a passed deadline or cancellation
+    batch_sizes: dict[int, int] = field(default_factory=dict)  # texts per forward -> forwards (a plain
+    # dict: dataclasses.asdict rebuilds a Counter from its items wrongly)
 
 
 class Batcher:
@@ -67,8 +87,8 @@ class Batcher:
         run: RunBatch,
         max_batch_tokens: int = 16384,
         max_queued_texts: int = 8192,
-        max_round_texts: int = 2048,
-        max_batch_rows: int = 64,
+        max_window_texts: int = 4096,
+        max_batch_rows: int = 128,
         min_batch_rows: int = 16,
         max_padding: float = 1.25,
     ) -> None:
@@ -78,7 +98,7 @@ class Batcher:
         self.max_padding = max_padding
         self.max_batch_tokens = max_batch_tokens
         self.max_queued_texts = max_queued_texts
-        self.max_round_texts = max_round_texts
+        self.max_window_texts = max_window_texts  # queued texts one scheduling step looks at
         self._pending: deque[_Request] = deque()
         self._queued = 0  # texts not yet dispatched
         self._cond = threading.Condition()
@@ -89,9 +109,10 @@ class Batcher:
         self._thread.start()
 
     def submit(self, key: ForwardSpec, items: list[Encoded], timeout: float | None = None) -> Future:
-        """Queue a request; its future resolves to a (len(items), H) float32 tensor."""
+        """Queue a request; its future resolves to a (len(items), H) float32 tensor (or a tuple of
+        per-text tensors when the forward returns several parts)."""
         req = _Request(key=key, items=items, deadline=None if timeout is None else time.monotonic() + timeout)
-        req.rows = [None] * len(items)
+        req.left = list(range(len(items)))
         with self._cond:
             if self._closed:
                 raise Overloaded("the embedding batcher is shut down")
@@ -120,39 +141,47 @@ class Batcher:
         now = time.monotonic()
         alive: deque[_Request] = deque()
         for req in self._pending:
-            if req.future.cancelled() or req.expired(now):
-                self._queued -= len(req.items) - req.cursor
-                self.stats.dropped += 1
-                if not req.future.cancelled():
+            if req.future.done() or req.expired(now):  # done: cancelled, or failed in an earlier batch
+                self._queued -= len(req.left)
+                if req.future.cancelled() or not req.future.done():
+                    self.stats.dropped += 1
+                if not req.future.done():
                     _settle(req.future, exc=DeadlineExceeded("deadline passed while the request was queued"))
             else:
                 alive.append(req)
         self._pending = alive
 
-    def _take_round(self) -> list[tuple[_Request, int]]:
-        """Items of the oldest request's forward kind, across requests, FIFO, up to max_round_texts."""
+    def _window(self) -> Taken:
+        """Queued texts of the oldest request's forward kind, FIFO across requests, up to max_window_texts."""
         key = self._pending[0].key
-        taken: list[tuple[_Request, int]] = []
-        for req in list(self._pending):
-            if req.key != key:
-                continue
-            n = min(len(req.items) - req.cursor, self.max_round_texts - len(taken))
-            taken += [(req, i) for i in range(req.cursor, req.cursor + n)]
-            req.cursor += n
-            if req.cursor == len(req.items):
-                self._pending.remove(req)
-            if len(taken) >= self.max_round_texts:
-                break
-        self._queued -= len(taken)
-        return taken
+        same = (req for req in self._pending if req.key == key)
+        pairs = ((req, i) for req in same for i in req.left)
+        return list(itertools.islice(pairs, self.max_window_texts))
 
-    def _chunks(self, taken: list[tuple[_Request, int]]) -> list[list[tuple[_Request, int]]]:
+    def _next_batch(self) -> Taken:
+        """The batch to run now: of the window's length-sorted batches, the one holding most of the
+        oldest request's texts (so every forward moves the oldest request on: nothing starves).
+        Its texts leave the queue."""
+        head = self._pending[0]
+        chunks = self._chunks(self._window())
+        batch = max(chunks, key=lambda c: sum(r is head for r, _ in c))  # first of the ties: the shortest
+        taken: dict[_Request, set[int]] = {}
+        for req, i in batch:
+            taken.setdefault(req, set()).add(i)
+        for req, idx in taken.items():
+            req.left = [i for i in req.left if i not in idx]
+            if not req.left:
+                self._pending.remove(req)
+        self._queued -= len(batch)
+        return batch
+
+    def _chunks(self, taken: Taken) -> list[Taken]:
         """Length-sorted batches: padded size (rows x longest) within max_batch_tokens, at most
         max_batch_rows rows, and a new batch once padding would exceed max_padding of the real
         tokens (when the batch already has min_batch_rows rows) -- padding is wasted compute."""
         taken = sorted(taken, key=lambda ri: len(ri[0].items[ri[1]]))
-        chunks: list[list[tuple[_Request, int]]] = []
-        cur: list[tuple[_Request, int]] = []
+        chunks: list[Taken] = []
+        cur: Taken = []
         real = 0
         for ri in taken:
             n = len(ri[0].items[ri[1]])
@@ -183,37 +212,34 @@ class Batcher:
                 if not self._pending:
                     continue
                 key = self._pending[0].key
-                taken = self._take_round()
-            for chunk in self._chunks(taken):
-                chunk = [(r, i) for r, i in chunk if not r.future.done()]
-                if not chunk:
-                    continue
-                self._run_chunk(key, chunk)
+                batch = self._next_batch()
+            self._run_batch(key, batch)
 
-    def _run_chunk(self, key: ForwardSpec, chunk: list[tuple[_Request, int]]) -> None:
-        items = [r.items[i] for r, i in chunk]
+    def _run_batch(self, key: ForwardSpec, batch: Taken) -> None:
+        items = [r.items[i] for r, i in batch]
         try:
-            out = self._run(key, items)  # (B, H)
+            out = self._run(key, items)  # (B, H), or a tuple of (B, ...) parts (dense, sparse ids, weights)
         except Exception as exc:  # delivered to every caller in the batch
             log.exception("embedding batch of %d failed", len(items))
-            for req in {r for r, _ in chunk}:
-                if not req.future.done():
-                    _settle(req.future, exc=exc)
+            for req in {r for r, _ in batch}:
+                _settle(req.future, exc=exc)
             return
         tokens, padded = sum(len(e) for e in items), len(items) * max(len(e) for e in items)
         self.stats.batches += 1
         self.stats.texts += len(items)
         self.stats.tokens += tokens
         self.stats.padded_tokens += padded
+        self.stats.batch_sizes[len(items)] = self.stats.batch_sizes.get(len(items), 0) + 1
         self.telemetry.embed_batch(len(items), tokens, padded)
-        # `out` is a (B, ...) tensor, or a tuple of them (dense vectors with sparse ids and weights).
-        parts = out if isinstance(out, tuple) else None
-        for b, (req, i) in enumerate(chunk):
-            req.rows[i] = tuple(p[b] for p in parts) if parts is not None else out[b]
-            req.done += 1
-            if req.done == len(req.items) and not req.future.done():
-                if parts is not None:
-                    result: Any = tuple(torch.stack(col) for col in zip(*req.rows))
-                else:
-                    result = torch.stack(req.rows)  # type: ignore[arg-type]
-                _settle(req.future, result)
+        parts = out if isinstance(out, tuple) else (out,)
+        by_req: dict[_Request, tuple[list[int], list[int]]] = {}
+        for b, (req, i) in enumerate(batch):
+            rows, idx = by_req.setdefault(req, ([], []))
+            rows.append(b)
+            idx.append(i)
+        for req, (rows, idx) in by_req.items():
+            if req.future.done():  # cancelled, or failed in an earlier batch
+                continue
+            req.fill(parts, rows, idx)
+            if req.done == len(req.items) and req.out is not None:
+                _settle(req.future, req.out if isinstance(out, tuple) else req.out[0])
