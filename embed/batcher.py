@@ -54,6 +54,7 @@ class _Request:
     future: Future = field(default_factory=Future)
     left: list[int] = field(default_factory=list)  # indices of the texts not yet dispatched
     done: int = 0  # texts whose rows are in `out`
+    passed: int = 0  # forwards in a row that ran none of its texts
     out: tuple[torch.Tensor, ...] | None = None  # the result's parts, filled batch by batch
 
     def expired(self, now: float) -> bool:
@@ -91,8 +92,10 @@ class Batcher:
         max_batch_rows: int = 128,
         min_batch_rows: int = 16,
         max_padding: float = 1.25,
+        max_passes: int = 2,
     ) -> None:
         self._run = run
+        self.max_passes = max_passes  # forwards that may pass over the oldest request before it goes next
         self.max_batch_rows = max_batch_rows
         self.min_batch_rows = min_batch_rows
         self.max_padding = max_padding
@@ -159,17 +162,24 @@ class Batcher:
         return list(itertools.islice(pairs, self.max_window_texts))
 
     def _next_batch(self) -> Taken:
-        """The batch to run now: of the window's length-sorted batches, the one holding most of the
-        oldest request's texts (so every forward moves the oldest request on: nothing starves).
-        Its texts leave the queue."""
+        """The batch to run now: of the window's length-sorted batches, the fullest (small batches
+        waste the per-forward cost; their texts may meet similar ones arriving meanwhile), unless
+        the oldest request has been passed over max_passes times: then the one holding most of its
+        texts (nothing starves). Its texts leave the queue."""
         head = self._pending[0]
         chunks = self._chunks(self._window())
-        batch = max(chunks, key=lambda c: sum(r is head for r, _ in c))  # first of the ties: the shortest
+        if head.passed >= self.max_passes:
+            batch = max(chunks, key=lambda c: sum(r is head for r, _ in c))  # first of the ties: the shortest
+        else:
+            batch = max(chunks, key=len)
+        for req in self._pending:
+            req.passed += 1  # reset below for those this batch serves
         taken: dict[_Request, set[int]] = {}
         for req, i in batch:
             taken.setdefault(req, set()).add(i)
         for req, idx in taken.items():
             req.left = [i for i in req.left if i not in idx]
+            req.passed = 0
             if not req.left:
                 self._pending.remove(req)
         self._queued -= len(batch)
