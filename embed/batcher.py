@@ -91,6 +91,7 @@ class Batcher:
         max_window_texts: int = 4096,
         max_batch_rows: int = 128,
         min_batch_rows: int = 16,
+        min_batch_tokens: int = 1024,
         max_padding: float = 1.25,
         max_passes: int = 2,
     ) -> None:
@@ -98,6 +99,9 @@ class Batcher:
         self.max_passes = max_passes  # forwards that may pass over the oldest request before it goes next
         self.max_batch_rows = max_batch_rows
         self.min_batch_rows = min_batch_rows
+        # or real tokens, for long texts: a forward's fixed cost (about 50 ms on a 2-core CPU, what
+        # ~35 tokens cost) is small beside 1,024 tokens, so a few long texts need not pay padding
+        self.min_batch_tokens = min_batch_tokens
         self.max_padding = max_padding
         self.max_batch_tokens = max_batch_tokens
         self.max_queued_texts = max_queued_texts
@@ -188,7 +192,8 @@ class Batcher:
     def _chunks(self, taken: Taken) -> list[Taken]:
         """Length-sorted batches: padded size (rows x longest) within max_batch_tokens, at most
         max_batch_rows rows, and a new batch once padding would exceed max_padding of the real
-        tokens (when the batch already has min_batch_rows rows) -- padding is wasted compute."""
+        tokens (when the batch already has min_batch_rows rows or min_batch_tokens real tokens) --
+        padding is wasted compute, on CPU as dear as a real token."""
         taken = sorted(taken, key=lambda ri: len(ri[0].items[ri[1]]))
         chunks: list[Taken] = []
         cur: Taken = []
@@ -199,7 +204,10 @@ class Batcher:
             if cur and (
                 padded > self.max_batch_tokens
                 or len(cur) >= self.max_batch_rows
-                or (len(cur) >= self.min_batch_rows and padded > self.max_padding * (real + n))
+                or (
+                    (len(cur) >= self.min_batch_rows or real >= self.min_batch_tokens)
+                    and padded > self.max_padding * (real + n)
+                )
             ):
                 chunks.append(cur)
                 cur, real = [], 0

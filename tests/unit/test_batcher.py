@@ -371,3 +371,17 @@ def test_tuple_outputs_are_packed_per_request_in_order() -> None:
         assert b.stats.batches > 1
     finally:
         b.close()
+
+
+def test_long_texts_split_on_padding_before_min_batch_rows() -> None:
+    """Past min_batch_tokens real tokens, padding cuts a batch of a few long texts too (on CPU
+    a padded token costs what a real one does; the forward's fixed cost is small beside them)."""
+    b = Batcher(lambda spec, items: torch.zeros(len(items), 2), min_batch_rows=16, min_batch_tokens=1024)
+    try:
+        lengths = [200, 210, 220, 230, 240, 400, 410, 420]
+        taken = [(type("Q", (), {"items": [item(i, n) for i, n in enumerate(lengths)]})(), i) for i in range(8)]
+        assert [len(c) for c in b._chunks(taken)] == [5, 3]  # one batch of 8 would be 36% padding
+        short = [(type("Q", (), {"items": [item(i, 2 + i % 3) for i in range(8)]})(), i) for i in range(8)]
+        assert [len(c) for c in b._chunks(short)] == [8]  # few tokens: one forward, padding or not
+    finally:
+        b.close()
