@@ -216,7 +216,7 @@ class RetrieveServicer(rpb_grpc.RetrieveServiceServicer):
 
     async def Search(self, request: rpb.SearchRequest, context: grpc.aio.ServicerContext) -> rpb.SearchResponse:
         engine, search = self.runtime.retrieve_engine(), search_from_pb(request)
-        with self.runtime.admit("texts", len(search.queries), context):
+        with self.runtime.admit_texts(search.queries, context):
             results = await self._run(engine.search, request.collection, search, context=context)
         return rpb.SearchResponse(results=[rpb.QueryResult(hits=[hit_to_pb(h) for h in hits]) for hits in results])
 

@@ -77,6 +77,11 @@ class Settings(BaseSettings):
         ge=1,
         description="texts in flight (Embed's texts and Search's queries, queued or being embedded) before a request is refused with RESOURCE_EXHAUSTED and a retry-after-ms hint",
     )
+    max_queued_tokens: int = Field(
+        2_097_152,
+        ge=1,
+        description="tokens of the texts in flight (as max_queued_texts), estimated at arrival as a text's UTF-8 bytes / 4 + 1, at most max_tokens each, before a request is refused with RESOURCE_EXHAUSTED and a retry-after-ms hint",
+    )
     tp_start_layer: int = Field(2, description="Token Prepending: first layer (2..7 chosen on STS-B train)")
     tp_end_layer: int = Field(7, description="Token Prepending: last layer (inclusive)")
     tp_output_layer: int = Field(-1, description="Token Prepending: output layer (-1 final)")
