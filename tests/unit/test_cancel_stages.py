@@ -5,14 +5,12 @@ No timing: the hook itself cancels the token after the n-th forward."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-from transformers import PreTrainedModel
+from tinymodel import counting  # noqa: E402  (tests/ is on sys.path)
 
 from lodestar.backbone import Backbone
 from lodestar.cancel import Token, running
@@ -29,36 +27,6 @@ PASSAGES = [
     for s in range(6)
 ]
 PASSAGES = [" ".join(PASSAGES[i : i + 6]) for i in range(0, len(PASSAGES), 6)]  # 6 passages of 6 sentences
-
-
-class Forwards:
-    """Counts the forwards of every decoder stack; calls `cancel` when the `cancel_at`-th one starts
-    and counts the forwards that start after that."""
-
-    def __init__(self, cancel: Callable[[], object] | None, cancel_at: int) -> None:
-        self.cancel = cancel
-        self.cancel_at = cancel_at
-        self.total = 0
-        self.after_cancel = 0
-
-    def __call__(self, module: torch.nn.Module, args: Any) -> None:
-        if not isinstance(module, PreTrainedModel) or not hasattr(module, "embed_tokens"):
-            return  # only the decoder stack's forwards (embedding and generation both run it), not its layers
-        if self.cancel is not None and self.total >= self.cancel_at:
-            self.after_cancel += 1
-        self.total += 1
-        if self.cancel is not None and self.total == self.cancel_at:
-            self.cancel()
-
-
-@contextmanager
-def counting(cancel: Callable[[], object] | None = None, cancel_at: int = 0) -> Iterator[Forwards]:
-    counter = Forwards(cancel, cancel_at)
-    handle = torch.nn.modules.module.register_module_forward_pre_hook(counter)
-    try:
-        yield counter
-    finally:
-        handle.remove()
 
 
 @pytest.fixture
