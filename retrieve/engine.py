@@ -13,7 +13,8 @@ that collection "corrupt: ..." until `rebuild` or `restore`.
 
 `RetrievalEngine` is the one entry point; its parts hold one concept each: `collection.py` (an open
 collection and its locks), `persistence.py` (open, load, replay, apply, snapshot), `catalog.py`
-(create, drop, list, stats, restore, rebuild), `writes.py` (upsert, delete, get), `search.py`.
+(create, drop, list, stats, restore, rebuild), `writes.py` (upsert, delete, get), `search.py`,
+`calibrate.py` (the hybrid fusion `auto` uses, chosen per collection from pseudo-queries).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lodestar.embedding import Embedder
+from lodestar.retrieve.calibrate import SEED, Calibrator
 from lodestar.retrieve.catalog import Catalog
 from lodestar.retrieve.persistence import SNAPSHOT_EVERY, Persistence
 from lodestar.retrieve.prepare import DocLimits, Prepared
@@ -48,6 +50,7 @@ class RetrievalEngine:
         max_text_chars: int = 1_000_000,
         faiss_threads: int = 0,
         restore_dirs: tuple[Path, ...] = (),
+        calibrate: bool = False,
     ) -> None:
         self.root = Path(root)
         self.restore_dirs = tuple(Path(d).resolve() for d in restore_dirs)  # () = any folder the server can read
@@ -63,6 +66,11 @@ class RetrievalEngine:
         self.writer = Writer(self.catalog, self.persistence, embedder, self.limits, max_docs_per_upsert)
         self.searcher = Searcher(self.catalog, embedder, max_k, faiss_threads)
         self.telemetry: Telemetry = NOOP  # the server sets its metrics here
+        # calibrate: hybrid fusion=auto recalibrated in the background after writes (calibrate.py);
+        # off, a collection calibrates only when asked (`calibrate`)
+        self.calibrator = Calibrator(embedder, background=calibrate)
+        for c in list(self.catalog.collections.values()):  # one stopped mid-way resumes
+            self.calibrator.after_write(c)
 
     @property
     def hidden_size(self) -> int:
@@ -126,15 +134,24 @@ class RetrievalEngine:
         """Rebuild the indexes from the store, clear a corrupt status, write a fresh snapshot."""
         return self.catalog.rebuild(name)
 
+    def calibrate(self, name: str, seed: int = SEED) -> dict[str, Any]:
+        """Choose the collection's hybrid fusion now from pseudo-queries (no labels); -> the record
+        `stats` shows. Deterministic for a seed and the collection's contents."""
+        return self.calibrator.calibrate(self.catalog.get(name), seed)
+
     def close(self) -> None:
-        """Snapshot collections with unsnapshotted changes, then close every store."""
+        """Stop calibrations (their partial work resumes at the next start), snapshot collections with
+        unsnapshotted changes, then close every store."""
+        self.calibrator.close()
         self.catalog.close()
 
     # --- documents (writes.py) ---------------------------------------------------------------
 
     def upsert(self, name: str, docs: builtins.list[Document]) -> tuple[int, int]:
         """Insert or replace documents; returns (documents, chunks) written. Durable on return."""
-        return self.writer.upsert(name, docs)
+        written = self.writer.upsert(name, docs)
+        self.calibrator.after_write(self.catalog.get(name))
+        return written
 
     def target(self, name: str) -> tuple[CollectionConfig, int, str]:
         """(config, vector width, model id) a worker must prepare documents for."""
@@ -142,7 +159,9 @@ class RetrievalEngine:
 
     def upsert_prepared(self, name: str, prepared: Prepared, model: str = "") -> tuple[int, int]:
         """Write documents a worker chunked and embedded, checked first (see Writer.upsert_prepared)."""
-        return self.writer.upsert_prepared(name, prepared, model)
+        written = self.writer.upsert_prepared(name, prepared, model)
+        self.calibrator.after_write(self.catalog.get(name))
+        return written
 
     def delete(self, name: str, ids: builtins.list[str]) -> int:
         """Delete documents by id (unknown ids are ignored); returns how many were deleted."""

@@ -49,6 +49,8 @@ def config_from_pb(c: rpb.CollectionConfig) -> rt.CollectionConfig:
         kw["metric"] = metric
     if sparse := chosen(rpb.SparseKind, c.sparse_kind, c.sparse, "sparse_kind"):
         kw["sparse"] = sparse
+    if dense := enum_to_name(rpb.DenseKind, c.dense_kind, "dense_kind"):
+        kw["dense"] = dense
     return rt.CollectionConfig(**kw)
 
 
@@ -61,6 +63,7 @@ def config_to_pb(c: rt.CollectionConfig) -> rpb.CollectionConfig:
         **fields,
         metric_kind=stored_name_to_enum(rpb.Metric, c.metric),
         sparse_kind=stored_name_to_enum(rpb.SparseKind, c.sparse),
+        dense_kind=stored_name_to_enum(rpb.DenseKind, c.dense),
     )
 
 
@@ -154,6 +157,8 @@ def stats_to_pb(s: rt.CollectionStats, config: rt.CollectionConfig | None = None
         status=s.status,
         note=s.note,
         config=config_to_pb(config) if config else None,
+        dense_kind=stored_name_to_enum(rpb.DenseKind, s.dense),
+        calibration_json=to_json(s.calibration) if s.calibration else "",
     )
 
 

@@ -206,6 +206,7 @@ class Runtime:
             engine,
             faiss_threads=self.settings.faiss_threads,
             restore_dirs=tuple(self.settings.restore_dirs),
+            calibrate=self.settings.calibrate_fusion,
         )
 
     def _build_jobs(self, retrieval: RetrievalEngine, engine: EmbeddingEngine) -> JobManager:

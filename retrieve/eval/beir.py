@@ -103,7 +103,7 @@ def eval_beir(
     *,
     retrievers: tuple[str, ...] = ("dense",),
     config: CollectionConfig | None = None,
-    fusions: tuple[str, ...] = ("rrf",),
+    fusions: tuple[str, ...] = ("auto",),
     alphas: tuple[float, ...] = (0.5,),
     batch_docs: int = 64,
     progress: bool = True,
@@ -113,7 +113,8 @@ def eval_beir(
 ) -> list[dict[str, Any]]:
     """Index `folder`'s corpus once with `config`, then search with each retriever
     (dense | bm25 | sparse | hybrid); one result dict per retriever, and for hybrid per fusion (and
-    per alpha of weighted fusion). work_dir: keep the indexed collection there (under `index_key`), so
+    per alpha of weighted and dbsf fusion; auto calibrates the collection first, without labels, and
+    reports the calibration record). work_dir: keep the indexed collection there (under `index_key`), so
     an interrupted run resumes from its last stored batch and a rerun with other retrievers, fusions
     or alphas encodes nothing; None = a temporary folder. feedback: (chunks, weight) of learned-sparse
     pseudo-relevance feedback at search time (`SearchRequest.feedback_chunks`; not part of the index);
@@ -160,12 +161,17 @@ def eval_beir(
             if bar:
                 bar.close()
             index_s = time.perf_counter() - t0
+            calibration = None
+            if "hybrid" in retrievers and "auto" in fusions:  # what fusion=auto will use, chosen without labels
+                t0 = time.perf_counter()
+                calibration = engine.calibrate(config.name)
+                calibration = {"calibrate_s": round(time.perf_counter() - t0, 2), **calibration}
             out = []
             runs = [
                 (r, f, a)
                 for r in retrievers
                 for f in (fusions if r == "hybrid" else ("",))
-                for a in (alphas if f == "weighted" else (0.5,))
+                for a in (alphas if f in ("weighted", "dbsf") else (0.5,))
             ]
             for retriever, fusion, alpha in runs:
                 t0 = time.perf_counter()
@@ -175,7 +181,7 @@ def eval_beir(
                     queries=[queries[q] for q in judged],
                     k=100,
                     retriever=kinds[retriever],
-                    fusion=fusion or "rrf",
+                    fusion=fusion or "auto",
                     alpha=alpha,
                     feedback_chunks=fb[0],
                     feedback_weight=fb[1],
@@ -200,7 +206,8 @@ def eval_beir(
                         "adapter": config.adapter or None,
                         "index": config.index,
                         "fusion": fusion or None,
-                        "alpha": alpha if fusion == "weighted" else None,
+                        "alpha": alpha if fusion in ("weighted", "dbsf") else None,
+                        "calibration": calibration if fusion == "auto" else None,
                         "ndcg@10": round(sum(ndcg) / len(ndcg), 4),
                         "recall@100": round(sum(recall) / len(recall), 4),
                         "queries": len(judged),

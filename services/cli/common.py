@@ -104,6 +104,16 @@ def local_engine(args: argparse.Namespace) -> Any:
     return Runtime(settings(model=getattr(args, "model", None)), [])._build_engine(None)
 
 
+def lexical_engine(args: argparse.Namespace) -> Any:
+    """An in-process stand-in embedder for sparse-only evaluation: the model's tokenizer (chunking by
+    tokens, as a served collection does), no weights loaded, no forward."""
+    from lodestar.backbone import BackboneConfig
+    from lodestar.retrieve.eval.lexical import TokenizerOnly
+
+    s = settings(model=getattr(args, "model", None))
+    return TokenizerOnly(BackboneConfig(model=s.model, cache_dir=s.cache_dir))
+
+
 def embed_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "mode": args.mode or "",

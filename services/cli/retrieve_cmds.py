@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from lodestar.errors import LodestarError
-from lodestar.services.cli.common import add_result_args, connect, local_engine, plain, print_obj, write_result
+from lodestar.services.cli.common import (
+    add_result_args,
+    connect,
+    lexical_engine,
+    local_engine,
+    plain,
+    print_obj,
+    write_result,
+)
 
 
 def cmd_collection(args: argparse.Namespace) -> int:
@@ -19,6 +27,7 @@ def cmd_collection(args: argparse.Namespace) -> int:
                 "mode": args.mode or "",
                 "index": args.index or "",
                 "sparse": args.sparse or "",
+                "dense": args.dense or "",
                 "metric": args.metric or "",
                 "dimensions": args.dimensions,
                 "adapter": args.adapter or "",
@@ -208,9 +217,11 @@ def cmd_eval_beir(args: argparse.Namespace) -> int:
     from lodestar.retrieve.eval.beir import eval_beir
     from lodestar.retrieve.types import CollectionConfig
 
-    engine = local_engine(args)
+    dense = args.dense or ("none" if set(args.retriever.split(",")) <= {"bm25"} else "model")
+    engine = local_engine(args) if dense != "none" or args.sparse == "learned" else lexical_engine(args)
     config = CollectionConfig(
         name="eval",
+        dense=dense,
         mode=args.mode or "mean",
         adapter=args.adapter or "",
         index=args.index or "Flat",
@@ -331,6 +342,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     cc.add_argument("--index", help="FAISS factory string: Flat, HNSW32, IVF1024,Flat, IVF1024,PQ16")
     cc.add_argument("--shards", type=int, help="dense index shards searched in parallel, 1..64 (default 1)")
     cc.add_argument("--sparse", help="none | bm25 | learned (default bm25)")
+    cc.add_argument("--dense", help="model | none (none: sparse only, no model forward; default model)")
     cc.add_argument("--sparse-mode", help="learned: mode whose span the SPLADE weights pool (default echo)")
     cc.add_argument("--sparse-adapter", help="learned: adapter from `lodestar train sparse`")
     cc.add_argument("--sparse-top-k", type=int, help="learned: weights per chunk (default 256)")
@@ -371,7 +383,9 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     se.add_argument("--collection", "-c", required=True)
     se.add_argument("-k", type=int, default=10)
     se.add_argument("--retriever", default="dense", help="dense | sparse | hybrid")
-    se.add_argument("--fusion", default="rrf", help="rrf | weighted")
+    se.add_argument(
+        "--fusion", default="", help="auto | rrf | weighted | dbsf (default auto: the collection's calibrated choice)"
+    )
     se.add_argument("--alpha", type=float, help="weighted fusion: weight of dense (0..1)")
     se.add_argument("--rrf-k", type=int, help="rrf fusion: the k in 1 / (k + rank) (default 60)")
     se.add_argument("--filter", action="append", help="FIELD=VALUE, FIELD>=N, FIELD in [..]; repeatable (AND)")
@@ -422,7 +436,12 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     bq.add_argument("--mode")
     bq.add_argument("--adapter")
     bq.add_argument("--index", help="FAISS factory string (default Flat)")
-    bq.add_argument("--fusion", default="rrf", help="rrf | weighted, or both comma-separated (hybrid only)")
+    bq.add_argument(
+        "--fusion", default="auto", help="auto | rrf | weighted | dbsf, or several comma-separated (hybrid only)"
+    )
+    bq.add_argument(
+        "--dense", help="model | none (default: none when every retriever is bm25, so no model is loaded; else model)"
+    )
     bq.add_argument(
         "--alpha", default="0.5", help="weighted fusion: alpha * dense + (1 - alpha) * sparse; several comma-separated"
     )
