@@ -100,9 +100,9 @@ class AnswerPipeline:
             "dense" if config.sparse == "none" else "sparse" if config.dense == "none" else "hybrid"
         )
         fusion = r.fusion or HYBRID_FUSION
-        tuning: dict[str, Any] = (
-            {"alpha": r.alpha if r.alpha is not None else HYBRID_ALPHA} if fusion == "weighted" else {}
-        )
+        tuning: dict[str, Any] = {}
+        if fusion in ("weighted", "dbsf") and (r.alpha is not None or fusion == "weighted"):
+            tuning["alpha"] = r.alpha if r.alpha is not None else HYBRID_ALPHA
         if r.rrf_k is not None:
             tuning["rrf_k"] = r.rrf_k
         if r.feedback_chunks:

@@ -1,15 +1,20 @@
 """Self-calibrating hybrid fusion: a collection picks its own fusion from pseudo-queries drawn from its
 documents, without labels, and `fusion=auto` (the default) searches with that choice.
 
-How (inverse cloze, Lee et al. 2019): a seeded sample of chunks; from each a sentence of at least
-MIN_QUERY_WORDS words becomes a query, and the chunk *without that sentence* its one relevant chunk
-(re-embedded, and re-indexed in a BM25 or learned-sparse index built over the pool). Copying the
-sentence into the query while leaving it in the chunk would hand the lexical side an exact match;
-removing it is the guard against that bias. Each side ranks every pseudo-query against the pool (the
-collection's chunks, a seeded sample of POOL_CAP when larger), and every candidate fusion (weighted
-and DBSF at alpha 0.0..1.0, DBSF with per-query adaptivity, RRF) is scored by nDCG@10 of the target.
-The queries are split in two halves: the choice is made on the selection half, and the held-out half
-reports how well that choice (and the best one in hindsight) does on queries it did not see.
+How: a seeded sample of chunks; from each, a sentence of at least MIN_QUERY_WORDS words becomes a
+query and its chunk the one relevant chunk, in two kinds. *Removed* (inverse cloze, Lee et al. 2019):
+the sentence is taken out of the chunk, which is re-embedded and re-indexed in a sparse index over
+the pool, so the lexical side gets no copied match: its worst case. *Kept*: the chunk as stored, the
+query a verbatim part of it: the lexical side's best case. Real queries fall between (SQuAD's
+questions borrow the answer sentence's words, Cranfield's hardly), so neither kind alone says how
+they will rank: removed alone picked too much dense weight on SQuAD (0.869 vs BM25 0.884). Each side
+ranks every pseudo-query against the pool (the collection's chunks, a seeded sample of POOL_CAP when
+larger), and every candidate fusion (weighted and DBSF at alpha 0.0..1.0, DBSF with per-query
+adaptivity, RRF) is scored by nDCG@10 of the target. The choice is the candidate whose worst margin
+over the better side alone, across the two kinds, is the highest (a fusion that costs nothing at
+either extreme), then the one with the highest mean margin. The queries are split in two halves: the
+choice is made on the selection half; the held-out half reports how that choice (and the one the
+same rule would make in hindsight) does on queries it did not see.
 
 Cost: 2 forwards per pseudo-query (the query and its shortened chunk), PSEUDO_QUERIES of them, plus
 building a sparse index over the pool; the document vectors already stored are reused. The work is
@@ -63,6 +68,13 @@ CANDIDATES = (
 # Without a calibration: DBSF with equal weights (within 0.01 nDCG@10 of the better side on Cranfield,
 # CISI and SQuAD with the bundled model's mean mode, docs/results.md; RRF lost up to 0.25 there).
 FALLBACK: dict[str, Any] = {"fusion": "dbsf", "alpha": 0.5, "adaptive": False}
+TIE = 0.005  # nDCG@10 within which two candidates' worst margins count as equal
+METHOD = (
+    "a sentence drawn from each sampled chunk is the query, the chunk its one relevant chunk, twice: with "
+    "the sentence removed from the chunk (inverse cloze: re-embedded, re-indexed; the lexical side's worst "
+    "case) and kept (its best case); chosen on the selection half: the highest worst margin over the "
+    "better side alone across the two, then the highest mean margin"
+)
 _SENTENCE = re.compile(r"[^.!?\n]+[.!?]*")
 
 
@@ -184,12 +196,18 @@ class Calibrator:
         if emb is None:
             return c.calibration or {}
         qvecs, cvecs, qsparse, csparse = emb
-        for i, t in enumerate(targets):  # the pool as the pseudo-queries see it: each target shortened
+        kept = (  # the sentence left in its chunk: the lexical side's best case
+            self._dense_rank(c, qvecs, vectors, ids),
+            self._sparse_rank(c, ids, texts, qtexts, qsparse, {}),
+        )
+        for i, t in enumerate(targets):  # the pool as the inverse-cloze queries see it: each target shortened
             vectors[t] = cvecs[i]
             texts[t] = short[i]
-        dense = self._dense_rank(c, qvecs, vectors, ids)
-        sparse = self._sparse_rank(c, ids, texts, qtexts, targets, qsparse, csparse)
-        record = self._choose(ids, targets, dense, sparse, seed, len(ids))
+        removed = (
+            self._dense_rank(c, qvecs, vectors, ids),
+            self._sparse_rank(c, ids, texts, qtexts, qsparse, dict(zip(targets, csparse or []))),
+        )
+        record = self._choose(ids, targets, {"removed": removed, "kept": kept}, seed, len(ids))
         return self._store(c, record)
 
     # --- steps -----------------------------------------------------------------------------
@@ -274,21 +292,21 @@ class Calibrator:
         ids: np.ndarray,
         texts: list[str],
         qtexts: list[str],
-        targets: list[int],
         qsparse: list[SparseVec] | None,
-        csparse: list[SparseVec] | None,
+        replace: dict[int, SparseVec],
     ) -> list[list[tuple[int, float]]]:
-        """The collection's kind of sparse index built over the pool (targets shortened), searched."""
+        """The collection's kind of sparse index built over the pool, searched; a learned-sparse pool
+        takes the stored vectors with those of `replace` (pool position -> vector) swapped in."""
         assert c.config is not None and c.store is not None
-        if qsparse is None or csparse is None:
+        if qsparse is None:
             bm25 = BM25Index()
             bm25.add(ids, texts)
             return bm25.search(qtexts, DEPTH)
         with c.lock.read():
             c.check_serving()
             vecs = c.store.chunk_sparse(ids, reader=True)
-        for i, t in enumerate(targets):
-            vecs[t] = csparse[i]
+        for t, v in replace.items():
+            vecs[t] = v
         impact = ImpactIndex()
         impact.add(ids, vecs)
         return impact.search(qsparse, DEPTH, idf=c.config.query_idf)
@@ -297,42 +315,61 @@ class Calibrator:
         self,
         ids: np.ndarray,
         targets: list[int],
-        dense: list[list[tuple[int, float]]],
-        sparse: list[list[tuple[int, float]]],
+        kinds: dict[str, tuple[list[list[tuple[int, float]]], list[list[tuple[int, float]]]]],
         seed: int,
         pool: int,
     ) -> dict[str, Any]:
-        """Score every candidate on both halves; choose on the selection half."""
+        """Score every candidate on both kinds of pseudo-query and both halves; choose on the selection
+        half the candidate whose worst margin over the better side alone (across the two kinds) is the
+        highest, ties (within TIE) to the higher mean margin, then to the simpler candidate."""
         half = len(targets) // 2
-        scores: dict[str, dict[str, float]] = {}
-        for fusion, alpha, adaptive in CANDIDATES:
-            gains = []
-            for t, d, s in zip(targets, dense, sparse):
-                ranked = [i for i, _ in fuse(d, s, fusion, alpha, adaptive, 60)[:10]]
-                target = int(ids[t])
-                gains.append(1.0 / math.log2(ranked.index(target) + 2) if target in ranked else 0.0)
-            scores[key(fusion, alpha, adaptive)] = {
-                "selection": round(float(np.mean(gains[:half])), 4),
-                "held_out": round(float(np.mean(gains[half:])), 4),
-            }
         names = [key(*cand) for cand in CANDIDATES]
-        best = max(range(len(names)), key=lambda i: (scores[names[i]]["selection"], -i))
+        scores: dict[str, dict[str, dict[str, float]]] = {}
+        for kind, (dense, sparse) in kinds.items():
+            scores[kind] = {}
+            for name, (fusion, alpha, adaptive) in zip(names, CANDIDATES):
+                gains = []
+                for t, d, s in zip(targets, dense, sparse):
+                    ranked = [i for i, _ in fuse(d, s, fusion, alpha, adaptive, 60)[:10]]
+                    target = int(ids[t])
+                    gains.append(1.0 / math.log2(ranked.index(target) + 2) if target in ranked else 0.0)
+                scores[kind][name] = {
+                    "selection": round(float(np.mean(gains[:half])), 4),
+                    "held_out": round(float(np.mean(gains[half:])), 4),
+                }
+
+        def margins(name: str, part: str) -> list[float]:
+            return [s[name][part] - max(s["weighted:1.0"][part], s["weighted:0.0"][part]) for s in scores.values()]
+
+        def pick(part: str) -> int:
+            worst = [min(margins(n, part)) for n in names]
+            top = max(worst)
+            eligible = [i for i in range(len(names)) if worst[i] >= top - TIE]
+            return max(eligible, key=lambda i: (round(float(np.mean(margins(names[i], part))), 4), -i))
+
+        best, hindsight = pick("selection"), pick("held_out")
         fusion, alpha, adaptive = CANDIDATES[best]
-        hindsight = max(names, key=lambda n: scores[n]["held_out"])
+
+        def summary(name: str) -> dict[str, Any]:
+            return {
+                "name": name,
+                **{kind: scores[kind][name] for kind in scores},
+                "worst_margin": {part: round(min(margins(name, part)), 4) for part in ("selection", "held_out")},
+            }
+
         return {
             "choice": {"fusion": fusion, "alpha": alpha, "adaptive": adaptive},
             "fallback": False,
-            "method": "inverse cloze: a sentence drawn from a sampled chunk is the query, the chunk without it "
-            "(re-embedded, re-indexed) its one relevant chunk; chosen on the selection half by nDCG@10",
+            "method": METHOD,
             "pseudo_queries": len(targets),
             "selection": half,
             "held_out": len(targets) - half,
             "pool_chunks": pool,
             "seed": seed,
-            "dense_alone": scores["weighted:1.0"],
-            "sparse_alone": scores["weighted:0.0"],
-            "chosen": {"name": names[best], **scores[names[best]]},
-            "best_held_out": {"name": hindsight, **scores[hindsight]},
+            "dense_alone": {kind: scores[kind]["weighted:1.0"] for kind in scores},
+            "sparse_alone": {kind: scores[kind]["weighted:0.0"] for kind in scores},
+            "chosen": summary(names[best]),
+            "best_held_out": summary(names[hindsight]),
             "scores": scores,
         }
 

@@ -97,6 +97,30 @@ def index_key(docs: list[Document], config: CollectionConfig, embedder: Any) -> 
     return h.hexdigest()[:16]
 
 
+class QueryCache:
+    """The embedder, with each embed call's result kept by (texts, options): an evaluation searches the
+    same queries once per retriever, fusion and alpha, and should embed them once."""
+
+    def __init__(self, embedder: Any) -> None:
+        self.inner = embedder
+        self.backbone = getattr(embedder, "backbone", None)
+        self.config = getattr(embedder, "config", None)
+        self._kept: dict[Any, Any] = {}
+
+    def embed(self, texts: list[str], options: Any = None, timeout: float | None = None) -> Any:
+        key = (tuple(texts), options)
+        if key not in self._kept:
+            self._kept[key] = self.inner.embed(texts, options, timeout)
+        return self._kept[key]
+
+    def forget(self) -> None:
+        """Drop what is kept (documents are embedded once anyway; only queries repeat)."""
+        self._kept.clear()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 def eval_beir(
     embedder: Any,
     folder: Path,
@@ -139,7 +163,8 @@ def eval_beir(
         else tempfile.TemporaryDirectory(prefix="lodestar-eval-")
     )
     with place as root:
-        engine = RetrievalEngine(Path(root), embedder)
+        cache = QueryCache(embedder)
+        engine = RetrievalEngine(Path(root), cache)
         try:
             if config.name not in {c.name for c in engine.list()}:
                 engine.create(config)
@@ -161,6 +186,7 @@ def eval_beir(
             if bar:
                 bar.close()
             index_s = time.perf_counter() - t0
+            cache.forget()  # the documents' vectors are stored; from here on only queries repeat
             calibration = None
             if "hybrid" in retrievers and "auto" in fusions:  # what fusion=auto will use, chosen without labels
                 t0 = time.perf_counter()
