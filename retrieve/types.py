@@ -13,7 +13,7 @@ SPARSE_KINDS = (
 DENSE_KINDS = ("model", "none")  # model: the embedding model's vectors in FAISS; none: no dense side (no model forward)
 METRICS = ("cosine", "ip", "l2")
 RETRIEVERS = ("dense", "sparse", "hybrid")
-FUSIONS = ("auto", "rrf", "weighted", "dbsf")  # auto: the collection's calibrated choice (retrieve/calibrate.py)
+FUSIONS = ("rrf", "weighted", "auto", "dbsf")  # auto: the collection's calibrated choice (retrieve/calibrate.py)
 
 
 @dataclass(frozen=True)
