@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     )
     calibrate_fusion: bool = Field(
         True,
-        description="hybrid fusion=auto (the default): each collection chooses its fusion from pseudo-queries drawn from its own documents, in the background, when it first holds 64 chunks and again each time it doubles; false: only the fallback (DBSF, equal weights) until calibrated by hand",
+        description="hybrid fusion=auto (the default): each collection chooses its fusion from pseudo-queries drawn from its own documents, in the background, when it first holds 64 chunks and again each time it doubles; false: only the fallback (weighted, alpha 0.1) until calibrated by hand",
     )
     faiss_threads: int = Field(
         0,
