@@ -70,8 +70,8 @@ CANDIDATES = (
 ) + [("rrf", 0.5, False)]
 # Without a calibration (too small, or not yet): weighted, alpha 0.1, a small dense weight. Picked with
 # the labels of every run measured (docs/results.md): it was at or above the better side on each of
-# SQuAD, Cranfield and CISI (mean mode) and SQuAD (bidirectional-stsb); equal weights lost up to 0.13
-# (DBSF 0.5 on Cranfield) and RRF up to 0.25.
+# SQuAD, Cranfield and CISI (mean mode) and SQuAD and CISI (bidirectional-stsb); equal weights lost up
+# to 0.12 (DBSF 0.5 on Cranfield) and RRF up to 0.25.
 FALLBACK: dict[str, Any] = {"fusion": "weighted", "alpha": 0.1, "adaptive": False}
 Z = 1.645  # standard errors below its mean margin a fusion's gain must still be positive (one-sided 95%)
 METHOD = (
