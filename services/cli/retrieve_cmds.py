@@ -8,15 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lodestar.errors import LodestarError
-from lodestar.services.cli.common import (
-    add_result_args,
-    connect,
-    lexical_engine,
-    local_engine,
-    plain,
-    print_obj,
-    write_result,
-)
+from lodestar.services.cli.common import add_result_args, connect, eval_engine, plain, print_obj, write_result
 
 
 def cmd_collection(args: argparse.Namespace) -> int:
@@ -217,8 +209,7 @@ def cmd_eval_beir(args: argparse.Namespace) -> int:
     from lodestar.retrieve.eval.beir import eval_beir
     from lodestar.retrieve.types import CollectionConfig
 
-    dense = args.dense or ("none" if set(args.retriever.split(",")) <= {"bm25"} else "model")
-    engine = local_engine(args) if dense != "none" or args.sparse == "learned" else lexical_engine(args)
+    engine, dense = eval_engine(args)
     config = CollectionConfig(
         name="eval",
         dense=dense,
@@ -383,9 +374,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     se.add_argument("--collection", "-c", required=True)
     se.add_argument("-k", type=int, default=10)
     se.add_argument("--retriever", default="dense", help="dense | sparse | hybrid")
-    se.add_argument(
-        "--fusion", default="", help="auto | rrf | weighted | dbsf (default auto: the collection's calibrated choice)"
-    )
+    se.add_argument("--fusion", default="", help="auto (default: the collection's own choice) | rrf | weighted | dbsf")
     se.add_argument("--alpha", type=float, help="weighted fusion: weight of dense (0..1)")
     se.add_argument("--rrf-k", type=int, help="rrf fusion: the k in 1 / (k + rank) (default 60)")
     se.add_argument("--filter", action="append", help="FIELD=VALUE, FIELD>=N, FIELD in [..]; repeatable (AND)")
@@ -436,12 +425,8 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     bq.add_argument("--mode")
     bq.add_argument("--adapter")
     bq.add_argument("--index", help="FAISS factory string (default Flat)")
-    bq.add_argument(
-        "--fusion", default="auto", help="auto | rrf | weighted | dbsf, or several comma-separated (hybrid only)"
-    )
-    bq.add_argument(
-        "--dense", help="model | none (default: none when every retriever is bm25, so no model is loaded; else model)"
-    )
+    bq.add_argument("--fusion", default="auto", help="auto | rrf | weighted | dbsf, or several comma-separated")
+    bq.add_argument("--dense", help="model | none (default: none when every retriever is bm25: no model loaded)")
     bq.add_argument(
         "--alpha", default="0.5", help="weighted fusion: alpha * dense + (1 - alpha) * sparse; several comma-separated"
     )
