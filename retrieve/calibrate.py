@@ -44,6 +44,7 @@ import numpy as np
 
 from lodestar.durable import write_atomic
 from lodestar.embedding import Embedder
+from lodestar.errors import InvalidInput
 from lodestar.retrieve.bm25 import BM25Index
 from lodestar.retrieve.collection import Collection
 from lodestar.retrieve.fusion import dbsf, rrf, weighted
@@ -191,6 +192,11 @@ class Calibrator:
 
     def calibrate(self, c: Collection, seed: int = SEED, queries: int = PSEUDO_QUERIES) -> dict[str, Any]:
         """Calibrate `c` now; stores and returns the record (choice, evidence, refresh mark)."""
+        if c.config is not None and "none" in (c.config.dense, c.config.sparse):
+            raise InvalidInput(
+                f"collection {c.name!r} has dense={c.config.dense!r} and sparse={c.config.sparse!r}: "
+                "only a collection with both sides has a hybrid fusion to calibrate"
+            )
         pool = self._pool(c, seed, queries)
         if isinstance(pool, dict):
             return self._store(c, pool)

@@ -57,6 +57,8 @@ def test_upsert_search_filters_without_a_forward(engine: RetrievalEngine) -> Non
     stats = engine.stats("bm25")
     assert (stats.dense, stats.dimensions, stats.index_vectors, stats.chunks) == ("none", 0, 0, chunks)
     assert stats.calibration is None  # nothing to fuse: no calibration, no forward
+    with pytest.raises(InvalidInput, match="only a collection with both sides has a hybrid fusion to calibrate"):
+        engine.calibrate("bm25")
     for retriever in ("dense", "hybrid"):
         with pytest.raises(InvalidInput, match="created with dense='none'; use retriever='sparse'"):
             search(engine, "Normans", retriever=retriever)
