@@ -228,6 +228,11 @@ class RetrieveServicer(rpb_grpc.RetrieveServiceServicer):
         await self.runtime.refresh_collection_health()
         return stats_to_pb(stats)
 
+    async def Calibrate(self, request: rpb.CalibrateRequest, context: grpc.aio.ServicerContext) -> rpb.CollectionStats:
+        engine = self.runtime.retrieve_engine()
+        await self._run(engine.calibrate, request.collection, *set_fields(request, ("seed",)).values())
+        return stats_to_pb(await self._run(engine.stats, request.collection))
+
     async def Stats(self, request: rpb.StatsRequest, context: grpc.aio.ServicerContext) -> rpb.CollectionStats:
         engine = self.runtime.retrieve_engine()
         stats = await self._run(engine.stats, request.collection)

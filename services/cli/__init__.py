@@ -17,6 +17,7 @@ from lodestar.services.cli import (
     compress_cmds,
     config_cmds,
     embed_cmds,
+    fusion_cmds,
     generate_cmds,
     jobs_cmds,
     retrieve_cmds,
@@ -24,7 +25,17 @@ from lodestar.services.cli import (
     train_cmds,
 )
 
-MODULES = (embed_cmds, retrieve_cmds, jobs_cmds, compress_cmds, generate_cmds, train_cmds, config_cmds, token_cmds)
+MODULES = (
+    embed_cmds,
+    retrieve_cmds,
+    fusion_cmds,
+    jobs_cmds,
+    compress_cmds,
+    generate_cmds,
+    train_cmds,
+    config_cmds,
+    token_cmds,
+)
 
 # How a command reaches a server: option -> help. Each is taken before or after the command name.
 CONNECTION = {

@@ -246,6 +246,13 @@ class Calls:
             Unary(("retrieve", "Rebuild"), rpb.RebuildRequest(collection=collection), retrieve.collection_info, None)
         )
 
+    def calibrate(self, collection: str, seed: int | None = None) -> CollectionInfo:
+        """Choose the collection's hybrid fusion now (what `fusion="auto"` uses) from pseudo-queries drawn
+        from its own chunks; the stats' `calibration` holds the choice and its evidence (no time limit:
+        it embeds a few hundred texts)."""
+        req = rpb.CalibrateRequest(collection=collection, seed=seed)
+        return self._run(Unary(("retrieve", "Calibrate"), req, retrieve.collection_info, None))
+
     def stats(self, collection: str) -> CollectionInfo:
         return self._run(
             Unary(

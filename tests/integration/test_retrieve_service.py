@@ -89,6 +89,8 @@ def test_auto_fusion_is_calibrated_in_the_background_and_shown_in_stats(client: 
         assert record is not None and not record["fallback"] and record["chunks"] == 64, record
         assert record["choice"]["fusion"] in ("weighted", "dbsf", "rrf") and record["pseudo_queries"] >= 16
         assert {"selection", "held_out"} <= set(record["chosen"]) and record["refresh_at_chunks"] == 128
+        again = client.calibrate("calibrated", seed=0).calibration  # the same seed: the same choice
+        assert again is not None and again["choice"] == record["choice"] and again["scores"] == record["scores"]
         for fusion in ("", "auto", "dbsf"):
             hits = client.search("calibrated", "Who led the Norse raiders?", retriever="hybrid", fusion=fusion, k=3)[0]
             assert hits[0].id.startswith("0_")  # a Normans paragraph
@@ -274,8 +276,12 @@ def test_collection_cli(server, tmp_path: Path) -> None:  # type: ignore[no-unty
     assert "cli_col" in {c["name"] for c in json.loads(listed.stdout)}
     missing = run("collection", "stats", "nope")
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+    small = run("calibrate", "cli_col", "--json")  # 5 chunks: the stated fallback
+    assert small.returncode == 0 and json.loads(small.stdout)["fallback"] is True, small.stderr
     assert run("collection", "drop", "cli_col").returncode == 0
     assert run("collection", "create", "cli_lex", "--dense", "none").returncode == 0
+    lex = run("calibrate", "cli_lex")
+    assert lex.returncode == 1 and "INVALID_ARGUMENT" in lex.stderr and "both sides" in lex.stderr
     assert json.loads(run("collection", "stats", "cli_lex", "--json").stdout)["dense"] == "none"
     assert run("collection", "drop", "cli_lex").returncode == 0
 
