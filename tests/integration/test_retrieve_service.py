@@ -88,7 +88,7 @@ def test_auto_fusion_is_calibrated_in_the_background_and_shown_in_stats(client: 
         record = client.stats("calibrated").calibration
         assert record is not None and not record["fallback"] and record["chunks"] == 64, record
         assert record["choice"]["fusion"] in ("weighted", "dbsf", "rrf") and record["pseudo_queries"] >= 16
-        assert {"selection", "held_out"} <= set(record["chosen"]) and record["refresh_at_chunks"] == 128
+        assert {"removed", "kept", "worst_lower_bound"} <= set(record["chosen"]) and record["refresh_at_chunks"] == 128
         again = client.calibrate("calibrated", seed=0).calibration  # the same seed: the same choice
         assert again is not None and again["choice"] == record["choice"] and again["scores"] == record["scores"]
         for fusion in ("", "auto", "dbsf"):
