@@ -101,8 +101,10 @@ class AnswerPipeline:
         )
         fusion = r.fusion or HYBRID_FUSION
         tuning: dict[str, Any] = {}
-        if fusion in ("weighted", "dbsf") and (r.alpha is not None or fusion == "weighted"):
-            tuning["alpha"] = r.alpha if r.alpha is not None else HYBRID_ALPHA
+        if r.alpha is not None:  # passed on whatever the fusion, so Search's range check sees it
+            tuning["alpha"] = r.alpha
+        elif fusion == "weighted":
+            tuning["alpha"] = HYBRID_ALPHA
         if r.rrf_k is not None:
             tuning["rrf_k"] = r.rrf_k
         if r.feedback_chunks:
