@@ -238,6 +238,7 @@ class Runtime:
             milvus_only=self.settings.milvus_only,
             max_queries=self.settings.max_queries_per_search,
             max_filters=self.settings.max_filters_per_search,
+            calibrate=self.settings.calibrate_fusion,
         )
 
     def _build_jobs(self, retrieval: RetrievalEngine, engine: EmbeddingEngine) -> JobManager:

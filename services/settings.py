@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         0, ge=0, description="torch intra-op threads of this process; 0 = torch's default (one per core)"
     )
+    calibrate_fusion: bool = Field(
+        True,
+        description="hybrid fusion=auto (the default): each collection chooses its fusion from pseudo-queries drawn from its own documents, in the background, when it first holds 64 chunks and again each time it doubles; false: only the fallback (weighted, alpha 0.1) until calibrated by hand",
+    )
     faiss_threads: int = Field(
         0,
         ge=0,
