@@ -15,6 +15,7 @@ import torch
 
 from lodestar.backbone import Backbone
 from lodestar.backbone.compat import cache_kwargs, output_cache
+from lodestar.cancel import checkpoint
 
 Message = dict[str, str]
 
@@ -83,6 +84,7 @@ def greedy_batch(
     stop_t = torch.tensor(sorted(stops), dtype=torch.long, device=ids.device)
     step_ids = ids
     for _ in range(max_new_tokens):
+        checkpoint()  # a cancelled call (lodestar.cancel) stops before its next forward
         # The lock per forward, not per call: embedding requests interleave with a long generation.
         with backbone.lock, backbone.adapters.use(adapter):
             out = backbone.model(

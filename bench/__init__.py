@@ -10,5 +10,6 @@ served       served embedding throughput vs the in-process ceiling, search laten
              batch indexing in-process vs Celery workers (`lodestar bench embed|retrieve|index`)
 retrieval    FAISS index types (QPS, recall@10), shard fan-out, the learned-sparse impact index
              (`lodestar bench retrieve|shards|sparse`)
+tinymodel    the tiny random Llama of the tests and the chaos suite (built in code)
 procs        a private redis-server and `lodestar worker` processes (bench index, the job tests)
 """

@@ -24,10 +24,10 @@ from lodestar.telemetry import NOOP, Telemetry
 
 COMPRESSIONS = ("extractive", "abstractive", "none")
 MAX_K = 50
-# Hybrid retrieval for answers: weighted fusion with a small dense weight. With the zero-shot decoder
-# embeddings, alpha 0.15 was the best on Cranfield and held on CISI (nDCG@10 above BM25 and dense on
-# both), while equal-weight RRF fell below BM25 (bench/results/beir_*.jsonl).
-HYBRID_FUSION, HYBRID_ALPHA = "weighted", 0.15
+# Hybrid retrieval for answers: the collection's calibrated fusion (retrieve/calibrate.py), as Search.
+# An explicit weighted fusion without alpha keeps the small dense weight picked on Cranfield and CISI
+# (alpha 0.15; bench/results/beir_*.jsonl).
+HYBRID_FUSION, HYBRID_ALPHA = "auto", 0.15
 DEFAULT_MAX_NEW_TOKENS = 64
 DEFAULT_PARAMS = GenerationParams(max_new_tokens=DEFAULT_MAX_NEW_TOKENS)
 
@@ -95,11 +95,16 @@ class AnswerPipeline:
             raise
 
     def _answer(self, r: AnswerRequest, cancel: Cancel, slot: Any) -> Iterator[AnswerStart | GenerationChunk]:
-        retriever = r.retriever or ("dense" if self.retrieval.config(r.collection).sparse == "none" else "hybrid")
-        fusion = r.fusion or HYBRID_FUSION
-        tuning: dict[str, Any] = (
-            {"alpha": r.alpha if r.alpha is not None else HYBRID_ALPHA} if fusion == "weighted" else {}
+        config = self.retrieval.config(r.collection)
+        retriever = r.retriever or (
+            "dense" if config.sparse == "none" else "sparse" if config.dense == "none" else "hybrid"
         )
+        fusion = r.fusion or HYBRID_FUSION
+        tuning: dict[str, Any] = {}
+        if r.alpha is not None:  # passed on whatever the fusion, so Search's range check sees it
+            tuning["alpha"] = r.alpha
+        elif fusion == "weighted":
+            tuning["alpha"] = HYBRID_ALPHA
         if r.rrf_k is not None:
             tuning["rrf_k"] = r.rrf_k
         if r.feedback_chunks:

@@ -30,7 +30,7 @@ from lodestar.retrieve.prepare import embed_options, embed_sparse
 from lodestar.retrieve.shards import check_shards
 from lodestar.retrieve.snapshot import CorruptSnapshot, fsync_dir, read_snapshot, snapshot_bytes, write_snapshot
 from lodestar.retrieve.store import Store
-from lodestar.retrieve.types import METRICS, SPARSE_KINDS, CollectionConfig, CollectionStats
+from lodestar.retrieve.types import DENSE_KINDS, METRICS, SPARSE_KINDS, CollectionConfig, CollectionStats
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,10 @@ class Catalog:
             raise InvalidInput(f"unknown metric {config.metric!r}: valid metrics are {', '.join(METRICS)}")
         if config.sparse not in SPARSE_KINDS:
             raise InvalidInput(f"unknown sparse kind {config.sparse!r}: valid kinds are {', '.join(SPARSE_KINDS)}")
+        if config.dense not in DENSE_KINDS:
+            raise InvalidInput(f"unknown dense kind {config.dense!r}: valid kinds are {', '.join(DENSE_KINDS)}")
+        if config.dense == "none" and config.sparse == "none":
+            raise InvalidInput("dense='none' and sparse='none' leave nothing to search: keep at least one side")
         if config.sparse == "learned":
             self.embedder.check_mode(config.sparse_mode)
             for key in ("sparse_top_k", "query_top_k"):
@@ -124,16 +128,19 @@ class Catalog:
                 f"chunk_overlap={config.chunk_overlap} must be at least 0 and less than chunk_tokens={config.chunk_tokens}"
             )
         check_shards(config.shards)
-        dim = config.dimensions or hidden
-        DenseIndex.validate(dim, config.index, config.metric)
+        dim = self.persistence.width(config)
+        if dim:
+            DenseIndex.validate(dim, config.index, config.metric)
         return dim
 
     def validate_new(self, config: CollectionConfig) -> int:
         """Check a new collection's config (every backend's), then probe the embedder with it (what only
         it knows: adapter, prompts, the width); returns the collection's vector dimension."""
         dim = self._validate_config(config)
-        for query in (False, True):
-            vectors = self.embedder.embed(["probe"], embed_options(config, query)).vectors
+        for query in (False, True):  # the embedder checks what only it knows (adapter, prompts) and the width
+            if config.dense == "none" and config.sparse != "learned":
+                break  # a BM25-only collection runs no model forward
+            vectors = self.embedder.embed(["probe"], embed_options(config, query)).vectors if dim else np.empty((1, 0))
             if np.asarray(vectors).shape != (1, dim):
                 raise InvalidInput(
                     f"the embedder returned shape {np.asarray(vectors).shape} for dimensions={config.dimensions}; expected (1, {dim})"
@@ -325,6 +332,8 @@ class Catalog:
                 sparse=cfg.sparse if cfg else "",
                 status=c.status,
                 note=str(dense.note or "") if dense is not None else "",
+                dense=cfg.dense if cfg else "",
+                calibration=c.calibration,
             )
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lodestar.errors import NotFound, Unavailable
 from lodestar.retrieve.bm25 import BM25Index
@@ -89,6 +90,7 @@ class Collection:
     applied_seq: int = 0  # last change applied to the in-memory indexes
     snapshot_seq: int = 0  # last change covered by the on-disk snapshot
     closed: str = ""  # why the collection can no longer be used ("dropped", "closed")
+    calibration: dict[str, Any] | None = None  # hybrid fusion=auto: the stored choice and its evidence (calibrate.py)
 
     def __post_init__(self) -> None:
         self.lock = RWLock()

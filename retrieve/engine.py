@@ -14,7 +14,8 @@ that collection "corrupt: ..." until `rebuild` or `restore`.
 `RetrievalEngine` is the one entry point. It routes each call by collection name to the backend
 that holds the collection (`backends/`): `faiss` (this folder's parts: `collection.py` (an open
 collection and its locks), `persistence.py` (open, load, replay, apply, snapshot), `catalog.py`
-(create, drop, list, stats, restore, rebuild), `writes.py` (upsert, delete, get), `search.py`), or
+(create, drop, list, stats, restore, rebuild), `writes.py` (upsert, delete, get), `search.py`,
+`calibrate.py` (the hybrid fusion `auto` uses, chosen per collection from pseudo-queries)), or
 `milvus` when the server has a Milvus URI (`backends/milvus.py`), chosen by `CollectionConfig.backend`
 at creation.
 """
@@ -32,6 +33,7 @@ from lodestar.errors import AlreadyExists, FailedPrecondition, InvalidInput, Lod
 from lodestar.retrieve.backends import BACKENDS, Backend
 from lodestar.retrieve.backends.faiss import FaissBackend
 from lodestar.retrieve.backends.milvus_store import MilvusOptions
+from lodestar.retrieve.calibrate import SEED, Calibrator
 from lodestar.retrieve.filters import MAX_FILTERS
 from lodestar.retrieve.prepare import DocLimits, Prepared
 from lodestar.retrieve.search import MAX_QUERIES
@@ -61,6 +63,7 @@ class RetrievalEngine:
         milvus_only: bool = False,
         max_queries: int = MAX_QUERIES,
         max_filters: int = MAX_FILTERS,
+        calibrate: bool = False,
     ) -> None:
         self.root = Path(root)
         self.restore_dirs = tuple(Path(d).resolve() for d in restore_dirs)  # () = any folder the server can read
@@ -95,6 +98,11 @@ class RetrievalEngine:
                 milvus, embedder, self.catalog, self.writer, self.persistence.model_id, max_k, max_queries, max_filters
             )
         self.telemetry: Telemetry = NOOP  # the server sets its metrics here
+        # calibrate: hybrid fusion=auto recalibrated in the background after writes (calibrate.py);
+        # off, a collection calibrates only when asked (`calibrate`)
+        self.calibrator = Calibrator(embedder, background=calibrate)
+        for c in list(self.catalog.collections.values()):  # one stopped mid-way resumes
+            self.calibrator.after_write(c)
 
     @property
     def hidden_size(self) -> int:
@@ -190,8 +198,25 @@ class RetrievalEngine:
         """Rebuild the indexes from the store, clear a corrupt status, write a fresh snapshot."""
         return self.backend(name).rebuild(name)
 
+    def calibrate(self, name: str, seed: int = SEED) -> dict[str, Any]:
+        """Choose the collection's hybrid fusion now from pseudo-queries (no labels); -> the record
+        `stats` shows. Deterministic for a seed and the collection's contents."""
+        if self.backend(name) is not self.faiss:
+            raise FailedPrecondition(
+                f"calibration is not available on backend milvus (collection {name!r}): its fusion=auto runs "
+                "the fixed fallback; pass fusion rrf, weighted or dbsf to choose one"
+            )
+        return self.calibrator.calibrate(self.catalog.get(name), seed)
+
+    def _written(self, name: str) -> None:
+        """After a write: an embedded collection may be due for recalibration (Milvus ones are not calibrated)."""
+        if self.backend(name) is self.faiss:
+            self.calibrator.after_write(self.catalog.get(name))
+
     def close(self) -> None:
-        """Snapshot collections with unsnapshotted changes, then close every store."""
+        """Stop calibrations (their partial work resumes at the next start), snapshot collections with
+        unsnapshotted changes, then close every store."""
+        self.calibrator.close()
         self.faiss.close()
         if self.milvus is not None:
             self.milvus.close()
@@ -200,7 +225,9 @@ class RetrievalEngine:
 
     def upsert(self, name: str, docs: builtins.list[Document]) -> tuple[int, int]:
         """Insert or replace documents; returns (documents, chunks) written. Durable on return."""
-        return self.backend(name).upsert(name, docs)
+        written = self.backend(name).upsert(name, docs)
+        self._written(name)
+        return written
 
     def target(self, name: str) -> tuple[CollectionConfig, int, str]:
         """(config, vector width, model id) a worker must prepare documents for."""
@@ -208,7 +235,9 @@ class RetrievalEngine:
 
     def upsert_prepared(self, name: str, prepared: Prepared, model: str = "") -> tuple[int, int]:
         """Write documents a worker chunked and embedded, checked first (see Writer.upsert_prepared)."""
-        return self.backend(name).upsert_prepared(name, prepared, model)
+        written = self.backend(name).upsert_prepared(name, prepared, model)
+        self._written(name)
+        return written
 
     def delete(self, name: str, ids: builtins.list[str]) -> int:
         """Delete documents by id (unknown ids are ignored); returns how many were deleted."""

@@ -1,4 +1,6 @@
-"""Hybrid fusion of ranked lists (dense + sparse): reciprocal rank fusion and min-max weighting.
+"""Hybrid fusion of ranked lists (dense + sparse): reciprocal rank fusion, min-max weighting and
+distribution-based score fusion (DBSF), optionally weighted per query by how distinct each side's top
+hit is (a side whose top scores are flat says little about this query).
 
 Ids are ints (chunk ids) or strings (document ids), one kind per call. Both functions return every
 id that appears in any input, best first, ties (equal to 12 decimals) broken by smaller id so
@@ -64,6 +66,39 @@ def _minmax(ranking: list[tuple[Id, float]]) -> dict[Id, float]:
     return {doc: (s - low) / (high - low) for doc, s in ranking}
 
 
+def _distribution(ranking: list[tuple[Id, float]]) -> dict[Id, float]:
+    """DBSF's scaling: [mean - 3 std, mean + 3 std] of the list's scores mapped to [0, 1] (not clipped);
+    a list of one score, or of equal scores, maps to 1 (as min-max does)."""
+    if not ranking:
+        return {}
+    scores = [s for _, s in ranking]
+    mean = sum(scores) / len(scores)
+    std = math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores))
+    if std == 0.0:
+        return {doc: 1.0 for doc, _ in ranking}
+    return {doc: (s - mean + 3.0 * std) / (6.0 * std) for doc, s in ranking}
+
+
+def top_distinctness(ranking: list[tuple[Id, float]], top: int = 10) -> float:
+    """How far the list's best score stands above its next `top` - 1, in standard deviations of the
+    whole list (0 for a flat list or one of fewer than 2 hits): a side that cannot tell its top hit
+    from the rest says little about this query."""
+    scores = [s for _, s in ranking]
+    if len(scores) < 2:
+        return 0.0
+    mean = sum(scores) / len(scores)
+    std = math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores))
+    if std == 0.0:
+        return 0.0
+    head = scores[:top]
+    return max(0.0, (head[0] - sum(head[1:]) / max(1, len(head) - 1)) / std)
+
+
+def _check_alpha(alpha: float) -> None:
+    if not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+        raise InvalidInput(f"alpha must be between 0 and 1; got {alpha!r}")
+
+
 def weighted(
     dense: list[tuple[Id, float]], sparse: list[tuple[Id, float]], alpha: float = 0.5
 ) -> list[tuple[Id, float]]:
@@ -71,9 +106,27 @@ def weighted(
 
     Note the lowest hit of each list also scales to 0, the same as a miss: min-max is relative.
     """
-    if not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
-        raise InvalidInput(f"alpha must be between 0 and 1; got {alpha!r}")
-    d = _minmax(_clean(dense))
-    s = _minmax(_clean(sparse))
+    _check_alpha(alpha)
+    return _combine(_minmax(_clean(dense)), _minmax(_clean(sparse)), alpha)
+
+
+def dbsf(
+    dense: list[tuple[Id, float]], sparse: list[tuple[Id, float]], alpha: float = 0.5, adaptive: bool = False
+) -> list[tuple[Id, float]]:
+    """Distribution-based score fusion: alpha * dense + (1 - alpha) * sparse, each list scaled by its
+    own mean +- 3 standard deviations; a miss scores 0 (alpha 0.5 ranks as an equal sum).
+
+    adaptive: per query, each side's weight is further multiplied by `top_distinctness` of its list,
+    so a side with flat top scores (it cannot tell its best hit from the rest) counts less.
+    """
+    _check_alpha(alpha)
+    d, s = _clean(dense), _clean(sparse)
+    if adaptive:
+        wd, ws = alpha * top_distinctness(d), (1.0 - alpha) * top_distinctness(s)
+        alpha = wd / (wd + ws) if wd + ws > 0 else alpha
+    return _combine(_distribution(d), _distribution(s), alpha)
+
+
+def _combine(d: dict[Id, float], s: dict[Id, float], alpha: float) -> list[tuple[Id, float]]:
     fused = {doc: alpha * d.get(doc, 0.0) + (1.0 - alpha) * s.get(doc, 0.0) for doc in d.keys() | s.keys()}
     return _ordered(fused)

@@ -18,6 +18,7 @@ import numpy as np
 
 from lodestar.embedding import Embedder
 from lodestar.errors import Unavailable
+from lodestar.retrieve.calibrate import read as read_calibration
 from lodestar.retrieve.collection import SPARSE_INDEXES, Collection, SparseIndex, fix_hint
 from lodestar.retrieve.impact import ImpactIndex
 from lodestar.retrieve.prepare import SparseVec
@@ -61,13 +62,14 @@ class Persistence:
                 c.store = None
             c.status = f"corrupt: the document store cannot be opened ({e}); restore the folder {directory} from a backup or drop the collection"
             return c
-        want = c.config.dimensions or self.hidden_size
+        want = self.width(c.config)
         if want != c.dim:
             c.status = (
                 f"incompatible: the collection holds {c.dim}-dim vectors but the embedding model gives {want}; "
                 f"serve it with the model it was built with (model {c.store.meta.get('model', '?')!r}), or drop and re-create it"
             )
             return c
+        c.calibration = read_calibration(directory)
         model = c.store.meta.get("model", "")
         if model and model != self.model_id():
             log.warning("collection %r was built with model %r; the server runs %r", c.name, model, self.model_id())
@@ -82,6 +84,10 @@ class Persistence:
             except Exception:
                 log.exception("collection %r: snapshot after opening failed", c.name)
         return c
+
+    def width(self, config: CollectionConfig) -> int:
+        """The vector width a collection with `config` holds: 0 without a dense side."""
+        return 0 if config.dense == "none" else config.dimensions or self.hidden_size
 
     def model_id(self) -> str:
         """The embedding model's id ("" when it has none): stored with a collection, checked on writes."""
@@ -291,7 +297,7 @@ class Persistence:
     def check_width(self, c: Collection, done: str) -> None:
         """Refuse to bring back a collection whose vectors the running model cannot produce."""
         assert c.config is not None
-        want = c.config.dimensions or self.hidden_size
+        want = self.width(c.config)
         if want != c.dim:
             model = c.store.meta.get("model", "?") if c.store is not None else "?"
             raise Unavailable(

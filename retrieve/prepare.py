@@ -219,7 +219,10 @@ def prepare(embedder: Embedder, cfg: CollectionConfig, dim: int, docs: list[Docu
         spans.append(chunk_document(embedder, cfg, d.text))
     prepared = Prepared(docs, spans, np.empty((0, dim), dtype=np.float32))
     texts = prepared.chunk_texts
-    prepared.vectors = embed_texts(embedder, cfg, texts, dim, query=False)
+    if dim:  # dense='none' (width 0): no model forward, (C, 0) vectors
+        prepared.vectors = embed_texts(embedder, cfg, texts, dim, query=False)
+    else:
+        prepared.vectors = np.empty((len(texts), 0), dtype=np.float32)
     if cfg.sparse == "learned":
         prepared.sparse = embed_sparse(embedder, cfg, texts, query=False)
     return prepared

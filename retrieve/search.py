@@ -16,12 +16,12 @@ import numpy as np
 from lodestar.cancel import checkpoint
 from lodestar.embedding import Embedder
 from lodestar.errors import InvalidInput
+from lodestar.retrieve.calibrate import fuse, resolve
 from lodestar.retrieve.catalog import Catalog
 from lodestar.retrieve.collection import Collection
 from lodestar.retrieve.faiss_runtime import search_threads
 from lodestar.retrieve.feedback import MAX_FEEDBACK_CHUNKS, feedback_query
 from lodestar.retrieve.filters import MAX_FILTERS, CompiledFilter, compile_filters
-from lodestar.retrieve.fusion import rrf, weighted
 from lodestar.retrieve.impact import ImpactIndex
 from lodestar.retrieve.prepare import embed_sparse, embed_texts
 from lodestar.retrieve.store import ChunkRef
@@ -98,7 +98,8 @@ class Searcher:
                 ranked = [[Ranked(r.doc_id, r.score, r.ref, sparse=r.score) for r in row[:k]] for row in sparse]
             else:
                 assert dense is not None and sparse is not None
-                ranked = [self._fuse(d, s, request)[:k] for d, s in zip(dense, sparse)]
+                fusion = resolve(request, c.calibration)  # auto: the collection's calibrated choice
+                ranked = [self._fuse(d, s, request, *fusion)[:k] for d, s in zip(dense, sparse)]
             return self._hits(c, ranked, request.include_text)
 
     def _dense_fn(
@@ -186,13 +187,21 @@ class Searcher:
                 return [row[:depth] for row in out]
             n = min(available, n * CANDIDATE_FACTOR)
 
-    def _fuse(self, dense: list[Ranked], sparse: list[Ranked], request: SearchRequest) -> list[Ranked]:
+    def _fuse(
+        self,
+        dense: list[Ranked],
+        sparse: list[Ranked],
+        request: SearchRequest,
+        fusion: str,
+        alpha: float,
+        adaptive: bool,
+    ) -> list[Ranked]:
         """Hybrid: fuse the two document rankings; the reported chunk is the dense one when present."""
         d = {r.doc_id: r for r in dense}
         s = {r.doc_id: r for r in sparse}
         dl = [(r.doc_id, r.score) for r in dense]
         sl = [(r.doc_id, r.score) for r in sparse]
-        fused = rrf([dl, sl], k=request.rrf_k) if request.fusion == "rrf" else weighted(dl, sl, alpha=request.alpha)
+        fused = fuse(dl, sl, fusion, alpha, adaptive, request.rrf_k)
         out = []
         for doc_id, score in fused:
             best = d.get(doc_id) or s[doc_id]
@@ -287,6 +296,11 @@ def validate_search(
                 f"{option} needs a learned sparse side searched (retriever sparse or hybrid); collection {name!r} has "
                 f"sparse={config.sparse!r} and the request retriever={request.retriever!r}"
             )
+    if request.retriever in ("dense", "hybrid") and config.dense == "none":
+        raise InvalidInput(
+            f"retriever {request.retriever!r} needs a dense index, but collection {name!r} was created with dense='none'; "
+            f"use retriever='sparse' or create a collection with dense='model'"
+        )
     if request.retriever in ("sparse", "hybrid") and config.sparse == "none":
         raise InvalidInput(
             f"retriever {request.retriever!r} needs a sparse index, but collection {name!r} was created with sparse='none'; "

@@ -26,6 +26,8 @@ from lodestar.errors import InvalidInput
 from lodestar.retrieve.dense import DenseIndex, index_note
 from lodestar.retrieve.framing import frame, unframe
 from lodestar.retrieve.ids import as_ids
+from lodestar.retrieve.nodense import MAGIC as NO_DENSE
+from lodestar.retrieve.nodense import NoDense
 
 MAX_SHARDS = 64
 PARALLEL_MIN = 20_000  # vectors in all below which shards are searched one after another
@@ -165,7 +167,7 @@ class ShardedDenseIndex:
         return self
 
 
-AnyDense = DenseIndex | ShardedDenseIndex
+AnyDense = DenseIndex | ShardedDenseIndex | NoDense
 
 
 def check_shards(shards: object) -> None:
@@ -174,12 +176,17 @@ def check_shards(shards: object) -> None:
 
 
 def new_dense(dim: int, spec: str, metric: str, shards: int = 1) -> AnyDense:
-    """A collection's dense index: a plain DenseIndex for 1 shard, else N of them fanned out."""
+    """A collection's dense index: a plain DenseIndex for 1 shard, else N of them fanned out; width 0
+    (a collection with dense='none') holds nothing."""
+    if dim == 0:
+        return NoDense()
     return DenseIndex(dim, spec=spec, metric=metric) if shards == 1 else ShardedDenseIndex(dim, spec, metric, shards)
 
 
 def dense_from_bytes(data: bytes) -> AnyDense:
-    """Restore either kind from its snapshot bytes (the magic says which)."""
+    """Restore any kind from its snapshot bytes (the magic says which)."""
+    if bytes(data[: len(NO_DENSE)]) == NO_DENSE:
+        return NoDense.from_bytes(data)
     if bytes(data[: len(_MAGIC)]) == _MAGIC:
         return ShardedDenseIndex.from_bytes(data)
     return DenseIndex.from_bytes(data)

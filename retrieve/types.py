@@ -10,9 +10,10 @@ SPARSE_KINDS = (
     "bm25",
     "learned",
 )  # learned: SPLADE weights from the LM head (an adapter of `lodestar train sparse`)
+DENSE_KINDS = ("model", "none")  # model: the embedding model's vectors in FAISS; none: no dense side (no model forward)
 METRICS = ("cosine", "ip", "l2")
 RETRIEVERS = ("dense", "sparse", "hybrid")
-FUSIONS = ("rrf", "weighted")
+FUSIONS = ("rrf", "weighted", "auto", "dbsf")  # auto: the collection's calibrated choice (retrieve/calibrate.py)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class CollectionConfig:
     )
     shards: int = 1  # dense index shards, each chunk in shard id % shards, searched in parallel (1 = one index)
     backend: str = "faiss"  # faiss (embedded) | milvus (the server's LODESTAR_MILVUS_URI); see retrieve/backends
+    dense: str = "model"  # model | none (a sparse-only collection: nothing is embedded at upsert or search)
 
 
 @dataclass
@@ -67,7 +69,7 @@ class SearchRequest:
     queries: list[str]
     k: int = 10
     retriever: str = "dense"  # dense | sparse | hybrid
-    fusion: str = "rrf"  # rrf | weighted
+    fusion: str = "auto"  # auto (the collection's calibrated fusion) | rrf | weighted | dbsf
     alpha: float = 0.5  # weighted fusion: alpha * dense + (1 - alpha) * sparse (min-max normalised)
     rrf_k: int = 60
     filters: tuple[Filter, ...] = ()
@@ -102,3 +104,5 @@ class CollectionStats:
     sparse: str
     status: str  # "ok", or why the collection is not serving (corrupt snapshot, ...)
     note: str = ""  # e.g. "IVF1024 trains at 39936 vectors; 1000 so far (searching exactly until then)"
+    dense: str = "model"  # model | none
+    calibration: dict[str, Any] | None = None  # hybrid fusion=auto: what calibration chose and its evidence

@@ -1,5 +1,5 @@
-"""Admission control measured in work, not requests: a budget per kind of work (texts to embed, for
-Embed and Search's queries; documents for Upsert), checked when a request arrives.
+"""Admission control measured in work, not requests: a budget per kind of work (texts to embed and
+their tokens, for Embed and Search's queries; documents for Upsert), checked when a request arrives.
 
 Past the budget a request is refused at once with RESOURCE_EXHAUSTED naming the limit and a retry
 hint (`retry-after-ms`); a request whose deadline would pass before the work ahead of it is done is
@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from lodestar.errors import InvalidInput, Overloaded
 
 MIN_RETRY_MS = 100
+BYTES_PER_TOKEN = 4  # byte-level BPE (SmolLM2, Llama): about 4 UTF-8 bytes of English text per token
 SMOOTHING = 0.2  # weight of the newest sample in the seconds-per-unit average
 
 
@@ -81,3 +82,9 @@ class Budget:
                     sample = (time.monotonic() - start) / max(1, ahead + n)
                     old = self.per_unit
                     self.per_unit = sample if old is None else (1 - SMOOTHING) * old + SMOOTHING * sample
+
+
+def estimate_tokens(texts: Iterable[str], max_tokens: int) -> int:
+    """Tokens `texts` will take, estimated at arrival without the tokenizer: a text's UTF-8 bytes over
+    BYTES_PER_TOKEN, plus one, capped at `max_tokens` (longer texts are truncated, or refused)."""
+    return sum(min(max_tokens, len(t.encode("utf-8", "surrogatepass")) // BYTES_PER_TOKEN + 1) for t in texts)

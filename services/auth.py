@@ -39,6 +39,7 @@ SCOPE_OF: dict[str, dict[str, str]] = {
         "Snapshot": ADMIN,
         "Restore": ADMIN,
         "Rebuild": ADMIN,
+        "Calibrate": ADMIN,
     },
     "lodestar.index.v1.IndexService": {
         "GetJob": READ,

@@ -89,7 +89,7 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         engine = self.runtime.embed_engine()
-        with self.runtime.admit("texts", len(request.texts), context):
+        with self.runtime.admit_texts(request.texts, context):
             result = await engine.embed_async(
                 list(request.texts), options_from_pb(request), timeout=context.time_remaining()
             )
@@ -106,7 +106,7 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
         running: set[asyncio.Task] = set()
 
         async def one(req: pb.EmbedRequest) -> pb.EmbedResponse:
-            with self.runtime.admit("texts", len(req.texts), context):
+            with self.runtime.admit_texts(req.texts, context):
                 result = await engine.embed_async(
                     list(req.texts), options_from_pb(req), timeout=context.time_remaining()
                 )

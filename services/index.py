@@ -75,7 +75,8 @@ def commit_from_pb(r: ipb.CommitChunkRequest) -> Commit:
     chunks = sum(r.span_counts)
     if len(r.spans) != 2 * chunks:
         raise InvalidInput(f"{chunks} chunks need {2 * chunks} span offsets; got {len(r.spans)}")
-    if r.dimensions == 0 or len(r.vectors) != 4 * chunks * r.dimensions:
+    # dimensions 0: a collection with dense='none' (no vectors); the writer checks the width against the collection
+    if len(r.vectors) != 4 * chunks * r.dimensions:
         raise InvalidInput(
             f"vectors hold {len(r.vectors)} bytes; {chunks} chunks x {r.dimensions} float32 need {4 * chunks * r.dimensions}"
         )

@@ -52,6 +52,8 @@ def config_from_pb(c: rpb.CollectionConfig) -> rt.CollectionConfig:
         kw["sparse"] = sparse
     if backend := enum_to_name(rpb.Backend, c.backend, "backend"):
         kw["backend"] = backend
+    if dense := enum_to_name(rpb.DenseKind, c.dense_kind, "dense_kind"):
+        kw["dense"] = dense
     return rt.CollectionConfig(**kw)
 
 
@@ -65,6 +67,7 @@ def config_to_pb(c: rt.CollectionConfig) -> rpb.CollectionConfig:
         metric_kind=stored_name_to_enum(rpb.Metric, c.metric),
         sparse_kind=stored_name_to_enum(rpb.SparseKind, c.sparse),
         backend=stored_name_to_enum(rpb.Backend, c.backend),
+        dense_kind=stored_name_to_enum(rpb.DenseKind, c.dense),
     )
 
 
@@ -158,6 +161,8 @@ def stats_to_pb(s: rt.CollectionStats, config: rt.CollectionConfig | None = None
         status=s.status,
         note=s.note,
         config=config_to_pb(config) if config else None,
+        dense_kind=stored_name_to_enum(rpb.DenseKind, s.dense),
+        calibration_json=to_json(s.calibration) if s.calibration else "",
     )
 
 
@@ -216,7 +221,7 @@ class RetrieveServicer(rpb_grpc.RetrieveServiceServicer):
 
     async def Search(self, request: rpb.SearchRequest, context: grpc.aio.ServicerContext) -> rpb.SearchResponse:
         engine, search = self.runtime.retrieve_engine(), search_from_pb(request)
-        with self.runtime.admit("texts", len(search.queries), context):
+        with self.runtime.admit_texts(search.queries, context):
             results = await self._run(engine.search, request.collection, search, context=context)
         return rpb.SearchResponse(results=[rpb.QueryResult(hits=[hit_to_pb(h) for h in hits]) for hits in results])
 
@@ -233,6 +238,11 @@ class RetrieveServicer(rpb_grpc.RetrieveServiceServicer):
         stats = await self._run(self.runtime.retrieve_engine().rebuild, request.collection)
         await self.runtime.refresh_collection_health()
         return stats_to_pb(stats)
+
+    async def Calibrate(self, request: rpb.CalibrateRequest, context: grpc.aio.ServicerContext) -> rpb.CollectionStats:
+        engine = self.runtime.retrieve_engine()
+        await self._run(engine.calibrate, request.collection, *set_fields(request, ("seed",)).values())
+        return stats_to_pb(await self._run(engine.stats, request.collection))
 
     async def Stats(self, request: rpb.StatsRequest, context: grpc.aio.ServicerContext) -> rpb.CollectionStats:
         engine = self.runtime.retrieve_engine()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
 from lodestar.errors import Unavailable
-from lodestar.services.admission import Budget
+from lodestar.services.admission import Budget, estimate_tokens
 from lodestar.services.settings import Settings
 from lodestar.services.work import Tokens
 from lodestar.telemetry import NOOP, Telemetry
@@ -67,8 +67,19 @@ class Runtime:
         self.tokens = Tokens()  # the cancellation tokens of blocking calls in flight (services/work.py)
         self.budgets = {  # admission control, by kind of work (services/admission.py)
             "texts": Budget("texts", settings.max_queued_texts, "max_queued_texts"),
+            "tokens": Budget("tokens (estimated)", settings.max_queued_tokens, "max_queued_tokens"),
             "documents": Budget("documents", settings.max_inflight_documents, "max_inflight_documents"),
         }
+
+    @contextmanager
+    def admit_texts(self, texts: Sequence[str], context: grpc.aio.ServicerContext | None) -> Iterator[None]:
+        """Hold both budgets of texts to embed (Embed's texts, Search's queries): their number and their
+        tokens, estimated at arrival (services/admission.py's estimate_tokens)."""
+        with (
+            self.admit("texts", len(texts), context),
+            self.admit("tokens", estimate_tokens(texts, self.settings.max_tokens), context),
+        ):
+            yield
 
     def admit(self, kind: str, n: int, context: grpc.aio.ServicerContext | None) -> AbstractContextManager[None]:
         """Hold `n` units of the `kind` budget for a call (refused at once past it, or when the call's
@@ -227,6 +238,7 @@ class Runtime:
             milvus_only=self.settings.milvus_only,
             max_queries=self.settings.max_queries_per_search,
             max_filters=self.settings.max_filters_per_search,
+            calibrate=self.settings.calibrate_fusion,
         )
 
     def _build_jobs(self, retrieval: RetrievalEngine, engine: EmbeddingEngine) -> JobManager:

@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         0, ge=0, description="torch intra-op threads of this process; 0 = torch's default (one per core)"
     )
+    calibrate_fusion: bool = Field(
+        True,
+        description="hybrid fusion=auto (the default): each collection chooses its fusion from pseudo-queries drawn from its own documents, in the background, when it first holds 64 chunks and again each time it doubles; false: only the fallback (weighted, alpha 0.1) until calibrated by hand",
+    )
     faiss_threads: int = Field(
         0,
         ge=0,
@@ -76,6 +80,11 @@ class Settings(BaseSettings):
         16384,
         ge=1,
         description="texts in flight (Embed's texts and Search's queries, queued or being embedded) before a request is refused with RESOURCE_EXHAUSTED and a retry-after-ms hint",
+    )
+    max_queued_tokens: int = Field(
+        2_097_152,
+        ge=1,
+        description="tokens of the texts in flight (as max_queued_texts), estimated at arrival as a text's UTF-8 bytes / 4 + 1, at most max_tokens each, before a request is refused with RESOURCE_EXHAUSTED and a retry-after-ms hint",
     )
     tp_start_layer: int = Field(2, description="Token Prepending: first layer (2..7 chosen on STS-B train)")
     tp_end_layer: int = Field(7, description="Token Prepending: last layer (inclusive)")

@@ -47,6 +47,8 @@ async def iterate_in_thread(
             for item in it:
                 put(item)
                 if cancel.is_set():
+                    if not getattr(item, "finish_reason", None):  # cut short: say why (CANCELLED, DEADLINE_EXCEEDED)
+                        cancel.check()
                     break
         except BaseException as exc:  # handed to the event loop, raised there
             put(_END, exc)

@@ -67,6 +67,9 @@ class CeleryDispatcher:
         for idx in idxs:
             self.app.send_task(TASK_NAME, args=(job_id, idx), retry=True, retry_policy=policy)
 
+    def stop(self, job_id: str) -> None:
+        """Nothing to reach: a worker's chunk of a cancelled job is skipped at fetch and not recorded at commit."""
+
     def close(self) -> None:
         self.app.close()
 

@@ -16,7 +16,8 @@ from typing import Any
 from lodestar.bench.chaos.crash import kill_rounds, term_rounds
 from lodestar.bench.chaos.fuzz import fuzz
 from lodestar.bench.chaos.overload import overload
-from lodestar.bench.chaos.server import ServerProcess, tiny_model
+from lodestar.bench.chaos.server import ServerProcess
+from lodestar.bench.tinymodel import tiny_model
 
 
 def stamp() -> dict[str, Any]:

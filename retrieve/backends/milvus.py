@@ -135,6 +135,11 @@ class MilvusBackend:
                 "query_idf is not available on backend milvus (Milvus keeps no per-term document counts for "
                 "learned-sparse vectors): create the collection with query_idf=false (`--no-query-idf`)"
             )
+        if config.dense == "none":
+            raise FailedPrecondition(
+                "dense='none' is not available on backend milvus (its collections keep a dense vector field): "
+                "create a sparse-only collection on backend faiss"
+            )
         dim = self.catalog.validate_new(config)
         if self.has(config.name):
             raise AlreadyExists(f"collection {config.name!r} already exists (backend milvus)")

@@ -101,13 +101,37 @@ def index_key(docs: list[Document], config: CollectionConfig, embedder: Any) -> 
     return h.hexdigest()[:16]
 
 
+class QueryCache:
+    """The embedder, with each embed call's result kept by (texts, options): an evaluation searches the
+    same queries once per retriever, fusion and alpha, and should embed them once."""
+
+    def __init__(self, embedder: Any) -> None:
+        self.inner = embedder
+        self.backbone = getattr(embedder, "backbone", None)
+        self.config = getattr(embedder, "config", None)
+        self._kept: dict[Any, Any] = {}
+
+    def embed(self, texts: list[str], options: Any = None, timeout: float | None = None) -> Any:
+        key = (tuple(texts), options)
+        if key not in self._kept:
+            self._kept[key] = self.inner.embed(texts, options, timeout)
+        return self._kept[key]
+
+    def forget(self) -> None:
+        """Drop what is kept (documents are embedded once anyway; only queries repeat)."""
+        self._kept.clear()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 def eval_beir(
     embedder: Any,
     folder: Path,
     *,
     retrievers: tuple[str, ...] = ("dense",),
     config: CollectionConfig | None = None,
-    fusions: tuple[str, ...] = ("rrf",),
+    fusions: tuple[str, ...] = ("auto",),
     alphas: tuple[float, ...] = (0.5,),
     batch_docs: int = 64,
     progress: bool = True,
@@ -118,7 +142,8 @@ def eval_beir(
 ) -> list[dict[str, Any]]:
     """Index `folder`'s corpus once with `config`, then search with each retriever
     (dense | bm25 | sparse | hybrid); one result dict per retriever, and for hybrid per fusion (and
-    per alpha of weighted fusion). work_dir: keep the indexed collection there (under `index_key`), so
+    per alpha of weighted and dbsf fusion; auto calibrates the collection first, without labels, and
+    reports the calibration record). work_dir: keep the indexed collection there (under `index_key`), so
     an interrupted run resumes from its last stored batch and a rerun with other retrievers, fusions
     or alphas encodes nothing; None = a temporary folder. feedback: (chunks, weight) of learned-sparse
     pseudo-relevance feedback at search time (`SearchRequest.feedback_chunks`; not part of the index);
@@ -146,7 +171,8 @@ def eval_beir(
     with place as root:
         if config.backend == "milvus" and milvus is None:
             milvus = MilvusOptions(uri=str(Path(root) / ".milvus-lite.db"))  # in-process; not a collection folder
-        engine = RetrievalEngine(Path(root), embedder, milvus=milvus if config.backend == "milvus" else None)
+        cache = QueryCache(embedder)
+        engine = RetrievalEngine(Path(root), cache, milvus=milvus if config.backend == "milvus" else None)
         try:
             if config.name not in {c.name for c in engine.list()}:
                 engine.create(config)
@@ -168,12 +194,18 @@ def eval_beir(
             if bar:
                 bar.close()
             index_s = time.perf_counter() - t0
+            cache.forget()  # the documents' vectors are stored; from here on only queries repeat
+            calibration = None
+            if "hybrid" in retrievers and "auto" in fusions:  # what fusion=auto will use, chosen without labels
+                t0 = time.perf_counter()
+                calibration = engine.calibrate(config.name)
+                calibration = {"calibrate_s": round(time.perf_counter() - t0, 2), **calibration}
             out = []
             runs = [
                 (r, f, a)
                 for r in retrievers
                 for f in (fusions if r == "hybrid" else ("",))
-                for a in (alphas if f == "weighted" else (0.5,))
+                for a in (alphas if f in ("weighted", "dbsf") else (0.5,))
             ]
             for retriever, fusion, alpha in runs:
                 t0 = time.perf_counter()
@@ -183,7 +215,7 @@ def eval_beir(
                     queries=[queries[q] for q in judged],
                     k=100,
                     retriever=kinds[retriever],
-                    fusion=fusion or "rrf",
+                    fusion=fusion or "auto",
                     alpha=alpha,
                     feedback_chunks=fb[0],
                     feedback_weight=fb[1],
@@ -209,7 +241,8 @@ def eval_beir(
                         "adapter": config.adapter or None,
                         "index": config.index,
                         "fusion": fusion or None,
-                        "alpha": alpha if fusion == "weighted" else None,
+                        "alpha": alpha if fusion in ("weighted", "dbsf") else None,
+                        "calibration": calibration if fusion == "auto" else None,
                         "ndcg@10": round(sum(ndcg) / len(ndcg), 4),
                         "recall@100": round(sum(recall) / len(recall), 4),
                         "queries": len(judged),

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from lodestar.embedding import Embedder
-from lodestar.errors import InvalidInput
+from lodestar.errors import Cancelled, DeadlineExceeded, InvalidInput
 from lodestar.retrieve.jobs.records import JobError
 from lodestar.retrieve.prepare import Prepared, prepare
 from lodestar.retrieve.types import CollectionConfig, Document
@@ -78,6 +78,8 @@ def prepare_each(
     """Prepare documents together; if that fails, one by one, keeping the failures as errors."""
     try:
         return prepare(embedder, cfg, dim, docs), list(lines), []
+    except (Cancelled, DeadlineExceeded):
+        raise  # stopped (job cancelled, server shutting down): no document is at fault
     except Exception as exc:  # some document spoils the batch: find which
         log.warning("chunk of %d documents failed to embed (%s); retrying them one by one", len(docs), exc)
     good: list[Prepared] = []

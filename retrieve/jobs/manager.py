@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from lodestar.cancel import Token, running
 from lodestar.embedding import Embedder
-from lodestar.errors import InvalidInput, LodestarError
+from lodestar.errors import Cancelled, DeadlineExceeded, InvalidInput, LodestarError
 from lodestar.retrieve.jobs.chunks import ChunkWork, Commit, run_chunk, split
 from lodestar.retrieve.jobs.records import JobError, JobInfo, check_worker, clip
 from lodestar.retrieve.jobs.store import DB_NAME, JobStore
@@ -53,6 +54,9 @@ class Dispatcher(Protocol):
 
     def send(self, job_id: str, idxs: list[int]) -> None: ...
 
+    def stop(self, job_id: str) -> None:
+        """The job was cancelled: stop a chunk of it that is running here, at its next boundary."""
+
     def close(self) -> None: ...
 
 
@@ -76,7 +80,10 @@ def check_staged(staged: Any, c: Commit) -> None:
 
 
 class InProcessDispatcher:
-    """One background thread runs chunks with this process's embedder (the embedded default)."""
+    """One background thread runs chunks with this process's embedder (the embedded default). Each
+    chunk runs under a cancellation token (lodestar.cancel): cancelling its job or closing the
+    dispatcher stops it at its next boundary (between documents, between embedding steps), before
+    its commit; the chunk stays queued, and runs again on resume or at the next start."""
 
     stale_after_s = math.inf  # its queue never loses a chunk while the process lives
 
@@ -85,6 +92,9 @@ class InProcessDispatcher:
         self.embedder = embedder
         self._queue: queue.Queue[tuple[str, int] | None] = queue.Queue()
         self._stop = threading.Event()
+        self._running: tuple[str, Token] | None = None  # the job of the chunk running now, and its token
+        self._running_lock = threading.Lock()
+        self.stopped = 0  # chunks stopped part-way (cancelled job, shutdown)
         self._thread = threading.Thread(target=self._loop, name="lodestar-jobs", daemon=True)
         self._thread.start()
 
@@ -97,17 +107,38 @@ class InProcessDispatcher:
             if self._stop.is_set():  # closing: what is still queued stays 'queued', pending at the next start
                 break
             job_id, idx = item
+            token = Token()
+            with self._running_lock:
+                self._running = (job_id, token)
+            if self._stop.is_set():  # close() came between the two checks: it saw no token to cancel
+                token.cancel("the server is shutting down")
             try:
-                run_chunk(self.manager, self.embedder, job_id, idx, IN_PROCESS)
+                with running(token):
+                    run_chunk(self.manager, self.embedder, job_id, idx, IN_PROCESS)
+            except (Cancelled, DeadlineExceeded) as exc:
+                self.stopped += 1
+                log.info("job %s chunk %d stopped before its commit: %s", job_id, idx, exc)
             except Exception as exc:
                 try:
                     self.manager.chunk_failed(job_id, idx, exc, IN_PROCESS)
                 except Exception:  # the thread must outlive one bad chunk: the others still need it
                     log.exception("job %s chunk %d: recording its failure failed", job_id, idx)
+            finally:
+                with self._running_lock:
+                    self._running = None
+
+    def _cancel_running(self, job_id: str | None, reason: str) -> None:
+        with self._running_lock:
+            if self._running is not None and job_id in (None, self._running[0]):
+                self._running[1].cancel(reason)
+
+    def stop(self, job_id: str) -> None:
+        self._cancel_running(job_id, f"job {job_id} was cancelled")
 
     def close(self) -> None:
-        """Stop after the chunk now running (not after the whole queue), before the store closes."""
+        """Stop the chunk now running at its next boundary (not after the whole queue), before the store closes."""
         self._stop.set()
+        self._cancel_running(None, "the server is shutting down")
         self._queue.put(None)
         self._thread.join(timeout=30)
 
@@ -240,7 +271,9 @@ class JobManager:
         return self.store.errors(job_id, limit)
 
     def cancel(self, job_id: str) -> JobInfo:
-        return self.store.cancel(job_id)
+        info = self.store.cancel(job_id)
+        self.dispatcher.stop(job_id)  # after the store says cancelled: a chunk starting now is skipped
+        return info
 
     def resume(self, job_id: str) -> JobInfo:
         job = self.store.get(job_id)

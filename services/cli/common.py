@@ -104,6 +104,20 @@ def local_engine(args: argparse.Namespace) -> Any:
     return Runtime(settings(model=getattr(args, "model", None)), [])._build_engine(None)
 
 
+def eval_engine(args: argparse.Namespace) -> tuple[Any, str]:
+    """(embedder, dense kind) of an evaluation: `--dense`, or none when every retriever is bm25. Without
+    a dense side (and a BM25 sparse one) the embedder is the model's tokenizer alone (chunking by tokens,
+    as a served collection does): no weights loaded, no forward."""
+    from lodestar.backbone import BackboneConfig
+    from lodestar.retrieve.eval.lexical import TokenizerOnly
+
+    dense = args.dense or ("none" if set(args.retriever.split(",")) <= {"bm25"} else "model")
+    if dense != "none" or args.sparse == "learned":
+        return local_engine(args), dense
+    s = settings(model=getattr(args, "model", None))
+    return TokenizerOnly(BackboneConfig(model=s.model, cache_dir=s.cache_dir)), dense
+
+
 def embed_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "mode": args.mode or "",

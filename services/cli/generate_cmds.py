@@ -350,8 +350,10 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     a.add_argument(
         "--threshold", type=float, help="selective: skip below this best sentence score (default: calibrated)"
     )
-    a.add_argument("--fusion", help="hybrid: weighted (default, alpha 0.15) | rrf")
-    a.add_argument("--alpha", type=float, help="weighted fusion: weight of dense (0..1)")
+    a.add_argument(
+        "--fusion", help="hybrid: auto (default: the collection's calibrated choice) | rrf | weighted | dbsf"
+    )
+    a.add_argument("--alpha", type=float, help="weighted or dbsf fusion: weight of dense (0..1; weighted default 0.15)")
     a.add_argument("--rrf-k", type=int, help="rrf fusion: the k in 1 / (k + rank) (default 60)")
     a.add_argument(
         "--feedback",

@@ -10,7 +10,12 @@ from typing import Any
 
 from lodestar.errors import LodestarError
 from lodestar.services.cli.bench_retrieve_cmds import add_backend_args, milvus_args
-from lodestar.services.cli.common import connect, local_engine, plain, print_obj
+from lodestar.services.cli.common import (
+    connect,
+    eval_engine,
+    plain,
+    print_obj,
+)
 
 
 def cmd_collection(args: argparse.Namespace) -> int:
@@ -21,6 +26,7 @@ def cmd_collection(args: argparse.Namespace) -> int:
                 "mode": args.mode or "",
                 "index": args.index or "",
                 "sparse": args.sparse or "",
+                "dense": args.dense or "",
                 "metric": args.metric or "",
                 "dimensions": args.dimensions,
                 "adapter": args.adapter or "",
@@ -212,9 +218,10 @@ def cmd_eval_beir(args: argparse.Namespace) -> int:
     from lodestar.retrieve.eval.beir import eval_beir
     from lodestar.retrieve.types import CollectionConfig
 
-    engine = local_engine(args)
+    engine, dense = eval_engine(args)
     config = CollectionConfig(
         name="eval",
+        dense=dense,
         mode=args.mode or "mean",
         adapter=args.adapter or "",
         index=args.index or "Flat",
@@ -265,6 +272,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
         help="where the collection lives: faiss (in the server, default) | milvus (the server's LODESTAR_MILVUS_URI)",
     )
     cc.add_argument("--sparse", help="none | bm25 | learned (default bm25)")
+    cc.add_argument("--dense", help="model | none (none: sparse only, no model forward; default model)")
     cc.add_argument("--sparse-mode", help="learned: mode whose span the SPLADE weights pool (default echo)")
     cc.add_argument("--sparse-adapter", help="learned: adapter from `lodestar train sparse`")
     cc.add_argument("--sparse-top-k", type=int, help="learned: weights per chunk (default 256)")
@@ -305,7 +313,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     se.add_argument("--collection", "-c", required=True)
     se.add_argument("-k", type=int, default=10)
     se.add_argument("--retriever", default="dense", help="dense | sparse | hybrid")
-    se.add_argument("--fusion", default="rrf", help="rrf | weighted")
+    se.add_argument("--fusion", default="", help="auto (default: the collection's own choice) | rrf | weighted | dbsf")
     se.add_argument("--alpha", type=float, help="weighted fusion: weight of dense (0..1)")
     se.add_argument("--rrf-k", type=int, help="rrf fusion: the k in 1 / (k + rank) (default 60)")
     se.add_argument("--filter", action="append", help="FIELD=VALUE, FIELD>=N, FIELD in [..]; repeatable (AND)")
@@ -356,7 +364,8 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     bq.add_argument("--mode")
     bq.add_argument("--adapter")
     bq.add_argument("--index", help="FAISS factory string (default Flat)")
-    bq.add_argument("--fusion", default="rrf", help="rrf | weighted, or both comma-separated (hybrid only)")
+    bq.add_argument("--fusion", default="auto", help="auto | rrf | weighted | dbsf, or several comma-separated")
+    bq.add_argument("--dense", help="model | none (default: none when every retriever is bm25: no model loaded)")
     bq.add_argument(
         "--alpha", default="0.5", help="weighted fusion: alpha * dense + (1 - alpha) * sparse; several comma-separated"
     )

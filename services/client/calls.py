@@ -131,9 +131,10 @@ class Calls:
     def create_collection(self, name: str, **config: Any) -> CollectionInfo:
         """Config keys: mode, query_prompt, query_instruction, doc_prompt, doc_instruction, adapter,
         dimensions, metric (cosine|ip|l2), index (FAISS factory string), shards (1..64: dense index
-        shards searched in parallel), sparse (none|bm25|learned), chunk_tokens, chunk_overlap; for
-        learned sparse also sparse_mode, sparse_adapter, sparse_top_k, query_top_k, query_idf; backend
-        (faiss|milvus: milvus needs the server's LODESTAR_MILVUS_URI)."""
+        shards searched in parallel), sparse (none|bm25|learned), dense (model|none: none keeps no
+        vectors and runs no model forward), chunk_tokens, chunk_overlap; for learned sparse also
+        sparse_mode, sparse_adapter, sparse_top_k, query_top_k, query_idf; backend (faiss|milvus:
+        milvus needs the server's LODESTAR_MILVUS_URI)."""
         req = rpb.CreateCollectionRequest(config=retrieve.config(name, **config))
         return self._run(Unary(("retrieve", "CreateCollection"), req, retrieve.collection_info, self.timeout))
 
@@ -198,8 +199,9 @@ class Calls:
         timeout: float | None = None,
     ) -> list[list[rt.Hit]]:
         """Search one query (str) or a batch: one hit list per query. Unset options take the server's
-        defaults (k 10, retriever dense, fusion rrf). retriever: dense | sparse | hybrid; fusion: rrf |
-        weighted (alpha * dense + (1 - alpha) * sparse); filters: (field, op, value) with op in eq ne in
+        defaults (k 10, retriever dense, fusion auto). retriever: dense | sparse | hybrid; fusion: auto
+        (the collection's calibrated choice, `stats(name).calibration`) | rrf | weighted (alpha * dense +
+        (1 - alpha) * sparse, min-max scaled) | dbsf (the same weights over mean +- 3 std scaling); filters: (field, op, value) with op in eq ne in
         nin gt gte lt lte, AND-ed and applied before ranking. Learned sparse: feedback_chunks adds the mean
         of the first ranking's top chunks to each query (pseudo-relevance feedback), length_norm is BM25's
         b for chunk length (0..1)."""
@@ -244,6 +246,13 @@ class Calls:
         return self._run(
             Unary(("retrieve", "Rebuild"), rpb.RebuildRequest(collection=collection), retrieve.collection_info, None)
         )
+
+    def calibrate(self, collection: str, seed: int | None = None) -> CollectionInfo:
+        """Choose the collection's hybrid fusion now (what `fusion="auto"` uses) from pseudo-queries drawn
+        from its own chunks; the stats' `calibration` holds the choice and its evidence (no time limit:
+        it embeds a few hundred texts)."""
+        req = rpb.CalibrateRequest(collection=collection, seed=seed)
+        return self._run(Unary(("retrieve", "Calibrate"), req, retrieve.collection_info, None))
 
     def stats(self, collection: str) -> CollectionInfo:
         return self._run(
@@ -310,7 +319,7 @@ class Calls:
     ) -> Iterator[AnswerContext | Chunk]:
         """Retrieve -> compress -> generate; the first item is the AnswerContext, then text Chunks.
         Retrieval options as in search (Answer's defaults: k 5, hybrid where the collection has a sparse
-        side, weighted fusion with alpha 0.15); compression: extractive | abstractive | none; threshold is
+        side (sparse for a collection without a dense side), fusion auto); compression: extractive | abstractive | none; threshold is
         the selective cut (default: the compressor's calibrated one)."""
         search = retrieve.search_options(
             k=k,

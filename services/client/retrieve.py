@@ -27,11 +27,16 @@ def config(name: str, **options: Any) -> rpb.CollectionConfig:
     metric = name_to_enum(rpb.Metric, options.pop("metric", ""), "metric")
     sparse = name_to_enum(rpb.SparseKind, options.pop("sparse", ""), "sparse kind")
     backend = name_to_enum(rpb.Backend, options.pop("backend", ""), "backend")
-    return rpb.CollectionConfig(name=name, metric_kind=metric, sparse_kind=sparse, backend=backend, **options)
+    dense = name_to_enum(rpb.DenseKind, options.pop("dense", ""), "dense kind")
+    return rpb.CollectionConfig(
+        name=name, metric_kind=metric, sparse_kind=sparse, backend=backend, dense_kind=dense, **options
+    )
 
 
 def config_from_pb(c: rpb.CollectionConfig) -> rt.CollectionConfig:
-    fields = {f: getattr(c, f) for f in _CONFIG_FIELDS}
+    fields = {f: getattr(c, f) for f in _CONFIG_FIELDS - {"dense"}}
+    if c.dense_kind:
+        fields["dense"] = rpb.DenseKind.Name(c.dense_kind).removeprefix("DENSE_KIND_").lower()
     if c.metric_kind:
         fields["metric"] = rpb.Metric.Name(c.metric_kind).removeprefix("METRIC_").lower()
     if c.sparse_kind:
@@ -54,6 +59,8 @@ def collection_info(s: rpb.CollectionStats) -> CollectionInfo:
         status=s.status,
         note=s.note,
         config=config_from_pb(s.config) if s.HasField("config") else None,
+        dense=rpb.DenseKind.Name(s.dense_kind).removeprefix("DENSE_KIND_").lower() if s.dense_kind else "model",
+        calibration=json.loads(s.calibration_json) if s.calibration_json else None,
     )
 
 

@@ -53,14 +53,20 @@ class ObserveInterceptor(grpc.aio.ServerInterceptor):
         assert handler.stream_stream is not None  # a handler carries exactly one of the four
         return grpc.stream_stream_rpc_method_handler(self._stream(handler.stream_stream, info), **kw)
 
-    def _begin(self, info: RequestInfo, context: grpc.aio.ServicerContext) -> float:
+    def _begin(self, info: RequestInfo, context: grpc.aio.ServicerContext) -> tuple[float, str]:
+        """The call's start time and its peer. The peer is read here, while the call is alive: the
+        C core's peer string belongs to the transport, and reading it after a cancel is a
+        use-after-free (grpc/grpc#29069) that crashed a server whose streaming client had left."""
         enter(info)
         context.set_trailing_metadata(((REQUEST_ID_HEADER, info.request_id),))
         if self.metrics is not None:
             self.metrics.begin(info.method)
-        return time.perf_counter()
+        return time.perf_counter(), context.peer() if self.access_log else ""
 
-    def _end(self, info: RequestInfo, context: grpc.aio.ServicerContext, start: float, code: str | None) -> None:
+    def _end(
+        self, info: RequestInfo, context: grpc.aio.ServicerContext, begun: tuple[float, str], code: str | None
+    ) -> None:
+        start, peer = begun
         seconds = time.perf_counter() - start
         if code is None:  # returned or aborted: the status the context holds
             status = context.code()
@@ -68,7 +74,6 @@ class ObserveInterceptor(grpc.aio.ServerInterceptor):
         if self.metrics is not None:
             self.metrics.end(info.method, code, seconds)
         if self.access_log:
-            peer = context.peer()
             access_log.info(
                 "%s %s %.1fms peer=%s token=%s",
                 info.method,
@@ -89,7 +94,7 @@ class ObserveInterceptor(grpc.aio.ServerInterceptor):
 
     def _unary(self, fn: Callable, info: RequestInfo) -> Callable:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            start = self._begin(info, context)
+            begun = self._begin(info, context)
             code: str | None = None
             try:
                 return await fn(request, context)
@@ -102,13 +107,13 @@ class ObserveInterceptor(grpc.aio.ServerInterceptor):
                 code = "UNKNOWN"
                 raise
             finally:
-                self._end(info, context, start, code)
+                self._end(info, context, begun, code)
 
         return call
 
     def _stream(self, fn: Callable, info: RequestInfo) -> Callable:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            start = self._begin(info, context)
+            begun = self._begin(info, context)
             code: str | None = None
             try:
                 result = fn(request, context)
@@ -126,6 +131,6 @@ class ObserveInterceptor(grpc.aio.ServerInterceptor):
                 code = "UNKNOWN"
                 raise
             finally:
-                self._end(info, context, start, code)
+                self._end(info, context, begun, code)
 
         return call

@@ -150,6 +150,18 @@ def test_two_workers_with_bad_lines(client: Client, workers: Any, redis: RedisPr
     assert_exact(client, name, [f"a{i}" for i in range(60)])
 
 
+def test_a_celery_worker_fills_a_sparse_only_collection(client: Client, workers: Any) -> None:
+    """dense='none' travels with the collection's config to the worker, which chunks and sends no vectors."""
+    workers("w3").wait_ready()
+    client.create_collection("jobs_lex", dense="none", chunk_tokens=0)
+    job = client.submit_job("jobs_lex", numbered(corpus(20, "l")), source="test")
+    done = wait_for(client, job.id, lambda j: j.state == "done")
+    assert done.written == 20 and job.mode == "celery"
+    assert_exact(client, "jobs_lex", [f"l{i}" for i in range(20)])
+    assert client.stats("jobs_lex").index_vectors == 0
+    assert client.search("jobs_lex", "document 7", retriever="sparse", k=1)[0][0].id == "l7"
+
+
 def test_sigkill_a_worker_and_restart_redis_mid_job(client: Client, workers: Any, redis: RedisProcess) -> None:
     w3, w4 = workers("w3"), workers("w4")
     w3.wait_ready()

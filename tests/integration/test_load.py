@@ -172,6 +172,27 @@ def test_work_past_the_budget_is_refused_at_once_with_a_retry_hint(tiny_server: 
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "deadline" in msg
 
 
+def test_tokens_past_the_budget_are_refused_at_once_with_a_retry_hint(tiny_server: Any) -> None:
+    """max_queued_tokens: the same refusal as for texts, counted in (estimated) tokens: 8 texts of
+    400 bytes are ~808 tokens, over a 1,000-token budget that already holds 500."""
+    srv = tiny_server(max_queued_tokens=1000)
+    channel, retrieve, embed = _stubs(srv.address)
+    text = "word " * 80  # 400 bytes: 101 tokens by the estimate
+    with channel:
+        _collection(retrieve, "c")
+        assert embed.Embed(epb.EmbedRequest(texts=[text] * 8)).embeddings.shape[0] == 8  # fits when idle
+        with srv.runtime.budgets["tokens"].admit(500, None):  # as if other callers held 500 tokens
+            code, msg, trailers = _status(lambda: embed.Embed(epb.EmbedRequest(texts=[text] * 8)))
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_queued_tokens=1000" in msg
+            assert int(trailers["retry-after-ms"]) > 0 and "grpc-retry-pushback-ms" in trailers
+            code, msg, _ = _status(lambda: retrieve.Search(rpb.SearchRequest(collection="c", queries=[text] * 8)))
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_queued_tokens=1000" in msg
+            assert srv.runtime.budgets["texts"].in_flight == 0  # the texts a refusal held are given back
+            assert embed.Embed(epb.EmbedRequest(texts=[text] * 4)).embeddings.shape[0] == 4  # what fits runs
+        code, msg, _ = _status(lambda: embed.Embed(epb.EmbedRequest(texts=[text] * 10)))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "max_queued_tokens=1000" in msg  # never fits
+
+
 def test_sigterm_under_load_exits_zero(tmp_path: Path, tiny_backbone: Backbone) -> None:
     """8 clients embedding and a 1,024-query Search grinding when SIGTERM lands: exit code 0 (it
     aborted with SIGABRT, or stayed alive computing), after the grace period and the close."""

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ import pytest
 from lodestar.backbone import Backbone
 from lodestar.retrieve.v1 import retrieve_pb2 as rpb
 from lodestar.services.client import Client, ClientError
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 pytestmark = pytest.mark.slow
 
@@ -70,6 +73,43 @@ def test_dense_sparse_hybrid_search(client: Client, collection: str) -> None:
         )[0]
         assert hybrid[0].id == "stocks"
         assert hybrid[0].dense_score is not None and hybrid[0].sparse_score is not None
+
+
+def test_auto_fusion_is_calibrated_in_the_background_and_shown_in_stats(client: Client) -> None:
+    """The real model: 64 SQuAD paragraphs reach the calibration mark; the server chooses the fusion
+    from pseudo-queries in the background and Stats carries the choice and its evidence."""
+    corpus = [json.loads(line) for line in (FIXTURES / "squad_beir" / "corpus.jsonl").read_text().splitlines()][:64]
+    client.create_collection("calibrated", mode="mean", chunk_tokens=0)
+    try:
+        client.upsert("calibrated", [{"id": d["_id"], "text": f"{d['title']}. {d['text']}"} for d in corpus])
+        deadline = time.monotonic() + 300
+        while (client.stats("calibrated").calibration or {}).get("fallback", True) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        record = client.stats("calibrated").calibration
+        assert record is not None and not record["fallback"] and record["chunks"] == 64, record
+        assert record["choice"]["fusion"] in ("weighted", "dbsf", "rrf") and record["pseudo_queries"] >= 16
+        assert {"removed", "kept", "worst_lower_bound"} <= set(record["chosen"]) and record["refresh_at_chunks"] == 128
+        again = client.calibrate("calibrated", seed=0).calibration  # the same seed: the same choice
+        assert again is not None and again["choice"] == record["choice"] and again["scores"] == record["scores"]
+        for fusion in ("", "auto", "dbsf"):
+            hits = client.search("calibrated", "Who led the Norse raiders?", retriever="hybrid", fusion=fusion, k=3)[0]
+            assert hits[0].id.startswith("0_")  # a Normans paragraph
+    finally:
+        client.drop_collection("calibrated")
+
+
+def test_sparse_only_collection_over_grpc(client: Client) -> None:
+    stats = client.create_collection("lexical", dense="none")
+    assert stats.dense == "none" and stats.config is not None and stats.config.dense == "none"
+    try:
+        client.upsert("lexical", CORPUS)
+        assert client.search("lexical", "bond yields", retriever="sparse", k=1)[0][0].id == "bonds"
+        with pytest.raises(ClientError) as e:
+            client.search("lexical", "bond yields", k=1)
+        assert e.value.code == "INVALID_ARGUMENT" and "dense='none'" in str(e.value)
+        assert client.stats("lexical").index_vectors == 0 and client.stats("lexical").calibration is None
+    finally:
+        client.drop_collection("lexical")
 
 
 def test_batch_search_and_hit_fields(client: Client, collection: str) -> None:
@@ -236,7 +276,14 @@ def test_collection_cli(server, tmp_path: Path) -> None:  # type: ignore[no-unty
     assert "cli_col" in {c["name"] for c in json.loads(listed.stdout)}
     missing = run("collection", "stats", "nope")
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+    small = run("calibrate", "cli_col", "--json")  # 5 chunks: the stated fallback
+    assert small.returncode == 0 and json.loads(small.stdout)["fallback"] is True, small.stderr
     assert run("collection", "drop", "cli_col").returncode == 0
+    assert run("collection", "create", "cli_lex", "--dense", "none").returncode == 0
+    lex = run("calibrate", "cli_lex")
+    assert lex.returncode == 1 and "INVALID_ARGUMENT" in lex.stderr and "both sides" in lex.stderr
+    assert json.loads(run("collection", "stats", "cli_lex", "--json").stdout)["dense"] == "none"
+    assert run("collection", "drop", "cli_lex").returncode == 0
 
 
 # --- crash safety ---------------------------------------------------------------------------------

@@ -180,8 +180,9 @@ def test_compress_kwargs_both_spellings() -> None:
     "enum, names",
     [
         (rpb.Retriever, ["dense", "sparse", "hybrid"]),
-        (rpb.Fusion, ["rrf", "weighted"]),
+        (rpb.Fusion, ["rrf", "weighted", "auto", "dbsf"]),
         (rpb.SparseKind, ["none", "bm25", "learned"]),
+        (rpb.DenseKind, ["model", "none"]),
         (rpb.FilterOp, ["eq", "ne", "in", "nin", "gt", "gte", "lt", "lte"]),
         (cpb.Method, ["extractive", "abstractive"]),
         (cpb.Order, ["original", "score"]),
@@ -195,6 +196,7 @@ def test_enums_spell_the_engines_names(enum, names) -> None:  # type: ignore[no-
         "Retriever": rt.RETRIEVERS,
         "Fusion": rt.FUSIONS,
         "SparseKind": rt.SPARSE_KINDS,
+        "DenseKind": rt.DENSE_KINDS,
         "Method": METHODS,
         "Order": ORDERS,
     }

@@ -35,7 +35,9 @@ class Context:
 
 def test_client_gone_mid_stream_cancels_every_started_request() -> None:
     engine = BlockingEngine()
-    runtime = SimpleNamespace(embed_engine=lambda: engine, admit=lambda *args: nullcontext())
+    runtime = SimpleNamespace(
+        embed_engine=lambda: engine, admit=lambda *args: nullcontext(), admit_texts=lambda *args: nullcontext()
+    )
     servicer = EmbedServicer(runtime)  # type: ignore[arg-type]
 
     async def requests() -> Any:

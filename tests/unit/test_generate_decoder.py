@@ -173,20 +173,10 @@ def _tiny_windowed(tokenizer, kind: str, window: int) -> Backbone:  # type: igno
     from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     from lodestar.backbone import BackboneConfig
+    from lodestar.bench.tinymodel import tiny_shape
 
     torch.manual_seed(0)
-    common = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-        attn_implementation="sdpa",
-    )
+    common = tiny_shape(tokenizer)
     if kind == "mistral":
         model = MistralForCausalLM(MistralConfig(sliding_window=window, **common))
     else:

@@ -201,3 +201,55 @@ def test_a_commit_holds_only_the_documents_the_chunk_staged(
         assert retrieval.stats("docs").documents == 2 and jobs.get(job).state == "done"
     finally:
         jobs.close()
+
+
+@pytest.fixture
+def small_steps(tiny_backbone, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A collection over the real embedder taking 2 texts per request: a chunk embeds in many steps."""
+    from lodestar.embed.engine import EmbeddingEngine, EngineConfig
+
+    embedder = EmbeddingEngine(tiny_backbone, EngineConfig(max_texts_per_request=2, max_batch_tokens=64))
+    r = RetrievalEngine(tmp_path / "small", embedder)
+    r.create(CollectionConfig(name="docs", mode="mean", chunk_tokens=0))
+    yield r, embedder
+    r.close()
+    embedder.close()
+
+
+@pytest.mark.parametrize("how", ["cancel", "close"])
+def test_a_running_chunk_stops_at_its_next_step_and_the_job_resumes(small_steps, tmp_path: Path, how: str) -> None:  # type: ignore[no-untyped-def]
+    """CancelJob, or the server shutting down, stopped the job only after the chunk already running
+    had embedded all its documents (and, on close, waited up to 30 s for it). Now that chunk stops
+    before its next embedding step and commits nothing; resume (or the next start) runs it in full."""
+    from tinymodel import counting
+
+    retrieval, embedder = small_steps
+    config = JobsConfig(data_dir=tmp_path / "jobs", chunk_docs=40)
+    jobs = JobManager(retrieval, embedder, config)
+    job = jobs.open("docs", "mem")
+    jobs.stage(job, lines(40))
+    stop = (lambda: jobs.cancel(job)) if how == "cancel" else jobs.dispatcher.close
+    with counting(stop, cancel_at=2) as seen:  # from inside the chunk's 2nd forward (of 20)
+        jobs.seal(job)
+        jobs.dispatcher._thread.join(30) if how == "close" else wait_stopped(jobs)
+    assert seen.total == 2 and seen.after_cancel == 0  # no forward began after the stop
+    assert jobs.dispatcher.stopped == 1 and retrieval.stats("docs").documents == 0  # nothing committed
+    assert jobs.get(job).state == ("cancelled" if how == "cancel" else "running") and jobs.errors(job) == []
+    if how == "cancel":
+        jobs.resume(job)
+    else:
+        jobs.close()
+        jobs = JobManager(retrieval, embedder, config)  # the next start picks the job up
+    try:
+        wait_done(jobs, job)
+        info = jobs.get(job)
+        assert info.state == "done" and info.written == 40 and jobs.errors(job) == []
+        assert retrieval.stats("docs").documents == 40
+    finally:
+        jobs.close()
+
+
+def wait_stopped(jobs: JobManager, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not jobs.dispatcher.stopped and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.05)

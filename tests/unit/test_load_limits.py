@@ -12,7 +12,7 @@ from lodestar.cancel import Token, checkpoint, current, running
 from lodestar.errors import Cancelled, DeadlineExceeded, InvalidInput, Overloaded, shown
 from lodestar.retrieve.filters import compile_filters
 from lodestar.retrieve.types import Filter
-from lodestar.services.admission import Budget
+from lodestar.services.admission import Budget, estimate_tokens
 from lodestar.services.interceptor import MAX_MESSAGE_CHARS, cut, status_for
 
 
@@ -105,6 +105,16 @@ def test_budget_is_safe_under_threads() -> None:
     for t in threads:
         t.join()
     assert budget.in_flight == 0
+
+
+def test_token_estimate_is_cheap_bounded_and_not_below_the_tokenizer_for_english(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    assert estimate_tokens([], 512) == 0
+    assert estimate_tokens(["", "abcd"], 512) == 1 + 2  # one per text, plus bytes / 4
+    assert estimate_tokens(["x" * 100_000], 512) == 512  # a text is truncated to max_tokens (or refused)
+    assert estimate_tokens(["\u00e9" * 8], 512) == 5  # UTF-8 bytes, not characters: 16 bytes
+    english = "The quick brown fox jumps over the lazy dog near the riverbank, twice a day. " * 3
+    exact = len(tokenizer(english, add_special_tokens=False)["input_ids"])
+    assert exact <= estimate_tokens([english], 512) <= 2 * exact
 
 
 def test_shown_and_cut_bound_what_a_message_repeats() -> None:

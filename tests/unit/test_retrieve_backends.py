@@ -228,6 +228,21 @@ def test_milvus_refuses_what_it_cannot_do_naming_the_backend(engine: RetrievalEn
     assert engine.stats("m").documents == 3
 
 
+def test_milvus_runs_every_fusion_and_refuses_what_calibration_needs(engine: RetrievalEngine) -> None:
+    """Hybrid's default (auto) runs calibrate.FALLBACK on Milvus, as on an uncalibrated embedded
+    collection, and DBSF is Lodestar's own fusion there too; calibration and dense='none' keep to
+    the embedded backend and say so."""
+    f, m = both(engine, corpus(12))
+    for fusion in ("auto", "dbsf", "rrf", "weighted"):
+        assert ids(engine, f, "uniq3", retriever="hybrid", fusion=fusion, k=5) == ids(
+            engine, m, "uniq3", retriever="hybrid", fusion=fusion, k=5
+        )
+    with pytest.raises(FailedPrecondition, match="calibration is not available on backend milvus"):
+        engine.calibrate(m)
+    with pytest.raises(FailedPrecondition, match="dense='none' is not available on backend milvus"):
+        engine.create(CollectionConfig(name="lex", backend="milvus", dense="none"))
+
+
 def test_without_a_milvus_uri_the_backend_is_refused(tmp_path: Path) -> None:
     e = RetrievalEngine(tmp_path, FakeEmbedder())
     with pytest.raises(FailedPrecondition, match="LODESTAR_MILVUS_URI"):

@@ -516,7 +516,7 @@ def test_every_metric_ranks_the_match_first(engine: RetrievalEngine, metric: str
         ({"k": 0}, "k=0 is out of range: use 1..1000"),
         ({"k": 1001}, "k=1001 is out of range"),
         ({"retriever": "magic"}, "unknown retriever 'magic': valid retrievers are dense, sparse, hybrid"),
-        ({"fusion": "max"}, "unknown fusion 'max': valid fusions are rrf, weighted"),
+        ({"fusion": "max"}, "unknown fusion 'max': valid fusions are rrf, weighted, auto, dbsf"),
         ({"alpha": 1.5}, "alpha=1.5 is out of range: use 0..1"),
         ({"queries": []}, "queries is empty"),
         ({"queries": ["ok", " "]}, "query 1 is empty"),

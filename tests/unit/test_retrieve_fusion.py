@@ -1,4 +1,4 @@
-"""Hybrid fusion: reciprocal rank fusion and min-max weighting on examples worked out by hand."""
+"""Hybrid fusion: reciprocal rank fusion, min-max weighting and DBSF (plain and adaptive) on examples worked out by hand."""
 
 from __future__ import annotations
 
@@ -57,3 +57,29 @@ def test_weighted_edges() -> None:
     for alpha in (-0.1, 1.5):
         with pytest.raises(InvalidInput, match="alpha must be between 0 and 1"):
             weighted([], [], alpha=alpha)
+
+
+def test_dbsf_scales_each_list_by_its_mean_and_three_deviations() -> None:
+    from lodestar.retrieve.fusion import dbsf
+
+    dense = [("a", 0.9), ("b", 0.5), ("c", 0.1)]  # mean 0.5, std 0.327
+    sparse = [("c", 30.0), ("a", 10.0)]  # mean 20, std 10
+    fused = dict(dbsf(dense, sparse))
+    std = (((0.4**2) * 2) / 3) ** 0.5
+    a = 0.5 * (0.9 - 0.5 + 3 * std) / (6 * std) + 0.5 * (10 - 20 + 30) / 60
+    assert fused["a"] == pytest.approx(a)
+    assert fused["b"] == pytest.approx(0.5 * 0.5)  # the mean maps to 0.5; a miss on the other side is 0
+    assert [d for d, _ in dbsf(dense, sparse, alpha=1.0)][:3] == ["a", "b", "c"]  # alpha 1: dense order
+    with pytest.raises(InvalidInput, match="alpha must be between 0 and 1"):
+        dbsf(dense, sparse, alpha=1.5)
+
+
+def test_adaptive_dbsf_follows_the_side_whose_top_hit_stands_out() -> None:
+    from lodestar.retrieve.fusion import dbsf, top_distinctness
+
+    flat = [(f"d{i}", 1.0 - 0.001 * i) for i in range(20)]  # cannot tell its best from the rest
+    sharp = [("x", 10.0)] + [(f"d{i}", 1.0) for i in range(19, 0, -1)]  # one clear winner
+    assert top_distinctness(sharp) > 3 > top_distinctness(flat)
+    assert top_distinctness([("only", 1.0)]) == 0.0
+    assert dbsf(flat, sharp, adaptive=True)[0][0] == "x"
+    assert dbsf(sharp, flat, adaptive=True)[0][0] == "x"  # either side
