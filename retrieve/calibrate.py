@@ -37,8 +37,9 @@ import math
 import re
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -98,6 +99,38 @@ def fuse(
     if fusion == "dbsf":
         return dbsf(dense, sparse, alpha=alpha, adaptive=adaptive)
     return weighted(dense, sparse, alpha=alpha)
+
+
+class DocRanked(Protocol):
+    """One document in a ranking (search.Ranked, the Milvus backend's Scored): a dataclass."""
+
+    @property
+    def doc_id(self) -> str: ...
+    @property
+    def score(self) -> float: ...
+
+
+R = TypeVar("R", bound=DocRanked)
+
+
+def fuse_hybrid(dense: list[R], sparse: list[R], fusion: str, alpha: float, adaptive: bool, rrf_k: int) -> list[R]:
+    """Hybrid: fuse two document rankings by name; each fused entry is the document's dense entry (else
+    its sparse one: the reported chunk is the dense one when present) with the fused score and each
+    side's own score (None where that side did not rank it)."""
+    d = {r.doc_id: r for r in dense}
+    s = {r.doc_id: r for r in sparse}
+    fused = fuse(
+        [(r.doc_id, r.score) for r in dense], [(r.doc_id, r.score) for r in sparse], fusion, alpha, adaptive, rrf_k
+    )
+    return [
+        replace(  # type: ignore[type-var]  # R is a dataclass (both callers' types are)
+            d.get(doc_id) or s[doc_id],
+            score=float(score),
+            dense=d[doc_id].score if doc_id in d else None,
+            sparse=s[doc_id].score if doc_id in s else None,
+        )
+        for doc_id, score in fused
+    ]
 
 
 def resolve(request: SearchRequest, calibration: dict[str, Any] | None) -> tuple[str, float, bool]:

@@ -16,7 +16,7 @@ import numpy as np
 from lodestar.cancel import checkpoint
 from lodestar.embedding import Embedder
 from lodestar.errors import InvalidInput
-from lodestar.retrieve.calibrate import fuse, resolve
+from lodestar.retrieve.calibrate import fuse_hybrid, resolve
 from lodestar.retrieve.catalog import Catalog
 from lodestar.retrieve.collection import Collection
 from lodestar.retrieve.faiss_runtime import search_threads
@@ -99,7 +99,7 @@ class Searcher:
             else:
                 assert dense is not None and sparse is not None
                 fusion = resolve(request, c.calibration)  # auto: the collection's calibrated choice
-                ranked = [self._fuse(d, s, request, *fusion)[:k] for d, s in zip(dense, sparse)]
+                ranked = [fuse_hybrid(d, s, *fusion, request.rrf_k)[:k] for d, s in zip(dense, sparse)]
             return self._hits(c, ranked, request.include_text)
 
     def _dense_fn(
@@ -186,35 +186,6 @@ class Searcher:
             if not short or n >= available:
                 return [row[:depth] for row in out]
             n = min(available, n * CANDIDATE_FACTOR)
-
-    def _fuse(
-        self,
-        dense: list[Ranked],
-        sparse: list[Ranked],
-        request: SearchRequest,
-        fusion: str,
-        alpha: float,
-        adaptive: bool,
-    ) -> list[Ranked]:
-        """Hybrid: fuse the two document rankings; the reported chunk is the dense one when present."""
-        d = {r.doc_id: r for r in dense}
-        s = {r.doc_id: r for r in sparse}
-        dl = [(r.doc_id, r.score) for r in dense]
-        sl = [(r.doc_id, r.score) for r in sparse]
-        fused = fuse(dl, sl, fusion, alpha, adaptive, request.rrf_k)
-        out = []
-        for doc_id, score in fused:
-            best = d.get(doc_id) or s[doc_id]
-            out.append(
-                Ranked(
-                    doc_id,
-                    float(score),
-                    best.ref,
-                    dense=d[doc_id].score if doc_id in d else None,
-                    sparse=s[doc_id].score if doc_id in s else None,
-                )
-            )
-        return out
 
     def _hits(self, c: Collection, ranked: list[list[Ranked]], include_text: bool) -> list[list[Hit]]:
         """Hits with each document's stored text and metadata (a document deleted meanwhile is left out)."""

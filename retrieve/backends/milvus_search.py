@@ -19,8 +19,7 @@ from lodestar.errors import FailedPrecondition
 from lodestar.retrieve.backends.milvus_filters import id_list, milvus_expression
 from lodestar.retrieve.backends.milvus_schema import bm25_text, dense_index
 from lodestar.retrieve.backends.milvus_store import MAX_TOPK, QUERY_LIMIT, Milvus, Record
-from lodestar.retrieve.calibrate import fuse as fuse_by_name
-from lodestar.retrieve.calibrate import resolve
+from lodestar.retrieve.calibrate import fuse_hybrid, resolve
 from lodestar.retrieve.filters import MAX_FILTERS
 from lodestar.retrieve.prepare import embed_sparse, embed_texts
 from lodestar.retrieve.search import CANDIDATE_FACTOR, HYBRID_DEPTH, MAX_QUERIES, validate_search
@@ -80,7 +79,7 @@ class MilvusSearch:
         if request.retriever in ("sparse", "hybrid"):
             sparse = self._rank(self._sparse(record, queries, expr), len(queries), depth)
         if dense is not None and sparse is not None:
-            ranked = [fuse_hybrid(d, s, request)[:k] for d, s in zip(dense, sparse)]
+            ranked = [fuse_rankings(d, s, request)[:k] for d, s in zip(dense, sparse)]
         elif dense is not None:
             ranked = [[_as(r, dense=r.score) for r in row[:k]] for row in dense]
         else:
@@ -210,28 +209,8 @@ def _as(r: Scored, dense: float | None = None, sparse: float | None = None) -> S
     return Scored(r.doc_id, r.score, r.chunk, r.start, r.end, dense=dense, sparse=sparse)
 
 
-def fuse_hybrid(dense: list[Scored], sparse: list[Scored], request: SearchRequest) -> list[Scored]:
-    """Hybrid: Lodestar's fusion of the two document rankings; the reported chunk is the dense one when present."""
-    d = {r.doc_id: r for r in dense}
-    s = {r.doc_id: r for r in sparse}
-    dl = [(r.doc_id, r.score) for r in dense]
-    sl = [(r.doc_id, r.score) for r in sparse]
-    # auto: Milvus collections are not calibrated (the pseudo-queries re-index chunks, which only the
-    # embedded backend does), so auto runs calibrate.FALLBACK, as an embedded collection too small to calibrate
-    fusion, alpha, adaptive = resolve(request, None)
-    fused = fuse_by_name(dl, sl, fusion, alpha, adaptive, request.rrf_k)
-    out = []
-    for doc_id, score in fused:
-        best = d.get(doc_id) or s[doc_id]
-        out.append(
-            Scored(
-                doc_id,
-                float(score),
-                best.chunk,
-                best.start,
-                best.end,
-                dense=d[doc_id].score if doc_id in d else None,
-                sparse=s[doc_id].score if doc_id in s else None,
-            )
-        )
-    return out
+def fuse_rankings(dense: list[Scored], sparse: list[Scored], request: SearchRequest) -> list[Scored]:
+    """Hybrid: Lodestar's fusion of the two document rankings (calibrate.fuse_hybrid). auto: Milvus
+    collections are not calibrated (the pseudo-queries re-index chunks, which only the embedded backend
+    does), so auto runs calibrate.FALLBACK, as an embedded collection too small to calibrate."""
+    return fuse_hybrid(dense, sparse, *resolve(request, None), request.rrf_k)
