@@ -208,9 +208,11 @@ class RetrievalEngine:
             )
         return self.calibrator.calibrate(self.catalog.get(name), seed)
 
-    def _written(self, name: str) -> None:
-        """After a write: an embedded collection may be due for recalibration (Milvus ones are not calibrated)."""
-        if self.backend(name) is self.faiss:
+    def _written(self, backend: Backend, name: str) -> None:
+        """After a write through `backend`: an embedded collection may be due for recalibration (Milvus
+        ones are not calibrated). Takes the backend the write used: looking it up again costs a Milvus
+        round trip for a Milvus collection."""
+        if backend is self.faiss:
             self.calibrator.after_write(self.catalog.get(name))
 
     def close(self) -> None:
@@ -225,8 +227,9 @@ class RetrievalEngine:
 
     def upsert(self, name: str, docs: builtins.list[Document]) -> tuple[int, int]:
         """Insert or replace documents; returns (documents, chunks) written. Durable on return."""
-        written = self.backend(name).upsert(name, docs)
-        self._written(name)
+        backend = self.backend(name)
+        written = backend.upsert(name, docs)
+        self._written(backend, name)
         return written
 
     def target(self, name: str) -> tuple[CollectionConfig, int, str]:
@@ -235,8 +238,9 @@ class RetrievalEngine:
 
     def upsert_prepared(self, name: str, prepared: Prepared, model: str = "") -> tuple[int, int]:
         """Write documents a worker chunked and embedded, checked first (see Writer.upsert_prepared)."""
-        written = self.backend(name).upsert_prepared(name, prepared, model)
-        self._written(name)
+        backend = self.backend(name)
+        written = backend.upsert_prepared(name, prepared, model)
+        self._written(backend, name)
         return written
 
     def delete(self, name: str, ids: builtins.list[str]) -> int:
