@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -191,27 +191,10 @@ class Searcher:
         """Hits with each document's stored text and metadata (a document deleted meanwhile is left out)."""
         assert c.store is not None
         rows = c.store.doc_rows(sorted({r.doc_id for row in ranked for r in row}))
-        out: list[list[Hit]] = []
-        for row in ranked:
-            hits = []
-            for r in row:
-                if r.doc_id not in rows:
-                    continue
-                text, metadata = rows[r.doc_id]
-                hits.append(
-                    Hit(
-                        id=r.doc_id,
-                        score=r.score,
-                        text=text if include_text else "",
-                        metadata=metadata,
-                        chunk=r.ref.idx,
-                        chunk_text=text[r.ref.start : r.ref.end] if include_text else "",
-                        dense_score=r.dense,
-                        sparse_score=r.sparse,
-                    )
-                )
-            out.append(hits)
-        return out
+        return [
+            [hit(r, r.ref.idx, r.ref.start, r.ref.end, *rows[r.doc_id], include_text) for r in row if r.doc_id in rows]
+            for row in ranked
+        ]
 
     def _embed(self, c: Collection, texts: list[str], query: bool) -> np.ndarray:
         """(N, D) float32 vectors of `texts` with the collection's doc or query options."""
@@ -223,6 +206,34 @@ class Searcher:
         assert c.config is not None
         validate_search(c.name, c.config, request, self.max_k, self.max_queries)
         return compile_filters(list(request.filters or ()), self.max_filters)
+
+
+class Fused(Protocol):
+    """A document in a (fused) ranking, any backend's: search.Ranked, the Milvus backend's Scored."""
+
+    @property
+    def doc_id(self) -> str: ...
+    @property
+    def score(self) -> float: ...
+    @property
+    def dense(self) -> float | None: ...
+    @property
+    def sparse(self) -> float | None: ...
+
+
+def hit(r: Fused, chunk: int, start: int, end: int, text: str, metadata: dict[str, Any], include_text: bool) -> Hit:
+    """The hit for ranked document `r` (any backend's: doc_id, score, dense, sparse) whose best chunk is
+    text[start:end]; text only when asked for."""
+    return Hit(
+        id=r.doc_id,
+        score=r.score,
+        text=text if include_text else "",
+        metadata=metadata,
+        chunk=chunk,
+        chunk_text=text[start:end] if include_text else "",
+        dense_score=r.dense,
+        sparse_score=r.sparse,
+    )
 
 
 def validate_search(

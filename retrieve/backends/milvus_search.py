@@ -22,7 +22,7 @@ from lodestar.retrieve.backends.milvus_store import MAX_TOPK, QUERY_LIMIT, Milvu
 from lodestar.retrieve.calibrate import fuse_hybrid, resolve
 from lodestar.retrieve.filters import MAX_FILTERS
 from lodestar.retrieve.prepare import embed_sparse, embed_texts
-from lodestar.retrieve.search import CANDIDATE_FACTOR, HYBRID_DEPTH, MAX_QUERIES, validate_search
+from lodestar.retrieve.search import CANDIDATE_FACTOR, HYBRID_DEPTH, MAX_QUERIES, hit, validate_search
 from lodestar.retrieve.types import Document, Hit, SearchRequest
 
 CHUNK_FIELDS = ["doc_id", "chunk", "start", "end"]
@@ -161,27 +161,14 @@ class MilvusSearch:
     def _hits(self, record: Record, ranked: list[list[Scored]], include_text: bool) -> list[list[Hit]]:
         """Hits with each document's text and metadata (a document deleted meanwhile is left out)."""
         docs = read_documents(self.milvus, record, sorted({r.doc_id for row in ranked for r in row}))
-        out = []
-        for row in ranked:
-            hits = []
-            for r in row:
-                if r.doc_id not in docs:
-                    continue
-                text, metadata = docs[r.doc_id].text, docs[r.doc_id].metadata
-                hits.append(
-                    Hit(
-                        id=r.doc_id,
-                        score=r.score,
-                        text=text if include_text else "",
-                        metadata=metadata,
-                        chunk=r.chunk,
-                        chunk_text=text[r.start : r.end] if include_text else "",
-                        dense_score=r.dense,
-                        sparse_score=r.sparse,
-                    )
-                )
-            out.append(hits)
-        return out
+        return [
+            [
+                hit(r, r.chunk, r.start, r.end, docs[r.doc_id].text, docs[r.doc_id].metadata, include_text)
+                for r in row
+                if r.doc_id in docs
+            ]
+            for row in ranked
+        ]
 
 
 def read_documents(milvus: Milvus, record: Record, ids: list[str], fields: tuple[str, ...] = ()) -> dict[str, Document]:
