@@ -34,6 +34,12 @@ class Budget:
         self.refused = 0
         self._lock = threading.Lock()
 
+    def seed(self, per_unit: float) -> None:
+        """A first estimate of seconds per unit (the warm-up forward), until finished requests measure it."""
+        with self._lock:
+            if self.per_unit is None and per_unit > 0:
+                self.per_unit = per_unit
+
     def wait_s(self) -> float:
         """Estimated seconds before a request arriving now would start."""
         return self.in_flight * (self.per_unit or 0.0)
@@ -59,13 +65,14 @@ class Budget:
                     retry_after_ms=retry,
                 )
             wait = self.wait_s()
-            if time_remaining is not None and self.per_unit is not None and wait > time_remaining:
+            done = wait + n * (self.per_unit or 0.0)  # the queue ahead, then this request's own work
+            if time_remaining is not None and self.per_unit is not None and done > time_remaining:
                 self.refused += 1
                 retry = self._retry_ms(self.in_flight)
                 raise Overloaded(
-                    f"the work queued ahead ({self.in_flight} {self.unit}, about {wait:.1f} s) would outlast this "
-                    f"request's deadline ({max(time_remaining, 0):.1f} s left); retry after about {retry} ms or with a "
-                    "longer deadline",
+                    f"the work queued ahead ({self.in_flight} {self.unit}, about {wait:.1f} s) and this request's "
+                    f"own (about {done - wait:.1f} s) would outlast its deadline ({max(time_remaining, 0):.1f} s "
+                    f"left); retry after about {retry} ms or with a longer deadline",
                     retry_after_ms=retry,
                 )
             ahead = self.in_flight

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -20,6 +19,7 @@ from lodestar.services.retrieve import search_kwargs
 from lodestar.services.runtime import Runtime
 from lodestar.services.streaming import iterate_in_thread
 from lodestar.services.wire import chosen, set_fields, to_json
+from lodestar.services.work import work_pool
 
 _DECODING_OPTIONAL = ("max_new_tokens", "temperature", "top_p", "seed", "speculative", "self_draft_layers")
 _ANSWER_OPTIONAL = ("budget_tokens", "threshold")
@@ -120,8 +120,8 @@ class GenerateServicer(gpb_grpc.GenerateServiceServicer):
         # Generations hold a thread for their whole length: their own pool, so that they never
         # starve the default executor the other services' calls run on. The engine refuses more
         # than max_concurrent_generations; one spare thread runs the refusals.
-        self._pool = ThreadPoolExecutor(
-            runtime.settings.max_concurrent_generations + 1, thread_name_prefix="lodestar-gen"
+        self._pool = work_pool(
+            runtime.settings.work_nice, runtime.settings.max_concurrent_generations + 1, name="lodestar-gen"
         )
         runtime.on_close(lambda: self._pool.shutdown(wait=False, cancel_futures=True))
 

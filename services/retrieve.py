@@ -203,9 +203,9 @@ class RetrieveServicer(rpb_grpc.RetrieveServiceServicer):
         return rpb.ListCollectionsResponse(collections=[stats_to_pb(s) for s in stats])
 
     async def Upsert(self, request: rpb.UpsertRequest, context: grpc.aio.ServicerContext) -> rpb.UpsertResponse:
-        docs = documents_from_pb(list(request.documents))
         engine = self.runtime.retrieve_engine()
-        with self.runtime.admit("documents", len(docs), context):
+        with self.runtime.admit("documents", len(request.documents), context):  # before any work
+            docs = documents_from_pb(list(request.documents))
             n_docs, n_chunks = await self._run(engine.upsert, request.collection, docs, context=context)
         return rpb.UpsertResponse(documents=n_docs, chunks=n_chunks)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -31,6 +32,12 @@ if TYPE_CHECKING:
     from lodestar.retrieve.jobs import Dispatcher, JobManager, JobsConfig
 
 RETRIEVE_SERVICE = "lodestar.retrieve.v1.RetrieveService"
+# The warm-up forward (Runtime._warm_up): a batch of ordinary sentences, about 60 tokens each.
+WARM_UP_TEXT = (
+    "A retrieval server embeds the passages of a collection once, then answers each question by "
+    "finding the passages whose vectors lie nearest to the question's own vector."
+)
+WARM_UP_TEXTS = 8
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +65,7 @@ class Runtime:
         self._watchdog: asyncio.Task | None = None
         self.serves: set[str] = set()  # short names (embed, retrieve, ...) the server factory registered
         self._load_error: str | None = None
+        self.freeze_after_load = False  # lodestar serve: freeze what loading built out of full GC passes
         self._shutting_down = False
         self.loaded = asyncio.Event()
         self.load_task: asyncio.Future | None = None  # the background model load (kept referenced)
@@ -152,6 +160,7 @@ class Runtime:
         start = time.perf_counter()
         try:
             self._engine = await loop.run_in_executor(None, self._build_engine, backbone)
+            await loop.run_in_executor(None, self._warm_up, self._engine)
             if self.serves & {"retrieve", "index"}:
                 self._retrieval = await loop.run_in_executor(None, self._build_retrieval, self._engine)
             if "index" in self.serves:
@@ -169,6 +178,12 @@ class Runtime:
         finally:
             self.loaded.set()
         self.load_seconds = time.perf_counter() - start
+        if self.freeze_after_load:
+            # The model's modules, the tokenizer and the collections live as long as the process; a
+            # full collection scanning them all stopped every thread for 85-215 ms under load (the
+            # overload benchmark's refusal tail). Frozen, full passes scan only what came after.
+            gc.collect()
+            gc.freeze()
         self._attach_telemetry()
         await self.set_health(SERVING)
         await self.refresh_collection_health()
@@ -185,6 +200,26 @@ class Runtime:
     def on_close(self, fn: Callable[[], None]) -> None:
         """Run `fn` when the runtime closes (the metrics server, the tracer's exporter)."""
         self._on_close.append(fn)
+
+    def _warm_up(self, engine: EmbeddingEngine) -> None:
+        """One forward before serving: it pays the backbone's first-call costs, and its time seeds the
+        budgets' seconds per unit, so a request whose deadline the queue would outlast
+        is refused from the first burst on (unseeded, a cold server admitted a whole burst that then
+        ran past its deadlines). Small batches cost more per token than served ones: the seed errs
+        towards refusing, and finished requests correct it."""
+        from lodestar.retrieve.types import CollectionConfig
+
+        texts = [WARM_UP_TEXT] * WARM_UP_TEXTS
+        start = time.perf_counter()
+        engine.embed(texts)
+        seconds = time.perf_counter() - start
+        self.budgets["texts"].seed(seconds / len(texts))
+        per_token = seconds / estimate_tokens(texts, self.settings.max_tokens)
+        self.budgets["tokens"].seed(per_token)
+        # a document as one full chunk of the default size (and its write); unseeded,
+        # a cold server admitted max_inflight_documents at once, most of them past their deadlines
+        self.budgets["documents"].seed(per_token * CollectionConfig.chunk_tokens)
+        log.info("warm-up forward: %.0f ms for %d texts", 1000 * seconds, len(texts))
 
     def _build_engine(self, backbone: Backbone | None) -> EmbeddingEngine:
         from lodestar.backbone import BackboneConfig, load_backbone

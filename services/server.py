@@ -33,6 +33,7 @@ from lodestar.services.interceptor import ErrorInterceptor
 from lodestar.services.retrieve import RetrieveServicer
 from lodestar.services.runtime import NOT_SERVING, Runtime
 from lodestar.services.settings import SERVICES, Settings
+from lodestar.services.work import work_pool
 
 if TYPE_CHECKING:
     from lodestar.backbone import Backbone
@@ -87,8 +88,12 @@ def _register(server: grpc.aio.Server, runtime: Runtime, only: tuple[str, ...]) 
     return names
 
 
-async def create_server(settings: Settings, *, backbone: Backbone | None = None) -> tuple[grpc.aio.Server, int]:
-    """Build and bind (not start) the server; the model loads in the background (`backbone` skips that)."""
+async def create_server(
+    settings: Settings, *, backbone: Backbone | None = None, owns_process: bool = False
+) -> tuple[grpc.aio.Server, int]:
+    """Build and bind (not start) the server; the model loads in the background (`backbone` skips that).
+    `owns_process` (`lodestar serve`): once loaded, what loading built is frozen out of the garbage
+    collector's full passes (Runtime.load)."""
     options = [
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -100,7 +105,11 @@ async def create_server(settings: Settings, *, backbone: Backbone | None = None)
         ("grpc.keepalive_time_ms", 120_000),
         ("grpc.keepalive_timeout_ms", 20_000),
     ]
+    # Blocking work (model load, forwards, FAISS, writes) on threads below the loop's priority; the
+    # batcher thread and the OpenMP pools started from them inherit it (services/work.py).
+    asyncio.get_running_loop().set_default_executor(work_pool(settings.work_nice))
     runtime = Runtime(settings, [])
+    runtime.freeze_after_load = owns_process
     edge = build_edge(settings, runtime)
     runtime.on_close(edge.close)
     server = grpc.aio.server(
@@ -166,7 +175,7 @@ async def serve(settings: Settings, *, backbone: Backbone | None = None) -> None
     """Run until SIGTERM/SIGINT, then shut down within grace_period_s + CLOSE_S (see `shutdown`); the
     caller exits the process at once after (`run_and_exit`): threads still finishing cancelled work
     (FAISS, torch, the executor) are not waited for."""
-    server, port = await create_server(settings, backbone=backbone)
+    server, port = await create_server(settings, backbone=backbone, owns_process=True)
     await server.start()
     log.info("lodestar serving %s on %s:%d (model loading)", ",".join(settings.only), settings.host, port)
     print(f"lodestar: listening on {settings.host}:{port}", flush=True)

@@ -166,6 +166,12 @@ class Settings(BaseSettings):
 
     # --- server behaviour ---
     max_concurrent_rpcs: int = Field(256, ge=1, description="RPCs in flight before RESOURCE_EXHAUSTED")
+    work_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="how many nice steps below the event loop the work threads run (model forwards, FAISS, writes; Linux): the loop and gRPC's poller keep answering, and refusing, while the work saturates the cores; 0 = the same priority",
+    )
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest gRPC message in either direction")
     grace_period_s: float = Field(
         10.0,

@@ -3,22 +3,48 @@
 The token carries the call's deadline; it is cancelled when the handler is (the client went away,
 the deadline passed) and when the server shuts down, and the engine stops at its next checkpoint.
 The worker thread runs in a copy of the caller's context: its log lines carry the request id.
+
+Work runs at a lower CPU priority than the event loop (`work_pool`): when the model's forward keeps
+every core busy, the loop still answers at once, and a request past the budget is refused in
+milliseconds instead of waiting for a time slice behind the forward.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
+import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import grpc
 
 from lodestar.cancel import Token, running
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 GONE = "the client went away or its deadline passed; the work was stopped"
+
+
+def lower_priority(nice: int) -> None:
+    """Run the calling thread `nice` steps below its present priority (Linux: per thread). Threads it
+    starts inherit it: the embedding batcher, built on a work thread, and the OpenMP pools of torch
+    and FAISS that each thread creates on its first parallel region."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError as exc:  # not Linux (a thread id is not a process there), or a sandbox refuses it
+        log.debug("could not lower this thread's priority: %s", exc)
+
+
+def work_pool(nice: int, workers: int | None = None, name: str = "lodestar-work") -> ThreadPoolExecutor:
+    """A pool whose threads run `nice` steps below the event loop (see lower_priority)."""
+    return ThreadPoolExecutor(workers, thread_name_prefix=name, initializer=lower_priority, initargs=(nice,))
 
 
 class Tokens:

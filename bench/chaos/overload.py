@@ -8,6 +8,7 @@ the last client leaves (no work continues for callers that are gone).
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import time
 from collections import Counter
@@ -24,6 +25,17 @@ from lodestar.retrieve.v1 import retrieve_pb2_grpc as rpb_grpc
 
 TEXT = "an ordinary sentence about retrieval, embeddings and the servers that answer them " * 4
 COLLECTION = "load"
+KINDS = ("embed", "search", "upsert")
+MAX_BACKOFF_S = 5.0
+CONNECT_S = 30.0  # every client's channel is connected before the first request is sent
+
+
+def backoff_s(hint_ms: float | None, rng: random.Random) -> float:
+    """How long a refused client waits: the server's retry-after-ms hint with jitter (as the Python
+    client does), at most MAX_BACKOFF_S so it keeps trying within the run; without a hint, 50-250 ms."""
+    if hint_ms is None:
+        return 0.05 + rng.random() * 0.2
+    return min(MAX_BACKOFF_S, hint_ms / 1000) * (0.5 + rng.random())
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -31,15 +43,30 @@ def _pct(values: list[float], q: float) -> float | None:
 
 
 def overload(
-    server: ServerProcess, clients: int = 256, seconds: float = 20.0, batch: int = 64, deadline: float = 30.0
+    server: ServerProcess,
+    clients: int = 256,
+    seconds: float = 20.0,
+    batch: int = 64,
+    deadline: float = 30.0,
+    polite: bool = True,
 ) -> dict[str, Any]:
     """`clients` concurrent clients, each with its own channel, loop Embed/Search/Upsert of `batch`
     items for `seconds`. The clients are coroutines on one event loop (grpc.aio): 256 client threads
-    would measure their own GIL contention instead of the server's answer time."""
-    return asyncio.run(_overload(server, clients, seconds, batch, deadline))
+    would measure their own GIL contention instead of the server's answer time. `polite` clients wait
+    the refusal's retry-after-ms hint (backoff_s); impolite ones retry after 50-250 ms whatever it says."""
+    # The load generator's own full GC passes would stall every client at once and read as the
+    # server's latency: off for the run (a few seconds of garbage).
+    gc.collect()
+    gc.disable()
+    try:
+        return asyncio.run(_overload(server, clients, seconds, batch, deadline, polite)) | {"polite": polite}
+    finally:
+        gc.enable()
 
 
-async def _overload(server: ServerProcess, clients: int, seconds: float, batch: int, deadline: float) -> dict[str, Any]:
+async def _overload(
+    server: ServerProcess, clients: int, seconds: float, batch: int, deadline: float, polite: bool
+) -> dict[str, Any]:
     async with grpc.aio.insecure_channel(server.address) as ch:
         try:
             await rpb_grpc.RetrieveServiceStub(ch).CreateCollection(
@@ -49,22 +76,36 @@ async def _overload(server: ServerProcess, clients: int, seconds: float, batch: 
             if e.code() != grpc.StatusCode.ALREADY_EXISTS:
                 raise
     codes: Counter = Counter()
+    by_kind: dict[str, Counter] = {k: Counter() for k in KINDS}
+    refused_by_kind: dict[str, list[float]] = {k: [] for k in KINDS}
     refused_ms: list[float] = []
+    later_refused_ms: list[float] = []  # refusals of every request after a client's first
     ok_ms: list[float] = []
     hints = 0
-    stop_at = time.monotonic() + seconds
+    stop_at = time.monotonic() + CONNECT_S + seconds  # reset when every client is connected
+    connected = 0
+    go = asyncio.Event()
 
     async def client(n: int) -> None:
-        nonlocal hints
+        nonlocal hints, connected, stop_at
         rng = random.Random(n)
         async with grpc.aio.insecure_channel(server.address) as ch:
             embed, retrieve = epb_grpc.EmbedServiceStub(ch), rpb_grpc.RetrieveServiceStub(ch)
+            # Connect first, as a load generator warms up: the 256 TCP and HTTP/2 handshakes are not
+            # refusals' latency, and the first wave of requests should meet a server that is up.
+            await asyncio.wait_for(ch.channel_ready(), CONNECT_S)
+            connected += 1
+            if connected == clients:
+                stop_at = time.monotonic() + seconds
+                go.set()
+            await go.wait()
             i = 0
             while time.monotonic() < stop_at:
                 i += 1
-                kind = rng.choice(("embed", "search", "upsert"))
+                kind = rng.choice(KINDS)
                 start = time.monotonic()
                 code = grpc.StatusCode.OK
+                hint_ms: float | None = None
                 try:
                     if kind == "embed":
                         await embed.Embed(epb.EmbedRequest(texts=[TEXT] * batch), timeout=deadline)
@@ -80,12 +121,18 @@ async def _overload(server: ServerProcess, clients: int, seconds: float, batch: 
                 except grpc.aio.AioRpcError as e:
                     code = e.code()
                     trailers: Any = e.trailing_metadata() or ()
-                    hints += any(item[0] == "retry-after-ms" for item in trailers)
+                    hint = [item[1] for item in trailers if item[0] == "retry-after-ms"]
+                    hints += bool(hint)
+                    hint_ms = float(hint[0]) if hint else None
                 ms = 1000 * (time.monotonic() - start)
                 codes[code.name] += 1
+                by_kind[kind][code.name] += 1
                 if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     refused_ms.append(ms)
-                    await asyncio.sleep(0.05 + rng.random() * 0.2)  # a client backs off a little
+                    refused_by_kind[kind].append(ms)
+                    if i > 1:
+                        later_refused_ms.append(ms)
+                    await asyncio.sleep(backoff_s(hint_ms if polite else None, rng))
                 elif code == grpc.StatusCode.OK:
                     ok_ms.append(ms)
 
@@ -96,6 +143,7 @@ async def _overload(server: ServerProcess, clients: int, seconds: float, batch: 
         now, next to which the refusals' latency reads."""
         async with grpc.aio.insecure_channel(server.address) as ch:
             info = epb_grpc.EmbedServiceStub(ch)
+            await go.wait()
             while time.monotonic() < stop_at:
                 start = time.monotonic()
                 try:
@@ -107,7 +155,7 @@ async def _overload(server: ServerProcess, clients: int, seconds: float, batch: 
 
     cpu0, t0 = server.cpu_seconds(), time.monotonic()
     tasks = [asyncio.ensure_future(client(n)) for n in range(clients)] + [asyncio.ensure_future(probe())]
-    _, unfinished = await asyncio.wait(tasks, timeout=seconds + deadline + 10)
+    _, unfinished = await asyncio.wait(tasks, timeout=CONNECT_S + seconds + deadline + 10)
     for task in unfinished:
         task.cancel()
     left = time.monotonic()
@@ -124,6 +172,14 @@ async def _overload(server: ServerProcess, clients: int, seconds: float, batch: 
         "refused_with_retry_hint": hints,
         "refused_p50_ms": _pct(refused_ms, 50),
         "refused_p99_ms": _pct(refused_ms, 99),
+        # Every client sends its first request at the same instant; the event loop admits or refuses
+        # that burst one call at a time, so its last refusals wait behind the whole burst. Later
+        # requests arrive spread out by the clients' random back-off, as a real overload's do.
+        "refused_after_first_p50_ms": _pct(later_refused_ms, 50),
+        "refused_after_first_p99_ms": _pct(later_refused_ms, 99),
+        "by_kind": {
+            k: {"codes": dict(by_kind[k].most_common()), "refused_p99_ms": _pct(refused_by_kind[k], 99)} for k in KINDS
+        },
         "info_probe_p50_ms": _pct(probe_ms, 50),
         "info_probe_p99_ms": _pct(probe_ms, 99),
         "ok_p50_ms": _pct(ok_ms, 50),

@@ -22,7 +22,16 @@ from lodestar.bench.tinymodel import tiny_model
 
 def stamp() -> dict[str, Any]:
     """When a part finished and how loaded the machine was (parts can be rerun alone with --update)."""
-    return {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "loadavg": os.getloadavg()}
+    return {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "loadavg": os.getloadavg(), "isa": isa()}
+
+
+def isa() -> str:
+    """Which of the project's two kinds of CPU machine ran a part (docs/results.md, "Machines")."""
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "unknown"
+    return "avx512_bf16" if "avx512_bf16" in flags else "avx2" if "avx2" in flags else "other"
 
 
 def machine() -> dict[str, Any]:
@@ -47,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=256, help="overload: concurrent clients")
     ap.add_argument("--overload-s", type=float, default=20.0)
     ap.add_argument("--batch", type=int, default=128, help="overload: texts, queries or documents per request")
+    ap.add_argument(
+        "--impolite-clients", action="store_true", help="overload: retry after 50-250 ms, ignoring retry-after-ms"
+    )
+    ap.add_argument("--overload-repeats", type=int, default=3, help="overload: runs, each with a fresh server")
     ap.add_argument("--kill-rounds", type=int, default=100)
     ap.add_argument("--term-rounds", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
@@ -66,14 +79,20 @@ def main(argv: list[str] | None = None) -> int:
                 result["fuzz"] = stamp() | report.to_json() | {"pass": report.ok}
             print("fuzz:", json.dumps({k: v for k, v in result["fuzz"].items() if k != "findings"}), flush=True)
         if "overload" in parts:
-            with ServerProcess(model, work / "overload") as server:
-                o = overload(server, clients=args.clients, seconds=args.overload_s, batch=args.batch)
-            o["pass"] = bool(
-                o["internal_or_unknown"] == 0
-                and o["unfinished_clients"] == 0
-                and (o["refused_p99_ms"] is None or o["refused_p99_ms"] < 50)
-                and o["idle_after_s"] is not None
-                and o["idle_after_s"] <= 2
+            runs = []
+            for r in range(args.overload_repeats):  # a fresh server each time; the tail moves run to run
+                with ServerProcess(model, work / f"overload{r}") as server:
+                    runs.append(
+                        overload(server, args.clients, args.overload_s, args.batch, polite=not args.impolite_clients)
+                    )
+            o = runs[-1] | {"repeats": [{k: v for k, v in run.items() if k.startswith("refused")} for run in runs]}
+            o["pass"] = all(
+                run["internal_or_unknown"] == 0
+                and run["unfinished_clients"] == 0
+                and (run["refused_p99_ms"] is None or run["refused_p99_ms"] < 50)
+                and run["idle_after_s"] is not None
+                and run["idle_after_s"] <= 2
+                for run in runs
             )
             result["overload"] = stamp() | o
             print("overload:", json.dumps(o), flush=True)

@@ -5,6 +5,8 @@ budget is refused at once with a retry hint, and `lodestar serve` under load exi
 from __future__ import annotations
 
 import json
+import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -256,3 +258,20 @@ def test_interceptor_request_id_is_the_calls(tiny_server: Any) -> None:
         engine.embed_async = original  # type: ignore[method-assign]
     assert code == grpc.StatusCode.INTERNAL and "req-42" in msg and "boom" not in msg
     assert json.dumps(msg)  # plain text
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority") or sys.platform != "linux", reason="per-thread nice is Linux's")
+def test_work_runs_below_the_event_loop_and_the_warm_up_seeds_the_budgets(tiny_server: Any) -> None:
+    """The loop answers (and refuses) while the work saturates the cores: the executor's threads and
+    the batcher started from one of them run work_nice steps lower; the warm-up forward gave every
+    budget a first seconds-per-unit, so the deadline check works from the first request."""
+    srv = tiny_server()
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    batcher = srv.runtime.embed_engine().batcher._thread
+    workers = [t for t in threading.enumerate() if t.name.startswith("lodestar-work")]
+    assert workers and batcher.native_id is not None and srv._thread.native_id is not None
+    for thread in [batcher, *workers]:
+        assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == min(19, base + 10), thread.name
+    assert os.getpriority(os.PRIO_PROCESS, srv._thread.native_id) == base  # the event loop's thread
+    for kind in ("texts", "tokens", "documents"):
+        assert (srv.runtime.budgets[kind].per_unit or 0) > 0

@@ -66,7 +66,7 @@ def test_budget_refuses_a_request_whose_deadline_the_queue_would_outlast() -> No
     budget = Budget("texts", 100, "max_queued_texts")
     budget.per_unit = 0.5  # as measured: half a second per text
     with budget.admit(10, None):  # about 5 s of work ahead
-        with pytest.raises(Overloaded, match="outlast this request's deadline"):
+        with pytest.raises(Overloaded, match="would outlast its deadline"):
             with budget.admit(1, 1.0):
                 pass
         with budget.admit(1, 60.0):  # a deadline the queue fits in is admitted
@@ -141,3 +141,14 @@ def test_filters_per_search_have_a_limit_naming_the_setting() -> None:
     with pytest.raises(InvalidInput) as err:
         compile_filters([Filter(field="x" * 10_000, op="eq", value=1)])
     assert len(str(err.value)) < 600
+
+
+def test_a_seed_is_only_a_first_estimate() -> None:
+    budget = Budget("tokens", 100, "max_queued_tokens")
+    budget.seed(0.25)
+    assert budget.per_unit == 0.25
+    budget.seed(9.0)  # a second seed does not replace the first
+    assert budget.per_unit == 0.25
+    with budget.admit(4, None):
+        pass
+    assert budget.per_unit != 0.25  # finished requests move it
