@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import CancelledError
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,7 @@ class EngineConfig:
     max_queued_texts: int = 16384  # beyond this, RESOURCE_EXHAUSTED
     token_prepend: TokenPrepend = field(default_factory=TokenPrepend)
     runtime: str = "eager"  # how forwards run (embed/runtime.py); the server's setting defaults to auto
+    runtime_cache: Path | None = None  # where a runtime keeps what it builds (ONNX exports); None: a temp folder
 
 
 @dataclass
@@ -62,7 +64,7 @@ class EmbeddingEngine:
         get_mode(self.config.default_mode)
         self.max_tokens = min(self.config.max_tokens, backbone.max_tokens)
         self.inputs = InputBuilder(backbone.tokenizer)
-        self.runtime = Chooser(build_runtime(self.config.runtime, backbone.device))
+        self.runtime = Chooser(build_runtime(self.config.runtime, backbone.device, self.config.runtime_cache))
         self.batcher = Batcher(
             lambda spec, batch: self._run(spec, batch),  # looked up per call, so it can be wrapped
             max_batch_tokens=max(self.config.max_batch_tokens, self.max_tokens),

@@ -1,12 +1,14 @@
 """How the embedding forward runs on this hardware: eager (the reference), bf16 matmuls over an fp32
-model, or torch.compile (inductor). A runtime that cannot run a batch's forward falls back to eager
-by itself and says why in the log, once per reason.
+model, torch.compile (inductor), or ONNX Runtime (embed/onnx_runtime.py). A runtime that cannot run
+a batch's forward falls back to eager by itself and says why in the log, once per reason.
 
-Measured per mode against eager fp32 (docs/results.md, `bench/runtime/run.py`): on the shared
-AVX512-BF16 EPYC, `bf16_matmul` (torch.autocast: matmuls in bf16, the residual stream, norms and
-softmax in fp32) kept every vector within cosine 0.9998 of fp32 but ran at 0.85x of eager fp32 (it
-casts every weight on every forward), and a model cast to bf16 whole ran about 2x faster but fell
-below cosine 0.999. Until a runtime is measured faster with quality held, `auto` is eager.
+Measured per mode against eager fp32 (docs/results.md, `bench/runtime/run.py`): on the AVX2-only
+EPYC, ONNX Runtime kept every vector at cosine 1.0 and ran 1.56x as fast, so `auto` picks it on CPU
+for a float32 model. On the shared AVX512-BF16 EPYC, `bf16_matmul` (torch.autocast: matmuls in bf16,
+the residual stream, norms and softmax in fp32) kept every vector within cosine 0.9998 of fp32 but ran
+at 0.85x of eager fp32 (it casts every weight on every forward), and a model cast to bf16 whole ran
+about 2x faster but fell below cosine 0.999; there `dtype=auto` loads bf16, which ONNX Runtime does
+not take, and the forward stays eager.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,10 +29,11 @@ from lodestar.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "eager", "bf16_matmul", "compile")
+RUNTIMES = ("auto", "eager", "bf16_matmul", "compile", "onnxruntime")
 # What `auto` picks per device type: a runtime enters here only once bench/runtime/run.py shows it
-# faster than eager fp32 with every mode within cosine 0.999 (none has on CPU yet).
-AUTO: dict[str, str] = {"cpu": "eager", "cuda": "eager"}
+# faster than eager fp32 with every mode within cosine 0.999. Where it cannot run (a bf16 model,
+# onnxruntime not installed, a mode it does not take) the forward runs eager.
+AUTO: dict[str, str] = {"cpu": "onnxruntime", "cuda": "eager"}
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -40,8 +44,8 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def resolve_runtime(name: str, device: torch.device) -> str:
-    """`auto` -> the measured best runtime that holds quality on this hardware (eager so far, see
-    the module docstring); other names are checked."""
+    """`auto` -> the measured best runtime that holds quality on this hardware (see the module
+    docstring); other names are checked."""
     if name not in RUNTIMES:
         raise InvalidInput(f"unknown embedding runtime {name!r}: valid are {', '.join(RUNTIMES)}")
     return AUTO.get(device.type, "eager") if name == "auto" else name
@@ -128,13 +132,24 @@ class Compiled(Runtime):
         return -(-T // self.BUCKET) * self.BUCKET
 
 
-_BUILDERS: dict[str, Callable[[], Runtime]] = {"eager": Runtime, "bf16_matmul": Bf16Matmul, "compile": Compiled}
+def _onnxruntime(cache_dir: Path | None) -> Runtime:
+    from lodestar.embed.onnx_runtime import OnnxRuntime
+
+    return OnnxRuntime(cache_dir)
+
+
+_BUILDERS: dict[str, Callable[[Path | None], Runtime]] = {
+    "eager": lambda _: Runtime(),
+    "bf16_matmul": lambda _: Bf16Matmul(),
+    "compile": lambda _: Compiled(),
+    "onnxruntime": _onnxruntime,
+}
 _EAGER = Runtime()
 
 
-def build_runtime(name: str, device: torch.device) -> Runtime:
-    """The runtime called `name` (`auto` resolved for `device`)."""
-    return _BUILDERS[resolve_runtime(name, device)]()
+def build_runtime(name: str, device: torch.device, cache_dir: Path | None = None) -> Runtime:
+    """The runtime called `name` (`auto` resolved for `device`); `cache_dir` keeps exported graphs."""
+    return _BUILDERS[resolve_runtime(name, device)](cache_dir)
 
 
 class Chooser:

@@ -256,6 +256,7 @@ class Runtime:
                 max_queued_texts=s.max_queued_texts,
                 token_prepend=TokenPrepend(s.tp_start_layer, s.tp_end_layer, s.tp_output_layer),
                 runtime=s.embed_runtime,
+                runtime_cache=s.cache_dir,
             ),
         )
 

@@ -39,7 +39,9 @@ class Settings(BaseSettings):
     model: str = Field("bundled", description="'bundled' (SmolLM2-135M-Instruct GGUF), a HF folder, or a .gguf file")
     dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16 (auto: bf16 only where native)")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    cache_dir: Path = Field(Path.home() / ".cache" / "lodestar", description="dequantised GGUF weights live here")
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "lodestar", description="dequantised GGUF weights and exported ONNX decoders live here"
+    )
     adapter_dirs: Annotated[tuple[Path, ...], NoDecode] = Field(
         default_factory=_default_adapter_dirs,
         description="folders whose subfolders are adapters offered by name (default ./adapters, then the ones this project ships)",
@@ -93,7 +95,7 @@ class Settings(BaseSettings):
     # --- embedding runtime ---
     embed_runtime: str = Field(
         "auto",
-        description="how embedding forwards run: auto | eager | bf16_matmul | compile. auto = the runtime measured fastest with every vector within cosine 0.999 of fp32 on this hardware: eager so far (bf16_matmul held quality but ran at 0.85x on an AVX512-BF16 CPU). bf16_matmul loads the model in float32 when dtype is auto. A forward a runtime cannot run (compile: token prepending, output layers, adapters) runs eager, logged once per reason",
+        description="how embedding forwards run: auto | eager | bf16_matmul | compile | onnxruntime. auto = the runtime measured fastest with every vector within cosine 0.999 of fp32 on this hardware: onnxruntime on CPU for a float32 model (1.56x eager on an AVX2 CPU, cosine 1.0; the decoder is exported once into cache_dir/onnx), eager on GPU and for a bf16 model (dtype=auto loads bf16 where the CPU computes it natively). bf16_matmul loads the model in float32 when dtype is auto. A forward a runtime cannot run (compile, onnxruntime: token prepending, output layers, adapters) runs eager, logged once per reason",
     )
 
     # --- generation ---

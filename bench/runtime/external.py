@@ -1,9 +1,9 @@
-"""ONNX Runtime and OpenVINO as embedding runtimes, for the benchmark only (neither is a dependency).
+"""OpenVINO as an embedding runtime, for the benchmark only (not a dependency); ONNX Runtime is the
+product's own (embed/onnx_runtime.py) and the benchmark builds it through EngineConfig.
 
-The decoder (embeddings, layers, final norm) is exported once with dynamic batch and length, taking
-the same (B, T) ids, (B, 1, T, T) boolean mask and (B, T) positions as the eager forward, so every
-mode whose forward is plain (mean, last, prompteol, echo, bidirectional masks) runs on it; token
-prepending's hooks, intermediate output layers and adapters fall back to eager (embed/runtime.py).
+The decoder is converted once with the same inputs the ONNX export traces (DecoderGraph): (B, T)
+ids, the (B, 1, T, T) boolean mask and (B, T) positions, so every mode whose forward is plain runs on
+it; token prepending's hooks, intermediate output layers and adapters fall back to eager.
 """
 
 from __future__ import annotations
@@ -17,30 +17,11 @@ import numpy as np
 import torch
 
 from lodestar.backbone import Backbone
-from lodestar.embed.engine import EmbeddingEngine
-from lodestar.embed.forward import attention_mask
+from lodestar.embed.engine import EmbeddingEngine, EngineConfig
+from lodestar.embed.onnx_runtime import DecoderGraph, example_inputs
 from lodestar.embed.runtime import Chooser, Compiled
 
 EXTERNAL = ("onnxruntime", "openvino")
-
-
-class _Decoder(torch.nn.Module):
-    """(ids, mask, positions) -> last hidden state: the signature both exporters trace."""
-
-    def __init__(self, decoder: Any) -> None:
-        super().__init__()
-        self.decoder = decoder
-
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        return self.decoder(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
-
-
-def _example() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    B, T = 2, 16
-    lengths = torch.tensor([16, 9])
-    ids = torch.randint(0, 1000, (B, T))  # (B, T)
-    pos = torch.arange(T)[None].expand(B, T).contiguous()  # (B, T)
-    return ids, attention_mask(lengths, T, False), pos
 
 
 class ExportedRuntime(Compiled):
@@ -62,30 +43,10 @@ class ExportedRuntime(Compiled):
         return T
 
 
-def _onnxruntime(wrapper: _Decoder, folder: Path) -> Any:
-    import onnxruntime as ort
-
-    path = folder / "decoder.onnx"
-    torch.onnx.export(
-        wrapper,
-        _example(),
-        str(path),
-        input_names=["ids", "mask", "pos"],
-        output_names=["hidden"],
-        dynamic_axes={"ids": {0: "B", 1: "T"}, "mask": {0: "B", 2: "T", 3: "S"}, "pos": {0: "B", 1: "T"}},
-        opset_version=18,
-        dynamo=False,
-    )
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    return lambda ids, mask, pos: session.run(None, {"ids": ids, "mask": mask, "pos": pos})[0]
-
-
-def _openvino(wrapper: _Decoder, folder: Path) -> Any:
+def _openvino(wrapper: DecoderGraph) -> Any:
     import openvino as ov
 
-    model = ov.convert_model(wrapper, example_input=_example())
+    model = ov.convert_model(wrapper, example_input=example_inputs())
     # f32: OpenVINO runs bf16 by default on CPUs with AVX512-BF16/AMX; this measures the fp32 graph.
     compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     return lambda ids, mask, pos: compiled([ids, mask, pos])[0]
@@ -93,10 +54,12 @@ def _openvino(wrapper: _Decoder, folder: Path) -> Any:
 
 def external_engine(name: str, fp32: Backbone) -> EmbeddingEngine:
     """An engine on the fp32 backbone whose plain forwards run on ONNX Runtime or OpenVINO."""
-    folder = Path(tempfile.mkdtemp(prefix=f"lodestar-{name}-"))
-    wrapper = _Decoder(fp32.decoder).eval()
+    if name == "onnxruntime":
+        cache = Path(tempfile.mkdtemp(prefix="lodestar-onnx-"))  # a fresh export, timed like the others
+        return EmbeddingEngine(fp32, EngineConfig(runtime="onnxruntime", runtime_cache=cache))
+    wrapper = DecoderGraph(fp32.decoder).eval()
     with torch.inference_mode(False), torch.no_grad():
-        run = (_onnxruntime if name == "onnxruntime" else _openvino)(wrapper, folder)
+        run = _openvino(wrapper)
     engine = EmbeddingEngine(fp32)
     engine.runtime = Chooser(ExportedRuntime(name, run))
     return engine

@@ -1,17 +1,20 @@
 """Embedding runtimes: `auto` per hardware, the fall-back to eager (with a log line saying why) where a
-runtime cannot run a forward, and on the real model bf16_matmul's vectors within cosine 0.999 of
+runtime cannot run a forward, ONNX Runtime's export cache, and on the real model the vectors of
+onnxruntime (what `auto` picks on CPU for a float32 model) and bf16_matmul within cosine 0.999 of
 eager fp32 for every mode (adapters included) and for learned-sparse output."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from lodestar.backbone import Backbone, BackboneConfig, load_backbone
+from lodestar.embed import onnx_runtime
 from lodestar.embed import runtime as rt
 from lodestar.embed.engine import EmbeddingEngine, EngineConfig
 from lodestar.embed.modes import ForwardSpec
@@ -19,6 +22,12 @@ from lodestar.embed.types import EmbedOptions
 from lodestar.errors import InvalidInput
 
 CPU = torch.device("cpu")
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
 TEXTS = ["A cat sat.", "The old lighthouse keeper watched the storm roll in from the sea.", "Fresh bread"]
 
 
@@ -75,6 +84,73 @@ def test_bf16_matmul_falls_back_on_a_model_not_in_fp32(
         engine.close()
 
 
+PLAIN = [EmbedOptions(mode=m) for m in ("mean", "last", "prompteol", "echo", "bidirectional")]
+
+
+@pytest.fixture
+def onnx_pair(tiny_backbone: Backbone, tmp_path: Path) -> Iterator[tuple[EmbeddingEngine, EmbeddingEngine]]:
+    eager = EmbeddingEngine(tiny_backbone)
+    onnx = EmbeddingEngine(tiny_backbone, EngineConfig(runtime="onnxruntime", runtime_cache=tmp_path))
+    yield eager, onnx
+    eager.close()
+    onnx.close()
+
+
+def test_onnxruntime_runs_every_plain_mode_like_eager(onnx_pair: tuple[EmbeddingEngine, EmbeddingEngine]) -> None:
+    """Plain forwards (causal or bidirectional mask, any pooling) run on the exported graph; a text's
+    vector does not depend on its batch there either."""
+    eager, onnx = onnx_pair
+    for opts in PLAIN:
+        assert onnx.runtime.for_spec(onnx.backbone, onnx.prepare(["x"], opts).spec).name == "onnxruntime"
+        a, b = onnx.embed(TEXTS, opts).vectors, eager.embed(TEXTS, opts).vectors
+        assert ((unit(a) * unit(b)).sum(axis=1) >= 0.9999).all(), opts.mode
+    alone = onnx.embed(TEXTS[1:2], EmbedOptions()).vectors
+    np.testing.assert_allclose(alone[0], onnx.embed(TEXTS, EmbedOptions()).vectors[1], rtol=1e-5, atol=1e-6)
+
+
+def test_onnxruntime_falls_back_to_eager_for_hooks_adapters_and_bf16(
+    onnx_pair: tuple[EmbeddingEngine, EmbeddingEngine], caplog: pytest.LogCaptureFixture
+) -> None:
+    eager, onnx = onnx_pair
+    with caplog.at_level(logging.WARNING, logger="lodestar.embed.runtime"):
+        a = onnx.embed(TEXTS, EmbedOptions(mode="token_prepend")).vectors
+    np.testing.assert_array_equal(a, eager.embed(TEXTS, EmbedOptions(mode="token_prepend")).vectors)
+    assert any("onnxruntime falls back to eager: token prepending" in r.getMessage() for r in caplog.records)
+    with_adapter = ForwardSpec(adapter="some-adapter")
+    assert onnx.runtime.for_spec(onnx.backbone, with_adapter).name == "eager"
+    half = onnx.backbone.with_dtype(torch.bfloat16)
+    assert "not float32" in (onnx.runtime.runtime.unsupported(half, ForwardSpec()) or "")
+
+
+def test_onnxruntime_export_is_cached_and_a_failed_export_runs_eager(
+    tiny_backbone: Backbone, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = EmbeddingEngine(tiny_backbone, EngineConfig(runtime="onnxruntime", runtime_cache=tmp_path))
+    a = first.embed(TEXTS, EmbedOptions()).vectors
+    first.close()
+    assert len(list((tmp_path / "onnx").glob("decoder-*.onnx"))) == 1
+
+    def no_export(*_: object) -> None:
+        raise RuntimeError("the tracer cannot export this architecture")
+
+    monkeypatch.setattr(onnx_runtime, "export", no_export)
+    again = EmbeddingEngine(tiny_backbone, EngineConfig(runtime="onnxruntime", runtime_cache=tmp_path))
+    try:  # a restart opens the cached graph: no export
+        assert again.runtime.for_spec(tiny_backbone, ForwardSpec()).name == "onnxruntime"
+        np.testing.assert_allclose(again.embed(TEXTS, EmbedOptions()).vectors, a, rtol=1e-6, atol=1e-7)
+    finally:
+        again.close()
+    elsewhere = EmbeddingEngine(tiny_backbone, EngineConfig(runtime="onnxruntime", runtime_cache=tmp_path / "new"))
+    try:  # nothing cached and the export fails: eager, with the reason in the log
+        with caplog.at_level(logging.WARNING, logger="lodestar.embed.runtime"):
+            b = elsewhere.embed(TEXTS, EmbedOptions()).vectors
+        assert elsewhere.runtime.for_spec(tiny_backbone, ForwardSpec()).name == "eager"
+        assert any("ONNX export or session failed" in r.getMessage() for r in caplog.records)
+        assert ((unit(a) * unit(b)).sum(axis=1) >= 0.9999).all()
+    finally:
+        elsewhere.close()
+
+
 # --- the real bundled model (slow) --------------------------------------------------------------
 
 MODES = [
@@ -102,19 +178,16 @@ def fp32_backbone() -> Backbone:
     return load_backbone(BackboneConfig(dtype="float32", cache_dir=CACHE_DIR, adapter_dirs=(SHIPPED_ADAPTERS,)))
 
 
-@pytest.fixture(scope="module")
-def pair(fp32_backbone: Backbone) -> Iterator[tuple[EmbeddingEngine, EmbeddingEngine]]:
-    """(eager fp32 reference, bf16_matmul: the fast path `auto` may pick once measured faster; on a
-    CPU without native bf16 it falls back to eager, which the bound then holds trivially)."""
+@pytest.fixture(scope="module", params=["onnxruntime", "bf16_matmul"])
+def pair(fp32_backbone: Backbone, request: pytest.FixtureRequest) -> Iterator[tuple[EmbeddingEngine, EmbeddingEngine]]:
+    """(eager fp32 reference, a fast path): onnxruntime, what `auto` picks on CPU for a float32
+    model, and bf16_matmul (on a CPU without native bf16 it falls back to eager, which the bound
+    then holds trivially)."""
     ref = EmbeddingEngine(fp32_backbone)
-    fast = EmbeddingEngine(fp32_backbone, EngineConfig(runtime="bf16_matmul"))
+    fast = EmbeddingEngine(fp32_backbone, EngineConfig(runtime=request.param))
     yield ref, fast
     ref.close()
     fast.close()
-
-
-def unit(v: np.ndarray) -> np.ndarray:
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
 @pytest.mark.slow
@@ -122,8 +195,11 @@ def unit(v: np.ndarray) -> np.ndarray:
 def test_chosen_runtime_within_cosine_bound_of_eager_fp32(pair, opts: EmbedOptions) -> None:  # type: ignore[no-untyped-def]
     ref, fast = pair
     spec = fast.prepare(["x"], opts).spec
-    if rt.native_bf16(fast.backbone.device):  # hooks, echo, bidirectional masks and adapters run on it
-        assert fast.runtime.for_spec(fast.backbone, spec).name == "bf16_matmul"
+    chosen = fast.runtime.for_spec(fast.backbone, spec).name
+    if fast.config.runtime == "bf16_matmul" and rt.native_bf16(fast.backbone.device):
+        assert chosen == "bf16_matmul"  # hooks, echo, bidirectional masks and adapters run on it
+    if fast.config.runtime == "onnxruntime" and opts.mode in ("mean", "last", "prompteol", "echo"):
+        assert chosen == "onnxruntime"  # plain forwards; hooks and adapters run eager
     a = ref.embed(REAL, opts).vectors
     b = fast.embed(REAL, opts).vectors
     cos = (unit(a) * unit(b)).sum(axis=1)
