@@ -66,7 +66,8 @@ class Budget:
                 )
             wait = self.wait_s()
             done = wait + n * (self.per_unit or 0.0)  # the queue ahead, then this request's own work
-            if time_remaining is not None and self.per_unit is not None and done > time_remaining:
+            # nothing in flight: always admitted, so a wrong estimate cannot lock every request out
+            if time_remaining is not None and self.per_unit is not None and self.in_flight and done > time_remaining:
                 self.refused += 1
                 retry = self._retry_ms(self.in_flight)
                 raise Overloaded(

@@ -202,16 +202,22 @@ class Runtime:
         self._on_close.append(fn)
 
     def _warm_up(self, engine: EmbeddingEngine) -> None:
-        """One forward before serving: it pays the backbone's first-call costs, and its time seeds the
-        budgets' seconds per unit, so a request whose deadline the queue would outlast
+        """Two forwards before serving: the first pays the runtime's first-call costs, the second's
+        time seeds the budgets' seconds per unit, so a request whose deadline the queue would outlast
         is refused from the first burst on (unseeded, a cold server admitted a whole burst that then
         ran past its deadlines). Small batches cost more per token than served ones: the seed errs
         towards refusing, and finished requests correct it."""
+        from lodestar.embed.types import EmbedOptions
         from lodestar.retrieve.types import CollectionConfig
 
-        texts = [WARM_UP_TEXT] * WARM_UP_TEXTS
-        start = time.perf_counter()
-        engine.embed(texts)
+        texts = [WARM_UP_TEXT] * min(WARM_UP_TEXTS, engine.config.max_texts_per_request)
+        try:
+            engine.embed(texts, EmbedOptions())  # first-call costs (an ONNX export, allocations): untimed
+            start = time.perf_counter()
+            engine.embed(texts, EmbedOptions())
+        except Exception as exc:  # a server configured so tightly the warm-up does not fit still serves
+            log.warning("warm-up forward failed (%s); the budgets measure from the first requests instead", exc)
+            return
         seconds = time.perf_counter() - start
         self.budgets["texts"].seed(seconds / len(texts))
         per_token = seconds / estimate_tokens(texts, self.settings.max_tokens)

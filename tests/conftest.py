@@ -3,6 +3,7 @@ code (with the bundled tokenizer) for fast shape and edge-case tests."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,13 @@ from tinymodel import CACHE_DIR, FIXTURES, build_tiny  # noqa: E402  (tests/ is 
 from lodestar.backbone import Backbone, BackboneConfig, load_backbone
 from lodestar.backbone.loader import bundled_gguf, dequantised_cache
 from lodestar.bench.milvus_lite import MilvusLiteServer
+
+
+# The suite's servers (in-process and `lodestar serve` children, which inherit this) run the reference
+# runtime. What `auto` picks on CPU, ONNX Runtime, has its own tests (tests/unit/test_embed_runtime.py,
+# and a server in tests/integration/test_embed_service.py): exporting the graph of every random tiny
+# model the suite builds would add minutes and test nothing more.
+os.environ.setdefault("LODESTAR_EMBED_RUNTIME", "eager")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -236,3 +236,22 @@ def test_sparse_vectors_of_the_bundled_model_start_sparse_and_lexical(client, to
     own = tokenizer(text, add_special_tokens=False)["input_ids"]
     # the copy's positions predict each next token; its first one is predicted before the span
     assert set(own[1:]) <= {int(i) for i in ids}, "every later token of the text is in its vector"
+
+
+def test_auto_runtime_serves_through_onnx_runtime_on_cpu(tiny_server, tmp_path, tiny_backbone) -> None:  # type: ignore[no-untyped-def]
+    """The server's default (auto) on CPU with a float32 model: the decoder exported into cache_dir
+    once at load (the warm-up), Info says so, and the vectors are the eager engine's."""
+    from lodestar.embed.engine import EmbeddingEngine
+
+    srv = tiny_server(embed_runtime="auto", cache_dir=tmp_path / "cache")
+    assert list((tmp_path / "cache" / "onnx").glob("decoder-*.onnx"))
+    eager = EmbeddingEngine(tiny_backbone)
+    try:
+        with Client(srv.address) as c:
+            assert c.info().runtime == "onnxruntime"
+            got = np.asarray(c.embed(["a short text", "another, somewhat longer text"]).vectors)
+        want = eager.embed(["a short text", "another, somewhat longer text"]).vectors
+        cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+        assert (cos >= 0.9999).all()
+    finally:
+        eager.close()

@@ -73,6 +73,8 @@ def test_budget_refuses_a_request_whose_deadline_the_queue_would_outlast() -> No
             pass
         with budget.admit(1, None):
             pass
+    with budget.admit(50, 1.0):  # nothing ahead: admitted whatever the estimate, which it then corrects
+        pass
 
 
 def test_budget_measures_seconds_per_unit_from_finished_requests() -> None:
