@@ -15,7 +15,6 @@ from lodestar.backbone import Backbone, BackboneConfig, load_backbone
 from lodestar.backbone.loader import bundled_gguf, dequantised_cache
 from lodestar.bench.milvus_lite import MilvusLiteServer
 
-
 # The suite's servers (in-process and `lodestar serve` children, which inherit this) run the reference
 # runtime. What `auto` picks on CPU, ONNX Runtime, has its own tests (tests/unit/test_embed_runtime.py,
 # and a server in tests/integration/test_embed_service.py): exporting the graph of every random tiny
