@@ -41,7 +41,7 @@ lint: install
 test: install lint
 	@command -v redis-server >/dev/null || { echo "installing redis-server (Debian)"; \
 	  (apt-get update -q && apt-get install -y -q redis-server || sudo apt-get install -y -q redis-server) >/dev/null; }
-	PYTHONSAFEPATH=1 $(BIN)/python -m pytest -m "not gpu" -ra
+	PYTHONSAFEPATH=1 $(BIN)/python -m pytest -m "not gpu" -ra --durations=25
 
 # On a lent GPU machine (no registry; the image's python3 has CUDA torch and triton) bench/gpu/run.sh
 # runs this with GPU_PY=python3 and lodestar on PYTHONPATH, so nothing is installed there.
