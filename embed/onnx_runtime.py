@@ -10,11 +10,12 @@ The export is cached on disk under a key of the model's identity, shapes and a s
 weights, the torch and ONNX Runtime versions: a restart loads it in about a second. ORT's threads
 are created by the thread that opens the session (the batcher or a work thread) and inherit its
 CPU priority. Measured on the AVX2-only EPYC (docs/results.md, "Embedding runtimes on CPU"): every
-vector at cosine 1.0 to eager fp32, forwards 1.56x as fast.
+vector at cosine 1.0 to eager fp32, forwards 1.16-1.25x as fast depending on the mode.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -23,10 +24,12 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import torch
 
 from lodestar.backbone import Backbone
@@ -38,6 +41,7 @@ log = logging.getLogger(__name__)
 OPSET = 18
 
 
+@functools.cache
 def available() -> bool:
     """Whether onnxruntime and onnx (the exporter writes with it) are importable."""
     return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
@@ -118,13 +122,38 @@ def export(backbone: Backbone, path: Path) -> None:
             os.unlink(tmp)
 
 
-class OnnxRuntime(Compiled):
-    """Plain forwards on an exported graph run by ONNX Runtime's CPU kernels; the rest eager."""
+class ExportedRuntime(Compiled):
+    """Plain forwards on an exported graph, `graph(backbone)(ids, mask, positions)` with numpy arrays
+    in and the last hidden state out; the rest eager, by Compiled's rules. `run` serves when the
+    graph does not depend on the backbone (the benchmark's OpenVINO)."""
 
-    name = "onnxruntime"
+    def __init__(self, name: str, run: Callable[..., Any] | None = None) -> None:
+        super().__init__()
+        self.name = name
+        self._run = run
+
+    def graph(self, backbone: Backbone) -> Callable[..., Any]:
+        assert self._run is not None
+        return self._run
+
+    def padded_length(self, T: int) -> int:
+        return T  # dynamic shapes: no buckets to pad to
+
+    def decoder(self, backbone: Backbone) -> Any:
+        run = self.graph(backbone)
+
+        def call(input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, **_: Any) -> Any:
+            out = run(input_ids.cpu().numpy(), attention_mask.cpu().numpy(), position_ids.contiguous().cpu().numpy())
+            return SimpleNamespace(last_hidden_state=torch.from_numpy(np.asarray(out)))
+
+        return call
+
+
+class OnnxRuntime(ExportedRuntime):
+    """Plain forwards on the exported decoder, run by ONNX Runtime's CPU kernels; the rest eager."""
 
     def __init__(self, cache_dir: Path | None = None) -> None:
-        super().__init__()
+        super().__init__("onnxruntime")
         self.cache_dir = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / "lodestar"
         self._sessions: dict[int, Any] = {}  # id(decoder module) -> session
         self._failed: dict[int, str] = {}  # id(decoder module) -> why the export or the session failed
@@ -139,20 +168,21 @@ class OnnxRuntime(Compiled):
             return f"the model is loaded in {str(backbone.dtype).removeprefix('torch.')}, not float32"
         if not available():
             return "onnxruntime (or onnx, which the export writes with) is not installed"
-        return self._failed.get(id(backbone.decoder)) or self._prepare(backbone)
+        if id(backbone.decoder) in self._sessions:  # every batch after the first: no lock
+            return None
+        return self._prepare(backbone)
 
     def _prepare(self, backbone: Backbone) -> str | None:
         """Open the model's session (exporting it first unless cached); a failure is the reason to
         run eager from then on."""
         key = id(backbone.decoder)
         with self._lock:
-            if key in self._sessions or key in self._failed:
-                return self._failed.get(key)
-            try:
-                self._sessions[key] = self._open(backbone)
-            except Exception as exc:  # an architecture the tracer cannot export, a full disk, ...
-                log.exception("ONNX export or session failed for %s", backbone.model_id)
-                self._failed[key] = f"the ONNX export or session failed ({type(exc).__name__}: {str(exc)[:200]})"
+            if key not in self._sessions and key not in self._failed:
+                try:
+                    self._sessions[key] = self._open(backbone)
+                except Exception as exc:  # an architecture the tracer cannot export, a full disk, ...
+                    log.exception("ONNX export or session failed for %s", backbone.model_id)
+                    self._failed[key] = f"the ONNX export or session failed ({type(exc).__name__}: {str(exc)[:200]})"
             return self._failed.get(key)
 
     def _open(self, backbone: Backbone) -> Any:
@@ -168,18 +198,6 @@ class OnnxRuntime(Compiled):
         options.inter_op_num_threads = 1
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-    def padded_length(self, T: int) -> int:
-        return T  # dynamic shapes: no buckets to pad to
-
-    def decoder(self, backbone: Backbone) -> Any:
+    def graph(self, backbone: Backbone) -> Callable[..., Any]:
         session = self._sessions[id(backbone.decoder)]  # opened by unsupported(), which the Chooser asks first
-
-        def call(input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, **_: Any) -> Any:
-            feeds = {
-                "ids": input_ids.cpu().numpy(),
-                "mask": attention_mask.cpu().numpy(),
-                "pos": position_ids.contiguous().cpu().numpy(),
-            }
-            return SimpleNamespace(last_hidden_state=torch.from_numpy(session.run(None, feeds)[0]))
-
-        return call
+        return lambda ids, mask, pos: session.run(None, {"ids": ids, "mask": mask, "pos": pos})[0]

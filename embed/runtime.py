@@ -3,7 +3,7 @@ model, torch.compile (inductor), or ONNX Runtime (embed/onnx_runtime.py). A runt
 a batch's forward falls back to eager by itself and says why in the log, once per reason.
 
 Measured per mode against eager fp32 (docs/results.md, `bench/runtime/run.py`): on the AVX2-only
-EPYC, ONNX Runtime kept every vector at cosine 1.0 and ran 1.56x as fast, so `auto` picks it on CPU
+EPYC, ONNX Runtime kept every vector at cosine 1.0 and ran 1.16-1.25x as fast, so `auto` picks it on CPU
 for a float32 model. On the shared AVX512-BF16 EPYC, `bf16_matmul` (torch.autocast: matmuls in bf16,
 the residual stream, norms and softmax in fp32) kept every vector within cosine 0.9998 of fp32 but ran
 at 0.85x of eager fp32 (it casts every weight on every forward), and a model cast to bf16 whole ran

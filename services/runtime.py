@@ -53,7 +53,7 @@ def _celery_dispatcher(config: JobsConfig) -> Dispatcher:
 
 
 class Runtime:
-    def __init__(self, settings: Settings, service_names: list[str]) -> None:
+    def __init__(self, settings: Settings, service_names: list[str], freeze_after_load: bool = False) -> None:
         self.settings = settings
         self.service_names = service_names  # fully-qualified gRPC names reported by health
         self.health = HealthServicer()
@@ -65,7 +65,7 @@ class Runtime:
         self._watchdog: asyncio.Task | None = None
         self.serves: set[str] = set()  # short names (embed, retrieve, ...) the server factory registered
         self._load_error: str | None = None
-        self.freeze_after_load = False  # lodestar serve: freeze what loading built out of full GC passes
+        self.freeze_after_load = freeze_after_load  # lodestar serve: what loading built, out of full GC passes
         self._shutting_down = False
         self.loaded = asyncio.Event()
         self.load_task: asyncio.Future | None = None  # the background model load (kept referenced)
@@ -207,14 +207,13 @@ class Runtime:
         is refused from the first burst on (unseeded, a cold server admitted a whole burst that then
         ran past its deadlines). Small batches cost more per token than served ones: the seed errs
         towards refusing, and finished requests correct it."""
-        from lodestar.embed.types import EmbedOptions
         from lodestar.retrieve.types import CollectionConfig
 
         texts = [WARM_UP_TEXT] * min(WARM_UP_TEXTS, engine.config.max_texts_per_request)
         try:
-            engine.embed(texts, EmbedOptions())  # first-call costs (an ONNX export, allocations): untimed
+            engine.embed(texts)  # first-call costs (an ONNX export, allocations): untimed
             start = time.perf_counter()
-            engine.embed(texts, EmbedOptions())
+            engine.embed(texts)
         except Exception as exc:  # a server configured so tightly the warm-up does not fit still serves
             log.warning("warm-up forward failed (%s); the budgets measure from the first requests instead", exc)
             return

@@ -108,8 +108,7 @@ async def create_server(
     # Blocking work (model load, forwards, FAISS, writes) on threads below the loop's priority; the
     # batcher thread and the OpenMP pools started from them inherit it (services/work.py).
     asyncio.get_running_loop().set_default_executor(work_pool(settings.work_nice))
-    runtime = Runtime(settings, [])
-    runtime.freeze_after_load = owns_process
+    runtime = Runtime(settings, [], freeze_after_load=owns_process)
     edge = build_edge(settings, runtime)
     runtime.on_close(edge.close)
     server = grpc.aio.server(

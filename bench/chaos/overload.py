@@ -75,10 +75,8 @@ async def _overload(
         except grpc.aio.AioRpcError as e:
             if e.code() != grpc.StatusCode.ALREADY_EXISTS:
                 raise
-    codes: Counter = Counter()
     by_kind: dict[str, Counter] = {k: Counter() for k in KINDS}
     refused_by_kind: dict[str, list[float]] = {k: [] for k in KINDS}
-    refused_ms: list[float] = []
     later_refused_ms: list[float] = []  # refusals of every request after a client's first
     ok_ms: list[float] = []
     hints = 0
@@ -125,10 +123,8 @@ async def _overload(
                     hints += bool(hint)
                     hint_ms = float(hint[0]) if hint else None
                 ms = 1000 * (time.monotonic() - start)
-                codes[code.name] += 1
                 by_kind[kind][code.name] += 1
                 if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    refused_ms.append(ms)
                     refused_by_kind[kind].append(ms)
                     if i > 1:
                         later_refused_ms.append(ms)
@@ -161,6 +157,8 @@ async def _overload(
     left = time.monotonic()
     cpu_busy = (server.cpu_seconds() - cpu0) / (left - t0)
     idle = await asyncio.get_running_loop().run_in_executor(None, server.idle_after, left)
+    codes: Counter = sum(by_kind.values(), Counter())
+    refused_ms = [ms for k in KINDS for ms in refused_by_kind[k]]
     return {
         "clients": clients,
         "seconds": seconds,

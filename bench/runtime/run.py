@@ -161,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         "eager_bf16": lambda: EmbeddingEngine(load_backbone(BackboneConfig(dtype="bfloat16", adapter_dirs=adapters))),
         "bf16_matmul": lambda: EmbeddingEngine(fp32, EngineConfig(runtime="bf16_matmul")),
         "compile": lambda: EmbeddingEngine(fp32, EngineConfig(runtime="compile")),
+        # a fresh export each run, timed like the others' first-call costs
+        "onnxruntime": lambda: EmbeddingEngine(
+            fp32, EngineConfig(runtime="onnxruntime", runtime_cache=Path(tempfile.mkdtemp(prefix="lodestar-onnx-")))
+        ),
         "int8_dynamic": lambda: int8_engine(fp32),
         **{name: _external(name, fp32) for name in EXTERNAL},
     }
