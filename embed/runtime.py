@@ -1,22 +1,23 @@
 """How the embedding forward runs on this hardware: eager (the reference), bf16 matmuls over an fp32
-model, torch.compile (inductor), or ONNX Runtime (embed/onnx_runtime.py). A runtime that cannot run
-a batch's forward falls back to eager by itself and says why in the log, once per reason.
+model (per forward under autocast, or on bf16 weight copies made once), torch.compile (inductor), or
+ONNX Runtime (embed/onnx_runtime.py). A runtime that cannot run a batch's forward falls back to eager
+by itself and says why in the log, once per reason.
 
-Measured per mode against eager fp32 (docs/results.md, `bench/runtime/run.py`): on the AVX2-only
-EPYC, ONNX Runtime kept every vector at cosine 1.0 and ran 1.16-1.25x as fast, so `auto` picks it on CPU
-for a float32 model. On the shared AVX512-BF16 EPYC, `bf16_matmul` (torch.autocast: matmuls in bf16,
-the residual stream, norms and softmax in fp32) kept every vector within cosine 0.9998 of fp32 but ran
-at 0.85x of eager fp32 (it casts every weight on every forward), and a model cast to bf16 whole ran
-about 2x faster but fell below cosine 0.999; there `dtype=auto` loads bf16, which ONNX Runtime does
-not take, and the forward stays eager.
+Measured per mode against eager fp32 (docs/results.md, `bench/runtime/run.py`), every vector within
+cosine 0.999 and STS-B within 0.003 unless said:
+- AVX512-BF16 EPYC (bf16 native): `bf16_weights` 1.44-1.73x, cosine >= 0.9998; ONNX Runtime
+  1.21-1.26x; a model cast to bf16 whole 1.71-1.84x but down to cosine 0.990 (fails); `bf16_matmul`
+  0.85x (it casts every weight on every forward). `auto` picks bf16_weights there.
+- AVX2-only EPYC (bf16 emulated): ONNX Runtime 1.16-1.25x at cosine 1.0. `auto` picks it there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,13 @@ from lodestar.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "eager", "bf16_matmul", "compile", "onnxruntime")
-# What `auto` picks per device type: a runtime enters here only once bench/runtime/run.py shows it
-# faster than eager fp32 with every mode within cosine 0.999. Where it cannot run (a bf16 model,
-# onnxruntime not installed, a mode it does not take) the forward runs eager.
-AUTO: dict[str, str] = {"cpu": "onnxruntime", "cuda": "eager"}
+RUNTIMES = ("auto", "eager", "bf16_matmul", "bf16_weights", "compile", "onnxruntime")
+# What `auto` picks per hardware (hardware_key): a runtime enters here only once bench/runtime/run.py
+# shows it faster than eager fp32 with every mode within cosine 0.999. Where it cannot run (a bf16
+# model, onnxruntime not installed, a mode it does not take) the forward runs eager.
+AUTO: dict[str, str] = {"cpu": "onnxruntime", "cpu+bf16": "bf16_weights", "cuda": "eager"}
+# Runtimes that multiply in bf16 over fp32 weights: `dtype=auto` loads float32 under them.
+NEEDS_FP32 = ("bf16_matmul", "bf16_weights")
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -48,15 +51,29 @@ def resolve_runtime(name: str, device: torch.device) -> str:
     docstring); other names are checked."""
     if name not in RUNTIMES:
         raise InvalidInput(f"unknown embedding runtime {name!r}: valid are {', '.join(RUNTIMES)}")
-    return AUTO.get(device.type, "eager") if name == "auto" else name
+    return AUTO.get(hardware_key(device), "eager") if name == "auto" else name
+
+
+def hardware_key(device: torch.device) -> str:
+    """`cpu+bf16` for a CPU that computes bf16 natively (AVX512-BF16/AMX), else the device type."""
+    return "cpu+bf16" if device.type == "cpu" and native_bf16(device) else device.type
 
 
 def model_dtype(runtime: str, dtype: str, device: torch.device) -> str:
-    """The dtype to load the shared model in: bf16_matmul needs fp32 weights, so a `dtype=auto`
-    that would pick bf16 becomes float32 under it (an explicit dtype is kept)."""
-    if dtype == "auto" and resolve_runtime(runtime, device) == "bf16_matmul":
+    """The dtype to load the shared model in: bf16_matmul and bf16_weights need fp32 weights, so a
+    `dtype=auto` that would pick bf16 becomes float32 under them (an explicit dtype is kept)."""
+    if dtype == "auto" and resolve_runtime(runtime, device) in NEEDS_FP32:
         return "float32"
     return dtype
+
+
+def bf16_unsupported(backbone: Backbone) -> str | None:
+    """Why bf16 matmuls over an fp32 model do not pay here (None: they do)."""
+    if backbone.dtype != torch.float32:
+        return f"the model is loaded in {str(backbone.dtype).removeprefix('torch.')}, not float32"
+    if not native_bf16(backbone.device):
+        return f"bf16 is not native on {backbone.device.type} here (it would be emulated, far slower)"
+    return None
 
 
 class Runtime:
@@ -87,11 +104,7 @@ class Bf16Matmul(Runtime):
     name = "bf16_matmul"
 
     def unsupported(self, backbone: Backbone, spec: ForwardSpec) -> str | None:
-        if backbone.dtype != torch.float32:
-            return f"the model is loaded in {str(backbone.dtype).removeprefix('torch.')}, not float32"
-        if not native_bf16(backbone.device):
-            return f"bf16 is not native on {backbone.device.type} here (it would be emulated, far slower)"
-        return None
+        return bf16_unsupported(backbone)
 
     def context(self, backbone: Backbone) -> contextlib.AbstractContextManager[Any]:
         return torch.autocast(backbone.device.type, dtype=torch.bfloat16)
@@ -132,6 +145,59 @@ class Compiled(Runtime):
         return -(-T // self.BUCKET) * self.BUCKET
 
 
+_BF16_ON = threading.local()  # set inside Bf16Weights.context, per thread
+BF16_COPY = "lodestar_bf16"  # the attribute of a Linear holding its bf16 weight
+
+
+def _linear_forward(linear: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    w16: torch.Tensor = getattr(linear, BF16_COPY)
+    if getattr(_BF16_ON, "on", False) and x.dtype == torch.float32:
+        return torch.nn.functional.linear(x.to(torch.bfloat16), w16).to(x.dtype) + (
+            linear.bias if linear.bias is not None else 0
+        )
+    return torch.nn.functional.linear(x, linear.weight, linear.bias)
+
+
+class Bf16Weights(Runtime):
+    """Every Linear of the decoder multiplies in bf16 on a bf16 copy of its weight, made once; the
+    residual stream, norms, attention, softmax and biases stay fp32. The speed of bf16 matmuls where
+    they are native, without bf16_matmul's per-forward weight casts or a bf16 model's residual
+    error. The copies cost half the Linears' fp32 memory. The model is the shared one, and the
+    copies are used only inside this runtime's forwards, never by generation or compression. Layer
+    hooks (token prepending) run unchanged; adapters run eager: with bf16 matmuls the vectors of
+    bidirectional-stsb fell to cosine 0.997 of fp32 on STS-B dev."""
+
+    name = "bf16_weights"
+
+    def __init__(self) -> None:
+        self._installed: set[int] = set()  # id(decoder module) whose Linears carry a bf16 copy
+        self._lock = threading.Lock()
+
+    def unsupported(self, backbone: Backbone, spec: ForwardSpec) -> str | None:
+        if spec.adapter is not None:  # measured: bidirectional-stsb's vectors fell to cosine 0.997 of fp32
+            return f"adapter {spec.adapter!r}: an adapter's vectors drift past cosine 0.999 of fp32 with bf16 matmuls"
+        return bf16_unsupported(backbone)
+
+    def _install(self, decoder: torch.nn.Module) -> None:
+        with self._lock, torch.no_grad():
+            if id(decoder) in self._installed:
+                return
+            for m in decoder.modules():
+                if isinstance(m, torch.nn.Linear) and not hasattr(m, BF16_COPY):
+                    setattr(m, BF16_COPY, m.weight.detach().to(torch.bfloat16))
+                    m.forward = functools.partial(_linear_forward, m)  # type: ignore[method-assign]
+            self._installed.add(id(decoder))
+
+    @contextlib.contextmanager
+    def context(self, backbone: Backbone) -> Iterator[None]:
+        self._install(backbone.decoder)
+        _BF16_ON.on = True
+        try:
+            yield
+        finally:
+            _BF16_ON.on = False
+
+
 def _onnxruntime(cache_dir: Path | None) -> Runtime:
     from lodestar.embed.onnx_runtime import OnnxRuntime
 
@@ -141,6 +207,7 @@ def _onnxruntime(cache_dir: Path | None) -> Runtime:
 _BUILDERS: dict[str, Callable[[Path | None], Runtime]] = {
     "eager": lambda _: Runtime(),
     "bf16_matmul": lambda _: Bf16Matmul(),
+    "bf16_weights": lambda _: Bf16Weights(),
     "compile": lambda _: Compiled(),
     "onnxruntime": _onnxruntime,
 }

@@ -37,7 +37,10 @@ class Settings(BaseSettings):
 
     # --- model ---
     model: str = Field("bundled", description="'bundled' (SmolLM2-135M-Instruct GGUF), a HF folder, or a .gguf file")
-    dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16 (auto: bf16 only where native)")
+    dtype: str = Field(
+        "auto",
+        description="auto | float32 | bfloat16 | float16 (auto: bf16 only where native, but float32 under embed_runtime bf16_weights or bf16_matmul, which multiply in bf16 themselves over fp32 weights; embed_runtime=auto picks bf16_weights where bf16 is native on a CPU)",
+    )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     cache_dir: Path = Field(
         Path.home() / ".cache" / "lodestar", description="dequantised GGUF weights and exported ONNX decoders live here"
@@ -95,7 +98,7 @@ class Settings(BaseSettings):
     # --- embedding runtime ---
     embed_runtime: str = Field(
         "auto",
-        description="how embedding forwards run: auto | eager | bf16_matmul | compile | onnxruntime. auto = the runtime measured fastest with every vector within cosine 0.999 of fp32 on this hardware: onnxruntime on CPU for a float32 model (1.56x eager on an AVX2 CPU, cosine 1.0; the decoder is exported once into cache_dir/onnx), eager on GPU and for a bf16 model (dtype=auto loads bf16 where the CPU computes it natively). bf16_matmul loads the model in float32 when dtype is auto. A forward a runtime cannot run (compile, onnxruntime: token prepending, output layers, adapters) runs eager, logged once per reason",
+        description="how embedding forwards run: auto | eager | bf16_matmul | bf16_weights | compile | onnxruntime. auto = the runtime measured fastest with every vector within cosine 0.999 of fp32 on this hardware: bf16_weights on a CPU that computes bf16 natively (AVX512-BF16/AMX: every Linear multiplies in bf16 on a bf16 copy of its weights, the rest stays fp32; 1.44-1.73x eager fp32, every mode), onnxruntime on other CPUs (1.16-1.25x on an AVX2 CPU, cosine 1.0; the decoder is exported once into cache_dir/onnx), eager on GPU. bf16_matmul and bf16_weights load the model in float32 when dtype is auto. A forward a runtime cannot run (compile, onnxruntime: token prepending, output layers, adapters; any runtime: a model not in float32) runs eager, logged once per reason",
     )
 
     # --- generation ---

@@ -9,7 +9,7 @@ batch, `--repeats` times, so load on a shared machine hits both alike; the speed
 of the per-repeat ratios, with their spread. Writes bench/results/embed_runtime.json atomically.
 
 Runtimes: eager_bf16 (the model cast to bf16: what dtype=auto loads where bf16 is native),
-bf16_matmul and compile (embed/runtime.py), int8_dynamic (torch.ao dynamic int8 on every Linear of
+bf16_matmul, bf16_weights and compile (embed/runtime.py), int8_dynamic (torch.ao dynamic int8 on every Linear of
 the decoder layers), onnxruntime and openvino (the decoder exported once; plain forwards only).
 """
 
@@ -49,7 +49,7 @@ MODES: dict[str, dict[str, Any]] = {
     "bidirectional": {"adapter": "bidirectional-stsb"},
     "sparse": {"mode": "echo", "adapter": "sparse-squad", "sparse": True, "with_dense": True},
 }
-RUNTIMES = ("eager_bf16", "bf16_matmul", "compile", "int8_dynamic", "onnxruntime", "openvino")
+RUNTIMES = ("eager_bf16", "bf16_matmul", "bf16_weights", "compile", "int8_dynamic", "onnxruntime", "openvino")
 
 
 def options(mode: str) -> EmbedOptions:
@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     engines: dict[str, Callable[[], EmbeddingEngine | str]] = {
         "eager_bf16": lambda: EmbeddingEngine(load_backbone(BackboneConfig(dtype="bfloat16", adapter_dirs=adapters))),
         "bf16_matmul": lambda: EmbeddingEngine(fp32, EngineConfig(runtime="bf16_matmul")),
+        "bf16_weights": lambda: EmbeddingEngine(fp32, EngineConfig(runtime="bf16_weights")),
         "compile": lambda: EmbeddingEngine(fp32, EngineConfig(runtime="compile")),
         # a fresh export each run, timed like the others' first-call costs
         "onnxruntime": lambda: EmbeddingEngine(

@@ -238,20 +238,26 @@ def test_sparse_vectors_of_the_bundled_model_start_sparse_and_lexical(client, to
     assert set(own[1:]) <= {int(i) for i in ids}, "every later token of the text is in its vector"
 
 
-def test_auto_runtime_serves_through_onnx_runtime_on_cpu(tiny_server, tmp_path, tiny_backbone) -> None:  # type: ignore[no-untyped-def]
-    """The server's default (auto) on CPU with a float32 model: the decoder exported into cache_dir
-    once at load (the warm-up), Info says so, and the vectors are the eager engine's."""
+@pytest.mark.parametrize("native", [False, True], ids=["bf16-emulated", "bf16-native"])
+def test_auto_runtime_serves_through_the_measured_runtime_on_cpu(  # type: ignore[no-untyped-def]
+    tiny_server, tmp_path, tiny_backbone, monkeypatch, native: bool
+) -> None:
+    """The server's default (auto) on CPU with a float32 model: where bf16 is emulated, ONNX Runtime
+    with the decoder exported into cache_dir once at load (the warm-up); where it is native, bf16
+    weight copies. Info names it and the vectors are within its bound of the eager engine's."""
+    from lodestar.embed import runtime as rt
     from lodestar.embed.engine import EmbeddingEngine
 
+    monkeypatch.setattr(rt, "native_bf16", lambda device: native)
     srv = tiny_server(embed_runtime="auto", cache_dir=tmp_path / "cache")
-    assert list((tmp_path / "cache" / "onnx").glob("decoder-*.onnx"))
+    assert bool(list((tmp_path / "cache" / "onnx").glob("decoder-*.onnx"))) is not native
     eager = EmbeddingEngine(tiny_backbone)
     try:
         with Client(srv.address) as c:
-            assert c.info().runtime == "onnxruntime"
+            assert c.info().runtime == ("bf16_weights" if native else "onnxruntime")
             got = np.asarray(c.embed(["a short text", "another, somewhat longer text"]).vectors)
         want = eager.embed(["a short text", "another, somewhat longer text"]).vectors
         cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
-        assert (cos >= 0.9999).all()
+        assert (cos >= (0.999 if native else 0.9999)).all()
     finally:
         eager.close()

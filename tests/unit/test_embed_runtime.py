@@ -1,7 +1,7 @@
 """Embedding runtimes: `auto` per hardware, the fall-back to eager (with a log line saying why) where a
 runtime cannot run a forward, ONNX Runtime's export cache, and on the real model the vectors of
-onnxruntime (what `auto` picks on CPU for a float32 model) and bf16_matmul within cosine 0.999 of
-eager fp32 for every mode (adapters included) and for learned-sparse output."""
+onnxruntime and bf16_weights (what `auto` picks on CPU without and with native bf16) within cosine
+0.999 of eager fp32 for every mode (adapters included) and for learned-sparse output."""
 
 from __future__ import annotations
 
@@ -32,18 +32,21 @@ TEXTS = ["A cat sat.", "The old lighthouse keeper watched the storm roll in from
 
 
 def test_auto_picks_the_measured_runtime_and_bf16_matmul_loads_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert rt.resolve_runtime("auto", CPU) == rt.AUTO["cpu"]
+    assert rt.resolve_runtime("auto", CPU) == rt.AUTO[rt.hardware_key(CPU)]
     assert rt.resolve_runtime("compile", CPU) == "compile"
     assert rt.model_dtype("bf16_matmul", "auto", CPU) == "float32"  # bf16_matmul needs fp32 weights
     assert rt.model_dtype("bf16_matmul", "bfloat16", CPU) == "bfloat16"  # an explicit dtype is kept
     assert rt.model_dtype("eager", "auto", CPU) == "auto"
-    monkeypatch.setitem(rt.AUTO, "cpu", "bf16_matmul")  # a machine where it measured faster
-    assert rt.resolve_runtime("auto", CPU) == "bf16_matmul"
-    assert rt.model_dtype("auto", "auto", CPU) == "float32"
+    monkeypatch.setattr(rt, "native_bf16", lambda device: False)  # an AVX2-only CPU
+    assert rt.resolve_runtime("auto", CPU) == "onnxruntime"
+    monkeypatch.setattr(rt, "native_bf16", lambda device: True)  # AVX512-BF16 / AMX
+    assert rt.resolve_runtime("auto", CPU) == "bf16_weights"
+    assert rt.model_dtype("auto", "auto", CPU) == "float32"  # its bf16 copies sit beside fp32 weights
+    assert rt.model_dtype("auto", "bfloat16", CPU) == "bfloat16"
 
 
 def test_unknown_runtime_lists_the_valid_ones() -> None:
-    with pytest.raises(InvalidInput, match="eager, bf16_matmul, compile"):
+    with pytest.raises(InvalidInput, match="eager, bf16_matmul, bf16_weights, compile"):
         rt.resolve_runtime("tensorrt", CPU)
 
 
@@ -71,20 +74,59 @@ def test_compile_falls_back_to_eager_for_hooks_and_adapters(
         compiled.close()
 
 
-def test_bf16_matmul_falls_back_on_a_model_not_in_fp32(
-    tiny_backbone: Backbone, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("runtime", "native", "why"),
+    [
+        ("bf16_matmul", True, "loaded in bfloat16, not float32"),  # the model handed over is bf16
+        ("bf16_weights", False, "bf16 is not native"),
+    ],
+)
+def test_bf16_runtimes_fall_back_where_they_do_not_pay(
+    tiny_backbone: Backbone,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    runtime: str,
+    native: bool,
+    why: str,
 ) -> None:
-    half = tiny_backbone.with_dtype(torch.bfloat16)
-    engine = EmbeddingEngine(half, EngineConfig(runtime="bf16_matmul"))
+    monkeypatch.setattr(rt, "native_bf16", lambda device: native)
+    model = tiny_backbone.with_dtype(torch.bfloat16) if runtime == "bf16_matmul" else tiny_backbone
+    engine = EmbeddingEngine(model, EngineConfig(runtime=runtime))
     try:
         with caplog.at_level(logging.WARNING, logger="lodestar.embed.runtime"):
             engine.embed(TEXTS[:1], EmbedOptions())
-        assert any("loaded in bfloat16, not float32" in r.getMessage() for r in caplog.records)
+        assert any(why in r.getMessage() for r in caplog.records)
     finally:
         engine.close()
 
 
 PLAIN = [EmbedOptions(mode=m) for m in ("mean", "last", "prompteol", "echo", "bidirectional")]
+
+
+def test_bf16_weights_runs_every_mode_and_leaves_other_forwards_fp32(
+    tiny_backbone: Backbone, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bf16_weights runs every mode without an adapter itself, token prepending's hooks included,
+    within the cosine bound of eager fp32 (forced on here: where bf16 is emulated `auto` never picks
+    it); the shared model's own forwards outside it stay exactly fp32."""
+    monkeypatch.setattr(rt, "native_bf16", lambda device: True)
+    eager = EmbeddingEngine(tiny_backbone)
+    fast = EmbeddingEngine(tiny_backbone, EngineConfig(runtime="bf16_weights"))
+    try:
+        modes = [*PLAIN, EmbedOptions(mode="token_prepend")]
+        before = [eager.embed(TEXTS, o).vectors for o in modes]
+        for o, ref in zip(modes, before):
+            assert fast.runtime.for_spec(tiny_backbone, fast.prepare(["x"], o).spec).name == "bf16_weights"
+            got = fast.embed(TEXTS, o).vectors
+            assert not np.array_equal(got, ref)  # it did multiply in bf16
+            assert ((unit(got) * unit(ref)).sum(axis=1) >= 0.999).all(), o.mode
+        for o, ref in zip(modes, before):  # the Linears now carry bf16 copies; eager forwards ignore them
+            np.testing.assert_array_equal(eager.embed(TEXTS, o).vectors, ref)
+        with_adapter = ForwardSpec(bidirectional=True, adapter="some-adapter")
+        assert fast.runtime.for_spec(tiny_backbone, with_adapter).name == "eager"  # measured off the bound
+    finally:
+        eager.close()
+        fast.close()
 
 
 @pytest.fixture
@@ -178,10 +220,10 @@ def fp32_backbone() -> Backbone:
     return load_backbone(BackboneConfig(dtype="float32", cache_dir=CACHE_DIR, adapter_dirs=(SHIPPED_ADAPTERS,)))
 
 
-@pytest.fixture(scope="module", params=["onnxruntime", "bf16_matmul"])
+@pytest.fixture(scope="module", params=["onnxruntime", "bf16_weights"])
 def pair(fp32_backbone: Backbone, request: pytest.FixtureRequest) -> Iterator[tuple[EmbeddingEngine, EmbeddingEngine]]:
-    """(eager fp32 reference, a fast path): onnxruntime, what `auto` picks on CPU for a float32
-    model, and bf16_matmul (on a CPU without native bf16 it falls back to eager, which the bound
+    """(eager fp32 reference, a fast path): what `auto` picks on CPU, onnxruntime where bf16 is
+    emulated and bf16_weights where it is native (elsewhere it falls back to eager, which the bound
     then holds trivially)."""
     ref = EmbeddingEngine(fp32_backbone)
     fast = EmbeddingEngine(fp32_backbone, EngineConfig(runtime=request.param))
@@ -196,8 +238,9 @@ def test_chosen_runtime_within_cosine_bound_of_eager_fp32(pair, opts: EmbedOptio
     ref, fast = pair
     spec = fast.prepare(["x"], opts).spec
     chosen = fast.runtime.for_spec(fast.backbone, spec).name
-    if fast.config.runtime == "bf16_matmul" and rt.native_bf16(fast.backbone.device):
-        assert chosen == "bf16_matmul"  # hooks, echo, bidirectional masks and adapters run on it
+    if fast.config.runtime == "bf16_weights" and rt.native_bf16(fast.backbone.device):
+        # hooks, echo and bidirectional masks run on it; adapters eager
+        assert chosen == ("eager" if opts.adapter else "bf16_weights")
     if fast.config.runtime == "onnxruntime" and opts.mode in ("mean", "last", "prompteol", "echo"):
         assert chosen == "onnxruntime"  # plain forwards; hooks and adapters run eager
     a = ref.embed(REAL, opts).vectors
