@@ -9,6 +9,7 @@ carrying only that id.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -68,6 +69,12 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> None:
     code, message = status_for(exc)
+    if context.done():
+        # The deadline passed or the client left while the work was finishing (its own deadline
+        # check can beat gRPC's cancel of the handler): no status can be sent any more, and
+        # abort() would fail inside gRPC. End the handler as a cancelled one.
+        log.info("%s -> %s after the call had ended: %s", method, code.name, message)
+        raise asyncio.CancelledError
     if code != grpc.StatusCode.INTERNAL:
         log.info("%s -> %s: %s", method, code.name, message)
     retry = getattr(exc, "retry_after_ms", None)

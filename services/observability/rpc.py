@@ -23,6 +23,15 @@ from lodestar.services.observability.metrics import RpcMetrics
 access_log = logging.getLogger("lodestar.access")
 
 
+def ended(context: grpc.aio.ServicerContext) -> str | None:
+    """What the client saw of a call that ended under its handler: DEADLINE_EXCEEDED once its
+    deadline passed, CANCELLED once it is done otherwise (the client left); None while it is live."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return "DEADLINE_EXCEEDED"
+    return "CANCELLED" if context.done() else None
+
+
 class ObserveInterceptor(grpc.aio.ServerInterceptor):
     """Request id, RPC metrics (when `metrics` is given) and the access log (when `access_log`)."""
 
@@ -99,12 +108,12 @@ class ObserveInterceptor(grpc.aio.ServerInterceptor):
             try:
                 return await fn(request, context)
             except asyncio.CancelledError:
-                code = "CANCELLED"
+                code = ended(context) or "CANCELLED"
                 raise
             except grpc.aio.AbortError:
                 raise
             except BaseException:
-                code = "UNKNOWN"
+                code = ended(context) or "UNKNOWN"
                 raise
             finally:
                 self._end(info, context, begun, code)
@@ -123,12 +132,12 @@ class ObserveInterceptor(grpc.aio.ServerInterceptor):
                 else:  # a coroutine that writes through context.write()
                     await result
             except (asyncio.CancelledError, GeneratorExit):
-                code = "CANCELLED"
+                code = ended(context) or "CANCELLED"
                 raise
             except grpc.aio.AbortError:
                 raise
             except BaseException:
-                code = "UNKNOWN"
+                code = ended(context) or "UNKNOWN"
                 raise
             finally:
                 self._end(info, context, begun, code)

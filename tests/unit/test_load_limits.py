@@ -3,6 +3,7 @@ bounded messages (lodestar/cancel.py, services/admission.py, lodestar/errors.py,
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -13,7 +14,8 @@ from lodestar.errors import Cancelled, DeadlineExceeded, InvalidInput, Overloade
 from lodestar.retrieve.filters import compile_filters
 from lodestar.retrieve.types import Filter
 from lodestar.services.admission import Budget, estimate_tokens
-from lodestar.services.interceptor import MAX_MESSAGE_CHARS, cut, status_for
+from lodestar.services.interceptor import MAX_MESSAGE_CHARS, _abort, cut, status_for
+from lodestar.services.observability.rpc import ended
 
 
 def test_token_is_an_event_set_by_cancel_or_its_deadline() -> None:
@@ -154,3 +156,37 @@ def test_a_seed_is_only_a_first_estimate() -> None:
     with budget.admit(4, None):
         pass
     assert budget.per_unit != 0.25  # finished requests move it
+
+
+class _Call:
+    """A servicer context as the handlers' wrappers see it: done or live, with time left or not."""
+
+    def __init__(self, done: bool, remaining: float | None) -> None:
+        self._done, self._remaining, self.aborted = done, remaining, False
+
+    def done(self) -> bool:
+        return self._done
+
+    def time_remaining(self) -> float | None:
+        return self._remaining
+
+    async def abort(self, *args: object, **kwargs: object) -> None:
+        self.aborted = True
+        raise RuntimeError("aborted")  # gRPC's abort raises AbortError
+
+
+def test_an_error_after_the_call_ended_is_not_sent_and_is_logged_as_the_client_saw_it() -> None:
+    """The work's own deadline check can beat gRPC's cancel of the handler: the status can no longer
+    be sent (abort would fail inside gRPC and the access log said UNKNOWN), so the handler ends as
+    cancelled and the access log names what the client saw."""
+    late = _Call(done=True, remaining=0.0)
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(_abort(late, DeadlineExceeded("deadline passed"), "/lodestar.v1.Retrieval/Upsert"))  # type: ignore[arg-type]
+    assert not late.aborted
+    assert ended(late) == "DEADLINE_EXCEEDED"  # type: ignore[arg-type]
+    assert ended(_Call(done=True, remaining=12.0)) == "CANCELLED"  # type: ignore[arg-type]
+    assert ended(_Call(done=False, remaining=None)) is None  # type: ignore[arg-type]
+    live = _Call(done=False, remaining=3.0)
+    with pytest.raises(RuntimeError, match="aborted"):
+        asyncio.run(_abort(live, DeadlineExceeded("deadline passed"), "/x"))  # type: ignore[arg-type]
+    assert live.aborted
