@@ -165,6 +165,7 @@ def cmd_bench_index(args: argparse.Namespace) -> int:
         chunk_docs=args.chunk_docs,
         model=args.model,
         broker_url=args.broker or "",
+        served_concurrency=args.served_clients,
         progress=not args.quiet,
     )
     result["corpus"] = str(path)
@@ -212,6 +213,12 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     bi.add_argument("--chunk-docs", type=int, default=32)
     bi.add_argument("--mode", default="mean")
     bi.add_argument("--broker", help="use this Redis instead of starting a private redis-server")
+    bi.add_argument(
+        "--served-clients",
+        type=int,
+        default=8,
+        help="first embed the same chunk texts through a served Embed with N clients, the figure each run is compared to (0: skip)",
+    )
     add_result_args(bi)
     bi.set_defaults(func=cmd_bench_index)
 
