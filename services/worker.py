@@ -17,13 +17,15 @@ from typing import Any
 
 from celery import Celery, Task
 
-from lodestar.errors import InvalidInput, NotFound
+from lodestar.cancel import Token, running
+from lodestar.errors import Cancelled, InvalidInput, NotFound
 from lodestar.retrieve.jobs import ChunkWork, Commit, JobsConfig, run_chunk
 
 log = logging.getLogger(__name__)
 
 TASK_NAME = "lodestar.index_chunk"
 MAX_RETRIES = 8
+WATCH_EVERY_S = 2.0  # how often a running chunk asks the server whether its job was cancelled
 
 app = Celery("lodestar")
 
@@ -68,7 +70,9 @@ class CeleryDispatcher:
             self.app.send_task(TASK_NAME, args=(job_id, idx), retry=True, retry_policy=policy)
 
     def stop(self, job_id: str) -> None:
-        """Nothing to reach: a worker's chunk of a cancelled job is skipped at fetch and not recorded at commit."""
+        """Nothing to reach: a worker's chunk of a cancelled job is skipped at fetch, stops at its
+        next embedding batch once its watcher sees the state (index_chunk), and is not recorded at
+        commit."""
 
     def close(self) -> None:
         self.app.close()
@@ -149,9 +153,39 @@ class ChunkTask(Task):
     max_retries=MAX_RETRIES,
 )
 def index_chunk(self: Task, job_id: str, idx: int) -> dict[str, Any]:
-    """Embed and commit chunk `idx` of job `job_id` (see retrieve/jobs/chunks.py)."""
+    """Embed and commit chunk `idx` of job `job_id` (see retrieve/jobs/chunks.py); a CancelJob that
+    lands meanwhile stops the embedding at its next batch (watch_job), and the chunk is not retried."""
     embedder, client = _Process.get()
-    return run_chunk(RemoteSource(client), embedder, job_id, idx, self.request.hostname or "worker")
+    token = Token()
+    stop = watch_job(client, job_id, token, WATCH_EVERY_S)
+    try:
+        with running(token):
+            return run_chunk(RemoteSource(client), embedder, job_id, idx, self.request.hostname or "worker")
+    except Cancelled as exc:
+        log.info("chunk %d of job %s stopped: %s", idx, job_id, exc)
+        return {"job": job_id, "chunk": idx, "skipped": str(exc)}
+    finally:
+        stop.set()
+
+
+def watch_job(client: Any, job_id: str, token: Token, every_s: float = WATCH_EVERY_S) -> threading.Event:
+    """Cancel `token` once the server says job `job_id` was cancelled or failed, asking every
+    `every_s` seconds until the returned event is set; a server that does not answer is asked again
+    (the chunk's commit will meet the same server)."""
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(every_s):
+            try:
+                state = client.get_job(job_id, max_errors=0).state
+            except Exception:
+                continue
+            if state in ("cancelled", "failed"):
+                token.cancel(f"job {job_id} was {state} while this chunk ran")
+                return
+
+    threading.Thread(target=watch, name="lodestar-job-watch", daemon=True).start()
+    return stop
 
 
 def ping(settings: Any, hostname: str | None = None, timeout_s: float = 5.0) -> tuple[str, bool]:

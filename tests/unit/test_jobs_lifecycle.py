@@ -253,3 +253,52 @@ def wait_stopped(jobs: JobManager, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not jobs.dispatcher.stopped and time.monotonic() < deadline:  # type: ignore[attr-defined]
         time.sleep(0.05)
+
+
+def test_a_worker_chunk_stops_at_its_next_step_once_the_job_is_cancelled(small_steps, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A Celery worker's chunk used to embed every document after CancelJob (only its commit was
+    refused). Its watcher now asks the server for the job's state while it runs: once cancelled, no
+    further forward begins, nothing is committed, and the task ends without a retry."""
+    from types import SimpleNamespace
+
+    from tinymodel import counting
+
+    from lodestar.retrieve.jobs import ChunkWork
+    from lodestar.retrieve.types import Document
+    from lodestar.services import worker
+
+    _, embedder = small_steps
+    state = {"job": "running"}
+    committed: list = []  # type: ignore[type-arg]
+
+    class Server:  # the worker's client: the chunk's documents, the job's state, the commit
+        def fetch_chunk(self, job_id: str, idx: int) -> ChunkWork:
+            cfg = CollectionConfig(name="docs", mode="mean", chunk_tokens=0)
+            docs = [Document(f"d{i}", f"document number {i}") for i in range(40)]
+            return ChunkWork(job_id, idx, "docs", cfg, embedder.backbone.hidden_size, "", docs, list(range(40)))
+
+        def get_job(self, job_id: str, max_errors: int = 0) -> SimpleNamespace:
+            return SimpleNamespace(state=state["job"])
+
+        def commit_chunk(self, commit: object) -> None:
+            committed.append(commit)
+
+    monkeypatch.setattr(worker._Process, "get", classmethod(lambda cls: (embedder, Server())))
+    monkeypatch.setattr(worker, "WATCH_EVERY_S", 0.02)
+    seen_cancel = threading.Event()
+    real_cancel = worker.Token.cancel
+
+    def cancel(self, reason: str = "") -> None:  # type: ignore[no-untyped-def]
+        real_cancel(self, reason)
+        seen_cancel.set()
+
+    monkeypatch.setattr(worker.Token, "cancel", cancel)
+
+    def cancel_job() -> None:  # inside the chunk's 2nd forward (of 20): CancelJob, and the watcher sees it
+        state["job"] = "cancelled"
+        assert seen_cancel.wait(10)
+
+    with counting(cancel_job, cancel_at=2) as seen:
+        result = worker.index_chunk("job1", 0)
+    assert "cancelled" in result["skipped"] and committed == []
+    assert seen.total == 2 and seen.after_cancel == 0
