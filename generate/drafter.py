@@ -47,13 +47,15 @@ class DraftConfig:
     self_tokens: int = 4  # chain length the early exit writes per step
     self_min_trust: float = 0.15  # below this trust ratio a request stops paying for self-drafts
     # Sources shared across requests (off for seeded sampling, whose draws must not depend on them):
-    history: bool = True  # earlier outputs of this decoder (SuffixDecoding's global tree), see history.py
+    # Off by default: on the AVX512-BF16 EPYC both together took code completion from 2.09x to 1.62x
+    # (larger trees cost more than the tokens they added) and RAG from 1.50x to 1.53x (docs/results.md).
+    history: bool = False  # earlier outputs of this decoder (SuffixDecoding's global tree), see history.py
     history_prior: float = 0.8
     history_tokens: int = 1_000_000  # outputs kept, oldest dropped first
     history_lookup: LookupConfig = field(
         default_factory=lambda: LookupConfig(max_match=16, min_match=2, max_continuation=16)
     )
-    recycle: bool = True  # token recycling: each token's top-k successors from past logits, see recycle.py
+    recycle: bool = False  # token recycling: each token's top-k successors from past logits, see recycle.py
     recycle_prior: float = 0.5
     recycle_paths: int = 16
     recycle_depth: int = 6

@@ -322,6 +322,7 @@ class Runtime:
 
     def _build_generation(self, engine: EmbeddingEngine) -> GenerationEngine:
         from lodestar.generate.decoder import DecoderConfig
+        from lodestar.generate.drafter import DraftConfig
         from lodestar.generate.engine import GenerateConfig, GenerationEngine
 
         s = self.settings
@@ -333,7 +334,10 @@ class Runtime:
                 default_datastore=s.default_datastore,
                 max_concurrent=s.max_concurrent_generations,
                 dtype=s.generate_dtype,
-                decoder=DecoderConfig(max_new_tokens=s.max_new_tokens),
+                decoder=DecoderConfig(
+                    max_new_tokens=s.max_new_tokens,
+                    draft=DraftConfig(history=s.shared_drafts, recycle=s.shared_drafts),
+                ),
             ),
         )
 

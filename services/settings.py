@@ -112,6 +112,10 @@ class Settings(BaseSettings):
     )
     max_new_tokens: int = Field(2048, ge=1, description="largest max_new_tokens a generation may ask for")
     max_concurrent_generations: int = Field(4, ge=1, description="generations in flight before RESOURCE_EXHAUSTED")
+    shared_drafts: bool = Field(
+        False,
+        description="speculative drafts also from earlier outputs of this server (SuffixDecoding's global tree) and from each token's recycled top-k successors; off by default: on a 2-core AVX512-BF16 CPU they took code completion from 2.09x to 1.62x and RAG answers from 1.50x to 1.53x",
+    )
     generate_dtype: str = Field(
         "float32",
         description="dtype generation runs in: float32 keeps speculative greedy identical to plain greedy (bf16 logits tie and round differently per path); auto = the model's dtype",
