@@ -68,9 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rag-tokens", type=int, default=64)
     ap.add_argument("--max-nodes", type=int, default=None, help="draft tree budget (default: DraftConfig's)")
     ap.add_argument(
-        "--no-shared",
-        action="store_true",
-        help="draft without the sources shared across requests (output history, token recycling): the earlier drafter",
+        "--shared",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also draft from the sources shared across requests (output history, token recycling); off by default, as in the server",
     )
     ap.add_argument("--self-draft-layers", type=int, default=0, help="add early-exit self-drafts from N layers")
     ap.add_argument("--tag", default="", help="suffix of the result files: specdec_<workload><tag>.json")
@@ -87,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     backbone = load_backbone(BackboneConfig(model=args.model, dtype=args.dtype))
     draft = DraftConfig() if args.max_nodes is None else replace(DraftConfig(), max_nodes=args.max_nodes)
-    if args.no_shared:
-        draft = replace(draft, history=False, recycle=False)
+    draft = replace(draft, history=args.shared, recycle=args.shared)
     config = DecoderConfig(draft=draft)
     env = {
         "model": backbone.model_id,
