@@ -16,6 +16,7 @@ from typing import Any
 
 from lodestar.errors import InvalidInput
 from lodestar.retrieve.backends.milvus_store import MilvusOptions
+from lodestar.retrieve.search import MAX_QUERIES
 from lodestar.retrieve.types import CollectionConfig, Document, SearchRequest
 
 
@@ -125,6 +126,16 @@ class QueryCache:
         return getattr(self.inner, name)
 
 
+def search_all(engine: Any, collection: str, request: SearchRequest, per_call: int = MAX_QUERIES) -> list[Any]:
+    """Every query of `request`, searched `per_call` at a time (a search takes at most the engine's
+    max_queries_per_search: SQuAD's 1,278 judged questions are more)."""
+    queries = list(request.queries)
+    out: list[Any] = []
+    for i in range(0, len(queries), per_call):
+        out += engine.search(collection, dataclasses.replace(request, queries=queries[i : i + per_call]))
+    return out
+
+
 def eval_beir(
     embedder: Any,
     folder: Path,
@@ -221,7 +232,7 @@ def eval_beir(
                     feedback_weight=fb[1],
                     length_norm=b,
                 )
-                results = engine.search(config.name, request)
+                results = search_all(engine, config.name, request)
                 search_s = time.perf_counter() - t0
                 ndcg = [ndcg_at([h.id for h in hits], qrels[q]) for q, hits in zip(judged, results)]
                 recall = [recall_at([h.id for h in hits], qrels[q]) for q, hits in zip(judged, results)]

@@ -112,6 +112,28 @@ def test_vocabulary_fold_keeps_the_largest_or_sums_each_word_form():
     assert whole.toarray().tolist() == [[0.0, 3.0, 4.0, 2.0]]
 
 
+def test_eval_beir_searches_more_queries_than_one_search_takes(tiny_engine, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """SQuAD has 1,278 judged questions and a search takes at most 1,024: the evaluation splits them,
+    and the scores are those of one search with no limit."""
+    from lodestar.retrieve.engine import RetrievalEngine
+    from lodestar.retrieve.eval import beir as beir_mod
+
+    folder = beir(tmp_path / "set", n_queries=12)
+    whole = beir_mod.eval_beir(tiny_engine, folder, retrievers=("dense", "bm25", "hybrid"), progress=False)
+    sizes: list[int] = []
+    search = RetrievalEngine.search
+
+    def limited(self, name, request):  # type: ignore[no-untyped-def]
+        sizes.append(len(request.queries))
+        return search(self, name, request)
+
+    monkeypatch.setattr(RetrievalEngine, "search", limited)
+    monkeypatch.setattr(beir_mod.search_all, "__defaults__", (5,))  # as if a search took 5 queries
+    split = beir_mod.eval_beir(tiny_engine, folder, retrievers=("dense", "bm25", "hybrid"), progress=False)
+    assert max(sizes) == 5 and sum(sizes) == 12 * len(split)
+    assert [r["ndcg@10"] for r in split] == [r["ndcg@10"] for r in whole] and split[0]["queries"] == 12
+
+
 def test_eval_beir_work_dir_resumes_and_reuses_the_index(tiny_engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """--work-dir keeps the indexed corpus under a key of (documents, config, model, adapters): a rerun
     encodes nothing, an interrupted one only its missing batches, another config gets its own index."""
