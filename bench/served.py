@@ -172,8 +172,10 @@ def bench_embed(
     ceiling_batch_sizes: tuple[int, ...] = CEILING_BATCH_SIZES,
     repeats: int = 3,
     progress: bool = True,
+    direct: Any = None,
 ) -> dict[str, Any]:
-    """Served throughput (gRPC, `concurrency` clients) vs the in-process ceiling; a JSON-able dict."""
+    """Served throughput (gRPC, `concurrency` clients) vs the in-process ceiling; a JSON-able dict.
+    `direct`: an embedding engine already built from these settings (it is closed at the end)."""
     import torch
 
     from lodestar.embed.types import EmbedOptions
@@ -193,7 +195,7 @@ def bench_embed(
 
     # The model loads once: the ceiling's engine and the server's engine share this backbone
     # (and its lock, so the two never run forwards at the same time).
-    direct = Runtime(settings, [])._build_engine(None)
+    direct = direct or Runtime(settings, [])._build_engine(None)
     # Only the embedding service: nothing else loads or competes for the cores.
     server_settings = Settings(**overrides, host="127.0.0.1", port=0, only=("embed",))
     server = BackgroundServer(server_settings, backbone=direct.backbone)
@@ -380,22 +382,16 @@ def _run_job(address: str, lines: list[tuple[int, bytes]], mode: str, chunk_docs
     }
 
 
-def chunk_texts(lines: list[tuple[int, bytes]], mode: str, model: str | None = None) -> list[str]:
+def chunk_texts(engine: Any, lines: list[tuple[int, bytes]], mode: str) -> list[str]:
     """The texts an indexing job of `lines` embeds: each document's body (title. text) cut into a
-    default collection's chunks, as the server's upsert cuts them."""
+    default collection's chunks by `engine`'s tokenizer, as the server's upsert cuts them."""
     from lodestar.retrieve.jobs.records import parse_line
     from lodestar.retrieve.prepare import DocLimits, chunk_document
     from lodestar.retrieve.types import CollectionConfig
-    from lodestar.services.runtime import Runtime
-    from lodestar.services.settings import Settings
 
-    engine = Runtime(Settings(**_settings_overrides(model)), [])._build_engine(None)
-    try:
-        cfg = CollectionConfig(name="bench", mode=mode)
-        docs = [d for n, data in lines if (d := parse_line(n, data, DocLimits())) is not None and hasattr(d, "text")]
-        return [d.text[s:e] for d in docs for s, e in chunk_document(engine, cfg, d.text)]
-    finally:
-        engine.close()
+    cfg = CollectionConfig(name="bench", mode=mode)
+    docs = [d for n, data in lines if (d := parse_line(n, data, DocLimits())) is not None and hasattr(d, "text")]
+    return [d.text[s:e] for d in docs for s, e in chunk_document(engine, cfg, d.text)]
 
 
 def _over_served(run: dict[str, Any], tokens: int, served_tokens_per_s: float) -> None:
@@ -433,15 +429,22 @@ def bench_index(
     out: dict[str, Any] = {"documents": len(lines), "mode": mode, "chunk_docs": chunk_docs, "cores": cores}
     served_tps = 0.0
     if served_concurrency > 0:
-        texts = chunk_texts(lines, mode, model)
+        from lodestar.services.runtime import Runtime
+
+        direct = Runtime(Settings(**overrides), [])._build_engine(None)  # chunks the texts, then embeds them
+        texts = chunk_texts(direct, lines, mode)
         if progress:
             print(f"== served embedding of the {len(texts)} chunk texts, {served_concurrency} clients", file=sys.stderr)
         embed = bench_embed(
-            texts, {"mode": mode}, served_concurrency, model=model, ceiling_batch_sizes=(16,), repeats=1
+            texts, {"mode": mode}, served_concurrency, model=model, ceiling_batch_sizes=(16,), repeats=1, direct=direct
         )
         served_tps = embed["served"]["tokens_per_s"]
-        out["served_embed"] = {"chunks": len(texts), "tokens": embed["served"]["tokens"], "tokens_per_s": served_tps}
-        out["served_embed"]["concurrency"] = served_concurrency
+        out["served_embed"] = {
+            "chunks": len(texts),
+            "tokens": embed["served"]["tokens"],
+            "tokens_per_s": served_tps,
+            "concurrency": served_concurrency,
+        }
     with tempfile.TemporaryDirectory(prefix="lodestar-bench-index-") as tmp:
         root = Path(tmp)
         settings = Settings(**overrides, host="127.0.0.1", port=0, data_dir=root / "inproc")

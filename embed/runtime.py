@@ -145,32 +145,27 @@ class Compiled(Runtime):
         return -(-T // self.BUCKET) * self.BUCKET
 
 
-_BF16_ON = threading.local()  # set inside Bf16Weights.context, per thread
-BF16_COPY = "lodestar_bf16"  # the attribute of a Linear holding its bf16 weight
-
-
-def _linear_forward(linear: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    w16: torch.Tensor = getattr(linear, BF16_COPY)
-    if getattr(_BF16_ON, "on", False) and x.dtype == torch.float32:
-        return torch.nn.functional.linear(x.to(torch.bfloat16), w16).to(x.dtype) + (
-            linear.bias if linear.bias is not None else 0
-        )
-    return torch.nn.functional.linear(x, linear.weight, linear.bias)
+def _bf16_linear(linear: torch.nn.Linear, w16: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """`linear(x)` multiplied in bf16 on `w16`, its weight's bf16 copy; fp32 in, fp32 out, bias fp32."""
+    out = torch.nn.functional.linear(x.to(torch.bfloat16), w16).to(x.dtype)
+    return out + linear.bias if linear.bias is not None else out
 
 
 class Bf16Weights(Runtime):
     """Every Linear of the decoder multiplies in bf16 on a bf16 copy of its weight, made once; the
     residual stream, norms, attention, softmax and biases stay fp32. The speed of bf16 matmuls where
     they are native, without bf16_matmul's per-forward weight casts or a bf16 model's residual
-    error. The copies cost half the Linears' fp32 memory. The model is the shared one, and the
-    copies are used only inside this runtime's forwards, never by generation or compression. Layer
-    hooks (token prepending) run unchanged; adapters run eager: with bf16 matmuls the vectors of
-    bidirectional-stsb fell to cosine 0.997 of fp32 on STS-B dev."""
+    error. The copies cost half the Linears' fp32 memory. The model is the shared one: the copies
+    are swapped in for this runtime's forwards only, under the backbone's lock (as forward.py puts
+    its hooks on), so generation and compression never see them. Layer hooks (token prepending) run
+    unchanged; adapters run eager: with bf16 matmuls the vectors of bidirectional-stsb fell to cosine
+    0.997 of fp32 on STS-B dev."""
 
     name = "bf16_weights"
 
     def __init__(self) -> None:
-        self._installed: set[int] = set()  # id(decoder module) whose Linears carry a bf16 copy
+        # id(decoder module) -> each of its Linears with the bf16 copy of its weight
+        self._copies: dict[int, list[tuple[torch.nn.Linear, torch.Tensor]]] = {}
         self._lock = threading.Lock()
 
     def unsupported(self, backbone: Backbone, spec: ForwardSpec) -> str | None:
@@ -178,24 +173,25 @@ class Bf16Weights(Runtime):
             return f"adapter {spec.adapter!r}: an adapter's vectors drift past cosine 0.999 of fp32 with bf16 matmuls"
         return bf16_unsupported(backbone)
 
-    def _install(self, decoder: torch.nn.Module) -> None:
+    def _linears(self, decoder: torch.nn.Module) -> list[tuple[torch.nn.Linear, torch.Tensor]]:
         with self._lock, torch.no_grad():
-            if id(decoder) in self._installed:
-                return
-            for m in decoder.modules():
-                if isinstance(m, torch.nn.Linear) and not hasattr(m, BF16_COPY):
-                    setattr(m, BF16_COPY, m.weight.detach().to(torch.bfloat16))
-                    m.forward = functools.partial(_linear_forward, m)  # type: ignore[method-assign]
-            self._installed.add(id(decoder))
+            copies = self._copies.get(id(decoder))
+            if copies is None:
+                linears = [m for m in decoder.modules() if isinstance(m, torch.nn.Linear)]
+                copies = self._copies[id(decoder)] = [(m, m.weight.detach().to(torch.bfloat16)) for m in linears]
+            return copies
 
     @contextlib.contextmanager
     def context(self, backbone: Backbone) -> Iterator[None]:
-        self._install(backbone.decoder)
-        _BF16_ON.on = True
+        """Entered under backbone.lock (embed/forward.py): no other forward runs while the swap is on."""
+        copies = self._linears(backbone.decoder)
+        for m, w16 in copies:
+            m.forward = functools.partial(_bf16_linear, m, w16)  # type: ignore[method-assign]
         try:
             yield
         finally:
-            _BF16_ON.on = False
+            for m, _ in copies:
+                del m.forward  # the class's own forward again
 
 
 def _onnxruntime(cache_dir: Path | None) -> Runtime:
