@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
 from lodestar.errors import Unavailable
-from lodestar.services.admission import Budget, estimate_tokens
+from lodestar.services.admission import Backlog, Budget, estimate_tokens
 from lodestar.services.settings import Settings
 from lodestar.services.work import Tokens
 from lodestar.telemetry import NOOP, Telemetry
@@ -73,10 +73,14 @@ class Runtime:
         self.telemetry: Telemetry = NOOP  # handed to every engine once built (metrics, tracing)
         self._on_close: list[Callable[[], None]] = []
         self.tokens = Tokens()  # the cancellation tokens of blocking calls in flight (services/work.py)
-        self.budgets = {  # admission control, by kind of work (services/admission.py)
+        # Admission control, by kind of work (services/admission.py). Texts to embed (counted in
+        # tokens) and documents to index queue for the same backbone: a request's deadline check
+        # waits for both. The count of texts is the same work as its tokens, so it waits for its own.
+        backbone = Backlog()
+        self.budgets = {
             "texts": Budget("texts", settings.max_queued_texts, "max_queued_texts"),
-            "tokens": Budget("tokens (estimated)", settings.max_queued_tokens, "max_queued_tokens"),
-            "documents": Budget("documents", settings.max_inflight_documents, "max_inflight_documents"),
+            "tokens": Budget("tokens (estimated)", settings.max_queued_tokens, "max_queued_tokens", backbone),
+            "documents": Budget("documents", settings.max_inflight_documents, "max_inflight_documents", backbone),
         }
 
     @contextmanager

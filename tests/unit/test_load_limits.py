@@ -13,7 +13,7 @@ from lodestar.cancel import Token, checkpoint, current, running
 from lodestar.errors import Cancelled, DeadlineExceeded, InvalidInput, Overloaded, shown
 from lodestar.retrieve.filters import compile_filters
 from lodestar.retrieve.types import Filter
-from lodestar.services.admission import Budget, estimate_tokens
+from lodestar.services.admission import Backlog, Budget, estimate_tokens
 from lodestar.services.interceptor import MAX_MESSAGE_CHARS, _abort, cut, status_for
 from lodestar.services.observability.rpc import ended
 
@@ -77,6 +77,33 @@ def test_budget_refuses_a_request_whose_deadline_the_queue_would_outlast() -> No
             pass
     with budget.admit(50, 1.0):  # nothing ahead: admitted whatever the estimate, which it then corrects
         pass
+
+
+def test_a_deadline_waits_for_every_kind_of_work_queued_for_the_same_backbone() -> None:
+    backbone = Backlog()
+    tokens = Budget("tokens", 10_000, "max_queued_tokens", backbone)
+    documents = Budget("documents", 1_000, "max_inflight_documents", backbone)
+    alone = Budget("texts", 1_000, "max_queued_texts")  # outside the backlog: waits for its own kind only
+    tokens.per_unit, documents.per_unit, alone.per_unit = 0.001, 0.1, 0.01
+    with documents.admit(50, None):  # about 5 s of indexing ahead
+        assert tokens.wait_s() == pytest.approx(5.0)
+        with pytest.raises(Overloaded, match=r"about 5.0 s; 0 tokens of it this request's kind"):
+            with tokens.admit(100, 2.0):
+                pass
+        with tokens.admit(100, 10.0):
+            pass
+        with alone.admit(10, 2.0):
+            pass
+
+
+def test_a_finished_request_scales_its_kind_by_how_far_the_estimate_was() -> None:
+    backbone = Backlog()
+    slow = Budget("documents", 100, "max_inflight_documents", backbone)
+    slow.per_unit = 0.001  # estimated 10 ms for 10 documents; they take about 40 ms
+    with slow.admit(10, None):
+        time.sleep(0.04)
+    # one sample moves the estimate by SMOOTHING towards about four times the old one
+    assert 0.0015 < slow.per_unit < 0.003
 
 
 def test_budget_measures_seconds_per_unit_from_finished_requests() -> None:
