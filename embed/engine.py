@@ -136,10 +136,7 @@ class EmbeddingEngine:
             if not options.sparse_threshold >= 0:
                 raise InvalidInput(f"sparse threshold must be >= 0; got {options.sparse_threshold}")
             spec = replace(spec, sparse=True)
-        items = [
-            self.inputs.build(mode, t, template, options.instruction, max_tokens, options.truncate, index=i)
-            for i, t in enumerate(texts)
-        ]
+        items = self.inputs.build_many(mode, list(texts), template, options.instruction, max_tokens, options.truncate)
         return Prepared(mode=mode.name, spec=spec, items=items, options=options)
 
     def finish(self, prepared: Prepared, raw: Any) -> EmbedResult:

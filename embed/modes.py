@@ -138,11 +138,38 @@ def get_mode(name: str) -> Mode:
         raise InvalidInput(f"unknown mode {name!r}: valid modes are {', '.join(MODES)}") from None
 
 
+# Strings a fast tokenizer's own backend must tokenise exactly as the tokenizer does before it is used
+# directly: spaces, punctuation, accents, CJK, emoji, tabs and newlines, an empty string.
+PROBES = ("a", " Hello, world!", "Don't stop", "naïve café — 東京 😀", "  two  spaces\tand\nlines", "x" * 300, "")
+
+
+def fast_backend(tokenizer: Any) -> Any | None:
+    """A private copy of a fast tokenizer's Rust backend, with no truncation or padding (the shared
+    one's settings change with every call other code makes), when it tokenises the probes exactly as
+    the tokenizer itself does; else None. Its batch call tokenises a request's texts without the
+    GIL, so the event loop and the other threads run meanwhile."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is None:
+        return None
+    try:
+        from tokenizers import Tokenizer
+
+        own = Tokenizer.from_str(backend.to_str())
+        own.no_truncation()
+        own.no_padding()
+        got = [e.ids for e in own.encode_batch_fast(list(PROBES), add_special_tokens=False)]
+    except Exception:  # an older tokenizers, or a backend that does not serialise
+        return None
+    want = [list(tokenizer(p, add_special_tokens=False)["input_ids"]) if p else [] for p in PROBES]
+    return own if got == want else None
+
+
 class InputBuilder:
     """Turns (text, template, instruction) into token ids with the pooled span, within max_tokens."""
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
+        self._backend = fast_backend(tokenizer)
         with_special = tokenizer("a")["input_ids"]
         plain = tokenizer("a", add_special_tokens=False)["input_ids"]
         self.prefix = (
@@ -157,6 +184,11 @@ class InputBuilder:
         if not s:
             return []
         return list(self.tokenizer(s, add_special_tokens=False)["input_ids"])
+
+    def _ids_many(self, texts: list[str]) -> list[list[int]]:
+        if self._backend is None or len(texts) < 2:
+            return [self._ids(t) for t in texts]
+        return [e.ids for e in self._backend.encode_batch_fast(texts, add_special_tokens=False)]
 
     def _fixed(self, s: str) -> list[int]:
         """Template pieces repeat across requests: tokenise each once.
@@ -177,6 +209,19 @@ class InputBuilder:
     def build(
         self, mode: Mode, text: str, template: str, instruction: str, max_tokens: int, truncate: bool, index: int = 0
     ) -> Encoded:
+        return self.build_many(mode, [text], template, instruction, max_tokens, truncate, first_index=index)[0]
+
+    def build_many(
+        self,
+        mode: Mode,
+        texts: list[str],
+        template: str,
+        instruction: str,
+        max_tokens: int,
+        truncate: bool,
+        first_index: int = 0,
+    ) -> list[Encoded]:
+        """`texts` with one template and instruction; the texts are tokenised in one call."""
         fixed = template.split(TEXT)  # fixed[0] TEXT fixed[1] TEXT ... fixed[n]
         slots = len(fixed) - 1
         # A template piece ending in a space hands the space to the text, so the text's first word
@@ -188,13 +233,31 @@ class InputBuilder:
         elif fixed[0] == "" and instruction.endswith(" "):  # "query: " + text, as one sentence would be
             lead = " "
             instruction = instruction[:-1]
-        text_ids = self._ids(lead + text if lead else text)
         head = self.prefix + (self._fixed(instruction) if instruction else [])
         fixed_ids = [self._fixed(f) for f in fixed]
         overhead = len(head) + sum(len(f) for f in fixed_ids) + (1 if mode.uses_placeholder else 0)
         budget = (max_tokens - overhead) // slots
         if budget < 1:
             raise InvalidInput(f"the template and instruction alone take {overhead} tokens; max_tokens is {max_tokens}")
+        all_ids = self._ids_many([lead + t for t in texts] if lead else list(texts))
+        return [
+            self._assemble(mode, text_ids, head, fixed_ids, overhead, max_tokens, truncate, first_index + i)
+            for i, text_ids in enumerate(all_ids)
+        ]
+
+    def _assemble(
+        self,
+        mode: Mode,
+        text_ids: list[int],
+        head: list[int],
+        fixed_ids: list[list[int]],
+        overhead: int,
+        max_tokens: int,
+        truncate: bool,
+        index: int,
+    ) -> Encoded:
+        slots = len(fixed_ids) - 1
+        budget = (max_tokens - overhead) // slots
         truncated = len(text_ids) > budget
         if truncated:
             if not truncate:

@@ -85,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
                     runs.append(
                         overload(server, args.clients, args.overload_s, args.batch, polite=not args.impolite_clients)
                     )
-            o = runs[-1] | {"repeats": [{k: v for k, v in run.items() if k.startswith("refused")} for run in runs]}
+            o = runs[-1] | {
+                "repeats": [{k: v for k, v in run.items() if k.startswith("refused") or k == "codes"} for run in runs]
+            }
             o["pass"] = all(
                 run["internal_or_unknown"] == 0
                 and run["unfinished_clients"] == 0

@@ -35,7 +35,7 @@ class TrainEncoder:
         return next(self.model.parameters()).device
 
     def encode(self, texts: list[str]) -> list[Encoded]:
-        return [self.builder.build(self.mode, t, self.template, self.instruction, self.max_tokens, True) for t in texts]
+        return self.builder.build_many(self.mode, list(texts), self.template, self.instruction, self.max_tokens, True)
 
     def hidden(self, items: list[Encoded]) -> torch.Tensor:
         """Final hidden states (B, T, H) of right-padded rows, the mode's attention pattern."""

@@ -11,7 +11,7 @@ import pytest
 from lodestar.backbone import Backbone
 from lodestar.embed.engine import EmbeddingEngine, EngineConfig
 from lodestar.embed.forward import hidden_states
-from lodestar.embed.modes import ECHO, MODES, PROMPTEOL, ForwardSpec, get_mode
+from lodestar.embed.modes import ECHO, MODES, PROMPTEOL, ForwardSpec, InputBuilder, fast_backend, get_mode
 from lodestar.embed.types import EmbedOptions
 from lodestar.errors import InvalidInput
 
@@ -30,6 +30,33 @@ def small_engine(tiny_backbone: Backbone) -> Iterator[EmbeddingEngine]:
 
 
 # --- templates and instructions --------------------------------------------------------------
+
+
+def test_a_request_tokenised_in_one_batch_equals_text_by_text(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """A fast tokenizer's backend tokenises a request's texts in one call (without the GIL); every
+    item equals what the tokenizer gives text by text, whatever the template or the text."""
+    builder = InputBuilder(tokenizer)
+    assert builder._backend is not None  # the bundled tokenizer takes the batched path
+    texts = ["", " ", "a red apple", "  Two  spaces\tand\nlines", "naïve café — 東京 😀", "Don't", LONG]
+    for name, template in (("mean", "{text}"), ("prompteol", PROMPTEOL), ("echo", ECHO), ("mean", "query: {text}")):
+        mode = get_mode(name)
+        batched = builder.build_many(mode, texts, template, "", 64, True)
+        assert batched == [builder.build(mode, t, template, "", 64, True) for t in texts]
+    for text, item in zip(texts, builder.build_many(get_mode("mean"), texts, "{text}", "", 512, True), strict=True):
+        assert item.ids == ids(tokenizer, text)
+
+
+def test_a_backend_that_tokenises_differently_is_not_used(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    class Lowering:  # a fast tokenizer with preprocessing of its own that its backend does not know about
+        is_fast = True
+        backend_tokenizer = tokenizer.backend_tokenizer
+
+        def __call__(self, s: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+            return tokenizer(s.lower(), add_special_tokens=add_special_tokens)
+
+    assert fast_backend(tokenizer) is not None
+    assert fast_backend(Lowering()) is None  # falls back to calling the tokenizer text by text
+    assert fast_backend(object()) is None  # not a fast tokenizer
 
 
 def test_prompt_template_wraps_the_text(tiny_engine, tokenizer) -> None:  # type: ignore[no-untyped-def]
