@@ -59,6 +59,11 @@ FILE, PARTIAL = "calibration.json", "calibration.partial.npz"
 PSEUDO_QUERIES = 200  # sampled chunks, half to choose on, half held out
 MIN_CHUNKS = 64  # below this the collection is too small to calibrate: FALLBACK
 MIN_QUERIES = 16  # usable pseudo-queries (chunks with a sentence to draw) needed
+# Usable chunks among those examined, at least: below it the pseudo-queries describe a few atypical
+# chunks (STS-B's one-sentence texts: 66 of 1,467 held a second sentence) and the inverse-cloze task
+# is empty on the rest, so the choice would rest on the copied-sentence case alone, where the lexical
+# side always wins.
+MIN_USABLE_SHARE = 0.5
 MIN_QUERY_WORDS = 4
 POOL_CAP = 20_000  # chunks each pseudo-query is ranked against (a seeded sample beyond this)
 REFRESH_FACTOR = 2.0  # recalibrate when the collection has grown to this many times its chunks
@@ -273,7 +278,9 @@ class Calibrator:
         keep = np.sort(rng.choice(total, POOL_CAP, replace=False)) if total > POOL_CAP else np.arange(total)
         ids, vectors, texts = ids[keep], vectors[keep].copy(), [texts[i] for i in keep]
         targets, spans = [], []
+        examined = 0
         for i in rng.permutation(len(ids)):
+            examined += 1
             span = _sentence(texts[i], rng)
             if span is not None:
                 targets.append(int(i))
@@ -283,6 +290,14 @@ class Calibrator:
         if len(targets) < MIN_QUERIES:
             return _fallback(
                 f"too few chunks with a sentence of {MIN_QUERY_WORDS}+ words to draw: {len(targets)}, at least {MIN_QUERIES} needed",
+                total,
+                seed,
+            )
+        if len(targets) < MIN_USABLE_SHARE * examined:
+            return _fallback(
+                f"only {len(targets)} of {examined} chunks examined hold a sentence of {MIN_QUERY_WORDS}+ words with as "
+                f"many left beside it, under {MIN_USABLE_SHARE:.0%}: pseudo-queries would describe the few chunks "
+                "that do, not the collection",
                 total,
                 seed,
             )

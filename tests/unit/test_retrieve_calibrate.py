@@ -205,3 +205,19 @@ def test_too_small_says_so_then_refreshes_as_the_collection_grows(tmp_path: Path
     reopened = RetrievalEngine(tmp_path / "collections", Embedder(random=True))
     assert reopened.stats("c").calibration["chunks"] == 160  # type: ignore[index]  # stored with the collection
     reopened.close()
+
+
+def test_a_collection_of_one_sentence_texts_is_not_calibrated_on_its_few_longer_ones(tmp_path: Path) -> None:
+    """Pseudo-queries are drawn from chunks with a sentence to spare; where few chunks have one (short
+    texts, as STS-B's), they would describe those few, so the collection takes the fallback and says why."""
+    docs, _, _ = squad()
+    short = [Document(id=f"s{i}", text=d.text.split(". ")[0][:120]) for i, d in enumerate(docs[:90])]
+    long = [Document(id=f"l{i}", text=d.text) for i, d in enumerate(docs[:20])]  # about 18% of the chunks
+    engine = RetrievalEngine(tmp_path / "collections", Embedder(random=True))
+    engine.create(CollectionConfig(name="c", chunk_tokens=0))
+    engine.upsert("c", short + long)
+    record = engine.calibrate("c")
+    assert record["fallback"] and record["choice"] == FALLBACK
+    total = len(short) + len(long)
+    assert re.search(rf"only \d+ of {total} chunks examined hold a sentence", record["reason"]), record["reason"]
+    assert "under 50%" in record["reason"]
