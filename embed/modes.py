@@ -241,7 +241,7 @@ class InputBuilder:
             raise InvalidInput(f"the template and instruction alone take {overhead} tokens; max_tokens is {max_tokens}")
         all_ids = self._ids_many([lead + t for t in texts] if lead else list(texts))
         return [
-            self._assemble(mode, text_ids, head, fixed_ids, overhead, max_tokens, truncate, first_index + i)
+            self._assemble(mode, text_ids, head, fixed_ids, overhead, budget, max_tokens, truncate, first_index + i)
             for i, text_ids in enumerate(all_ids)
         ]
 
@@ -252,12 +252,13 @@ class InputBuilder:
         head: list[int],
         fixed_ids: list[list[int]],
         overhead: int,
+        budget: int,
         max_tokens: int,
         truncate: bool,
         index: int,
     ) -> Encoded:
+        """One text's ids in its template; `budget`: the tokens each copy of the text may take."""
         slots = len(fixed_ids) - 1
-        budget = (max_tokens - overhead) // slots
         truncated = len(text_ids) > budget
         if truncated:
             if not truncate:

@@ -145,6 +145,10 @@ class Compiled(Runtime):
         return -(-T // self.BUCKET) * self.BUCKET
 
 
+# a Linear and the forward it takes on inside Bf16Weights.context
+_Swap = tuple[torch.nn.Linear, Callable[[torch.Tensor], torch.Tensor]]
+
+
 def _bf16_linear(linear: torch.nn.Linear, w16: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """`linear(x)` multiplied in bf16 on `w16`, its weight's bf16 copy; fp32 in, fp32 out, bias fp32."""
     out = torch.nn.functional.linear(x.to(torch.bfloat16), w16).to(x.dtype)
@@ -164,8 +168,8 @@ class Bf16Weights(Runtime):
     name = "bf16_weights"
 
     def __init__(self) -> None:
-        # id(decoder module) -> each of its Linears with the bf16 copy of its weight
-        self._copies: dict[int, list[tuple[torch.nn.Linear, torch.Tensor]]] = {}
+        # id(decoder module) -> each of its Linears with its forward on the bf16 copy of its weight
+        self._copies: dict[int, list[_Swap]] = {}
         self._lock = threading.Lock()
 
     def unsupported(self, backbone: Backbone, spec: ForwardSpec) -> str | None:
@@ -173,20 +177,22 @@ class Bf16Weights(Runtime):
             return f"adapter {spec.adapter!r}: an adapter's vectors drift past cosine 0.999 of fp32 with bf16 matmuls"
         return bf16_unsupported(backbone)
 
-    def _linears(self, decoder: torch.nn.Module) -> list[tuple[torch.nn.Linear, torch.Tensor]]:
+    def _linears(self, decoder: torch.nn.Module) -> list[_Swap]:
         with self._lock, torch.no_grad():
             copies = self._copies.get(id(decoder))
             if copies is None:
                 linears = [m for m in decoder.modules() if isinstance(m, torch.nn.Linear)]
-                copies = self._copies[id(decoder)] = [(m, m.weight.detach().to(torch.bfloat16)) for m in linears]
+                copies = self._copies[id(decoder)] = [
+                    (m, functools.partial(_bf16_linear, m, m.weight.detach().to(torch.bfloat16))) for m in linears
+                ]
             return copies
 
     @contextlib.contextmanager
     def context(self, backbone: Backbone) -> Iterator[None]:
         """Entered under backbone.lock (embed/forward.py): no other forward runs while the swap is on."""
         copies = self._linears(backbone.decoder)
-        for m, w16 in copies:
-            m.forward = functools.partial(_bf16_linear, m, w16)  # type: ignore[method-assign]
+        for m, forward in copies:
+            m.forward = forward  # type: ignore[method-assign]
         try:
             yield
         finally:

@@ -34,6 +34,11 @@ SMOOTHING = 0.2  # weight of the newest sample in the seconds-per-unit average
 DEADLINE_HEADROOM = 0.7
 
 
+def retry_ms(seconds: float) -> int:
+    """A retry hint for work estimated to drain in `seconds`: at least MIN_RETRY_MS."""
+    return max(MIN_RETRY_MS, int(1000 * seconds))
+
+
 class Backlog:
     """The budgets whose work queues for one resource: the seconds of work queued on it is the sum of
     theirs. Reads are unlocked: a Python int or float is read whole, and an estimate may be a moment
@@ -77,7 +82,7 @@ class Budget:
 
     def _retry_ms(self, need: int) -> int:
         """When roughly `need` units will have drained."""
-        return max(MIN_RETRY_MS, int(1000 * need * (self.per_unit or 0.0)))
+        return retry_ms(need * (self.per_unit or 0.0))
 
     @contextmanager
     def admit(self, n: int, time_remaining: float | None) -> Iterator[None]:
@@ -106,7 +111,7 @@ class Budget:
                 and wait + own > DEADLINE_HEADROOM * time_remaining
             ):
                 self.refused += 1
-                retry = max(MIN_RETRY_MS, int(1000 * wait))
+                retry = retry_ms(wait)
                 raise Overloaded(
                     f"the work queued ahead (about {wait:.1f} s; {self.in_flight} {self.unit} of it this request's "
                     f"kind) and this request's own (about {own:.1f} s) would outlast its deadline "
