@@ -192,7 +192,7 @@ class Bf16Weights(Runtime):
         """Entered under backbone.lock (embed/forward.py): no other forward runs while the swap is on."""
         copies = self._linears(backbone.decoder)
         for m, forward in copies:
-            m.forward = forward  # type: ignore[method-assign]
+            m.forward = forward  # type: ignore[method-assign,assignment]
         try:
             yield
         finally:
