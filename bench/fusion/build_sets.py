@@ -1,9 +1,10 @@
-"""Build two labelled retrieval collections, in BEIR layout, from development data that no fusion
-choice has seen (issue 32: "any other corpus you can build without its labels being used for
-choices"). Neither the calibration rule nor any fusion setting was chosen on them.
+"""Build labelled retrieval collections, in BEIR layout, from development data that no fusion choice
+had seen when they were built (issue 32: "any other corpus you can build without its labels being used
+for choices"). No fusion setting was chosen on them; what each led to is in docs/results.md.
 
     python bench/fusion/build_sets.py stsb ../shared/data/stsb/dev.tsv /tmp/beir-stsb
     python bench/fusion/build_sets.py mtbench ../shared/data/mtbench /tmp/beir-mtbench
+    python bench/fusion/build_sets.py titles ../shared/data/cranfield/beir /tmp/beir-cranfield-titles
 
 - `stsb`: paraphrase retrieval. The corpus is every distinct second sentence of the STS-B pairs; each
   first sentence whose pair scored >= 4.0 (of 5) is a query, its pair's second sentence the one
@@ -12,6 +13,8 @@ choices"). Neither the calibration rule nor any fusion setting was chosen on the
 - `mtbench`: question answering over long answers. The corpus is vicuna-7b's answers to both turns
   of the 80 MT-Bench questions; each first-turn question is a query, its own first-turn answer
   relevant with gain 2 and the second-turn answer (same conversation) with gain 1.
+- `titles`: a BEIR set's documents cut to their titles (documents without one dropped, with their
+  judgements), its queries and judgements kept: long queries over one-line documents.
 """
 
 from __future__ import annotations
@@ -77,13 +80,30 @@ def mtbench(folder: Path, out: Path) -> None:
     _write(out, corpus, queries, qrels)
 
 
+def titles(folder: Path, out: Path) -> None:
+    """The BEIR set in `folder` with each document reduced to its title."""
+    corpus: dict[str, str] = {}
+    for line in (folder / "corpus.jsonl").read_text().splitlines():
+        d = json.loads(line)
+        if d.get("title", "").strip():
+            corpus[str(d["_id"])] = d["title"].strip()
+    queries = {str(q["_id"]): q["text"] for q in map(json.loads, (folder / "queries.jsonl").read_text().splitlines())}
+    qrels: list[tuple[str, str, int]] = []
+    for row in (folder / "qrels" / "test.tsv").read_text().splitlines()[1:]:
+        q, d, g = row.split("\t")[:3]
+        if d in corpus and q in queries and int(g) > 0:
+            qrels.append((q, d, int(g)))
+    judged = {q for q, _, _ in qrels}
+    _write(out, corpus, {q: t for q, t in queries.items() if q in judged}, qrels)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("kind", choices=["stsb", "mtbench"])
-    p.add_argument("source", type=Path, help="stsb: a STS-B tsv; mtbench: the MT-Bench folder")
+    p.add_argument("kind", choices=["stsb", "mtbench", "titles"])
+    p.add_argument("source", type=Path, help="stsb: a STS-B tsv; mtbench: the MT-Bench folder; titles: a BEIR folder")
     p.add_argument("out", type=Path)
     a = p.parse_args()
-    (stsb if a.kind == "stsb" else mtbench)(a.source, a.out)
+    {"stsb": stsb, "mtbench": mtbench, "titles": titles}[a.kind](a.source, a.out)
 
 
 if __name__ == "__main__":
