@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -67,6 +69,29 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error (request id {request_id}); the server log has the details"
 
 
+class _RefusalLog:
+    """Refusals are logged at most once per `every` seconds, with how many were refused meanwhile: under
+    overload a line per refused call would add a log write to each refusal (the access log still
+    counts every call, and the metrics every status)."""
+
+    def __init__(self, every: float = 1.0) -> None:
+        self.every = every
+        self.last = -math.inf
+        self.quiet = 0  # refusals since the last line
+
+    def note(self, method: str, message: str) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every:
+            self.quiet += 1
+            return
+        more = f" ({self.quiet} more refused since the last such line)" if self.quiet else ""
+        log.info("%s -> RESOURCE_EXHAUSTED: %s%s", method, message, more)
+        self.last, self.quiet = now, 0
+
+
+_refusals = _RefusalLog()
+
+
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> None:
     code, message = status_for(exc)
     if context.done():
@@ -75,7 +100,9 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str)
         # abort() would fail inside gRPC. End the handler as a cancelled one.
         log.info("%s -> %s after the call had ended: %s", method, code.name, message)
         raise asyncio.CancelledError
-    if code != grpc.StatusCode.INTERNAL:
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        _refusals.note(method, message)
+    elif code != grpc.StatusCode.INTERNAL:
         log.info("%s -> %s: %s", method, code.name, message)
     retry = getattr(exc, "retry_after_ms", None)
     if retry is None:

@@ -96,26 +96,28 @@ async def _overload(
             if connected == clients:
                 stop_at = time.monotonic() + seconds
                 go.set()
-            await go.wait()
-            i = 0
-            while time.monotonic() < stop_at:
-                i += 1
+            calls = {"embed": embed.Embed, "search": retrieve.Search, "upsert": retrieve.Upsert}
+
+            def build(i: int) -> tuple[str, Any]:
+                """The i-th request, built before its clock starts: the generator's own work (64
+                documents' protos for an Upsert) is not the server's answer time."""
                 kind = rng.choice(KINDS)
+                if kind == "embed":
+                    return kind, epb.EmbedRequest(texts=[TEXT] * batch)
+                if kind == "search":
+                    return kind, rpb.SearchRequest(collection=COLLECTION, queries=[TEXT] * batch)
+                docs = [rpb.Document(id=f"c{n}-{i}-{j}", text=TEXT) for j in range(batch)]
+                return kind, rpb.UpsertRequest(collection=COLLECTION, documents=docs)
+
+            i = 1
+            kind, request = build(i)  # the first burst's requests exist before it starts
+            await go.wait()
+            while time.monotonic() < stop_at:
                 start = time.monotonic()
                 code = grpc.StatusCode.OK
                 hint_ms: float | None = None
                 try:
-                    if kind == "embed":
-                        await embed.Embed(epb.EmbedRequest(texts=[TEXT] * batch), timeout=deadline)
-                    elif kind == "search":
-                        await retrieve.Search(
-                            rpb.SearchRequest(collection=COLLECTION, queries=[TEXT] * batch), timeout=deadline
-                        )
-                    else:
-                        docs = [rpb.Document(id=f"c{n}-{i}-{j}", text=TEXT) for j in range(batch)]
-                        await retrieve.Upsert(
-                            rpb.UpsertRequest(collection=COLLECTION, documents=docs), timeout=deadline
-                        )
+                    await calls[kind](request, timeout=deadline)
                 except grpc.aio.AioRpcError as e:
                     code = e.code()
                     trailers: Any = e.trailing_metadata() or ()
@@ -131,6 +133,8 @@ async def _overload(
                     await asyncio.sleep(backoff_s(hint_ms if polite else None, rng))
                 elif code == grpc.StatusCode.OK:
                     ok_ms.append(ms)
+                i += 1
+                kind, request = build(i)
 
     probe_ms: list[float] = []
 

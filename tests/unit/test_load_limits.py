@@ -14,7 +14,7 @@ from lodestar.errors import Cancelled, DeadlineExceeded, InvalidInput, Overloade
 from lodestar.retrieve.filters import compile_filters
 from lodestar.retrieve.types import Filter
 from lodestar.services.admission import Backlog, Budget, estimate_tokens
-from lodestar.services.interceptor import MAX_MESSAGE_CHARS, _abort, cut, status_for
+from lodestar.services.interceptor import MAX_MESSAGE_CHARS, _abort, _RefusalLog, cut, status_for
 from lodestar.services.observability.rpc import ended
 
 
@@ -217,3 +217,18 @@ def test_an_error_after_the_call_ended_is_not_sent_and_is_logged_as_the_client_s
     with pytest.raises(RuntimeError, match="aborted"):
         asyncio.run(_abort(live, DeadlineExceeded("deadline passed"), "/x"))  # type: ignore[arg-type]
     assert live.aborted
+
+
+def test_refusals_are_logged_at_most_once_a_second_with_the_count_between(caplog: pytest.LogCaptureFixture) -> None:
+    """Under overload a log line per refused call would be one more write per refusal: one line a
+    second, saying how many were refused meanwhile."""
+    refusals = _RefusalLog(every=0.2)
+    with caplog.at_level("INFO", logger="lodestar.services.interceptor"):
+        for _ in range(50):
+            refusals.note("/lodestar.embed.v1.EmbedService/Embed", "server over capacity")
+        time.sleep(0.25)
+        refusals.note("/lodestar.embed.v1.EmbedService/Embed", "server over capacity")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert "RESOURCE_EXHAUSTED: server over capacity" in lines[0] and "more refused" not in lines[0]
+    assert lines[1].endswith("(49 more refused since the last such line)")
