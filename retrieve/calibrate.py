@@ -26,13 +26,6 @@ resumes where it was, and the result is deterministic for a seed and a collectio
 Refresh: when the collection's chunks reach REFRESH_FACTOR times those at the last calibration. A
 collection of fewer than MIN_CHUNKS chunks (or fewer than MIN_QUERIES usable sentences) is not
 calibrated: it records why and uses FALLBACK.
-
-Short texts (STS-B's one-sentence documents, titles): where under MIN_USABLE_SHARE of the chunks
-examined have a sentence to spare, sentence-level pseudo-queries would describe the few longer chunks,
-so the unit becomes half a chunk: a chunk of at least 2 * MIN_HALF_WORDS words is cut at its middle
-word, one half (seeded choice) is the query, and the two kinds are as above: *removed* leaves the
-other half as the chunk (no copied word for the lexical side), *kept* the whole chunk. Only where
-halves are too few too does the collection take FALLBACK. The record's `unit` says which was used.
 """
 
 from __future__ import annotations
@@ -72,9 +65,6 @@ MIN_QUERIES = 16  # usable pseudo-queries (chunks with a sentence to draw) neede
 # side always wins.
 MIN_USABLE_SHARE = 0.5
 MIN_QUERY_WORDS = 4
-# Words of each half when a short chunk is cut in two (the unit for short texts): 3 keeps chunks of 6+
-# words, 89-96% of STS-B's sentences and Cranfield's titles (counted on the texts, no labels used).
-MIN_HALF_WORDS = 3
 POOL_CAP = 20_000  # chunks each pseudo-query is ranked against (a seeded sample beyond this)
 REFRESH_FACTOR = 2.0  # recalibrate when the collection has grown to this many times its chunks
 DEPTH = 100  # each side's ranking depth before fusion (as a search's HYBRID_DEPTH)
@@ -92,11 +82,10 @@ CANDIDATES = (
 FALLBACK: dict[str, Any] = {"fusion": "weighted", "alpha": 0.1, "adaptive": False}
 Z = 1.645  # standard errors below its mean margin a fusion's gain must still be positive (one-sided 95%)
 METHOD = (
-    "a sentence drawn from each sampled chunk (half of the chunk where most chunks are one sentence) is the "
-    "query, the chunk its one relevant chunk, twice: with the query removed from the chunk (inverse cloze: "
-    "re-embedded, re-indexed; the lexical side's worst case) and kept (its best case); chosen on the selection "
-    "half: the highest worst lower confidence bound (mean - 1.645 standard errors) of the per-query margin over "
-    "the better side alone, across the two"
+    "a sentence drawn from each sampled chunk is the query, the chunk its one relevant chunk, twice: with "
+    "the sentence removed from the chunk (inverse cloze: re-embedded, re-indexed; the lexical side's worst "
+    "case) and kept (its best case); chosen on the selection half: the highest worst lower confidence bound "
+    "(mean - 1.645 standard errors) of the per-query margin over the better side alone, across the two"
 )
 _SENTENCE = re.compile(r"[^.!?\n]+[.!?]*")
 
@@ -187,18 +176,6 @@ def _sentence(text: str, rng: np.random.Generator) -> tuple[int, int] | None:
     return spans[int(rng.integers(len(spans)))]
 
 
-def _half(text: str, rng: np.random.Generator) -> tuple[int, int] | None:
-    """One half of `text` cut at its middle word (which half: seeded), each half at least MIN_HALF_WORDS
-    words; -> its character span, None when the text is shorter."""
-    words = [m.span() for m in re.finditer(r"\S+", text)]
-    if len(words) < 2 * MIN_HALF_WORDS:
-        return None
-    mid = len(words) // 2
-    if rng.integers(2):
-        return words[0][0], words[mid - 1][1]
-    return words[mid][0], words[-1][1]
-
-
 def _fallback(reason: str, chunks: int, seed: int) -> dict[str, Any]:
     return {
         "choice": dict(FALLBACK),
@@ -261,7 +238,7 @@ class Calibrator:
         pool = self._pool(c, seed, queries)
         if isinstance(pool, dict):
             return self._store(c, pool)
-        ids, texts, vectors, targets, spans, unit = pool
+        ids, texts, vectors, targets, spans = pool
         qtexts = [texts[t][a:b].strip() for t, (a, b) in zip(targets, spans)]
         short = [texts[t][:a] + texts[t][b:] for t, (a, b) in zip(targets, spans)]
         emb = self._embed(c, seed, ids, targets, qtexts, short)
@@ -279,15 +256,14 @@ class Calibrator:
             self._dense_rank(c, qvecs, vectors, ids),
             self._sparse_rank(c, ids, texts, qtexts, qsparse, dict(zip(targets, csparse or []))),
         )
-        record = {"unit": unit} | self._choose(ids, targets, {"removed": removed, "kept": kept}, seed, len(ids))
+        record = self._choose(ids, targets, {"removed": removed, "kept": kept}, seed, len(ids))
         return self._store(c, record)
 
     # --- steps -----------------------------------------------------------------------------
 
     def _pool(self, c: Collection, seed: int, queries: int) -> Any:
-        """Under the read lock: the pool's (ids, texts, vectors), the sampled targets with their query
-        spans and the unit drawn (sentence, else half a chunk); or a fallback record when the collection
-        is too small or its chunks too short for either unit."""
+        """Under the read lock: the pool's (ids, texts, vectors) and the sampled targets with their
+        sentence spans; or a fallback record when the collection is too small."""
         rng = np.random.default_rng(seed)
         with c.lock.read():
             c.check_serving()
@@ -301,31 +277,31 @@ class Calibrator:
         texts = [t for p in parts for t in p[2]]
         keep = np.sort(rng.choice(total, POOL_CAP, replace=False)) if total > POOL_CAP else np.arange(total)
         ids, vectors, texts = ids[keep], vectors[keep].copy(), [texts[i] for i in keep]
-        order = rng.permutation(len(ids))
-        reasons = []
-        for unit, draw, what in (
-            ("sentence", _sentence, f"a sentence of {MIN_QUERY_WORDS}+ words with as many left beside it"),
-            ("half", _half, f"{2 * MIN_HALF_WORDS}+ words to cut in two halves"),
-        ):
-            targets, spans = [], []
-            examined = 0
-            for i in order:
-                examined += 1
-                span = draw(texts[i], rng)
-                if span is not None:
-                    targets.append(int(i))
-                    spans.append(span)
-                if len(targets) == queries:
-                    break
-            if len(targets) >= MIN_QUERIES and len(targets) >= MIN_USABLE_SHARE * examined:
-                return ids, texts, vectors, targets, spans, unit
-            reasons.append(f"only {len(targets)} of {examined} chunks examined hold {what}")
-        return _fallback(
-            "; ".join(reasons) + f" (at least {MIN_QUERIES} and {MIN_USABLE_SHARE:.0%} needed): pseudo-queries "
-            "would describe the few chunks that do, not the collection",
-            total,
-            seed,
-        )
+        targets, spans = [], []
+        examined = 0
+        for i in rng.permutation(len(ids)):
+            examined += 1
+            span = _sentence(texts[i], rng)
+            if span is not None:
+                targets.append(int(i))
+                spans.append(span)
+            if len(targets) == queries:
+                break
+        if len(targets) < MIN_QUERIES:
+            return _fallback(
+                f"too few chunks with a sentence of {MIN_QUERY_WORDS}+ words to draw: {len(targets)}, at least {MIN_QUERIES} needed",
+                total,
+                seed,
+            )
+        if len(targets) < MIN_USABLE_SHARE * examined:
+            return _fallback(
+                f"only {len(targets)} of {examined} chunks examined hold a sentence of {MIN_QUERY_WORDS}+ words with as "
+                f"many left beside it, under {MIN_USABLE_SHARE:.0%}: pseudo-queries would describe the few chunks "
+                "that do, not the collection",
+                total,
+                seed,
+            )
+        return ids, texts, vectors, targets, spans
 
     def _embed(
         self, c: Collection, seed: int, ids: np.ndarray, targets: list[int], qtexts: list[str], short: list[str]

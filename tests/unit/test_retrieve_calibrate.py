@@ -207,52 +207,17 @@ def test_too_small_says_so_then_refreshes_as_the_collection_grows(tmp_path: Path
     reopened.close()
 
 
-def one_sentence_docs() -> list[Document]:
-    """80 one-sentence texts (each paragraph's first sentence, cut at 120 characters) and 20 whole paragraphs."""
-    docs, _, _ = squad()
-    short = [Document(id=f"s{i}", text=d.text.split(". ")[1][:120]) for i, d in enumerate(docs)]  # after the title
-    return short + [Document(id=f"l{i}", text=d.text) for i, d in enumerate(docs[:20])]
-
-
-def test_a_collection_of_one_sentence_texts_calibrates_on_halves_not_on_its_few_longer_ones(tmp_path: Path) -> None:
+def test_a_collection_of_one_sentence_texts_is_not_calibrated_on_its_few_longer_ones(tmp_path: Path) -> None:
     """Pseudo-queries are drawn from chunks with a sentence to spare; where few chunks have one (short
-    texts, as STS-B's), sentences would describe those few, so the unit becomes half a chunk; with a
-    useless dense side the choice still ranks like the sparse side."""
-    engine = collection(tmp_path, Embedder(random=True), one_sentence_docs())
-    record = engine.calibrate("c")
-    assert not record["fallback"] and record["unit"] == "half" and record["pseudo_queries"] >= 64
-    assert record["sparse_alone"]["removed"]["held_out"] < record["sparse_alone"]["kept"]["held_out"]
-    assert record["choice"]["fusion"] != "rrf" and record["choice"]["alpha"] <= 0.3
-    engine.close()
-
-
-def test_one_sentence_texts_with_a_useless_sparse_side_calibrate_to_the_dense_ranking(tmp_path: Path) -> None:
-    """One sentence per text, its first half writing its concepts in one surface form and its second half
-    in another: the removed half shares no word with the half left, the concepts are shared."""
-    rng = np.random.default_rng(11)
-    letters = list(string.ascii_lowercase)
-    forms = [["".join(rng.choice(letters, 8)) for _ in range(3)] for _ in range(300)]  # concept -> 3 words
-    concept_of = {w: f"concept{c}" for c, ws in enumerate(forms) for w in ws}
-    docs, queries = [], []
-    for i in range(90):
-        topic = rng.choice(len(forms), 4, replace=False)
-        docs.append(Document(f"s{i}", " ".join([forms[c][0] for c in topic] + [forms[c][1] for c in topic]) + "."))
-        queries.append(" ".join(forms[c][2] for c in topic))
-    engine = collection(tmp_path, Embedder(concept_of=concept_of), docs)
-    record = engine.calibrate("c")
-    assert record["unit"] == "half"
-    assert record["sparse_alone"]["removed"]["held_out"] < 0.3 < 0.6 < record["dense_alone"]["removed"]["held_out"]
-    assert record["choice"]["fusion"] != "rrf" and record["choice"]["alpha"] >= 0.7
-    dense, auto = top(engine, queries, "dense"), top(engine, queries, "hybrid")
-    assert np.mean([a[0] == d[0] for a, d in zip(auto, dense)]) >= 0.9
-    engine.close()
-
-
-def test_texts_too_short_for_either_unit_take_the_fallback_and_say_why(tmp_path: Path) -> None:
-    docs = [Document(id=d.id, text=" ".join(d.text.split()[:4])) for d in one_sentence_docs()]
-    engine = collection(tmp_path, Embedder(random=True), docs)
+    texts, as STS-B's), they would describe those few, so the collection takes the fallback and says why."""
+    docs, _, _ = squad()
+    short = [Document(id=f"s{i}", text=d.text.split(". ")[0][:120]) for i, d in enumerate(docs[:90])]
+    long = [Document(id=f"l{i}", text=d.text) for i, d in enumerate(docs[:20])]  # about 18% of the chunks
+    engine = RetrievalEngine(tmp_path / "collections", Embedder(random=True))
+    engine.create(CollectionConfig(name="c", chunk_tokens=0))
+    engine.upsert("c", short + long)
     record = engine.calibrate("c")
     assert record["fallback"] and record["choice"] == FALLBACK
-    assert re.search(rf"only 0 of {len(docs)} chunks examined hold a sentence", record["reason"]), record["reason"]
-    assert "words to cut in two halves" in record["reason"] and "50%" in record["reason"]
-    engine.close()
+    total = len(short) + len(long)
+    assert re.search(rf"only \d+ of {total} chunks examined hold a sentence", record["reason"]), record["reason"]
+    assert "under 50%" in record["reason"]
