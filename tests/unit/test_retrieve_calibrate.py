@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import string
 from pathlib import Path
@@ -23,7 +24,7 @@ from tinymodel import FIXTURES
 from lodestar.embed.modes import get_mode
 from lodestar.embedding import EmbedOptions, EmbedResult
 from lodestar.errors import Unavailable
-from lodestar.retrieve.calibrate import FALLBACK, MIN_CHUNKS, PARTIAL, REFRESH_FACTOR
+from lodestar.retrieve.calibrate import FALLBACK, MIN_CHUNKS, PARTIAL, REFRESH_FACTOR, short_alpha
 from lodestar.retrieve.engine import RetrievalEngine
 from lodestar.retrieve.eval.beir import ndcg_at, read_beir
 from lodestar.retrieve.types import CollectionConfig, Document, SearchRequest
@@ -207,17 +208,57 @@ def test_too_small_says_so_then_refreshes_as_the_collection_grows(tmp_path: Path
     reopened.close()
 
 
-def test_a_collection_of_one_sentence_texts_is_not_calibrated_on_its_few_longer_ones(tmp_path: Path) -> None:
-    """Pseudo-queries are drawn from chunks with a sentence to spare; where few chunks have one (short
-    texts, as STS-B's), they would describe those few, so the collection takes the fallback and says why."""
+def one_line_docs(words: int = 0) -> list[Document]:
+    """80 one-sentence texts (each paragraph's first sentence after its title, cut at 120 characters;
+    `words`: at most that many words) and 20 whole paragraphs."""
     docs, _, _ = squad()
-    short = [Document(id=f"s{i}", text=d.text.split(". ")[0][:120]) for i, d in enumerate(docs[:90])]
-    long = [Document(id=f"l{i}", text=d.text) for i, d in enumerate(docs[:20])]  # about 18% of the chunks
-    engine = RetrievalEngine(tmp_path / "collections", Embedder(random=True))
-    engine.create(CollectionConfig(name="c", chunk_tokens=0))
-    engine.upsert("c", short + long)
+    short = [d.text.split(". ")[1][:120] for d in docs]
+    short = [" ".join(t.split()[:words]) if words else t for t in short]
+    return [Document(id=f"s{i}", text=t) for i, t in enumerate(short)] + [
+        Document(id=f"l{i}", text=d.text) for i, d in enumerate(docs[:20])
+    ]
+
+
+def test_one_line_texts_take_their_dense_weight_from_half_chunk_queries(tmp_path: Path) -> None:
+    """Where few chunks have a sentence to spare (one-line texts), the few that do are not used to
+    calibrate: half of each chunk is the query, and the weight follows from how well each side alone
+    finds its chunk. A useless (random) dense side gets no weight."""
+    engine = collection(tmp_path, Embedder(random=True), one_line_docs())
+    record = engine.calibrate("c")
+    assert not record["fallback"] and record["unit"] == "half" and record["pseudo_queries"] >= 64
+    assert record["dense_alone"] < 0.2 < 0.8 < record["sparse_alone"] and record["ratio"] < 0.2
+    assert record["choice"] == {"fusion": "weighted", "alpha": 0.0, "adaptive": False}
+    assert engine.stats("c").calibration == record
+    engine.close()
+
+
+def test_one_line_texts_with_a_dense_side_as_good_as_the_sparse_one_weight_it(tmp_path: Path) -> None:
+    engine = collection(tmp_path, Embedder(), one_line_docs())  # the same words, seen by both sides
+    record = engine.calibrate("c")
+    assert record["unit"] == "half" and record["ratio"] > 0.8
+    assert record["choice"]["fusion"] == "weighted" and record["choice"]["alpha"] >= 0.4
+    engine.close()
+
+
+def test_the_one_line_dense_weight_rises_with_the_ratio_within_its_bounds() -> None:
+    assert [short_alpha(r) for r in (0.0, 0.41, 0.5, 0.56, 0.65, 0.75, 0.85, 1.0, math.inf)] == [
+        0.0,
+        0.0,
+        0.0,
+        0.1,
+        0.2,
+        0.3,
+        0.4,
+        0.6,
+        0.6,
+    ]
+
+
+def test_texts_too_short_for_either_unit_take_the_fallback_and_say_why(tmp_path: Path) -> None:
+    docs = one_line_docs(words=4)
+    engine = collection(tmp_path, Embedder(random=True), docs)
     record = engine.calibrate("c")
     assert record["fallback"] and record["choice"] == FALLBACK
-    total = len(short) + len(long)
-    assert re.search(rf"only \d+ of {total} chunks examined hold a sentence", record["reason"]), record["reason"]
-    assert "under 50%" in record["reason"]
+    assert re.search(rf"only \d+ of {len(docs)} chunks examined hold a sentence", record["reason"]), record["reason"]
+    assert "words to cut in two halves" in record["reason"] and "50% needed" in record["reason"]
+    engine.close()
