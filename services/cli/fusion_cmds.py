@@ -23,8 +23,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if record.get("fallback"):
         print(f"  fallback: {record.get('reason')}")
         return 0
-    for name in ("chosen", "dense_alone", "sparse_alone"):
-        print(f"  {name}: {json.dumps(record.get(name))}")
+    if record.get("unit") == "half":  # one-line texts: the weight follows from the two sides' ratio
+        print(f"  one-line texts: {record.get('method')}")
+    for name in ("chosen", "dense_alone", "sparse_alone", "ratio"):
+        if record.get(name) is not None:
+            print(f"  {name}: {json.dumps(record.get(name))}")
     print(f"  {record.get('pseudo_queries')} pseudo-queries; refreshed at {record.get('refresh_at_chunks')} chunks")
     return 0
 
