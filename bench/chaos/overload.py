@@ -96,7 +96,7 @@ async def _overload(
             if connected == clients:
                 stop_at = time.monotonic() + seconds
                 go.set()
-            calls = {"embed": embed.Embed, "search": retrieve.Search, "upsert": retrieve.Upsert}
+            calls: dict[str, Any] = {"embed": embed.Embed, "search": retrieve.Search, "upsert": retrieve.Upsert}
 
             def build(i: int) -> tuple[str, Any]:
                 """The i-th request, built before its clock starts: the generator's own work (64
