@@ -280,19 +280,18 @@ class Calibrator:
             return self._store(c, pool)
         ids, texts, vectors, targets, spans, unit = pool
         qtexts = [texts[t][a:b].strip() for t, (a, b) in zip(targets, spans)]
-        short = [texts[t][:a] + texts[t][b:] for t, (a, b) in zip(targets, spans)]
-        emb = self._embed(c, seed, ids, targets, qtexts, short if unit == "sentence" else None)
+        # the chunks with their query taken out (the inverse-cloze kind); one-line texts have no such kind
+        short = [texts[t][:a] + texts[t][b:] for t, (a, b) in zip(targets, spans)] if unit == "sentence" else None
+        emb = self._embed(c, seed, ids, targets, qtexts, short)
         if emb is None:
             return c.calibration or {}
         qvecs, cvecs, qsparse, csparse = emb
-        if unit == "half":
-            dense = self._dense_rank(c, qvecs, vectors, ids)
-            sparse = self._sparse_rank(c, ids, texts, qtexts, qsparse, {})
-            return self._store(c, _short_record(ids, targets, dense, sparse, seed))
-        kept = (  # the sentence left in its chunk: the lexical side's best case
+        kept = (  # the query left in its chunk: the lexical side's best case
             self._dense_rank(c, qvecs, vectors, ids),
             self._sparse_rank(c, ids, texts, qtexts, qsparse, {}),
         )
+        if short is None:  # one-line texts: the kept kind alone sets the dense weight
+            return self._store(c, _short_record(ids, targets, *kept, seed))
         for i, t in enumerate(targets):  # the pool as the inverse-cloze queries see it: each target shortened
             vectors[t] = cvecs[i]
             texts[t] = short[i]
@@ -443,11 +442,10 @@ class Calibrator:
         for kind, (dense, sparse) in kinds.items():
             gains[kind] = {}
             for name, (fusion, alpha, adaptive) in zip(names, CANDIDATES):
-                row = []
-                for t, d, s in zip(targets, dense, sparse):
-                    ranked = [i for i, _ in fuse(d, s, fusion, alpha, adaptive, 60)[:10]]
-                    target = int(ids[t])
-                    row.append(1.0 / math.log2(ranked.index(target) + 2) if target in ranked else 0.0)
+                row = [
+                    _ndcg10(fuse(d, s, fusion, alpha, adaptive, 60), int(ids[t]))
+                    for t, d, s in zip(targets, dense, sparse)
+                ]
                 gains[kind][name] = np.asarray(row)  # (Q,)
         parts = {"selection": slice(0, half), "held_out": slice(half, len(targets))}
 
@@ -517,6 +515,7 @@ class Calibrator:
 
 
 def _ndcg10(ranked: list[tuple[int, float]], target: int) -> float:
+    """nDCG@10 of a ranking of (id, score) with one relevant id."""
     top = [i for i, _ in ranked[:10]]
     return 1.0 / math.log2(top.index(target) + 2) if target in top else 0.0
 
