@@ -7,6 +7,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -69,6 +70,7 @@ class Runtime:
         self._shutting_down = False
         self.loaded = asyncio.Event()
         self.load_task: asyncio.Future | None = None  # the background model load (kept referenced)
+        self.work_pool: ThreadPoolExecutor | None = None  # the loop's executor (create_server), joined at exit
         self.load_seconds: float | None = None  # how long the model and engines took to load
         self.telemetry: Telemetry = NOOP  # handed to every engine once built (metrics, tracing)
         self._on_close: list[Callable[[], None]] = []

@@ -17,6 +17,7 @@ import threading
 import time
 import weakref
 from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import grpc
@@ -107,8 +108,10 @@ async def create_server(
     ]
     # Blocking work (model load, forwards, FAISS, writes) on threads below the loop's priority; the
     # batcher thread and the OpenMP pools started from them inherit it (services/work.py).
-    asyncio.get_running_loop().set_default_executor(work_pool(settings.work_nice))
+    pool = work_pool(settings.work_nice)
+    asyncio.get_running_loop().set_default_executor(pool)
     runtime = Runtime(settings, [], freeze_after_load=owns_process)
+    runtime.work_pool = pool
     edge = build_edge(settings, runtime)
     runtime.on_close(edge.close)
     server = grpc.aio.server(
@@ -136,6 +139,8 @@ async def create_server(
 
 
 CLOSE_S = 1.5  # after the grace period: cancelling what is left and closing the engines, at most this long
+JOIN_S = 0.3  # then joining the work threads (serve), at most this long: the process exits within grace + 2 s
+JOINED = "stopped; every work thread joined"  # serve's last line when nothing was left running
 
 
 async def shutdown(server: grpc.aio.Server, grace: float, close_s: float = CLOSE_S) -> bool:
@@ -184,9 +189,40 @@ async def serve(settings: Settings, *, backbone: Backbone | None = None) -> None
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("signal received; draining for up to %.1fs", settings.grace_period_s)
+    end = time.monotonic() + settings.grace_period_s + CLOSE_S + JOIN_S
     await shutdown(server, settings.grace_period_s)
-    busy = [t.name for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
-    log.info("stopped%s", f" (not waiting for threads: {', '.join(busy[:8])})" if busy else "")
+    left = await join_threads(_RUNTIMES[server].work_pool, end)
+    if left:
+        log.warning("stopped; not waiting for threads still inside a native call: %s", ", ".join(left[:8]))
+    else:
+        log.info(JOINED)
+
+
+ENGINE_THREADS = ("lodestar-", "calibrate-")  # daemon threads the engines start: batcher, jobs, shards, close
+
+
+async def join_threads(pool: ThreadPoolExecutor | None, end: float) -> list[str]:
+    """Stop the work pool (queued work cancelled) and wait until `end` (time.monotonic()) for its
+    threads, the engines' own (ENGINE_THREADS) and every other non-daemon thread to finish; -> the
+    names of those still running (a cancelled call inside one long native call: a FAISS search, a
+    forward). The servers' threads are not in the list: the gRPC server, the process ends with them."""
+    if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def running() -> list[str]:
+        me = threading.current_thread()
+        return [
+            t.name
+            for t in threading.enumerate()
+            if t is not me
+            and t.is_alive()
+            and (not t.daemon or t.name.startswith(ENGINE_THREADS))
+            and t.name != "lodestar-server"
+        ]
+
+    while running() and time.monotonic() < end:
+        await asyncio.sleep(0.01)
+    return running()
 
 
 def run_and_exit(settings: Settings) -> None:

@@ -16,6 +16,7 @@ from lodestar.embed.v1 import embed_pb2 as epb
 from lodestar.embed.v1 import embed_pb2_grpc as epb_grpc
 from lodestar.retrieve.v1 import retrieve_pb2 as rpb
 from lodestar.retrieve.v1 import retrieve_pb2_grpc as rpb_grpc
+from lodestar.services.server import JOINED
 
 COLLECTION = "crash"
 ABSENT = None
@@ -149,7 +150,8 @@ def term_rounds(model: Path, work: Path, rounds: int = 10, grace_s: float = 2.0,
     """`rounds` times: a server under 8 embedders, 2 upserters and a 1,024-query Search gets SIGTERM."""
     results: list[dict[str, Any]] = []
     for r in range(rounds):
-        server = ServerProcess(model, work / f"term-{r}", {"LODESTAR_MAX_BATCH_TOKENS": "2048"}, grace_s=grace_s)
+        env = {"LODESTAR_MAX_BATCH_TOKENS": "2048", "LODESTAR_LOG_LEVEL": "INFO"}  # INFO: the join's line
+        server = ServerProcess(model, work / f"term-{r}", env, grace_s=grace_s)
         with server:
             with grpc.insecure_channel(server.address) as ch:
                 rpb_grpc.RetrieveServiceStub(ch).CreateCollection(
@@ -170,14 +172,16 @@ def term_rounds(model: Path, work: Path, rounds: int = 10, grace_s: float = 2.0,
                 "seconds": round(seconds, 2),
                 "within_grace_plus_2s": code == 0 and seconds <= grace_s + 2,
                 "aborted": "terminate called" in out,
+                "threads_joined": JOINED in out,
             }
         )
-    ok = sum(1 for r in results if r["within_grace_plus_2s"] and not r["aborted"])
+    ok = sum(1 for r in results if r["within_grace_plus_2s"] and not r["aborted"] and r["threads_joined"])
     return {
         "rounds": rounds,
         "grace_s": grace_s,
         "ok": ok,
         "exit_codes": [r["exit_code"] for r in results],
+        "threads_joined": sum(1 for r in results if r["threads_joined"]),
         "max_seconds": max(float(r["seconds"]) for r in results) if results else None,
         "seconds": [r["seconds"] for r in results],
     }

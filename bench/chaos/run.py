@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lodestar.bench.chaos.crash import kill_rounds, term_rounds
+from lodestar.bench.chaos.floor import floor
 from lodestar.bench.chaos.fuzz import fuzz
 from lodestar.bench.chaos.overload import overload
 from lodestar.bench.chaos.server import ServerProcess
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kill-rounds", type=int, default=100)
     ap.add_argument("--term-rounds", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--only", default="fuzz,overload,kill,term", help="parts to run, comma-separated")
+    ap.add_argument("--only", default="fuzz,overload,floor,kill,term", help="parts to run, comma-separated")
     ap.add_argument("--update", action="store_true", help="keep the other parts' results already in --out")
     args = ap.parse_args(argv)
     parts = set(args.only.split(","))
@@ -98,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             result["overload"] = stamp() | o
             print("overload:", json.dumps(o), flush=True)
+        if "floor" in parts:  # what the overload part's first burst costs gRPC itself (no target: a reading)
+            result["first_burst_floor"] = stamp() | floor(model, work, args.clients)
+            print("floor:", json.dumps(result["first_burst_floor"]), flush=True)
         if "kill" in parts:
             k = kill_rounds(model, work, rounds=args.kill_rounds, seed=args.seed)
             k["pass"] = k["lost"] == 0 and k["phantoms"] == 0

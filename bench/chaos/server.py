@@ -18,6 +18,12 @@ from lodestar.services.client import Client
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process `pid` has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
 class ServerProcess:
     def __init__(self, model: Path, data_dir: Path, env: dict[str, str] | None = None, grace_s: float = 2.0) -> None:
         self.model = Path(model)
@@ -61,8 +67,7 @@ class ServerProcess:
     def cpu_seconds(self) -> float:
         """User + system CPU seconds the process has used."""
         assert self.proc is not None
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICKS
+        return process_cpu_seconds(self.proc.pid)
 
     def idle_after(self, since: float, limit_s: float = 30.0, window_s: float = 0.5, busy: float = 0.1) -> float | None:
         """Seconds from `since` (time.monotonic()) until the process used under `busy` of a core over

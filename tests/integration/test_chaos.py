@@ -1,6 +1,6 @@
 """The fast part of the chaos suite (`make chaos` runs all of it: bench/chaos/): a few hundred fuzzed
-requests over every RPC, and one overload of a `lodestar serve` process. SIGTERM under load is
-tests/integration/test_load.py's."""
+requests over every RPC, one overload of a `lodestar serve` process, and the first-burst floor part
+in small. SIGTERM under load is tests/integration/test_load.py's."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lodestar.backbone import Backbone
+from lodestar.bench.chaos.floor import floor
 from lodestar.bench.chaos.fuzz import SERVICES, fuzz
 from lodestar.bench.chaos.overload import overload
 from lodestar.bench.chaos.server import ServerProcess
@@ -34,3 +35,17 @@ def test_overload_is_refused_fast_and_the_server_goes_idle(tmp_path: Path, tiny_
     assert result["internal_or_unknown"] == 0
     assert result["unfinished_clients"] == 0  # every accepted request finished (or hit its deadline)
     assert result["idle_after_s"] is not None  # the server's CPU went idle once the clients left
+
+
+def test_first_burst_floor_reads_a_bare_server_and_lodestar(tmp_path: Path, tiny_backbone: Backbone) -> None:
+    """The floor part answers one burst from each client on both servers: the bare one refuses
+    Embed with RESOURCE_EXHAUSTED, Lodestar refuses it at admission (more texts than the budget)."""
+    folder = tmp_path / "tiny"
+    tiny_backbone.model.save_pretrained(folder)
+    tiny_backbone.tokenizer.save_pretrained(folder)
+    result = floor(folder, tmp_path, clients=8, rounds=1)
+    assert result["bare_grpc_aio"]["Info"]["codes"] == {"OK": 8}
+    assert result["bare_grpc_aio"]["Embed"]["codes"] == {"RESOURCE_EXHAUSTED": 8}
+    assert result["lodestar"]["Info"]["codes"] == {"OK": 8}
+    assert result["lodestar"]["Embed"]["codes"] == {"INVALID_ARGUMENT": 8}
+    assert result["lodestar"]["Embed"]["server_cpu_ms_per_burst"] >= 0

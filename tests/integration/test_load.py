@@ -23,6 +23,7 @@ from lodestar.retrieve.v1 import retrieve_pb2 as rpb
 from lodestar.retrieve.v1 import retrieve_pb2_grpc as rpb_grpc
 from lodestar.services.client import Client, ClientError
 from lodestar.services.client.channel import ChannelConfig
+from lodestar.services.server import JOINED
 
 LONG = "a long query to keep the model busy for a while " * 30
 
@@ -203,12 +204,14 @@ def test_tokens_past_the_budget_are_refused_at_once_with_a_retry_hint(tiny_serve
 
 def test_sigterm_under_load_exits_zero(tmp_path: Path, tiny_backbone: Backbone) -> None:
     """8 clients embedding and a 1,024-query Search grinding when SIGTERM lands: exit code 0 (it
-    aborted with SIGABRT, or stayed alive computing), after the grace period and the close."""
+    aborted with SIGABRT, or stayed alive computing), after the grace period and the close, with
+    every work thread joined."""
     folder = tmp_path / "tiny"
     tiny_backbone.model.save_pretrained(folder)
     tiny_backbone.tokenizer.save_pretrained(folder)
     stop = threading.Event()
-    with ServerProcess(folder, tmp_path / "data", {"LODESTAR_MAX_BATCH_TOKENS": "1024"}, grace_s=2.0) as server:
+    env = {"LODESTAR_MAX_BATCH_TOKENS": "1024", "LODESTAR_LOG_LEVEL": "INFO"}
+    with ServerProcess(folder, tmp_path / "data", env, grace_s=2.0) as server:
         with Client(server.address, timeout=120) as c:
             c.create_collection("c", sparse="none")
             c.upsert("c", [{"id": "a", "text": "some text"}])
@@ -236,6 +239,7 @@ def test_sigterm_under_load_exits_zero(tmp_path: Path, tiny_backbone: Backbone) 
         out = server.output()
     assert code == 0, out[-2000:]
     assert "terminate called" not in out
+    assert JOINED in out, out[-2000:]  # the work threads finished their cancelled work and were joined
 
 
 def test_interceptor_request_id_is_the_calls(tiny_server: Any) -> None:

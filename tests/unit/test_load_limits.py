@@ -16,6 +16,8 @@ from lodestar.retrieve.types import Filter
 from lodestar.services.admission import Backlog, Budget, estimate_tokens
 from lodestar.services.interceptor import MAX_MESSAGE_CHARS, _abort, _RefusalLog, cut, status_for
 from lodestar.services.observability.rpc import ended
+from lodestar.services.server import join_threads
+from lodestar.services.work import work_pool
 
 
 def test_token_is_an_event_set_by_cancel_or_its_deadline() -> None:
@@ -232,3 +234,18 @@ def test_refusals_are_logged_at_most_once_a_second_with_the_count_between(caplog
     assert len(lines) == 2, lines
     assert "RESOURCE_EXHAUSTED: server over capacity" in lines[0] and "more refused" not in lines[0]
     assert lines[1].endswith("(49 more refused since the last such line)")
+
+
+def test_join_threads_waits_for_the_work_pool_and_names_what_outlives_the_budget() -> None:
+    """Shutdown's last step: the pool is stopped (queued work cancelled) and its threads joined until
+    the deadline; a thread still busy then is named, not waited for."""
+    pool = work_pool(0, workers=1, name="lodestar-work-test")
+    release = threading.Event()
+    pool.submit(release.wait, 5)
+    queued = [pool.submit(time.sleep, 0) for _ in range(4)]  # behind the busy thread: cancelled by the stop
+    left = asyncio.run(join_threads(pool, time.monotonic() + 0.1))
+    assert "lodestar-work-test_0" in left  # (other tests' threads may be listed too)
+    assert all(f.cancelled() for f in queued)
+    release.set()
+    pool.shutdown(wait=True)
+    assert "lodestar-work-test_0" not in asyncio.run(join_threads(None, time.monotonic()))
