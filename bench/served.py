@@ -157,6 +157,7 @@ def _batcher_stats(d: dict[str, Any]) -> dict[str, Any]:
         "tokens": d["tokens"],
         "padded_tokens": d["padded_tokens"],
         "dropped": d["dropped"],
+        "packed_batches": d.get("packed", 0),  # forwards that ran their texts packed into shared rows
         "batch_size_histogram": _histogram(d["batch_sizes"]),  # forwards per texts-per-forward bin
         "batch_sizes": {str(k): v for k, v in sorted(d["batch_sizes"].items())},  # exact: size -> forwards
     }

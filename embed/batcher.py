@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lodestar.embed.forward import PACK_MAX_TOKENS, pack_rows, packable
 from lodestar.embed.modes import Encoded, ForwardSpec
 from lodestar.errors import DeadlineExceeded, Overloaded
 from lodestar.telemetry import NOOP, Telemetry
@@ -78,6 +79,7 @@ class BatcherStats:
     tokens: int = 0  # real tokens
     padded_tokens: int = 0  # tokens run, padding included
     dropped: int = 0  # requests dropped for a passed deadline or cancellation
+    packed: int = 0  # forwards that ran their texts packed into shared rows (embed/forward.py)
     batch_sizes: dict[int, int] = field(default_factory=dict)  # texts per forward -> forwards (a plain
     # dict: dataclasses.asdict rebuilds a Counter from its items wrongly)
 
@@ -94,8 +96,12 @@ class Batcher:
         min_batch_tokens: int = 1024,
         max_padding: float = 1.25,
         max_passes: int = 2,
+        packs: Callable[[ForwardSpec], bool] = lambda spec: False,
     ) -> None:
         self._run = run
+        # whether a kind of forward runs its texts packed into shared rows (embed/forward.py): then
+        # padding costs next to nothing and a batch is cut by real tokens and rows only
+        self._packs = packs
         self.max_passes = max_passes  # forwards that may pass over the oldest request before it goes next
         self.max_batch_rows = max_batch_rows
         self.min_batch_rows = min_batch_rows
@@ -171,7 +177,7 @@ class Batcher:
         the oldest request has been passed over max_passes times: then the one holding most of its
         texts (nothing starves). Its texts leave the queue."""
         head = self._pending[0]
-        chunks = self._chunks(self._window())
+        chunks = self._chunks(self._window(), self._packs(head.key))
         if head.passed >= self.max_passes:
             batch = max(chunks, key=lambda c: sum(r is head for r, _ in c))  # first of the ties: the shortest
         else:
@@ -189,23 +195,28 @@ class Batcher:
         self._queued -= len(batch)
         return batch
 
-    def _chunks(self, taken: Taken) -> list[Taken]:
+    def _chunks(self, taken: Taken, packed: bool = False) -> list[Taken]:
         """Length-sorted batches: padded size (rows x longest) within max_batch_tokens, at most
         max_batch_rows rows, and a new batch once padding would exceed max_padding of the real
         tokens (when the batch already has min_batch_rows rows or min_batch_tokens real tokens) --
-        padding is wasted compute, on CPU as dear as a real token."""
+        padding is wasted compute, on CPU as dear as a real token. A `packed` forward of short texts
+        (up to PACK_MAX_TOKENS: embed/forward.py) pads next to nothing: those are cut by real tokens
+        and max_batch_rows texts only, and the first longer text starts a batch of its own kind."""
         taken = sorted(taken, key=lambda ri: len(ri[0].items[ri[1]]))
         chunks: list[Taken] = []
         cur: Taken = []
         real = 0
         for ri in taken:
             n = len(ri[0].items[ri[1]])
-            padded = (len(cur) + 1) * n
+            short = packed and n <= PACK_MAX_TOKENS  # sorted: the short ones come first
+            padded = real + n if short else (len(cur) + 1) * n
             if cur and (
                 padded > self.max_batch_tokens
                 or len(cur) >= self.max_batch_rows
+                or (packed and not short and len(cur[-1][0].items[cur[-1][1]]) <= PACK_MAX_TOKENS)
                 or (
-                    (len(cur) >= self.min_batch_rows or real >= self.min_batch_tokens)
+                    not short
+                    and (len(cur) >= self.min_batch_rows or real >= self.min_batch_tokens)
                     and padded > self.max_padding * (real + n)
                 )
             ):
@@ -242,7 +253,13 @@ class Batcher:
             for req in {r for r, _ in batch}:
                 _settle(req.future, exc=exc)
             return
-        tokens, padded = sum(len(e) for e in items), len(items) * max(len(e) for e in items)
+        lengths = [len(e) for e in items]
+        if self._packs(key) and packable(lengths):  # the forward's grid: packed rows, as long as the fullest
+            _, _, fill = pack_rows(lengths)
+            tokens, padded = sum(lengths), len(fill) * max(fill)
+            self.stats.packed += 1
+        else:
+            tokens, padded = sum(lengths), len(items) * max(lengths)
         self.stats.batches += 1
         self.stats.texts += len(items)
         self.stats.tokens += tokens

@@ -16,7 +16,7 @@ import numpy as np
 from lodestar.backbone import Backbone
 from lodestar.cancel import current as current_token
 from lodestar.embed.batcher import Batcher
-from lodestar.embed.forward import embed_batch
+from lodestar.embed.forward import embed_batch, packable
 from lodestar.embed.modes import MODES, Encoded, ForwardSpec, InputBuilder, TokenPrepend, get_mode
 from lodestar.embed.output import DTYPES, pack, shape_vectors
 from lodestar.embed.runtime import Chooser, build_runtime
@@ -47,6 +47,7 @@ class EngineConfig:
     token_prepend: TokenPrepend = field(default_factory=TokenPrepend)
     runtime: str = "eager"  # how forwards run (embed/runtime.py); the server's setting defaults to auto
     runtime_cache: Path | None = None  # where a runtime keeps what it builds (ONNX exports); None: a temp folder
+    pack: bool = True  # texts packed into shared rows where the runtime can (embed/forward.py); False: one a row
 
 
 @dataclass
@@ -69,10 +70,16 @@ class EmbeddingEngine:
             lambda spec, batch: self._run(spec, batch),  # looked up per call, so it can be wrapped
             max_batch_tokens=max(self.config.max_batch_tokens, self.max_tokens),
             max_queued_texts=self.config.max_queued_texts,
+            packs=self._packs,
         )
 
+    def _packs(self, spec: ForwardSpec) -> bool:
+        return self.config.pack and self.runtime.for_spec(self.backbone, spec).packs
+
     def _run(self, spec: ForwardSpec, batch: list[Encoded]) -> Any:
-        return embed_batch(self.backbone, batch, spec, self.runtime.for_spec(self.backbone, spec))
+        runtime = self.runtime.for_spec(self.backbone, spec)
+        pack = self.config.pack and runtime.packs and packable([len(e) for e in batch])
+        return embed_batch(self.backbone, batch, spec, runtime, pack=pack)
 
     def close(self) -> None:
         self.batcher.close()

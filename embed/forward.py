@@ -2,10 +2,18 @@
 
 Rows are right-padded with explicit position ids, so a real token never sees padding and its
 positions do not depend on the other rows (a text's vector does not depend on its batch).
+
+Or packed (`pack=True`; as text-embeddings-inference runs variable-length batches): several texts
+share a row, each with its own positions from 0 and a block of the mask of its own, so a token sees
+only its own text's tokens: the same vector in exact arithmetic (fp32: cosine 1.0 to the padded
+forward), with almost no padding, whatever lengths arrive together. The hidden states come back
+unpacked, one right-padded row per text, so pooling and the sparse head do not know the difference.
+The engine packs a batch where `packable` says it pays: short texts whose packed grid is smaller.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,9 +36,102 @@ def attention_mask(lengths: torch.Tensor, T: int, bidirectional: bool) -> torch.
     return mask
 
 
-def _prepend_hook(placeholder: torch.Tensor, last: torch.Tensor) -> Any:
-    """Pre-hook: the placeholder's input state becomes the previous layer's last-token state."""
-    rows = torch.arange(placeholder.numel(), device=placeholder.device)
+PACK_ROW_TOKENS = 128  # a packed row holds up to this many tokens, or the longest text's own length
+# Texts up to this long are packed; a batch with a longer one runs one text a row. Long texts fill a
+# row each anyway, and packing them only adds masked attention and ragged row ends: 64 Cranfield
+# abstracts (160-300 words) served 25% slower packed than length-sorted one a row (docs/results.md).
+PACK_MAX_TOKENS = 64
+# Packed only when the packed grid is this much smaller than one text a row: rows of 128 attend over
+# more keys than rows of short texts do, so packing texts of like lengths (a length-sorted batch,
+# little padding to save) ran 10-13% slower at 16-32 texts a batch; arrival order saved 2x.
+PACK_GAIN = 0.9
+
+
+def packable(lengths: list[int]) -> bool:
+    """Whether a batch of texts of `lengths` runs packed (where the runtime packs at all): short
+    texts only, and only when packing saves padding (PACK_MAX_TOKENS, PACK_GAIN)."""
+    longest = max(lengths)
+    if longest > PACK_MAX_TOKENS:
+        return False
+    _, _, fill = pack_rows(lengths)
+    return len(fill) * max(fill) < PACK_GAIN * len(lengths) * longest
+
+
+@dataclass
+class Layout:
+    """Where each text of a batch sits in the forward's (rows, T) grid: text i is row[i], from
+    column offset[i], lengths[i] tokens."""
+
+    ids: torch.Tensor  # (rows, T)
+    positions: torch.Tensor  # (rows, T): each text counts from 0
+    mask: torch.Tensor  # (rows, 1, T, T) bool: True where a query may attend a key
+    row: torch.Tensor  # (N,)
+    offset: torch.Tensor  # (N,)
+    lengths: torch.Tensor  # (N,)
+
+
+def padded_layout(batch: list[Encoded], pad: int, T: int, bidirectional: bool) -> Layout:
+    """One text a row, right-padded to T."""
+    B = len(batch)
+    ids = torch.full((B, T), pad, dtype=torch.long)
+    for i, e in enumerate(batch):
+        ids[i, : len(e)] = torch.tensor(e.ids, dtype=torch.long)
+    lengths = torch.tensor([len(e) for e in batch])  # (B,)
+    positions = torch.arange(T)[None, :].expand(B, T)  # (B, T)
+    rows = torch.arange(B)
+    return Layout(ids, positions, attention_mask(lengths, T, bidirectional), rows, torch.zeros_like(rows), lengths)
+
+
+def pack_rows(lengths: list[int]) -> tuple[list[int], list[int], list[int]]:
+    """First-fit decreasing of texts of `lengths` into rows of max(PACK_ROW_TOKENS, the longest)
+    tokens -> (each text's row, its offset in the row, each row's tokens)."""
+    cap = max(PACK_ROW_TOKENS, max(lengths))
+    fill: list[int] = []
+    row, offset = [0] * len(lengths), [0] * len(lengths)
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        n = lengths[i]
+        r = next((r for r, f in enumerate(fill) if f + n <= cap), len(fill))
+        if r == len(fill):
+            fill.append(0)
+        row[i], offset[i] = r, fill[r]
+        fill[r] += n
+    return row, offset, fill
+
+
+def packed_layout(batch: list[Encoded], pad: int, bidirectional: bool) -> Layout:
+    """Texts packed into rows by pack_rows (first-fit decreasing: the rows end up nearly full)."""
+    row, offset, fill = pack_rows([len(e) for e in batch])
+    B, T = len(fill), max(fill)
+    ids = torch.full((B, T), pad, dtype=torch.long)
+    positions = torch.zeros(B, T, dtype=torch.long)
+    segment = torch.full((B, T), -1, dtype=torch.long)  # which text a column holds; -1: padding
+    for i, e in enumerate(batch):
+        r, o, n = row[i], offset[i], len(e)
+        ids[r, o : o + n] = torch.tensor(e.ids, dtype=torch.long)
+        positions[r, o : o + n] = torch.arange(n)
+        segment[r, o : o + n] = i
+    mask = (segment[:, :, None] == segment[:, None, :]) & (segment[:, None, :] >= 0)  # (B, T, T)
+    if not bidirectional:
+        mask &= torch.ones(T, T, dtype=torch.bool).tril()
+    # a padding column attends itself only: no query row is empty (softmax over nothing is NaN)
+    mask |= torch.eye(T, dtype=torch.bool)[None] & (segment < 0)[:, :, None]
+    lengths = torch.tensor([len(e) for e in batch])
+    return Layout(ids, positions, mask[:, None], torch.tensor(row), torch.tensor(offset), lengths)
+
+
+def unpack(hidden: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """(rows, T, H) states of a packed forward -> (N, longest, H): text i's tokens at [i, :len_i];
+    the columns past a text's end hold another column's state (masked out by every reader)."""
+    rows, T, H = hidden.shape
+    n = int(layout.lengths.max())
+    cols = (layout.offset[:, None] + torch.arange(n)[None, :]).clamp(max=T - 1)  # (N, n)
+    flat = (layout.row[:, None] * T + cols).to(hidden.device)
+    return hidden.reshape(rows * T, H)[flat]
+
+
+def _prepend_hook(rows: torch.Tensor, placeholder: torch.Tensor, last: torch.Tensor) -> Any:
+    """Pre-hook: the placeholder's input state becomes the previous layer's last-token state, for
+    each text at (rows[i], placeholder[i]) and (rows[i], last[i])."""
 
     def hook(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         if args:
@@ -45,21 +146,19 @@ def _prepend_hook(placeholder: torch.Tensor, last: torch.Tensor) -> Any:
 
 
 def hidden_states(
-    backbone: Backbone, batch: list[Encoded], spec: ForwardSpec, runtime: Runtime | None = None
+    backbone: Backbone, batch: list[Encoded], spec: ForwardSpec, runtime: Runtime | None = None, pack: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the decoder (on `runtime`, default eager; embed/runtime.py) -> (hidden (B, T, H) at
-    spec.output_layer, lengths (B,)); T may include padding the runtime asked for."""
+    """Run the decoder (on `runtime`, default eager; embed/runtime.py), texts one a row or packed
+    (`pack`) -> (hidden (N, T, H) at spec.output_layer, one row per text, lengths (N,)); T may
+    include padding the runtime asked for."""
     device = backbone.device
     runtime = runtime or Runtime()
-    B, T = len(batch), runtime.padded_length(max(len(e) for e in batch))
     pad = backbone.tokenizer.pad_token_id if backbone.tokenizer.pad_token_id is not None else 0
-    ids = torch.full((B, T), pad, dtype=torch.long)
-    for i, e in enumerate(batch):
-        ids[i, : len(e)] = torch.tensor(e.ids, dtype=torch.long)
-    ids = ids.to(device)
-    lengths = torch.tensor([len(e) for e in batch], device=device)  # (B,)
-    positions = torch.arange(T, device=device)[None, :].expand(B, T)  # (B, T)
-    mask = attention_mask(lengths, T, spec.bidirectional)
+    if pack:
+        layout = packed_layout(batch, pad, spec.bidirectional)
+    else:
+        layout = padded_layout(batch, pad, runtime.padded_length(max(len(e) for e in batch)), spec.bidirectional)
+    ids, positions, mask = layout.ids.to(device), layout.positions.to(device), layout.mask.to(device)
 
     layers = backbone.layers
     handles = []
@@ -70,13 +169,15 @@ def hidden_states(
     with backbone.lock:
         try:
             if spec.prepend is not None:
-                placeholder = torch.tensor(
-                    [e.placeholder if e.placeholder is not None else 0 for e in batch], device=device
+                placeholder = torch.tensor([e.placeholder if e.placeholder is not None else 0 for e in batch])
+                hook = _prepend_hook(
+                    layout.row.to(device),
+                    (layout.offset + placeholder).to(device),
+                    (layout.offset + layout.lengths - 1).to(device),
                 )
-                last = lengths - 1
                 end = min(spec.prepend.end, len(layers) - 1)
                 for layer in list(layers)[spec.prepend.start : end + 1]:
-                    handles.append(layer.register_forward_pre_hook(_prepend_hook(placeholder, last), with_kwargs=True))
+                    handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
             if spec.output_layer != -1:
                 target = layers[spec.output_layer]
 
@@ -91,8 +192,10 @@ def hidden_states(
         finally:
             for h in handles:
                 h.remove()
-    hidden = captured.get("h", out.last_hidden_state)  # (B, T, H)
-    return hidden, lengths
+    hidden = captured.get("h", out.last_hidden_state)  # (rows, T, H)
+    if pack:
+        hidden = unpack(hidden, layout)
+    return hidden, layout.lengths.to(device)
 
 
 def pool_weights(batch: list[Encoded], T: int, device: torch.device) -> torch.Tensor:
@@ -103,10 +206,13 @@ def pool_weights(batch: list[Encoded], T: int, device: torch.device) -> torch.Te
     return w.to(device)
 
 
-def embed_batch(backbone: Backbone, batch: list[Encoded], spec: ForwardSpec, runtime: Runtime | None = None) -> Any:
-    """Pooled float32 embeddings (B, H) for one batch that shares `spec`; with spec.sparse, also
-    the SPARSE_CAP largest vocabulary weights per text -> (dense, ids (B, K), weights (B, K))."""
-    hidden, _ = hidden_states(backbone, batch, spec, runtime)
+def embed_batch(
+    backbone: Backbone, batch: list[Encoded], spec: ForwardSpec, runtime: Runtime | None = None, pack: bool = False
+) -> Any:
+    """Pooled float32 embeddings (B, H) for one batch that shares `spec` (texts packed into shared
+    rows with `pack`); with spec.sparse, also the SPARSE_CAP largest vocabulary weights per text ->
+    (dense, ids (B, K), weights (B, K))."""
+    hidden, _ = hidden_states(backbone, batch, spec, runtime, pack)
     weights = pool_weights(batch, hidden.shape[1], hidden.device)
     dense = masked_mean_pool(hidden, weights).float().cpu()  # (B, H)
     if not spec.sparse:

@@ -127,6 +127,8 @@ class ExportedRuntime(Compiled):
     in and the last hidden state out; the rest eager, by Compiled's rules. `run` serves when the
     graph does not depend on the backbone (the benchmark's OpenVINO)."""
 
+    packs = True  # the graph takes the (B, 1, T, T) mask as given: packed rows run as padded ones do
+
     def __init__(self, name: str, run: Callable[..., Any] | None = None) -> None:
         super().__init__()
         self.name = name

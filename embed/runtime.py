@@ -80,6 +80,7 @@ class Runtime:
     """Eager PyTorch: the model as loaded, every mode, the reference the others are measured against."""
 
     name = "eager"
+    packs = True  # runs texts packed into shared rows (embed/forward.py): it takes any 4D mask as given
 
     def unsupported(self, backbone: Backbone, spec: ForwardSpec) -> str | None:
         """Why this runtime cannot run `spec` on `backbone` (None: it can)."""
@@ -115,6 +116,7 @@ class Compiled(Runtime):
     graphs serve every batch. Runs the plain forward only: no layer hooks, no adapters."""
 
     name = "compile"
+    packs = False  # its graphs are compiled for one text a row, bucketed by padded length
     BUCKET = 16  # lengths are padded to a multiple of this
 
     def __init__(self) -> None:

@@ -268,6 +268,7 @@ class Runtime:
                 token_prepend=TokenPrepend(s.tp_start_layer, s.tp_end_layer, s.tp_output_layer),
                 runtime=s.embed_runtime,
                 runtime_cache=s.cache_dir,
+                pack=s.embed_pack,
             ),
         )
 

@@ -100,6 +100,10 @@ class Settings(BaseSettings):
         "auto",
         description="how embedding forwards run: auto | eager | bf16_matmul | bf16_weights | compile | onnxruntime. auto = the runtime measured fastest with every vector within cosine 0.999 of fp32 on this hardware: bf16_weights on a CPU that computes bf16 natively (AVX512-BF16/AMX: every Linear multiplies in bf16 on a bf16 copy of its weights, the rest stays fp32; 1.44-1.73x eager fp32, every mode), onnxruntime on other CPUs (1.16-1.25x on an AVX2 CPU, cosine 1.0; the decoder is exported once into cache_dir/onnx), eager on GPU. bf16_matmul and bf16_weights load the model in float32 when dtype is auto. A forward a runtime cannot run (compile, onnxruntime: token prepending, output layers, adapters; any runtime: a model not in float32) runs eager, logged once per reason",
     )
+    embed_pack: bool = Field(
+        True,
+        description="pack several texts into one row of a forward, each masked to its own tokens, so a batch of short texts of mixed lengths pays almost no padding (as text-embeddings-inference does); vectors as one text a row (fp32: cosine 1.0). Runs on eager, the bf16 runtimes and onnxruntime; compile runs one text a row",
+    )
 
     # --- generation ---
     datastore_dirs: Annotated[tuple[Path, ...], NoDecode] = Field(

@@ -307,6 +307,36 @@ def test_padding_and_row_caps_split_batches() -> None:
         b.close()
 
 
+def test_packed_forwards_are_cut_by_real_tokens_and_rows_only() -> None:
+    """A kind of forward that packs short texts into shared rows pays no padding for them: a 60-token
+    text joins sixteen of 10, and batches end at max_batch_tokens real tokens or max_batch_rows
+    texts; a text past PACK_MAX_TOKENS starts a batch of its own kind (one text a row, the padding
+    rule). Padding counts the packed grid (2 rows of 120 for 16 x 10 + 60 tokens), not N x longest."""
+    b = Batcher(
+        lambda spec, items: torch.zeros(len(items), 2),
+        max_batch_tokens=300,
+        max_batch_rows=20,
+        min_batch_rows=16,
+        packs=lambda spec: spec == SPEC,
+    )
+
+    def queued(lengths: list[int]) -> list:  # type: ignore[type-arg]
+        req = type("Q", (), {"items": [item(i, n) for i, n in enumerate(lengths)]})()
+        return [(req, i) for i in range(len(lengths))]
+
+    try:
+        assert [len(c) for c in b._chunks(queued([10] * 16 + [60]), packed=True)] == [17]
+        assert [len(c) for c in b._chunks(queued([10] * 16 + [60]), packed=False)] == [16, 1]  # padding rule
+        assert [len(c) for c in b._chunks(queued([10] * 16 + [100]), packed=True)] == [16, 1]  # a long text
+        assert [len(c) for c in b._chunks(queued([10] * 45), packed=True)] == [20, 20, 5]  # rows cap
+        assert [len(c) for c in b._chunks(queued([40] * 10), packed=True)] == [7, 3]  # 7 x 40 <= 300 real tokens
+        b.submit(SPEC, [item(i, 10) for i in range(16)] + [item(99, 60)]).result(timeout=WAIT)
+        assert b.stats.batches == 1 == b.stats.packed and b.stats.tokens == 220
+        assert b.stats.padded_tokens == 2 * 120  # pack_rows into rows of 128: 60 + 6 x 10, then 10 x 10
+    finally:
+        b.close()
+
+
 def test_a_request_arriving_during_a_forward_joins_the_next_batch(make_batcher, fake: FakeRun) -> None:
     """Continuous batching: the leftover of an earlier request and a new arrival share the next forward
     (a fixed round would run the leftover alone first)."""

@@ -14,8 +14,16 @@ import pytest
 import torch
 
 from lodestar.backbone import Backbone
-from lodestar.embed.forward import attention_mask, embed_batch, hidden_states
-from lodestar.embed.modes import MODES, ForwardSpec, TokenPrepend, get_mode
+from lodestar.embed.forward import (
+    PACK_MAX_TOKENS,
+    PACK_ROW_TOKENS,
+    attention_mask,
+    embed_batch,
+    hidden_states,
+    packable,
+    packed_layout,
+)
+from lodestar.embed.modes import MODES, Encoded, ForwardSpec, TokenPrepend, get_mode
 from lodestar.embed.types import EmbedOptions
 
 ALL_MODES = list(MODES)
@@ -204,6 +212,59 @@ def test_mode_forward_specs() -> None:
     # Modes that share a forward can share a batch; others cannot.
     assert get_mode("mean").forward_spec(None, None) == get_mode("prompteol").forward_spec(None, None)
     assert get_mode("mean").forward_spec(None, None) != get_mode("bidirectional").forward_spec(None, None)
+
+
+PACK_TEXTS = [*TEXTS, "one", "Two words", "The harbour bridge vote again, with a longer tail of words this time."]
+PACK_OPTIONS = [EmbedOptions(mode=m) for m in ALL_MODES] + [
+    EmbedOptions(mode="mean", sparse=True),  # the sparse head reads the unpacked rows' pooled spans
+    EmbedOptions(mode="token_prepend", output_layer=2),  # an intermediate layer, captured by a hook
+]
+
+
+@pytest.mark.parametrize(
+    "options",
+    PACK_OPTIONS,
+    ids=lambda o: f"{o.mode}{'-sparse' if o.sparse else ''}{'-layer' if o.output_layer else ''}",
+)
+def test_packed_rows_give_the_vectors_of_one_text_a_row(tiny_engine, options: EmbedOptions) -> None:  # type: ignore[no-untyped-def]
+    """Texts packed into shared rows, each masked to its own tokens with its own positions, give
+    what one text a row gives (fp32), for every mode: token prepending's placeholders, echo's second
+    copy and the bidirectional mask included."""
+    p = tiny_engine.prepare(PACK_TEXTS, options)
+    one_a_row = embed_batch(tiny_engine.backbone, p.items, p.spec, pack=False)
+    packed = embed_batch(tiny_engine.backbone, p.items, p.spec, pack=True)
+    for a, b in zip(
+        one_a_row if isinstance(one_a_row, tuple) else (one_a_row,), packed if isinstance(packed, tuple) else (packed,)
+    ):
+        if a.dtype.is_floating_point:
+            torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-4)
+        else:
+            assert torch.equal(a, b)
+
+
+def test_packed_layout_fills_rows_and_masks_each_text_to_itself() -> None:
+    """First-fit decreasing into rows of PACK_ROW_TOKENS: 5 texts of 28-100 tokens take 3 rows; no
+    token sees another text's, positions restart at each text, padding columns see only themselves."""
+    lens = [100, 60, 50, 28, 70]  # rows: 100+28 (full), 70+50, 60
+    batch = [
+        Encoded(ids=list(range(1, n + 1)), pool_start=0, pool_end=n, placeholder=None, truncated=False) for n in lens
+    ]
+    lay = packed_layout(batch, pad=0, bidirectional=False)
+    assert lay.ids.shape[0] == 3 and lay.ids.shape[1] <= PACK_ROW_TOKENS
+    for i, n in enumerate(lens):
+        r, o = int(lay.row[i]), int(lay.offset[i])
+        assert lay.ids[r, o : o + n].tolist() == batch[i].ids
+        assert lay.positions[r, o : o + n].tolist() == list(range(n))
+        sees = lay.mask[r, 0, o : o + n]  # (n, T): this text's queries
+        assert sees[:, o : o + n].equal(torch.ones(n, n, dtype=torch.bool).tril())  # causal within the text
+        assert not sees[:, :o].any() and not sees[:, o + n :].any()  # nothing outside it
+    assert lay.mask.sum(-1).min() >= 1  # every query (padding included) sees something
+
+
+def test_a_batch_is_packed_only_when_short_and_packing_saves_padding() -> None:
+    assert packable([5, 40, 8, 12, 30, 9, 7, 22])  # mixed lengths, arrival order: 8 x 40 = 320 against 2 rows of 128
+    assert not packable([20, 21, 22, 22])  # like lengths: little padding to save, longer attention rows
+    assert not packable([5, 10, PACK_MAX_TOKENS + 1])  # a long text: one text a row
 
 
 # --- the real bundled model (slow) --------------------------------------------------------------

@@ -222,10 +222,10 @@ def fp32_backbone() -> Backbone:
 
 @pytest.fixture(scope="module", params=["onnxruntime", "bf16_weights"])
 def pair(fp32_backbone: Backbone, request: pytest.FixtureRequest) -> Iterator[tuple[EmbeddingEngine, EmbeddingEngine]]:
-    """(eager fp32 reference, a fast path): what `auto` picks on CPU, onnxruntime where bf16 is
-    emulated and bf16_weights where it is native (elsewhere it falls back to eager, which the bound
-    then holds trivially)."""
-    ref = EmbeddingEngine(fp32_backbone)
+    """(eager fp32 reference, one text a row; a fast path as served, texts packed where it can):
+    what `auto` picks on CPU, onnxruntime where bf16 is emulated and bf16_weights where it is native
+    (elsewhere it falls back to eager, which the bound then holds trivially)."""
+    ref = EmbeddingEngine(fp32_backbone, EngineConfig(pack=False))
     fast = EmbeddingEngine(fp32_backbone, EngineConfig(runtime=request.param))
     yield ref, fast
     ref.close()
