@@ -208,6 +208,7 @@ class Batcher:
         chunks: list[Taken] = []
         cur: Taken = []
         real = 0
+        cur_short = False  # whether `cur` holds packed short texts
         for ri in taken:
             n = len(ri[0].items[ri[1]])
             short = packed and n <= PACK_MAX_TOKENS  # sorted: the short ones come first
@@ -215,7 +216,7 @@ class Batcher:
             if cur and (
                 padded > self.max_batch_tokens
                 or len(cur) >= self.max_batch_rows
-                or (packed and not short and len(cur[-1][0].items[cur[-1][1]]) <= PACK_MAX_TOKENS)
+                or cur_short != short
                 or (
                     not short
                     and (len(cur) >= self.min_batch_rows or real >= self.min_batch_tokens)
@@ -226,6 +227,7 @@ class Batcher:
                 cur, real = [], 0
             cur.append(ri)
             real += n
+            cur_short = short
         if cur:
             chunks.append(cur)
         return chunks

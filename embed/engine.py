@@ -77,9 +77,8 @@ class EmbeddingEngine:
         return self.config.pack and self.runtime.for_spec(self.backbone, spec).packs
 
     def _run(self, spec: ForwardSpec, batch: list[Encoded]) -> Any:
-        runtime = self.runtime.for_spec(self.backbone, spec)
-        pack = self.config.pack and runtime.packs and packable([len(e) for e in batch])
-        return embed_batch(self.backbone, batch, spec, runtime, pack=pack)
+        pack = self._packs(spec) and packable([len(e) for e in batch])
+        return embed_batch(self.backbone, batch, spec, self.runtime.for_spec(self.backbone, spec), pack=pack)
 
     def close(self) -> None:
         self.batcher.close()

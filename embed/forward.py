@@ -70,16 +70,19 @@ class Layout:
     lengths: torch.Tensor  # (N,)
 
 
-def padded_layout(batch: list[Encoded], pad: int, T: int, bidirectional: bool) -> Layout:
-    """One text a row, right-padded to T."""
+def padded_layout(
+    batch: list[Encoded], pad: int, T: int, bidirectional: bool, device: torch.device | None = None
+) -> Layout:
+    """One text a row, right-padded to T; on `device` (the (B, 1, T, T) mask is built there)."""
     B = len(batch)
     ids = torch.full((B, T), pad, dtype=torch.long)
     for i, e in enumerate(batch):
         ids[i, : len(e)] = torch.tensor(e.ids, dtype=torch.long)
-    lengths = torch.tensor([len(e) for e in batch])  # (B,)
-    positions = torch.arange(T)[None, :].expand(B, T)  # (B, T)
-    rows = torch.arange(B)
-    return Layout(ids, positions, attention_mask(lengths, T, bidirectional), rows, torch.zeros_like(rows), lengths)
+    lengths = torch.tensor([len(e) for e in batch], device=device)  # (B,)
+    positions = torch.arange(T, device=device)[None, :].expand(B, T)  # (B, T)
+    rows = torch.arange(B, device=device)
+    mask = attention_mask(lengths, T, bidirectional)
+    return Layout(ids.to(device), positions, mask, rows, torch.zeros_like(rows), lengths)
 
 
 def pack_rows(lengths: list[int]) -> tuple[list[int], list[int], list[int]]:
@@ -98,8 +101,9 @@ def pack_rows(lengths: list[int]) -> tuple[list[int], list[int], list[int]]:
     return row, offset, fill
 
 
-def packed_layout(batch: list[Encoded], pad: int, bidirectional: bool) -> Layout:
-    """Texts packed into rows by pack_rows (first-fit decreasing: the rows end up nearly full)."""
+def packed_layout(batch: list[Encoded], pad: int, bidirectional: bool, device: torch.device | None = None) -> Layout:
+    """Texts packed into rows by pack_rows (first-fit decreasing: the rows end up nearly full); on
+    `device` (the (rows, 1, T, T) mask is built there from the columns' text indices)."""
     row, offset, fill = pack_rows([len(e) for e in batch])
     B, T = len(fill), max(fill)
     ids = torch.full((B, T), pad, dtype=torch.long)
@@ -110,13 +114,21 @@ def packed_layout(batch: list[Encoded], pad: int, bidirectional: bool) -> Layout
         ids[r, o : o + n] = torch.tensor(e.ids, dtype=torch.long)
         positions[r, o : o + n] = torch.arange(n)
         segment[r, o : o + n] = i
+    segment = segment.to(device)
     mask = (segment[:, :, None] == segment[:, None, :]) & (segment[:, None, :] >= 0)  # (B, T, T)
     if not bidirectional:
-        mask &= torch.ones(T, T, dtype=torch.bool).tril()
+        mask &= torch.ones(T, T, dtype=torch.bool, device=device).tril()
     # a padding column attends itself only: no query row is empty (softmax over nothing is NaN)
-    mask |= torch.eye(T, dtype=torch.bool)[None] & (segment < 0)[:, :, None]
-    lengths = torch.tensor([len(e) for e in batch])
-    return Layout(ids, positions, mask[:, None], torch.tensor(row), torch.tensor(offset), lengths)
+    mask |= torch.eye(T, dtype=torch.bool, device=device)[None] & (segment < 0)[:, :, None]
+    lengths = torch.tensor([len(e) for e in batch], device=device)
+    return Layout(
+        ids.to(device),
+        positions.to(device),
+        mask[:, None],
+        torch.tensor(row, device=device),
+        torch.tensor(offset, device=device),
+        lengths,
+    )
 
 
 def unpack(hidden: torch.Tensor, layout: Layout) -> torch.Tensor:
@@ -124,7 +136,7 @@ def unpack(hidden: torch.Tensor, layout: Layout) -> torch.Tensor:
     the columns past a text's end hold another column's state (masked out by every reader)."""
     rows, T, H = hidden.shape
     n = int(layout.lengths.max())
-    cols = (layout.offset[:, None] + torch.arange(n)[None, :]).clamp(max=T - 1)  # (N, n)
+    cols = (layout.offset[:, None] + torch.arange(n, device=layout.offset.device)[None, :]).clamp(max=T - 1)  # (N, n)
     flat = (layout.row[:, None] * T + cols).to(hidden.device)
     return hidden.reshape(rows * T, H)[flat]
 
@@ -155,10 +167,10 @@ def hidden_states(
     runtime = runtime or Runtime()
     pad = backbone.tokenizer.pad_token_id if backbone.tokenizer.pad_token_id is not None else 0
     if pack:
-        layout = packed_layout(batch, pad, spec.bidirectional)
+        layout = packed_layout(batch, pad, spec.bidirectional, device)
     else:
-        layout = padded_layout(batch, pad, runtime.padded_length(max(len(e) for e in batch)), spec.bidirectional)
-    ids, positions, mask = layout.ids.to(device), layout.positions.to(device), layout.mask.to(device)
+        T = runtime.padded_length(max(len(e) for e in batch))
+        layout = padded_layout(batch, pad, T, spec.bidirectional, device)
 
     layers = backbone.layers
     handles = []
@@ -169,12 +181,10 @@ def hidden_states(
     with backbone.lock:
         try:
             if spec.prepend is not None:
-                placeholder = torch.tensor([e.placeholder if e.placeholder is not None else 0 for e in batch])
-                hook = _prepend_hook(
-                    layout.row.to(device),
-                    (layout.offset + placeholder).to(device),
-                    (layout.offset + layout.lengths - 1).to(device),
+                placeholder = torch.tensor(
+                    [e.placeholder if e.placeholder is not None else 0 for e in batch], device=device
                 )
+                hook = _prepend_hook(layout.row, layout.offset + placeholder, layout.offset + layout.lengths - 1)
                 end = min(spec.prepend.end, len(layers) - 1)
                 for layer in list(layers)[spec.prepend.start : end + 1]:
                     handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
@@ -187,7 +197,7 @@ def hidden_states(
                 handles.append(target.register_forward_hook(capture))
             with backbone.adapters.use(spec.adapter), torch.inference_mode(), runtime.context(backbone):
                 out = runtime.decoder(backbone)(
-                    input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
+                    input_ids=layout.ids, attention_mask=layout.mask, position_ids=layout.positions, use_cache=False
                 )
         finally:
             for h in handles:
@@ -195,7 +205,7 @@ def hidden_states(
     hidden = captured.get("h", out.last_hidden_state)  # (rows, T, H)
     if pack:
         hidden = unpack(hidden, layout)
-    return hidden, layout.lengths.to(device)
+    return hidden, layout.lengths
 
 
 def pool_weights(batch: list[Encoded], T: int, device: torch.device) -> torch.Tensor:

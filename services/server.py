@@ -205,7 +205,7 @@ async def join_threads(pool: ThreadPoolExecutor | None, end: float) -> list[str]
     """Stop the work pool (queued work cancelled) and wait until `end` (time.monotonic()) for its
     threads, the engines' own (ENGINE_THREADS) and every other non-daemon thread to finish; -> the
     names of those still running (a cancelled call inside one long native call: a FAISS search, a
-    forward). The servers' threads are not in the list: the gRPC server, the process ends with them."""
+    forward)."""
     if pool is not None:
         pool.shutdown(wait=False, cancel_futures=True)
 
@@ -214,10 +214,7 @@ async def join_threads(pool: ThreadPoolExecutor | None, end: float) -> list[str]
         return [
             t.name
             for t in threading.enumerate()
-            if t is not me
-            and t.is_alive()
-            and (not t.daemon or t.name.startswith(ENGINE_THREADS))
-            and t.name != "lodestar-server"
+            if t is not me and t.is_alive() and (not t.daemon or t.name.startswith(ENGINE_THREADS))
         ]
 
     while running() and time.monotonic() < end:

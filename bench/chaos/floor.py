@@ -28,12 +28,12 @@ from typing import Any
 import grpc
 import numpy as np
 
+from lodestar.bench.chaos.overload import TEXT
 from lodestar.bench.chaos.server import ServerProcess, process_cpu_seconds
 from lodestar.bench.procs import free_port
 from lodestar.embed.v1 import embed_pb2 as epb
 from lodestar.embed.v1 import embed_pb2_grpc as epb_grpc
 
-TEXT = "an ordinary sentence about retrieval, embeddings and the servers that answer them " * 4
 BUDGET = 64  # Lodestar's max_queued_texts for this part: a request of 2x as many texts is refused
 METHODS = ("Info", "Embed")
 
